@@ -1,0 +1,206 @@
+//! The cache in front of the store: found keys, unknown ids, and coalesced loads.
+//!
+//! Two moka `future::Cache`s: one of keys the store knows, one of ids it does not (the negative
+//! cache, with its own shorter TTL and capacity, so a flood of made-up ids cannot push real keys
+//! out). A load goes through moka's `try_get_with`, so any number of concurrent first requests for
+//! one id make exactly one store call; errors are handed to every waiter and never cached.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_api_key::{ApiKeyLayer, CacheConfig, MemoryStore};
+//!
+//! let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
+//!     .cache(CacheConfig {
+//!         capacity: 100_000,
+//!         ttl: Duration::from_secs(30),
+//!         ..CacheConfig::default()
+//!     })
+//!     .build()?;
+//! # Ok::<(), tower_api_key::ConfigError>(())
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use moka::future::Cache;
+
+use crate::key::{Environment, SecretDigest};
+use crate::principal::Principal;
+use crate::scope::ScopeHierarchy;
+use crate::store::{KeyRecord, KeyState, KeyStore, StoreError};
+
+/// Sizes and lifetimes of the layer's cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// How many known keys to keep. Default 10,000.
+    pub capacity: u64,
+    /// How long a known key is trusted before the store is asked again: the longest a change
+    /// made elsewhere (a revoke on another replica) takes to be seen. Default 60 s.
+    pub ttl: Duration,
+    /// How many unknown ids to remember. Default 10,000.
+    pub negative_capacity: u64,
+    /// How long an unknown id is remembered: the longest a key created elsewhere may be refused.
+    /// Default 5 s.
+    pub negative_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            capacity: 10_000,
+            ttl: Duration::from_secs(60),
+            negative_capacity: 10_000,
+            negative_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the cache keeps of a found key: what verification needs, and the ready principal.
+pub(crate) struct CachedKey {
+    pub(crate) digest: SecretDigest,
+    pub(crate) environment: Environment,
+    revoked: bool,
+    disabled: bool,
+    expires_at: Option<SystemTime>,
+    pub(crate) principal: Principal,
+}
+
+impl CachedKey {
+    fn new(record: &KeyRecord, hierarchy: Arc<ScopeHierarchy>) -> Self {
+        CachedKey {
+            digest: record.digest,
+            environment: record.environment,
+            revoked: record.revoked_at.is_some(),
+            disabled: record.disabled,
+            expires_at: record.expires_at,
+            principal: Principal::from_record(record, hierarchy),
+        }
+    }
+
+    /// The key's state at `now`, in the same order as [`KeyRecord::state`].
+    pub(crate) fn state(&self, now: SystemTime) -> KeyState {
+        if self.revoked {
+            KeyState::Revoked
+        } else if self.disabled {
+            KeyState::Disabled
+        } else if self.expires_at.is_some_and(|at| at <= now) {
+            KeyState::Expired
+        } else {
+            KeyState::Active
+        }
+    }
+}
+
+/// Why a load did not produce a key.
+pub(crate) enum LoadError {
+    NotFound,
+    Store(StoreError),
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::NotFound => f.write_str("no such key"),
+            LoadError::Store(error) => error.fmt(f),
+        }
+    }
+}
+
+/// The cache, with the store behind it.
+pub(crate) struct KeyCache {
+    found: Cache<String, Arc<CachedKey>>,
+    missing: Cache<String, ()>,
+    store: Arc<dyn KeyStore>,
+    hierarchy: Arc<ScopeHierarchy>,
+    lookup_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never moka's own Debug: it prints every entry.
+        f.debug_struct("KeyCache")
+            .field("found", &self.found.entry_count())
+            .field("missing", &self.missing.entry_count())
+            .field("lookup_timeout", &self.lookup_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyCache {
+    pub(crate) fn new(
+        config: &CacheConfig,
+        store: Arc<dyn KeyStore>,
+        hierarchy: Arc<ScopeHierarchy>,
+        lookup_timeout: Option<Duration>,
+    ) -> Self {
+        KeyCache {
+            found: Cache::builder()
+                .max_capacity(config.capacity)
+                .time_to_live(config.ttl)
+                .build(),
+            missing: Cache::builder()
+                .max_capacity(config.negative_capacity)
+                .time_to_live(config.negative_ttl)
+                .build(),
+            store,
+            hierarchy,
+            lookup_timeout,
+        }
+    }
+
+    /// The key with id `id`: from the cache, or loaded once however many ask at the same time.
+    ///
+    /// # Errors
+    /// When the store failed or timed out; the error is shared by every waiter and not cached.
+    pub(crate) async fn lookup(&self, id: &str) -> Result<Option<Arc<CachedKey>>, Arc<LoadError>> {
+        if self.missing.contains_key(id) {
+            return Ok(None);
+        }
+        match self.found.try_get_with_by_ref(id, self.load(id)).await {
+            Ok(key) => Ok(Some(key)),
+            Err(error) => match *error {
+                LoadError::NotFound => Ok(None),
+                LoadError::Store(_) => Err(error),
+            },
+        }
+    }
+
+    async fn load(&self, id: &str) -> Result<Arc<CachedKey>, LoadError> {
+        let lookup = self.store.get(id);
+        let result = match self.lookup_timeout {
+            Some(limit) => match tokio::time::timeout(limit, lookup).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::unavailable(format!(
+                    "lookup timed out after {limit:?}"
+                ))),
+            },
+            None => lookup.await,
+        };
+        match result {
+            Ok(Some(record)) if record.id == id => {
+                Ok(Arc::new(CachedKey::new(&record, self.hierarchy.clone())))
+            }
+            Ok(Some(_)) => Err(LoadError::Store(StoreError::unavailable(
+                "the store returned a record with another id",
+            ))),
+            Ok(None) => {
+                self.missing.insert(id.to_owned(), ()).await;
+                Err(LoadError::NotFound)
+            }
+            Err(error) => Err(LoadError::Store(error)),
+        }
+    }
+
+    /// Forgets what is cached about `id`, found or not: the next request asks the store.
+    pub(crate) async fn invalidate(&self, id: &str) {
+        self.found.invalidate(id).await;
+        self.missing.invalidate(id).await;
+    }
+
+    /// Forgets everything.
+    pub(crate) fn invalidate_all(&self) {
+        self.found.invalidate_all();
+        self.missing.invalidate_all();
+    }
+}

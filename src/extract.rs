@@ -1,0 +1,276 @@
+//! Where a request's key comes from: the `Authorization` header, a named header, or (opt-in) a
+//! query parameter.
+//!
+//! The default is the reference documents' scheme, `Authorization: ApiKey <key>`. Sources are
+//! tried in the configured order; every one is read, and a request that carries two *different*
+//! keys is refused (`MULTIPLE_API_KEYS`) rather than guessed between. The same key twice is fine.
+//! Scheme names are matched case-insensitively. An empty credential (`Authorization: ApiKey`, an
+//! empty `X-API-Key`) counts as no key, so a client whose environment variable is unset hears
+//! `MISSING_API_KEY`.
+//!
+//! ```
+//! use tower_api_key::{ApiKeyLayer, KeySource, MemoryStore};
+//!
+//! let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
+//!     .sources([
+//!         KeySource::api_key_scheme(),
+//!         KeySource::bearer(),
+//!         KeySource::header(http::HeaderName::from_static("x-api-key")),
+//!     ])
+//!     .build()?;
+//! # Ok::<(), tower_api_key::ConfigError>(())
+//! ```
+
+use std::borrow::Cow;
+
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName, Uri};
+
+use crate::reject::Rejection;
+
+/// One place a key may be read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeySource {
+    /// `Authorization: <scheme> <key>`, the scheme compared case-insensitively.
+    Authorization {
+        /// The scheme name, such as `ApiKey` or `Bearer`.
+        scheme: Box<str>,
+    },
+    /// A header of its own whose whole value is the key, such as `X-API-Key`.
+    Header(HeaderName),
+    /// A query parameter, such as `?api_key=…`. URLs end up in access logs, proxies and browser
+    /// history, so this is never on by default: enable it only for clients that can do nothing
+    /// else.
+    Query(Box<str>),
+}
+
+impl KeySource {
+    /// `Authorization: ApiKey <key>`, the default.
+    pub fn api_key_scheme() -> Self {
+        KeySource::authorization("ApiKey")
+    }
+
+    /// `Authorization: Bearer <key>`.
+    pub fn bearer() -> Self {
+        KeySource::authorization("Bearer")
+    }
+
+    /// `Authorization: <scheme> <key>` with a scheme of your own.
+    pub fn authorization(scheme: &str) -> Self {
+        KeySource::Authorization {
+            scheme: scheme.into(),
+        }
+    }
+
+    /// A named header, such as `X-API-Key`.
+    pub fn header(name: HeaderName) -> Self {
+        KeySource::Header(name)
+    }
+
+    /// A query parameter. See [`KeySource::Query`] for why this is opt-in.
+    pub fn query(name: &str) -> Self {
+        KeySource::Query(name.into())
+    }
+}
+
+/// The key a request carries, if any, read from `sources` in order.
+///
+/// # Errors
+/// `MultipleApiKeys` for two different keys; `InvalidApiKey` for a key source whose value is not
+/// text.
+pub(crate) fn extract<'r>(
+    sources: &[KeySource],
+    headers: &'r HeaderMap,
+    uri: &'r Uri,
+) -> Result<Option<Cow<'r, str>>, Rejection> {
+    let mut found: Option<Cow<'r, str>> = None;
+    let mut accept = |key: Cow<'r, str>| -> Result<(), Rejection> {
+        if key.is_empty() {
+            return Ok(());
+        }
+        match &found {
+            None => found = Some(key),
+            Some(previous) if *previous == key => {}
+            Some(_) => return Err(Rejection::MultipleApiKeys),
+        }
+        Ok(())
+    };
+    for source in sources {
+        match source {
+            KeySource::Authorization { scheme } => {
+                for value in headers.get_all(AUTHORIZATION) {
+                    if let Some(credential) = credential(value.as_bytes(), scheme)? {
+                        accept(Cow::Borrowed(credential))?;
+                    }
+                }
+            }
+            KeySource::Header(name) => {
+                for value in headers.get_all(name) {
+                    let text = std::str::from_utf8(value.as_bytes())
+                        .map_err(|_| Rejection::InvalidApiKey)?;
+                    accept(Cow::Borrowed(text.trim_matches(is_space)))?;
+                }
+            }
+            KeySource::Query(name) => {
+                if let Some(query) = uri.query() {
+                    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+                        if key == **name {
+                            accept(value)?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The credential of an `Authorization` value if its scheme is `scheme`.
+fn credential<'v>(value: &'v [u8], scheme: &str) -> Result<Option<&'v str>, Rejection> {
+    let value = trim_bytes(value);
+    let (name, rest) = match value.iter().position(|&b| b == b' ' || b == b'\t') {
+        Some(at) => value.split_at(at),
+        None => (value, &[][..]),
+    };
+    if !name.eq_ignore_ascii_case(scheme.as_bytes()) {
+        return Ok(None);
+    }
+    let text = std::str::from_utf8(trim_bytes(rest)).map_err(|_| Rejection::InvalidApiKey)?;
+    Ok(Some(text))
+}
+
+fn is_space(c: char) -> bool {
+    c == ' ' || c == '\t'
+}
+
+fn trim_bytes(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|&b| b != b' ' && b != b'\t');
+    let end = bytes.iter().rposition(|&b| b != b' ' && b != b'\t');
+    match (start, end) {
+        (Some(s), Some(e)) => &bytes[s..=e],
+        _ => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn all_sources() -> Vec<KeySource> {
+        vec![
+            KeySource::api_key_scheme(),
+            KeySource::bearer(),
+            KeySource::header(HeaderName::from_static("x-api-key")),
+            KeySource::query("api_key"),
+        ]
+    }
+
+    fn run(pairs: &[(&str, &[u8])], uri: &str) -> Result<Option<String>, Rejection> {
+        let map = headers(pairs);
+        let uri: Uri = uri.parse().unwrap();
+        extract(&all_sources(), &map, &uri).map(|k| k.map(Cow::into_owned))
+    }
+
+    #[test]
+    fn reads_each_source() {
+        assert_eq!(
+            run(&[("authorization", b"ApiKey k1")], "/")
+                .unwrap()
+                .unwrap(),
+            "k1"
+        );
+        assert_eq!(
+            run(&[("authorization", b"apikey  k1 ")], "/")
+                .unwrap()
+                .unwrap(),
+            "k1"
+        );
+        assert_eq!(
+            run(&[("authorization", b"BEARER k2")], "/")
+                .unwrap()
+                .unwrap(),
+            "k2"
+        );
+        assert_eq!(run(&[("x-api-key", b" k3")], "/").unwrap().unwrap(), "k3");
+        assert_eq!(run(&[], "/x?a=1&api_key=k%2B4").unwrap().unwrap(), "k+4");
+    }
+
+    #[test]
+    fn other_schemes_and_empty_credentials_are_no_key() {
+        assert_eq!(
+            run(&[("authorization", b"Basic dXNlcjpwdw==")], "/").unwrap(),
+            None
+        );
+        assert_eq!(run(&[("authorization", b"ApiKeyX k")], "/").unwrap(), None);
+        assert_eq!(run(&[("authorization", b"ApiKey")], "/").unwrap(), None);
+        assert_eq!(run(&[("authorization", b"ApiKey   ")], "/").unwrap(), None);
+        assert_eq!(run(&[("x-api-key", b"")], "/").unwrap(), None);
+        assert_eq!(run(&[], "/?api_key=").unwrap(), None);
+    }
+
+    #[test]
+    fn two_different_keys_are_refused_and_the_same_key_twice_is_not() {
+        assert_eq!(
+            run(&[("authorization", b"ApiKey a"), ("x-api-key", b"b")], "/"),
+            Err(Rejection::MultipleApiKeys)
+        );
+        assert_eq!(
+            run(
+                &[
+                    ("authorization", b"ApiKey a"),
+                    ("authorization", b"Bearer b")
+                ],
+                "/"
+            ),
+            Err(Rejection::MultipleApiKeys)
+        );
+        assert_eq!(
+            run(&[], "/?api_key=a&api_key=b"),
+            Err(Rejection::MultipleApiKeys)
+        );
+        assert_eq!(
+            run(
+                &[("authorization", b"ApiKey a"), ("x-api-key", b"a")],
+                "/?api_key=a"
+            )
+            .unwrap()
+            .unwrap(),
+            "a"
+        );
+    }
+
+    #[test]
+    fn non_utf8_values_of_a_key_source_are_invalid() {
+        assert_eq!(
+            run(&[("authorization", b"ApiKey \xff\xfe")], "/"),
+            Err(Rejection::InvalidApiKey)
+        );
+        assert_eq!(
+            run(&[("x-api-key", b"\xc3")], "/"),
+            Err(Rejection::InvalidApiKey)
+        );
+        // Not a key source: ignored whatever its bytes.
+        assert_eq!(run(&[("authorization", b"Basic \xff")], "/").unwrap(), None);
+    }
+
+    #[test]
+    fn only_configured_sources_are_read() {
+        let map = headers(&[("x-api-key", b"k")]);
+        let uri: Uri = "/?api_key=q".parse().unwrap();
+        let found = extract(&[KeySource::api_key_scheme()], &map, &uri).unwrap();
+        assert_eq!(found, None);
+    }
+}

@@ -1,0 +1,325 @@
+//! [`ApiKeyLayer`], its builder, and the [`ApiKeyHandle`] that reaches its cache.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use tower::Layer;
+
+use crate::cache::{CacheConfig, KeyCache};
+use crate::extract::KeySource;
+use crate::key::{InvalidPrefix, KeyFormat};
+use crate::reject::{JsonRejection, RejectionResponder, Rejections};
+use crate::scope::ScopeHierarchy;
+use crate::service::ApiKeyService;
+use crate::store::KeyStore;
+
+/// API-key authentication as a Tower layer.
+///
+/// Each request's key is read from the configured [`KeySource`]s, checked offline (format,
+/// checksum), looked up by its public id through the cache and the [`KeyStore`], and its secret's
+/// digest compared in constant time. On success the request carries a
+/// [`Principal`](crate::Principal); otherwise it is answered with a [`Rejection`](crate::Rejection)
+/// and the inner service is not called.
+///
+/// Cloning is cheap and shares the cache.
+///
+/// ```
+/// use axum::{routing::get, Extension, Router};
+/// use tower::ServiceExt;
+/// use tower_api_key::{ApiKeyLayer, MemoryStore, Principal};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let app = Router::new()
+///     .route("/", get(|Extension(p): Extension<Principal>| async move { p.name().to_owned() }))
+///     .layer(ApiKeyLayer::new("mesh", MemoryStore::new()).unwrap());
+///
+/// let response = app
+///     .oneshot(http::Request::get("/").body(axum::body::Body::empty()).unwrap())
+///     .await
+///     .unwrap();
+/// assert_eq!(response.status(), 401);
+/// assert_eq!(response.headers()["www-authenticate"], "ApiKey realm=\"api\"");
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct ApiKeyLayer {
+    shared: Arc<Shared>,
+}
+
+/// What every service of one layer shares.
+pub(crate) struct Shared {
+    pub(crate) format: KeyFormat,
+    pub(crate) sources: Box<[KeySource]>,
+    pub(crate) allow_opaque: bool,
+    pub(crate) cache: KeyCache,
+    pub(crate) rejections: Rejections,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyConfig")
+            .field("prefix", &self.format.prefix())
+            .field("sources", &self.sources)
+            .field("allow_opaque", &self.allow_opaque)
+            .field("cache", &self.cache)
+            .field("rejections", &self.rejections)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ApiKeyLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ApiKeyLayer").field(&self.shared).finish()
+    }
+}
+
+impl ApiKeyLayer {
+    /// A layer with the defaults: keys `prefix_…` in `Authorization: ApiKey <key>`, the default
+    /// [`CacheConfig`], `admin` ⊇ `write` ⊇ `read`, JSON rejections, a 5 s lookup timeout.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidPrefix`] for a prefix [`KeyFormat::new`] refuses.
+    pub fn new(prefix: &str, store: impl KeyStore) -> Result<Self, ConfigError> {
+        ApiKeyLayer::builder(prefix, store).build()
+    }
+
+    /// A builder for a layer that accepts keys starting with `prefix_` and reads them from
+    /// `store`.
+    pub fn builder(prefix: &str, store: impl KeyStore) -> ApiKeyLayerBuilder {
+        ApiKeyLayerBuilder {
+            prefix: prefix.to_owned(),
+            store: Arc::new(store),
+            sources: vec![KeySource::api_key_scheme()],
+            allow_opaque: false,
+            cache: CacheConfig::default(),
+            hierarchy: ScopeHierarchy::default(),
+            realm: "api".to_owned(),
+            lookup_timeout: Some(Duration::from_secs(5)),
+            retry_after: Duration::from_secs(5),
+            responder: Arc::new(JsonRejection),
+        }
+    }
+
+    /// A handle on this layer's cache, for revocations to take effect at once.
+    pub fn handle(&self) -> ApiKeyHandle {
+        ApiKeyHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The format of the keys this layer accepts.
+    pub fn format(&self) -> &KeyFormat {
+        &self.shared.format
+    }
+}
+
+impl<S> Layer<S> for ApiKeyLayer {
+    type Service = ApiKeyService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ApiKeyService::new(inner, self.shared.clone())
+    }
+}
+
+/// Reaches a layer's cache: what is invalidated here is asked of the store on the very next
+/// request. [`KeyManager`](crate::KeyManager) uses it after every change.
+#[derive(Clone)]
+pub struct ApiKeyHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for ApiKeyHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ApiKeyHandle").field(&self.shared).finish()
+    }
+}
+
+impl ApiKeyHandle {
+    /// Forgets what the cache holds for key `id`, found or unknown.
+    pub async fn invalidate(&self, id: &str) {
+        self.shared.cache.invalidate(id).await;
+    }
+
+    /// Forgets every cached key.
+    pub fn invalidate_all(&self) {
+        self.shared.cache.invalidate_all();
+    }
+
+    /// The format of the layer's keys.
+    pub fn format(&self) -> &KeyFormat {
+        &self.shared.format
+    }
+}
+
+/// Configures an [`ApiKeyLayer`]; made by [`ApiKeyLayer::builder`].
+pub struct ApiKeyLayerBuilder {
+    prefix: String,
+    store: Arc<dyn KeyStore>,
+    sources: Vec<KeySource>,
+    allow_opaque: bool,
+    cache: CacheConfig,
+    hierarchy: ScopeHierarchy,
+    realm: String,
+    lookup_timeout: Option<Duration>,
+    retry_after: Duration,
+    responder: Arc<dyn RejectionResponder>,
+}
+
+impl fmt::Debug for ApiKeyLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyLayerBuilder")
+            .field("prefix", &self.prefix)
+            .field("sources", &self.sources)
+            .field("allow_opaque", &self.allow_opaque)
+            .field("cache", &self.cache)
+            .field("realm", &self.realm)
+            .field("lookup_timeout", &self.lookup_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiKeyLayerBuilder {
+    /// Where keys are read from, in order. Default: `Authorization: ApiKey <key>` only.
+    pub fn sources(mut self, sources: impl IntoIterator<Item = KeySource>) -> Self {
+        self.sources = sources.into_iter().collect();
+        self
+    }
+
+    /// Also accept keys that are not in this layer's format (any 1 to 512 visible ASCII
+    /// characters), looked up by the hex of their SHA-256 digest: for keys issued before this
+    /// crate. Store them with [`KeyRecord::opaque`](crate::KeyRecord::opaque). Off by default.
+    /// A key that starts with this layer's `prefix_` is always parsed as structured.
+    pub fn allow_opaque_keys(mut self, allow: bool) -> Self {
+        self.allow_opaque = allow;
+        self
+    }
+
+    /// Sizes and lifetimes of the cache.
+    pub fn cache(mut self, cache: CacheConfig) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Which scope implies which; default `admin` ⊇ `write` ⊇ `read`.
+    pub fn scope_hierarchy(mut self, hierarchy: ScopeHierarchy) -> Self {
+        self.hierarchy = hierarchy;
+        self
+    }
+
+    /// The realm in `WWW-Authenticate`; default `api`.
+    pub fn realm(mut self, realm: &str) -> Self {
+        self.realm = realm.to_owned();
+        self
+    }
+
+    /// How long a store lookup may take before the request is answered 503; `None` waits for
+    /// ever. Default 5 s.
+    pub fn lookup_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.lookup_timeout = timeout;
+        self
+    }
+
+    /// The `Retry-After` of a 503, rounded up to whole seconds; default 5 s.
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = after;
+        self
+    }
+
+    /// Builds rejection responses with `responder` instead of [`JsonRejection`].
+    pub fn rejection_responder(mut self, responder: impl RejectionResponder) -> Self {
+        self.responder = Arc::new(responder);
+        self
+    }
+
+    /// The layer.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming what is wrong: the prefix, no sources, an `Authorization` scheme
+    /// that is not an HTTP token, or a realm with `"`, `\` or a control character.
+    pub fn build(self) -> Result<ApiKeyLayer, ConfigError> {
+        let format = KeyFormat::new(&self.prefix).map_err(ConfigError::InvalidPrefix)?;
+        if self.sources.is_empty() {
+            return Err(ConfigError::NoSources);
+        }
+        if self
+            .realm
+            .bytes()
+            .any(|b| !(b == b' ' || b.is_ascii_graphic()) || b == b'"' || b == b'\\')
+        {
+            return Err(ConfigError::InvalidRealm);
+        }
+        let mut challenges = Vec::new();
+        for source in &self.sources {
+            if let KeySource::Authorization { scheme } = source {
+                let token = !scheme.is_empty()
+                    && scheme
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if !token {
+                    return Err(ConfigError::InvalidScheme(scheme.to_string()));
+                }
+                challenges.push(format!("{scheme} realm=\"{}\"", self.realm));
+            }
+        }
+        if challenges.is_empty() {
+            challenges.push(format!("ApiKey realm=\"{}\"", self.realm));
+        }
+        let challenge =
+            HeaderValue::try_from(challenges.join(", ")).map_err(|_| ConfigError::InvalidRealm)?;
+        let retry_after = HeaderValue::from(
+            self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0),
+        );
+        let cache = KeyCache::new(
+            &self.cache,
+            self.store,
+            Arc::new(self.hierarchy),
+            self.lookup_timeout,
+        );
+        Ok(ApiKeyLayer {
+            shared: Arc::new(Shared {
+                format,
+                sources: self.sources.into(),
+                allow_opaque: self.allow_opaque,
+                cache,
+                rejections: Rejections {
+                    responder: self.responder,
+                    challenge,
+                    retry_after,
+                },
+            }),
+        })
+    }
+}
+
+/// What [`ApiKeyLayerBuilder::build`] refuses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The key prefix is not 1 to 16 of `a-z0-9` starting with a letter.
+    InvalidPrefix(InvalidPrefix),
+    /// No key source was configured.
+    NoSources,
+    /// An `Authorization` scheme that is not an HTTP token.
+    InvalidScheme(String),
+    /// A realm with `"`, `\` or a control character.
+    InvalidRealm,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::InvalidPrefix(e) => e.fmt(f),
+            ConfigError::NoSources => f.write_str("no key source configured"),
+            ConfigError::InvalidScheme(s) => {
+                write!(f, "`{s}` is not a valid Authorization scheme name")
+            }
+            ConfigError::InvalidRealm => {
+                f.write_str("the realm must be visible ASCII or spaces, without `\"` or `\\`")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,0 +1,88 @@
+//! API-key authentication for [axum] and [tonic] services as one Tower layer.
+//!
+//! [`ApiKeyLayer`] reads a key from the request (by default `Authorization: ApiKey <key>`),
+//! checks its format and checksum offline, looks it up by its public id through a moka cache in
+//! front of a pluggable async [`KeyStore`], compares the SHA-256 digest of its secret in constant
+//! time, and puts the key's [`Principal`] (id, name, owner, environment, scopes) into the request's
+//! extensions. Otherwise it answers with a JSON rejection, such as
+//! `{"error": "Invalid API key", "code": "INVALID_API_KEY", "status": 401}`, and never calls your
+//! service. [`RequireScopeLayer`] checks scopes per route.
+//!
+//! ```
+//! use axum::{body::Body, routing::get, Extension, Router};
+//! use http::{Request, StatusCode};
+//! use tower::ServiceExt;
+//! use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, NewKey, Principal, RequireScopeLayer};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let store = MemoryStore::new();
+//! let auth = ApiKeyLayer::new("mesh", store.clone())?;
+//! let keys = KeyManager::new(store, auth.handle());
+//! let reader = keys.create(NewKey::new("dashboard").scopes(["read"])).await?;
+//!
+//! let app = Router::new()
+//!     .route("/offers", get(|Extension(p): Extension<Principal>| async move { format!("hello {}", p.name()) }))
+//!     .route_layer(RequireScopeLayer::all(["read"]))
+//!     .layer(auth);
+//!
+//! let request = Request::get("/offers")
+//!     .header("authorization", format!("ApiKey {}", reader.key.expose_secret()))
+//!     .body(Body::empty())?;
+//! assert_eq!(app.clone().oneshot(request).await?.status(), StatusCode::OK);
+//!
+//! let request = Request::get("/offers").header("authorization", "ApiKey mesh_live_nope").body(Body::empty())?;
+//! let response = app.oneshot(request).await?;
+//! assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `axum` | [`Principal`] as an axum extractor |
+//! | `tracing` | events with the key id and the outcome (never the secret) |
+//!
+//! [axum]: https://docs.rs/axum
+//! [tonic]: https://docs.rs/tonic
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+#[cfg(feature = "axum")]
+mod axum;
+mod body;
+pub mod cache;
+pub mod extract;
+mod future;
+pub mod key;
+mod layer;
+mod manage;
+mod principal;
+pub mod reject;
+pub mod scope;
+mod service;
+pub mod store;
+mod trace;
+mod verify;
+
+pub use async_trait::async_trait;
+
+#[cfg(feature = "axum")]
+pub use crate::axum::MissingPrincipal;
+pub use crate::body::ResponseBody;
+pub use crate::cache::CacheConfig;
+pub use crate::extract::KeySource;
+pub use crate::future::ResponseFuture;
+pub use crate::key::{
+    Environment, GeneratedKey, KeyFormat, ParseError, PlaintextKey, SecretDigest,
+};
+pub use crate::layer::{ApiKeyHandle, ApiKeyLayer, ApiKeyLayerBuilder, ConfigError};
+pub use crate::manage::{CreatedKey, InvalidKey, KeyManager, ManageError, NewKey};
+pub use crate::principal::Principal;
+pub use crate::reject::{JsonRejection, Rejection, RejectionResponder};
+pub use crate::scope::{validate_scope, RequireScope, RequireScopeLayer, ScopeHierarchy};
+pub use crate::service::ApiKeyService;
+pub use crate::store::{KeyRecord, KeyState, KeyStore, KeyStoreAdmin, MemoryStore, StoreError};

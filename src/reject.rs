@@ -1,0 +1,230 @@
+//! Rejections: what the layer answers instead of calling the service, and how the answer's body is
+//! built.
+//!
+//! The default body is the reference documents' JSON shape,
+//! `{"error": "Invalid API key", "code": "INVALID_API_KEY", "status": 401}`, with
+//! `content-type: application/json`. Every rejection response also carries the typed
+//! [`Rejection`] in its extensions, 401s carry `WWW-Authenticate`, and 503s carry `Retry-After`.
+//!
+//! | code | status | when |
+//! |---|---|---|
+//! | `MISSING_API_KEY` | 401 | no key in any configured source |
+//! | `INVALID_API_KEY` | 401 | malformed, bad checksum, unknown id, or wrong secret |
+//! | `API_KEY_REVOKED` | 401 | revoked (said only after the secret matched) |
+//! | `API_KEY_EXPIRED` | 401 | past its expiry (said only after the secret matched) |
+//! | `API_KEY_DISABLED` | 401 | disabled (said only after the secret matched) |
+//! | `MULTIPLE_API_KEYS` | 400 | two different keys in one request |
+//! | `INSUFFICIENT_PERMISSIONS` | 403 | the key lacks a scope the route requires |
+//! | `KEY_STORE_UNAVAILABLE` | 503 | the store failed or timed out; nothing is let through |
+//! | `API_KEY_LAYER_MISSING` | 500 | a scope check ran with no `ApiKeyLayer` before it |
+//!
+//! A custom body: any `Fn(&Rejection, &HeaderMap) -> Response<Bytes>`.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{HeaderMap, Response};
+//! use tower_api_key::{ApiKeyLayer, MemoryStore, Rejection};
+//!
+//! let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
+//!     .rejection_responder(|rejection: &Rejection, _request: &HeaderMap| {
+//!         Response::builder()
+//!             .status(rejection.status())
+//!             .body(Bytes::from(rejection.code()))
+//!             .unwrap()
+//!     })
+//!     .build()
+//!     .unwrap();
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use serde::Serialize;
+
+/// Why a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// No key in any configured source.
+    MissingApiKey,
+    /// Malformed, bad checksum, unknown id, or wrong secret: nothing more is said.
+    InvalidApiKey,
+    /// Two different keys in one request.
+    MultipleApiKeys,
+    /// The key was revoked.
+    ApiKeyRevoked,
+    /// The key has expired.
+    ApiKeyExpired,
+    /// The key is disabled.
+    ApiKeyDisabled,
+    /// The key lacks a required scope.
+    InsufficientPermissions,
+    /// The store failed or timed out.
+    KeyStoreUnavailable,
+    /// A scope check ran without an `ApiKeyLayer` before it: a server misconfiguration.
+    LayerMissing,
+}
+
+impl Rejection {
+    /// The machine-readable code, such as `INVALID_API_KEY`.
+    pub const fn code(self) -> &'static str {
+        match self {
+            Rejection::MissingApiKey => "MISSING_API_KEY",
+            Rejection::InvalidApiKey => "INVALID_API_KEY",
+            Rejection::MultipleApiKeys => "MULTIPLE_API_KEYS",
+            Rejection::ApiKeyRevoked => "API_KEY_REVOKED",
+            Rejection::ApiKeyExpired => "API_KEY_EXPIRED",
+            Rejection::ApiKeyDisabled => "API_KEY_DISABLED",
+            Rejection::InsufficientPermissions => "INSUFFICIENT_PERMISSIONS",
+            Rejection::KeyStoreUnavailable => "KEY_STORE_UNAVAILABLE",
+            Rejection::LayerMissing => "API_KEY_LAYER_MISSING",
+        }
+    }
+
+    /// The HTTP status.
+    pub const fn status(self) -> StatusCode {
+        match self {
+            Rejection::MissingApiKey
+            | Rejection::InvalidApiKey
+            | Rejection::ApiKeyRevoked
+            | Rejection::ApiKeyExpired
+            | Rejection::ApiKeyDisabled => StatusCode::UNAUTHORIZED,
+            Rejection::MultipleApiKeys => StatusCode::BAD_REQUEST,
+            Rejection::InsufficientPermissions => StatusCode::FORBIDDEN,
+            Rejection::KeyStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::LayerMissing => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The human-readable message, such as `Invalid API key`.
+    pub const fn message(self) -> &'static str {
+        match self {
+            Rejection::MissingApiKey => "Missing API key",
+            Rejection::InvalidApiKey => "Invalid API key",
+            Rejection::MultipleApiKeys => "More than one API key in the request",
+            Rejection::ApiKeyRevoked => "API key has been revoked",
+            Rejection::ApiKeyExpired => "API key has expired",
+            Rejection::ApiKeyDisabled => "API key is disabled",
+            Rejection::InsufficientPermissions => "Insufficient permissions",
+            Rejection::KeyStoreUnavailable => "Key store unavailable, try again later",
+            Rejection::LayerMissing => "API key authentication is not configured for this route",
+        }
+    }
+
+    /// The default JSON body: `{"error": …, "code": …, "status": …}`.
+    ///
+    /// ```
+    /// use tower_api_key::Rejection;
+    ///
+    /// assert_eq!(
+    ///     Rejection::InvalidApiKey.json_body(),
+    ///     r#"{"error":"Invalid API key","code":"INVALID_API_KEY","status":401}"#
+    /// );
+    /// ```
+    pub fn json_body(self) -> String {
+        #[derive(Serialize)]
+        struct Body {
+            error: &'static str,
+            code: &'static str,
+            status: u16,
+        }
+        serde_json::to_string(&Body {
+            error: self.message(),
+            code: self.code(),
+            status: self.status().as_u16(),
+        })
+        .expect("serialising three plain fields cannot fail")
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message(), self.code())
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// Builds the response for a rejection. Implemented by [`JsonRejection`] and by every
+/// `Fn(&Rejection, &HeaderMap) -> Response<Bytes>`, which gets the request's headers (to answer
+/// in the client's format, say).
+///
+/// Whatever it builds, the layer then adds the typed [`Rejection`] to the response's extensions,
+/// `WWW-Authenticate` to a 401 and `Retry-After` to a 503 unless the response has them.
+pub trait RejectionResponder: Send + Sync + 'static {
+    /// The response for `rejection` of a request with `request_headers`.
+    fn respond(&self, rejection: &Rejection, request_headers: &HeaderMap) -> Response<Bytes>;
+}
+
+impl<F> RejectionResponder for F
+where
+    F: Fn(&Rejection, &HeaderMap) -> Response<Bytes> + Send + Sync + 'static,
+{
+    fn respond(&self, rejection: &Rejection, request_headers: &HeaderMap) -> Response<Bytes> {
+        self(rejection, request_headers)
+    }
+}
+
+/// The default responder: the reference documents' JSON body.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JsonRejection;
+
+impl RejectionResponder for JsonRejection {
+    fn respond(&self, rejection: &Rejection, _request_headers: &HeaderMap) -> Response<Bytes> {
+        let mut response = Response::new(Bytes::from(rejection.json_body()));
+        *response.status_mut() = rejection.status();
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+}
+
+/// A responder with the headers every rejection gets.
+pub(crate) struct Rejections {
+    pub(crate) responder: Arc<dyn RejectionResponder>,
+    pub(crate) challenge: HeaderValue,
+    pub(crate) retry_after: HeaderValue,
+}
+
+impl Default for Rejections {
+    fn default() -> Self {
+        Rejections {
+            responder: Arc::new(JsonRejection),
+            challenge: HeaderValue::from_static("ApiKey realm=\"api\""),
+            retry_after: HeaderValue::from_static("5"),
+        }
+    }
+}
+
+impl fmt::Debug for Rejections {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rejections")
+            .field("challenge", &self.challenge)
+            .field("retry_after", &self.retry_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rejections {
+    pub(crate) fn response(
+        &self,
+        rejection: Rejection,
+        request_headers: &HeaderMap,
+    ) -> Response<Bytes> {
+        let mut response = self.responder.respond(&rejection, request_headers);
+        let status = response.status();
+        let headers = response.headers_mut();
+        if status == StatusCode::UNAUTHORIZED && !headers.contains_key(WWW_AUTHENTICATE) {
+            headers.insert(WWW_AUTHENTICATE, self.challenge.clone());
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE && !headers.contains_key(RETRY_AFTER) {
+            headers.insert(RETRY_AFTER, self.retry_after.clone());
+        }
+        response.extensions_mut().insert(rejection);
+        response
+    }
+}

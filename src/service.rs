@@ -1,0 +1,98 @@
+//! The authenticating service that [`ApiKeyLayer`](crate::ApiKeyLayer) wraps around yours.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower::Service;
+
+use crate::body::ResponseBody;
+use crate::future::ResponseFuture;
+use crate::layer::Shared;
+use crate::trace;
+use crate::verify::present;
+
+/// Authenticates each request by API key, then calls the inner service with the
+/// [`Principal`](crate::Principal) in the request's extensions, or answers with a rejection
+/// without calling it.
+///
+/// Its error type is the inner service's: a rejection is a response, so the service drops into
+/// axum's `Router::layer` and tonic's `Server::layer` unchanged.
+pub struct ApiKeyService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> ApiKeyService<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        ApiKeyService { inner, shared }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: Clone> Clone for ApiKeyService<S> {
+    fn clone(&self) -> Self {
+        ApiKeyService {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for ApiKeyService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyService")
+            .field("inner", &self.inner)
+            .field("config", &self.shared)
+            .finish()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ApiKeyService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let shared = &self.shared;
+        let presented = match present(
+            &shared.sources,
+            &shared.format,
+            shared.allow_opaque,
+            request.headers(),
+            request.uri(),
+        ) {
+            Ok(presented) => presented,
+            Err(rejection) => {
+                trace::rejected(None, rejection);
+                return ResponseFuture::rejected(
+                    shared.rejections.response(rejection, request.headers()),
+                );
+            }
+        };
+        // The service that was polled ready is the one to call; leave a fresh clone behind
+        // (tower's "be careful when cloning inner services").
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::lookup(
+            shared.clone(),
+            presented.id,
+            presented.digest,
+            presented.environment,
+            request,
+            inner,
+        )
+    }
+}

@@ -1,0 +1,101 @@
+//! The in-memory store: the embedded default, for demos, tests and small fixed key sets.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+use super::{KeyRecord, KeyStore, KeyStoreAdmin, StoreError};
+
+/// Keys held in this process's memory. Cloning shares the same keys.
+///
+/// Nothing survives a restart. `Debug` prints only the number of keys.
+///
+/// ```
+/// # tokio_test_block(async {
+/// use tower_api_key::{Environment, KeyRecord, KeyStore, KeyStoreAdmin, MemoryStore, SecretDigest};
+///
+/// let store = MemoryStore::new();
+/// store.create(KeyRecord::new("id1", SecretDigest::of(b"s"), "ci", Environment::Live)).await?;
+/// assert_eq!(store.get("id1").await?.unwrap().name, "ci");
+/// assert!(store.get("nope").await?.is_none());
+/// # Ok::<(), tower_api_key::StoreError>(())
+/// # });
+/// # fn tokio_test_block<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    keys: Arc<RwLock<HashMap<String, KeyRecord>>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryStore::default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, KeyRecord>> {
+        // A panic while holding the lock cannot leave a map half-written (every write is one
+        // insert or remove), so a poisoned lock is still consistent.
+        self.keys.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, KeyRecord>> {
+        self.keys.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("keys", &self.read().len())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl KeyStore for MemoryStore {
+    async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(self.read().get(id).cloned())
+    }
+}
+
+#[async_trait]
+impl KeyStoreAdmin for MemoryStore {
+    async fn create(&self, record: KeyRecord) -> Result<(), StoreError> {
+        let mut keys = self.write();
+        if keys.contains_key(&record.id) {
+            return Err(StoreError::Conflict(record.id));
+        }
+        keys.insert(record.id.clone(), record);
+        Ok(())
+    }
+
+    async fn revoke(&self, id: &str, at: SystemTime) -> Result<bool, StoreError> {
+        Ok(self
+            .write()
+            .get_mut(id)
+            .map(|record| {
+                record.revoked_at.get_or_insert(at);
+            })
+            .is_some())
+    }
+
+    async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.write().remove(id).is_some())
+    }
+
+    async fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut all: Vec<KeyRecord> = self.read().values().cloned().collect();
+        all.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(all)
+    }
+}

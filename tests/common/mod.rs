@@ -1,0 +1,186 @@
+//! What the integration tests share: a real server on 127.0.0.1, a real HTTP client, and stores
+//! that count, fail or hang on demand.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::routing::{get, post, put};
+use axum::{Extension, Router};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use tower_api_key::{
+    async_trait, ApiKeyLayer, KeyRecord, KeyStore, MemoryStore, Principal, RequireScopeLayer,
+    StoreError,
+};
+
+/// Serves `app` on an ephemeral port of 127.0.0.1 until the test's runtime ends.
+pub async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// A real HTTP/1 client.
+#[derive(Clone)]
+pub struct HttpClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+}
+
+/// What came back.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", self.body))
+    }
+
+    /// The `code` of a JSON rejection body.
+    pub fn code(&self) -> String {
+        self.json()["code"].as_str().unwrap().to_owned()
+    }
+}
+
+impl HttpClient {
+    pub fn new(addr: SocketAddr) -> Self {
+        HttpClient {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            addr,
+        }
+    }
+
+    pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = self
+            .client
+            .request(request.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8(body.to_vec()).unwrap(),
+        }
+    }
+
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send(Method::GET, path, headers).await
+    }
+}
+
+/// `Authorization: ApiKey <key>`.
+pub fn api_key(key: &str) -> String {
+    format!("ApiKey {key}")
+}
+
+/// A store that counts its lookups, and can be made to fail, to hang, or to be slow.
+#[derive(Clone, Default)]
+pub struct TestStore {
+    pub keys: MemoryStore,
+    pub gets: Arc<AtomicUsize>,
+    pub failing: Arc<AtomicBool>,
+    pub hanging: Arc<AtomicBool>,
+    pub delay_ms: Arc<AtomicUsize>,
+}
+
+impl TestStore {
+    pub fn gets(&self) -> usize {
+        self.gets.load(Ordering::SeqCst)
+    }
+    pub fn fail(&self, on: bool) {
+        self.failing.store(on, Ordering::SeqCst);
+    }
+    pub fn hang(&self, on: bool) {
+        self.hanging.store(on, Ordering::SeqCst);
+    }
+    pub fn delay(&self, ms: usize) {
+        self.delay_ms.store(ms, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl KeyStore for TestStore {
+    async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+        }
+        if self.hanging.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::unavailable("database is down"));
+        }
+        self.keys.get(id).await
+    }
+}
+
+/// The demo's routes: read, write and admin, each counting the calls that reach it.
+pub fn app(layer: ApiKeyLayer, calls: Arc<AtomicUsize>) -> Router {
+    let handler = move |Extension(principal): Extension<Principal>| {
+        let calls = calls.clone();
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            serde_json::json!({
+                "key_id": principal.key_id(),
+                "name": principal.name(),
+                "environment": principal.environment(),
+            })
+            .to_string()
+        }
+    };
+    Router::new()
+        .route(
+            "/recommendations",
+            get(handler.clone()).route_layer(RequireScopeLayer::all(["read"])),
+        )
+        .route(
+            "/tracking",
+            post(handler.clone()).route_layer(RequireScopeLayer::all(["write"])),
+        )
+        .route(
+            "/offers",
+            put(handler).route_layer(RequireScopeLayer::all(["admin"])),
+        )
+        .layer(layer)
+}
+
+/// Builds the text of a key with a given id and secret and a correct checksum: what an attacker
+/// who knows an id could send.
+pub fn forge(prefix: &str, env: &str, id: &str, secret: &str) -> String {
+    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let body = format!("{prefix}_{env}_{id}_{secret}");
+    let mut crc = crc32fast::hash(body.as_bytes());
+    let mut checksum = [b'0'; 6];
+    for slot in checksum.iter_mut().rev() {
+        *slot = BASE62[(crc % 62) as usize];
+        crc /= 62;
+    }
+    format!("{body}{}", std::str::from_utf8(&checksum).unwrap())
+}
+
+/// One hour ago.
+pub fn an_hour_ago() -> SystemTime {
+    SystemTime::now() - Duration::from_secs(3600)
+}
