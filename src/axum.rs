@@ -64,3 +64,68 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Principal {
         Ok(parts.extensions.get::<Principal>().cloned())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, routing::get, Router};
+    use http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use crate::{ApiKeyLayer, KeyManager, MemoryStore, NewKey, Principal};
+
+    async fn me(principal: Principal) -> String {
+        principal.name().to_owned()
+    }
+
+    async fn maybe(principal: Option<Principal>) -> String {
+        principal.map_or_else(|| "anonymous".to_owned(), |p| p.name().to_owned())
+    }
+
+    async fn body(response: axum::response::Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_extractor_gives_the_principal_behind_the_layer() {
+        let store = MemoryStore::new();
+        let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
+        let created = KeyManager::new(store, layer.handle())
+            .create(NewKey::new("extracted"))
+            .await
+            .unwrap();
+        let app = Router::new().route("/me", get(me)).layer(layer);
+        let request = Request::get("/me")
+            .header(
+                "authorization",
+                format!("ApiKey {}", created.key.expose_secret()),
+            )
+            .body(Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(body(response).await, "extracted");
+    }
+
+    #[tokio::test]
+    async fn without_the_layer_the_extractor_fails_closed_and_says_why() {
+        let app = Router::new()
+            .route("/me", get(me))
+            .route("/maybe", get(maybe));
+        let response = app
+            .clone()
+            .oneshot(Request::get("/me").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(body(response).await.contains("API_KEY_LAYER_MISSING"));
+        assert!(super::MissingPrincipal.to_string().contains("ApiKeyLayer"));
+        let response = app
+            .oneshot(Request::get("/maybe").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(body(response).await, "anonymous");
+    }
+}

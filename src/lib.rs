@@ -86,3 +86,7 @@ pub use crate::reject::{JsonRejection, Rejection, RejectionResponder};
 pub use crate::scope::{validate_scope, RequireScope, RequireScopeLayer, ScopeHierarchy};
 pub use crate::service::ApiKeyService;
 pub use crate::store::{KeyRecord, KeyState, KeyStore, KeyStoreAdmin, MemoryStore, StoreError};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -389,8 +389,9 @@ mod tests {
             ParseError::Malformed
         );
         assert_eq!(f.parse("mesh_live").unwrap_err(), ParseError::Malformed);
+        assert_eq!(f.parse("mesh_").unwrap_err(), ParseError::Malformed);
         assert_eq!(
-            f.parse("mesh_").unwrap_err(),
+            f.parse("mesh_prod_x").unwrap_err(),
             ParseError::UnknownEnvironment
         );
         assert_eq!(f.parse("meshy").unwrap_err(), ParseError::WrongPrefix);
