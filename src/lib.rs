@@ -59,7 +59,7 @@ pub mod extract;
 mod future;
 pub mod key;
 mod layer;
-mod manage;
+pub mod manage;
 mod principal;
 pub mod reject;
 pub mod scope;
