@@ -42,6 +42,7 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `axum` | [`Principal`] as an axum extractor |
+//! | `tonic` | gRPC status codes for rejections of gRPC requests, `tonic::Status` conversions |
 //! | `tracing` | events with the key id and the outcome (never the secret) |
 //!
 //! [axum]: https://docs.rs/axum
@@ -57,6 +58,8 @@ mod body;
 pub mod cache;
 pub mod extract;
 mod future;
+#[cfg(feature = "tonic")]
+pub mod grpc;
 pub mod key;
 mod layer;
 pub mod manage;
@@ -83,7 +86,9 @@ pub use crate::layer::{ApiKeyHandle, ApiKeyLayer, ApiKeyLayerBuilder, ConfigErro
 pub use crate::manage::{CreatedKey, InvalidKey, KeyManager, ManageError, NewKey};
 pub use crate::principal::Principal;
 pub use crate::reject::{JsonRejection, Rejection, RejectionResponder};
-pub use crate::scope::{validate_scope, RequireScope, RequireScopeLayer, ScopeHierarchy};
+pub use crate::scope::{
+    validate_scope, RequireScope, RequireScopeLayer, ScopeHierarchy, ScopeRequirement,
+};
 pub use crate::service::ApiKeyService;
 pub use crate::store::{KeyRecord, KeyState, KeyStore, KeyStoreAdmin, MemoryStore, StoreError};
 

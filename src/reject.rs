@@ -18,6 +18,8 @@
 //! | `KEY_STORE_UNAVAILABLE` | 503 | the store failed or timed out; nothing is let through |
 //! | `API_KEY_LAYER_MISSING` | 500 | a scope check ran with no `ApiKeyLayer` before it |
 //!
+//! With the `tonic` feature, gRPC requests get a gRPC status instead (see [`crate::grpc`]).
+//!
 //! A custom body: any `Fn(&Rejection, &HeaderMap) -> Response<Bytes>`.
 //!
 //! ```
@@ -215,6 +217,12 @@ impl Rejections {
         rejection: Rejection,
         request_headers: &HeaderMap,
     ) -> Response<Bytes> {
+        #[cfg(feature = "tonic")]
+        if crate::grpc::is_grpc(request_headers) {
+            let mut response = crate::grpc::response(rejection);
+            response.extensions_mut().insert(rejection);
+            return response;
+        }
         let mut response = self.responder.respond(&rejection, request_headers);
         let status = response.status();
         let headers = response.headers_mut();

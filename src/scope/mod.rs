@@ -22,7 +22,7 @@ mod require;
 
 use std::fmt;
 
-pub use require::{RequireScope, RequireScopeLayer};
+pub use require::{RequireScope, RequireScopeLayer, ScopeRequirement};
 
 /// The longest scope accepted, in bytes.
 pub const MAX_SCOPE_LEN: usize = 128;

@@ -1,5 +1,6 @@
 //! The route-level layer that requires scopes of the authenticated key.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -30,30 +31,130 @@ use crate::reject::{Rejection, RejectionResponder, Rejections};
 /// ```
 #[derive(Clone, Debug)]
 pub struct RequireScopeLayer {
-    requirement: Arc<Requirement>,
+    rule: Arc<Rule>,
     rejections: Arc<Rejections>,
 }
 
-#[derive(Debug)]
+/// Which scopes a request needs: all of a list, any of a list, or none beyond authentication.
+///
+/// ```
+/// use tower_api_key::ScopeRequirement;
+///
+/// let writers = ScopeRequirement::all(["write"]);
+/// let either = ScopeRequirement::any(["offers:write", "admin"]);
+/// let anyone = ScopeRequirement::none();
+/// # let _ = (writers, either, anyone);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScopeRequirement(Requirement);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Requirement {
     All(Box<[Box<str>]>),
     Any(Box<[Box<str>]>),
 }
 
+impl ScopeRequirement {
+    /// Every one of `scopes` (none given: any authenticated key).
+    pub fn all<I: IntoIterator<Item = S>, S: AsRef<str>>(scopes: I) -> Self {
+        ScopeRequirement(Requirement::All(collect(scopes)))
+    }
+
+    /// At least one of `scopes` (none given: nothing passes).
+    pub fn any<I: IntoIterator<Item = S>, S: AsRef<str>>(scopes: I) -> Self {
+        ScopeRequirement(Requirement::Any(collect(scopes)))
+    }
+
+    /// No scope: any authenticated key.
+    pub fn none() -> Self {
+        ScopeRequirement::all(std::iter::empty::<&str>())
+    }
+
+    /// Whether `principal` meets this requirement.
+    pub fn allows(&self, principal: &Principal) -> bool {
+        match &self.0 {
+            Requirement::All(scopes) => scopes.iter().all(|s| principal.has_scope(s)),
+            Requirement::Any(scopes) => scopes.iter().any(|s| principal.has_scope(s)),
+        }
+    }
+}
+
+/// One requirement for every request, or one per request path.
+#[derive(Debug)]
+enum Rule {
+    Everywhere(ScopeRequirement),
+    PerPath {
+        paths: HashMap<Box<str>, ScopeRequirement>,
+        otherwise: ScopeRequirement,
+    },
+}
+
+impl Rule {
+    fn for_path(&self, path: &str) -> &ScopeRequirement {
+        match self {
+            Rule::Everywhere(requirement) => requirement,
+            Rule::PerPath { paths, otherwise } => paths
+                .get(path)
+                .or_else(|| {
+                    // `/package.Service/Method` falls back to `/package.Service/`.
+                    let service = &path[..path.rfind('/').map_or(0, |at| at + 1)];
+                    paths.get(service)
+                })
+                .unwrap_or(otherwise),
+        }
+    }
+}
+
 impl RequireScopeLayer {
     /// Requires every one of `scopes`.
     pub fn all<I: IntoIterator<Item = S>, S: AsRef<str>>(scopes: I) -> Self {
-        Self::with(Requirement::All(collect(scopes)))
+        Self::new(ScopeRequirement::all(scopes))
     }
 
     /// Requires at least one of `scopes` (none given: nothing passes).
     pub fn any<I: IntoIterator<Item = S>, S: AsRef<str>>(scopes: I) -> Self {
-        Self::with(Requirement::Any(collect(scopes)))
+        Self::new(ScopeRequirement::any(scopes))
     }
 
-    fn with(requirement: Requirement) -> Self {
+    /// Requires `requirement` of every request.
+    pub fn new(requirement: ScopeRequirement) -> Self {
+        Self::with(Rule::Everywhere(requirement))
+    }
+
+    /// A requirement per request path, for a gRPC server's methods above all: a path is a
+    /// method's full name, `/package.Service/Method`, or a whole service's, `/package.Service/`.
+    /// The exact path is looked up first, then its service; a path that is not listed needs
+    /// `otherwise`.
+    ///
+    /// ```
+    /// use tower_api_key::{RequireScopeLayer, ScopeRequirement};
+    ///
+    /// let per_method = RequireScopeLayer::per_path(
+    ///     [
+    ///         ("/store.v1.Store/Get", ScopeRequirement::all(["read"])),
+    ///         ("/store.v1.Store/Set", ScopeRequirement::all(["write"])),
+    ///         ("/store.v1.Admin/", ScopeRequirement::all(["admin"])),
+    ///     ],
+    ///     ScopeRequirement::none(),
+    /// );
+    /// ```
+    pub fn per_path<I, P>(paths: I, otherwise: ScopeRequirement) -> Self
+    where
+        I: IntoIterator<Item = (P, ScopeRequirement)>,
+        P: AsRef<str>,
+    {
+        Self::with(Rule::PerPath {
+            paths: paths
+                .into_iter()
+                .map(|(path, requirement)| (path.as_ref().into(), requirement))
+                .collect(),
+            otherwise,
+        })
+    }
+
+    fn with(rule: Rule) -> Self {
         RequireScopeLayer {
-            requirement: Arc::new(requirement),
+            rule: Arc::new(rule),
             rejections: Arc::new(Rejections::default()),
         }
     }
@@ -70,15 +171,6 @@ impl RequireScopeLayer {
 
 fn collect<I: IntoIterator<Item = S>, S: AsRef<str>>(scopes: I) -> Box<[Box<str>]> {
     scopes.into_iter().map(|s| s.as_ref().into()).collect()
-}
-
-impl Requirement {
-    fn allows(&self, principal: &Principal) -> bool {
-        match self {
-            Requirement::All(scopes) => scopes.iter().all(|s| principal.has_scope(s)),
-            Requirement::Any(scopes) => scopes.iter().any(|s| principal.has_scope(s)),
-        }
-    }
 }
 
 impl<S> Layer<S> for RequireScopeLayer {
@@ -113,7 +205,13 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let rejection = match request.extensions().get::<Principal>() {
-            Some(principal) if self.layer.requirement.allows(principal) => {
+            Some(principal)
+                if self
+                    .layer
+                    .rule
+                    .for_path(request.uri().path())
+                    .allows(principal) =>
+            {
                 return ResponseFuture::inner(self.inner.call(request));
             }
             Some(_) => Rejection::InsufficientPermissions,
