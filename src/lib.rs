@@ -56,6 +56,7 @@
 mod axum;
 mod body;
 pub mod cache;
+pub mod client;
 pub mod extract;
 mod future;
 #[cfg(feature = "tonic")]
@@ -77,6 +78,7 @@ pub use async_trait::async_trait;
 pub use crate::axum::MissingPrincipal;
 pub use crate::body::ResponseBody;
 pub use crate::cache::CacheConfig;
+pub use crate::client::{AddApiKey, AddApiKeyLayer, ClientKeyBuilder, ClientKeyError};
 pub use crate::extract::KeySource;
 pub use crate::future::ResponseFuture;
 pub use crate::key::{

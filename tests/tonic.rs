@@ -176,6 +176,31 @@ mod grpc {
         assert_eq!(reply.code(), "MISSING_API_KEY");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_client_layer_sends_the_key_on_a_tonic_channel() {
+        use tower_api_key::AddApiKeyLayer;
+
+        let f = fixture().await;
+        let read = f.key("read").await;
+        let channel = Channel::from_shared(format!("http://{}", f.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let with_key = AddApiKeyLayer::builder()
+            .expect_prefix("mesh")
+            .key(read.key.expose_secret())
+            .unwrap();
+        let mut client = HealthClient::new(ServiceBuilder::new().layer(with_key).service(channel));
+        let response = client.check(HealthCheckRequest::default()).await.unwrap();
+        assert_eq!(response.into_inner().status(), ServingStatus::Serving);
+        let status = client
+            .watch(HealthCheckRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied);
+    }
+
     #[tokio::test]
     async fn a_tonic_handler_finds_the_principal_in_the_request_extensions() {
         use tower::{service_fn, Layer, ServiceExt};
