@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime};
 use moka::future::Cache;
 
 use crate::key::{Environment, SecretDigest};
+use crate::limit::{LimitRules, Policy};
 use crate::principal::Principal;
 use crate::scope::ScopeHierarchy;
 use crate::store::{KeyRecord, KeyState, KeyStore, StoreError};
@@ -64,11 +65,14 @@ pub(crate) struct CachedKey {
     disabled: bool,
     expires_at: Option<SystemTime>,
     pub(crate) principal: Principal,
+    /// The key's rate limits and quotas; `None` when it has none.
+    pub(crate) policy: Option<Policy>,
 }
 
 impl CachedKey {
-    fn new(record: &KeyRecord, hierarchy: Arc<ScopeHierarchy>) -> Self {
+    fn new(record: &KeyRecord, hierarchy: Arc<ScopeHierarchy>, policy: Option<Policy>) -> Self {
         CachedKey {
+            policy,
             digest: record.digest,
             environment: record.environment,
             revoked: record.revoked_at.is_some(),
@@ -113,6 +117,7 @@ pub(crate) struct KeyCache {
     missing: Cache<String, ()>,
     store: Arc<dyn KeyStore>,
     hierarchy: Arc<ScopeHierarchy>,
+    rules: LimitRules,
     lookup_timeout: Option<Duration>,
 }
 
@@ -132,6 +137,7 @@ impl KeyCache {
         config: &CacheConfig,
         store: Arc<dyn KeyStore>,
         hierarchy: Arc<ScopeHierarchy>,
+        rules: LimitRules,
         lookup_timeout: Option<Duration>,
     ) -> Self {
         KeyCache {
@@ -145,6 +151,7 @@ impl KeyCache {
                 .build(),
             store,
             hierarchy,
+            rules,
             lookup_timeout,
         }
     }
@@ -178,9 +185,14 @@ impl KeyCache {
             None => lookup.await,
         };
         match result {
-            Ok(Some(record)) if record.id == id => {
-                Ok(Arc::new(CachedKey::new(&record, self.hierarchy.clone())))
-            }
+            Ok(Some(record)) if record.id == id => match self.rules.policy(&record) {
+                Ok(policy) => Ok(Arc::new(CachedKey::new(
+                    &record,
+                    self.hierarchy.clone(),
+                    policy,
+                ))),
+                Err(unknown) => Err(LoadError::Store(StoreError::unavailable(unknown))),
+            },
             Ok(Some(_)) => Err(LoadError::Store(StoreError::unavailable(
                 "the store returned a record with another id",
             ))),

@@ -10,7 +10,8 @@
 //! |---|---|
 //! | 401s, `MULTIPLE_API_KEYS` | `UNAUTHENTICATED` (16) |
 //! | `INSUFFICIENT_PERMISSIONS` | `PERMISSION_DENIED` (7) |
-//! | `KEY_STORE_UNAVAILABLE` | `UNAVAILABLE` (14) |
+//! | `RATE_LIMIT_EXCEEDED` | `RESOURCE_EXHAUSTED` (8) |
+//! | `KEY_STORE_UNAVAILABLE`, `RATE_LIMITER_UNAVAILABLE` | `UNAVAILABLE` (14) |
 //! | `API_KEY_LAYER_MISSING` | `INTERNAL` (13) |
 //!
 //! A tonic handler finds the authenticated key in the request's extensions, and a server checks
@@ -81,9 +82,13 @@ impl Rejection {
             | Rejection::MultipleApiKeys
             | Rejection::ApiKeyRevoked
             | Rejection::ApiKeyExpired
-            | Rejection::ApiKeyDisabled => tonic::Code::Unauthenticated,
+            | Rejection::ApiKeyDisabled
+            | Rejection::EnvironmentNotAllowed => tonic::Code::Unauthenticated,
             Rejection::InsufficientPermissions => tonic::Code::PermissionDenied,
-            Rejection::KeyStoreUnavailable => tonic::Code::Unavailable,
+            Rejection::RateLimitExceeded => tonic::Code::ResourceExhausted,
+            Rejection::KeyStoreUnavailable | Rejection::LimiterUnavailable => {
+                tonic::Code::Unavailable
+            }
             Rejection::LayerMissing => tonic::Code::Internal,
         }
     }

@@ -4,16 +4,23 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderValue;
+use bytes::Bytes;
+use http::header::RETRY_AFTER;
+use http::{HeaderMap, HeaderValue, Response};
 use tower::Layer;
 
 use crate::cache::{CacheConfig, KeyCache};
+use crate::clock::{Clock, SystemClock};
 use crate::extract::KeySource;
-use crate::key::{InvalidPrefix, KeyFormat};
-use crate::reject::{JsonRejection, RejectionResponder, Rejections};
+use crate::key::{Environment, InvalidPrefix, KeyFormat};
+use crate::limit::{Decision, LimitRules, Limiter, Limits, MemoryLimiter};
+use crate::reject::{JsonRejection, Rejection, RejectionResponder, Rejections};
 use crate::scope::ScopeHierarchy;
 use crate::service::ApiKeyService;
 use crate::store::KeyStore;
+use crate::trace;
+use crate::usage::{Outcome, UsageEvent, UsageSink};
+use crate::verify::Environments;
 
 /// API-key authentication as a Tower layer.
 ///
@@ -53,8 +60,55 @@ pub(crate) struct Shared {
     pub(crate) format: KeyFormat,
     pub(crate) sources: Box<[KeySource]>,
     pub(crate) allow_opaque: bool,
+    pub(crate) environments: Environments,
     pub(crate) cache: KeyCache,
     pub(crate) rejections: Rejections,
+    pub(crate) limiter: Arc<dyn Limiter>,
+    pub(crate) usage: Option<Arc<dyn UsageSink>>,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl Shared {
+    /// Records one request with the usage sink, if there is one.
+    pub(crate) fn record(&self, key_id: Option<&str>, outcome: Outcome, latency: Option<Duration>) {
+        if let Some(sink) = &self.usage {
+            sink.record(&UsageEvent {
+                key_id,
+                outcome,
+                latency,
+                at: self.clock.now(),
+            });
+        }
+    }
+
+    /// The response for a refused request; traces it with the id it `presented` and counts it for
+    /// the key whose secret was `verified`.
+    pub(crate) fn reject(
+        &self,
+        rejection: Rejection,
+        presented: Option<&str>,
+        verified: Option<&str>,
+        request_headers: &HeaderMap,
+    ) -> Response<Bytes> {
+        trace::rejected(presented, rejection);
+        self.record(verified, Outcome::Rejected(rejection), None);
+        self.rejections.response(rejection, request_headers)
+    }
+}
+
+/// Adds `RateLimit-Policy`, `RateLimit` and, when refused, `Retry-After`.
+pub(crate) fn add_limit_headers(headers: &mut HeaderMap, decision: &Decision) {
+    let (policy, state) = decision.headers();
+    if let Ok(policy) = HeaderValue::try_from(policy) {
+        headers.insert("ratelimit-policy", policy);
+    }
+    if let Ok(state) = HeaderValue::try_from(state) {
+        headers.insert("ratelimit", state);
+    }
+    if let Some(after) = decision.retry_after {
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
 }
 
 impl fmt::Debug for Shared {
@@ -63,9 +117,11 @@ impl fmt::Debug for Shared {
             .field("prefix", &self.format.prefix())
             .field("sources", &self.sources)
             .field("allow_opaque", &self.allow_opaque)
+            .field("environments", &self.environments)
             .field("cache", &self.cache)
             .field("rejections", &self.rejections)
-            .finish()
+            .field("usage", &self.usage.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -99,6 +155,11 @@ impl ApiKeyLayer {
             lookup_timeout: Some(Duration::from_secs(5)),
             retry_after: Duration::from_secs(5),
             responder: Arc::new(JsonRejection),
+            environments: Environments::default(),
+            rules: LimitRules::default(),
+            limiter: None,
+            usage: None,
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -165,6 +226,11 @@ pub struct ApiKeyLayerBuilder {
     lookup_timeout: Option<Duration>,
     retry_after: Duration,
     responder: Arc<dyn RejectionResponder>,
+    environments: Environments,
+    rules: LimitRules,
+    limiter: Option<Arc<dyn Limiter>>,
+    usage: Option<Arc<dyn UsageSink>>,
+    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for ApiKeyLayerBuilder {
@@ -176,11 +242,62 @@ impl fmt::Debug for ApiKeyLayerBuilder {
             .field("cache", &self.cache)
             .field("realm", &self.realm)
             .field("lookup_timeout", &self.lookup_timeout)
+            .field("environments", &self.environments)
+            .field("limits", &self.rules)
             .finish_non_exhaustive()
     }
 }
 
 impl ApiKeyLayerBuilder {
+    /// The key environments accepted; keys of others are refused with
+    /// `API_KEY_ENVIRONMENT_NOT_ALLOWED` (before any lookup, since the environment is written in
+    /// the key). Default `live` and `test`: `dev` keys must be enabled explicitly. A production
+    /// deployment that wants only production keys passes `[Environment::Live]`.
+    pub fn environments(mut self, accepted: impl IntoIterator<Item = Environment>) -> Self {
+        self.environments = Environments::new(accepted);
+        self
+    }
+
+    /// Defines (or redefines) plan `name`. `free`, `pro` and `enterprise` are built in, with the
+    /// reference's limits ([`Limits::FREE`], [`Limits::PRO`], [`Limits::ENTERPRISE`]). A key whose
+    /// record names a plan that is not defined is refused with 503 until it is (fail closed).
+    pub fn plan(mut self, name: &str, limits: Limits) -> Self {
+        self.rules.plans.push((name.to_owned(), limits));
+        self
+    }
+
+    /// The limits of keys whose record has neither limits nor a plan; default none.
+    pub fn default_limits(mut self, limits: Limits) -> Self {
+        self.rules.default = limits;
+        self
+    }
+
+    /// The cap on `test` keys' limits (each limit is the stricter of the key's and this);
+    /// default 60 per minute and 1,000 per day. `dev` keys are never limited.
+    pub fn test_key_limits(mut self, cap: Limits) -> Self {
+        self.rules.test_cap = cap;
+        self
+    }
+
+    /// Counts requests with `limiter` instead of a [`MemoryLimiter`] on the layer's clock.
+    pub fn limiter(mut self, limiter: impl Limiter) -> Self {
+        self.limiter = Some(Arc::new(limiter));
+        self
+    }
+
+    /// Reports every request's outcome to `sink`, such as a shared
+    /// [`MemoryUsage`](crate::MemoryUsage).
+    pub fn usage_sink(mut self, sink: impl UsageSink) -> Self {
+        self.usage = Some(Arc::new(sink));
+        self
+    }
+
+    /// Reads the time from `clock` (expiry, rate limits, quota windows); for tests.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
     /// Where keys are read from, in order. Default: `Authorization: ApiKey <key>` only.
     pub fn sources(mut self, sources: impl IntoIterator<Item = KeySource>) -> Self {
         self.sources = sources.into_iter().collect();
@@ -275,19 +392,28 @@ impl ApiKeyLayerBuilder {
             &self.cache,
             self.store,
             Arc::new(self.hierarchy),
+            self.rules,
             self.lookup_timeout,
         );
+        let clock = self.clock;
+        let limiter = self
+            .limiter
+            .unwrap_or_else(|| Arc::new(MemoryLimiter::with_clock(clock.clone())));
         Ok(ApiKeyLayer {
             shared: Arc::new(Shared {
                 format,
                 sources: self.sources.into(),
                 allow_opaque: self.allow_opaque,
+                environments: self.environments,
                 cache,
                 rejections: Rejections {
                     responder: self.responder,
                     challenge,
                     retry_after,
                 },
+                limiter,
+                usage: self.usage,
+                clock,
             }),
         })
     }

@@ -57,12 +57,14 @@ mod axum;
 mod body;
 pub mod cache;
 pub mod client;
+mod clock;
 pub mod extract;
 mod future;
 #[cfg(feature = "tonic")]
 pub mod grpc;
 pub mod key;
 mod layer;
+pub mod limit;
 pub mod manage;
 mod principal;
 pub mod reject;
@@ -70,6 +72,7 @@ pub mod scope;
 mod service;
 pub mod store;
 mod trace;
+pub mod usage;
 mod verify;
 
 pub use async_trait::async_trait;
@@ -79,12 +82,16 @@ pub use crate::axum::MissingPrincipal;
 pub use crate::body::ResponseBody;
 pub use crate::cache::CacheConfig;
 pub use crate::client::{AddApiKey, AddApiKeyLayer, ClientKeyBuilder, ClientKeyError};
+pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::extract::KeySource;
 pub use crate::future::ResponseFuture;
 pub use crate::key::{
     Environment, GeneratedKey, KeyFormat, ParseError, PlaintextKey, SecretDigest,
 };
 pub use crate::layer::{ApiKeyHandle, ApiKeyLayer, ApiKeyLayerBuilder, ConfigError};
+pub use crate::limit::{
+    Decision, LimitCheck, LimitStatus, Limiter, LimiterError, Limits, MemoryLimiter,
+};
 pub use crate::manage::{CreatedKey, InvalidKey, KeyManager, ManageError, NewKey};
 pub use crate::principal::Principal;
 pub use crate::reject::{JsonRejection, Rejection, RejectionResponder};
@@ -93,6 +100,7 @@ pub use crate::scope::{
 };
 pub use crate::service::ApiKeyService;
 pub use crate::store::{KeyRecord, KeyState, KeyStore, KeyStoreAdmin, MemoryStore, StoreError};
+pub use crate::usage::{KeyUsage, MemoryUsage, Outcome, UsageEvent, UsageSink, UsageSnapshot};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -14,8 +14,11 @@
 //! | `API_KEY_EXPIRED` | 401 | past its expiry (said only after the secret matched) |
 //! | `API_KEY_DISABLED` | 401 | disabled (said only after the secret matched) |
 //! | `MULTIPLE_API_KEYS` | 400 | two different keys in one request |
+//! | `API_KEY_ENVIRONMENT_NOT_ALLOWED` | 401 | a `test` or `dev` key where the layer refuses them |
 //! | `INSUFFICIENT_PERMISSIONS` | 403 | the key lacks a scope the route requires |
+//! | `RATE_LIMIT_EXCEEDED` | 429 | over the key's rate limit or quota (with `Retry-After`) |
 //! | `KEY_STORE_UNAVAILABLE` | 503 | the store failed or timed out; nothing is let through |
+//! | `RATE_LIMITER_UNAVAILABLE` | 503 | the rate limiter failed; nothing is let through |
 //! | `API_KEY_LAYER_MISSING` | 500 | a scope check ran with no `ApiKeyLayer` before it |
 //!
 //! With the `tonic` feature, gRPC requests get a gRPC status instead (see [`crate::grpc`]).
@@ -64,13 +67,53 @@ pub enum Rejection {
     ApiKeyDisabled,
     /// The key lacks a required scope.
     InsufficientPermissions,
+    /// The key's environment (`test`, `dev`) is not accepted by this layer.
+    EnvironmentNotAllowed,
+    /// Over the key's rate limit or quota.
+    RateLimitExceeded,
     /// The store failed or timed out.
     KeyStoreUnavailable,
+    /// The rate limiter failed.
+    LimiterUnavailable,
     /// A scope check ran without an `ApiKeyLayer` before it: a server misconfiguration.
     LayerMissing,
 }
 
 impl Rejection {
+    /// Every rejection.
+    pub const ALL: [Rejection; 12] = [
+        Rejection::MissingApiKey,
+        Rejection::InvalidApiKey,
+        Rejection::MultipleApiKeys,
+        Rejection::ApiKeyRevoked,
+        Rejection::ApiKeyExpired,
+        Rejection::ApiKeyDisabled,
+        Rejection::EnvironmentNotAllowed,
+        Rejection::RateLimitExceeded,
+        Rejection::InsufficientPermissions,
+        Rejection::KeyStoreUnavailable,
+        Rejection::LimiterUnavailable,
+        Rejection::LayerMissing,
+    ];
+
+    /// Its position in [`Rejection::ALL`].
+    pub(crate) const fn index(self) -> usize {
+        match self {
+            Rejection::MissingApiKey => 0,
+            Rejection::InvalidApiKey => 1,
+            Rejection::MultipleApiKeys => 2,
+            Rejection::ApiKeyRevoked => 3,
+            Rejection::ApiKeyExpired => 4,
+            Rejection::ApiKeyDisabled => 5,
+            Rejection::EnvironmentNotAllowed => 6,
+            Rejection::RateLimitExceeded => 7,
+            Rejection::InsufficientPermissions => 8,
+            Rejection::KeyStoreUnavailable => 9,
+            Rejection::LimiterUnavailable => 10,
+            Rejection::LayerMissing => 11,
+        }
+    }
+
     /// The machine-readable code, such as `INVALID_API_KEY`.
     pub const fn code(self) -> &'static str {
         match self {
@@ -81,7 +124,10 @@ impl Rejection {
             Rejection::ApiKeyExpired => "API_KEY_EXPIRED",
             Rejection::ApiKeyDisabled => "API_KEY_DISABLED",
             Rejection::InsufficientPermissions => "INSUFFICIENT_PERMISSIONS",
+            Rejection::EnvironmentNotAllowed => "API_KEY_ENVIRONMENT_NOT_ALLOWED",
+            Rejection::RateLimitExceeded => "RATE_LIMIT_EXCEEDED",
             Rejection::KeyStoreUnavailable => "KEY_STORE_UNAVAILABLE",
+            Rejection::LimiterUnavailable => "RATE_LIMITER_UNAVAILABLE",
             Rejection::LayerMissing => "API_KEY_LAYER_MISSING",
         }
     }
@@ -93,10 +139,14 @@ impl Rejection {
             | Rejection::InvalidApiKey
             | Rejection::ApiKeyRevoked
             | Rejection::ApiKeyExpired
-            | Rejection::ApiKeyDisabled => StatusCode::UNAUTHORIZED,
+            | Rejection::ApiKeyDisabled
+            | Rejection::EnvironmentNotAllowed => StatusCode::UNAUTHORIZED,
             Rejection::MultipleApiKeys => StatusCode::BAD_REQUEST,
             Rejection::InsufficientPermissions => StatusCode::FORBIDDEN,
-            Rejection::KeyStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::RateLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Rejection::KeyStoreUnavailable | Rejection::LimiterUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Rejection::LayerMissing => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -111,7 +161,12 @@ impl Rejection {
             Rejection::ApiKeyExpired => "API key has expired",
             Rejection::ApiKeyDisabled => "API key is disabled",
             Rejection::InsufficientPermissions => "Insufficient permissions",
+            Rejection::EnvironmentNotAllowed => {
+                "API keys of this environment are not accepted here"
+            }
+            Rejection::RateLimitExceeded => "Rate limit exceeded",
             Rejection::KeyStoreUnavailable => "Key store unavailable, try again later",
+            Rejection::LimiterUnavailable => "Rate limiter unavailable, try again later",
             Rejection::LayerMissing => "API key authentication is not configured for this route",
         }
     }

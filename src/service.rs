@@ -10,7 +10,6 @@ use tower::Service;
 use crate::body::ResponseBody;
 use crate::future::ResponseFuture;
 use crate::layer::Shared;
-use crate::trace;
 use crate::verify::present;
 
 /// Authenticates each request by API key, then calls the inner service with the
@@ -71,15 +70,18 @@ where
             &shared.sources,
             &shared.format,
             shared.allow_opaque,
+            shared.environments,
             request.headers(),
             request.uri(),
         ) {
             Ok(presented) => presented,
             Err(rejection) => {
-                trace::rejected(None, rejection);
-                return ResponseFuture::rejected(
-                    shared.rejections.response(rejection, request.headers()),
-                );
+                return ResponseFuture::rejected(shared.reject(
+                    rejection,
+                    None,
+                    None,
+                    request.headers(),
+                ));
             }
         };
         // The service that was polled ready is the one to call; leave a fresh clone behind

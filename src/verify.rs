@@ -14,6 +14,38 @@ use crate::principal::Principal;
 use crate::reject::Rejection;
 use crate::store::KeyState;
 
+/// The environments a layer accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Environments(u8);
+
+impl Environments {
+    pub(crate) fn new(accepted: impl IntoIterator<Item = Environment>) -> Self {
+        Environments(
+            accepted
+                .into_iter()
+                .fold(0, |set, env| set | Self::bit(env)),
+        )
+    }
+
+    pub(crate) fn accepts(self, environment: Environment) -> bool {
+        self.0 & Self::bit(environment) != 0
+    }
+
+    const fn bit(environment: Environment) -> u8 {
+        match environment {
+            Environment::Live => 1,
+            Environment::Test => 2,
+            Environment::Dev => 4,
+        }
+    }
+}
+
+impl Default for Environments {
+    fn default() -> Self {
+        Environments::new([Environment::Live, Environment::Test])
+    }
+}
+
 /// What a request presented, reduced to what verification needs: the secret itself is hashed and
 /// dropped here.
 pub(crate) struct Presented {
@@ -34,12 +66,17 @@ pub(crate) fn present(
     sources: &[KeySource],
     format: &KeyFormat,
     allow_opaque: bool,
+    environments: Environments,
     headers: &HeaderMap,
     uri: &Uri,
 ) -> Result<Presented, Rejection> {
     let key: Cow<'_, str> = extract(sources, headers, uri)?.ok_or(Rejection::MissingApiKey)?;
     if format.claims(&key) {
         let parsed = format.parse(&key).map_err(|_| Rejection::InvalidApiKey)?;
+        // The environment is written in the key: refusing it reveals nothing and costs no lookup.
+        if !environments.accepts(parsed.environment()) {
+            return Err(Rejection::EnvironmentNotAllowed);
+        }
         Ok(Presented {
             id: parsed.id().to_owned(),
             digest: parsed.digest(),
@@ -63,16 +100,21 @@ pub(crate) fn present(
 ///
 /// # Errors
 /// `InvalidApiKey` when the secret (or the environment written in the key) does not match; then
-/// the state's own rejection.
+/// the state's own rejection, or `EnvironmentNotAllowed` for an opaque key of a refused
+/// environment.
 pub(crate) fn verify<'k>(
     key: &'k CachedKey,
     digest: &SecretDigest,
     environment: Option<Environment>,
+    environments: Environments,
     now: SystemTime,
 ) -> Result<&'k Principal, Rejection> {
     let same_environment = Choice::from(u8::from(environment.is_none_or(|e| e == key.environment)));
     if !bool::from(key.digest.ct_eq(digest) & same_environment) {
         return Err(Rejection::InvalidApiKey);
+    }
+    if !environments.accepts(key.environment) {
+        return Err(Rejection::EnvironmentNotAllowed);
     }
     match key.state(now) {
         KeyState::Active => Ok(&key.principal),

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::key::{Environment, SecretDigest};
+use crate::limit::Limits;
 
 /// Everything a store keeps about one key: never the key itself, only the digest of its secret.
 ///
@@ -63,6 +64,12 @@ pub struct KeyRecord {
     /// A disabled key is refused until it is enabled again.
     #[serde(default)]
     pub disabled: bool,
+    /// The name of the key's plan (`free`, `pro`, `enterprise`, or one the layer defines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    /// The key's own limits; they take precedence over its plan's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
 }
 
 /// Whether a key may be used now.
@@ -98,6 +105,8 @@ impl KeyRecord {
             expires_at: None,
             revoked_at: None,
             disabled: false,
+            plan: None,
+            limits: None,
         }
     }
 

@@ -1,0 +1,88 @@
+//! Where the layer reads the time: expiry, rate limits and quota windows all ask a [`Clock`], so
+//! tests can move time by hand.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A source of wall-clock time.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> SystemTime;
+}
+
+/// The system's clock: the default.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// A clock that moves only when told to, for tests. Clones share the same time.
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use tower_api_key::{Clock, ManualClock};
+///
+/// let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+/// clock.advance(Duration::from_secs(90));
+/// assert_eq!(clock.now(), UNIX_EPOCH + Duration::from_secs(1_700_000_090));
+/// ```
+#[derive(Clone)]
+pub struct ManualClock {
+    nanos: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock standing at `at`.
+    ///
+    /// # Panics
+    /// If `at` is before 1970 or after the year 2554 (nanoseconds since 1970 in a `u64`).
+    pub fn new(at: SystemTime) -> Self {
+        let clock = ManualClock {
+            nanos: Arc::new(AtomicU64::new(0)),
+        };
+        clock.set(at);
+        clock
+    }
+
+    /// Moves the clock to `at`.
+    ///
+    /// # Panics
+    /// As [`ManualClock::new`].
+    pub fn set(&self, at: SystemTime) {
+        let nanos = at
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .and_then(|d| u64::try_from(d.as_nanos()).ok())
+            .expect("ManualClock holds times from 1970 to 2554");
+        self.nanos.store(nanos, Ordering::SeqCst);
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(by, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
+    }
+}
+
+impl fmt::Debug for ManualClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ManualClock").field(&self.now()).finish()
+    }
+}
+
+/// Seconds since 1970 (0 before it).
+pub(crate) fn unix_seconds(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
