@@ -9,10 +9,14 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
+use std::sync::Arc;
+
 use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
-use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, NewKey, Principal, RequireScopeLayer};
+use tower_api_key::{
+    ApiKeyLayer, KeyManager, MemoryStore, MemoryUsage, NewKey, Principal, RequireScopeLayer,
+};
 
 async fn recommendations(Extension(principal): Extension<Principal>) -> Json<Value> {
     Json(json!({
@@ -30,6 +34,10 @@ async fn offers(Extension(principal): Extension<Principal>) -> Json<Value> {
     Json(json!({"updated": true, "by": principal.name()}))
 }
 
+async fn usage(Extension(usage): Extension<Arc<MemoryUsage>>) -> Json<Value> {
+    Json(json!(usage.snapshot()))
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port: u16 = match std::env::var("PORT") {
@@ -40,7 +48,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let store = MemoryStore::new();
-    let auth = ApiKeyLayer::new("mesh", store.clone())?;
+    let usage_counts = Arc::new(MemoryUsage::new());
+    let auth = ApiKeyLayer::builder("mesh", store.clone())
+        .usage_sink(usage_counts.clone())
+        .build()?;
     let keys = KeyManager::new(store, auth.handle());
 
     let app = Router::new()
@@ -56,6 +67,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "/offers",
             put(offers).route_layer(RequireScopeLayer::all(["admin"])),
         )
+        .route(
+            "/usage",
+            get(usage).route_layer(RequireScopeLayer::all(["admin"])),
+        )
+        .layer(Extension(usage_counts))
         .layer(auth);
 
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -70,13 +86,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("write", "POST", "/tracking"),
         ("admin", "PUT", "/offers"),
     ] {
+        // The read key is on the reference's Free plan: 100/minute, 10,000/day, 100,000/month.
+        let plan = if scope == "read" { "free" } else { "pro" };
         let created = keys
-            .create(NewKey::new(format!("demo-{scope}")).scopes([scope]))
+            .create(
+                NewKey::new(format!("demo-{scope}"))
+                    .scopes([scope])
+                    .plan(plan),
+            )
             .await?;
         let key = created.key.expose_secret();
         println!("  {scope:<5} key (id {}): {key}", created.record.id);
         println!("        curl -X {method} -H 'Authorization: ApiKey {key}' http://{addr}{path}\n");
     }
+    println!("Usage per key, for the admin key: GET http://{addr}/usage");
     println!("Without a key, or with the read key on /offers, you get the JSON rejection:");
     println!("        curl -i http://{addr}/recommendations\n");
 

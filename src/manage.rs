@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use crate::key::{Environment, KeyFormat, PlaintextKey};
 use crate::layer::ApiKeyHandle;
+use crate::limit::Limits;
 use crate::scope::{validate_scope, InvalidScope};
 use crate::store::{KeyRecord, KeyStoreAdmin, StoreError};
 
@@ -34,6 +35,8 @@ pub struct NewKey {
     owner: Option<String>,
     expires_at: Option<SystemTime>,
     metadata: BTreeMap<String, String>,
+    plan: Option<String>,
+    limits: Option<Limits>,
 }
 
 /// A key just issued: the plaintext to show once, and its stored record.
@@ -56,6 +59,8 @@ impl NewKey {
             owner: None,
             expires_at: None,
             metadata: BTreeMap::new(),
+            plan: None,
+            limits: None,
         }
     }
 
@@ -89,6 +94,18 @@ impl NewKey {
         self
     }
 
+    /// The key's plan, such as `free` or `pro` (see [`Limits`]).
+    pub fn plan(mut self, plan: impl Into<String>) -> Self {
+        self.plan = Some(plan.into());
+        self
+    }
+
+    /// The key's own limits, which take precedence over its plan's.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
     /// Generates the key offline: the plaintext and the record to store, for people with a store
     /// of their own.
     ///
@@ -108,6 +125,8 @@ impl NewKey {
         record.owner = self.owner;
         record.expires_at = self.expires_at;
         record.metadata = self.metadata;
+        record.plan = self.plan;
+        record.limits = self.limits;
         Ok(CreatedKey {
             key: generated.key,
             record,

@@ -168,6 +168,26 @@ mod grpc {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_its_limit_a_key_is_resource_exhausted() {
+        use tower_api_key::{KeyStoreAdmin, Limits};
+
+        let f = fixture().await;
+        let mut created = NewKey::new("limited")
+            .scopes(["read"])
+            .generate(&tower_api_key::KeyFormat::new("mesh").unwrap())
+            .unwrap();
+        created.record.limits = Some(Limits::per_minute(1));
+        f.store.keys.create(created.record.clone()).await.unwrap();
+        let key = created.key.expose_secret();
+        assert!(f.check(Some(key)).await.is_ok());
+        assert_status(
+            f.check(Some(key)).await,
+            Code::ResourceExhausted,
+            "RATE_LIMIT_EXCEEDED",
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_plain_http_request_to_the_same_server_gets_json() {
         let f = fixture().await;
         let reply = HttpClient::new(f.addr).get(CHECK, &[]).await;

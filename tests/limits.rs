@@ -1,0 +1,423 @@
+//! Rate limits, quotas, environments and usage over real HTTP, on a clock moved by hand.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use http::{Method, StatusCode};
+use tower_api_key::{
+    ApiKeyLayer, ApiKeyLayerBuilder, CreatedKey, Environment, KeyManager, KeyRecord, KeyStoreAdmin,
+    LimitCheck, Limiter, Limits, ManualClock, MemoryLimiter, MemoryUsage, NewKey,
+};
+
+use common::{api_key, app, serve, HttpClient, Reply, TestStore};
+
+/// 2026-11-22 23:59:00 UTC.
+const START: u64 = 20_779 * 86_400 + 86_340;
+
+struct Fixture {
+    client: HttpClient,
+    store: TestStore,
+    clock: ManualClock,
+    usage: Arc<MemoryUsage>,
+    layer: ApiKeyLayer,
+}
+
+impl Fixture {
+    async fn with(configure: impl FnOnce(ApiKeyLayerBuilder) -> ApiKeyLayerBuilder) -> Self {
+        let store = TestStore::default();
+        let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(START));
+        let usage = Arc::new(MemoryUsage::new());
+        let builder = ApiKeyLayer::builder("mesh", store.clone())
+            .clock(clock.clone())
+            .usage_sink(usage.clone());
+        let layer = configure(builder).build().unwrap();
+        let addr = serve(app(layer.clone(), Arc::new(AtomicUsize::new(0)))).await;
+        Fixture {
+            client: HttpClient::new(addr),
+            store,
+            clock,
+            usage,
+            layer,
+        }
+    }
+
+    async fn new() -> Self {
+        Fixture::with(|b| b).await
+    }
+
+    /// A `read` key with `limits` (or none) in `environment`.
+    async fn key(&self, environment: Environment, limits: Option<Limits>) -> CreatedKey {
+        let mut created = NewKey::new("limited")
+            .environment(environment)
+            .scopes(["read"])
+            .generate(self.layer.format())
+            .unwrap();
+        created.record.limits = limits;
+        self.store
+            .keys
+            .create(created.record.clone())
+            .await
+            .unwrap();
+        created
+    }
+
+    async fn get(&self, key: &CreatedKey) -> Reply {
+        self.client
+            .get(
+                "/recommendations",
+                &[("authorization", &api_key(key.key.expose_secret()))],
+            )
+            .await
+    }
+
+    /// How many of `n` sequential requests got through.
+    async fn admitted(&self, key: &CreatedKey, n: usize) -> usize {
+        let mut ok = 0;
+        for _ in 0..n {
+            if self.get(key).await.status == StatusCode::OK {
+                ok += 1;
+            }
+        }
+        ok
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_of_n_admits_exactly_n_under_concurrency() {
+    let f = Fixture::new().await;
+    let key = f.key(Environment::Live, Some(Limits::per_minute(50))).await;
+    let header = api_key(key.key.expose_secret());
+    let ok = Arc::new(AtomicUsize::new(0));
+    let limited = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..400)
+        .map(|_| {
+            let client = f.client.clone();
+            let header = header.clone();
+            let (ok, limited) = (ok.clone(), limited.clone());
+            tokio::spawn(async move {
+                let reply = client
+                    .get("/recommendations", &[("authorization", &header)])
+                    .await;
+                match reply.status {
+                    StatusCode::OK => ok.fetch_add(1, Ordering::SeqCst),
+                    StatusCode::TOO_MANY_REQUESTS => limited.fetch_add(1, Ordering::SeqCst),
+                    other => panic!("unexpected {other}"),
+                };
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(ok.load(Ordering::SeqCst), 50);
+    assert_eq!(limited.load(Ordering::SeqCst), 350);
+}
+
+#[test]
+fn the_memory_limiter_is_exact_with_threads_on_both_cores() {
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(START));
+    let limiter = Arc::new(MemoryLimiter::with_clock(Arc::new(clock.clone())));
+    let limits = Limits::per_minute(1000).daily(1500);
+    let run = |limiter: Arc<MemoryLimiter>| {
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let limiter = limiter.clone();
+                std::thread::spawn(move || {
+                    (0..2000)
+                        .filter(
+                            |_| match limiter.check("key:x", &limits, clock_now(START)) {
+                                LimitCheck::Ready(Ok(decision)) => decision.allowed,
+                                _ => panic!("the memory limiter decides at once"),
+                            },
+                        )
+                        .count()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .sum::<usize>()
+    };
+    assert_eq!(run(limiter.clone()), 1000, "the burst, exactly");
+    clock.advance(Duration::from_secs(60));
+    // The burst is back, but the day has only 500 left.
+    assert_eq!(run(limiter), 500, "the daily quota, exactly");
+}
+
+fn clock_now(secs: u64) -> std::time::SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_double_burst_across_a_minute_boundary() {
+    let f = Fixture::new().await;
+    let key = f.key(Environment::Live, Some(Limits::per_minute(30))).await;
+    assert_eq!(f.admitted(&key, 40).await, 30);
+    // 23:59:00 -> 00:00:04: a fixed window would allow a fresh 30 here.
+    f.clock.advance(Duration::from_secs(64));
+    assert_eq!(
+        f.admitted(&key, 40).await,
+        30,
+        "a full minute later, a full burst"
+    );
+    f.clock.advance(Duration::from_secs(4));
+    assert_eq!(
+        f.admitted(&key, 40).await,
+        2,
+        "four seconds later, two (one per two seconds)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_reset_at_utc_midnight_and_at_the_month_start() {
+    let f = Fixture::new().await;
+    let key = f
+        .key(
+            Environment::Live,
+            Some(Limits::UNLIMITED.daily(5).monthly(8)),
+        )
+        .await;
+    assert_eq!(f.admitted(&key, 7).await, 5);
+    let reply = f.get(&key).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(reply.headers["retry-after"], "60", "seconds to midnight");
+    f.clock.advance(Duration::from_secs(59));
+    assert_eq!(
+        f.admitted(&key, 1).await,
+        0,
+        "23:59:59 is still the same day"
+    );
+    f.clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        f.admitted(&key, 5).await,
+        3,
+        "a new day, but the month has 3 left"
+    );
+    f.clock.advance(Duration::from_secs(86_400));
+    assert_eq!(f.admitted(&key, 1).await, 0, "still November");
+    f.clock
+        .set(UNIX_EPOCH + Duration::from_secs(20_788 * 86_400)); // 2026-12-01 00:00 UTC
+    assert_eq!(f.admitted(&key, 6).await, 5, "December");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_has_the_reference_body_and_the_ietf_headers() {
+    let f = Fixture::new().await;
+    let key = f.key(Environment::Live, Some(Limits::FREE)).await;
+    let reply = f.get(&key).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.headers["ratelimit-policy"],
+        "\"minute\";q=100;w=60, \"day\";q=10000;w=86400, \"month\";q=100000;w=2592000"
+    );
+    assert_eq!(
+        reply.headers["ratelimit"],
+        "\"minute\";r=99;t=1, \"day\";r=9999;t=60, \"month\";r=99999;t=691260"
+    );
+    assert_eq!(f.admitted(&key, 99).await, 99);
+    let calls_before = f.usage.key(&key.record.id).unwrap().outcomes["ok"];
+    let reply = f.get(&key).await;
+    assert_eq!(
+        reply.body,
+        r#"{"error":"Rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","status":429}"#
+    );
+    assert_eq!(reply.headers["content-type"], "application/json");
+    assert_eq!(reply.headers["retry-after"], "1");
+    assert_eq!(reply.headers["ratelimit"], "\"minute\";r=0;t=1");
+    assert_eq!(reply.headers["ratelimit-policy"], "\"minute\";q=100;w=60");
+    assert_eq!(
+        f.usage.key(&key.record.id).unwrap().outcomes["ok"],
+        calls_before,
+        "the limited request did not reach the service"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_come_from_the_layer_and_unknown_plans_fail_closed() {
+    let f = Fixture::with(|b| b.plan("tiny", Limits::per_minute(3))).await;
+    let mut tiny = f.key(Environment::Live, None).await;
+    tiny.record.plan = Some("tiny".into());
+    f.store.keys.delete(&tiny.record.id).await.unwrap();
+    f.store.keys.create(tiny.record.clone()).await.unwrap();
+    assert_eq!(f.admitted(&tiny, 5).await, 3);
+
+    let mut unknown = f.key(Environment::Live, None).await;
+    unknown.record.plan = Some("platinum".into());
+    f.store.keys.delete(&unknown.record.id).await.unwrap();
+    f.store.keys.create(unknown.record.clone()).await.unwrap();
+    let reply = f.get(&unknown).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.code(), "KEY_STORE_UNAVAILABLE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_shared_by_owner_count_every_key_of_the_owner() {
+    let f = Fixture::new().await;
+    let shared = Limits::per_minute(4).shared_by_owner();
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        let mut created = f.key(Environment::Live, Some(shared)).await;
+        created.record.owner = Some("acme".into());
+        f.store.keys.delete(&created.record.id).await.unwrap();
+        f.store.keys.create(created.record.clone()).await.unwrap();
+        keys.push(created);
+    }
+    let first = f.admitted(&keys[0], 3).await;
+    let second = f.admitted(&keys[1], 3).await;
+    assert_eq!((first, second), (3, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environments_test_keys_are_capped_and_dev_keys_need_enabling() {
+    let f = Fixture::new().await;
+    let dev = f.key(Environment::Dev, Some(Limits::per_minute(1))).await;
+    let reply = f.get(&dev).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.code(), "API_KEY_ENVIRONMENT_NOT_ALLOWED");
+    assert_eq!(f.store.gets(), 0, "refused from the key's text alone");
+
+    let test = f.key(Environment::Test, Some(Limits::PRO)).await;
+    assert_eq!(f.admitted(&test, 70).await, 60, "the test cap of 60/min");
+    let reply = f.get(&test).await;
+    assert_eq!(reply.headers["ratelimit-policy"], "\"minute\";q=60;w=60");
+
+    let production = Fixture::with(|b| b.environments([Environment::Live])).await;
+    let test = production.key(Environment::Test, None).await;
+    assert_eq!(
+        production.get(&test).await.code(),
+        "API_KEY_ENVIRONMENT_NOT_ALLOWED"
+    );
+    let live = production.key(Environment::Live, None).await;
+    assert_eq!(production.get(&live).await.status, StatusCode::OK);
+    assert!(!production
+        .get(&live)
+        .await
+        .headers
+        .contains_key("ratelimit"));
+
+    let development =
+        Fixture::with(|b| b.environments([Environment::Live, Environment::Test, Environment::Dev]))
+            .await;
+    let dev = development
+        .key(Environment::Dev, Some(Limits::per_minute(1)))
+        .await;
+    assert_eq!(
+        development.admitted(&dev, 20).await,
+        20,
+        "dev keys are unlimited"
+    );
+    let reply = development.get(&dev).await;
+    assert_eq!(reply.json()["environment"], "dev");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opaque_key_of_a_refused_environment_is_refused_after_lookup() {
+    let f = Fixture::with(|b| b.allow_opaque_keys(true).environments([Environment::Live])).await;
+    let mut record = KeyRecord::opaque("legacy-test-key-123", "old", Environment::Test);
+    record.scopes = vec!["read".into()];
+    f.store.keys.create(record).await.unwrap();
+    let reply = f
+        .client
+        .get(
+            "/recommendations",
+            &[("authorization", "ApiKey legacy-test-key-123")],
+        )
+        .await;
+    assert_eq!(reply.code(), "API_KEY_ENVIRONMENT_NOT_ALLOWED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_counts_are_exact_after_a_mixed_load() {
+    let f = Fixture::new().await;
+    let keys = KeyManager::new(f.store.keys.clone(), f.layer.handle());
+    let limited = f.key(Environment::Live, Some(Limits::per_minute(10))).await;
+    let reader = keys
+        .create(NewKey::new("reader").scopes(["read"]))
+        .await
+        .unwrap();
+    let revoked = keys
+        .create(NewKey::new("revoked").scopes(["read"]))
+        .await
+        .unwrap();
+    keys.revoke(&revoked.record.id).await.unwrap();
+
+    let mut tasks = Vec::new();
+    let spawn = |path: &'static str, method: Method, header: String| {
+        let client = f.client.clone();
+        tokio::spawn(async move {
+            let headers: Vec<(&str, &str)> = if header.is_empty() {
+                vec![]
+            } else {
+                vec![("authorization", header.as_str())]
+            };
+            client.send(method, path, &headers).await.status
+        })
+    };
+    for _ in 0..30 {
+        tasks.push(spawn(
+            "/recommendations",
+            Method::GET,
+            api_key(limited.key.expose_secret()),
+        ));
+    }
+    for _ in 0..25 {
+        tasks.push(spawn(
+            "/recommendations",
+            Method::GET,
+            api_key(reader.key.expose_secret()),
+        ));
+        tasks.push(spawn(
+            "/tracking",
+            Method::POST,
+            api_key(reader.key.expose_secret()),
+        ));
+    }
+    for _ in 0..15 {
+        tasks.push(spawn(
+            "/recommendations",
+            Method::GET,
+            api_key(revoked.key.expose_secret()),
+        ));
+        tasks.push(spawn(
+            "/recommendations",
+            Method::GET,
+            api_key("mesh_live_invalid"),
+        ));
+        tasks.push(spawn("/recommendations", Method::GET, String::new()));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let snapshot = f.usage.snapshot();
+    let limited_usage = &snapshot.keys[&limited.record.id];
+    assert_eq!(limited_usage.outcomes["ok"], 10);
+    assert_eq!(limited_usage.outcomes["RATE_LIMIT_EXCEEDED"], 20);
+    assert_eq!(limited_usage.requests, 30);
+    assert_eq!(limited_usage.latency.count, 10);
+
+    let reader_usage = &snapshot.keys[&reader.record.id];
+    assert_eq!(reader_usage.outcomes["ok"], 25);
+    assert_eq!(reader_usage.outcomes["INSUFFICIENT_PERMISSIONS"], 25);
+    assert_eq!(
+        reader_usage.latency.count, 50,
+        "the scope check is behind the layer"
+    );
+    assert_eq!(reader_usage.last_used, Some(START));
+
+    assert_eq!(
+        snapshot.keys[&revoked.record.id].outcomes["API_KEY_REVOKED"],
+        15
+    );
+    assert_eq!(snapshot.unauthenticated.outcomes["INVALID_API_KEY"], 15);
+    assert_eq!(snapshot.unauthenticated.outcomes["MISSING_API_KEY"], 15);
+    assert_eq!(snapshot.unauthenticated.requests, 30);
+    assert_eq!(snapshot.keys.len(), 3);
+    let total: u64 =
+        snapshot.keys.values().map(|k| k.requests).sum::<u64>() + snapshot.unauthenticated.requests;
+    assert_eq!(total, 30 + 50 + 45, "none lost");
+}
