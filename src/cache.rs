@@ -44,6 +44,10 @@ pub struct CacheConfig {
     /// How long an unknown id is remembered: the longest a key created elsewhere may be refused.
     /// Default 5 s.
     pub negative_ttl: Duration,
+    /// Stale-if-error: while the store fails, a key that was valid in the cache keeps working for
+    /// up to this long past its TTL; `None` turns it off (every failed lookup is 503). Unknown
+    /// keys always get 503 while the store fails. Default 5 minutes.
+    pub stale_if_error: Option<Duration>,
 }
 
 impl Default for CacheConfig {
@@ -53,6 +57,7 @@ impl Default for CacheConfig {
             ttl: Duration::from_secs(60),
             negative_capacity: 10_000,
             negative_ttl: Duration::from_secs(5),
+            stale_if_error: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -115,6 +120,8 @@ impl fmt::Display for LoadError {
 pub(crate) struct KeyCache {
     found: Cache<String, Arc<CachedKey>>,
     missing: Cache<String, ()>,
+    /// The same keys kept `stale_if_error` longer, for when the store fails.
+    stale: Option<Cache<String, Arc<CachedKey>>>,
     store: Arc<dyn KeyStore>,
     hierarchy: Arc<ScopeHierarchy>,
     rules: LimitRules,
@@ -149,6 +156,12 @@ impl KeyCache {
                 .max_capacity(config.negative_capacity)
                 .time_to_live(config.negative_ttl)
                 .build(),
+            stale: config.stale_if_error.map(|bound| {
+                Cache::builder()
+                    .max_capacity(config.capacity)
+                    .time_to_live(config.ttl + bound)
+                    .build()
+            }),
             store,
             hierarchy,
             rules,
@@ -168,7 +181,13 @@ impl KeyCache {
             Ok(key) => Ok(Some(key)),
             Err(error) => match *error {
                 LoadError::NotFound => Ok(None),
-                LoadError::Store(_) => Err(error),
+                LoadError::Store(_) => match &self.stale {
+                    Some(stale) => match stale.get(id).await {
+                        Some(key) => Ok(Some(key)),
+                        None => Err(error),
+                    },
+                    None => Err(error),
+                },
             },
         }
     }
@@ -186,11 +205,13 @@ impl KeyCache {
         };
         match result {
             Ok(Some(record)) if record.id == id => match self.rules.policy(&record) {
-                Ok(policy) => Ok(Arc::new(CachedKey::new(
-                    &record,
-                    self.hierarchy.clone(),
-                    policy,
-                ))),
+                Ok(policy) => {
+                    let key = Arc::new(CachedKey::new(&record, self.hierarchy.clone(), policy));
+                    if let Some(stale) = &self.stale {
+                        stale.insert(id.to_owned(), key.clone()).await;
+                    }
+                    Ok(key)
+                }
                 Err(unknown) => Err(LoadError::Store(StoreError::unavailable(unknown))),
             },
             Ok(Some(_)) => Err(LoadError::Store(StoreError::unavailable(
@@ -208,11 +229,17 @@ impl KeyCache {
     pub(crate) async fn invalidate(&self, id: &str) {
         self.found.invalidate(id).await;
         self.missing.invalidate(id).await;
+        if let Some(stale) = &self.stale {
+            stale.invalidate(id).await;
+        }
     }
 
     /// Forgets everything.
     pub(crate) fn invalidate_all(&self) {
         self.found.invalidate_all();
         self.missing.invalidate_all();
+        if let Some(stale) = &self.stale {
+            stale.invalidate_all();
+        }
     }
 }

@@ -89,6 +89,8 @@ pub use crate::key::{
     Environment, GeneratedKey, KeyFormat, ParseError, PlaintextKey, SecretDigest,
 };
 pub use crate::layer::{ApiKeyHandle, ApiKeyLayer, ApiKeyLayerBuilder, ConfigError};
+#[cfg(feature = "redis")]
+pub use crate::limit::RedisLimiter;
 pub use crate::limit::{
     Decision, LimitCheck, LimitStatus, Limiter, LimiterError, Limits, MemoryLimiter,
 };
@@ -99,8 +101,18 @@ pub use crate::scope::{
     validate_scope, RequireScope, RequireScopeLayer, ScopeHierarchy, ScopeRequirement,
 };
 pub use crate::service::ApiKeyService;
-pub use crate::store::{KeyRecord, KeyState, KeyStore, KeyStoreAdmin, MemoryStore, StoreError};
-pub use crate::usage::{KeyUsage, MemoryUsage, Outcome, UsageEvent, UsageSink, UsageSnapshot};
+#[cfg(feature = "postgres")]
+pub use crate::store::PostgresStore;
+#[cfg(feature = "redis")]
+pub use crate::store::RedisStore;
+#[cfg(feature = "sqlite")]
+pub use crate::store::SqliteStore;
+pub use crate::store::{
+    KeyRecord, KeyState, KeyStore, KeyStoreAdmin, MemoryStore, StoreError, UsageUpdate,
+};
+pub use crate::usage::{
+    KeyUsage, MemoryUsage, Outcome, StoreUsage, UsageEvent, UsageSink, UsageSnapshot,
+};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -29,6 +29,8 @@
 
 mod calendar;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -38,6 +40,8 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 pub use memory::MemoryLimiter;
+#[cfg(feature = "redis")]
+pub use redis::RedisLimiter;
 
 pub(crate) use calendar::Window;
 

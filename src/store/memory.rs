@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use super::{KeyRecord, KeyStore, KeyStoreAdmin, StoreError};
+use super::{KeyRecord, KeyStore, KeyStoreAdmin, StoreError, UsageUpdate};
 
 /// Keys held in this process's memory. Cloning shares the same keys.
 ///
@@ -97,5 +97,32 @@ impl KeyStoreAdmin for MemoryStore {
                 .then_with(|| a.id.cmp(&b.id))
         });
         Ok(all)
+    }
+
+    async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError> {
+        Ok(self
+            .write()
+            .get_mut(id)
+            .map(|record| record.scopes = scopes.to_vec())
+            .is_some())
+    }
+
+    async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, StoreError> {
+        Ok(self
+            .write()
+            .get_mut(id)
+            .map(|record| record.expires_at = at)
+            .is_some())
+    }
+
+    async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {
+        let mut keys = self.write();
+        for update in batch {
+            if let Some(record) = keys.get_mut(&update.id) {
+                record.requests += update.requests;
+                record.last_used_at = record.last_used_at.max(Some(update.last_used_at));
+            }
+        }
+        Ok(())
     }
 }

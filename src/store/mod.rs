@@ -23,7 +23,15 @@
 //! ```
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod record;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -33,7 +41,13 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 pub use record::{KeyRecord, KeyState};
+#[cfg(feature = "redis")]
+pub use redis::RedisStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
 
 /// A source of key records, looked up by public key id.
 ///
@@ -77,6 +91,36 @@ pub trait KeyStoreAdmin: KeyStore {
     /// # Errors
     /// When the backend fails.
     async fn list(&self) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Replaces key `id`'s scopes. Returns whether it exists.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError>;
+
+    /// Sets (or, with `None`, clears) key `id`'s expiry. Returns whether it exists.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, StoreError>;
+
+    /// Adds a batch of usage: per key, requests to add and the latest time it was used. Unknown
+    /// ids are skipped; `last_used_at` only moves forward.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError>;
+}
+
+/// Usage of one key to add to its record, from [`KeyStoreAdmin::record_usage`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageUpdate {
+    /// The key id.
+    pub id: String,
+    /// Requests to add.
+    pub requests: u64,
+    /// When it was last used.
+    pub last_used_at: SystemTime,
 }
 
 /// The error of a store.
@@ -134,5 +178,14 @@ impl<T: KeyStoreAdmin + ?Sized> KeyStoreAdmin for Arc<T> {
     }
     async fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
         (**self).list().await
+    }
+    async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError> {
+        (**self).set_scopes(id, scopes).await
+    }
+    async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, StoreError> {
+        (**self).set_expiry(id, at).await
+    }
+    async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {
+        (**self).record_usage(batch).await
     }
 }

@@ -70,6 +70,16 @@ pub struct KeyRecord {
     /// The key's own limits; they take precedence over its plan's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// When a request last got through with the key, as last flushed to the store.
+    #[serde(
+        default,
+        with = "unix_seconds_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub last_used_at: Option<SystemTime>,
+    /// Requests that got through with the key, as last flushed to the store.
+    #[serde(default)]
+    pub requests: u64,
 }
 
 /// Whether a key may be used now.
@@ -107,6 +117,8 @@ impl KeyRecord {
             disabled: false,
             plan: None,
             limits: None,
+            last_used_at: None,
+            requests: 0,
         }
     }
 

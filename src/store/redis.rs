@@ -1,0 +1,362 @@
+//! With the `redis` feature: keys in Redis, changes announced to every replica by pub/sub.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use tokio::task::JoinHandle;
+
+use super::{KeyRecord, KeyStore, KeyStoreAdmin, StoreError, UsageUpdate};
+use crate::clock::unix_seconds;
+use crate::key::SecretDigest;
+use crate::layer::ApiKeyHandle;
+
+/// Keys in Redis: one hash per key (`<prefix>key:<id>`), a set of ids (`<prefix>ids`), and a
+/// channel (`<prefix>changes`) on which every change is published, so
+/// [`spawn_listener`](Self::spawn_listener) can drop the changed key from each replica's cache at
+/// once. Every update is one server-side script, so concurrent admins cannot lose each other's
+/// changes.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use tower_api_key::{ApiKeyLayer, RedisStore};
+///
+/// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+/// let layer = ApiKeyLayer::new("mesh", store.clone())?;
+/// store.spawn_listener(layer.handle()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    client: redis::Client,
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(error: redis::RedisError) -> StoreError {
+    StoreError::unavailable(error)
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("key records serialise to JSON")
+}
+
+/// Creates a key unless its id exists. KEYS: hash, id set. ARGV: id, then field/value pairs.
+static CREATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1",
+    )
+});
+
+/// Sets a field of an existing key, or (with no value) removes it. KEYS: hash. ARGV: field,
+/// [value], [`nx` to keep an existing value].
+static UPDATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[2] == nil then redis.call('HDEL', KEYS[1], ARGV[1])
+elseif ARGV[3] == 'nx' then redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+else redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1",
+    )
+});
+
+/// Adds usage to an existing key. KEYS: hash. ARGV: requests, last used (unix seconds).
+static USAGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'requests', ARGV[1])
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_used_at') or '0')
+if tonumber(ARGV[2]) > last then redis.call('HSET', KEYS[1], 'last_used_at', ARGV[2]) end
+return 1",
+    )
+});
+
+impl RedisStore {
+    /// Connects to `url` (`redis://…`), with keys under the prefix `tower-api-key:`.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_prefix(url, "tower-api-key:").await
+    }
+
+    /// As [`connect`](Self::connect), with every Redis key under `prefix`.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(unavailable)?;
+        Ok(RedisStore {
+            client,
+            conn,
+            prefix: prefix.into(),
+        })
+    }
+
+    fn key(&self, id: &str) -> String {
+        format!("{}key:{id}", self.prefix)
+    }
+
+    fn ids(&self) -> String {
+        format!("{}ids", self.prefix)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}changes", self.prefix)
+    }
+
+    async fn changed(&self, id: &str) {
+        let mut conn = self.conn.clone();
+        // A lost message is covered by the cache TTL.
+        let _: Result<i64, _> = conn.publish(self.channel(), id).await;
+    }
+
+    async fn update(&self, id: &str, args: &[&str]) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = UPDATE.key(self.key(id));
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let done: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        self.changed(id).await;
+        Ok(done == 1)
+    }
+
+    fn record(id: &str, mut fields: HashMap<String, String>) -> Result<KeyRecord, StoreError> {
+        let corrupt =
+            |what: &str| StoreError::unavailable(format!("corrupt key record {id}: {what}"));
+        let mut take = |name: &str| fields.remove(name);
+        let time = |text: Option<String>| -> Result<Option<SystemTime>, StoreError> {
+            text.map(|t| {
+                t.parse::<u64>()
+                    .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+                    .map_err(|_| corrupt("time"))
+            })
+            .transpose()
+        };
+        let digest = take("digest").ok_or_else(|| corrupt("digest"))?;
+        let environment = take("environment").ok_or_else(|| corrupt("environment"))?;
+        let mut record = KeyRecord::new(
+            id,
+            SecretDigest::from_hex(&digest).map_err(|_| corrupt("digest"))?,
+            take("name").unwrap_or_default(),
+            environment.parse().map_err(|_| corrupt("environment"))?,
+        );
+        record.owner = take("owner");
+        record.scopes = serde_json::from_str(&take("scopes").unwrap_or_else(|| "[]".into()))
+            .map_err(|_| corrupt("scopes"))?;
+        record.metadata = serde_json::from_str(&take("metadata").unwrap_or_else(|| "{}".into()))
+            .map_err(|_| corrupt("metadata"))?;
+        record.created_at = time(take("created_at"))?.ok_or_else(|| corrupt("created_at"))?;
+        record.expires_at = time(take("expires_at"))?;
+        record.revoked_at = time(take("revoked_at"))?;
+        record.disabled = take("disabled").is_some_and(|d| d == "1");
+        record.plan = take("plan");
+        record.limits = take("limits")
+            .map(|l| serde_json::from_str(&l).map_err(|_| corrupt("limits")))
+            .transpose()?;
+        record.last_used_at = time(take("last_used_at"))?;
+        record.requests = take("requests")
+            .map(|r| r.parse().map_err(|_| corrupt("requests")))
+            .transpose()?
+            .unwrap_or(0);
+        Ok(record)
+    }
+
+    /// Listens for changes made through any replica's store and drops the changed keys from the
+    /// cache behind `handle`. If the subscription drops, it reconnects (every second until Redis
+    /// answers) and then clears the whole cache, since changes made meanwhile are unknown. Runs
+    /// until the returned task is aborted.
+    ///
+    /// # Errors
+    /// When the first subscription fails.
+    pub async fn spawn_listener(&self, handle: ApiKeyHandle) -> Result<JoinHandle<()>, StoreError> {
+        let client = self.client.clone();
+        let channel = self.channel();
+        let mut pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
+        pubsub.subscribe(&channel).await.map_err(unavailable)?;
+        Ok(tokio::spawn(async move {
+            loop {
+                {
+                    let mut messages = pubsub.on_message();
+                    while let Some(message) = messages.next().await {
+                        if let Ok(id) = message.get_payload::<String>() {
+                            handle.invalidate(&id).await;
+                        }
+                    }
+                }
+                // The connection is gone: subscribe again, then forget what may have changed.
+                pubsub = loop {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    if let Ok(mut fresh) = client.get_async_pubsub().await {
+                        if fresh.subscribe(&channel).await.is_ok() {
+                            break fresh;
+                        }
+                    }
+                };
+                handle.invalidate_all();
+            }
+        }))
+    }
+}
+
+#[async_trait]
+impl KeyStore for RedisStore {
+    async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let mut conn = self.conn.clone();
+        let fields: HashMap<String, String> =
+            conn.hgetall(self.key(id)).await.map_err(unavailable)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        Self::record(id, fields).map(Some)
+    }
+}
+
+#[async_trait]
+impl KeyStoreAdmin for RedisStore {
+    async fn create(&self, record: KeyRecord) -> Result<(), StoreError> {
+        let mut fields: Vec<(&str, String)> = vec![
+            ("digest", record.digest.to_hex()),
+            ("name", record.name.clone()),
+            ("environment", record.environment.as_str().to_owned()),
+            ("scopes", json(&record.scopes)),
+            ("metadata", json(&record.metadata)),
+            ("created_at", unix_seconds(record.created_at).to_string()),
+            ("disabled", u8::from(record.disabled).to_string()),
+            ("requests", record.requests.to_string()),
+        ];
+        let optional = [
+            ("owner", record.owner.clone()),
+            (
+                "expires_at",
+                record.expires_at.map(|t| unix_seconds(t).to_string()),
+            ),
+            (
+                "revoked_at",
+                record.revoked_at.map(|t| unix_seconds(t).to_string()),
+            ),
+            ("plan", record.plan.clone()),
+            ("limits", record.limits.as_ref().map(json)),
+            (
+                "last_used_at",
+                record.last_used_at.map(|t| unix_seconds(t).to_string()),
+            ),
+        ];
+        fields.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+        let mut invocation = CREATE.key(self.key(&record.id));
+        invocation.key(self.ids()).arg(&record.id);
+        for (name, value) in &fields {
+            invocation.arg(*name).arg(value);
+        }
+        let mut conn = self.conn.clone();
+        let created: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if created == 0 {
+            return Err(StoreError::Conflict(record.id));
+        }
+        self.changed(&record.id).await;
+        Ok(())
+    }
+
+    async fn revoke(&self, id: &str, at: SystemTime) -> Result<bool, StoreError> {
+        let at = unix_seconds(at).to_string();
+        self.update(id, &["revoked_at", &at, "nx"]).await
+    }
+
+    async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let (deleted, _): (i64, i64) = redis::pipe()
+            .atomic()
+            .del(self.key(id))
+            .srem(self.ids(), id)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        self.changed(id).await;
+        Ok(deleted > 0)
+    }
+
+    async fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = conn.smembers(self.ids()).await.map_err(unavailable)?;
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hgetall(self.key(id));
+        }
+        let all: Vec<HashMap<String, String>> =
+            pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let mut records = ids
+            .iter()
+            .zip(all)
+            .filter(|(_, fields)| !fields.is_empty())
+            .map(|(id, fields)| Self::record(id, fields))
+            .collect::<Result<Vec<_>, _>>()?;
+        records.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(records)
+    }
+
+    async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError> {
+        let scopes = serde_json::to_string(scopes).expect("strings serialise");
+        self.update(id, &["scopes", &scopes]).await
+    }
+
+    async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, StoreError> {
+        match at {
+            Some(at) => {
+                let at = unix_seconds(at).to_string();
+                self.update(id, &["expires_at", &at]).await
+            }
+            None => self.update(id, &["expires_at"]).await,
+        }
+    }
+
+    async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        for update in batch {
+            let _: i64 = USAGE
+                .key(self.key(&update.id))
+                .arg(update.requests)
+                .arg(unix_seconds(update.last_used_at))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+}

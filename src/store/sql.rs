@@ -1,0 +1,320 @@
+//! What the SQLite and PostgreSQL stores share: the schema, its migrations, and the queries,
+//! written once for both by a macro (sqlx's per-database types make a generic version all bounds).
+//!
+//! Migrations are kept in a table of their own, `<table>_schema`, rather than sqlx's
+//! `_sqlx_migrations`, so they never collide with the migrations of the application that shares
+//! the database.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::StoreError;
+
+/// The schema, version by version. `{t}` is the table name.
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE IF NOT EXISTS {t} (
+        id TEXT PRIMARY KEY,
+        digest TEXT NOT NULL,
+        name TEXT NOT NULL,
+        owner TEXT,
+        environment TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT,
+        revoked_at BIGINT,
+        disabled BOOLEAN NOT NULL DEFAULT FALSE,
+        plan TEXT,
+        limits TEXT,
+        last_used_at BIGINT,
+        requests BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS {t}_owner ON {t} (owner);",
+)];
+
+/// The queries for table `t`.
+pub(crate) struct Queries {
+    pub(crate) table: String,
+    pub(crate) get: String,
+    pub(crate) insert: String,
+    pub(crate) revoke: String,
+    pub(crate) delete: String,
+    pub(crate) list: String,
+    pub(crate) set_scopes: String,
+    pub(crate) set_expiry: String,
+    pub(crate) record_usage: String,
+    pub(crate) schema_table: String,
+    pub(crate) schema_version: String,
+    pub(crate) schema_insert: String,
+}
+
+const COLUMNS: &str = "id, digest, name, owner, environment, scopes, metadata, created_at, \
+                       expires_at, revoked_at, disabled, plan, limits, last_used_at, requests";
+
+impl Queries {
+    /// The queries for `table`.
+    ///
+    /// # Errors
+    /// When `table` is not a plain SQL identifier (`[a-z_][a-z0-9_]*`, at most 48 characters).
+    pub(crate) fn new(table: &str) -> Result<Self, StoreError> {
+        let valid = !table.is_empty()
+            && table.len() <= 48
+            && table.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && table
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            return Err(StoreError::unavailable(format!(
+                "invalid table name {table:?}: use a-z, 0-9 and _"
+            )));
+        }
+        let t = table;
+        Ok(Queries {
+            table: t.to_owned(),
+            get: format!("SELECT {COLUMNS} FROM {t} WHERE id = $1"),
+            insert: format!(
+                "INSERT INTO {t} ({COLUMNS}) VALUES \
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            ),
+            revoke: format!("UPDATE {t} SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2"),
+            delete: format!("DELETE FROM {t} WHERE id = $1"),
+            list: format!("SELECT {COLUMNS} FROM {t} ORDER BY created_at, id"),
+            set_scopes: format!("UPDATE {t} SET scopes = $1 WHERE id = $2"),
+            set_expiry: format!("UPDATE {t} SET expires_at = $1 WHERE id = $2"),
+            record_usage: format!(
+                "UPDATE {t} SET requests = requests + $1, \
+                 last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 \
+                 THEN $3 ELSE last_used_at END WHERE id = $4"
+            ),
+            schema_table: format!(
+                "CREATE TABLE IF NOT EXISTS {t}_schema (version BIGINT PRIMARY KEY)"
+            ),
+            schema_version: format!("SELECT COALESCE(MAX(version), 0) FROM {t}_schema"),
+            schema_insert: format!("INSERT INTO {t}_schema (version) VALUES ($1)"),
+        })
+    }
+
+    /// The migrations above `version`, with the table name filled in.
+    pub(crate) fn migrations_after(
+        &self,
+        version: i64,
+    ) -> impl Iterator<Item = (i64, String)> + '_ {
+        MIGRATIONS
+            .iter()
+            .filter(move |(v, _)| *v > version)
+            .map(|(v, sql)| (*v, sql.replace("{t}", &self.table)))
+    }
+}
+
+pub(crate) fn to_secs(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+pub(crate) fn from_secs(secs: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("key records serialise to JSON")
+}
+
+pub(crate) fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::unavailable(Box::new(error) as Box<dyn std::error::Error + Send + Sync>)
+}
+
+/// Implements `KeyStore` and `KeyStoreAdmin` for a sqlx store with fields `pool` and `sql`
+/// (`Queries`) and an async method `changed(&self, id)` called after every change.
+macro_rules! sql_store {
+    ($store:ty, $row:ty) => {
+        impl $store {
+            fn record(row: &$row) -> Result<$crate::store::KeyRecord, $crate::store::StoreError> {
+                use sqlx::Row as _;
+                use $crate::store::sql::{from_secs, unavailable};
+                let corrupt = |what: &str| {
+                    $crate::store::StoreError::unavailable(format!("corrupt key record: {what}"))
+                };
+                let id: String = row.try_get("id").map_err(unavailable)?;
+                let digest: String = row.try_get("digest").map_err(unavailable)?;
+                let environment: String = row.try_get("environment").map_err(unavailable)?;
+                let scopes: String = row.try_get("scopes").map_err(unavailable)?;
+                let metadata: String = row.try_get("metadata").map_err(unavailable)?;
+                let limits: Option<String> = row.try_get("limits").map_err(unavailable)?;
+                let mut record = $crate::store::KeyRecord::new(
+                    id,
+                    $crate::SecretDigest::from_hex(&digest).map_err(|_| corrupt("digest"))?,
+                    row.try_get::<String, _>("name").map_err(unavailable)?,
+                    environment.parse().map_err(|_| corrupt("environment"))?,
+                );
+                record.owner = row.try_get("owner").map_err(unavailable)?;
+                record.scopes = serde_json::from_str(&scopes).map_err(|_| corrupt("scopes"))?;
+                record.metadata =
+                    serde_json::from_str(&metadata).map_err(|_| corrupt("metadata"))?;
+                record.created_at = from_secs(row.try_get("created_at").map_err(unavailable)?);
+                record.expires_at = row
+                    .try_get::<Option<i64>, _>("expires_at")
+                    .map_err(unavailable)?
+                    .map(from_secs);
+                record.revoked_at = row
+                    .try_get::<Option<i64>, _>("revoked_at")
+                    .map_err(unavailable)?
+                    .map(from_secs);
+                record.disabled = row.try_get("disabled").map_err(unavailable)?;
+                record.plan = row.try_get("plan").map_err(unavailable)?;
+                record.limits = match limits {
+                    Some(text) => Some(serde_json::from_str(&text).map_err(|_| corrupt("limits"))?),
+                    None => None,
+                };
+                record.last_used_at = row
+                    .try_get::<Option<i64>, _>("last_used_at")
+                    .map_err(unavailable)?
+                    .map(from_secs);
+                record.requests =
+                    u64::try_from(row.try_get::<i64, _>("requests").map_err(unavailable)?)
+                        .unwrap_or(0);
+                Ok(record)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::KeyStore for $store {
+            async fn get(
+                &self,
+                id: &str,
+            ) -> Result<Option<$crate::store::KeyRecord>, $crate::store::StoreError> {
+                let row = sqlx::query(&self.sql.get)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::unavailable)?;
+                row.as_ref().map(Self::record).transpose()
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::KeyStoreAdmin for $store {
+            async fn create(
+                &self,
+                record: $crate::store::KeyRecord,
+            ) -> Result<(), $crate::store::StoreError> {
+                use $crate::store::sql::to_json as json;
+                use $crate::store::sql::{to_secs, unavailable};
+                let result = sqlx::query(&self.sql.insert)
+                    .bind(&record.id)
+                    .bind(record.digest.to_hex())
+                    .bind(&record.name)
+                    .bind(&record.owner)
+                    .bind(record.environment.as_str())
+                    .bind(json(&record.scopes))
+                    .bind(json(&record.metadata))
+                    .bind(to_secs(record.created_at))
+                    .bind(record.expires_at.map(to_secs))
+                    .bind(record.revoked_at.map(to_secs))
+                    .bind(record.disabled)
+                    .bind(&record.plan)
+                    .bind(record.limits.as_ref().map(json))
+                    .bind(record.last_used_at.map(to_secs))
+                    .bind(i64::try_from(record.requests).unwrap_or(i64::MAX))
+                    .execute(&self.pool)
+                    .await;
+                match result {
+                    Ok(_) => {
+                        self.changed(&record.id).await;
+                        Ok(())
+                    }
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        Err($crate::store::StoreError::Conflict(record.id))
+                    }
+                    Err(e) => Err(unavailable(e)),
+                }
+            }
+
+            async fn revoke(
+                &self,
+                id: &str,
+                at: std::time::SystemTime,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let done = sqlx::query(&self.sql.revoke)
+                    .bind($crate::store::sql::to_secs(at))
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::unavailable)?;
+                self.changed(id).await;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn delete(&self, id: &str) -> Result<bool, $crate::store::StoreError> {
+                let done = sqlx::query(&self.sql.delete)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::unavailable)?;
+                self.changed(id).await;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn list(
+                &self,
+            ) -> Result<Vec<$crate::store::KeyRecord>, $crate::store::StoreError> {
+                let rows = sqlx::query(&self.sql.list)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::unavailable)?;
+                rows.iter().map(Self::record).collect()
+            }
+
+            async fn set_scopes(
+                &self,
+                id: &str,
+                scopes: &[String],
+            ) -> Result<bool, $crate::store::StoreError> {
+                let done = sqlx::query(&self.sql.set_scopes)
+                    .bind($crate::store::sql::to_json(&scopes))
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::unavailable)?;
+                self.changed(id).await;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn set_expiry(
+                &self,
+                id: &str,
+                at: Option<std::time::SystemTime>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let done = sqlx::query(&self.sql.set_expiry)
+                    .bind(at.map($crate::store::sql::to_secs))
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::unavailable)?;
+                self.changed(id).await;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn record_usage(
+                &self,
+                batch: &[$crate::store::UsageUpdate],
+            ) -> Result<(), $crate::store::StoreError> {
+                use $crate::store::sql::{to_secs, unavailable};
+                let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                for update in batch {
+                    let at = to_secs(update.last_used_at);
+                    sqlx::query(&self.sql.record_usage)
+                        .bind(i64::try_from(update.requests).unwrap_or(i64::MAX))
+                        .bind(at)
+                        .bind(at)
+                        .bind(&update.id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                }
+                tx.commit().await.map_err(unavailable)
+            }
+        }
+    };
+}
+
+pub(crate) use sql_store;

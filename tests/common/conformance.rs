@@ -1,0 +1,156 @@
+//! The suite every store runs unchanged: the memory store, SQLite, PostgreSQL and Redis.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tower_api_key::{
+    ApiKeyLayer, Environment, KeyFormat, KeyManager, KeyRecord, KeyStoreAdmin, Limits, NewKey,
+    StoreError, UsageUpdate,
+};
+
+use super::{api_key, app, serve, HttpClient};
+
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// A full record, with times in whole seconds (what every store keeps).
+fn record(name: &str, created: u64) -> KeyRecord {
+    let mut created_key = NewKey::new(name)
+        .environment(Environment::Test)
+        .scopes(["read", "offers:write"])
+        .owner("acme")
+        .metadata("team", "growth")
+        .plan("pro")
+        .limits(Limits::FREE.burst(10))
+        .expires_at(at(4_000_000_000))
+        .generate(&KeyFormat::new("mesh").unwrap())
+        .unwrap()
+        .record;
+    created_key.created_at = at(created);
+    created_key
+}
+
+/// Runs every check against `store`, which must start empty.
+pub async fn conformance<S: KeyStoreAdmin + Clone>(store: S) {
+    assert!(store.get("nope").await.unwrap().is_none());
+    assert!(store.list().await.unwrap().is_empty());
+
+    let a = record("alpha", 1_700_000_000);
+    let mut b = record("beta", 1_700_000_100);
+    b.owner = None;
+    b.plan = None;
+    b.limits = None;
+    b.expires_at = None;
+    b.scopes = vec![];
+    b.metadata.clear();
+    b.environment = Environment::Live;
+    store.create(b.clone()).await.unwrap();
+    store.create(a.clone()).await.unwrap();
+    assert_eq!(
+        store.get(&a.id).await.unwrap().as_ref(),
+        Some(&a),
+        "round trip"
+    );
+    assert_eq!(
+        store.get(&b.id).await.unwrap().as_ref(),
+        Some(&b),
+        "empty fields"
+    );
+    match store.create(a.clone()).await {
+        Err(StoreError::Conflict(id)) => assert_eq!(id, a.id),
+        other => panic!("a second create must conflict, got {other:?}"),
+    }
+    let ids: Vec<String> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, [a.id.clone(), b.id.clone()], "ordered by creation");
+
+    let scopes = vec!["admin".to_owned()];
+    assert!(store.set_scopes(&a.id, &scopes).await.unwrap());
+    assert!(!store.set_scopes("nope", &scopes).await.unwrap());
+    assert_eq!(store.get(&a.id).await.unwrap().unwrap().scopes, scopes);
+
+    assert!(store
+        .set_expiry(&b.id, Some(at(1_800_000_000)))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.get(&b.id).await.unwrap().unwrap().expires_at,
+        Some(at(1_800_000_000))
+    );
+    assert!(store.set_expiry(&b.id, None).await.unwrap());
+    assert_eq!(store.get(&b.id).await.unwrap().unwrap().expires_at, None);
+    assert!(!store.set_expiry("nope", None).await.unwrap());
+
+    assert!(store.revoke(&a.id, at(1_750_000_000)).await.unwrap());
+    assert!(store.revoke(&a.id, at(1_760_000_000)).await.unwrap());
+    assert_eq!(
+        store.get(&a.id).await.unwrap().unwrap().revoked_at,
+        Some(at(1_750_000_000)),
+        "the first revocation stands"
+    );
+    assert!(!store.revoke("nope", at(1)).await.unwrap());
+
+    let update = |id: &str, requests, last| UsageUpdate {
+        id: id.to_owned(),
+        requests,
+        last_used_at: at(last),
+    };
+    store
+        .record_usage(&[
+            update(&a.id, 3, 1_700_000_500),
+            update("nope", 1, 1),
+            update(&b.id, 2, 1_700_000_400),
+        ])
+        .await
+        .unwrap();
+    store
+        .record_usage(&[update(&a.id, 1, 1_700_000_200)])
+        .await
+        .unwrap();
+    let a_now = store.get(&a.id).await.unwrap().unwrap();
+    assert_eq!(a_now.requests, 4);
+    assert_eq!(
+        a_now.last_used_at,
+        Some(at(1_700_000_500)),
+        "last use only moves forward"
+    );
+    assert_eq!(store.get(&b.id).await.unwrap().unwrap().requests, 2);
+
+    assert!(store.delete(&a.id).await.unwrap());
+    assert!(!store.delete(&a.id).await.unwrap());
+    assert!(store.get(&a.id).await.unwrap().is_none());
+    assert_eq!(store.list().await.unwrap().len(), 1);
+
+    // The same store behind the layer, over HTTP.
+    let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
+    let keys = KeyManager::new(store.clone(), layer.handle());
+    let created = keys
+        .create(NewKey::new("served").scopes(["read"]))
+        .await
+        .unwrap();
+    let client = HttpClient::new(serve(app(layer, Arc::new(AtomicUsize::new(0)))).await);
+    let header = api_key(created.key.expose_secret());
+    let reply = client
+        .get("/recommendations", &[("authorization", &header)])
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(keys.revoke(&created.record.id).await.unwrap());
+    let reply = client
+        .get("/recommendations", &[("authorization", &header)])
+        .await;
+    assert_eq!(reply.code(), "API_KEY_REVOKED");
+    for record in store.list().await.unwrap() {
+        assert_ne!(
+            record.digest.to_hex(),
+            created.key.expose_secret(),
+            "no plaintext"
+        );
+    }
+}

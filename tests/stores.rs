@@ -1,0 +1,258 @@
+//! The stores that need no server: the in-memory store and SQLite; stale-if-error; batched usage.
+
+mod common;
+#[path = "common/conformance.rs"]
+mod conformance;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use tower_api_key::{
+    ApiKeyLayer, CacheConfig, Environment, KeyManager, KeyStore, MemoryStore, NewKey, StoreUsage,
+};
+
+use common::{api_key, app, serve, HttpClient, TestStore};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_store_passes_the_conformance_suite() {
+    conformance::conformance(MemoryStore::new()).await;
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use super::*;
+    use tower_api_key::SqliteStore;
+
+    fn temp_db(name: &str) -> (std::path::PathBuf, String) {
+        let dir = std::env::temp_dir().join(format!(
+            "tower-api-key-{name}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("keys.db").display());
+        (dir, url)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sqlite_store_passes_the_conformance_suite() {
+        let (dir, url) = temp_db("conformance");
+        conformance::conformance(SqliteStore::connect(&url).await.unwrap()).await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_survive_a_restart_and_the_schema_is_created_once() {
+        let (dir, url) = temp_db("restart");
+        let store = SqliteStore::connect(&url).await.unwrap();
+        let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
+        let created = KeyManager::new(store.clone(), layer.handle())
+            .create(NewKey::new("persisted"))
+            .await
+            .unwrap();
+        store.pool().close().await;
+        let reopened = SqliteStore::connect(&url).await.unwrap();
+        let record = reopened.get(&created.record.id).await.unwrap().unwrap();
+        assert_eq!(record.name, "persisted");
+        let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM api_keys_schema")
+            .fetch_one(reopened.pool())
+            .await
+            .unwrap();
+        assert_eq!(version, 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_bad_table_name_is_refused() {
+        let error = SqliteStore::connect_with_table("sqlite::memory:", "keys; DROP TABLE x")
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("invalid table name"), "{error}");
+    }
+}
+
+#[cfg(not(feature = "sqlite"))]
+#[test]
+#[ignore = "the SQLite store needs `--features sqlite` (run by .ci/run)"]
+fn the_sqlite_store_passes_the_conformance_suite() {}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_if_error_keeps_cached_keys_working_within_its_bound() {
+    let store = TestStore::default();
+    let layer = ApiKeyLayer::builder("mesh", store.clone())
+        .cache(CacheConfig {
+            ttl: Duration::from_millis(200),
+            stale_if_error: Some(Duration::from_millis(1500)),
+            ..CacheConfig::default()
+        })
+        .build()
+        .unwrap();
+    let keys = KeyManager::new(store.keys.clone(), layer.handle());
+    let cached = keys
+        .create(NewKey::new("cached").scopes(["read"]))
+        .await
+        .unwrap();
+    let unseen = keys
+        .create(NewKey::new("unseen").scopes(["read"]))
+        .await
+        .unwrap();
+    let client = HttpClient::new(serve(app(layer, Arc::new(AtomicUsize::new(0)))).await);
+    let get = |key: &tower_api_key::PlaintextKey| {
+        let client = client.clone();
+        let header = api_key(key.expose_secret());
+        async move {
+            client
+                .get("/recommendations", &[("authorization", &header)])
+                .await
+        }
+    };
+    assert_eq!(get(&cached.key).await.status, StatusCode::OK);
+
+    store.fail(true);
+    tokio::time::sleep(Duration::from_millis(400)).await; // past the TTL
+    assert_eq!(
+        get(&cached.key).await.status,
+        StatusCode::OK,
+        "served stale"
+    );
+    assert_eq!(
+        get(&unseen.key).await.code(),
+        "KEY_STORE_UNAVAILABLE",
+        "never seen: 503"
+    );
+    tokio::time::sleep(Duration::from_millis(1600)).await; // past TTL + bound
+    assert_eq!(
+        get(&cached.key).await.code(),
+        "KEY_STORE_UNAVAILABLE",
+        "the bound holds"
+    );
+
+    store.fail(false);
+    assert_eq!(
+        get(&cached.key).await.status,
+        StatusCode::OK,
+        "recovers by itself"
+    );
+    assert_eq!(get(&unseen.key).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_if_error_can_be_turned_off() {
+    let store = TestStore::default();
+    let layer = ApiKeyLayer::builder("mesh", store.clone())
+        .cache(CacheConfig {
+            ttl: Duration::from_millis(100),
+            stale_if_error: None,
+            ..CacheConfig::default()
+        })
+        .build()
+        .unwrap();
+    let keys = KeyManager::new(store.keys.clone(), layer.handle());
+    let key = keys
+        .create(NewKey::new("k").scopes(["read"]))
+        .await
+        .unwrap();
+    let client = HttpClient::new(serve(app(layer, Arc::new(AtomicUsize::new(0)))).await);
+    let header = api_key(key.key.expose_secret());
+    assert_eq!(
+        client
+            .get("/recommendations", &[("authorization", &header)])
+            .await
+            .status,
+        200
+    );
+    store.fail(true);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let reply = client
+        .get("/recommendations", &[("authorization", &header)])
+        .await;
+    assert_eq!(reply.code(), "KEY_STORE_UNAVAILABLE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_is_not_undone_by_a_stale_copy() {
+    let store = TestStore::default();
+    let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
+    let keys = KeyManager::new(store.keys.clone(), layer.handle());
+    let key = keys
+        .create(NewKey::new("k").scopes(["read"]))
+        .await
+        .unwrap();
+    let client = HttpClient::new(serve(app(layer, Arc::new(AtomicUsize::new(0)))).await);
+    let header = api_key(key.key.expose_secret());
+    assert_eq!(
+        client
+            .get("/recommendations", &[("authorization", &header)])
+            .await
+            .status,
+        200
+    );
+    keys.revoke(&key.record.id).await.unwrap();
+    store.fail(true);
+    let reply = client
+        .get("/recommendations", &[("authorization", &header)])
+        .await;
+    assert_eq!(
+        reply.code(),
+        "KEY_STORE_UNAVAILABLE",
+        "the stale copy went with the revoke"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_flushed_to_the_store_in_batches() {
+    let store = MemoryStore::new();
+    let pending = Arc::new(StoreUsage::new());
+    let layer = ApiKeyLayer::builder("mesh", store.clone())
+        .usage_sink(pending.clone())
+        .build()
+        .unwrap();
+    let keys = KeyManager::new(store.clone(), layer.handle());
+    let a = keys
+        .create(NewKey::new("a").scopes(["read"]))
+        .await
+        .unwrap();
+    let b = keys
+        .create(
+            NewKey::new("b")
+                .scopes(["read"])
+                .environment(Environment::Test),
+        )
+        .await
+        .unwrap();
+    let client = HttpClient::new(serve(app(layer, Arc::new(AtomicUsize::new(0)))).await);
+    for (key, n) in [(&a, 5), (&b, 3)] {
+        let header = api_key(key.key.expose_secret());
+        for _ in 0..n {
+            assert_eq!(
+                client
+                    .get("/recommendations", &[("authorization", &header)])
+                    .await
+                    .status,
+                200
+            );
+        }
+    }
+    client
+        .get(
+            "/recommendations",
+            &[("authorization", "ApiKey mesh_live_bad")],
+        )
+        .await;
+    assert_eq!(
+        store.get(&a.record.id).await.unwrap().unwrap().requests,
+        0,
+        "not yet flushed"
+    );
+    assert_eq!(pending.flush(&store).await.unwrap(), 2);
+    assert_eq!(pending.flush(&store).await.unwrap(), 0, "nothing twice");
+    let a_now = store.get(&a.record.id).await.unwrap().unwrap();
+    assert_eq!(a_now.requests, 5);
+    assert!(a_now.last_used_at.is_some());
+    assert_eq!(store.get(&b.record.id).await.unwrap().unwrap().requests, 3);
+}
