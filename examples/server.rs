@@ -4,8 +4,10 @@
 //! cargo run --example server            # PORT=3000 by default
 //! ```
 //!
-//! At start it issues one key per scope into an in-memory store and prints each once, with the
-//! curl command that uses it.
+//! Keys live in the store `DATABASE_URL` names (`sqlite://…`, `postgres://…`, `redis://…`,
+//! `memory:`); by default the SQLite file `tower-api-key.db` in the current directory, which the
+//! `tower-api-key` command line tool uses too. When the store has no keys, the demo issues one per
+//! scope and prints each once, with the curl command that uses it.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -15,7 +17,8 @@ use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 use tower_api_key::{
-    ApiKeyLayer, KeyManager, MemoryStore, MemoryUsage, NewKey, Principal, RequireScopeLayer,
+    AnyStore, ApiKeyLayer, KeyManager, KeyStoreAdmin, MemoryUsage, NewKey, Principal,
+    RequireScopeLayer,
 };
 
 async fn recommendations(Extension(principal): Extension<Principal>) -> Json<Value> {
@@ -47,12 +50,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => 3000,
     };
 
-    let store = MemoryStore::new();
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://tower-api-key.db".into());
+    let store = AnyStore::connect(&url)
+        .await
+        .map_err(|e| format!("cannot open the key store {url}: {e}"))?;
     let usage_counts = Arc::new(MemoryUsage::new());
     let auth = ApiKeyLayer::builder("mesh", store.clone())
         .usage_sink(usage_counts.clone())
         .build()?;
-    let keys = KeyManager::new(store, auth.handle());
+    // Other processes' revocations (PostgreSQL, Redis) reach this one's cache at once.
+    store.spawn_listener(auth.handle()).await?;
+    let existing = store.list().await?.len();
+    let keys = KeyManager::new(store.clone(), auth.handle());
 
     let app = Router::new()
         .route(
@@ -79,8 +88,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e} (set PORT to another port)"))?;
 
-    println!("tower-api-key demo on http://{addr}\n");
-    println!("Three keys were issued into an in-memory store. Each is shown once; copy it now.\n");
+    println!(
+        "tower-api-key demo on http://{addr}, keys in {} ({url})\n",
+        store.kind()
+    );
+    if existing > 0 {
+        println!("The store has {existing} keys already; make more with the command line tool:");
+        println!(
+            "  cargo run --features cli --bin tower-api-key -- create --name demo --scopes read\n"
+        );
+    } else {
+        issue_demo_keys(&keys, addr).await?;
+    }
+    println!("Usage per key, for an admin key: GET http://{addr}/usage");
+    println!("Without a key, or with a read key on /offers, you get the JSON rejection:");
+    println!("        curl -i http://{addr}/recommendations\n");
+
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+/// Issues one key per scope and prints each once.
+async fn issue_demo_keys(
+    keys: &KeyManager<AnyStore>,
+    addr: SocketAddr,
+) -> Result<(), Box<dyn std::error::Error>> {
+    println!("Three keys were issued. Each is shown once; copy it now.\n");
     for (scope, method, path) in [
         ("read", "GET", "/recommendations"),
         ("write", "POST", "/tracking"),
@@ -99,10 +132,5 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("  {scope:<5} key (id {}): {key}", created.record.id);
         println!("        curl -X {method} -H 'Authorization: ApiKey {key}' http://{addr}{path}\n");
     }
-    println!("Usage per key, for the admin key: GET http://{addr}/usage");
-    println!("Without a key, or with the read key on /offers, you get the JSON rejection:");
-    println!("        curl -i http://{addr}/recommendations\n");
-
-    axum::serve(listener, app).await?;
     Ok(())
 }

@@ -108,7 +108,7 @@ pub use crate::store::RedisStore;
 #[cfg(feature = "sqlite")]
 pub use crate::store::SqliteStore;
 pub use crate::store::{
-    KeyRecord, KeyState, KeyStore, KeyStoreAdmin, MemoryStore, StoreError, UsageUpdate,
+    AnyStore, KeyRecord, KeyState, KeyStore, KeyStoreAdmin, MemoryStore, StoreError, UsageUpdate,
 };
 pub use crate::usage::{
     KeyUsage, MemoryUsage, Outcome, StoreUsage, UsageEvent, UsageSink, UsageSnapshot,

@@ -22,6 +22,7 @@
 //! }
 //! ```
 
+mod any;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -40,6 +41,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
+pub use any::AnyStore;
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;

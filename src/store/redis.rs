@@ -311,6 +311,9 @@ impl KeyStoreAdmin for RedisStore {
     async fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
         let mut conn = self.conn.clone();
         let ids: Vec<String> = conn.smembers(self.ids()).await.map_err(unavailable)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.hgetall(self.key(id));

@@ -9,7 +9,7 @@ use tower_api_key::{
     StoreError, UsageUpdate,
 };
 
-use super::{api_key, app, serve, HttpClient};
+use crate::common::{api_key, app, serve, HttpClient};
 
 fn at(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)

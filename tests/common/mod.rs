@@ -184,3 +184,35 @@ pub fn forge(prefix: &str, env: &str, id: &str, secret: &str) -> String {
 pub fn an_hour_ago() -> SystemTime {
     SystemTime::now() - Duration::from_secs(3600)
 }
+
+/// A variable that `.ci/run` sets for the suites that need a server.
+pub fn server_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run this suite through .ci/run, which starts the server")
+    })
+}
+
+/// Runs the shell command in variable `name` (stopping or starting a server).
+pub fn run_server_command(name: &str) {
+    let command = server_env(name);
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{name} failed: {command}");
+}
+
+/// A name no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000
+    )
+}

@@ -1,0 +1,161 @@
+//! [`AnyStore`]: a store chosen at run time by URL, for programs configured with `DATABASE_URL`.
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+use super::{KeyRecord, KeyStore, KeyStoreAdmin, MemoryStore, StoreError, UsageUpdate};
+use crate::layer::ApiKeyHandle;
+
+/// Any of the crate's stores, chosen by URL: `memory:`, `sqlite://…`, `postgres://…`,
+/// `redis://…`. The backends of disabled features answer with an error naming the feature.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use tower_api_key::AnyStore;
+///
+/// let store = AnyStore::connect("memory:").await?;
+/// assert_eq!(store.kind(), "memory");
+/// let error = AnyStore::connect("mysql://db").await.unwrap_err();
+/// assert!(error.to_string().contains("sqlite://, postgres://, redis:// or memory:"));
+/// # Ok::<(), tower_api_key::StoreError>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum AnyStore {
+    /// In this process's memory.
+    Memory(MemoryStore),
+    /// A SQLite file.
+    #[cfg(feature = "sqlite")]
+    Sqlite(super::SqliteStore),
+    /// PostgreSQL.
+    #[cfg(feature = "postgres")]
+    Postgres(super::PostgresStore),
+    /// Redis.
+    #[cfg(feature = "redis")]
+    Redis(super::RedisStore),
+}
+
+macro_rules! each {
+    ($self:expr, $store:ident => $body:expr) => {
+        match $self {
+            AnyStore::Memory($store) => $body,
+            #[cfg(feature = "sqlite")]
+            AnyStore::Sqlite($store) => $body,
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres($store) => $body,
+            #[cfg(feature = "redis")]
+            AnyStore::Redis($store) => $body,
+        }
+    };
+}
+
+fn disabled(feature: &str, url: &str) -> StoreError {
+    let scheme = url.split(':').next().unwrap_or_default();
+    StoreError::unavailable(format!(
+        "{scheme}:// needs the `{feature}` feature of tower-api-key"
+    ))
+}
+
+impl AnyStore {
+    /// Opens the store `url` names.
+    ///
+    /// # Errors
+    /// For an unknown scheme, a backend whose feature is off, or a backend that cannot be
+    /// reached.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        if url == "memory:" || url.starts_with("memory://") {
+            return Ok(AnyStore::Memory(MemoryStore::new()));
+        }
+        if url.starts_with("sqlite:") {
+            #[cfg(feature = "sqlite")]
+            return Ok(AnyStore::Sqlite(super::SqliteStore::connect(url).await?));
+            #[cfg(not(feature = "sqlite"))]
+            return Err(disabled("sqlite", url));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            #[cfg(feature = "postgres")]
+            return Ok(AnyStore::Postgres(
+                super::PostgresStore::connect(url).await?,
+            ));
+            #[cfg(not(feature = "postgres"))]
+            return Err(disabled("postgres", url));
+        }
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            #[cfg(feature = "redis")]
+            return Ok(AnyStore::Redis(super::RedisStore::connect(url).await?));
+            #[cfg(not(feature = "redis"))]
+            return Err(disabled("redis", url));
+        }
+        let _ = disabled;
+        Err(StoreError::unavailable(
+            "unknown database URL: use sqlite://, postgres://, redis:// or memory:",
+        ))
+    }
+
+    /// `memory`, `sqlite`, `postgres` or `redis`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AnyStore::Memory(_) => "memory",
+            #[cfg(feature = "sqlite")]
+            AnyStore::Sqlite(_) => "sqlite",
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres(_) => "postgres",
+            #[cfg(feature = "redis")]
+            AnyStore::Redis(_) => "redis",
+        }
+    }
+
+    /// For PostgreSQL and Redis, starts the listener that brings other replicas' changes into
+    /// the cache behind `handle` (see `PostgresStore::spawn_listener`); the other stores have no
+    /// change feed and return `None`.
+    ///
+    /// # Errors
+    /// When the listener cannot connect.
+    pub async fn spawn_listener(
+        &self,
+        handle: ApiKeyHandle,
+    ) -> Result<Option<tokio::task::JoinHandle<()>>, StoreError> {
+        let _ = &handle;
+        match self {
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres(store) => store.spawn_listener(handle).await.map(Some),
+            #[cfg(feature = "redis")]
+            AnyStore::Redis(store) => store.spawn_listener(handle).await.map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+#[async_trait]
+impl KeyStore for AnyStore {
+    async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        each!(self, store => store.get(id).await)
+    }
+}
+
+#[async_trait]
+impl KeyStoreAdmin for AnyStore {
+    async fn create(&self, record: KeyRecord) -> Result<(), StoreError> {
+        each!(self, store => store.create(record).await)
+    }
+    async fn revoke(&self, id: &str, at: SystemTime) -> Result<bool, StoreError> {
+        each!(self, store => store.revoke(id, at).await)
+    }
+    async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        each!(self, store => store.delete(id).await)
+    }
+    async fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        each!(self, store => store.list().await)
+    }
+    async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError> {
+        each!(self, store => store.set_scopes(id, scopes).await)
+    }
+    async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, StoreError> {
+        each!(self, store => store.set_expiry(id, at).await)
+    }
+    async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {
+        each!(self, store => store.record_usage(batch).await)
+    }
+}

@@ -1,0 +1,156 @@
+//! Behaviour across replicas and outages, run by every store that has a server.
+
+use std::future::Future;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, StatusCode};
+use tokio::task::JoinHandle;
+use tower::{service_fn, Layer, ServiceExt};
+use tower_api_key::{
+    ApiKeyHandle, ApiKeyLayer, CacheConfig, KeyManager, KeyStoreAdmin, NewKey, Rejection,
+};
+
+use crate::common::{api_key, app, run_server_command, serve, HttpClient};
+
+/// The status one replica's layer gives `key`, in process.
+async fn status(layer: &ApiKeyLayer, key: &str) -> (StatusCode, Option<Rejection>) {
+    let service = layer.layer(service_fn(|_: Request<()>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    }));
+    let request = Request::get("/")
+        .header("authorization", api_key(key))
+        .body(())
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    (
+        response.status(),
+        response.extensions().get::<Rejection>().copied(),
+    )
+}
+
+fn long_lived() -> CacheConfig {
+    CacheConfig {
+        ttl: Duration::from_secs(3600),
+        ..CacheConfig::default()
+    }
+}
+
+/// Two replicas on one database: a revoke through A reaches B's cache by notification (B's TTL is
+/// an hour). Returns the time it took.
+pub async fn a_revoke_reaches_the_other_replica<S, L, F>(a: S, b: S, listen: L) -> Duration
+where
+    S: KeyStoreAdmin + Clone,
+    L: FnOnce(S, ApiKeyHandle) -> F,
+    F: Future<Output = JoinHandle<()>>,
+{
+    let replica_a = ApiKeyLayer::builder("mesh", a.clone())
+        .cache(long_lived())
+        .build()
+        .unwrap();
+    let replica_b = ApiKeyLayer::builder("mesh", b.clone())
+        .cache(long_lived())
+        .build()
+        .unwrap();
+    let listener = listen(b, replica_b.handle()).await;
+    let keys = KeyManager::new(a, replica_a.handle());
+    let created = keys.create(NewKey::new("replicated")).await.unwrap();
+    let key = created.key.expose_secret();
+    assert_eq!(
+        status(&replica_b, key).await.0,
+        StatusCode::OK,
+        "cached in B"
+    );
+    assert_eq!(
+        status(&replica_a, key).await.0,
+        StatusCode::OK,
+        "cached in A"
+    );
+
+    keys.revoke(&created.record.id).await.unwrap();
+    let started = Instant::now();
+    loop {
+        if status(&replica_b, key).await.1 == Some(Rejection::ApiKeyRevoked) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the revoke never reached replica B"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = started.elapsed();
+    eprintln!("revocation reached the other replica in {elapsed:?}");
+    listener.abort();
+    elapsed
+}
+
+/// The server stops mid-test: cached keys keep working (stale-if-error), unknown ones get 503,
+/// and everything recovers once it is back.
+pub async fn an_outage_is_survived<S: KeyStoreAdmin + Clone>(store: S, stop: &str, start: &str) {
+    let layer = ApiKeyLayer::builder("mesh", store.clone())
+        .cache(CacheConfig {
+            ttl: Duration::from_millis(300),
+            stale_if_error: Some(Duration::from_secs(120)),
+            ..CacheConfig::default()
+        })
+        .lookup_timeout(Some(Duration::from_secs(2)))
+        .build()
+        .unwrap();
+    let keys = KeyManager::new(store, layer.handle());
+    let cached = keys
+        .create(NewKey::new("cached").scopes(["read"]))
+        .await
+        .unwrap();
+    let unseen = keys
+        .create(NewKey::new("unseen").scopes(["read"]))
+        .await
+        .unwrap();
+    let client = HttpClient::new(serve(app(layer, Arc::new(AtomicUsize::new(0)))).await);
+    let get = |key: &tower_api_key::PlaintextKey| {
+        let client = client.clone();
+        let header = api_key(key.expose_secret());
+        async move {
+            client
+                .get("/recommendations", &[("authorization", &header)])
+                .await
+        }
+    };
+    assert_eq!(get(&cached.key).await.status, StatusCode::OK);
+
+    run_server_command(stop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    assert_eq!(
+        get(&cached.key).await.status,
+        StatusCode::OK,
+        "stale-if-error"
+    );
+    let reply = get(&unseen.key).await;
+    assert_eq!(reply.code(), "KEY_STORE_UNAVAILABLE", "{reply:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered within the lookup timeout"
+    );
+
+    run_server_command(start);
+    let started = Instant::now();
+    loop {
+        let reply = get(&unseen.key).await;
+        if reply.status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(reply.code(), "KEY_STORE_UNAVAILABLE");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "recovered {:?} after the server was back",
+        started.elapsed()
+    );
+    assert_eq!(get(&cached.key).await.status, StatusCode::OK);
+}

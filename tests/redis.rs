@@ -1,0 +1,130 @@
+//! The Redis store and limiter against a real server: `.ci/run` starts one and sets
+//! `TOWER_API_KEY_REDIS_URL` (and the commands that stop and start it).
+
+#[cfg(not(feature = "redis"))]
+#[test]
+#[ignore = "the Redis store needs `--features redis` (run by .ci/run)"]
+fn redis_suite_needs_the_redis_feature() {}
+
+#[cfg(feature = "redis")]
+mod common;
+#[cfg(feature = "redis")]
+#[path = "common/conformance.rs"]
+mod conformance;
+#[cfg(feature = "redis")]
+#[path = "common/replicas.rs"]
+mod replicas;
+
+#[cfg(feature = "redis")]
+mod redis {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    use tower_api_key::{
+        ApiKeyLayer, KeyStoreAdmin, Limits, MemoryStore, NewKey, RedisLimiter, RedisStore,
+    };
+
+    use crate::common::{api_key, app, serve, server_env, unique, HttpClient};
+    use crate::{conformance, replicas};
+
+    fn url() -> String {
+        server_env("TOWER_API_KEY_REDIS_URL")
+    }
+
+    async fn store(prefix: &str) -> RedisStore {
+        RedisStore::connect_with_prefix(&url(), prefix)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis: run through .ci/run"]
+    async fn passes_the_conformance_suite() {
+        conformance::conformance(store(&unique("conformance")).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis: run through .ci/run"]
+    async fn a_revoke_reaches_every_replica_by_pub_sub() {
+        let prefix = unique("replicas");
+        let elapsed = replicas::a_revoke_reaches_the_other_replica(
+            store(&prefix).await,
+            store(&prefix).await,
+            |b, handle| async move { b.spawn_listener(handle).await.unwrap() },
+        )
+        .await;
+        eprintln!("Redis pub/sub propagation: {elapsed:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis: run through .ci/run"]
+    async fn two_replicas_enforce_one_shared_limit() {
+        let prefix = unique("limits");
+        let store = MemoryStore::new();
+        let mut created = NewKey::new("shared")
+            .scopes(["read"])
+            .limits(Limits::per_minute(1).burst(20).daily(25))
+            .generate(&tower_api_key::KeyFormat::new("mesh").unwrap())
+            .unwrap();
+        created.record.limits = Some(Limits::per_minute(1).burst(20).daily(25));
+        store.create(created.record.clone()).await.unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            let limiter = RedisLimiter::connect_with_prefix(&url(), &prefix)
+                .await
+                .unwrap();
+            let layer = ApiKeyLayer::builder("mesh", store.clone())
+                .limiter(limiter)
+                .build()
+                .unwrap();
+            clients.push(HttpClient::new(
+                serve(app(layer, Arc::new(AtomicUsize::new(0)))).await,
+            ));
+        }
+        let header = api_key(created.key.expose_secret());
+        let tasks: Vec<_> = (0..60)
+            .map(|i| {
+                let client = clients[i % 2].clone();
+                let header = header.clone();
+                tokio::spawn(async move {
+                    client
+                        .get("/recommendations", &[("authorization", &header)])
+                        .await
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        let mut limited = 0;
+        for task in tasks {
+            let reply = task.await.unwrap();
+            match reply.status.as_u16() {
+                200 => {
+                    ok += 1;
+                    assert!(reply.headers.contains_key("ratelimit"));
+                }
+                429 => {
+                    limited += 1;
+                    assert_eq!(reply.code(), "RATE_LIMIT_EXCEEDED");
+                    assert!(reply.headers.contains_key("retry-after"));
+                }
+                other => panic!("unexpected {other}: {reply:?}"),
+            }
+        }
+        assert_eq!(
+            (ok, limited),
+            (20, 40),
+            "one burst of 20 across both replicas"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis: run through .ci/run (stops and restarts the server)"]
+    async fn survives_the_server_stopping_and_recovers() {
+        replicas::an_outage_is_survived(
+            store(&unique("outage")).await,
+            "TOWER_API_KEY_REDIS_STOP",
+            "TOWER_API_KEY_REDIS_START",
+        )
+        .await;
+    }
+}
