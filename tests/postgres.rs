@@ -41,7 +41,7 @@ mod postgres {
         let elapsed = replicas::a_revoke_reaches_the_other_replica(
             store(&table).await,
             store(&table).await,
-            |b, handle| async move { b.spawn_listener(handle).await.unwrap() },
+            |b, handle| async move { b.spawn_listener(handle).await },
         )
         .await;
         eprintln!("PostgreSQL LISTEN/NOTIFY propagation: {elapsed:?}");

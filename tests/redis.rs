@@ -50,7 +50,7 @@ mod redis {
         let elapsed = replicas::a_revoke_reaches_the_other_replica(
             store(&prefix).await,
             store(&prefix).await,
-            |b, handle| async move { b.spawn_listener(handle).await.unwrap() },
+            |b, handle| async move { b.spawn_listener(handle).await },
         )
         .await;
         eprintln!("Redis pub/sub propagation: {elapsed:?}");

@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_api_key::{
     ApiKeyHandle, ApiKeyLayer, CacheConfig, KeyManager, KeyStoreAdmin, NewKey, Rejection,
+    StoreError,
 };
 
 use crate::common::{api_key, app, run_server_command, serve, HttpClient};
@@ -43,7 +44,7 @@ pub async fn a_revoke_reaches_the_other_replica<S, L, F>(a: S, b: S, listen: L) 
 where
     S: KeyStoreAdmin + Clone,
     L: FnOnce(S, ApiKeyHandle) -> F,
-    F: Future<Output = JoinHandle<()>>,
+    F: Future<Output = Result<JoinHandle<()>, StoreError>>,
 {
     let replica_a = ApiKeyLayer::builder("mesh", a.clone())
         .cache(long_lived())
@@ -53,7 +54,7 @@ where
         .cache(long_lived())
         .build()
         .unwrap();
-    let listener = listen(b, replica_b.handle()).await;
+    let listener = listen(b, replica_b.handle()).await.unwrap();
     let keys = KeyManager::new(a, replica_a.handle());
     let created = keys.create(NewKey::new("replicated")).await.unwrap();
     let key = created.key.expose_secret();
