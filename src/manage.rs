@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::key::{Environment, KeyFormat, PlaintextKey};
 use crate::layer::ApiKeyHandle;
 use crate::limit::Limits;
 use crate::scope::{validate_scope, InvalidScope};
-use crate::store::{KeyRecord, KeyStoreAdmin, StoreError};
+use crate::store::{KeyRecord, KeyState, KeyStoreAdmin, StoreError};
 
 /// The longest key name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
@@ -253,11 +253,145 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         result
     }
 
-    /// Every key's record: digests, never secrets.
+    /// Every key, as shown to operators: never the secret or its digest.
     ///
     /// # Errors
     /// When the store fails.
-    pub async fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        self.store.list().await
+    pub async fn list(&self) -> Result<Vec<KeyInfo>, StoreError> {
+        let now = SystemTime::now();
+        let format = self.handle.format();
+        Ok(self
+            .store
+            .list()
+            .await?
+            .iter()
+            .map(|record| KeyInfo::new(record, format, now))
+            .collect())
+    }
+
+    /// Key `id` as shown to operators, or `None`.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn show(&self, id: &str) -> Result<Option<KeyInfo>, StoreError> {
+        let record = self.store.get(id).await?;
+        Ok(record.map(|r| KeyInfo::new(&r, self.handle.format(), SystemTime::now())))
+    }
+
+    /// Replaces key `id`'s scopes; returns whether it exists.
+    ///
+    /// # Errors
+    /// [`ManageError::Invalid`] for a malformed scope; [`ManageError::Store`] when the store
+    /// fails.
+    pub async fn update_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, ManageError> {
+        for scope in scopes {
+            validate_scope(scope).map_err(|e| ManageError::Invalid(InvalidKey::Scope(e)))?;
+        }
+        let result = self.store.set_scopes(id, scopes).await;
+        self.handle.invalidate(id).await;
+        Ok(result?)
+    }
+
+    /// Rotates key `id`: issues a new key with the same name, scopes, environment, owner, limits
+    /// and metadata (plus `rotated_from`), and lets the old one work for `grace` more, after
+    /// which it answers `API_KEY_EXPIRED` (an earlier expiry it had stays). Returns the new key,
+    /// or `None` when there is no key `id`.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use std::time::Duration;
+    /// use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, NewKey};
+    ///
+    /// let store = MemoryStore::new();
+    /// let layer = ApiKeyLayer::new("mesh", store.clone())?;
+    /// let keys = KeyManager::new(store, layer.handle());
+    /// let old = keys.create(NewKey::new("ci").scopes(["read"])).await?;
+    /// let new = keys.rotate(&old.record.id, Duration::from_secs(24 * 3600)).await?.unwrap();
+    /// assert_eq!(new.record.scopes, ["read"]);
+    /// assert_eq!(new.record.metadata["rotated_from"], old.record.id);
+    /// assert!(keys.show(&old.record.id).await?.unwrap().expires_at.is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn rotate(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> Result<Option<CreatedKey>, ManageError> {
+        let Some(old) = self.store.get(id).await? else {
+            return Ok(None);
+        };
+        let mut new = NewKey::new(old.name.clone())
+            .environment(old.environment)
+            .scopes(old.scopes.clone());
+        new.owner = old.owner.clone();
+        new.metadata = old.metadata.clone();
+        new.metadata.insert("rotated_from".into(), old.id.clone());
+        new.plan = old.plan.clone();
+        new.limits = old.limits;
+        new.expires_at = old.expires_at;
+        let created = self.create(new).await?;
+        let grace_ends = SystemTime::now() + grace;
+        let expires = old.expires_at.map_or(grace_ends, |at| at.min(grace_ends));
+        let result = self.store.set_expiry(id, Some(expires)).await;
+        self.handle.invalidate(id).await;
+        result?;
+        Ok(Some(created))
+    }
+}
+
+/// A key as operators see it: everything but the secret and its digest. Serialises to JSON with
+/// times as Unix seconds.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct KeyInfo {
+    /// The public key id.
+    pub id: String,
+    /// The key's name.
+    pub name: String,
+    /// The key's public beginning, to recognise it: `mesh_live_3kTMd9Qx2bLp_…`.
+    pub prefix: String,
+    /// Its environment.
+    pub environment: Environment,
+    /// Its scopes.
+    pub scopes: Vec<String>,
+    /// Its owner.
+    pub owner: Option<String>,
+    /// Its plan.
+    pub plan: Option<String>,
+    /// When it was created (Unix seconds).
+    pub created_at: u64,
+    /// When a request last got through with it, as flushed to the store (Unix seconds).
+    pub last_used_at: Option<u64>,
+    /// When it expires (Unix seconds).
+    pub expires_at: Option<u64>,
+    /// `active`, `revoked`, `expired` or `disabled`.
+    pub state: &'static str,
+}
+
+impl KeyInfo {
+    fn new(record: &KeyRecord, format: &KeyFormat, now: SystemTime) -> Self {
+        let secs = crate::clock::unix_seconds;
+        KeyInfo {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            prefix: format!("{}_{}_{}_…", format.prefix(), record.environment, record.id),
+            environment: record.environment,
+            scopes: record.scopes.clone(),
+            owner: record.owner.clone(),
+            plan: record.plan.clone(),
+            created_at: secs(record.created_at),
+            last_used_at: record.last_used_at.map(secs),
+            expires_at: record.expires_at.map(secs),
+            state: match record.state(now) {
+                KeyState::Active => "active",
+                KeyState::Revoked => "revoked",
+                KeyState::Expired => "expired",
+                KeyState::Disabled => "disabled",
+            },
+        }
     }
 }

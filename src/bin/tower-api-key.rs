@@ -1,0 +1,391 @@
+//! `tower-api-key`: create, list, show, rotate, revoke and delete API keys in the store a service
+//! built on `tower-api-key` reads.
+//!
+//! Exit codes: 0 success, 2 bad input, 3 no such key, 4 the store failed or cannot be reached.
+
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use tower_api_key::{
+    AnyStore, ApiKeyLayer, CreatedKey, Environment, KeyFormat, KeyInfo, KeyManager, ManageError,
+    NewKey, StoreError,
+};
+
+/// Create, list, rotate and revoke API keys.
+#[derive(Parser)]
+#[command(name = "tower-api-key", version)]
+struct Cli {
+    /// Where the keys are: sqlite://FILE, postgres://…, redis://…
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://tower-api-key.db",
+        global = true,
+        hide_env_values = true
+    )]
+    database_url: String,
+    /// The prefix of the service's keys.
+    #[arg(long, default_value = "mesh", global = true)]
+    prefix: String,
+    /// Print JSON, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a new key and the record to store, without any store (for stores of your own).
+    Generate(KeySpec),
+    /// Create a key in the store; it is shown once.
+    Create(KeySpec),
+    /// List the keys (never their secrets).
+    List,
+    /// Show one key (never its secret).
+    Show {
+        /// The key id.
+        id: String,
+    },
+    /// Revoke a key: it never works again.
+    Revoke {
+        /// The key id.
+        id: String,
+    },
+    /// Issue a new key with the same settings; the old one keeps working for the grace period.
+    Rotate {
+        /// The key id.
+        id: String,
+        /// How long the old key keeps working, such as 24h or 7d.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        grace: Duration,
+        /// The variable name in the `export` line shown with the new key.
+        #[arg(long)]
+        var: Option<String>,
+    },
+    /// Delete a key.
+    Delete {
+        /// The key id.
+        id: String,
+    },
+    /// Replace a key's scopes.
+    SetScopes {
+        /// The key id.
+        id: String,
+        /// The new scopes, comma-separated.
+        #[arg(value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+struct KeySpec {
+    /// A descriptive name, such as production-server (default: key-<unix time>).
+    #[arg(long)]
+    name: Option<String>,
+    /// Scopes, comma-separated: read,write,admin,offers:write…
+    #[arg(long, value_delimiter = ',')]
+    scopes: Vec<String>,
+    /// live, test or dev.
+    #[arg(long, default_value = "live", value_parser = parse_environment)]
+    env: Environment,
+    /// Expire after this long, such as 90d or 12h.
+    #[arg(long, value_parser = parse_duration)]
+    expires_in: Option<Duration>,
+    /// A plan: free, pro, enterprise, or one the service defines.
+    #[arg(long)]
+    plan: Option<String>,
+    /// Who the key belongs to.
+    #[arg(long)]
+    owner: Option<String>,
+    /// The variable name in the `export` line (default: <PREFIX>_API_KEY).
+    #[arg(long)]
+    var: Option<String>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e}: write a duration such as 90d, 24h or 30m"))
+}
+
+fn parse_environment(text: &str) -> Result<Environment, String> {
+    text.parse().map_err(|e| format!("{e}"))
+}
+
+/// A failure, with its exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Self {
+        Failure {
+            code: 4,
+            message: format!("the key store failed: {error}"),
+        }
+    }
+}
+
+impl From<ManageError> for Failure {
+    fn from(error: ManageError) -> Self {
+        match error {
+            ManageError::Invalid(e) => Failure {
+                code: 2,
+                message: e.to_string(),
+            },
+            ManageError::Store(e) => e.into(),
+            other => Failure {
+                code: 4,
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Failure {
+    Failure {
+        code: 2,
+        message: message.into(),
+    }
+}
+
+fn not_found(id: &str) -> Failure {
+    Failure {
+        code: 3,
+        message: format!("no key with id `{id}`"),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let format = KeyFormat::new(&cli.prefix).map_err(|e| invalid(e.to_string()))?;
+    let default_var = format!("{}_API_KEY", cli.prefix.to_uppercase());
+    if let Command::Generate(spec) = &cli.command {
+        let created = new_key(spec)?
+            .generate(&format)
+            .map_err(|e| invalid(e.to_string()))?;
+        let var = spec.var.as_deref().unwrap_or(&default_var);
+        if cli.json {
+            let out = json!({ "key": created.key.expose_secret(), "record": created.record });
+            println!("{out}");
+        } else {
+            show_created(&created, var, "Generated");
+            println!("The record to store (only the digest of the secret):");
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&created.record).expect("JSON")
+            );
+        }
+        return Ok(());
+    }
+
+    let store = AnyStore::connect(&cli.database_url).await?;
+    let layer = ApiKeyLayer::new(&cli.prefix, store.clone()).map_err(|e| invalid(e.to_string()))?;
+    let keys = KeyManager::new(store, layer.handle());
+    match cli.command {
+        Command::Generate(_) => unreachable!("handled above"),
+        Command::Create(spec) => {
+            let created = keys.create(new_key(&spec)?).await?;
+            let var = spec.var.as_deref().unwrap_or(&default_var);
+            print_created(&keys, &created, var, cli.json, "Created").await?;
+        }
+        Command::List => {
+            let all = keys.list().await?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&all).expect("JSON"));
+            } else if all.is_empty() {
+                println!(
+                    "No keys. Create one with: tower-api-key create --name NAME --scopes read"
+                );
+            } else {
+                print_table(&all);
+            }
+        }
+        Command::Show { id } => {
+            let info = keys.show(&id).await?.ok_or_else(|| not_found(&id))?;
+            print_info(&info, cli.json);
+        }
+        Command::Revoke { id } => {
+            if !keys.revoke(&id).await? {
+                return Err(not_found(&id));
+            }
+            done(cli.json, &id, "revoked", "Revoked key");
+        }
+        Command::Delete { id } => {
+            if !keys.delete(&id).await? {
+                return Err(not_found(&id));
+            }
+            done(cli.json, &id, "deleted", "Deleted key");
+        }
+        Command::SetScopes { id, scopes } => {
+            if !keys.update_scopes(&id, &scopes).await? {
+                return Err(not_found(&id));
+            }
+            let info = keys.show(&id).await?.ok_or_else(|| not_found(&id))?;
+            print_info(&info, cli.json);
+        }
+        Command::Rotate { id, grace, var } => {
+            let created = keys
+                .rotate(&id, grace)
+                .await?
+                .ok_or_else(|| not_found(&id))?;
+            let var = var.as_deref().unwrap_or(&default_var);
+            print_created(&keys, &created, var, cli.json, "Rotated").await?;
+            if !cli.json {
+                println!(
+                    "The old key {id} keeps working for {}, then answers API_KEY_EXPIRED.",
+                    humantime::format_duration(grace)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn new_key(spec: &KeySpec) -> Result<NewKey, Failure> {
+    let name = spec.name.clone().unwrap_or_else(|| {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        format!("key-{now}")
+    });
+    let mut key = NewKey::new(name)
+        .environment(spec.env)
+        .scopes(spec.scopes.iter().cloned());
+    if let Some(expires_in) = spec.expires_in {
+        let at = SystemTime::now()
+            .checked_add(expires_in)
+            .ok_or_else(|| invalid("--expires-in is too long"))?;
+        key = key.expires_at(at);
+    }
+    if let Some(plan) = &spec.plan {
+        let valid = !plan.is_empty()
+            && plan
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            return Err(invalid(format!("invalid plan name `{plan}`")));
+        }
+        key = key.plan(plan.clone());
+    }
+    if let Some(owner) = &spec.owner {
+        key = key.owner(owner.clone());
+    }
+    Ok(key)
+}
+
+/// The one time a key is shown.
+fn show_created(created: &CreatedKey, var: &str, verb: &str) {
+    let record = &created.record;
+    let scopes = if record.scopes.is_empty() {
+        "none".to_owned()
+    } else {
+        record.scopes.join(", ")
+    };
+    println!(
+        "{verb} key \"{}\" (id {}, {}, scopes: {scopes})\n",
+        record.name, record.id, record.environment
+    );
+    println!("    {}\n", created.key.expose_secret());
+    println!(
+        "This key is shown once and cannot be shown again. Keep it in an environment variable:\n"
+    );
+    println!("    export {var}={}\n", created.key.expose_secret());
+    println!("Never commit it to version control or share it in chat or email.");
+}
+
+async fn print_created(
+    keys: &KeyManager<AnyStore>,
+    created: &CreatedKey,
+    var: &str,
+    json: bool,
+    verb: &str,
+) -> Result<(), Failure> {
+    if json {
+        let info = keys.show(&created.record.id).await?;
+        let out = json!({ "key": created.key.expose_secret(), "info": info });
+        println!("{out}");
+    } else {
+        show_created(created, var, verb);
+    }
+    Ok(())
+}
+
+fn done(json: bool, id: &str, state: &str, text: &str) {
+    if json {
+        println!("{}", json!({ "id": id, "result": state }));
+    } else {
+        println!("{text} {id}");
+    }
+}
+
+fn time(secs: Option<u64>) -> String {
+    secs.map_or_else(
+        || "-".to_owned(),
+        |s| {
+            let at = SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+            humantime::format_rfc3339_seconds(at).to_string()
+        },
+    )
+}
+
+fn print_info(info: &KeyInfo, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(info).expect("JSON"));
+        return;
+    }
+    println!("id:          {}", info.id);
+    println!("name:        {}", info.name);
+    println!("key:         {}", info.prefix);
+    println!("environment: {}", info.environment);
+    println!("scopes:      {}", info.scopes.join(", "));
+    println!("owner:       {}", info.owner.as_deref().unwrap_or("-"));
+    println!("plan:        {}", info.plan.as_deref().unwrap_or("-"));
+    println!("state:       {}", info.state);
+    println!("created:     {}", time(Some(info.created_at)));
+    println!("last used:   {}", time(info.last_used_at));
+    println!("expires:     {}", time(info.expires_at));
+}
+
+fn print_table(all: &[KeyInfo]) {
+    println!(
+        "{:<12}  {:<24}  {:<4}  {:<8}  {:<20}  {:<20}  {:<20}  SCOPES",
+        "ID", "NAME", "ENV", "STATE", "CREATED", "LAST USED", "EXPIRES"
+    );
+    for info in all {
+        println!(
+            "{:<12}  {:<24}  {:<4}  {:<8}  {:<20}  {:<20}  {:<20}  {}",
+            info.id,
+            info.name,
+            info.environment,
+            info.state,
+            time(Some(info.created_at)),
+            time(info.last_used_at),
+            time(info.expires_at),
+            info.scopes.join(",")
+        );
+    }
+}
