@@ -24,7 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use moka::future::Cache;
+use moka::notification::RemovalCause;
 
+use crate::clock::Clock;
 use crate::key::{Environment, SecretDigest};
 use crate::limit::{LimitRules, Policy};
 use crate::principal::Principal;
@@ -72,12 +74,20 @@ pub(crate) struct CachedKey {
     pub(crate) principal: Principal,
     /// The key's rate limits and quotas; `None` when it has none.
     pub(crate) policy: Option<Policy>,
+    /// Loaded time plus the TTL: after it, the front map no longer answers for this key.
+    fresh_until: SystemTime,
 }
 
 impl CachedKey {
-    fn new(record: &KeyRecord, hierarchy: Arc<ScopeHierarchy>, policy: Option<Policy>) -> Self {
+    fn new(
+        record: &KeyRecord,
+        hierarchy: Arc<ScopeHierarchy>,
+        policy: Option<Policy>,
+        fresh_until: SystemTime,
+    ) -> Self {
         CachedKey {
             policy,
+            fresh_until,
             digest: record.digest,
             environment: record.environment,
             revoked: record.revoked_at.is_some(),
@@ -117,7 +127,17 @@ impl fmt::Display for LoadError {
 }
 
 /// The cache, with the store behind it.
+///
+/// In front of moka sits a lock-free map (`papaya`) of the same found keys, read synchronously on
+/// the hot path: no future, no allocation, no lock. moka stays the cache of record: it loads
+/// (coalesced), bounds the capacity and expires entries, and every entry it drops (evicted,
+/// expired, invalidated) leaves the front map through its eviction listener. The front map also
+/// checks each entry's own TTL, so it never answers for longer than moka would.
 pub(crate) struct KeyCache {
+    front: Arc<papaya::HashMap<Box<str>, Arc<CachedKey>>>,
+    front_limit: usize,
+    ttl: Duration,
+    clock: Arc<dyn Clock>,
     found: Cache<String, Arc<CachedKey>>,
     missing: Cache<String, ()>,
     /// The same keys kept `stale_if_error` longer, for when the store fails.
@@ -132,6 +152,7 @@ impl fmt::Debug for KeyCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never moka's own Debug: it prints every entry.
         f.debug_struct("KeyCache")
+            .field("front", &self.front.len())
             .field("found", &self.found.entry_count())
             .field("missing", &self.missing.entry_count())
             .field("lookup_timeout", &self.lookup_timeout)
@@ -146,11 +167,28 @@ impl KeyCache {
         hierarchy: Arc<ScopeHierarchy>,
         rules: LimitRules,
         lookup_timeout: Option<Duration>,
+        clock: Arc<dyn Clock>,
     ) -> Self {
+        let front = Arc::new(papaya::HashMap::new());
+        let evicted = Arc::clone(&front);
         KeyCache {
+            front,
+            // Races between a load and an eviction can leave a few extra entries; past this, the
+            // front map starts over (it is only a copy).
+            front_limit: usize::try_from(config.capacity)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(2)
+                .max(1024),
+            ttl: config.ttl,
+            clock,
             found: Cache::builder()
                 .max_capacity(config.capacity)
                 .time_to_live(config.ttl)
+                .eviction_listener(move |id: Arc<String>, _, cause| {
+                    if cause != RemovalCause::Replaced {
+                        evicted.pin().remove(id.as_str());
+                    }
+                })
                 .build(),
             missing: Cache::builder()
                 .max_capacity(config.negative_capacity)
@@ -178,7 +216,10 @@ impl KeyCache {
             return Ok(None);
         }
         match self.found.try_get_with_by_ref(id, self.load(id)).await {
-            Ok(key) => Ok(Some(key)),
+            Ok(key) => {
+                self.remember(id, &key);
+                Ok(Some(key))
+            }
             Err(error) => match *error {
                 LoadError::NotFound => Ok(None),
                 LoadError::Store(_) => match &self.stale {
@@ -190,6 +231,25 @@ impl KeyCache {
                 },
             },
         }
+    }
+
+    /// The key with id `id` if the front map has it, fresh at `now`: the hot path.
+    pub(crate) fn peek(&self, id: &str, now: SystemTime) -> Option<Arc<CachedKey>> {
+        let front = self.front.pin();
+        let key = front.get(id)?;
+        (now < key.fresh_until).then(|| Arc::clone(key))
+    }
+
+    /// Puts a key moka holds into the front map.
+    fn remember(&self, id: &str, key: &Arc<CachedKey>) {
+        if self.clock.now() >= key.fresh_until {
+            return;
+        }
+        let front = self.front.pin();
+        if front.len() >= self.front_limit {
+            front.clear();
+        }
+        front.insert(id.into(), Arc::clone(key));
     }
 
     async fn load(&self, id: &str) -> Result<Arc<CachedKey>, LoadError> {
@@ -206,7 +266,13 @@ impl KeyCache {
         match result {
             Ok(Some(record)) if record.id == id => match self.rules.policy(&record) {
                 Ok(policy) => {
-                    let key = Arc::new(CachedKey::new(&record, self.hierarchy.clone(), policy));
+                    let fresh_until = self.clock.now() + self.ttl;
+                    let key = Arc::new(CachedKey::new(
+                        &record,
+                        self.hierarchy.clone(),
+                        policy,
+                        fresh_until,
+                    ));
                     if let Some(stale) = &self.stale {
                         stale.insert(id.to_owned(), key.clone()).await;
                     }
@@ -227,6 +293,7 @@ impl KeyCache {
 
     /// Forgets what is cached about `id`, found or not: the next request asks the store.
     pub(crate) async fn invalidate(&self, id: &str) {
+        self.front.pin().remove(id);
         self.found.invalidate(id).await;
         self.missing.invalidate(id).await;
         if let Some(stale) = &self.stale {
@@ -236,6 +303,7 @@ impl KeyCache {
 
     /// Forgets everything.
     pub(crate) fn invalidate_all(&self) {
+        self.front.pin().clear();
         self.found.invalidate_all();
         self.missing.invalidate_all();
         if let Some(stale) = &self.stale {

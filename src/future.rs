@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -65,13 +65,13 @@ where
     },
 }
 
-/// What a lookup needs once it is done.
-struct Pending<S, ReqBody> {
-    shared: Arc<Shared>,
-    request: Request<ReqBody>,
-    inner: S,
-    digest: SecretDigest,
-    environment: Option<Environment>,
+/// A request whose key was read and hashed, waiting for its verification.
+pub(crate) struct Pending<S, ReqBody> {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) request: Request<ReqBody>,
+    pub(crate) inner: S,
+    pub(crate) digest: SecretDigest,
+    pub(crate) environment: Option<Environment>,
 }
 
 /// A request whose key was verified, before its limits are counted.
@@ -117,15 +117,9 @@ where
         }
     }
 
-    pub(crate) fn lookup(
-        shared: Arc<Shared>,
-        id: String,
-        digest: SecretDigest,
-        environment: Option<Environment>,
-        request: Request<ReqBody>,
-        inner: S,
-    ) -> Self {
-        let cache = shared.clone();
+    /// Waits for the cache (and maybe the store) before verifying.
+    pub(crate) fn lookup(pending: Pending<S, ReqBody>, id: String) -> Self {
+        let cache = pending.shared.clone();
         let lookup: Lookup = Box::pin(async move {
             let result = cache.cache.lookup(&id).await;
             (result, id)
@@ -133,15 +127,24 @@ where
         ResponseFuture {
             state: State::Lookup {
                 lookup,
-                pending: Some(Pending {
-                    shared,
-                    request,
-                    inner,
-                    digest,
-                    environment,
-                }),
+                pending: Some(pending),
             },
         }
+    }
+
+    /// Verifies a key the front cache had, at once: the hot path.
+    pub(crate) fn cached(
+        pending: Pending<S, ReqBody>,
+        key: Arc<CachedKey>,
+        now: SystemTime,
+    ) -> Self {
+        let state = match pending.verified(Ok(Some(key)), "", now) {
+            Step::Next(state) => state,
+            Step::Reply(response) => State::Rejected {
+                response: Some(response),
+            },
+        };
+        ResponseFuture { state }
     }
 }
 
@@ -149,9 +152,14 @@ impl<S, ReqBody> Pending<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
-    /// Verifies the looked-up key, then counts it against its limits.
-    fn verified(self, result: LookupResult) -> Step<S, ReqBody> {
-        let (result, id) = result;
+    /// Verifies the looked-up key (`id` is what was presented, for a key that was not found),
+    /// then counts it against its limits.
+    fn verified(
+        self,
+        result: Result<Option<Arc<CachedKey>>, Arc<LoadError>>,
+        id: &str,
+        now: SystemTime,
+    ) -> Step<S, ReqBody> {
         let Pending {
             shared,
             request,
@@ -159,19 +167,18 @@ where
             digest,
             environment,
         } = self;
-        let now = shared.clock.now();
         let key = match result {
             Ok(Some(key)) => key,
             Ok(None) => {
                 let response =
-                    shared.reject(Rejection::InvalidApiKey, Some(&id), None, request.headers());
+                    shared.reject(Rejection::InvalidApiKey, Some(id), None, request.headers());
                 return Step::Reply(response);
             }
             Err(error) => {
-                trace::store_failed(&id, &error);
+                trace::store_failed(id, &error);
                 let response = shared.reject(
                     Rejection::KeyStoreUnavailable,
-                    Some(&id),
+                    Some(id),
                     None,
                     request.headers(),
                 );
@@ -181,9 +188,10 @@ where
         let principal = match verify(&key, &digest, environment, shared.environments, now) {
             Ok(principal) => principal.clone(),
             Err(rejection) => {
+                let id = key.principal.key_id();
                 // Said only after the secret matched, so the key counts as its owner's.
-                let verified = (rejection != Rejection::InvalidApiKey).then_some(id.as_str());
-                let response = shared.reject(rejection, Some(&id), verified, request.headers());
+                let verified = (rejection != Rejection::InvalidApiKey).then_some(id);
+                let response = shared.reject(rejection, Some(id), verified, request.headers());
                 return Step::Reply(response);
             }
         };
@@ -294,9 +302,10 @@ where
                     return Poll::Ready(Ok(response.map(ResponseBody::full)));
                 }
                 StateProjection::Lookup { lookup, pending } => {
-                    let result = ready!(lookup.as_mut().poll(cx));
+                    let (result, id) = ready!(lookup.as_mut().poll(cx));
                     let pending = pending.take().expect("polled after completion");
-                    pending.verified(result)
+                    let now = pending.shared.clock.now();
+                    pending.verified(result, &id, now)
                 }
                 StateProjection::Limit { check, verified } => {
                     let decision = ready!(check.as_mut().poll(cx));

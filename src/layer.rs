@@ -394,6 +394,7 @@ impl ApiKeyLayerBuilder {
             Arc::new(self.hierarchy),
             self.rules,
             self.lookup_timeout,
+            self.clock.clone(),
         );
         let clock = self.clock;
         let limiter = self

@@ -8,9 +8,9 @@ use http::{Request, Response};
 use tower::Service;
 
 use crate::body::ResponseBody;
-use crate::future::ResponseFuture;
+use crate::future::{Pending, ResponseFuture};
 use crate::layer::Shared;
-use crate::verify::present;
+use crate::verify::{present, Presented};
 
 /// Authenticates each request by API key, then calls the inner service with the
 /// [`Principal`](crate::Principal) in the request's extensions, or answers with a rejection
@@ -84,17 +84,33 @@ where
                 ));
             }
         };
+        let Presented {
+            id,
+            digest,
+            environment,
+        } = presented;
+        let now = shared.clock.now();
+        // A hit is verified at once; only a miss needs the id beyond this point (and owns it).
+        let found = match shared.cache.peek(&id, now) {
+            Some(key) => {
+                drop(id);
+                Ok(key)
+            }
+            None => Err(id.into_owned()),
+        };
         // The service that was polled ready is the one to call; leave a fresh clone behind
         // (tower's "be careful when cloning inner services").
         let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::lookup(
-            shared.clone(),
-            presented.id,
-            presented.digest,
-            presented.environment,
+        let pending = Pending {
+            shared: shared.clone(),
             request,
-            inner,
-        )
+            inner: std::mem::replace(&mut self.inner, clone),
+            digest,
+            environment,
+        };
+        match found {
+            Ok(key) => ResponseFuture::cached(pending, key, now),
+            Err(id) => ResponseFuture::lookup(pending, id),
+        }
     }
 }

@@ -9,7 +9,7 @@ use subtle::Choice;
 
 use crate::cache::CachedKey;
 use crate::extract::{extract, KeySource};
-use crate::key::{check_text, Environment, KeyFormat, SecretDigest};
+use crate::key::{check_text, Environment, KeyFormat, ParsedKey, SecretDigest};
 use crate::principal::Principal;
 use crate::reject::Rejection;
 use crate::store::KeyState;
@@ -47,10 +47,10 @@ impl Default for Environments {
 }
 
 /// What a request presented, reduced to what verification needs: the secret itself is hashed and
-/// dropped here.
-pub(crate) struct Presented {
+/// dropped here. The id borrows from the request when it can.
+pub(crate) struct Presented<'r> {
     /// The id to look up.
-    pub(crate) id: String,
+    pub(crate) id: Cow<'r, str>,
     /// The digest of the presented secret.
     pub(crate) digest: SecretDigest,
     /// The environment written in the key (structured keys only).
@@ -62,31 +62,58 @@ pub(crate) struct Presented {
 /// # Errors
 /// `MissingApiKey`, `MultipleApiKeys`, or `InvalidApiKey` for anything malformed; no store or
 /// cache is touched.
-pub(crate) fn present(
+pub(crate) fn present<'r>(
     sources: &[KeySource],
     format: &KeyFormat,
     allow_opaque: bool,
     environments: Environments,
-    headers: &HeaderMap,
-    uri: &Uri,
-) -> Result<Presented, Rejection> {
-    let key: Cow<'_, str> = extract(sources, headers, uri)?.ok_or(Rejection::MissingApiKey)?;
+    headers: &'r HeaderMap,
+    uri: &'r Uri,
+) -> Result<Presented<'r>, Rejection> {
+    let key: Cow<'r, str> = extract(sources, headers, uri)?.ok_or(Rejection::MissingApiKey)?;
     if format.claims(&key) {
-        let parsed = format.parse(&key).map_err(|_| Rejection::InvalidApiKey)?;
-        // The environment is written in the key: refusing it reveals nothing and costs no lookup.
-        if !environments.accepts(parsed.environment()) {
-            return Err(Rejection::EnvironmentNotAllowed);
+        fn parse<'t>(
+            format: &KeyFormat,
+            environments: Environments,
+            text: &'t str,
+        ) -> Result<ParsedKey<'t>, Rejection> {
+            let parsed = format.parse(text).map_err(|_| Rejection::InvalidApiKey)?;
+            // The environment is written in the key: refusing it reveals nothing and costs no
+            // lookup.
+            if environments.accepts(parsed.environment()) {
+                Ok(parsed)
+            } else {
+                Err(Rejection::EnvironmentNotAllowed)
+            }
         }
+        let (id, parsed_digest, environment) = match key {
+            Cow::Borrowed(text) => {
+                let parsed = parse(format, environments, text)?;
+                (
+                    Cow::Borrowed(parsed.id()),
+                    parsed.digest(),
+                    parsed.environment(),
+                )
+            }
+            Cow::Owned(text) => {
+                let parsed = parse(format, environments, &text)?;
+                (
+                    Cow::Owned(parsed.id().to_owned()),
+                    parsed.digest(),
+                    parsed.environment(),
+                )
+            }
+        };
         Ok(Presented {
-            id: parsed.id().to_owned(),
-            digest: parsed.digest(),
-            environment: Some(parsed.environment()),
+            id,
+            digest: parsed_digest,
+            environment: Some(environment),
         })
     } else if allow_opaque {
         check_text(&key).map_err(|_| Rejection::InvalidApiKey)?;
         let digest = SecretDigest::of(key.as_bytes());
         Ok(Presented {
-            id: digest.to_hex(),
+            id: Cow::Owned(digest.to_hex()),
             digest,
             environment: None,
         })

@@ -213,7 +213,10 @@ fn bad_input_gets_a_clear_error_and_exit_code() {
     assert!(message.contains("invalid scope `bad scope`"), "{message}");
     let (code, message) = tool.failure(&["create", "--env", "prod"]);
     assert_eq!(code, 2);
-    assert!(message.contains("expected `live`, `test` or `dev`"), "{message}");
+    assert!(
+        message.contains("expected `live`, `test` or `dev`"),
+        "{message}"
+    );
     let (code, message) = tool.failure(&["--prefix", "Bad!", "list"]);
     assert_eq!(code, 2);
     assert!(message.contains("prefix"), "{message}");

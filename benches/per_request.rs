@@ -1,0 +1,135 @@
+//! Per-request cost, in process, one run, same inner service: bare; this crate's layer on a hot
+//! key, on a random key among 10,000 and among 1,000,000 cached keys; and tower-http's static
+//! bearer check (no lookup) as the lower reference. BENCHMARKS.md reports the overhead over bare.
+
+use std::convert::Infallible;
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request, Response};
+use tower::{service_fn, Layer, Service, ServiceExt};
+use tower_api_key::{
+    ApiKeyLayer, CacheConfig, Environment, KeyFormat, KeyRecord, KeyStoreAdmin, MemoryStore,
+};
+use tower_http::validate_request::ValidateRequestHeaderLayer;
+
+type Body = http_body_util::Empty<bytes::Bytes>;
+
+fn request(value: &HeaderValue) -> Request<Body> {
+    let mut request = Request::new(Body::new());
+    request.headers_mut().insert(AUTHORIZATION, value.clone());
+    request
+}
+
+async fn inner(_: Request<Body>) -> Result<Response<Body>, Infallible> {
+    Ok(Response::new(Body::new()))
+}
+
+/// A layer over `n` keys, every one already in its cache; returns the layer and each key's header.
+fn cached_keys(runtime: &tokio::runtime::Runtime, n: usize) -> (ApiKeyLayer, Vec<HeaderValue>) {
+    let store = MemoryStore::new();
+    let format = KeyFormat::new("mesh").unwrap();
+    let layer = ApiKeyLayer::builder("mesh", store.clone())
+        .cache(CacheConfig {
+            capacity: n as u64 + 1000,
+            ttl: std::time::Duration::from_secs(3600),
+            ..CacheConfig::default()
+        })
+        .build()
+        .unwrap();
+    let mut headers = Vec::with_capacity(n);
+    runtime.block_on(async {
+        for _ in 0..n {
+            let generated = format.generate(Environment::Live);
+            let record = KeyRecord::new(generated.id, generated.digest, "bench", Environment::Live);
+            store.create(record).await.unwrap();
+            headers.push(
+                HeaderValue::from_str(&format!("ApiKey {}", generated.key.expose_secret()))
+                    .unwrap(),
+            );
+        }
+        let mut service = layer.layer(service_fn(inner));
+        for header in &headers {
+            let response = service
+                .ready()
+                .await
+                .unwrap()
+                .call(request(header))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    });
+    (layer, headers)
+}
+
+fn per_request(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("per_request");
+
+    let (hot_layer, hot) = cached_keys(&runtime, 1);
+    let hot = hot[0].clone();
+
+    let bare = service_fn(inner);
+    group.bench_function("bare", |b| {
+        b.to_async(&runtime).iter(|| {
+            let service = bare;
+            let request = request(&hot);
+            async move { black_box(service.oneshot(request).await.unwrap()) }
+        })
+    });
+
+    // Deprecated upstream as too basic for real use; it is here as the floor of a header check.
+    #[allow(deprecated)]
+    let bearer =
+        ValidateRequestHeaderLayer::bearer("mesh_live_statictoken").layer(service_fn(inner));
+    let bearer_header = HeaderValue::from_static("Bearer mesh_live_statictoken");
+    group.bench_function("tower_http_bearer", |b| {
+        b.to_async(&runtime).iter(|| {
+            let service = bearer.clone();
+            let request = request(&bearer_header);
+            async move { black_box(service.oneshot(request).await.unwrap()) }
+        })
+    });
+
+    let layered = hot_layer.layer(service_fn(inner));
+    group.bench_function("api_key_hot_key", |b| {
+        b.to_async(&runtime).iter(|| {
+            let service = layered.clone();
+            let request = request(&hot);
+            async move {
+                let response = service.oneshot(request).await.unwrap();
+                debug_assert_eq!(response.status(), 200);
+                black_box(response)
+            }
+        })
+    });
+
+    for (name, n) in [
+        ("api_key_random_of_10k", 10_000),
+        ("api_key_random_of_1m", 1_000_000),
+    ] {
+        let (layer, headers) = cached_keys(&runtime, n);
+        let service = layer.layer(service_fn(inner));
+        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter(|| {
+                // xorshift: a random key each time, at almost no cost.
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let request = request(&headers[(seed % headers.len() as u64) as usize]);
+                let service = service.clone();
+                async move { black_box(service.oneshot(request).await.unwrap()) }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, per_request);
+criterion_main!(benches);
