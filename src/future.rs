@@ -45,17 +45,20 @@ enum State<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
+    // The states off the hot path keep their payload boxed, so the future stays small to move.
     /// Refused before the inner service was called.
-    Rejected { response: Option<Response<Bytes>> },
+    Rejected {
+        response: Option<Box<Response<Bytes>>>,
+    },
     /// Waiting for the cache (and maybe the store).
     Lookup {
         lookup: Lookup,
-        pending: Option<Pending<S, ReqBody>>,
+        pending: Option<Box<Pending<S, ReqBody>>>,
     },
     /// Waiting for a limiter that decides asynchronously.
     Limit {
         check: PendingLimit,
-        verified: Option<Verified<S, ReqBody>>,
+        waiting: Option<Box<Waiting<S, ReqBody>>>,
     },
     /// Waiting for the inner service.
     Inner {
@@ -65,7 +68,7 @@ where
     },
 }
 
-/// A request whose key was read and hashed, waiting for its verification.
+/// A request whose key was read and hashed, waiting for the cache (and maybe the store).
 pub(crate) struct Pending<S, ReqBody> {
     pub(crate) shared: Arc<Shared>,
     pub(crate) request: Request<ReqBody>,
@@ -74,8 +77,8 @@ pub(crate) struct Pending<S, ReqBody> {
     pub(crate) environment: Option<Environment>,
 }
 
-/// A request whose key was verified, before its limits are counted.
-struct Verified<S, ReqBody> {
+/// A request whose key was verified, waiting for a limiter that decides asynchronously.
+struct Waiting<S, ReqBody> {
     shared: Arc<Shared>,
     request: Request<ReqBody>,
     inner: S,
@@ -83,17 +86,123 @@ struct Verified<S, ReqBody> {
 }
 
 /// What to do with the inner service's response: limit headers, usage.
-struct After {
+pub(crate) struct After {
     shared: Arc<Shared>,
     principal: Principal,
     started: Option<Instant>,
     decision: Option<Decision>,
 }
 
-/// What a state hands on.
-enum Step<S: Service<Request<ReqBody>>, ReqBody> {
+/// Where a request stands once its key was looked up.
+pub(crate) enum Verdict {
+    /// Call the inner service (the principal is in the request), then finish with `After`.
+    Go(Option<After>),
+    /// Wait for the limiter.
+    Wait(PendingLimit, Principal),
+    /// Answer this instead.
     Reply(Response<Bytes>),
-    Next(State<S, ReqBody>),
+}
+
+/// Verifies the key a lookup gave (`id` is what was presented, named when no key was found),
+/// counts the request against the key's limits and puts the principal into `request`, which is
+/// not moved: on the hot path this runs inside `call`.
+pub(crate) fn authorize<B>(
+    shared: &Arc<Shared>,
+    result: Result<Option<Arc<CachedKey>>, Arc<LoadError>>,
+    id: &str,
+    digest: &SecretDigest,
+    environment: Option<Environment>,
+    now: SystemTime,
+    request: &mut Request<B>,
+) -> Verdict {
+    let key = match result {
+        Ok(Some(key)) => key,
+        Ok(None) => {
+            return Verdict::Reply(shared.reject(
+                Rejection::InvalidApiKey,
+                Some(id),
+                None,
+                request.headers(),
+            ))
+        }
+        Err(error) => {
+            trace::store_failed(id, &error);
+            return Verdict::Reply(shared.reject(
+                Rejection::KeyStoreUnavailable,
+                Some(id),
+                None,
+                request.headers(),
+            ));
+        }
+    };
+    let principal = match verify(&key, digest, environment, shared.environments, now) {
+        Ok(principal) => principal.clone(),
+        Err(rejection) => {
+            let id = key.principal.key_id();
+            // Said only after the secret matched, so the key counts as its owner's.
+            let verified = (rejection != Rejection::InvalidApiKey).then_some(id);
+            return Verdict::Reply(shared.reject(rejection, Some(id), verified, request.headers()));
+        }
+    };
+    match &key.policy {
+        None => Verdict::Go(admit(shared, request, principal, None)),
+        Some(policy) => match shared.limiter.check(&policy.bucket, &policy.limits, now) {
+            LimitCheck::Ready(decision) => decide(shared, request, principal, decision),
+            LimitCheck::Pending(check) => Verdict::Wait(check, principal),
+        },
+    }
+}
+
+/// Goes on with a limiter's decision.
+fn decide<B>(
+    shared: &Arc<Shared>,
+    request: &mut Request<B>,
+    principal: Principal,
+    decision: Result<Decision, LimiterError>,
+) -> Verdict {
+    let id = principal.key_id();
+    match decision {
+        Ok(decision) if decision.allowed => {
+            Verdict::Go(admit(shared, request, principal, Some(decision)))
+        }
+        Ok(decision) => {
+            let mut response = shared.reject(
+                Rejection::RateLimitExceeded,
+                Some(id),
+                Some(id),
+                request.headers(),
+            );
+            add_limit_headers(response.headers_mut(), &decision);
+            Verdict::Reply(response)
+        }
+        Err(error) => {
+            trace::store_failed(id, &error);
+            Verdict::Reply(shared.reject(
+                Rejection::LimiterUnavailable,
+                Some(id),
+                Some(id),
+                request.headers(),
+            ))
+        }
+    }
+}
+
+/// Lets the request through: the principal goes into it.
+fn admit<B>(
+    shared: &Arc<Shared>,
+    request: &mut Request<B>,
+    principal: Principal,
+    decision: Option<Decision>,
+) -> Option<After> {
+    trace::accepted(principal.key_id());
+    let after = (shared.usage.is_some() || decision.is_some()).then(|| After {
+        started: shared.usage.is_some().then(Instant::now),
+        shared: Arc::clone(shared),
+        principal: principal.clone(),
+        decision,
+    });
+    request.extensions_mut().insert(principal);
+    after
 }
 
 impl<S, ReqBody> ResponseFuture<S, ReqBody>
@@ -103,17 +212,18 @@ where
     pub(crate) fn rejected(response: Response<Bytes>) -> Self {
         ResponseFuture {
             state: State::Rejected {
-                response: Some(response),
+                response: Some(Box::new(response)),
             },
         }
     }
 
     pub(crate) fn inner(future: S::Future) -> Self {
+        Self::inner_then(future, None)
+    }
+
+    pub(crate) fn inner_then(future: S::Future, after: Option<After>) -> Self {
         ResponseFuture {
-            state: State::Inner {
-                future,
-                after: None,
-            },
+            state: State::Inner { future, after },
         }
     }
 
@@ -127,144 +237,44 @@ where
         ResponseFuture {
             state: State::Lookup {
                 lookup,
-                pending: Some(pending),
+                pending: Some(Box::new(pending)),
             },
         }
     }
 
-    /// Verifies a key the front cache had, at once: the hot path.
-    pub(crate) fn cached(
-        pending: Pending<S, ReqBody>,
-        key: Arc<CachedKey>,
-        now: SystemTime,
+    /// Waits for a limiter, then calls `inner`.
+    pub(crate) fn wait(
+        check: PendingLimit,
+        shared: Arc<Shared>,
+        request: Request<ReqBody>,
+        inner: S,
+        principal: Principal,
     ) -> Self {
-        let state = match pending.verified(Ok(Some(key)), "", now) {
-            Step::Next(state) => state,
-            Step::Reply(response) => State::Rejected {
-                response: Some(response),
-            },
-        };
-        ResponseFuture { state }
-    }
-}
-
-impl<S, ReqBody> Pending<S, ReqBody>
-where
-    S: Service<Request<ReqBody>>,
-{
-    /// Verifies the looked-up key (`id` is what was presented, for a key that was not found),
-    /// then counts it against its limits.
-    fn verified(
-        self,
-        result: Result<Option<Arc<CachedKey>>, Arc<LoadError>>,
-        id: &str,
-        now: SystemTime,
-    ) -> Step<S, ReqBody> {
-        let Pending {
-            shared,
-            request,
-            inner,
-            digest,
-            environment,
-        } = self;
-        let key = match result {
-            Ok(Some(key)) => key,
-            Ok(None) => {
-                let response =
-                    shared.reject(Rejection::InvalidApiKey, Some(id), None, request.headers());
-                return Step::Reply(response);
-            }
-            Err(error) => {
-                trace::store_failed(id, &error);
-                let response = shared.reject(
-                    Rejection::KeyStoreUnavailable,
-                    Some(id),
-                    None,
-                    request.headers(),
-                );
-                return Step::Reply(response);
-            }
-        };
-        let principal = match verify(&key, &digest, environment, shared.environments, now) {
-            Ok(principal) => principal.clone(),
-            Err(rejection) => {
-                let id = key.principal.key_id();
-                // Said only after the secret matched, so the key counts as its owner's.
-                let verified = (rejection != Rejection::InvalidApiKey).then_some(id);
-                let response = shared.reject(rejection, Some(id), verified, request.headers());
-                return Step::Reply(response);
-            }
-        };
-        let check = key
-            .policy
-            .as_ref()
-            .map(|policy| shared.limiter.check(&policy.bucket, &policy.limits, now));
-        let verified = Verified {
-            shared,
-            request,
-            inner,
-            principal,
-        };
-        match check {
-            None => verified.proceed(None),
-            Some(LimitCheck::Ready(decision)) => verified.limited(decision),
-            Some(LimitCheck::Pending(check)) => Step::Next(State::Limit {
+        ResponseFuture {
+            state: State::Limit {
                 check,
-                verified: Some(verified),
-            }),
-        }
-    }
-}
-
-impl<S, ReqBody> Verified<S, ReqBody>
-where
-    S: Service<Request<ReqBody>>,
-{
-    /// Goes on with the limiter's decision.
-    fn limited(self, decision: Result<Decision, LimiterError>) -> Step<S, ReqBody> {
-        let id = self.principal.key_id();
-        match decision {
-            Ok(decision) if decision.allowed => self.proceed(Some(decision)),
-            Ok(decision) => {
-                let mut response = self.shared.reject(
-                    Rejection::RateLimitExceeded,
-                    Some(id),
-                    Some(id),
-                    self.request.headers(),
-                );
-                add_limit_headers(response.headers_mut(), &decision);
-                Step::Reply(response)
-            }
-            Err(error) => {
-                trace::store_failed(id, &error);
-                Step::Reply(self.shared.reject(
-                    Rejection::LimiterUnavailable,
-                    Some(id),
-                    Some(id),
-                    self.request.headers(),
-                ))
-            }
+                waiting: Some(Box::new(Waiting {
+                    shared,
+                    request,
+                    inner,
+                    principal,
+                })),
+            },
         }
     }
 
-    /// Calls the inner service with the principal in the request.
-    fn proceed(self, decision: Option<Decision>) -> Step<S, ReqBody> {
-        let Verified {
-            shared,
-            mut request,
-            mut inner,
-            principal,
-        } = self;
-        trace::accepted(principal.key_id());
-        request.extensions_mut().insert(principal.clone());
-        let after = (shared.usage.is_some() || decision.is_some()).then(|| After {
-            started: shared.usage.is_some().then(Instant::now),
-            shared,
-            principal,
-            decision,
-        });
-        let future = inner.call(request);
-        Step::Next(State::Inner { future, after })
+    /// The future for `verdict` on `request`, calling `inner` if it says go.
+    fn after_verdict(
+        verdict: Verdict,
+        shared: Arc<Shared>,
+        request: Request<ReqBody>,
+        mut inner: S,
+    ) -> Self {
+        match verdict {
+            Verdict::Go(after) => Self::inner_then(inner.call(request), after),
+            Verdict::Wait(check, principal) => Self::wait(check, shared, request, inner, principal),
+            Verdict::Reply(response) => Self::rejected(response),
+        }
     }
 }
 
@@ -296,21 +306,42 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
         loop {
-            let step = match state.as_mut().project() {
+            let next = match state.as_mut().project() {
                 StateProjection::Rejected { response } => {
                     let response = response.take().expect("polled after completion");
-                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                    return Poll::Ready(Ok((*response).map(ResponseBody::full)));
                 }
                 StateProjection::Lookup { lookup, pending } => {
                     let (result, id) = ready!(lookup.as_mut().poll(cx));
-                    let pending = pending.take().expect("polled after completion");
-                    let now = pending.shared.clock.now();
-                    pending.verified(result, &id, now)
+                    let Pending {
+                        shared,
+                        mut request,
+                        inner,
+                        digest,
+                        environment,
+                    } = *pending.take().expect("polled after completion");
+                    let now = shared.clock.now();
+                    let verdict = authorize(
+                        &shared,
+                        result,
+                        &id,
+                        &digest,
+                        environment,
+                        now,
+                        &mut request,
+                    );
+                    Self::after_verdict(verdict, shared, request, inner).state
                 }
-                StateProjection::Limit { check, verified } => {
+                StateProjection::Limit { check, waiting } => {
                     let decision = ready!(check.as_mut().poll(cx));
-                    let verified = verified.take().expect("polled after completion");
-                    verified.limited(decision)
+                    let Waiting {
+                        shared,
+                        mut request,
+                        inner,
+                        principal,
+                    } = *waiting.take().expect("polled after completion");
+                    let verdict = decide(&shared, &mut request, principal, decision);
+                    Self::after_verdict(verdict, shared, request, inner).state
                 }
                 StateProjection::Inner { future, after } => {
                     let mut response = ready!(future.poll(cx))?;
@@ -320,13 +351,7 @@ where
                     return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                 }
             };
-            match step {
-                Step::Next(next) => state.set(next),
-                Step::Reply(response) => {
-                    state.set(State::Rejected { response: None });
-                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
-                }
-            }
+            state.set(next);
         }
     }
 }

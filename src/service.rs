@@ -8,7 +8,7 @@ use http::{Request, Response};
 use tower::Service;
 
 use crate::body::ResponseBody;
-use crate::future::{Pending, ResponseFuture};
+use crate::future::{authorize, Pending, ResponseFuture, Verdict};
 use crate::layer::Shared;
 use crate::verify::{present, Presented};
 
@@ -49,6 +49,15 @@ impl<S: fmt::Debug> fmt::Debug for ApiKeyService<S> {
             .field("inner", &self.inner)
             .field("config", &self.shared)
             .finish()
+    }
+}
+
+impl<S: Clone> ApiKeyService<S> {
+    /// The service that was polled ready, for a future to call later; a fresh clone stays behind
+    /// (tower's "be careful when cloning inner services").
+    fn take_ready(&mut self) -> S {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone)
     }
 }
 
@@ -98,19 +107,37 @@ where
             }
             None => Err(id.into_owned()),
         };
-        // The service that was polled ready is the one to call; leave a fresh clone behind
-        // (tower's "be careful when cloning inner services").
-        let clone = self.inner.clone();
-        let pending = Pending {
-            shared: shared.clone(),
-            request,
-            inner: std::mem::replace(&mut self.inner, clone),
-            digest,
-            environment,
+        let mut request = request;
+        let verdict = match found {
+            // The hot path: verified here, and the inner service called here, by the service that
+            // was polled ready.
+            Ok(key) => authorize(
+                shared,
+                Ok(Some(key)),
+                "",
+                &digest,
+                environment,
+                now,
+                &mut request,
+            ),
+            Err(id) => {
+                let pending = Pending {
+                    shared: shared.clone(),
+                    request,
+                    inner: self.take_ready(),
+                    digest,
+                    environment,
+                };
+                return ResponseFuture::lookup(pending, id);
+            }
         };
-        match found {
-            Ok(key) => ResponseFuture::cached(pending, key, now),
-            Err(id) => ResponseFuture::lookup(pending, id),
+        match verdict {
+            Verdict::Go(after) => ResponseFuture::inner_then(self.inner.call(request), after),
+            Verdict::Reply(response) => ResponseFuture::rejected(response),
+            Verdict::Wait(check, principal) => {
+                let shared = shared.clone();
+                ResponseFuture::wait(check, shared, request, self.take_ready(), principal)
+            }
         }
     }
 }

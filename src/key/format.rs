@@ -137,25 +137,37 @@ impl KeyFormat {
     /// # Errors
     /// A [`ParseError`] saying which rule the text broke.
     pub fn parse<'k>(&self, key: &'k str) -> Result<ParsedKey<'k>, ParseError> {
-        check_text(key)?;
+        // On the way to success every byte is checked by the rules below (the prefix and the
+        // environment are compared whole, the rest must be base62), so the general text check runs
+        // only to name the error of a key that fails.
+        let fail = |error: ParseError| Err(check_text(key).err().unwrap_or(error));
+        if key.len() > MAX_KEY_LEN || key.is_empty() {
+            return fail(ParseError::Malformed);
+        }
         if !self.claims(key) {
-            return Err(ParseError::WrongPrefix);
+            return fail(ParseError::WrongPrefix);
         }
         let rest = &key[self.prefix.len() + 1..];
-        let (env, rest) = rest.split_once('_').ok_or(ParseError::Malformed)?;
-        let environment: Environment = env.parse().map_err(|_| ParseError::UnknownEnvironment)?;
-        let (id, tail) = rest.split_once('_').ok_or(ParseError::Malformed)?;
-        if id.len() != ID_LEN || tail.len() != SECRET_LEN + CHECKSUM_LEN {
-            return Err(ParseError::Malformed);
-        }
-        if !id
-            .bytes()
-            .chain(tail.bytes())
-            .all(|b| b.is_ascii_alphanumeric())
+        let Some((environment, rest)) = Environment::ALL.into_iter().find_map(|env| {
+            let rest = rest.strip_prefix(env.as_str())?.strip_prefix('_')?;
+            Some((env, rest))
+        }) else {
+            return fail(if rest.contains('_') {
+                ParseError::UnknownEnvironment
+            } else {
+                ParseError::Malformed
+            });
+        };
+        let bytes = rest.as_bytes();
+        if bytes.len() != ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN
+            || bytes[ID_LEN] != b'_'
+            || !bytes[..ID_LEN].iter().all(u8::is_ascii_alphanumeric)
+            || !bytes[ID_LEN + 1..].iter().all(u8::is_ascii_alphanumeric)
         {
-            return Err(ParseError::Malformed);
+            return fail(ParseError::Malformed);
         }
-        let (secret, checksum) = tail.split_at(SECRET_LEN);
+        let id = &rest[..ID_LEN];
+        let (secret, checksum) = rest[ID_LEN + 1..].split_at(SECRET_LEN);
         let signed = &key[..key.len() - CHECKSUM_LEN];
         if decode_checksum(checksum) != Some(crc32fast::hash(signed.as_bytes())) {
             return Err(ParseError::ChecksumMismatch);
