@@ -76,7 +76,9 @@ fn main() {
             n,
         ),
         "sizes" => {
-            let service = ApiKeyLayer::new("mesh", store).unwrap().layer(service_fn(inner));
+            let service = ApiKeyLayer::new("mesh", store)
+                .unwrap()
+                .layer(service_fn(inner));
             fn size_of_future<S: Service<Request<Body>>>(_: &S) -> usize {
                 std::mem::size_of::<S::Future>()
             }

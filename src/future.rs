@@ -10,7 +10,7 @@ use std::task::{ready, Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use pin_project::pin_project;
 use tower::Service;
 
@@ -95,35 +95,30 @@ pub(crate) struct After {
 
 /// Where a request stands once its key was looked up.
 pub(crate) enum Verdict {
-    /// Call the inner service (the principal is in the request), then finish with `After`.
-    Go(Option<After>),
+    /// Put the principal into the request, call the inner service, then finish with `After`.
+    Go(Principal, Option<After>),
     /// Wait for the limiter.
     Wait(PendingLimit, Principal),
     /// Answer this instead.
     Reply(Response<Bytes>),
 }
 
-/// Verifies the key a lookup gave (`id` is what was presented, named when no key was found),
-/// counts the request against the key's limits and puts the principal into `request`, which is
-/// not moved: on the hot path this runs inside `call`.
-pub(crate) fn authorize<B>(
+/// Verifies the key a lookup gave (`id` is what was presented, named when no key was found) and
+/// counts the request against the key's limits. It only reads the request's headers: on the hot
+/// path it runs inside `call`, on the cache's entry, without taking the request apart.
+pub(crate) fn authorize(
     shared: &Arc<Shared>,
-    result: Result<Option<Arc<CachedKey>>, Arc<LoadError>>,
+    result: Result<Option<&CachedKey>, &LoadError>,
     id: &str,
     digest: &SecretDigest,
     environment: Option<Environment>,
     now: SystemTime,
-    request: &mut Request<B>,
+    headers: &HeaderMap,
 ) -> Verdict {
     let key = match result {
         Ok(Some(key)) => key,
         Ok(None) => {
-            return Verdict::Reply(shared.reject(
-                Rejection::InvalidApiKey,
-                Some(id),
-                None,
-                request.headers(),
-            ))
+            return Verdict::Reply(shared.reject(Rejection::InvalidApiKey, Some(id), None, headers))
         }
         Err(error) => {
             trace::store_failed(id, &error);
@@ -131,47 +126,41 @@ pub(crate) fn authorize<B>(
                 Rejection::KeyStoreUnavailable,
                 Some(id),
                 None,
-                request.headers(),
+                headers,
             ));
         }
     };
-    let principal = match verify(&key, digest, environment, shared.environments, now) {
+    let principal = match verify(key, digest, environment, shared.environments, now) {
         Ok(principal) => principal.clone(),
         Err(rejection) => {
             let id = key.principal.key_id();
             // Said only after the secret matched, so the key counts as its owner's.
             let verified = (rejection != Rejection::InvalidApiKey).then_some(id);
-            return Verdict::Reply(shared.reject(rejection, Some(id), verified, request.headers()));
+            return Verdict::Reply(shared.reject(rejection, Some(id), verified, headers));
         }
     };
     match &key.policy {
-        None => Verdict::Go(admit(shared, request, principal, None)),
+        None => admit(shared, principal, None),
         Some(policy) => match shared.limiter.check(&policy.bucket, &policy.limits, now) {
-            LimitCheck::Ready(decision) => decide(shared, request, principal, decision),
+            LimitCheck::Ready(decision) => decide(shared, headers, principal, decision),
             LimitCheck::Pending(check) => Verdict::Wait(check, principal),
         },
     }
 }
 
 /// Goes on with a limiter's decision.
-fn decide<B>(
+fn decide(
     shared: &Arc<Shared>,
-    request: &mut Request<B>,
+    headers: &HeaderMap,
     principal: Principal,
     decision: Result<Decision, LimiterError>,
 ) -> Verdict {
     let id = principal.key_id();
     match decision {
-        Ok(decision) if decision.allowed => {
-            Verdict::Go(admit(shared, request, principal, Some(decision)))
-        }
+        Ok(decision) if decision.allowed => admit(shared, principal, Some(decision)),
         Ok(decision) => {
-            let mut response = shared.reject(
-                Rejection::RateLimitExceeded,
-                Some(id),
-                Some(id),
-                request.headers(),
-            );
+            let mut response =
+                shared.reject(Rejection::RateLimitExceeded, Some(id), Some(id), headers);
             add_limit_headers(response.headers_mut(), &decision);
             Verdict::Reply(response)
         }
@@ -181,19 +170,14 @@ fn decide<B>(
                 Rejection::LimiterUnavailable,
                 Some(id),
                 Some(id),
-                request.headers(),
+                headers,
             ))
         }
     }
 }
 
-/// Lets the request through: the principal goes into it.
-fn admit<B>(
-    shared: &Arc<Shared>,
-    request: &mut Request<B>,
-    principal: Principal,
-    decision: Option<Decision>,
-) -> Option<After> {
+/// Lets the request through.
+fn admit(shared: &Arc<Shared>, principal: Principal, decision: Option<Decision>) -> Verdict {
     trace::accepted(principal.key_id());
     let after = (shared.usage.is_some() || decision.is_some()).then(|| After {
         started: shared.usage.is_some().then(Instant::now),
@@ -201,8 +185,7 @@ fn admit<B>(
         principal: principal.clone(),
         decision,
     });
-    request.extensions_mut().insert(principal);
-    after
+    Verdict::Go(principal, after)
 }
 
 impl<S, ReqBody> ResponseFuture<S, ReqBody>
@@ -267,11 +250,14 @@ where
     fn after_verdict(
         verdict: Verdict,
         shared: Arc<Shared>,
-        request: Request<ReqBody>,
+        mut request: Request<ReqBody>,
         mut inner: S,
     ) -> Self {
         match verdict {
-            Verdict::Go(after) => Self::inner_then(inner.call(request), after),
+            Verdict::Go(principal, after) => {
+                request.extensions_mut().insert(principal);
+                Self::inner_then(inner.call(request), after)
+            }
             Verdict::Wait(check, principal) => Self::wait(check, shared, request, inner, principal),
             Verdict::Reply(response) => Self::rejected(response),
         }
@@ -315,32 +301,30 @@ where
                     let (result, id) = ready!(lookup.as_mut().poll(cx));
                     let Pending {
                         shared,
-                        mut request,
+                        request,
                         inner,
                         digest,
                         environment,
                     } = *pending.take().expect("polled after completion");
                     let now = shared.clock.now();
-                    let verdict = authorize(
-                        &shared,
-                        result,
-                        &id,
-                        &digest,
-                        environment,
-                        now,
-                        &mut request,
-                    );
+                    let result = match &result {
+                        Ok(key) => Ok(key.as_deref()),
+                        Err(error) => Err(&**error),
+                    };
+                    let headers = request.headers();
+                    let verdict =
+                        authorize(&shared, result, &id, &digest, environment, now, headers);
                     Self::after_verdict(verdict, shared, request, inner).state
                 }
                 StateProjection::Limit { check, waiting } => {
                     let decision = ready!(check.as_mut().poll(cx));
                     let Waiting {
                         shared,
-                        mut request,
+                        request,
                         inner,
                         principal,
                     } = *waiting.take().expect("polled after completion");
-                    let verdict = decide(&shared, &mut request, principal, decision);
+                    let verdict = decide(&shared, request.headers(), principal, decision);
                     Self::after_verdict(verdict, shared, request, inner).state
                 }
                 StateProjection::Inner { future, after } => {

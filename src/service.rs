@@ -99,40 +99,37 @@ where
             environment,
         } = presented;
         let now = shared.clock.now();
-        // A hit is verified at once; only a miss needs the id beyond this point (and owns it).
-        let found = match shared.cache.peek(&id, now) {
-            Some(key) => {
-                drop(id);
-                Ok(key)
-            }
-            None => Err(id.into_owned()),
-        };
-        let mut request = request;
-        let verdict = match found {
-            // The hot path: verified here, and the inner service called here, by the service that
-            // was polled ready.
-            Ok(key) => authorize(
+        // The hot path: a key in the front cache is verified on the cache's entry, here.
+        let verdict = shared.cache.peek_with(&id, now, |key| {
+            authorize(
                 shared,
                 Ok(Some(key)),
                 "",
                 &digest,
                 environment,
                 now,
-                &mut request,
-            ),
-            Err(id) => {
-                let pending = Pending {
-                    shared: shared.clone(),
-                    request,
-                    inner: self.take_ready(),
-                    digest,
-                    environment,
-                };
-                return ResponseFuture::lookup(pending, id);
-            }
+                request.headers(),
+            )
+        });
+        let Some(verdict) = verdict else {
+            let id = id.into_owned();
+            let pending = Pending {
+                shared: shared.clone(),
+                request,
+                inner: self.take_ready(),
+                digest,
+                environment,
+            };
+            return ResponseFuture::lookup(pending, id);
         };
+        drop(id);
+        let mut request = request;
         match verdict {
-            Verdict::Go(after) => ResponseFuture::inner_then(self.inner.call(request), after),
+            Verdict::Go(principal, after) => {
+                request.extensions_mut().insert(principal);
+                // The service that was polled ready is called here, as tower expects.
+                ResponseFuture::inner_then(self.inner.call(request), after)
+            }
             Verdict::Reply(response) => ResponseFuture::rejected(response),
             Verdict::Wait(check, principal) => {
                 let shared = shared.clone();
