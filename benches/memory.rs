@@ -1,0 +1,78 @@
+//! Memory: bytes per cached key at 1,000,000 keys, from the resident set size before and after
+//! the cache is filled (the store is filled first, so only the cache is counted).
+//!
+//! `cargo bench --bench memory` prints one line; BENCHMARKS.md reports it.
+
+use std::convert::Infallible;
+
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request, Response};
+use tower::{service_fn, Layer, Service, ServiceExt};
+use tower_api_key::{
+    ApiKeyLayer, CacheConfig, Environment, KeyFormat, KeyRecord, KeyStoreAdmin, MemoryStore,
+};
+
+type Body = http_body_util::Empty<bytes::Bytes>;
+
+const KEYS: usize = 1_000_000;
+
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn main() {
+    if std::env::args().any(|arg| arg == "--list") {
+        return; // `cargo bench -- --list` and test discovery
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = MemoryStore::new();
+    let format = KeyFormat::new("mesh").unwrap();
+    let mut headers = Vec::with_capacity(KEYS);
+    runtime.block_on(async {
+        for _ in 0..KEYS {
+            let generated = format.generate(Environment::Live);
+            let record = KeyRecord::new(generated.id, generated.digest, "bench", Environment::Live);
+            store.create(record).await.unwrap();
+            headers.push(
+                HeaderValue::from_str(&format!("ApiKey {}", generated.key.expose_secret()))
+                    .unwrap(),
+            );
+        }
+    });
+    let layer = ApiKeyLayer::builder("mesh", store)
+        .cache(CacheConfig {
+            capacity: KEYS as u64,
+            ttl: std::time::Duration::from_secs(3600),
+            ..CacheConfig::default()
+        })
+        .build()
+        .unwrap();
+    let before = resident_bytes();
+    runtime.block_on(async {
+        let mut service = layer.layer(service_fn(|_: Request<Body>| async {
+            Ok::<_, Infallible>(Response::new(Body::new()))
+        }));
+        for header in &headers {
+            let mut request = Request::new(Body::new());
+            request.headers_mut().insert(AUTHORIZATION, header.clone());
+            let response = service.ready().await.unwrap().call(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    });
+    let after = resident_bytes();
+    println!(
+        "memory/cached_key: {} bytes per key ({} keys, resident set {:.1} MiB -> {:.1} MiB)",
+        (after.saturating_sub(before)) / KEYS as u64,
+        KEYS,
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0
+    );
+}
