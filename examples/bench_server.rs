@@ -29,7 +29,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let created = KeyManager::new(store, layer.handle())
                     .create(NewKey::new("bench"))
                     .await?;
-                (app.layer(layer), format!("ApiKey {}", created.key.expose_secret()))
+                (
+                    app.layer(layer),
+                    format!("ApiKey {}", created.key.expose_secret()),
+                )
             }
             other => return Err(format!("unknown mode {other}: bare, layer or bearer").into()),
         };
