@@ -64,6 +64,16 @@ impl Default for CacheConfig {
     }
 }
 
+/// How much a layer's cache holds; from [`ApiKeyHandle::stats`](crate::ApiKeyHandle::stats).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Keys the store returned.
+    pub keys: u64,
+    /// Ids the store did not know (the negative cache).
+    pub unknown_ids: u64,
+}
+
 /// What the cache keeps of a found key: what verification needs, and the ready principal.
 pub(crate) struct CachedKey {
     pub(crate) digest: SecretDigest,
@@ -298,6 +308,16 @@ impl KeyCache {
                 Err(LoadError::NotFound)
             }
             Err(error) => Err(LoadError::Store(error)),
+        }
+    }
+
+    /// How many keys and unknown ids are cached, once moka has applied its pending evictions.
+    pub(crate) async fn stats(&self) -> CacheStats {
+        self.found.run_pending_tasks().await;
+        self.missing.run_pending_tasks().await;
+        CacheStats {
+            keys: self.found.entry_count(),
+            unknown_ids: self.missing.entry_count(),
         }
     }
 

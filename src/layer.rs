@@ -9,7 +9,7 @@ use http::header::RETRY_AFTER;
 use http::{HeaderMap, HeaderValue, Response};
 use tower::Layer;
 
-use crate::cache::{CacheConfig, KeyCache};
+use crate::cache::{CacheConfig, CacheStats, KeyCache};
 use crate::clock::{Clock, SystemClock};
 use crate::extract::KeySource;
 use crate::key::{Environment, InvalidPrefix, KeyFormat};
@@ -201,6 +201,12 @@ impl ApiKeyHandle {
     /// Forgets what the cache holds for key `id`, found or unknown.
     pub async fn invalidate(&self, id: &str) {
         self.shared.cache.invalidate(id).await;
+    }
+
+    /// How many keys and unknown ids the cache holds, for monitoring: both stay within the
+    /// capacities of [`CacheConfig`] whatever clients send.
+    pub async fn stats(&self) -> CacheStats {
+        self.shared.cache.stats().await
     }
 
     /// Forgets every cached key.

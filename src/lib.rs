@@ -80,7 +80,7 @@ pub use async_trait::async_trait;
 #[cfg(feature = "axum")]
 pub use crate::axum::MissingPrincipal;
 pub use crate::body::ResponseBody;
-pub use crate::cache::CacheConfig;
+pub use crate::cache::{CacheConfig, CacheStats};
 pub use crate::client::{AddApiKey, AddApiKeyLayer, ClientKeyBuilder, ClientKeyError};
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::extract::KeySource;
