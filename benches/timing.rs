@@ -17,7 +17,8 @@ const BATCH: usize = 64;
 
 fn welch_t(a: &[f64], b: &[f64]) -> f64 {
     let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
-    let var = |x: &[f64], m: f64| x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (x.len() - 1) as f64;
+    let var =
+        |x: &[f64], m: f64| x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (x.len() - 1) as f64;
     let (ma, mb) = (mean(a), mean(b));
     let (va, vb) = (var(a, ma), var(b, mb));
     (ma - mb) / (va / a.len() as f64 + vb / b.len() as f64).sqrt()
@@ -49,7 +50,11 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(300_000);
     let control = std::env::var("TIMING_CONTROL").is_ok_and(|v| v == "1");
-    let label = if control { "early_exit_control" } else { "ct_eq" };
+    let label = if control {
+        "early_exit_control"
+    } else {
+        "ct_eq"
+    };
     let stored = SecretDigest::of(b"the stored secret");
     let bytes = stored.to_bytes();
     let mut first = bytes;
@@ -61,7 +66,11 @@ fn main() {
         SecretDigest::from_bytes(last),
         SecretDigest::from_bytes(bytes),
     ];
-    let names = ["differs in the first byte", "differs in the last byte", "equal"];
+    let names = [
+        "differs in the first byte",
+        "differs in the last byte",
+        "equal",
+    ];
     let mut classes: [Vec<f64>; 3] = Default::default();
     let mut seed = 0x2545_F491_4F6C_DD1D_u64;
     for _ in 0..samples * 3 {
@@ -73,7 +82,10 @@ fn main() {
         let started = Instant::now();
         if control {
             for _ in 0..BATCH {
-                black_box(early_exit_eq(black_box(&bytes), &black_box(candidate).to_bytes()));
+                black_box(early_exit_eq(
+                    black_box(&bytes),
+                    &black_box(candidate).to_bytes(),
+                ));
             }
         } else {
             for _ in 0..BATCH {
