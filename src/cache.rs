@@ -109,15 +109,7 @@ impl CachedKey {
 
     /// The key's state at `now`, in the same order as [`KeyRecord::state`].
     pub(crate) fn state(&self, now: SystemTime) -> KeyState {
-        if self.revoked {
-            KeyState::Revoked
-        } else if self.disabled {
-            KeyState::Disabled
-        } else if self.expires_at.is_some_and(|at| at <= now) {
-            KeyState::Expired
-        } else {
-            KeyState::Active
-        }
+        KeyState::of(self.revoked, self.disabled, self.expires_at, now)
     }
 }
 

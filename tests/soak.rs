@@ -15,6 +15,14 @@ use tower_api_key::{ApiKeyLayer, Environment, KeyManager, MemoryStore, MemoryUsa
 
 use common::{api_key, app, serve, HttpClient};
 
+/// One kind of request in the mix, and the status it must get.
+struct Kind {
+    method: http::Method,
+    path: &'static str,
+    header: Option<String>,
+    expected: u16,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "soak test: a million requests; run in release by .ci/run"]
 async fn a_million_mixed_requests_all_answered_as_expected() {
@@ -49,32 +57,38 @@ async fn a_million_mixed_requests_all_answered_as_expected() {
     let client = HttpClient::new(serve(app(layer, calls.clone())).await);
 
     // (method, path, authorization header, expected status)
-    let kinds: Arc<Vec<(http::Method, &str, Option<String>, u16)>> = Arc::new(vec![
-        (
+    let kind = |method, path, key: Option<&str>, expected| Kind {
+        method,
+        path,
+        header: key.map(api_key),
+        expected,
+    };
+    let kinds = Arc::new(vec![
+        kind(
             http::Method::GET,
             "/recommendations",
-            Some(api_key(valid.key.expose_secret())),
+            Some(valid.key.expose_secret()),
             200,
         ),
-        (
+        kind(
             http::Method::GET,
             "/recommendations",
-            Some(api_key(unknown.key.expose_secret())),
+            Some(unknown.key.expose_secret()),
             401,
         ),
-        (
+        kind(
             http::Method::GET,
             "/recommendations",
-            Some(api_key(revoked.key.expose_secret())),
+            Some(revoked.key.expose_secret()),
             401,
         ),
-        (
+        kind(
             http::Method::POST,
             "/tracking",
-            Some(api_key(scoped.key.expose_secret())),
+            Some(scoped.key.expose_secret()),
             403,
         ),
-        (http::Method::GET, "/recommendations", None, 401),
+        kind(http::Method::GET, "/recommendations", None, 401),
     ]);
     let counts: Arc<Vec<AtomicU64>> =
         Arc::new((0..kinds.len()).map(|_| AtomicU64::new(0)).collect());
@@ -88,7 +102,12 @@ async fn a_million_mixed_requests_all_answered_as_expected() {
                 let mut i = task;
                 while i < total {
                     let kind = (i % kinds.len() as u64) as usize;
-                    let (method, path, header, expected) = &kinds[kind];
+                    let Kind {
+                        method,
+                        path,
+                        header,
+                        expected,
+                    } = &kinds[kind];
                     let headers: Vec<(&str, &str)> = header
                         .iter()
                         .map(|h| ("authorization", h.as_str()))

@@ -114,6 +114,12 @@ pub trait KeyStoreAdmin: KeyStore {
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError>;
 }
 
+/// A record's field as JSON text, for the stores that keep JSON columns or hash fields.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("key records serialise to JSON")
+}
+
 /// Usage of one key to add to its record, from [`KeyStoreAdmin::record_usage`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageUpdate {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use tokio::task::JoinHandle;
 
-use super::sql::{sql_store, unavailable, Queries};
+use super::sql::{migrate, sql_store, unavailable, Queries};
 use super::StoreError;
 use crate::layer::ApiKeyHandle;
 
@@ -80,25 +80,7 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
-        sqlx::query(&sql.schema_table)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        let version: i64 = sqlx::query_scalar(&sql.schema_version)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        for (version, migration) in sql.migrations_after(version) {
-            sqlx::raw_sql(&migration)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-            sqlx::query(&sql.schema_insert)
-                .bind(version)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        }
+        migrate!(tx, sql).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok(PostgresStore {
             pool,

@@ -95,6 +95,27 @@ pub enum KeyState {
     Expired,
 }
 
+impl KeyState {
+    /// The state of a key revoked or not, disabled or not, with expiry `expires_at`, at `now`:
+    /// revoked first, then disabled, then expired.
+    pub(crate) fn of(
+        revoked: bool,
+        disabled: bool,
+        expires_at: Option<SystemTime>,
+        now: SystemTime,
+    ) -> KeyState {
+        if revoked {
+            KeyState::Revoked
+        } else if disabled {
+            KeyState::Disabled
+        } else if expires_at.is_some_and(|at| at <= now) {
+            KeyState::Expired
+        } else {
+            KeyState::Active
+        }
+    }
+}
+
 impl KeyRecord {
     /// A record for a key created now, with no scopes, owner, metadata or expiry.
     pub fn new(
@@ -140,15 +161,12 @@ impl KeyRecord {
 
     /// The key's state at `now`. A revoked key reads as revoked even if also expired.
     pub fn state(&self, now: SystemTime) -> KeyState {
-        if self.revoked_at.is_some() {
-            KeyState::Revoked
-        } else if self.disabled {
-            KeyState::Disabled
-        } else if self.expires_at.is_some_and(|at| at <= now) {
-            KeyState::Expired
-        } else {
-            KeyState::Active
-        }
+        KeyState::of(
+            self.revoked_at.is_some(),
+            self.disabled,
+            self.expires_at,
+            now,
+        )
     }
 }
 

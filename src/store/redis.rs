@@ -11,7 +11,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tokio::task::JoinHandle;
 
-use super::{KeyRecord, KeyStore, KeyStoreAdmin, StoreError, UsageUpdate};
+use super::{to_json as json, KeyRecord, KeyStore, KeyStoreAdmin, StoreError, UsageUpdate};
 use crate::clock::unix_seconds;
 use crate::key::SecretDigest;
 use crate::layer::ApiKeyHandle;
@@ -48,10 +48,6 @@ impl fmt::Debug for RedisStore {
 
 fn unavailable(error: redis::RedisError) -> StoreError {
     StoreError::unavailable(error)
-}
-
-fn json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("key records serialise to JSON")
 }
 
 /// Creates a key unless its id exists. KEYS: hash, id set. ARGV: id, then field/value pairs.
@@ -335,7 +331,7 @@ impl KeyStoreAdmin for RedisStore {
     }
 
     async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError> {
-        let scopes = serde_json::to_string(scopes).expect("strings serialise");
+        let scopes = json(&scopes);
         self.update(id, &["scopes", &scopes]).await
     }
 

@@ -115,10 +115,6 @@ pub(crate) fn from_secs(secs: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
 
-pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("key records serialise to JSON")
-}
-
 pub(crate) fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::unavailable(Box::new(error) as Box<dyn std::error::Error + Send + Sync>)
 }
@@ -197,8 +193,8 @@ macro_rules! sql_store {
                 &self,
                 record: $crate::store::KeyRecord,
             ) -> Result<(), $crate::store::StoreError> {
-                use $crate::store::sql::to_json as json;
                 use $crate::store::sql::{to_secs, unavailable};
+                use $crate::store::to_json as json;
                 let result = sqlx::query(&self.sql.insert)
                     .bind(&record.id)
                     .bind(record.digest.to_hex())
@@ -270,7 +266,7 @@ macro_rules! sql_store {
                 scopes: &[String],
             ) -> Result<bool, $crate::store::StoreError> {
                 let done = sqlx::query(&self.sql.set_scopes)
-                    .bind($crate::store::sql::to_json(&scopes))
+                    .bind($crate::store::to_json(&scopes))
                     .bind(id)
                     .execute(&self.pool)
                     .await
@@ -318,3 +314,35 @@ macro_rules! sql_store {
 }
 
 pub(crate) use sql_store;
+
+/// Brings the table of `$sql` (`Queries`) to the newest schema inside transaction `$tx`; an async
+/// block to await.
+macro_rules! migrate {
+    ($tx:expr, $sql:expr) => {
+        async {
+            use $crate::store::sql::unavailable;
+            sqlx::query(&$sql.schema_table)
+                .execute(&mut *$tx)
+                .await
+                .map_err(unavailable)?;
+            let version: i64 = sqlx::query_scalar(&$sql.schema_version)
+                .fetch_one(&mut *$tx)
+                .await
+                .map_err(unavailable)?;
+            for (version, migration) in $sql.migrations_after(version) {
+                sqlx::raw_sql(&migration)
+                    .execute(&mut *$tx)
+                    .await
+                    .map_err(unavailable)?;
+                sqlx::query(&$sql.schema_insert)
+                    .bind(version)
+                    .execute(&mut *$tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok::<(), $crate::store::StoreError>(())
+        }
+    };
+}
+
+pub(crate) use migrate;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
 
-use super::sql::{sql_store, unavailable, Queries};
+use super::sql::{migrate, sql_store, unavailable, Queries};
 use super::StoreError;
 
 /// Keys in a SQLite database file, created (with its table) on first use.
@@ -79,25 +79,7 @@ impl SqliteStore {
     pub async fn from_pool(pool: SqlitePool, table: &str) -> Result<Self, StoreError> {
         let sql = Queries::new(table)?;
         let mut tx = pool.begin().await.map_err(unavailable)?;
-        sqlx::query(&sql.schema_table)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        let version: i64 = sqlx::query_scalar(&sql.schema_version)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        for (version, migration) in sql.migrations_after(version) {
-            sqlx::raw_sql(&migration)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-            sqlx::query(&sql.schema_insert)
-                .bind(version)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        }
+        migrate!(tx, sql).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok(SqliteStore {
             pool,
