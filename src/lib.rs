@@ -43,7 +43,13 @@
 //! |---|---|
 //! | `axum` | [`Principal`] as an axum extractor |
 //! | `tonic` | gRPC status codes for rejections of gRPC requests, `tonic::Status` conversions |
+//! | `sqlite` | [`SqliteStore`](store) |
+//! | `postgres` | [`PostgresStore`](store), with `LISTEN/NOTIFY` revocation |
+//! | `redis` | [`RedisStore`](store) with pub/sub revocation, and `RedisLimiter` |
+//! | `cli` | the `tower-api-key` command line tool (implies `sqlite`) |
 //! | `tracing` | events with the key id and the outcome (never the secret) |
+//!
+//! None is on by default.
 //!
 //! [axum]: https://docs.rs/axum
 //! [tonic]: https://docs.rs/tonic
