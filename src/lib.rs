@@ -101,7 +101,7 @@ pub use crate::limit::{
     Decision, LimitCheck, LimitStatus, Limiter, LimiterError, Limits, MemoryLimiter,
 };
 pub use crate::manage::{CreatedKey, InvalidKey, KeyInfo, KeyManager, ManageError, NewKey};
-pub use crate::principal::Principal;
+pub use crate::principal::{log_id, Principal};
 pub use crate::reject::{JsonRejection, Rejection, RejectionResponder};
 pub use crate::scope::{
     validate_scope, RequireScope, RequireScopeLayer, ScopeHierarchy, ScopeRequirement,

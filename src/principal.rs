@@ -49,9 +49,27 @@ impl Principal {
         }))
     }
 
-    /// The key's public id.
+    /// The key's id, as the store knows it. For a structured key this is its public id, safe to
+    /// log. For an opaque key ([`KeyRecord::opaque`]) it is the SHA-256 digest of the key, which
+    /// is what the store holds instead of the key: log [`Principal::log_id`] instead.
     pub fn key_id(&self) -> &str {
         &self.0.key_id
+    }
+
+    /// The key's id as this crate's events name it, safe to log: the public id of a structured
+    /// key; for an opaque key, the first 12 hex characters of its digest (enough to find the
+    /// record, not the digest the store holds).
+    ///
+    /// ```
+    /// use tower_api_key::{Environment, KeyRecord};
+    ///
+    /// let record = KeyRecord::opaque("sk_legacy_4f9a2c", "old client", Environment::Live);
+    /// assert_eq!(record.id.len(), 64, "the digest, in hex");
+    /// assert_eq!(tower_api_key::log_id(&record.id), &record.id[..12]);
+    /// assert_eq!(tower_api_key::log_id("3kTMd9Qx2bLp"), "3kTMd9Qx2bLp");
+    /// ```
+    pub fn log_id(&self) -> &str {
+        log_id(&self.0.key_id)
     }
 
     /// The key's name.
@@ -86,5 +104,16 @@ impl Principal {
             .scopes
             .iter()
             .any(|granted| self.0.hierarchy.grants(granted, required))
+    }
+}
+
+/// A key id as it may be logged: a structured key's id unchanged; an opaque key's id (the 64 hex
+/// characters of its digest) cut to its first 12. See [`Principal::log_id`].
+pub fn log_id(id: &str) -> &str {
+    const SHOWN: usize = 12;
+    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        &id[..SHOWN]
+    } else {
+        id
     }
 }

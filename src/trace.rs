@@ -1,12 +1,15 @@
-//! Structured events with the `tracing` feature: the key id and the outcome, never the secret.
+//! Structured events with the `tracing` feature: the key id and the outcome, never the secret nor
+//! the digest (an opaque key's id is its digest, so it is shortened: [`log_id`]).
 
+#[cfg(feature = "tracing")]
+use crate::principal::log_id;
 use crate::reject::Rejection;
 
 /// A request was authenticated as key `key_id`.
 #[inline]
 pub(crate) fn accepted(key_id: &str) {
     #[cfg(feature = "tracing")]
-    tracing::debug!(target: "tower_api_key", key_id, outcome = "ok", "api key accepted");
+    tracing::debug!(target: "tower_api_key", key_id = log_id(key_id), outcome = "ok", "api key accepted");
     #[cfg(not(feature = "tracing"))]
     let _ = key_id;
 }
@@ -15,7 +18,7 @@ pub(crate) fn accepted(key_id: &str) {
 #[inline]
 pub(crate) fn rejected(key_id: Option<&str>, rejection: Rejection) {
     #[cfg(feature = "tracing")]
-    tracing::debug!(target: "tower_api_key", key_id, outcome = rejection.code(), "api key refused");
+    tracing::debug!(target: "tower_api_key", key_id = key_id.map(log_id), outcome = rejection.code(), "api key refused");
     #[cfg(not(feature = "tracing"))]
     let _ = (key_id, rejection);
 }
@@ -24,7 +27,7 @@ pub(crate) fn rejected(key_id: Option<&str>, rejection: Rejection) {
 #[inline]
 pub(crate) fn store_failed(key_id: &str, error: &dyn std::fmt::Display) {
     #[cfg(feature = "tracing")]
-    tracing::warn!(target: "tower_api_key", key_id, error = %error, "key store lookup failed");
+    tracing::warn!(target: "tower_api_key", key_id = log_id(key_id), error = %error, "key store lookup failed");
     #[cfg(not(feature = "tracing"))]
     let _ = (key_id, error);
 }

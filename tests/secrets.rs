@@ -2,28 +2,11 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use tower_api_key::{
     ApiKeyLayer, Environment, KeyFormat, KeyManager, KeySource, KeyStoreAdmin, NewKey,
 };
 
-use common::{api_key, app, serve, HttpClient, TestStore};
-
-/// A `tracing` writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use common::{api_key, app, captured_events, serve, HttpClient, TestStore};
 
 /// Every request path a key can take, and the text of every object and error involved.
 /// Returns (all printed text, the secrets that must not be in it, the ids that may be).
@@ -129,15 +112,9 @@ async fn debug_output_and_errors_never_show_a_secret() {
     ignore = "the crate emits events only with `--features tracing` (run by .ci/run)"
 )]
 async fn traces_name_the_key_id_and_never_the_secret() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .init();
+    let captured = captured_events();
     let (_, secrets, ids) = exercise().await;
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(
         logs.contains(&ids[0]),
         "the accepted key's id is traced:\n{logs}"

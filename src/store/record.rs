@@ -146,7 +146,10 @@ impl KeyRecord {
     /// A record for an existing opaque key (any string your service issued before), so it keeps
     /// working when the layer is built with
     /// [`allow_opaque_keys`](crate::ApiKeyLayerBuilder::allow_opaque_keys). Its id is the hex of
-    /// its digest, which is how the layer looks it up.
+    /// its digest, which is how the layer looks it up; so this id is not for logs: this crate's
+    /// events name it by [`log_id`](crate::log_id), its first 12 characters. A digest cannot be
+    /// turned back into the key, but a weak legacy key can be guessed from any hash of it: replace
+    /// opaque keys with issued ones ([`KeyManager::rotate`](crate::KeyManager::rotate)).
     ///
     /// ```
     /// use tower_api_key::{Environment, KeyRecord, SecretDigest};

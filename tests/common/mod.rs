@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use axum::routing::{get, post, put};
@@ -19,8 +19,67 @@ use tower_api_key::{
     StoreError,
 };
 
+/// The variable that turns on [`log_everything`]; `.ci/run` sets it for the whole-suite run whose
+/// output `.ci/scan_output.py` then searches for secrets.
+pub const LOG_VARIABLE: &str = "TOWER_API_KEY_TEST_LOG";
+
+fn logging() -> bool {
+    std::env::var_os(LOG_VARIABLE).is_some()
+}
+
+/// The events of this test binary, as text: every `tracing` event at every level, from this crate
+/// and from the database clients. With `TOWER_API_KEY_TEST_LOG` set they also go to the test's
+/// output.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Everything captured so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        if logging() {
+            print!("{}", String::from_utf8_lossy(buf));
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs (once per test binary) the subscriber that captures every event, and returns it.
+pub fn captured_events() -> &'static Captured {
+    static CAPTURED: OnceLock<Captured> = OnceLock::new();
+    CAPTURED.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .init();
+        captured
+    })
+}
+
+/// With `TOWER_API_KEY_TEST_LOG` set, every event goes to the test's output and [`HttpClient`]
+/// prints every reply it gets: with `--nocapture`, the suite's whole output is then what an
+/// operator's logs would hold.
+pub fn log_everything() {
+    if logging() {
+        captured_events();
+    }
+}
+
 /// Serves `app` on an ephemeral port of 127.0.0.1 until the test's runtime ends.
 pub async fn serve(app: Router) -> SocketAddr {
+    log_everything();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -56,6 +115,7 @@ impl Reply {
 
 impl HttpClient {
     pub fn new(addr: SocketAddr) -> Self {
+        log_everything();
         HttpClient {
             client: Client::builder(TokioExecutor::new()).build_http(),
             addr,
@@ -76,11 +136,16 @@ impl HttpClient {
             .unwrap();
         let (parts, body) = response.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
-        Reply {
+        let reply = Reply {
             status: parts.status,
             headers: parts.headers,
             body: String::from_utf8(body.to_vec()).unwrap(),
+        };
+        if logging() {
+            // The reply only: the request carries the key (and the path may, in a query).
+            println!("reply: {reply:?}");
         }
+        reply
     }
 
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
@@ -143,7 +208,8 @@ pub fn app(layer: ApiKeyLayer, calls: Arc<AtomicUsize>) -> Router {
         async move {
             calls.fetch_add(1, Ordering::SeqCst);
             serde_json::json!({
-                "key_id": principal.key_id(),
+                // What a handler may show: an opaque key's id is its digest.
+                "key_id": principal.log_id(),
                 "name": principal.name(),
                 "environment": principal.environment(),
             })

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Searches the output of the whole test suite for secrets.
+
+`.ci/run` runs the suite with `TOWER_API_KEY_TEST_LOG=1 -- --nocapture`: every event of this crate
+and of the database clients, at every level, and every reply a test's HTTP client got are then in
+the output, next to the harness's own lines and every panic or error message. No key that any test
+issued may appear there, nor its secret or the digest of it.
+
+Every key this crate issues has one shape, `<prefix>_<env>_<12-character id>_<38 characters>`: 32
+of secret and 6 of checksum, base62. A digest is 64 hex characters. So instead of collecting the
+secrets each test made, this looks for what any of them would look like: a run of 32 or more
+letters and digits, which the public parts of a key (prefix, environment, id) never form, nor do
+test names, paths or the harness's hashes. A leak of any key, from any test, is caught.
+
+So that a silent suite cannot pass, the output must also show that it was logged: at least
+MIN_EVENTS events naming a key id and MIN_REPLIES replies.
+
+Usage: scan_output.py LOG...     (or --self-test: shows that a planted key is caught)
+"""
+
+import re
+import sys
+
+MIN_EVENTS = 100
+MIN_REPLIES = 100
+
+SECRET_LIKE = re.compile(r"[0-9A-Za-z]{32,}")
+KEY_LIKE = re.compile(r"[0-9A-Za-z]+_(?:live|test|dev)_[0-9A-Za-z]{12}_[0-9A-Za-z]+")
+
+
+def secret_like(line):
+    """Every secret-like string in `line`."""
+    return [m.group(0) for pattern in (KEY_LIKE, SECRET_LIKE) for m in pattern.finditer(line)]
+
+
+def self_test():
+    """The scan catches a key, a secret alone and a digest, and passes the public parts."""
+    key = "mesh_live_3kTMd9Qx2bLp_" + "aB3" * 12 + "x7Qz"
+    assert secret_like(f'api key accepted key_id="3kTMd9Qx2bLp" {key}'), "a whole key"
+    assert secret_like("secret=" + key[23:55]), "the secret alone"
+    assert secret_like("digest " + "0f" * 32), "a digest in hex"
+    assert not secret_like('DEBUG tower_api_key: api key accepted key_id="3kTMd9Qx2bLp" outcome="ok"')
+    assert not secret_like("Running tests/http.rs (target/debug/deps/http-9d2645e35de675d6)")
+    print("self-test passed: planted secrets are caught, public parts are not")
+    return 0
+
+
+def main(paths):
+    events = replies = lines = 0
+    found = []
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as log:
+            for number, line in enumerate(log, 1):
+                lines += 1
+                if "key_id=" in line:
+                    events += 1
+                if line.startswith("reply: Reply {"):
+                    replies += 1
+                found.extend((path, number, text) for text in secret_like(line))
+    print(f"scanned {lines} lines: {events} events naming a key id, {replies} replies")
+    if found:
+        for path, number, text in found[:20]:
+            # Only the first characters: the point is where, not to print it again.
+            print(f"{path}:{number}: secret-like text {text[:8]}... ({len(text)} characters)")
+        print(f"FAILED: {len(found)} secret-like strings in the suite's output")
+        return 1
+    if events < MIN_EVENTS or replies < MIN_REPLIES:
+        print(
+            f"FAILED: expected at least {MIN_EVENTS} events and {MIN_REPLIES} replies; "
+            f"was the suite run with TOWER_API_KEY_TEST_LOG=1 and --nocapture?"
+        )
+        return 1
+    print("no key, secret or digest in the suite's output")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    sys.exit(self_test() if sys.argv[1:] == ["--self-test"] else main(sys.argv[1:]))
