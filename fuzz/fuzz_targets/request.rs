@@ -37,9 +37,16 @@ fn target() -> &'static Target {
 
 fuzz_target!(|data: &[u8]| {
     let target = target();
-    // The input is split into header values at each newline.
-    let mut request = http::Request::get("/").body(()).unwrap();
-    for (i, part) in data.split(|&b| b == b'\n').enumerate().take(8) {
+    // The input is split at each newline: the first line is the query string (the layer reads
+    // `?api_key=`), the others are header values.
+    let mut lines = data.split(|&b| b == b'\n');
+    let query = lines.next().unwrap_or_default();
+    let uri = std::str::from_utf8(query)
+        .ok()
+        .and_then(|query| format!("/?{query}").parse::<http::Uri>().ok())
+        .unwrap_or_else(|| http::Uri::from_static("/"));
+    let mut request = http::Request::get(uri).body(()).unwrap();
+    for (i, part) in lines.enumerate().take(8) {
         if let Ok(value) = http::HeaderValue::from_bytes(part) {
             let name = ["authorization", "x-api-key"][i % 2];
             request.headers_mut().append(name, value);
