@@ -1,6 +1,14 @@
 //! Per-request cost, in process, one run, same inner service: bare; this crate's layer on a hot
 //! key, on a random key among 10,000 and among 1,000,000 cached keys; and tower-http's static
 //! bearer check (no lookup) as the lower reference. BENCHMARKS.md reports the overhead over bare.
+//!
+//! Beside them, the floor as a service: `Floor` (`support/floor.rs`) does the unavoidable steps of a cached request
+//! and nothing else, built from the same parts the layer uses, with the steps added one at a time
+//! (`floor_1_header` … `floor_7_extensions`). Each step's cost is then measured where it runs, in
+//! a service, and what the layer costs above `floor_7_extensions` is the layer's own structure.
+
+#[path = "support/floor.rs"]
+mod floor;
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -108,6 +116,30 @@ fn per_request(c: &mut Criterion) {
             }
         })
     });
+
+    macro_rules! floor_step {
+        ($steps:literal, $name:literal) => {{
+            let (service, header) = floor::floor::<$steps, _>(service_fn(inner));
+            group.bench_function($name, |b| {
+                b.to_async(&runtime).iter(|| {
+                    let service = service.clone();
+                    let request = request(&header);
+                    async move {
+                        let response = service.oneshot(request).await.unwrap();
+                        debug_assert_eq!(response.status(), 200);
+                        black_box(response)
+                    }
+                })
+            });
+        }};
+    }
+    floor_step!(1, "floor_1_header");
+    floor_step!(2, "floor_2_parse_crc32");
+    floor_step!(3, "floor_3_sha256");
+    floor_step!(4, "floor_4_map_read");
+    floor_step!(5, "floor_5_compare");
+    floor_step!(6, "floor_6_clock");
+    floor_step!(7, "floor_7_extensions");
 
     for (name, n) in [
         ("api_key_random_of_10k", 10_000),

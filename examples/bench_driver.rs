@@ -7,6 +7,9 @@
 //! valgrind --tool=callgrind ./target/release/examples/bench_driver layer 100000
 //! ```
 
+#[path = "../benches/support/floor.rs"]
+mod floor;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
@@ -89,6 +92,11 @@ fn main() {
                 size_of_future(&service)
             );
         }
+        // The floor as a service (`benches/support/floor.rs`): every unavoidable step, nothing else.
+        "floor" => {
+            let (service, header) = floor::floor::<7, _>(service_fn(inner));
+            run(service, &header, n)
+        }
         "layer" => {
             let mut service = ApiKeyLayer::new("mesh", store)
                 .unwrap()
@@ -100,6 +108,6 @@ fn main() {
             assert_eq!(response.status(), 200);
             run(service, &header, n)
         }
-        other => panic!("unknown mode {other}: bare, bearer or layer"),
+        other => panic!("unknown mode {other}: bare, bearer, floor or layer"),
     }
 }

@@ -128,6 +128,22 @@ pub(crate) fn extract<'r>(
 
 /// The credential of an `Authorization` value if its scheme is `scheme`.
 fn credential<'v>(value: &'v [u8], scheme: &str) -> Result<Option<&'v str>, Rejection> {
+    let scheme_bytes = scheme.as_bytes();
+    // The shape nearly every client sends, `<scheme> <credential>` with one space and no space
+    // around, is read with no scan for spaces; anything else takes the general path below.
+    if let (Some((name, rest)), Some(&last)) =
+        (value.split_at_checked(scheme_bytes.len()), value.last())
+    {
+        if let [b' ', first, ..] = rest {
+            if !is_space_byte(*first)
+                && !is_space_byte(last)
+                && name.eq_ignore_ascii_case(scheme_bytes)
+            {
+                let text = std::str::from_utf8(&rest[1..]).map_err(|_| Rejection::InvalidApiKey)?;
+                return Ok(Some(text));
+            }
+        }
+    }
     let value = trim_bytes(value);
     let (name, rest) = match value.iter().position(|&b| b == b' ' || b == b'\t') {
         Some(at) => value.split_at(at),
@@ -144,9 +160,13 @@ fn is_space(c: char) -> bool {
     c == ' ' || c == '\t'
 }
 
+fn is_space_byte(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
 fn trim_bytes(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|&b| b != b' ' && b != b'\t');
-    let end = bytes.iter().rposition(|&b| b != b' ' && b != b'\t');
+    let start = bytes.iter().position(|&b| !is_space_byte(b));
+    let end = bytes.iter().rposition(|&b| !is_space_byte(b));
     match (start, end) {
         (Some(s), Some(e)) => &bytes[s..=e],
         _ => &[],
@@ -182,6 +202,34 @@ mod tests {
         let map = headers(pairs);
         let uri: Uri = uri.parse().unwrap();
         extract(&all_sources(), &map, &uri).map(|k| k.map(Cow::into_owned))
+    }
+
+    #[test]
+    fn the_usual_shape_and_every_other_spacing_read_the_same() {
+        for (value, expected) in [
+            (&b"ApiKey k1"[..], Some("k1")),
+            (b"apikey k1", Some("k1")),
+            (b"ApiKey  k1", Some("k1")),
+            (b"ApiKey k1 ", Some("k1")),
+            (b"ApiKey\tk1", Some("k1")),
+            (b" ApiKey k1", Some("k1")),
+            (b"ApiKey k1 k2", Some("k1 k2")),
+            (b"ApiKey ", None),
+            (b"ApiKey", None),
+            (b"ApiKeyk1", None),
+            (b"ApiKeys k1", None),
+            (b"Api k1", None),
+            (b"", None),
+        ] {
+            let got = credential(value, "ApiKey")
+                .unwrap()
+                .filter(|c| !c.is_empty());
+            assert_eq!(got, expected, "{:?}", String::from_utf8_lossy(value));
+        }
+        assert_eq!(
+            credential(b"ApiKey \xff", "ApiKey"),
+            Err(Rejection::InvalidApiKey)
+        );
     }
 
     #[test]

@@ -60,11 +60,12 @@ where
         check: PendingLimit,
         waiting: Option<Box<Waiting<S, ReqBody>>>,
     },
-    /// Waiting for the inner service.
+    /// Waiting for the inner service. `after` is boxed: it is there only when the layer counts
+    /// usage or limits, and inline it would add 80 bytes to every move of the future.
     Inner {
         #[pin]
         future: S::Future,
-        after: Option<After>,
+        after: Option<Box<After>>,
     },
 }
 
@@ -96,11 +97,12 @@ pub(crate) struct After {
 /// Where a request stands once its key was looked up.
 pub(crate) enum Verdict {
     /// Put the principal into the request, call the inner service, then finish with `After`.
-    Go(Principal, Option<After>),
+    Go(Principal, Option<Box<After>>),
     /// Wait for the limiter.
     Wait(PendingLimit, Principal),
-    /// Answer this instead.
-    Reply(Response<Bytes>),
+    /// Answer this instead. Boxed here already (the future keeps it boxed), so the verdict that
+    /// travels back from the cache's entry on the hot path stays small.
+    Reply(Box<Response<Bytes>>),
 }
 
 /// Verifies the key a lookup gave (`id` is what was presented, named when no key was found) and
@@ -118,11 +120,11 @@ pub(crate) fn authorize(
     let key = match result {
         Ok(Some(key)) => key,
         Ok(None) => {
-            return Verdict::Reply(shared.reject(Rejection::InvalidApiKey, Some(id), None, headers))
+            return reply(shared.reject(Rejection::InvalidApiKey, Some(id), None, headers))
         }
         Err(error) => {
             trace::store_failed(id, &error);
-            return Verdict::Reply(shared.reject(
+            return reply(shared.reject(
                 Rejection::KeyStoreUnavailable,
                 Some(id),
                 None,
@@ -136,7 +138,7 @@ pub(crate) fn authorize(
             let id = key.principal.key_id();
             // Said only after the secret matched, so the key counts as its owner's.
             let verified = (rejection != Rejection::InvalidApiKey).then_some(id);
-            return Verdict::Reply(shared.reject(rejection, Some(id), verified, headers));
+            return reply(shared.reject(rejection, Some(id), verified, headers));
         }
     };
     match &key.policy {
@@ -162,11 +164,11 @@ fn decide(
             let mut response =
                 shared.reject(Rejection::RateLimitExceeded, Some(id), Some(id), headers);
             add_limit_headers(response.headers_mut(), &decision);
-            Verdict::Reply(response)
+            reply(response)
         }
         Err(error) => {
             trace::store_failed(id, &error);
-            Verdict::Reply(shared.reject(
+            reply(shared.reject(
                 Rejection::LimiterUnavailable,
                 Some(id),
                 Some(id),
@@ -176,14 +178,21 @@ fn decide(
     }
 }
 
+/// Answers `response` instead.
+fn reply(response: Response<Bytes>) -> Verdict {
+    Verdict::Reply(Box::new(response))
+}
+
 /// Lets the request through.
 fn admit(shared: &Arc<Shared>, principal: Principal, decision: Option<Decision>) -> Verdict {
     trace::accepted(principal.key_id());
-    let after = (shared.usage.is_some() || decision.is_some()).then(|| After {
-        started: shared.usage.is_some().then(Instant::now),
-        shared: Arc::clone(shared),
-        principal: principal.clone(),
-        decision,
+    let after = (shared.usage.is_some() || decision.is_some()).then(|| {
+        Box::new(After {
+            started: shared.usage.is_some().then(Instant::now),
+            shared: Arc::clone(shared),
+            principal: principal.clone(),
+            decision,
+        })
     });
     Verdict::Go(principal, after)
 }
@@ -193,9 +202,13 @@ where
     S: Service<Request<ReqBody>>,
 {
     pub(crate) fn rejected(response: Response<Bytes>) -> Self {
+        Self::rejected_boxed(Box::new(response))
+    }
+
+    pub(crate) fn rejected_boxed(response: Box<Response<Bytes>>) -> Self {
         ResponseFuture {
             state: State::Rejected {
-                response: Some(Box::new(response)),
+                response: Some(response),
             },
         }
     }
@@ -204,7 +217,7 @@ where
         Self::inner_then(future, None)
     }
 
-    pub(crate) fn inner_then(future: S::Future, after: Option<After>) -> Self {
+    pub(crate) fn inner_then(future: S::Future, after: Option<Box<After>>) -> Self {
         ResponseFuture {
             state: State::Inner { future, after },
         }
@@ -259,7 +272,7 @@ where
                 Self::inner_then(inner.call(request), after)
             }
             Verdict::Wait(check, principal) => Self::wait(check, shared, request, inner, principal),
-            Verdict::Reply(response) => Self::rejected(response),
+            Verdict::Reply(response) => Self::rejected_boxed(response),
         }
     }
 }
@@ -330,7 +343,7 @@ where
                 StateProjection::Inner { future, after } => {
                     let mut response = ready!(future.poll(cx))?;
                     if let Some(after) = after.take() {
-                        after.finish(&mut response);
+                        (*after).finish(&mut response);
                     }
                     return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                 }

@@ -73,7 +73,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = &self.shared;
         let presented = match present(
             &shared.sources,
@@ -123,14 +123,13 @@ where
             return ResponseFuture::lookup(pending, id);
         };
         drop(id);
-        let mut request = request;
         match verdict {
             Verdict::Go(principal, after) => {
                 request.extensions_mut().insert(principal);
                 // The service that was polled ready is called here, as tower expects.
                 ResponseFuture::inner_then(self.inner.call(request), after)
             }
-            Verdict::Reply(response) => ResponseFuture::rejected(response),
+            Verdict::Reply(response) => ResponseFuture::rejected_boxed(response),
             Verdict::Wait(check, principal) => {
                 let shared = shared.clone();
                 ResponseFuture::wait(check, shared, request, self.take_ready(), principal)
