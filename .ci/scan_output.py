@@ -13,9 +13,10 @@ letters and digits, which the public parts of a key (prefix, environment, id) ne
 test names, paths or the harness's hashes. A leak of any key, from any test, is caught.
 
 So that a silent suite cannot pass, the output must also show that it was logged: at least
-MIN_EVENTS events naming a key id and MIN_REPLIES replies.
+MIN_EVENTS events naming a key id and MIN_REPLIES replies (100 each unless given).
 
-Usage: scan_output.py LOG...     (or --self-test: shows that a planted key is caught)
+Usage: scan_output.py [--min-events N] [--min-replies N] LOG...
+       scan_output.py --self-test     (shows that a planted key is caught)
 """
 
 import re
@@ -45,7 +46,7 @@ def self_test():
     return 0
 
 
-def main(paths):
+def main(paths, min_events=MIN_EVENTS, min_replies=MIN_REPLIES):
     events = replies = lines = 0
     found = []
     for path in paths:
@@ -64,9 +65,9 @@ def main(paths):
             print(f"{path}:{number}: secret-like text {text[:8]}... ({len(text)} characters)")
         print(f"FAILED: {len(found)} secret-like strings in the suite's output")
         return 1
-    if events < MIN_EVENTS or replies < MIN_REPLIES:
+    if events < min_events or replies < min_replies:
         print(
-            f"FAILED: expected at least {MIN_EVENTS} events and {MIN_REPLIES} replies; "
+            f"FAILED: expected at least {min_events} events and {min_replies} replies; "
             f"was the suite run with TOWER_API_KEY_TEST_LOG=1 and --nocapture?"
         )
         return 1
@@ -75,6 +76,13 @@ def main(paths):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
+    args = sys.argv[1:]
+    if args == ["--self-test"]:
+        sys.exit(self_test())
+    minimums = {"--min-events": MIN_EVENTS, "--min-replies": MIN_REPLIES}
+    while args and args[0] in minimums:
+        minimums[args[0]] = int(args[1])
+        args = args[2:]
+    if not args:
         sys.exit(__doc__)
-    sys.exit(self_test() if sys.argv[1:] == ["--self-test"] else main(sys.argv[1:]))
+    sys.exit(main(args, minimums["--min-events"], minimums["--min-replies"]))

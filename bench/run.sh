@@ -61,7 +61,7 @@ def total(mode, n):
                          capture_output=True, text=True).stderr
     return int(re.search(r"Collected : (\d+)", out).group(1))
 per = {}
-for mode in ["bare", "bearer", "layer"]:
+for mode in ["bare", "bearer", "floor", "layer"]:
     per[mode] = (total(mode, 40000) - total(mode, 20000)) / 20000
 for mode, value in per.items():
     print(f"callgrind/{mode:6} {value:7.0f} instructions/request  (+{value - per['bare']:5.0f} over bare)")

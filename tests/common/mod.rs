@@ -253,6 +253,8 @@ pub fn an_hour_ago() -> SystemTime {
 
 /// A variable that `.ci/run` sets for the suites that need a server.
 pub fn server_env(name: &str) -> String {
+    // Every server test starts here: its events go to the output `.ci/run` scans.
+    log_everything();
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run this suite through .ci/run, which starts the server")
     })
