@@ -1,5 +1,5 @@
 //! Structured events with the `tracing` feature: the key id and the outcome, never the secret nor
-//! the digest (an opaque key's id is its digest, so it is shortened: [`log_id`]).
+//! the digest (an opaque key's id is its digest, so it is shortened: [`log_id`](crate::log_id)).
 
 #[cfg(feature = "tracing")]
 use crate::principal::log_id;
