@@ -10,7 +10,9 @@ Every key this crate issues has one shape, `<prefix>_<env>_<12-character id>_<38
 of secret and 6 of checksum, base62. A digest is 64 hex characters. So instead of collecting the
 secrets each test made, this looks for what any of them would look like: a run of 32 or more
 letters and digits, which the public parts of a key (prefix, environment, id) never form, nor do
-test names, paths or the harness's hashes. A leak of any key, from any test, is caught.
+test names, paths or the harness's hashes. A leak of any key, from any test, is caught. Opaque
+(legacy) keys have no shape: those the tests store (`KeyRecord::opaque`) are read from the tests'
+source and searched for by their text.
 
 So that a silent suite cannot pass, the output must also show that it was logged: at least
 MIN_EVENTS events naming a key id and MIN_REPLIES replies (100 each unless given).
@@ -19,6 +21,8 @@ Usage: scan_output.py [--min-events N] [--min-replies N] LOG...
        scan_output.py --self-test     (shows that a planted key is caught)
 """
 
+import glob
+import os
 import re
 import sys
 
@@ -27,6 +31,19 @@ MIN_REPLIES = 100
 
 SECRET_LIKE = re.compile(r"[0-9A-Za-z]{32,}")
 KEY_LIKE = re.compile(r"[0-9A-Za-z]+_(?:live|test|dev)_[0-9A-Za-z]{12}_[0-9A-Za-z]+")
+
+
+def opaque_keys():
+    """The opaque keys the tests store: `KeyRecord::opaque("…"` or through a `let name = "…"`."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
+    keys = set()
+    for path in glob.glob(os.path.join(root, "**", "*.rs"), recursive=True):
+        with open(path, encoding="utf-8") as source:
+            text = source.read()
+        keys.update(re.findall(r'KeyRecord::opaque\(\s*"([^"]+)"', text))
+        for name in re.findall(r"KeyRecord::opaque\(\s*&?([a-z_][a-z0-9_]*)\s*,", text):
+            keys.update(re.findall(rf'let {name}(?:: &str)? = "([^"]+)"', text))
+    return sorted(keys)
 
 
 def secret_like(line):
@@ -49,6 +66,10 @@ def self_test():
 def main(paths, min_events=MIN_EVENTS, min_replies=MIN_REPLIES):
     events = replies = lines = 0
     found = []
+    opaque = opaque_keys()
+    if len(opaque) < 2:
+        print(f"FAILED: expected the tests' opaque keys in their source, found {len(opaque)}")
+        return 1
     for path in paths:
         with open(path, encoding="utf-8", errors="replace") as log:
             for number, line in enumerate(log, 1):
@@ -58,7 +79,11 @@ def main(paths, min_events=MIN_EVENTS, min_replies=MIN_REPLIES):
                 if line.startswith("reply: Reply {"):
                     replies += 1
                 found.extend((path, number, text) for text in secret_like(line))
-    print(f"scanned {lines} lines: {events} events naming a key id, {replies} replies")
+                found.extend((path, number, key) for key in opaque if key in line)
+    print(
+        f"scanned {lines} lines for shaped keys and {len(opaque)} opaque keys: "
+        f"{events} events naming a key id, {replies} replies"
+    )
     if found:
         for path, number, text in found[:20]:
             # Only the first characters: the point is where, not to print it again.
