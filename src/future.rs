@@ -119,17 +119,10 @@ pub(crate) fn authorize(
 ) -> Verdict {
     let key = match result {
         Ok(Some(key)) => key,
-        Ok(None) => {
-            return reply(shared.reject(Rejection::InvalidApiKey, Some(id), None, headers))
-        }
+        Ok(None) => return reply(shared.reject(Rejection::InvalidApiKey, Some(id), None, headers)),
         Err(error) => {
             trace::store_failed(id, &error);
-            return reply(shared.reject(
-                Rejection::KeyStoreUnavailable,
-                Some(id),
-                None,
-                headers,
-            ));
+            return reply(shared.reject(Rejection::KeyStoreUnavailable, Some(id), None, headers));
         }
     };
     let principal = match verify(key, digest, environment, shared.environments, now) {
@@ -168,12 +161,7 @@ fn decide(
         }
         Err(error) => {
             trace::store_failed(id, &error);
-            reply(shared.reject(
-                Rejection::LimiterUnavailable,
-                Some(id),
-                Some(id),
-                headers,
-            ))
+            reply(shared.reject(Rejection::LimiterUnavailable, Some(id), Some(id), headers))
         }
     }
 }
