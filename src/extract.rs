@@ -107,9 +107,9 @@ pub(crate) fn extract<'r>(
             }
             KeySource::Header(name) => {
                 for value in headers.get_all(name) {
-                    let text = std::str::from_utf8(value.as_bytes())
+                    let text = std::str::from_utf8(trim_bytes(value.as_bytes()))
                         .map_err(|_| Rejection::InvalidApiKey)?;
-                    accept(Cow::Borrowed(text.trim_matches(is_space)))?;
+                    accept(Cow::Borrowed(text))?;
                 }
             }
             KeySource::Query(name) => {
@@ -145,7 +145,7 @@ fn credential<'v>(value: &'v [u8], scheme: &str) -> Result<Option<&'v str>, Reje
         }
     }
     let value = trim_bytes(value);
-    let (name, rest) = match value.iter().position(|&b| b == b' ' || b == b'\t') {
+    let (name, rest) = match value.iter().copied().position(is_space_byte) {
         Some(at) => value.split_at(at),
         None => (value, &[][..]),
     };
@@ -154,10 +154,6 @@ fn credential<'v>(value: &'v [u8], scheme: &str) -> Result<Option<&'v str>, Reje
     }
     let text = std::str::from_utf8(trim_bytes(rest)).map_err(|_| Rejection::InvalidApiKey)?;
     Ok(Some(text))
-}
-
-fn is_space(c: char) -> bool {
-    c == ' ' || c == '\t'
 }
 
 fn is_space_byte(b: u8) -> bool {
