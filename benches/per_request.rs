@@ -2,10 +2,11 @@
 //! key, on a random key among 10,000 and among 1,000,000 cached keys; and tower-http's static
 //! bearer check (no lookup) as the lower reference. BENCHMARKS.md reports the overhead over bare.
 //!
-//! Beside them, the floor as a service: `Floor` (`support/floor.rs`) does the unavoidable steps of a cached request
-//! and nothing else, built from the same parts the layer uses, with the steps added one at a time
-//! (`floor_1_header` … `floor_7_extensions`). Each step's cost is then measured where it runs, in
-//! a service, and what the layer costs above `floor_7_extensions` is the layer's own structure.
+//! Beside them, the floor as a service: `Floor` (`support/floor.rs`) does the unavoidable steps of
+//! a cached request and nothing else, built from the same parts the layer uses, with the steps
+//! added one at a time (`floor_1_header` … `floor_7_extensions`). Each step's cost is then
+//! measured where it runs, in a service, and what the layer costs above `floor_7_extensions` is
+//! the layer's own structure.
 
 #[path = "support/floor.rs"]
 mod floor;
@@ -13,7 +14,8 @@ mod floor;
 use std::convert::Infallible;
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
 use tower::{service_fn, Layer, Service, ServiceExt};
@@ -72,6 +74,31 @@ fn cached_keys(runtime: &tokio::runtime::Runtime, n: usize) -> (ApiKeyLayer, Vec
     (layer, headers)
 }
 
+/// Benchmarks `service` on requests that all carry `header`: a clone of the service per request,
+/// driven by `oneshot`, the response checked (in debug builds) and kept from the optimizer.
+fn one_key<S, B>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    service: S,
+    header: &HeaderValue,
+) where
+    S: Service<Request<Body>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    group.bench_function(name, |b| {
+        b.to_async(runtime).iter(|| {
+            let service = service.clone();
+            let request = request(header);
+            async move {
+                let response = service.oneshot(request).await.unwrap();
+                debug_assert_eq!(response.status(), 200);
+                black_box(response)
+            }
+        })
+    });
+}
+
 fn per_request(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -82,55 +109,28 @@ fn per_request(c: &mut Criterion) {
     let (hot_layer, hot) = cached_keys(&runtime, 1);
     let hot = hot[0].clone();
 
-    let bare = service_fn(inner);
-    group.bench_function("bare", |b| {
-        b.to_async(&runtime).iter(|| {
-            let service = bare;
-            let request = request(&hot);
-            async move { black_box(service.oneshot(request).await.unwrap()) }
-        })
-    });
+    one_key(&mut group, &runtime, "bare", service_fn(inner), &hot);
 
     // Deprecated upstream as too basic for real use; it is here as the floor of a header check.
     #[allow(deprecated)]
     let bearer =
         ValidateRequestHeaderLayer::bearer("mesh_live_statictoken").layer(service_fn(inner));
     let bearer_header = HeaderValue::from_static("Bearer mesh_live_statictoken");
-    group.bench_function("tower_http_bearer", |b| {
-        b.to_async(&runtime).iter(|| {
-            let service = bearer.clone();
-            let request = request(&bearer_header);
-            async move { black_box(service.oneshot(request).await.unwrap()) }
-        })
-    });
+    one_key(
+        &mut group,
+        &runtime,
+        "tower_http_bearer",
+        bearer,
+        &bearer_header,
+    );
 
     let layered = hot_layer.layer(service_fn(inner));
-    group.bench_function("api_key_hot_key", |b| {
-        b.to_async(&runtime).iter(|| {
-            let service = layered.clone();
-            let request = request(&hot);
-            async move {
-                let response = service.oneshot(request).await.unwrap();
-                debug_assert_eq!(response.status(), 200);
-                black_box(response)
-            }
-        })
-    });
+    one_key(&mut group, &runtime, "api_key_hot_key", layered, &hot);
 
     macro_rules! floor_step {
         ($steps:literal, $name:literal) => {{
             let (service, header) = floor::floor::<$steps, _>(service_fn(inner));
-            group.bench_function($name, |b| {
-                b.to_async(&runtime).iter(|| {
-                    let service = service.clone();
-                    let request = request(&header);
-                    async move {
-                        let response = service.oneshot(request).await.unwrap();
-                        debug_assert_eq!(response.status(), 200);
-                        black_box(response)
-                    }
-                })
-            });
+            one_key(&mut group, &runtime, $name, service, &header);
         }};
     }
     floor_step!(1, "floor_1_header");
