@@ -25,7 +25,11 @@ fn miss_path(c: &mut Criterion) {
     let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
     let handle = layer.handle();
     let created = runtime
-        .block_on(KeyManager::new(store, layer.handle()).create(NewKey::new("bench")))
+        .block_on(
+            KeyManager::new(store)
+                .with_cache(layer.handle())
+                .create(NewKey::new("bench")),
+        )
         .unwrap();
     let header = format!("ApiKey {}", created.key.expose_secret());
     let id = created.record.id.clone();

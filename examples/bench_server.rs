@@ -26,7 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "layer" => {
                 let store = MemoryStore::new();
                 let layer = ApiKeyLayer::new("mesh", store.clone())?;
-                let created = KeyManager::new(store, layer.handle())
+                let created = KeyManager::new(store)
+                    .with_cache(layer.handle())
                     .create(NewKey::new("bench"))
                     .await?;
                 (

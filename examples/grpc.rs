@@ -31,7 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let store = MemoryStore::new();
     let auth = ApiKeyLayer::new("mesh", store.clone())?;
-    let keys = KeyManager::new(store, auth.handle());
+    let keys = KeyManager::new(store).with_cache(auth.handle());
     let read = keys
         .create(NewKey::new("grpc-read").scopes(["read"]))
         .await?;

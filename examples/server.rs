@@ -61,7 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Other processes' revocations (PostgreSQL, Redis) reach this one's cache at once.
     store.spawn_listener(auth.handle()).await?;
     let existing = store.list().await?.len();
-    let keys = KeyManager::new(store.clone(), auth.handle());
+    let keys = KeyManager::new(store.clone()).with_cache(auth.handle());
 
     let app = Router::new()
         .route(

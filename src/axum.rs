@@ -92,7 +92,8 @@ mod tests {
     async fn the_extractor_gives_the_principal_behind_the_layer() {
         let store = MemoryStore::new();
         let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
-        let created = KeyManager::new(store, layer.handle())
+        let created = KeyManager::new(store)
+            .with_cache(layer.handle())
             .create(NewKey::new("extracted"))
             .await
             .unwrap();

@@ -1,9 +1,32 @@
-//! The cache in front of the store: found keys, unknown ids, and coalesced loads.
+//! The cache in front of the store: one entry per key id, whose invalidations always win.
 //!
-//! Two moka `future::Cache`s: one of keys the store knows, one of ids it does not (the negative
-//! cache, with its own shorter TTL and capacity, so a flood of made-up ids cannot push real keys
-//! out). A load goes through moka's `try_get_with`, so any number of concurrent first requests for
-//! one id make exactly one store call; errors are handed to every waiter and never cached.
+//! Each id has one entry in one lock-free map (`papaya`): the key the store returned (or
+//! "unknown"), the time until which it is fresh, the time until which it may stand in for a
+//! failing store (stale-if-error), the cache's generation when it was loaded, and the load in
+//! flight, if any. The hot path reads an entry synchronously, in place: no future, no allocation,
+//! no lock.
+//!
+//! # The guarantee
+//!
+//! **A request that starts after [`ApiKeyHandle::invalidate`](crate::ApiKeyHandle::invalidate)
+//! or [`invalidate_all`](crate::ApiKeyHandle::invalidate_all) returned, and so after
+//! [`KeyManager`](crate::KeyManager)'s `revoke`, `delete`, `rotate`, `disable` or scope change
+//! returned, or after a change notification was processed, is answered from the store as it is
+//! after that change — whatever loads were in flight.**
+//!
+//! It holds because a load works like a lease (memcache's, from "Scaling Memcache at Facebook"):
+//! a miss first puts an entry holding a fresh lease number into the map, and only then asks the
+//! store. Its result is installed with an atomic compare-and-swap that succeeds only while the
+//! entry still holds that same lease. Invalidating an id removes its entry (so any lease taken
+//! before is void), and invalidating everything moves the cache to a new generation (entries of
+//! an older generation are never read). A load that read the store before a revoke can still
+//! answer the requests that were already waiting for it, which started before the revoke, but it
+//! can never be installed for later ones.
+//!
+//! Concurrent misses of one id make one store call; errors are never cached; a "not found"
+//! replaces the stale copy, so a deleted key never comes back during a later outage. Misses that
+//! need the store are bounded ([`CacheConfig::max_concurrent_loads`]): a flood of made-up ids
+//! waits its turn and then gets 503, while keys already known refresh without waiting.
 //!
 //! ```
 //! use std::time::Duration;
@@ -20,15 +43,16 @@
 //! ```
 
 use std::fmt;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use moka::future::Cache;
-use moka::notification::RemovalCause;
+use papaya::{Compute, Operation};
+use tokio::sync::{OnceCell, Semaphore};
 
 use crate::clock::Clock;
 use crate::key::{Environment, SecretDigest};
-use crate::limit::{LimitRules, Policy};
+use crate::limit::{LimitRules, Policy, UnknownPlan};
 use crate::principal::Principal;
 use crate::scope::ScopeHierarchy;
 use crate::store::{KeyRecord, KeyState, KeyStore, StoreError};
@@ -39,17 +63,26 @@ pub struct CacheConfig {
     /// How many known keys to keep. Default 10,000.
     pub capacity: u64,
     /// How long a known key is trusted before the store is asked again: the longest a change
-    /// made elsewhere (a revoke on another replica) takes to be seen. Default 60 s.
+    /// made elsewhere (a revoke on another replica without a listener) takes to be seen.
+    /// Default 60 s.
     pub ttl: Duration,
-    /// How many unknown ids to remember. Default 10,000.
+    /// How many unknown ids to remember. They never push known keys out. Default 10,000.
     pub negative_capacity: u64,
     /// How long an unknown id is remembered: the longest a key created elsewhere may be refused.
     /// Default 5 s.
     pub negative_ttl: Duration,
     /// Stale-if-error: while the store fails, a key that was valid in the cache keeps working for
     /// up to this long past its TTL; `None` turns it off (every failed lookup is 503). Unknown
-    /// keys always get 503 while the store fails. Default 5 minutes.
+    /// keys always get 503 while the store fails, and a key the store said it no longer has, or
+    /// that was invalidated, has no stale copy. Default 5 minutes.
     pub stale_if_error: Option<Duration>,
+    /// How many store lookups of ids the cache holds no key for may run at once; the rest wait
+    /// up to [`load_queue_timeout`](Self::load_queue_timeout), then get 503. Refreshes of keys the
+    /// cache already holds do not wait. Default 32.
+    pub max_concurrent_loads: usize,
+    /// How long a lookup waits for one of the
+    /// [`max_concurrent_loads`](Self::max_concurrent_loads) places. Default 100 ms.
+    pub load_queue_timeout: Duration,
 }
 
 impl Default for CacheConfig {
@@ -60,6 +93,8 @@ impl Default for CacheConfig {
             negative_capacity: 10_000,
             negative_ttl: Duration::from_secs(5),
             stale_if_error: Some(Duration::from_secs(300)),
+            max_concurrent_loads: 32,
+            load_queue_timeout: Duration::from_millis(100),
         }
     }
 }
@@ -84,20 +119,12 @@ pub(crate) struct CachedKey {
     pub(crate) principal: Principal,
     /// The key's rate limits and quotas; `None` when it has none.
     pub(crate) policy: Option<Policy>,
-    /// Loaded time plus the TTL: after it, the front map no longer answers for this key.
-    fresh_until: SystemTime,
 }
 
 impl CachedKey {
-    fn new(
-        record: &KeyRecord,
-        hierarchy: Arc<ScopeHierarchy>,
-        policy: Option<Policy>,
-        fresh_until: SystemTime,
-    ) -> Self {
+    fn new(record: &KeyRecord, hierarchy: Arc<ScopeHierarchy>, policy: Option<Policy>) -> Self {
         CachedKey {
             policy,
-            fresh_until,
             digest: record.digest,
             environment: record.environment,
             revoked: record.revoked_at.is_some(),
@@ -115,37 +142,107 @@ impl CachedKey {
 
 /// Why a load did not produce a key.
 pub(crate) enum LoadError {
-    NotFound,
+    /// The store failed, timed out, or too many lookups were waiting.
     Store(StoreError),
+    /// The record names a plan the layer does not define: refused, and no stale copy is used.
+    Misconfigured(UnknownPlan),
 }
 
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LoadError::NotFound => f.write_str("no such key"),
             LoadError::Store(error) => error.fmt(f),
+            LoadError::Misconfigured(error) => error.fmt(f),
+        }
+    }
+}
+
+/// What a lookup gives: the key, `None` for an id the store does not know, or why it failed.
+pub(crate) type Loaded = Result<Option<Arc<CachedKey>>, Arc<LoadError>>;
+
+/// What an entry holds.
+#[derive(Clone)]
+enum Value {
+    /// Nothing yet: the first load of this id is in flight.
+    Empty,
+    /// A key the store returned.
+    Key(Arc<CachedKey>),
+    /// The store has no key with this id.
+    Unknown,
+}
+
+/// One store call, shared by every request that missed while it ran.
+struct Load {
+    /// The lease: the result is installed only while the entry still holds this number.
+    lease: u64,
+    result: OnceCell<Loaded>,
+}
+
+/// The one entry of an id.
+#[derive(Clone)]
+struct Entry {
+    value: Value,
+    /// Answers requests until then.
+    fresh_until: SystemTime,
+    /// Stands in for a failing store until then (a key only).
+    stale_until: SystemTime,
+    /// The cache's generation when this entry was made; other generations are never read.
+    generation: u64,
+    /// The load in flight, if any.
+    load: Option<Arc<Load>>,
+}
+
+impl Entry {
+    /// The key this entry may still give while the store fails, at `now` in generation `current`.
+    fn stale_key(&self, now: SystemTime, current: u64) -> Option<&Arc<CachedKey>> {
+        match &self.value {
+            Value::Key(key) if self.generation == current && now < self.stale_until => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// What a finished load puts into its entry.
+enum Install {
+    Key(Arc<CachedKey>),
+    Unknown,
+    /// Keep the entry's value (its stale copy) and let the next request try again.
+    Failed,
+    /// Drop the entry, stale copy and all.
+    Drop,
+}
+
+/// Which entries count against which capacity.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Key,
+    Unknown,
+}
+
+impl Value {
+    fn kind(&self) -> Option<Kind> {
+        match self {
+            Value::Empty => None,
+            Value::Key(_) => Some(Kind::Key),
+            Value::Unknown => Some(Kind::Unknown),
         }
     }
 }
 
 /// The cache, with the store behind it.
-///
-/// In front of moka sits a lock-free map (`papaya`) of the same found keys, read synchronously on
-/// the hot path: no future, no allocation, no lock. moka stays the cache of record: it loads
-/// (coalesced), bounds the capacity and expires entries, and every entry it drops (evicted,
-/// expired, invalidated) leaves the front map through its eviction listener. The front map also
-/// checks each entry's own TTL, so it never answers for longer than moka would.
 pub(crate) struct KeyCache {
-    /// Hashed with foldhash: its entries are only keys the store returned, so lookups of made-up
-    /// ids cannot flood it, and SipHash would cost a tenth of the hot path.
-    front: Arc<papaya::HashMap<Box<str>, Arc<CachedKey>, foldhash::fast::RandomState>>,
-    front_limit: usize,
-    ttl: Duration,
+    /// Hashed with foldhash: SipHash would cost a tenth of the hot path, and an entry for a
+    /// made-up id lives only until its load ends or, as "unknown", within its own capacity.
+    entries: papaya::HashMap<Box<str>, Entry, foldhash::fast::RandomState>,
+    /// Moved on by `invalidate_all`.
+    generation: AtomicU64,
+    /// The next lease number.
+    leases: AtomicU64,
+    keys: AtomicI64,
+    unknown: AtomicI64,
+    loads: Semaphore,
+    config: CacheConfig,
     clock: Arc<dyn Clock>,
-    found: Cache<String, Arc<CachedKey>>,
-    missing: Cache<String, ()>,
-    /// The same keys kept `stale_if_error` longer, for when the store fails.
-    stale: Option<Cache<String, Arc<CachedKey>>>,
     store: Arc<dyn KeyStore>,
     hierarchy: Arc<ScopeHierarchy>,
     rules: LimitRules,
@@ -154,11 +251,11 @@ pub(crate) struct KeyCache {
 
 impl fmt::Debug for KeyCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never moka's own Debug: it prints every entry.
+        // Never the entries: they hold digests.
         f.debug_struct("KeyCache")
-            .field("front", &self.front.len())
-            .field("found", &self.found.entry_count())
-            .field("missing", &self.missing.entry_count())
+            .field("keys", &self.keys.load(Ordering::Relaxed))
+            .field("unknown_ids", &self.unknown.load(Ordering::Relaxed))
+            .field("config", &self.config)
             .field("lookup_timeout", &self.lookup_timeout)
             .finish_non_exhaustive()
     }
@@ -173,39 +270,15 @@ impl KeyCache {
         lookup_timeout: Option<Duration>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let front = Arc::new(papaya::HashMap::with_hasher(
-            foldhash::fast::RandomState::default(),
-        ));
-        let evicted = Arc::clone(&front);
         KeyCache {
-            front,
-            // Races between a load and an eviction can leave a few extra entries; past this, the
-            // front map starts over (it is only a copy).
-            front_limit: usize::try_from(config.capacity)
-                .unwrap_or(usize::MAX)
-                .saturating_mul(2)
-                .max(1024),
-            ttl: config.ttl,
+            entries: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
+            generation: AtomicU64::new(0),
+            leases: AtomicU64::new(0),
+            keys: AtomicI64::new(0),
+            unknown: AtomicI64::new(0),
+            loads: Semaphore::new(config.max_concurrent_loads.max(1)),
+            config: config.clone(),
             clock,
-            found: Cache::builder()
-                .max_capacity(config.capacity)
-                .time_to_live(config.ttl)
-                .eviction_listener(move |id: Arc<String>, _, cause| {
-                    if cause != RemovalCause::Replaced {
-                        evicted.pin().remove(id.as_str());
-                    }
-                })
-                .build(),
-            missing: Cache::builder()
-                .max_capacity(config.negative_capacity)
-                .time_to_live(config.negative_ttl)
-                .build(),
-            stale: config.stale_if_error.map(|bound| {
-                Cache::builder()
-                    .max_capacity(config.capacity)
-                    .time_to_live(config.ttl + bound)
-                    .build()
-            }),
             store,
             hierarchy,
             rules,
@@ -213,58 +286,141 @@ impl KeyCache {
         }
     }
 
-    /// The key with id `id`: from the cache, or loaded once however many ask at the same time.
-    ///
-    /// # Errors
-    /// When the store failed or timed out; the error is shared by every waiter and not cached.
-    pub(crate) async fn lookup(&self, id: &str) -> Result<Option<Arc<CachedKey>>, Arc<LoadError>> {
-        if self.missing.contains_key(id) {
-            return Ok(None);
-        }
-        match self.found.try_get_with_by_ref(id, self.load(id)).await {
-            Ok(key) => {
-                self.remember(id, &key);
-                Ok(Some(key))
-            }
-            Err(error) => match *error {
-                LoadError::NotFound => Ok(None),
-                LoadError::Store(_) => match &self.stale {
-                    Some(stale) => match stale.get(id).await {
-                        Some(key) => Ok(Some(key)),
-                        None => Err(error),
-                    },
-                    None => Err(error),
-                },
-            },
-        }
-    }
-
-    /// `f` of the key with id `id`, if the front map has it fresh at `now`: the hot path. The
-    /// entry is used in place, without a reference count.
+    /// `f` of the entry for `id` if it is fresh at `now`: the key, or `None` for an id the store
+    /// does not know. The hot path: the entry is used in place, without a reference count.
     pub(crate) fn peek_with<R>(
         &self,
         id: &str,
         now: SystemTime,
-        f: impl FnOnce(&CachedKey) -> R,
+        f: impl FnOnce(Option<&CachedKey>) -> R,
     ) -> Option<R> {
-        let front = self.front.pin();
-        let key = front.get(id)?;
-        (now < key.fresh_until).then(|| f(key))
+        let entries = self.entries.pin();
+        let entry = entries.get(id)?;
+        if entry.generation != self.generation.load(Ordering::Acquire) || now >= entry.fresh_until {
+            return None;
+        }
+        match &entry.value {
+            Value::Key(key) => Some(f(Some(key))),
+            Value::Unknown => Some(f(None)),
+            Value::Empty => None,
+        }
     }
 
-    /// Puts a key moka holds into the front map.
-    fn remember(&self, id: &str, key: &Arc<CachedKey>) {
-        if self.clock.now() >= key.fresh_until {
-            return;
+    /// The key with id `id`: from the cache, or loaded once however many ask at the same time.
+    ///
+    /// # Errors
+    /// When the store failed, timed out or was too busy (and no stale copy may stand in), or the
+    /// record is misconfigured; shared by every waiter of one load and never cached.
+    pub(crate) async fn lookup(&self, id: &str) -> Loaded {
+        let load = match self.join_or_start(id) {
+            Ok(hit) => return Ok(hit),
+            Err(load) => load,
+        };
+        let result = load
+            .result
+            .get_or_init(|| self.load(id, load.lease))
+            .await
+            .clone();
+        match result {
+            Err(error) if matches!(*error, LoadError::Store(_)) => {
+                // Whatever stands in the entry now: an invalidation since has removed it.
+                let now = self.clock.now();
+                let current = self.generation.load(Ordering::Acquire);
+                let entries = self.entries.pin();
+                match entries.get(id).and_then(|e| e.stale_key(now, current)) {
+                    Some(key) => Ok(Some(Arc::clone(key))),
+                    None => Err(error),
+                }
+            }
+            result => result,
         }
-        let front = self.front.pin();
-        if front.len() >= self.front_limit {
-            front.clear();
-        }
-        front.insert(id.into(), Arc::clone(key));
     }
 
-    async fn load(&self, id: &str) -> Result<Arc<CachedKey>, LoadError> {
+    /// A fresh answer for `id`, or the load to wait for: the one in flight, or a new one whose
+    /// lease the entry now holds.
+    fn join_or_start(&self, id: &str) -> Result<Option<Arc<CachedKey>>, Arc<Load>> {
+        let now = self.clock.now();
+        let current = self.generation.load(Ordering::Acquire);
+        let lease = self.leases.fetch_add(1, Ordering::Relaxed);
+        let fresh = Arc::new(Load {
+            lease,
+            result: OnceCell::new(),
+        });
+        enum Found {
+            Hit(Option<Arc<CachedKey>>),
+            Join(Arc<Load>),
+        }
+        let entries = self.entries.pin();
+        let computed = entries.compute(id.into(), |entry| match entry {
+            Some((_, e)) if e.generation == current && now < e.fresh_until => match &e.value {
+                Value::Key(key) => Operation::Abort(Found::Hit(Some(Arc::clone(key)))),
+                Value::Unknown => Operation::Abort(Found::Hit(None)),
+                Value::Empty => Operation::Abort(Found::Join(Self::in_flight(e))),
+            },
+            Some((_, e)) if e.generation == current && e.load.is_some() => {
+                Operation::Abort(Found::Join(Self::in_flight(e)))
+            }
+            // Expired, or of an older generation: a new load, keeping a stale key meanwhile.
+            Some((_, e)) if e.generation == current => Operation::Insert(Entry {
+                load: Some(Arc::clone(&fresh)),
+                ..e.clone()
+            }),
+            _ => Operation::Insert(Entry {
+                value: Value::Empty,
+                fresh_until: now,
+                stale_until: now,
+                generation: current,
+                load: Some(Arc::clone(&fresh)),
+            }),
+        });
+        match computed {
+            Compute::Aborted(Found::Hit(hit)) => Ok(hit),
+            Compute::Aborted(Found::Join(load)) => Err(load),
+            other => {
+                self.count(&other);
+                Err(fresh)
+            }
+        }
+    }
+
+    fn in_flight(entry: &Entry) -> Arc<Load> {
+        Arc::clone(entry.load.as_ref().expect("an empty entry has a load"))
+    }
+
+    /// Asks the store for `id`, then installs the answer if the lease still holds.
+    async fn load(&self, id: &str, lease: u64) -> Loaded {
+        let (install, result) = match self.fetch(id).await {
+            Ok(Some(key)) => (Install::Key(Arc::clone(&key)), Ok(Some(key))),
+            Ok(None) => (Install::Unknown, Ok(None)),
+            Err(error @ LoadError::Store(_)) => (Install::Failed, Err(Arc::new(error))),
+            Err(error @ LoadError::Misconfigured(_)) => (Install::Drop, Err(Arc::new(error))),
+        };
+        self.install(id, lease, install);
+        result
+    }
+
+    /// The store's answer for `id`, within the lookup timeout and the bound on concurrent loads.
+    async fn fetch(&self, id: &str) -> Result<Option<Arc<CachedKey>>, LoadError> {
+        let known = {
+            let entries = self.entries.pin();
+            entries
+                .get(id)
+                .is_some_and(|e| matches!(e.value, Value::Key(_)))
+        };
+        let _permit = if known {
+            None
+        } else {
+            let wait = self.config.load_queue_timeout;
+            match tokio::time::timeout(wait, self.loads.acquire()).await {
+                Ok(Ok(permit)) => Some(permit),
+                _ => {
+                    return Err(LoadError::Store(StoreError::unavailable(format!(
+                        "more than {} key lookups waiting for the store for {wait:?}",
+                        self.config.max_concurrent_loads
+                    ))))
+                }
+            }
+        };
         let lookup = self.store.get(id);
         let result = match self.lookup_timeout {
             Some(limit) => match tokio::time::timeout(limit, lookup).await {
@@ -277,59 +433,146 @@ impl KeyCache {
         };
         match result {
             Ok(Some(record)) if record.id == id => match self.rules.policy(&record) {
-                Ok(policy) => {
-                    let fresh_until = self.clock.now() + self.ttl;
-                    let key = Arc::new(CachedKey::new(
-                        &record,
-                        self.hierarchy.clone(),
-                        policy,
-                        fresh_until,
-                    ));
-                    if let Some(stale) = &self.stale {
-                        stale.insert(id.to_owned(), key.clone()).await;
-                    }
-                    Ok(key)
-                }
-                Err(unknown) => Err(LoadError::Store(StoreError::unavailable(unknown))),
+                Ok(policy) => Ok(Some(Arc::new(CachedKey::new(
+                    &record,
+                    self.hierarchy.clone(),
+                    policy,
+                )))),
+                Err(unknown) => Err(LoadError::Misconfigured(unknown)),
             },
             Ok(Some(_)) => Err(LoadError::Store(StoreError::unavailable(
                 "the store returned a record with another id",
             ))),
-            Ok(None) => {
-                self.missing.insert(id.to_owned(), ()).await;
-                Err(LoadError::NotFound)
-            }
+            Ok(None) => Ok(None),
             Err(error) => Err(LoadError::Store(error)),
         }
     }
 
-    /// How many keys and unknown ids are cached, once moka has applied its pending evictions.
-    pub(crate) async fn stats(&self) -> CacheStats {
-        self.found.run_pending_tasks().await;
-        self.missing.run_pending_tasks().await;
+    /// Puts a load's answer into the entry of `id`, in one compare-and-swap that succeeds only
+    /// while the entry holds lease `lease`.
+    fn install(&self, id: &str, lease: u64, install: Install) {
+        let now = self.clock.now();
+        let config = &self.config;
+        let stale = config.stale_if_error.unwrap_or(Duration::ZERO);
+        let entries = self.entries.pin();
+        let computed = entries.compute(id.into(), |entry| {
+            let Some((_, e)) = entry else {
+                return Operation::Abort(());
+            };
+            if e.load.as_ref().is_none_or(|load| load.lease != lease) {
+                return Operation::Abort(());
+            }
+            let loaded = |value, fresh_for: Duration, stale_for: Duration| Entry {
+                value,
+                fresh_until: now.checked_add(fresh_for).unwrap_or(now),
+                stale_until: now.checked_add(fresh_for + stale_for).unwrap_or(now),
+                generation: e.generation,
+                load: None,
+            };
+            match &install {
+                Install::Key(key) => {
+                    Operation::Insert(loaded(Value::Key(Arc::clone(key)), config.ttl, stale))
+                }
+                Install::Unknown => {
+                    Operation::Insert(loaded(Value::Unknown, config.negative_ttl, Duration::ZERO))
+                }
+                Install::Failed if matches!(e.value, Value::Empty) => Operation::Remove,
+                Install::Failed => Operation::Insert(Entry {
+                    load: None,
+                    ..e.clone()
+                }),
+                Install::Drop => Operation::Remove,
+            }
+        });
+        self.count(&computed);
+        drop(entries);
+        self.evict_over(Kind::Key, config.capacity, now);
+        self.evict_over(Kind::Unknown, config.negative_capacity, now);
+    }
+
+    /// Keeps the counts of keys and unknown ids in step with a change of the map.
+    fn count<T>(&self, computed: &Compute<'_, Box<str>, Entry, T>) {
+        let (old, new) = match computed {
+            Compute::Inserted(_, new) => (None, new.value.kind()),
+            Compute::Updated { old, new } => (old.1.value.kind(), new.1.value.kind()),
+            Compute::Removed(_, old) => (old.value.kind(), None),
+            Compute::Aborted(_) => return,
+        };
+        self.adjust(old, -1);
+        self.adjust(new, 1);
+    }
+
+    fn adjust(&self, kind: Option<Kind>, by: i64) {
+        match kind {
+            Some(Kind::Key) => self.keys.fetch_add(by, Ordering::Relaxed),
+            Some(Kind::Unknown) => self.unknown.fetch_add(by, Ordering::Relaxed),
+            None => 0,
+        };
+    }
+
+    /// While more than `capacity` entries of `kind` are held, removes one: of a sample of them,
+    /// the one whose stale copy runs out first. The sample starts at a varying place.
+    fn evict_over(&self, kind: Kind, capacity: u64, now: SystemTime) {
+        let counter = match kind {
+            Kind::Key => &self.keys,
+            Kind::Unknown => &self.unknown,
+        };
+        let capacity = i64::try_from(capacity).unwrap_or(i64::MAX);
+        let entries = self.entries.pin();
+        for _ in 0..4 {
+            if counter.load(Ordering::Relaxed) <= capacity {
+                return;
+            }
+            let skip = self
+                .leases
+                .load(Ordering::Relaxed)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                >> 58;
+            let victim = entries
+                .iter()
+                .skip(usize::try_from(skip).unwrap_or(0) % entries.len().max(1))
+                .chain(entries.iter())
+                .filter(|(_, e)| e.value.kind() == Some(kind) && e.load.is_none())
+                .take(16)
+                .min_by_key(|(_, e)| (e.stale_until > now, e.stale_until))
+                .map(|(id, _)| id.clone());
+            let Some(victim) = victim else { return };
+            if let Ok(Some((_, old))) = entries.remove_if(&victim, |_, e| {
+                e.value.kind() == Some(kind) && e.load.is_none()
+            }) {
+                self.adjust(old.value.kind(), -1);
+            }
+        }
+    }
+
+    /// How many keys and unknown ids are cached.
+    pub(crate) fn stats(&self) -> CacheStats {
+        let count =
+            |counter: &AtomicI64| u64::try_from(counter.load(Ordering::Relaxed)).unwrap_or(0);
         CacheStats {
-            keys: self.found.entry_count(),
-            unknown_ids: self.missing.entry_count(),
+            keys: count(&self.keys),
+            unknown_ids: count(&self.unknown),
         }
     }
 
-    /// Forgets what is cached about `id`, found or not: the next request asks the store.
-    pub(crate) async fn invalidate(&self, id: &str) {
-        self.front.pin().remove(id);
-        self.found.invalidate(id).await;
-        self.missing.invalidate(id).await;
-        if let Some(stale) = &self.stale {
-            stale.invalidate(id).await;
+    /// Forgets what is cached about `id`, found or not, and voids any load of it in flight: the
+    /// next request asks the store.
+    pub(crate) fn invalidate(&self, id: &str) {
+        if let Some(old) = self.entries.pin().remove(id) {
+            self.adjust(old.value.kind(), -1);
         }
     }
 
-    /// Forgets everything.
+    /// Forgets everything: no entry made before this call is read again, and no load started
+    /// before it is installed.
     pub(crate) fn invalidate_all(&self) {
-        self.front.pin().clear();
-        self.found.invalidate_all();
-        self.missing.invalidate_all();
-        if let Some(stale) = &self.stale {
-            stale.invalidate_all();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let entries = self.entries.pin();
+        let ids: Vec<Box<str>> = entries.keys().cloned().collect();
+        for id in ids {
+            if let Some(old) = entries.remove(&id) {
+                self.adjust(old.value.kind(), -1);
+            }
         }
     }
 }

@@ -82,7 +82,13 @@ impl fmt::Debug for ManualClock {
     }
 }
 
-/// Seconds since 1970 (0 before it).
+/// Seconds since 1970 (0 before it): how every store writes a time.
 pub(crate) fn unix_seconds(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The time `secs` seconds after 1970, or `None` past what this platform's clock holds: how every
+/// store reads a time back (a corrupt record is an error, never a panic).
+pub(crate) fn from_unix_seconds(secs: u64) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }

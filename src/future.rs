@@ -15,7 +15,7 @@ use pin_project::pin_project;
 use tower::Service;
 
 use crate::body::ResponseBody;
-use crate::cache::{CachedKey, LoadError};
+use crate::cache::{CachedKey, LoadError, Loaded};
 use crate::key::{Environment, SecretDigest};
 use crate::layer::{add_limit_headers, Shared};
 use crate::limit::{Decision, LimitCheck, LimiterError};
@@ -25,7 +25,7 @@ use crate::trace;
 use crate::usage::Outcome;
 use crate::verify::verify;
 
-type LookupResult = (Result<Option<Arc<CachedKey>>, Arc<LoadError>>, String);
+type LookupResult = (Loaded, String);
 type Lookup = Pin<Box<dyn Future<Output = LookupResult> + Send>>;
 type PendingLimit = Pin<Box<dyn Future<Output = Result<Decision, LimiterError>> + Send>>;
 

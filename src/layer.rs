@@ -17,7 +17,7 @@ use crate::limit::{Decision, LimitRules, Limiter, Limits, MemoryLimiter};
 use crate::reject::{JsonRejection, Rejection, RejectionResponder, Rejections};
 use crate::scope::ScopeHierarchy;
 use crate::service::ApiKeyService;
-use crate::store::KeyStore;
+use crate::store::{KeyChanges, KeyStore};
 use crate::trace;
 use crate::usage::{Outcome, UsageEvent, UsageSink};
 use crate::verify::Environments;
@@ -200,13 +200,13 @@ impl fmt::Debug for ApiKeyHandle {
 impl ApiKeyHandle {
     /// Forgets what the cache holds for key `id`, found or unknown.
     pub async fn invalidate(&self, id: &str) {
-        self.shared.cache.invalidate(id).await;
+        self.shared.cache.invalidate(id);
     }
 
     /// How many keys and unknown ids the cache holds, for monitoring: both stay within the
     /// capacities of [`CacheConfig`] whatever clients send.
     pub async fn stats(&self) -> CacheStats {
-        self.shared.cache.stats().await
+        self.shared.cache.stats()
     }
 
     /// Forgets every cached key.
@@ -217,6 +217,16 @@ impl ApiKeyHandle {
     /// The format of the layer's keys.
     pub fn format(&self) -> &KeyFormat {
         &self.shared.format
+    }
+}
+
+impl KeyChanges for ApiKeyHandle {
+    fn key_changed(&self, id: &str) {
+        self.shared.cache.invalidate(id);
+    }
+
+    fn all_changed(&self) {
+        self.shared.cache.invalidate_all();
     }
 }
 

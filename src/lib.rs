@@ -1,12 +1,13 @@
 //! API-key authentication for [axum] and [tonic] services as one Tower layer.
 //!
 //! [`ApiKeyLayer`] reads a key from the request (by default `Authorization: ApiKey <key>`),
-//! checks its format and checksum offline, looks it up by its public id through a moka cache in
+//! checks its format and checksum offline, looks it up by its public id through a [cache] in
 //! front of a pluggable async [`KeyStore`], compares the SHA-256 digest of its secret in constant
 //! time, and puts the key's [`Principal`] (id, name, owner, environment, scopes) into the request's
 //! extensions. Otherwise it answers with a JSON rejection, such as
 //! `{"error": "Invalid API key", "code": "INVALID_API_KEY", "status": 401}`, and never calls your
-//! service. [`RequireScopeLayer`] checks scopes per route.
+//! service. [`RequireScopeLayer`] checks scopes per route. A request that starts after a key was
+//! revoked is refused, whatever lookups were in flight (see [the cache's guarantee][cache]).
 //!
 //! ```
 //! use axum::{body::Body, routing::get, Extension, Router};
@@ -17,7 +18,7 @@
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! let store = MemoryStore::new();
 //! let auth = ApiKeyLayer::new("mesh", store.clone())?;
-//! let keys = KeyManager::new(store, auth.handle());
+//! let keys = KeyManager::new(store).with_cache(auth.handle());
 //! let reader = keys.create(NewKey::new("dashboard").scopes(["read"])).await?;
 //!
 //! let app = Router::new()
@@ -53,10 +54,11 @@
 //!
 //! [axum]: https://docs.rs/axum
 //! [tonic]: https://docs.rs/tonic
+//! [cache]: crate::cache
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "axum")]
 mod axum;

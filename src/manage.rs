@@ -9,7 +9,7 @@ use crate::key::{Environment, KeyFormat, PlaintextKey};
 use crate::layer::ApiKeyHandle;
 use crate::limit::Limits;
 use crate::scope::{validate_scope, InvalidScope};
-use crate::store::{KeyRecord, KeyState, KeyStoreAdmin, StoreError};
+use crate::store::{KeyChanges, KeyRecord, KeyState, KeyStoreAdmin, StoreError};
 
 /// The longest key name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
@@ -118,6 +118,12 @@ impl NewKey {
         for scope in &self.scopes {
             validate_scope(scope).map_err(InvalidKey::Scope)?;
         }
+        if self
+            .expires_at
+            .is_some_and(|at| crate::clock::unix_seconds(at) > MAX_UNIX_SECONDS)
+        {
+            return Err(InvalidKey::TimeOutOfRange);
+        }
         let generated = format.generate(self.environment);
         let mut record =
             KeyRecord::new(generated.id, generated.digest, self.name, self.environment);
@@ -142,6 +148,11 @@ pub enum InvalidKey {
     Name,
     /// A scope is malformed.
     Scope(InvalidScope),
+    /// A time (an expiry, the end of a grace period) past the year 9999.
+    TimeOutOfRange,
+    /// The manager has no key format: give it a layer's cache
+    /// ([`KeyManager::with_cache`]) or a [`KeyManager::format`].
+    NoFormat,
 }
 
 impl fmt::Display for InvalidKey {
@@ -149,6 +160,10 @@ impl fmt::Display for InvalidKey {
         match self {
             InvalidKey::Name => write!(f, "a key name is 1 to {MAX_NAME_LEN} bytes, not blank"),
             InvalidKey::Scope(e) => e.fmt(f),
+            InvalidKey::TimeOutOfRange => f.write_str("times after the year 9999 are not kept"),
+            InvalidKey::NoFormat => {
+                f.write_str("the key manager has no key format to issue keys in")
+            }
         }
     }
 }
@@ -163,6 +178,8 @@ pub enum ManageError {
     Invalid(InvalidKey),
     /// The store failed.
     Store(StoreError),
+    /// The key is revoked, disabled or expired, so it cannot be rotated.
+    NotActive(KeyState),
 }
 
 impl fmt::Display for ManageError {
@@ -170,6 +187,13 @@ impl fmt::Display for ManageError {
         match self {
             ManageError::Invalid(e) => e.fmt(f),
             ManageError::Store(e) => e.fmt(f),
+            ManageError::NotActive(state) => {
+                write!(
+                    f,
+                    "only an active key can be rotated; this one is {}",
+                    state.as_str()
+                )
+            }
         }
     }
 }
@@ -179,6 +203,7 @@ impl std::error::Error for ManageError {
         match self {
             ManageError::Invalid(e) => Some(e),
             ManageError::Store(e) => Some(e),
+            ManageError::NotActive(_) => None,
         }
     }
 }
@@ -189,8 +214,11 @@ impl From<StoreError> for ManageError {
     }
 }
 
-/// Creates, revokes, deletes and lists keys in a store, and clears the layer's cache after each
-/// change, so a revoke takes effect on this replica's very next request.
+/// Creates, revokes, deletes and lists keys in a store. Given a layer's cache
+/// ([`with_cache`](Self::with_cache)), it clears the changed key from it after each change, so
+/// the change holds for every request on this replica that starts after the call returned (see
+/// [the cache's guarantee](crate::cache)). Without one (a CLI, a separate admin process), it
+/// needs a [`format`](Self::format) to issue keys in.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -198,7 +226,7 @@ impl From<StoreError> for ManageError {
 ///
 /// let store = MemoryStore::new();
 /// let layer = ApiKeyLayer::new("mesh", store.clone())?;
-/// let keys = KeyManager::new(store, layer.handle());
+/// let keys = KeyManager::new(store).with_cache(layer.handle());
 ///
 /// let created = keys.create(NewKey::new("ci").scopes(["read"])).await?;
 /// println!("your key, shown once: {}", created.key.expose_secret());
@@ -208,28 +236,71 @@ impl From<StoreError> for ManageError {
 /// # }).unwrap();
 /// ```
 #[derive(Clone, Debug)]
+#[must_use]
 pub struct KeyManager<A> {
     store: A,
-    handle: ApiKeyHandle,
+    format: Option<KeyFormat>,
+    cache: Option<ApiKeyHandle>,
 }
 
 impl<A: KeyStoreAdmin> KeyManager<A> {
-    /// A manager of the keys in `store`, clearing the cache of the layer behind `handle`.
-    pub fn new(store: A, handle: ApiKeyHandle) -> Self {
-        KeyManager { store, handle }
+    /// A manager of the keys in `store`, with no cache to clear and no key format yet.
+    ///
+    /// ```
+    /// use tower_api_key::{KeyFormat, KeyManager, MemoryStore};
+    ///
+    /// // An admin tool with no layer: it only needs the format of the keys it issues.
+    /// let keys = KeyManager::new(MemoryStore::new()).format(KeyFormat::new("mesh")?);
+    /// # Ok::<(), tower_api_key::key::InvalidPrefix>(())
+    /// ```
+    pub fn new(store: A) -> Self {
+        KeyManager {
+            store,
+            format: None,
+            cache: None,
+        }
     }
 
-    /// Issues a key in the layer's format and stores its record.
+    /// Clears changed keys from the cache of the layer behind `handle`, and issues keys in that
+    /// layer's format (unless [`format`](Self::format) set another).
+    pub fn with_cache(mut self, handle: ApiKeyHandle) -> Self {
+        if self.format.is_none() {
+            self.format = Some(handle.format().clone());
+        }
+        self.cache = Some(handle);
+        self
+    }
+
+    /// Issues keys in `format`.
+    pub fn format(mut self, format: KeyFormat) -> Self {
+        self.format = Some(format);
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &A {
+        &self.store
+    }
+
+    fn changed(&self, id: &str) {
+        if let Some(cache) = &self.cache {
+            cache.key_changed(id);
+        }
+    }
+
+    /// Issues a key in the manager's format and stores its record.
     ///
     /// # Errors
-    /// [`ManageError::Invalid`] for a bad name or scope; [`ManageError::Store`] when the store
-    /// fails.
+    /// [`ManageError::Invalid`] for a bad name or scope, or when the manager has no key format;
+    /// [`ManageError::Store`] when the store fails.
     pub async fn create(&self, new: NewKey) -> Result<CreatedKey, ManageError> {
-        let created = new
-            .generate(self.handle.format())
-            .map_err(ManageError::Invalid)?;
+        let format = self
+            .format
+            .as_ref()
+            .ok_or(ManageError::Invalid(InvalidKey::NoFormat))?;
+        let created = new.generate(format).map_err(ManageError::Invalid)?;
         self.store.create(created.record.clone()).await?;
-        self.handle.invalidate(&created.record.id).await;
+        self.changed(&created.record.id);
         Ok(created)
     }
 
@@ -239,7 +310,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// When the store fails; the cache is cleared all the same.
     pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
         let result = self.store.revoke(id, SystemTime::now()).await;
-        self.handle.invalidate(id).await;
+        self.changed(id);
         result
     }
 
@@ -249,7 +320,34 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// When the store fails; the cache is cleared all the same.
     pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
         let result = self.store.delete(id).await;
-        self.handle.invalidate(id).await;
+        self.changed(id);
+        result
+    }
+
+    /// Disables key `id` (refused with `API_KEY_DISABLED` until enabled again), or with `false`
+    /// enables it; returns whether it exists. A revoked key stays revoked.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, NewKey};
+    ///
+    /// let store = MemoryStore::new();
+    /// let layer = ApiKeyLayer::new("mesh", store.clone())?;
+    /// let keys = KeyManager::new(store).with_cache(layer.handle());
+    /// let created = keys.create(NewKey::new("ci")).await?;
+    /// assert!(keys.set_disabled(&created.record.id, true).await?);
+    /// assert_eq!(keys.show(&created.record.id).await?.unwrap().state, "disabled");
+    /// assert!(keys.set_disabled(&created.record.id, false).await?);
+    /// assert_eq!(keys.show(&created.record.id).await?.unwrap().state, "active");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// When the store fails; the cache is cleared all the same.
+    pub async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
+        let result = self.store.set_disabled(id, disabled).await;
+        self.changed(id);
         result
     }
 
@@ -259,13 +357,12 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// When the store fails.
     pub async fn list(&self) -> Result<Vec<KeyInfo>, StoreError> {
         let now = SystemTime::now();
-        let format = self.handle.format();
         Ok(self
             .store
             .list()
             .await?
             .iter()
-            .map(|record| KeyInfo::new(record, format, now))
+            .map(|record| KeyInfo::new(record, self.format.as_ref(), now))
             .collect())
     }
 
@@ -275,7 +372,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// When the store fails.
     pub async fn show(&self, id: &str) -> Result<Option<KeyInfo>, StoreError> {
         let record = self.store.get(id).await?;
-        Ok(record.map(|r| KeyInfo::new(&r, self.handle.format(), SystemTime::now())))
+        Ok(record.map(|r| KeyInfo::new(&r, self.format.as_ref(), SystemTime::now())))
     }
 
     /// Replaces key `id`'s scopes; returns whether it exists.
@@ -288,34 +385,40 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
             validate_scope(scope).map_err(|e| ManageError::Invalid(InvalidKey::Scope(e)))?;
         }
         let result = self.store.set_scopes(id, scopes).await;
-        self.handle.invalidate(id).await;
+        self.changed(id);
         Ok(result?)
     }
 
-    /// Rotates key `id`: issues a new key with the same name, scopes, environment, owner, limits
-    /// and metadata (plus `rotated_from`), and lets the old one work for `grace` more, after
-    /// which it answers `API_KEY_EXPIRED` (an earlier expiry it had stays). Returns the new key,
-    /// or `None` when there is no key `id`.
+    /// Rotates key `id`: issues a new key with every setting of the old one (name, scopes,
+    /// environment, owner, plan, limits, expiry, metadata, plus `rotated_from`), and lets the old
+    /// one work for `grace` more, after which it answers `API_KEY_EXPIRED` (an earlier expiry it
+    /// had stays). Returns the new key, or `None` when there is no key `id`. Only an active key
+    /// can be rotated: rotating a revoked, disabled or expired key would bring it back.
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
     /// use std::time::Duration;
-    /// use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, NewKey};
+    /// use tower_api_key::{ApiKeyLayer, KeyManager, ManageError, MemoryStore, NewKey};
     ///
     /// let store = MemoryStore::new();
     /// let layer = ApiKeyLayer::new("mesh", store.clone())?;
-    /// let keys = KeyManager::new(store, layer.handle());
+    /// let keys = KeyManager::new(store).with_cache(layer.handle());
     /// let old = keys.create(NewKey::new("ci").scopes(["read"])).await?;
     /// let new = keys.rotate(&old.record.id, Duration::from_secs(24 * 3600)).await?.unwrap();
     /// assert_eq!(new.record.scopes, ["read"]);
     /// assert_eq!(new.record.metadata["rotated_from"], old.record.id);
     /// assert!(keys.show(&old.record.id).await?.unwrap().expires_at.is_some());
+    ///
+    /// keys.revoke(&new.record.id).await?;
+    /// let refused = keys.rotate(&new.record.id, Duration::ZERO).await;
+    /// assert!(matches!(refused, Err(ManageError::NotActive(_))));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// # }).unwrap();
     /// ```
     ///
     /// # Errors
-    /// When the store fails.
+    /// [`ManageError::NotActive`] for a key that is not active; [`ManageError::Invalid`] for a
+    /// grace period past the year 9999; [`ManageError::Store`] when the store fails.
     pub async fn rotate(
         &self,
         id: &str,
@@ -324,6 +427,15 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         let Some(old) = self.store.get(id).await? else {
             return Ok(None);
         };
+        let now = SystemTime::now();
+        match old.state(now) {
+            KeyState::Active => {}
+            state => return Err(ManageError::NotActive(state)),
+        }
+        let grace_ends = now
+            .checked_add(grace)
+            .filter(|at| crate::clock::unix_seconds(*at) <= MAX_UNIX_SECONDS)
+            .ok_or(ManageError::Invalid(InvalidKey::TimeOutOfRange))?;
         let mut new = NewKey::new(old.name.clone())
             .environment(old.environment)
             .scopes(old.scopes.clone());
@@ -334,14 +446,17 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         new.limits = old.limits;
         new.expires_at = old.expires_at;
         let created = self.create(new).await?;
-        let grace_ends = SystemTime::now() + grace;
         let expires = old.expires_at.map_or(grace_ends, |at| at.min(grace_ends));
         let result = self.store.set_expiry(id, Some(expires)).await;
-        self.handle.invalidate(id).await;
+        self.changed(id);
         result?;
         Ok(Some(created))
     }
 }
+
+/// The last second of the year 9999 (Unix seconds): the latest time a key record holds, so that
+/// every store, the CLI and JSON can write it.
+pub const MAX_UNIX_SECONDS: u64 = 253_402_300_799;
 
 /// A key as operators see it: everything but the secret and its digest. Serialises to JSON with
 /// times as Unix seconds.
@@ -373,12 +488,13 @@ pub struct KeyInfo {
 }
 
 impl KeyInfo {
-    fn new(record: &KeyRecord, format: &KeyFormat, now: SystemTime) -> Self {
+    fn new(record: &KeyRecord, format: Option<&KeyFormat>, now: SystemTime) -> Self {
         let secs = crate::clock::unix_seconds;
+        let prefix = format.map_or("…", KeyFormat::prefix);
         KeyInfo {
             id: record.id.clone(),
             name: record.name.clone(),
-            prefix: format!("{}_{}_{}_…", format.prefix(), record.environment, record.id),
+            prefix: format!("{prefix}_{}_{}_…", record.environment, record.id),
             environment: record.environment,
             scopes: record.scopes.clone(),
             owner: record.owner.clone(),
@@ -386,12 +502,7 @@ impl KeyInfo {
             created_at: secs(record.created_at),
             last_used_at: record.last_used_at.map(secs),
             expires_at: record.expires_at.map(secs),
-            state: match record.state(now) {
-                KeyState::Active => "active",
-                KeyState::Revoked => "revoked",
-                KeyState::Expired => "expired",
-                KeyState::Disabled => "disabled",
-            },
+            state: record.state(now).as_str(),
         }
     }
 }

@@ -103,8 +103,8 @@ where
         let verdict = shared.cache.peek_with(&id, now, |key| {
             authorize(
                 shared,
-                Ok(Some(key)),
-                "",
+                Ok(key),
+                &id,
                 &digest,
                 environment,
                 now,

@@ -193,6 +193,102 @@ async fn create_use_rotate_expire_revoke() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_never_brings_back_a_revoked_or_disabled_key_and_copies_every_setting() {
+    let mut tool = Tool::new();
+    let clock = ManualClock::new(SystemTime::now());
+    let created = tool.ok_json(&[
+        "--json",
+        "create",
+        "--name",
+        "worker",
+        "--scopes",
+        "read",
+        "--owner",
+        "acme",
+        "--plan",
+        "pro",
+        "--expires-in",
+        "30d",
+    ]);
+    let id = created["info"]["id"].as_str().unwrap().to_owned();
+    let key = created["key"].as_str().unwrap().to_owned();
+
+    let disabled = tool.ok_json(&["--json", "disable", &id]);
+    assert_eq!(disabled["state"], "disabled");
+    assert_eq!(
+        tool.status(&key, &clock).await.1,
+        Some(Rejection::ApiKeyDisabled)
+    );
+    let (code, stderr) = tool.failure(&["rotate", &id]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("only an active key can be rotated"),
+        "{stderr}"
+    );
+
+    let enabled = tool.ok_json(&["--json", "enable", &id]);
+    assert_eq!(enabled["state"], "active");
+    assert_eq!(tool.status(&key, &clock).await.0, StatusCode::OK);
+    let rotated = tool.ok_json(&["--json", "rotate", &id, "--grace", "1h"]);
+    for field in [
+        "name",
+        "scopes",
+        "owner",
+        "plan",
+        "environment",
+        "expires_at",
+    ] {
+        assert_eq!(rotated["info"][field], created["info"][field], "{field}");
+    }
+
+    let new_id = rotated["info"]["id"].as_str().unwrap().to_owned();
+    tool.ok_json(&["--json", "revoke", &new_id]);
+    let (code, stderr) = tool.failure(&["rotate", &new_id]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(
+        tool.ok_json(&["--json", "list"]).as_array().unwrap().len(),
+        2,
+        "no key was issued by the refused rotations"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn far_future_times_never_panic() {
+    let mut tool = Tool::new();
+    let (code, stderr) = tool.failure(&["create", "--name", "forever", "--expires-in", "10000y"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("9999"), "{stderr}");
+
+    // A record written by something else, expiring after the year 9999.
+    let store = SqliteStore::connect(&tool.url).await.unwrap();
+    let far = tower_api_key::NewKey::new("far")
+        .generate(&tower_api_key::KeyFormat::new("mesh").unwrap())
+        .unwrap();
+    let mut record = far.record;
+    record.expires_at =
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(400 * 365 * 86_400 * 1000));
+    let id = record.id.clone();
+    tower_api_key::KeyStoreAdmin::create(&store, record)
+        .await
+        .unwrap();
+    let listed = tool.run(&["list"]);
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("after 9999-12-31"));
+    let shown = tool.run(&["show", &id]);
+    assert!(shown.status.success(), "{shown:?}");
+
+    let created = tool.ok_json(&["--json", "create", "--name", "rotated"]);
+    let id = created["info"]["id"].as_str().unwrap().to_owned();
+    let (code, stderr) = tool.failure(&["rotate", &id, "--grace", "20000y"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(
+        tool.ok_json(&["--json", "list"]).as_array().unwrap().len(),
+        2,
+        "the refused rotation issued no key"
+    );
+}
+
 #[test]
 fn bad_input_gets_a_clear_error_and_exit_code() {
     let mut tool = Tool::new();

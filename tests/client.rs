@@ -98,7 +98,8 @@ async fn the_header_is_marked_sensitive_and_replaces_any_other() {
 async fn a_key_from_a_dotenv_file_authenticates_against_the_layer() {
     let store = MemoryStore::new();
     let auth = ApiKeyLayer::new("mesh", store.clone()).unwrap();
-    let created = KeyManager::new(store, auth.handle())
+    let created = KeyManager::new(store)
+        .with_cache(auth.handle())
         .create(NewKey::new("from .env").scopes(["read"]))
         .await
         .unwrap();

@@ -45,7 +45,11 @@ fn target() -> &'static Target {
             .build()
             .unwrap();
         let created = runtime
-            .block_on(KeyManager::new(store, layer.handle()).create(NewKey::new("issued")))
+            .block_on(
+                KeyManager::new(store)
+                    .with_cache(layer.handle())
+                    .create(NewKey::new("issued")),
+            )
             .unwrap();
         Target {
             layer,
@@ -189,13 +193,56 @@ async fn a_record_with_another_digest_is_invalid() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_issued_under_one_prefix_never_opens_a_layer_with_another() {
+    // Two services on one store (the default table and Redis prefix are the same).
+    let store = MemoryStore::new();
+    let mesh = ApiKeyLayer::new("mesh", store.clone()).unwrap();
+    let shop = ApiKeyLayer::new("shop", store.clone()).unwrap();
+    let issued = KeyManager::new(store.clone())
+        .with_cache(mesh.handle())
+        .create(NewKey::new("mesh key").scopes(["read"]))
+        .await
+        .unwrap();
+    let text = issued.key.expose_secret();
+    // mesh_live_<id>_<secret><checksum>: swap the prefix, recompute the public checksum.
+    let rest = text.strip_prefix("mesh_live_").unwrap();
+    let (id, secret) = (&rest[..12], &rest[13..13 + 32]);
+    let swapped = common::forge("shop", "live", id, secret);
+    assert!(
+        KeyFormat::new("shop").unwrap().parse(&swapped).is_ok(),
+        "well-formed"
+    );
+    let status = |layer: &ApiKeyLayer, key: &str| {
+        let service = layer.layer(service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
+        let request = Request::get("/")
+            .header("authorization", format!("ApiKey {key}"))
+            .body(())
+            .unwrap();
+        async move {
+            let response = service.oneshot(request).await.unwrap();
+            (
+                response.status(),
+                response.extensions().get::<Rejection>().copied(),
+            )
+        }
+    };
+    assert_eq!(status(&mesh, text).await.0, StatusCode::OK);
+    assert_eq!(
+        status(&shop, &swapped).await,
+        (StatusCode::UNAUTHORIZED, Some(Rejection::InvalidApiKey))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_store_does_not_stop_other_keys_and_nothing_is_cached_from_it() {
     let store = TestStore::default();
     let layer = ApiKeyLayer::builder("mesh", store.clone())
         .lookup_timeout(Some(Duration::from_millis(300)))
         .build()
         .unwrap();
-    let keys = KeyManager::new(store.keys.clone(), layer.handle());
+    let keys = KeyManager::new(store.keys.clone()).with_cache(layer.handle());
     let cached = keys.create(NewKey::new("cached")).await.unwrap();
     let other = keys.create(NewKey::new("other")).await.unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
@@ -265,7 +312,8 @@ async fn floods_of_unknown_ids_and_bad_checksums_stay_bounded() {
         })
         .build()
         .unwrap();
-    let valid = KeyManager::new(store.keys.clone(), layer.handle())
+    let valid = KeyManager::new(store.keys.clone())
+        .with_cache(layer.handle())
         .create(NewKey::new("valid"))
         .await
         .unwrap();

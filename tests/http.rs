@@ -32,7 +32,7 @@ impl Fixture {
         let layer = configure(ApiKeyLayer::builder("mesh", store.clone()))
             .build()
             .unwrap();
-        let keys = KeyManager::new(store.keys.clone(), layer.handle());
+        let keys = KeyManager::new(store.keys.clone()).with_cache(layer.handle());
         let calls = Arc::new(AtomicUsize::new(0));
         let addr = serve(app(layer.clone(), calls.clone())).await;
         Fixture {

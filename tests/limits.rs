@@ -272,6 +272,42 @@ async fn limits_shared_by_owner_count_every_key_of_the_owner() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owners_keys_share_one_bucket_whatever_their_environments_or_plans() {
+    let f = Fixture::new().await;
+    let shared = Limits::per_minute(2).shared_by_owner();
+    // A live key, a test key (capped by the test limits, so its effective limits differ) and a
+    // live key with other limits, all of one owner.
+    let mut keys = Vec::new();
+    for (environment, limits) in [
+        (Environment::Live, shared),
+        (Environment::Test, shared),
+        (
+            Environment::Live,
+            Limits::per_minute(3).daily(500).shared_by_owner(),
+        ),
+    ] {
+        let mut created = f.key(environment, Some(limits)).await;
+        created.record.owner = Some("acme".into());
+        f.store.keys.delete(&created.record.id).await.unwrap();
+        f.store.keys.create(created.record.clone()).await.unwrap();
+        keys.push(created);
+    }
+    let mut admitted = 0;
+    for round in 0..4 {
+        for key in &keys {
+            if f.get(key).await.status == StatusCode::OK {
+                admitted += 1;
+            }
+        }
+        assert!(
+            admitted <= 2,
+            "round {round}: {admitted} admitted where the owner has 2"
+        );
+    }
+    assert_eq!(admitted, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn environments_test_keys_are_capped_and_dev_keys_need_enabling() {
     let f = Fixture::new().await;
     let dev = f.key(Environment::Dev, Some(Limits::per_minute(1))).await;
@@ -333,7 +369,7 @@ async fn an_opaque_key_of_a_refused_environment_is_refused_after_lookup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_counts_are_exact_after_a_mixed_load() {
     let f = Fixture::new().await;
-    let keys = KeyManager::new(f.store.keys.clone(), f.layer.handle());
+    let keys = KeyManager::new(f.store.keys.clone()).with_cache(f.layer.handle());
     let limited = f.key(Environment::Live, Some(Limits::per_minute(10))).await;
     let reader = keys
         .create(NewKey::new("reader").scopes(["read"]))

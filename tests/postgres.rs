@@ -19,8 +19,21 @@ mod replicas;
 mod postgres {
     use tower_api_key::PostgresStore;
 
-    use crate::common::{server_env, unique};
+    use crate::common::{run_server_command, server_client, server_env, unique};
     use crate::{conformance, replicas};
+
+    /// Runs `sql` with the server's own client.
+    fn psql(sql: &str) -> String {
+        let url = server_env("TOWER_API_KEY_POSTGRES_URL");
+        server_client("psql", &[&url, "-Atc", sql])
+    }
+
+    /// Revokes key `id` behind the store's back: no NOTIFY.
+    fn revoke_by_hand(table: &str, id: &str) {
+        psql(&format!(
+            "UPDATE {table} SET revoked_at = 1 WHERE id = '{id}'"
+        ));
+    }
 
     async fn store(table: &str) -> PostgresStore {
         PostgresStore::connect_with_table(&server_env("TOWER_API_KEY_POSTGRES_URL"), table)
@@ -45,6 +58,58 @@ mod postgres {
         )
         .await;
         eprintln!("PostgreSQL LISTEN/NOTIFY propagation: {elapsed:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL: run through .ci/run"]
+    async fn a_listener_whose_connection_is_killed_clears_the_cache_once_back() {
+        let table = unique("killed");
+        let store = store(&table).await;
+        let pool = store.pool().clone();
+        let admin = pool.clone();
+        replicas::a_killed_listener_reconnects_and_clears_the_cache(
+            store,
+            |s, handle| async move { s.spawn_listener(handle).await },
+            |id| async move {
+                // Revoked by hand: no NOTIFY.
+                sqlx::query(&format!("UPDATE {table} SET revoked_at = 1 WHERE id = $1"))
+                    .bind(id)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            },
+            || async move {
+                let killed: Vec<bool> = sqlx::query_scalar(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE pid <> pg_backend_pid() AND datname = current_database() \
+                     AND query ILIKE '%LISTEN%' OR query = 'SELECT 1'",
+                )
+                .fetch_all(&admin)
+                .await
+                .unwrap();
+                assert!(killed.contains(&true), "no listening connection found");
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL: run through .ci/run (stops and restarts the server)"]
+    async fn a_listener_cut_off_for_seconds_clears_the_cache_once_back() {
+        let table = unique("restarted");
+        let store = store(&table).await;
+        replicas::a_killed_listener_reconnects_and_clears_the_cache(
+            store,
+            |s, handle| async move { s.spawn_listener(handle).await },
+            |id| async move { revoke_by_hand(&table, &id) },
+            || async {
+                // Longer than any timeout of the listener's own.
+                run_server_command("TOWER_API_KEY_POSTGRES_STOP");
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                run_server_command("TOWER_API_KEY_POSTGRES_START");
+            },
+        )
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,7 @@ mod redis {
         ApiKeyLayer, KeyStoreAdmin, Limits, MemoryStore, NewKey, RedisLimiter, RedisStore,
     };
 
-    use crate::common::{api_key, app, serve, server_env, unique, HttpClient};
+    use crate::common::{api_key, app, serve, server_client, server_env, unique, HttpClient};
     use crate::{conformance, replicas};
 
     fn url() -> String {
@@ -115,6 +115,66 @@ mod redis {
             (20, 40),
             "one burst of 20 across both replicas"
         );
+    }
+
+    /// Runs a command with the server's own client.
+    fn redis_cli(args: &[&str]) -> String {
+        server_client("redis-cli", &[&["-u", &url()], args].concat())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis: run through .ci/run"]
+    async fn a_listener_whose_connection_is_killed_clears_the_cache_once_back() {
+        let prefix = unique("killed");
+        let key_prefix = prefix.clone();
+        replicas::a_killed_listener_reconnects_and_clears_the_cache(
+            store(&prefix).await,
+            |s, handle| async move { s.spawn_listener(handle).await },
+            |id| async move {
+                // Revoked by hand: nothing published.
+                redis_cli(&["HSET", &format!("{key_prefix}key:{id}"), "revoked_at", "1"]);
+            },
+            || async {
+                let killed = redis_cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+                assert_ne!(killed.trim(), "0", "no subscribed connection found");
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis: run through .ci/run"]
+    async fn a_corrupt_record_is_refused_with_503_never_a_panic() {
+        let prefix = unique("corrupt");
+        let store = store(&prefix).await;
+        let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
+        let keys = tower_api_key::KeyManager::new(store).with_cache(layer.handle());
+        let client = HttpClient::new(serve(app(layer, Arc::new(AtomicUsize::new(0)))).await);
+        for (field, value) in [
+            ("expires_at", "18446744073709551615"),
+            ("revoked_at", "99999999999999999999"),
+            ("created_at", "yesterday"),
+            ("digest", "not hex"),
+            ("limits", "{"),
+        ] {
+            let created = keys
+                .create(NewKey::new("corrupt").scopes(["read"]))
+                .await
+                .unwrap();
+            redis_cli(&[
+                "HSET",
+                &format!("{prefix}key:{}", created.record.id),
+                field,
+                value,
+            ]);
+            let header = api_key(created.key.expose_secret());
+            for _ in 0..2 {
+                let reply = client
+                    .get("/recommendations", &[("authorization", &header)])
+                    .await;
+                assert_eq!(reply.code(), "KEY_STORE_UNAVAILABLE", "{field}: {reply:?}");
+            }
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ async fn exercise() -> (String, Vec<String>, Vec<String>) {
     ]);
     let mut printed = vec![format!("{builder:?}")];
     let layer = builder.build().unwrap();
-    let keys = KeyManager::new(store.keys.clone(), layer.handle());
+    let keys = KeyManager::new(store.keys.clone()).with_cache(layer.handle());
     let addr = serve(app(layer.clone(), Default::default())).await;
     let client = HttpClient::new(addr);
 

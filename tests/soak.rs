@@ -38,7 +38,7 @@ async fn a_million_mixed_requests_all_answered_as_expected() {
         .usage_sink(usage.clone())
         .build()
         .unwrap();
-    let keys = KeyManager::new(store, layer.handle());
+    let keys = KeyManager::new(store).with_cache(layer.handle());
     let valid = keys
         .create(NewKey::new("valid").scopes(["read"]))
         .await

@@ -51,7 +51,8 @@ mod sqlite {
         let (dir, url) = temp_db("restart");
         let store = SqliteStore::connect(&url).await.unwrap();
         let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
-        let created = KeyManager::new(store.clone(), layer.handle())
+        let created = KeyManager::new(store.clone())
+            .with_cache(layer.handle())
             .create(NewKey::new("persisted"))
             .await
             .unwrap();
@@ -92,7 +93,7 @@ async fn stale_if_error_keeps_cached_keys_working_within_its_bound() {
         })
         .build()
         .unwrap();
-    let keys = KeyManager::new(store.keys.clone(), layer.handle());
+    let keys = KeyManager::new(store.keys.clone()).with_cache(layer.handle());
     let cached = keys
         .create(NewKey::new("cached").scopes(["read"]))
         .await
@@ -152,7 +153,7 @@ async fn stale_if_error_can_be_turned_off() {
         })
         .build()
         .unwrap();
-    let keys = KeyManager::new(store.keys.clone(), layer.handle());
+    let keys = KeyManager::new(store.keys.clone()).with_cache(layer.handle());
     let key = keys
         .create(NewKey::new("k").scopes(["read"]))
         .await
@@ -178,7 +179,7 @@ async fn stale_if_error_can_be_turned_off() {
 async fn a_revoke_is_not_undone_by_a_stale_copy() {
     let store = TestStore::default();
     let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
-    let keys = KeyManager::new(store.keys.clone(), layer.handle());
+    let keys = KeyManager::new(store.keys.clone()).with_cache(layer.handle());
     let key = keys
         .create(NewKey::new("k").scopes(["read"]))
         .await
@@ -212,7 +213,7 @@ async fn usage_is_flushed_to_the_store_in_batches() {
         .usage_sink(pending.clone())
         .build()
         .unwrap();
-    let keys = KeyManager::new(store.clone(), layer.handle());
+    let keys = KeyManager::new(store.clone()).with_cache(layer.handle());
     let a = keys
         .create(NewKey::new("a").scopes(["read"]))
         .await

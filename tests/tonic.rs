@@ -37,7 +37,7 @@ mod grpc {
     async fn fixture() -> Fixture {
         let store = TestStore::default();
         let auth = ApiKeyLayer::new("mesh", store.clone()).unwrap();
-        let keys = KeyManager::new(store.keys.clone(), auth.handle());
+        let keys = KeyManager::new(store.keys.clone()).with_cache(auth.handle());
         let per_method = RequireScopeLayer::per_path(
             [
                 (CHECK, ScopeRequirement::all(["read"])),
@@ -228,7 +228,8 @@ mod grpc {
 
         let store = MemoryStore::new();
         let auth = ApiKeyLayer::new("mesh", store.clone()).unwrap();
-        let created = KeyManager::new(store, auth.handle())
+        let created = KeyManager::new(store)
+            .with_cache(auth.handle())
             .create(NewKey::new("handler test"))
             .await
             .unwrap();

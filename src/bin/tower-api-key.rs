@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use tower_api_key::{
-    AnyStore, ApiKeyLayer, CreatedKey, Environment, KeyFormat, KeyInfo, KeyManager, ManageError,
-    NewKey, StoreError,
+    AnyStore, CreatedKey, Environment, KeyFormat, KeyInfo, KeyManager, ManageError, NewKey,
+    StoreError,
 };
 
 /// Create, list, rotate and revoke API keys.
@@ -64,6 +64,16 @@ enum Command {
         /// The variable name in the `export` line shown with the new key.
         #[arg(long)]
         var: Option<String>,
+    },
+    /// Disable a key: refused with API_KEY_DISABLED until enabled again.
+    Disable {
+        /// The key id.
+        id: String,
+    },
+    /// Enable a disabled key again (a revoked key stays revoked).
+    Enable {
+        /// The key id.
+        id: String,
     },
     /// Delete a key.
     Delete {
@@ -137,6 +147,7 @@ impl From<ManageError> for Failure {
                 message: e.to_string(),
             },
             ManageError::Store(e) => e.into(),
+            ManageError::NotActive(_) => invalid(error.to_string()),
             other => Failure {
                 code: 4,
                 message: other.to_string(),
@@ -203,8 +214,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 
     let store = AnyStore::connect(&cli.database_url).await?;
-    let layer = ApiKeyLayer::new(&cli.prefix, store.clone()).map_err(|e| invalid(e.to_string()))?;
-    let keys = KeyManager::new(store, layer.handle());
+    let keys = KeyManager::new(store).format(format);
     match cli.command {
         Command::Generate(_) => unreachable!("handled above"),
         Command::Create(spec) => {
@@ -234,6 +244,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             done(cli.json, &id, "revoked", "Revoked key");
         }
+        Command::Disable { id } => set_disabled(&keys, &id, true, cli.json).await?,
+        Command::Enable { id } => set_disabled(&keys, &id, false, cli.json).await?,
         Command::Delete { id } => {
             if !keys.delete(&id).await? {
                 return Err(not_found(&id));
@@ -265,6 +277,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Disables or enables key `id`, then shows it.
+async fn set_disabled(
+    keys: &KeyManager<AnyStore>,
+    id: &str,
+    disabled: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    if !keys.set_disabled(id, disabled).await? {
+        return Err(not_found(id));
+    }
+    let info = keys.show(id).await?.ok_or_else(|| not_found(id))?;
+    print_info(&info, json);
+    Ok(())
+}
+
 fn new_key(spec: &KeySpec) -> Result<NewKey, Failure> {
     let name = spec.name.clone().unwrap_or_else(|| {
         let now = SystemTime::now()
@@ -278,7 +305,11 @@ fn new_key(spec: &KeySpec) -> Result<NewKey, Failure> {
     if let Some(expires_in) = spec.expires_in {
         let at = SystemTime::now()
             .checked_add(expires_in)
-            .ok_or_else(|| invalid("--expires-in is too long"))?;
+            .filter(|at| {
+                at.duration_since(SystemTime::UNIX_EPOCH)
+                    .is_ok_and(|d| d.as_secs() <= tower_api_key::manage::MAX_UNIX_SECONDS)
+            })
+            .ok_or_else(|| invalid("--expires-in is too long: keys expire by the year 9999"))?;
         key = key.expires_at(at);
     }
     if let Some(plan) = &spec.plan {
@@ -343,13 +374,17 @@ fn done(json: bool, id: &str, state: &str, text: &str) {
 }
 
 fn time(secs: Option<u64>) -> String {
-    secs.map_or_else(
-        || "-".to_owned(),
-        |s| {
-            let at = SystemTime::UNIX_EPOCH + Duration::from_secs(s);
-            humantime::format_rfc3339_seconds(at).to_string()
-        },
-    )
+    match secs {
+        None => "-".to_owned(),
+        // RFC 3339 has four-digit years; a record may hold a later time.
+        Some(s) if s > tower_api_key::manage::MAX_UNIX_SECONDS => {
+            format!("after 9999-12-31 (Unix time {s})")
+        }
+        Some(s) => {
+            humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+                .to_string()
+        }
+    }
 }
 
 fn print_info(info: &KeyInfo, json: bool) {

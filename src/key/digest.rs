@@ -31,6 +31,30 @@ impl SecretDigest {
         SecretDigest(Sha256::digest(secret).into())
     }
 
+    /// The digest of a structured key's `secret`, bound to the `prefix` of the service that
+    /// issued it: SHA-256 of `prefix`, `_` and the secret. A key issued under one prefix never
+    /// matches under another, even when both services share one store and the prefix and the
+    /// public checksum of a key are rewritten. It is what
+    /// [`KeyFormat::generate`](crate::KeyFormat::generate) stores and what a parsed key is
+    /// compared by; for a prefix of up to 16 characters it is still one SHA-256 block.
+    ///
+    /// ```
+    /// use tower_api_key::SecretDigest;
+    ///
+    /// let secret = b"4GmQm9w2s0PqzJ8uYb3kRrV7xLcN1eTd";
+    /// assert_ne!(SecretDigest::of_key("mesh", secret), SecretDigest::of_key("shop", secret));
+    /// ```
+    pub fn of_key(prefix: &str, secret: &[u8]) -> Self {
+        SecretDigest(
+            Sha256::new()
+                .chain_update(prefix.as_bytes())
+                .chain_update(b"_")
+                .chain_update(secret)
+                .finalize()
+                .into(),
+        )
+    }
+
     /// A digest from its 32 raw bytes, as a store read them back.
     pub const fn from_bytes(bytes: [u8; 32]) -> Self {
         SecretDigest(bytes)

@@ -32,7 +32,8 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 ///
 /// The checksum lets a mistyped or made-up key be refused with no cache or store access, as
 /// GitHub's tokens do. It is not a secret and proves nothing about who made the key; the secret
-/// does that. Only [`SecretDigest::of`] the secret is ever stored.
+/// does that. Only the secret's digest, bound to the prefix ([`SecretDigest::of_key`]), is ever
+/// stored.
 ///
 /// ```
 /// use tower_api_key::{Environment, KeyFormat};
@@ -125,7 +126,7 @@ impl KeyFormat {
         let checksum = encode_checksum(crc32fast::hash(key.as_bytes()));
         key.push_str(std::str::from_utf8(&checksum).expect("base62 is ASCII"));
         GeneratedKey {
-            digest: SecretDigest::of(secret.as_bytes()),
+            digest: SecretDigest::of_key(&self.prefix, secret.as_bytes()),
             key: PlaintextKey::new(key),
             id,
             environment,
@@ -173,6 +174,7 @@ impl KeyFormat {
             return Err(ParseError::ChecksumMismatch);
         }
         Ok(ParsedKey {
+            prefix: &key[..self.prefix.len()],
             environment,
             id,
             secret,
@@ -215,6 +217,7 @@ pub(crate) fn check_text(key: &str) -> Result<(), ParseError> {
 /// `Debug` shows the environment and id, never the secret.
 #[derive(Clone, Copy)]
 pub struct ParsedKey<'k> {
+    prefix: &'k str,
     environment: Environment,
     id: &'k str,
     secret: &'k str,
@@ -231,9 +234,10 @@ impl<'k> ParsedKey<'k> {
         self.id
     }
 
-    /// The SHA-256 digest of the secret part, to compare with the stored one.
+    /// The digest of the secret part bound to the key's prefix ([`SecretDigest::of_key`]), to
+    /// compare with the stored one.
     pub fn digest(&self) -> SecretDigest {
-        SecretDigest::of(self.secret.as_bytes())
+        SecretDigest::of_key(self.prefix, self.secret.as_bytes())
     }
 }
 

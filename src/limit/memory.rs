@@ -92,16 +92,28 @@ impl MemoryLimiter {
         self.buckets.is_empty()
     }
 
+    /// The bucket `name`, counting under `limits`. A key's bucket whose limits changed (a new
+    /// plan) starts over. A bucket shared by an owner's keys takes the stricter of each limit of
+    /// every key that used it, and keeps its counts: alternating between keys with different
+    /// limits can never reset it.
     fn bucket(&self, name: &str, limits: &Limits) -> Arc<Bucket> {
         if let Some(bucket) = self.buckets.get(name) {
-            if bucket.limits == *limits {
+            if bucket.limits == *limits
+                || (limits.shared_by_owner && bucket.limits == bucket.limits.capped_by(*limits))
+            {
                 return bucket.clone();
             }
         }
-        let fresh = || Arc::new(Bucket::new(*limits, self.clock.clone()));
-        let mut entry = self.buckets.entry(name.into()).or_insert_with(fresh);
+        let mut entry = self
+            .buckets
+            .entry(name.into())
+            .or_insert_with(|| Arc::new(Bucket::new(*limits, self.clock.clone())));
         if entry.limits != *limits {
-            *entry = fresh();
+            *entry = if limits.shared_by_owner {
+                Arc::new(entry.stricter(*limits, self.clock.clone()))
+            } else {
+                Arc::new(Bucket::new(*limits, self.clock.clone()))
+            };
         }
         entry.clone()
     }
@@ -127,7 +139,7 @@ type Gcra = governor::RateLimiter<NotKeyed, InMemoryState, WallClock, StateInfor
 
 struct Bucket {
     limits: Limits,
-    gcra: Option<Gcra>,
+    gcra: Option<Arc<Gcra>>,
     /// Seconds a burst takes to refill completely.
     refill: u64,
     day: AtomicU64,
@@ -146,6 +158,7 @@ impl Bucket {
             )
             .with_middleware::<StateInformationMiddleware>()
         });
+        let gcra = gcra.map(Arc::new);
         let refill = match (rate, burst) {
             (Some(rate), Some(burst)) => {
                 (60 * u64::from(burst.get())).div_ceil(u64::from(rate.get()))
@@ -160,6 +173,26 @@ impl Bucket {
             month: AtomicU64::new(0),
             last_seen: AtomicU64::new(0),
         }
+    }
+
+    /// This bucket under the stricter of its limits and `limits`, with its counts: the rate
+    /// state too, unless the rate or burst changed.
+    fn stricter(&self, limits: Limits, clock: WallClock) -> Bucket {
+        let merged = self.limits.capped_by(limits);
+        let mut bucket = Bucket::new(merged, clock);
+        if (merged.per_minute, merged.effective_burst())
+            == (self.limits.per_minute, self.limits.effective_burst())
+        {
+            bucket.gcra.clone_from(&self.gcra);
+        }
+        for (to, from) in [
+            (&bucket.day, &self.day),
+            (&bucket.month, &self.month),
+            (&bucket.last_seen, &self.last_seen),
+        ] {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        bucket
     }
 
     fn is_fresh(&self, secs: u64) -> bool {

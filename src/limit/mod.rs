@@ -72,7 +72,10 @@ pub struct Limits {
     /// Requests per UTC calendar month.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly: Option<u32>,
-    /// Count all keys of the record's owner together (keys without an owner count alone).
+    /// Count all keys of the record's owner together, in one bucket whatever their environments
+    /// or plans (keys without an owner count alone). Where the keys' limits differ, each request
+    /// is checked against its own key's limits on the shared counts ([`RedisLimiter`]), or the
+    /// bucket takes the stricter of each limit ([`MemoryLimiter`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared_by_owner: bool,
 }
@@ -302,20 +305,11 @@ impl LimitRules {
         if limits.is_unlimited() {
             return Ok(None);
         }
-        let mut bucket = match (&record.owner, limits.shared_by_owner) {
+        // One bucket per owner, whatever its keys' environments or plans.
+        let bucket = match (&record.owner, limits.shared_by_owner) {
             (Some(owner), true) => format!("owner:{owner}"),
             _ => format!("key:{}", record.id),
         };
-        // Keys of one owner with different limits count apart, so alternating between them
-        // cannot reset a shared bucket.
-        let _ = write!(
-            bucket,
-            "|{:?}/{:?}/{:?}/{:?}",
-            limits.per_minute,
-            limits.effective_burst(),
-            limits.daily,
-            limits.monthly
-        );
         Ok(Some(Policy {
             bucket: bucket.into(),
             limits,

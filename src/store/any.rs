@@ -4,8 +4,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use super::{KeyRecord, KeyStore, KeyStoreAdmin, MemoryStore, StoreError, UsageUpdate};
-use crate::layer::ApiKeyHandle;
+use super::{KeyChanges, KeyRecord, KeyStore, KeyStoreAdmin, MemoryStore, StoreError, UsageUpdate};
 
 /// Any of the crate's stores, chosen by URL: `memory:`, `sqlite://…`, `postgres://…`,
 /// `redis://…`. The backends of disabled features answer with an error naming the feature.
@@ -108,21 +107,21 @@ impl AnyStore {
     }
 
     /// For PostgreSQL and Redis, starts the listener that brings other replicas' changes into
-    /// the cache behind `handle` (see `PostgresStore::spawn_listener`); the other stores have no
-    /// change feed and return `None`.
+    /// `changes`, such as a layer's [`ApiKeyHandle`](crate::ApiKeyHandle) (see
+    /// `PostgresStore::spawn_listener`); the other stores have no change feed and return `None`.
     ///
     /// # Errors
     /// When the listener cannot connect.
     pub async fn spawn_listener(
         &self,
-        handle: ApiKeyHandle,
+        changes: impl KeyChanges,
     ) -> Result<Option<tokio::task::JoinHandle<()>>, StoreError> {
-        let _ = &handle;
+        let _ = &changes;
         match self {
             #[cfg(feature = "postgres")]
-            AnyStore::Postgres(store) => store.spawn_listener(handle).await.map(Some),
+            AnyStore::Postgres(store) => store.spawn_listener(changes).await.map(Some),
             #[cfg(feature = "redis")]
-            AnyStore::Redis(store) => store.spawn_listener(handle).await.map(Some),
+            AnyStore::Redis(store) => store.spawn_listener(changes).await.map(Some),
             _ => Ok(None),
         }
     }
@@ -154,6 +153,9 @@ impl KeyStoreAdmin for AnyStore {
     }
     async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, StoreError> {
         each!(self, store => store.set_expiry(id, at).await)
+    }
+    async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
+        each!(self, store => store.set_disabled(id, disabled).await)
     }
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {
         each!(self, store => store.record_usage(batch).await)

@@ -115,6 +115,14 @@ impl KeyStoreAdmin for MemoryStore {
             .is_some())
     }
 
+    async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
+        Ok(self
+            .write()
+            .get_mut(id)
+            .map(|record| record.disabled = disabled)
+            .is_some())
+    }
+
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {
         let mut keys = self.write();
         for update in batch {

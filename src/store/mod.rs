@@ -23,6 +23,8 @@
 //! ```
 
 mod any;
+#[cfg(any(feature = "postgres", feature = "redis"))]
+mod listener;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -42,6 +44,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 pub use any::AnyStore;
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub use listener::{LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
@@ -106,12 +110,52 @@ pub trait KeyStoreAdmin: KeyStore {
     /// When the backend fails.
     async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, StoreError>;
 
+    /// Disables (`true`) or enables (`false`) key `id`. Returns whether it exists.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError>;
+
     /// Adds a batch of usage: per key, requests to add and the latest time it was used. Unknown
     /// ids are skipped; `last_used_at` only moves forward.
     ///
     /// # Errors
     /// When the backend fails.
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError>;
+}
+
+/// Where a store's change listener reports what changed: [`ApiKeyHandle`](crate::ApiKeyHandle)
+/// implements it, so a layer's cache forgets a key as soon as another replica changes it.
+///
+/// The stores know nothing of the layer; anything that keeps copies of keys can listen.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use tower_api_key::store::KeyChanges;
+///
+/// /// Collects the ids it is told about.
+/// #[derive(Default)]
+/// struct Seen(Mutex<Vec<String>>);
+///
+/// impl KeyChanges for Seen {
+///     fn key_changed(&self, id: &str) {
+///         self.0.lock().unwrap().push(id.to_owned());
+///     }
+///     fn all_changed(&self) {
+///         self.0.lock().unwrap().push("*".to_owned());
+///     }
+/// }
+///
+/// let seen = Seen::default();
+/// seen.key_changed("3kTMd9Qx2bLp");
+/// assert_eq!(*seen.0.lock().unwrap(), ["3kTMd9Qx2bLp"]);
+/// ```
+pub trait KeyChanges: Send + Sync + 'static {
+    /// Key `id` changed (created, revoked, deleted, updated): forget any copy of it.
+    fn key_changed(&self, id: &str);
+    /// Anything may have changed (the listener lost its connection for a while): forget every
+    /// copy.
+    fn all_changed(&self);
 }
 
 /// A record's field as JSON text, for the stores that keep JSON columns or hash fields.
@@ -192,6 +236,9 @@ impl<T: KeyStoreAdmin + ?Sized> KeyStoreAdmin for Arc<T> {
     }
     async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, StoreError> {
         (**self).set_expiry(id, at).await
+    }
+    async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
+        (**self).set_disabled(id, disabled).await
     }
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {
         (**self).record_usage(batch).await

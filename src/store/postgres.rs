@@ -8,9 +8,9 @@ use std::time::Duration;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use tokio::task::JoinHandle;
 
+use super::listener::{reconnect, LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
 use super::sql::{migrate, sql_store, unavailable, Queries};
-use super::StoreError;
-use crate::layer::ApiKeyHandle;
+use super::{KeyChanges, StoreError};
 
 /// Keys in a PostgreSQL table (created, with its index, on first use).
 ///
@@ -18,7 +18,7 @@ use crate::layer::ApiKeyHandle;
 /// [`spawn_listener`](Self::spawn_listener) makes a replica's layer drop that key from its cache
 /// as soon as the notification arrives, so a revoke reaches every replica in milliseconds. If the
 /// listening connection drops, notifications sent meanwhile are lost: the listener then clears
-/// the whole cache once it is connected again, and the cache TTL bounds the rest.
+/// the whole cache once it is connected again.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -103,12 +103,8 @@ impl PostgresStore {
             .await;
     }
 
-    /// Listens for changes made through any replica's store and drops the changed keys from the
-    /// cache behind `handle`. Runs until the returned task is aborted.
-    ///
-    /// # Errors
-    /// When the first connection or `LISTEN` fails.
-    pub async fn spawn_listener(&self, handle: ApiKeyHandle) -> Result<JoinHandle<()>, StoreError> {
+    /// A connection that listens on the table's channel.
+    async fn listen(&self) -> Result<PgListener, StoreError> {
         let mut listener = PgListener::connect_with(&self.pool)
             .await
             .map_err(unavailable)?;
@@ -116,33 +112,55 @@ impl PostgresStore {
             .listen(&self.sql.table)
             .await
             .map_err(unavailable)?;
-        let pool = self.pool.clone();
+        Ok(listener)
+    }
+
+    /// Listens for changes made through any replica's store and reports each changed key to
+    /// `changes`, such as a layer's [`ApiKeyHandle`](crate::ApiKeyHandle). Runs until the
+    /// returned task is aborted.
+    ///
+    /// Notifications sent while the listening connection is down are lost, so any disconnect,
+    /// however long, ends with [`KeyChanges::all_changed`] once the listener is connected again.
+    /// A connection that is quiet for [`LISTENER_KEEPALIVE`] is pinged, so a dead one (a half-open
+    /// TCP connection, a server that was killed) is noticed within
+    /// `LISTENER_KEEPALIVE + LISTENER_PING_TIMEOUT`.
+    ///
+    /// # Errors
+    /// When the first connection or `LISTEN` fails.
+    pub async fn spawn_listener(
+        &self,
+        changes: impl KeyChanges,
+    ) -> Result<JoinHandle<()>, StoreError> {
+        let mut listener = self.listen().await?;
+        let store = self.clone();
         Ok(tokio::spawn(async move {
-            let mut lost = false;
             loop {
-                // Waking every half second tells a reconnection (no error) from an outage.
-                match tokio::time::timeout(Duration::from_millis(500), listener.try_recv()).await {
-                    Ok(Ok(Some(notification))) => {
-                        handle.invalidate(notification.payload()).await;
-                    }
-                    // The connection dropped: the next call reconnects.
-                    Ok(Ok(None)) => lost = true,
-                    Ok(Err(_)) => {
-                        lost = true;
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    Err(_elapsed) => {
-                        let reachable = || sqlx::query("SELECT 1").execute(&pool);
-                        if lost && reachable().await.is_ok() {
-                            // Connected again: what was said meanwhile is unknown.
-                            handle.invalidate_all();
-                            lost = false;
-                        }
-                    }
-                }
+                relay(&mut listener, &changes).await;
+                drop(listener);
+                listener = reconnect(|| store.listen()).await;
+                changes.all_changed();
             }
         }))
     }
 }
 
-sql_store!(PostgresStore, PgRow);
+/// Reports notifications to `changes` until the connection is lost or stops answering pings.
+async fn relay(listener: &mut PgListener, changes: &impl KeyChanges) {
+    loop {
+        match tokio::time::timeout(LISTENER_KEEPALIVE, listener.try_recv()).await {
+            Ok(Ok(Some(notification))) => changes.key_changed(notification.payload()),
+            Ok(Ok(None) | Err(_)) => return,
+            Err(_quiet) => {
+                let ping = sqlx::query("SELECT 1").execute(&mut *listener);
+                if !matches!(
+                    tokio::time::timeout(LISTENER_PING_TIMEOUT, ping).await,
+                    Ok(Ok(_))
+                ) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+sql_store!(PostgresStore, PgRow, sqlx::Postgres);

@@ -96,6 +96,16 @@ pub enum KeyState {
 }
 
 impl KeyState {
+    /// `active`, `disabled`, `revoked` or `expired`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::Disabled => "disabled",
+            KeyState::Revoked => "revoked",
+            KeyState::Expired => "expired",
+        }
+    }
+
     /// The state of a key revoked or not, disabled or not, with expiry `expires_at`, at `now`:
     /// revoked first, then disabled, then expired.
     pub(crate) fn of(

@@ -11,10 +11,12 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tokio::task::JoinHandle;
 
-use super::{to_json as json, KeyRecord, KeyStore, KeyStoreAdmin, StoreError, UsageUpdate};
+use super::listener::{reconnect, LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
+use super::{
+    to_json as json, KeyChanges, KeyRecord, KeyStore, KeyStoreAdmin, StoreError, UsageUpdate,
+};
 use crate::clock::unix_seconds;
 use crate::key::SecretDigest;
-use crate::layer::ApiKeyHandle;
 
 /// Keys in Redis: one hash per key (`<prefix>key:<id>`), a set of ids (`<prefix>ids`), and a
 /// channel (`<prefix>changes`) on which every change is published, so
@@ -154,8 +156,9 @@ impl RedisStore {
         let time = |text: Option<String>| -> Result<Option<SystemTime>, StoreError> {
             text.map(|t| {
                 t.parse::<u64>()
-                    .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
-                    .map_err(|_| corrupt("time"))
+                    .ok()
+                    .and_then(crate::clock::from_unix_seconds)
+                    .ok_or_else(|| corrupt("time"))
             })
             .transpose()
         };
@@ -188,40 +191,61 @@ impl RedisStore {
         Ok(record)
     }
 
-    /// Listens for changes made through any replica's store and drops the changed keys from the
-    /// cache behind `handle`. If the subscription drops, it reconnects (every second until Redis
-    /// answers) and then clears the whole cache, since changes made meanwhile are unknown. Runs
-    /// until the returned task is aborted.
+    /// A connection subscribed to the change channel.
+    async fn subscribe(&self) -> Result<redis::aio::PubSub, StoreError> {
+        let mut pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
+        pubsub
+            .subscribe(self.channel())
+            .await
+            .map_err(unavailable)?;
+        Ok(pubsub)
+    }
+
+    /// Listens for changes made through any replica's store and reports each changed key to
+    /// `changes`, such as a layer's [`ApiKeyHandle`](crate::ApiKeyHandle). Runs until the
+    /// returned task is aborted.
+    ///
+    /// Messages published while the subscription is down are lost, so any disconnect, however
+    /// long, ends with [`KeyChanges::all_changed`] once the listener is subscribed again. A
+    /// subscription quiet for [`LISTENER_KEEPALIVE`] is pinged, so a dead connection (half-open,
+    /// or killed by `CLIENT KILL`) is noticed within `LISTENER_KEEPALIVE + LISTENER_PING_TIMEOUT`.
     ///
     /// # Errors
     /// When the first subscription fails.
-    pub async fn spawn_listener(&self, handle: ApiKeyHandle) -> Result<JoinHandle<()>, StoreError> {
-        let client = self.client.clone();
-        let channel = self.channel();
-        let mut pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
-        pubsub.subscribe(&channel).await.map_err(unavailable)?;
+    pub async fn spawn_listener(
+        &self,
+        changes: impl KeyChanges,
+    ) -> Result<JoinHandle<()>, StoreError> {
+        let mut pubsub = self.subscribe().await?;
+        let store = self.clone();
         Ok(tokio::spawn(async move {
             loop {
-                {
-                    let mut messages = pubsub.on_message();
-                    while let Some(message) = messages.next().await {
-                        if let Ok(id) = message.get_payload::<String>() {
-                            handle.invalidate(&id).await;
-                        }
-                    }
-                }
-                // The connection is gone: subscribe again, then forget what may have changed.
-                pubsub = loop {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    if let Ok(mut fresh) = client.get_async_pubsub().await {
-                        if fresh.subscribe(&channel).await.is_ok() {
-                            break fresh;
-                        }
-                    }
-                };
-                handle.invalidate_all();
+                relay(pubsub, &changes).await;
+                pubsub = reconnect(|| store.subscribe()).await;
+                changes.all_changed();
             }
         }))
+    }
+}
+
+/// Reports published ids to `changes` until the subscription ends or stops answering pings.
+async fn relay(pubsub: redis::aio::PubSub, changes: &impl KeyChanges) {
+    let (mut sink, mut messages) = pubsub.split();
+    loop {
+        match tokio::time::timeout(LISTENER_KEEPALIVE, messages.next()).await {
+            Ok(Some(message)) => {
+                if let Ok(id) = message.get_payload::<String>() {
+                    changes.key_changed(&id);
+                }
+            }
+            Ok(None) => return,
+            Err(_quiet) => {
+                let ping = tokio::time::timeout(LISTENER_PING_TIMEOUT, sink.ping::<()>()).await;
+                if !matches!(ping, Ok(Ok(()))) {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -343,6 +367,11 @@ impl KeyStoreAdmin for RedisStore {
             }
             None => self.update(id, &["expires_at"]).await,
         }
+    }
+
+    async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
+        self.update(id, &["disabled", if disabled { "1" } else { "0" }])
+            .await
     }
 
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {

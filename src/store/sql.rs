@@ -5,7 +5,7 @@
 //! `_sqlx_migrations`, so they never collide with the migrations of the application that shares
 //! the database.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::StoreError;
 
@@ -42,6 +42,7 @@ pub(crate) struct Queries {
     pub(crate) list: String,
     pub(crate) set_scopes: String,
     pub(crate) set_expiry: String,
+    pub(crate) set_disabled: String,
     pub(crate) record_usage: String,
     pub(crate) schema_table: String,
     pub(crate) schema_version: String,
@@ -81,6 +82,7 @@ impl Queries {
             list: format!("SELECT {COLUMNS} FROM {t} ORDER BY created_at, id"),
             set_scopes: format!("UPDATE {t} SET scopes = $1 WHERE id = $2"),
             set_expiry: format!("UPDATE {t} SET expires_at = $1 WHERE id = $2"),
+            set_disabled: format!("UPDATE {t} SET disabled = $1 WHERE id = $2"),
             record_usage: format!(
                 "UPDATE {t} SET requests = requests + $1, \
                  last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 \
@@ -111,8 +113,12 @@ pub(crate) fn to_secs(time: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-pub(crate) fn from_secs(secs: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+/// A time column read back: an error, never a panic, for one out of range.
+pub(crate) fn from_secs(secs: i64) -> Result<SystemTime, StoreError> {
+    u64::try_from(secs)
+        .ok()
+        .and_then(crate::clock::from_unix_seconds)
+        .ok_or_else(|| StoreError::unavailable(format!("corrupt key record: time {secs}")))
 }
 
 pub(crate) fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -122,8 +128,29 @@ pub(crate) fn unavailable(error: impl std::error::Error + Send + Sync + 'static)
 /// Implements `KeyStore` and `KeyStoreAdmin` for a sqlx store with fields `pool` and `sql`
 /// (`Queries`) and an async method `changed(&self, id)` called after every change.
 macro_rules! sql_store {
-    ($store:ty, $row:ty) => {
+    ($store:ty, $row:ty, $db:ty) => {
         impl $store {
+            /// Runs `sql` (`UPDATE … SET … = $1 WHERE id = $2`) with `value` for key `id`,
+            /// announces the change, and says whether the key exists.
+            async fn update<'q, T>(
+                &self,
+                sql: &'q str,
+                value: T,
+                id: &'q str,
+            ) -> Result<bool, $crate::store::StoreError>
+            where
+                T: 'q + Send + sqlx::Encode<'q, $db> + sqlx::Type<$db>,
+            {
+                let done = sqlx::query(sql)
+                    .bind(value)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::unavailable)?;
+                self.changed(id).await;
+                Ok(done.rows_affected() > 0)
+            }
+
             fn record(row: &$row) -> Result<$crate::store::KeyRecord, $crate::store::StoreError> {
                 use sqlx::Row as _;
                 use $crate::store::sql::{from_secs, unavailable};
@@ -146,25 +173,22 @@ macro_rules! sql_store {
                 record.scopes = serde_json::from_str(&scopes).map_err(|_| corrupt("scopes"))?;
                 record.metadata =
                     serde_json::from_str(&metadata).map_err(|_| corrupt("metadata"))?;
-                record.created_at = from_secs(row.try_get("created_at").map_err(unavailable)?);
-                record.expires_at = row
-                    .try_get::<Option<i64>, _>("expires_at")
-                    .map_err(unavailable)?
-                    .map(from_secs);
-                record.revoked_at = row
-                    .try_get::<Option<i64>, _>("revoked_at")
-                    .map_err(unavailable)?
-                    .map(from_secs);
+                let time = |column: &str| -> Result<Option<std::time::SystemTime>, $crate::store::StoreError> {
+                    row.try_get::<Option<i64>, _>(column)
+                        .map_err(unavailable)?
+                        .map(from_secs)
+                        .transpose()
+                };
+                record.created_at = time("created_at")?.ok_or_else(|| corrupt("created_at"))?;
+                record.expires_at = time("expires_at")?;
+                record.revoked_at = time("revoked_at")?;
                 record.disabled = row.try_get("disabled").map_err(unavailable)?;
                 record.plan = row.try_get("plan").map_err(unavailable)?;
                 record.limits = match limits {
                     Some(text) => Some(serde_json::from_str(&text).map_err(|_| corrupt("limits"))?),
                     None => None,
                 };
-                record.last_used_at = row
-                    .try_get::<Option<i64>, _>("last_used_at")
-                    .map_err(unavailable)?
-                    .map(from_secs);
+                record.last_used_at = time("last_used_at")?;
                 record.requests =
                     u64::try_from(row.try_get::<i64, _>("requests").map_err(unavailable)?)
                         .unwrap_or(0);
@@ -230,14 +254,8 @@ macro_rules! sql_store {
                 id: &str,
                 at: std::time::SystemTime,
             ) -> Result<bool, $crate::store::StoreError> {
-                let done = sqlx::query(&self.sql.revoke)
-                    .bind($crate::store::sql::to_secs(at))
-                    .bind(id)
-                    .execute(&self.pool)
+                self.update(&self.sql.revoke, $crate::store::sql::to_secs(at), id)
                     .await
-                    .map_err($crate::store::sql::unavailable)?;
-                self.changed(id).await;
-                Ok(done.rows_affected() > 0)
             }
 
             async fn delete(&self, id: &str) -> Result<bool, $crate::store::StoreError> {
@@ -265,14 +283,8 @@ macro_rules! sql_store {
                 id: &str,
                 scopes: &[String],
             ) -> Result<bool, $crate::store::StoreError> {
-                let done = sqlx::query(&self.sql.set_scopes)
-                    .bind($crate::store::to_json(&scopes))
-                    .bind(id)
-                    .execute(&self.pool)
+                self.update(&self.sql.set_scopes, $crate::store::to_json(&scopes), id)
                     .await
-                    .map_err($crate::store::sql::unavailable)?;
-                self.changed(id).await;
-                Ok(done.rows_affected() > 0)
             }
 
             async fn set_expiry(
@@ -280,14 +292,16 @@ macro_rules! sql_store {
                 id: &str,
                 at: Option<std::time::SystemTime>,
             ) -> Result<bool, $crate::store::StoreError> {
-                let done = sqlx::query(&self.sql.set_expiry)
-                    .bind(at.map($crate::store::sql::to_secs))
-                    .bind(id)
-                    .execute(&self.pool)
+                self.update(&self.sql.set_expiry, at.map($crate::store::sql::to_secs), id)
                     .await
-                    .map_err($crate::store::sql::unavailable)?;
-                self.changed(id).await;
-                Ok(done.rows_affected() > 0)
+            }
+
+            async fn set_disabled(
+                &self,
+                id: &str,
+                disabled: bool,
+            ) -> Result<bool, $crate::store::StoreError> {
+                self.update(&self.sql.set_disabled, disabled, id).await
             }
 
             async fn record_usage(

@@ -20,7 +20,7 @@ use super::StoreError;
 ///
 /// let store = SqliteStore::connect("sqlite::memory:").await?;
 /// let layer = ApiKeyLayer::new("mesh", store.clone())?;
-/// let created = KeyManager::new(store, layer.handle())
+/// let created = KeyManager::new(store).with_cache(layer.handle())
 ///     .create(NewKey::new("ci").scopes(["read"]))
 ///     .await?;
 /// assert!(created.key.expose_secret().starts_with("mesh_live_"));
@@ -95,4 +95,4 @@ impl SqliteStore {
     async fn changed(&self, _id: &str) {}
 }
 
-sql_store!(SqliteStore, SqliteRow);
+sql_store!(SqliteStore, SqliteRow, sqlx::Sqlite);

@@ -130,7 +130,7 @@ pub async fn conformance<S: KeyStoreAdmin + Clone>(store: S) {
 
     // The same store behind the layer, over HTTP.
     let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
-    let keys = KeyManager::new(store.clone(), layer.handle());
+    let keys = KeyManager::new(store.clone()).with_cache(layer.handle());
     let created = keys
         .create(NewKey::new("served").scopes(["read"]))
         .await

@@ -272,6 +272,17 @@ pub fn run_server_command(name: &str) {
     assert!(status.success(), "{name} failed: {command}");
 }
 
+/// Runs a server's own client (`psql`, `redis-cli`, installed with the server by `.ci/run`) and
+/// returns what it printed.
+pub fn server_client(program: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (installed with the server by .ci/run)"));
+    assert!(output.status.success(), "{program} {args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// A name no other test run uses.
 pub fn unique(prefix: &str) -> String {
     let nanos = SystemTime::now()

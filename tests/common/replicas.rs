@@ -55,7 +55,7 @@ where
         .build()
         .unwrap();
     let listener = listen(b, replica_b.handle()).await.unwrap();
-    let keys = KeyManager::new(a, replica_a.handle());
+    let keys = KeyManager::new(a).with_cache(replica_a.handle());
     let created = keys.create(NewKey::new("replicated")).await.unwrap();
     let key = created.key.expose_secret();
     assert_eq!(
@@ -99,7 +99,7 @@ pub async fn an_outage_is_survived<S: KeyStoreAdmin + Clone>(store: S, stop: &st
         .lookup_timeout(Some(Duration::from_secs(2)))
         .build()
         .unwrap();
-    let keys = KeyManager::new(store, layer.handle());
+    let keys = KeyManager::new(store).with_cache(layer.handle());
     let cached = keys
         .create(NewKey::new("cached").scopes(["read"]))
         .await
@@ -154,4 +154,57 @@ pub async fn an_outage_is_survived<S: KeyStoreAdmin + Clone>(store: S, stop: &st
         started.elapsed()
     );
     assert_eq!(get(&cached.key).await.status, StatusCode::OK);
+}
+
+/// The listener's connection is killed server-side after a change it was never told about (a
+/// lost notification): once it reconnects it clears the cache, so the key is refused although
+/// its cache entry had an hour to live. Returns how long that took.
+pub async fn a_killed_listener_reconnects_and_clears_the_cache<S, L, F, C, CF, K, KF>(
+    store: S,
+    listen: L,
+    change_silently: C,
+    kill: K,
+) -> Duration
+where
+    S: KeyStoreAdmin + Clone,
+    L: FnOnce(S, ApiKeyHandle) -> F,
+    F: Future<Output = Result<JoinHandle<()>, StoreError>>,
+    C: FnOnce(String) -> CF,
+    CF: Future<Output = ()>,
+    K: FnOnce() -> KF,
+    KF: Future<Output = ()>,
+{
+    let layer = ApiKeyLayer::builder("mesh", store.clone())
+        .cache(long_lived())
+        .build()
+        .unwrap();
+    let listener = listen(store.clone(), layer.handle()).await.unwrap();
+    let keys = KeyManager::new(store).with_cache(layer.handle());
+    let created = keys.create(NewKey::new("listened")).await.unwrap();
+    let key = created.key.expose_secret();
+    assert_eq!(status(&layer, key).await.0, StatusCode::OK);
+
+    change_silently(created.record.id.clone()).await;
+    assert_eq!(
+        status(&layer, key).await.0,
+        StatusCode::OK,
+        "cached: nobody told the listener"
+    );
+    kill().await;
+    let started = Instant::now();
+    loop {
+        if status(&layer, key).await.1 == Some(Rejection::ApiKeyRevoked) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the listener never cleared the cache after its connection was killed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed();
+    eprintln!("cache cleared {elapsed:?} after the listener's connection was killed");
+    assert!(!listener.is_finished(), "the listener keeps running");
+    listener.abort();
+    elapsed
 }
