@@ -271,7 +271,12 @@ impl KeyCache {
         clock: Arc<dyn Clock>,
     ) -> Self {
         KeyCache {
-            entries: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
+            // Blocking resizes: an incremental one left unfinished (the cache is read far more
+            // than written) makes every read search two tables.
+            entries: papaya::HashMap::builder()
+                .hasher(foldhash::fast::RandomState::default())
+                .resize_mode(papaya::ResizeMode::Blocking)
+                .build(),
             generation: AtomicU64::new(0),
             leases: AtomicU64::new(0),
             keys: AtomicI64::new(0),
