@@ -53,8 +53,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use crate::clock::Clock;
 use crate::key::{Environment, SecretDigest};
 use crate::limit::{LimitRules, Policy, UnknownPlan};
-use crate::principal::Principal;
-use crate::scope::ScopeHierarchy;
+use crate::principal::{Authority, Principal};
 use crate::store::{KeyRecord, KeyState, KeyStore, StoreError};
 
 /// Sizes and lifetimes of the layer's cache.
@@ -122,7 +121,7 @@ pub(crate) struct CachedKey {
 }
 
 impl CachedKey {
-    fn new(record: &KeyRecord, hierarchy: Arc<ScopeHierarchy>, policy: Option<Policy>) -> Self {
+    fn new(record: &KeyRecord, authority: Arc<Authority>, policy: Option<Policy>) -> Self {
         CachedKey {
             policy,
             digest: record.digest,
@@ -130,7 +129,7 @@ impl CachedKey {
             revoked: record.revoked_at.is_some(),
             disabled: record.disabled,
             expires_at: record.expires_at,
-            principal: Principal::from_record(record, hierarchy),
+            principal: Principal::from_record(record, authority),
         }
     }
 
@@ -244,7 +243,7 @@ pub(crate) struct KeyCache {
     config: CacheConfig,
     clock: Arc<dyn Clock>,
     store: Arc<dyn KeyStore>,
-    hierarchy: Arc<ScopeHierarchy>,
+    authority: Arc<Authority>,
     rules: LimitRules,
     lookup_timeout: Option<Duration>,
 }
@@ -265,7 +264,7 @@ impl KeyCache {
     pub(crate) fn new(
         config: &CacheConfig,
         store: Arc<dyn KeyStore>,
-        hierarchy: Arc<ScopeHierarchy>,
+        authority: Arc<Authority>,
         rules: LimitRules,
         lookup_timeout: Option<Duration>,
         clock: Arc<dyn Clock>,
@@ -285,7 +284,7 @@ impl KeyCache {
             config: config.clone(),
             clock,
             store,
-            hierarchy,
+            authority,
             rules,
             lookup_timeout,
         }
@@ -440,7 +439,7 @@ impl KeyCache {
             Ok(Some(record)) if record.id == id => match self.rules.policy(&record) {
                 Ok(policy) => Ok(Some(Arc::new(CachedKey::new(
                     &record,
-                    self.hierarchy.clone(),
+                    Arc::clone(&self.authority),
                     policy,
                 )))),
                 Err(unknown) => Err(LoadError::Misconfigured(unknown)),

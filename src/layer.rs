@@ -14,6 +14,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::extract::KeySource;
 use crate::key::{Environment, InvalidPrefix, KeyFormat};
 use crate::limit::{Decision, LimitRules, Limiter, Limits, MemoryLimiter};
+use crate::principal::Authority;
 use crate::reject::{JsonRejection, Rejection, RejectionResponder, Rejections};
 use crate::scope::ScopeHierarchy;
 use crate::service::ApiKeyService;
@@ -62,7 +63,8 @@ pub(crate) struct Shared {
     pub(crate) allow_opaque: bool,
     pub(crate) environments: Environments,
     pub(crate) cache: KeyCache,
-    pub(crate) rejections: Rejections,
+    /// The scope hierarchy and the rejections, shared with every principal.
+    pub(crate) authority: Arc<Authority>,
     pub(crate) limiter: Arc<dyn Limiter>,
     pub(crate) usage: Option<Arc<dyn UsageSink>>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -92,7 +94,9 @@ impl Shared {
     ) -> Response<Bytes> {
         trace::rejected(presented, rejection);
         self.record(verified, Outcome::Rejected(rejection), None);
-        self.rejections.response(rejection, request_headers)
+        self.authority
+            .rejections
+            .response(rejection, request_headers)
     }
 }
 
@@ -119,7 +123,7 @@ impl fmt::Debug for Shared {
             .field("allow_opaque", &self.allow_opaque)
             .field("environments", &self.environments)
             .field("cache", &self.cache)
-            .field("rejections", &self.rejections)
+            .field("authority", &self.authority)
             .field("usage", &self.usage.is_some())
             .finish_non_exhaustive()
     }
@@ -404,10 +408,18 @@ impl ApiKeyLayerBuilder {
         let retry_after = HeaderValue::from(
             self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0),
         );
+        let authority = Arc::new(Authority {
+            hierarchy: self.hierarchy,
+            rejections: Rejections {
+                responder: self.responder,
+                challenge,
+                retry_after,
+            },
+        });
         let cache = KeyCache::new(
             &self.cache,
             self.store,
-            Arc::new(self.hierarchy),
+            Arc::clone(&authority),
             self.rules,
             self.lookup_timeout,
             self.clock.clone(),
@@ -423,11 +435,7 @@ impl ApiKeyLayerBuilder {
                 allow_opaque: self.allow_opaque,
                 environments: self.environments,
                 cache,
-                rejections: Rejections {
-                    responder: self.responder,
-                    challenge,
-                    retry_after,
-                },
+                authority,
                 limiter,
                 usage: self.usage,
                 clock,

@@ -50,7 +50,8 @@
 //! | `cli` | the `tower-api-key` command line tool (implies `sqlite`) |
 //! | `tracing` | events with the key id and the outcome (never the secret) |
 //!
-//! None is on by default.
+//! `sqlite` is on by default, so a first program, the demo and the CLI keep keys in a file with no
+//! server; `default-features = false` leaves it out.
 //!
 //! [axum]: https://docs.rs/axum
 //! [tonic]: https://docs.rs/tonic

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::key::Environment;
+use crate::reject::Rejections;
 use crate::scope::ScopeHierarchy;
 use crate::store::KeyRecord;
 
@@ -25,6 +26,14 @@ use crate::store::KeyRecord;
 #[derive(Clone, Debug)]
 pub struct Principal(Arc<Inner>);
 
+/// The layer that vouched for a principal: how its scopes imply each other, and how refusals are
+/// answered (so [`RequireScopeLayer`](crate::RequireScopeLayer) answers as the layer does).
+#[derive(Debug, Default)]
+pub(crate) struct Authority {
+    pub(crate) hierarchy: ScopeHierarchy,
+    pub(crate) rejections: Rejections,
+}
+
 #[derive(Debug)]
 struct Inner {
     key_id: Box<str>,
@@ -33,11 +42,11 @@ struct Inner {
     environment: Environment,
     scopes: Box<[Box<str>]>,
     metadata: BTreeMap<String, String>,
-    hierarchy: Arc<ScopeHierarchy>,
+    authority: Arc<Authority>,
 }
 
 impl Principal {
-    pub(crate) fn from_record(record: &KeyRecord, hierarchy: Arc<ScopeHierarchy>) -> Self {
+    pub(crate) fn from_record(record: &KeyRecord, authority: Arc<Authority>) -> Self {
         Principal(Arc::new(Inner {
             key_id: record.id.as_str().into(),
             name: record.name.as_str().into(),
@@ -45,7 +54,7 @@ impl Principal {
             environment: record.environment,
             scopes: record.scopes.iter().map(|s| s.as_str().into()).collect(),
             metadata: record.metadata.clone(),
-            hierarchy,
+            authority,
         }))
     }
 
@@ -103,7 +112,12 @@ impl Principal {
         self.0
             .scopes
             .iter()
-            .any(|granted| self.0.hierarchy.grants(granted, required))
+            .any(|granted| self.0.authority.hierarchy.grants(granted, required))
+    }
+
+    /// How the layer that authenticated this key answers refusals.
+    pub(crate) fn rejections(&self) -> &Rejections {
+        &self.0.authority.rejections
     }
 }
 

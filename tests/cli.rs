@@ -1,333 +1,346 @@
 //! The `tower-api-key` binary, end to end, on the SQLite file a service reads.
 
+#[cfg(not(feature = "cli"))]
+#[test]
+#[ignore = "the command line tool needs `--features cli` (run by .ci/run)"]
+fn cli_suite_needs_the_cli_feature() {}
+
+#[cfg(feature = "cli")]
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::time::{Duration, SystemTime};
+#[cfg(feature = "cli")]
+mod cli {
+    use crate::common;
 
-use http::StatusCode;
-use tower::{service_fn, Layer, ServiceExt};
-use tower_api_key::{ApiKeyLayer, ManualClock, Rejection, SqliteStore};
+    use std::path::PathBuf;
+    use std::process::{Command, Output};
+    use std::time::{Duration, SystemTime};
 
-struct Tool {
-    dir: PathBuf,
-    url: String,
-    outputs: Vec<(String, String)>,
-}
+    use http::StatusCode;
+    use tower::{service_fn, Layer, ServiceExt};
+    use tower_api_key::{ApiKeyLayer, ManualClock, Rejection, SqliteStore};
 
-impl Tool {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(common::unique("tower-api-key-cli"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("sqlite://{}", dir.join("keys.db").display());
-        Tool {
-            dir,
-            url,
-            outputs: Vec::new(),
+    struct Tool {
+        dir: PathBuf,
+        url: String,
+        outputs: Vec<(String, String)>,
+    }
+
+    impl Tool {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(common::unique("tower-api-key-cli"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let url = format!("sqlite://{}", dir.join("keys.db").display());
+            Tool {
+                dir,
+                url,
+                outputs: Vec::new(),
+            }
+        }
+
+        /// Runs the tool with `args`; keeps what it printed under `command`.
+        fn run(&mut self, args: &[&str]) -> Output {
+            let output = Command::new(env!("CARGO_BIN_EXE_tower-api-key"))
+                .args(args)
+                .env("DATABASE_URL", &self.url)
+                .current_dir(&self.dir)
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            self.outputs
+                .push((args[..2.min(args.len())].join(" "), text));
+            output
+        }
+
+        fn ok_json(&mut self, args: &[&str]) -> serde_json::Value {
+            let output = self.run(args);
+            assert!(output.status.success(), "{args:?}: {output:?}");
+            serde_json::from_slice(&output.stdout).unwrap()
+        }
+
+        fn failure(&mut self, args: &[&str]) -> (i32, String) {
+            let output = self.run(args);
+            assert!(!output.status.success(), "{args:?} should fail");
+            let stderr = String::from_utf8(output.stderr).unwrap();
+            assert!(!stderr.contains("panicked"), "{stderr}");
+            (output.status.code().unwrap(), stderr)
+        }
+
+        /// What the service on the same database answers for `key`, at `clock`'s time.
+        async fn status(&self, key: &str, clock: &ManualClock) -> (StatusCode, Option<Rejection>) {
+            let store = SqliteStore::connect(&self.url).await.unwrap();
+            let layer = ApiKeyLayer::builder("mesh", store)
+                .clock(clock.clone())
+                .build()
+                .unwrap();
+            let service = layer.layer(service_fn(|_: http::Request<()>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+            }));
+            let request = http::Request::get("/")
+                .header("authorization", format!("ApiKey {key}"))
+                .body(())
+                .unwrap();
+            let response = service.oneshot(request).await.unwrap();
+            (
+                response.status(),
+                response.extensions().get::<Rejection>().copied(),
+            )
         }
     }
 
-    /// Runs the tool with `args`; keeps what it printed under `command`.
-    fn run(&mut self, args: &[&str]) -> Output {
-        let output = Command::new(env!("CARGO_BIN_EXE_tower-api-key"))
-            .args(args)
-            .env("DATABASE_URL", &self.url)
-            .current_dir(&self.dir)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+    impl Drop for Tool {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn create_use_rotate_expire_revoke() {
+        let mut tool = Tool::new();
+        let clock = ManualClock::new(SystemTime::now());
+        let created = tool.ok_json(&[
+            "--json",
+            "create",
+            "--name",
+            "production-server",
+            "--scopes",
+            "read,write",
+            "--env",
+            "live",
+            "--expires-in",
+            "90d",
+            "--plan",
+            "free",
+        ]);
+        let old_key = created["key"].as_str().unwrap().to_owned();
+        let old_id = created["info"]["id"].as_str().unwrap().to_owned();
+        assert!(old_key.starts_with("mesh_live_"));
+        assert_eq!(
+            created["info"]["scopes"],
+            serde_json::json!(["read", "write"])
         );
-        self.outputs
-            .push((args[..2.min(args.len())].join(" "), text));
-        output
-    }
+        assert_eq!(
+            tool.status(&old_key, &clock).await.0,
+            StatusCode::OK,
+            "works at once"
+        );
 
-    fn ok_json(&mut self, args: &[&str]) -> serde_json::Value {
-        let output = self.run(args);
-        assert!(output.status.success(), "{args:?}: {output:?}");
-        serde_json::from_slice(&output.stdout).unwrap()
-    }
+        let rotated = tool.ok_json(&["--json", "rotate", &old_id, "--grace", "24h"]);
+        let new_key = rotated["key"].as_str().unwrap().to_owned();
+        assert_ne!(new_key, old_key);
+        assert_eq!(tool.status(&new_key, &clock).await.0, StatusCode::OK);
+        assert_eq!(
+            tool.status(&old_key, &clock).await.0,
+            StatusCode::OK,
+            "during the grace"
+        );
+        clock.advance(Duration::from_secs(25 * 3600));
+        assert_eq!(
+            tool.status(&old_key, &clock).await.1,
+            Some(Rejection::ApiKeyExpired),
+            "after the grace"
+        );
+        assert_eq!(tool.status(&new_key, &clock).await.0, StatusCode::OK);
 
-    fn failure(&mut self, args: &[&str]) -> (i32, String) {
-        let output = self.run(args);
-        assert!(!output.status.success(), "{args:?} should fail");
-        let stderr = String::from_utf8(output.stderr).unwrap();
-        assert!(!stderr.contains("panicked"), "{stderr}");
-        (output.status.code().unwrap(), stderr)
-    }
+        let new_id = rotated["info"]["id"].as_str().unwrap().to_owned();
+        let listed = tool.ok_json(&["--json", "list"]);
+        assert_eq!(listed.as_array().unwrap().len(), 2);
+        let shown = tool.ok_json(&["--json", "show", &new_id]);
+        assert_eq!(shown["name"], "production-server");
+        assert_eq!(shown["state"], "active");
+        let scoped = tool.ok_json(&["--json", "set-scopes", &new_id, "read"]);
+        assert_eq!(scoped["scopes"], serde_json::json!(["read"]));
 
-    /// What the service on the same database answers for `key`, at `clock`'s time.
-    async fn status(&self, key: &str, clock: &ManualClock) -> (StatusCode, Option<Rejection>) {
-        let store = SqliteStore::connect(&self.url).await.unwrap();
-        let layer = ApiKeyLayer::builder("mesh", store)
-            .clock(clock.clone())
-            .build()
-            .unwrap();
-        let service = layer.layer(service_fn(|_: http::Request<()>| async {
-            Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
-        }));
-        let request = http::Request::get("/")
-            .header("authorization", format!("ApiKey {key}"))
-            .body(())
-            .unwrap();
-        let response = service.oneshot(request).await.unwrap();
-        (
-            response.status(),
-            response.extensions().get::<Rejection>().copied(),
-        )
-    }
-}
+        let revoked = tool.ok_json(&["--json", "revoke", &new_id]);
+        assert_eq!(revoked["result"], "revoked");
+        assert_eq!(
+            tool.status(&new_key, &clock).await.1,
+            Some(Rejection::ApiKeyRevoked)
+        );
+        assert_eq!(
+            tool.ok_json(&["--json", "show", &new_id])["state"],
+            "revoked"
+        );
+        tool.ok_json(&["--json", "delete", &new_id]);
+        assert_eq!(
+            tool.status(&new_key, &clock).await.1,
+            Some(Rejection::InvalidApiKey)
+        );
 
-impl Drop for Tool {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+        // The human output: the key once, then how to keep it.
+        let output = tool.run(&["create", "--name", "ci", "--var", "ADMESH_API_KEY"]);
+        assert!(output.status.success());
+        let text = String::from_utf8(output.stdout).unwrap();
+        assert!(text.contains("export ADMESH_API_KEY=mesh_live_"), "{text}");
+        assert!(text.contains("shown once"), "{text}");
+        let human_list = tool.run(&["list"]);
+        assert!(String::from_utf8(human_list.stdout)
+            .unwrap()
+            .contains("production-server"));
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn create_use_rotate_expire_revoke() {
-    let mut tool = Tool::new();
-    let clock = ManualClock::new(SystemTime::now());
-    let created = tool.ok_json(&[
-        "--json",
-        "create",
-        "--name",
-        "production-server",
-        "--scopes",
-        "read,write",
-        "--env",
-        "live",
-        "--expires-in",
-        "90d",
-        "--plan",
-        "free",
-    ]);
-    let old_key = created["key"].as_str().unwrap().to_owned();
-    let old_id = created["info"]["id"].as_str().unwrap().to_owned();
-    assert!(old_key.starts_with("mesh_live_"));
-    assert_eq!(
-        created["info"]["scopes"],
-        serde_json::json!(["read", "write"])
-    );
-    assert_eq!(
-        tool.status(&old_key, &clock).await.0,
-        StatusCode::OK,
-        "works at once"
-    );
-
-    let rotated = tool.ok_json(&["--json", "rotate", &old_id, "--grace", "24h"]);
-    let new_key = rotated["key"].as_str().unwrap().to_owned();
-    assert_ne!(new_key, old_key);
-    assert_eq!(tool.status(&new_key, &clock).await.0, StatusCode::OK);
-    assert_eq!(
-        tool.status(&old_key, &clock).await.0,
-        StatusCode::OK,
-        "during the grace"
-    );
-    clock.advance(Duration::from_secs(25 * 3600));
-    assert_eq!(
-        tool.status(&old_key, &clock).await.1,
-        Some(Rejection::ApiKeyExpired),
-        "after the grace"
-    );
-    assert_eq!(tool.status(&new_key, &clock).await.0, StatusCode::OK);
-
-    let new_id = rotated["info"]["id"].as_str().unwrap().to_owned();
-    let listed = tool.ok_json(&["--json", "list"]);
-    assert_eq!(listed.as_array().unwrap().len(), 2);
-    let shown = tool.ok_json(&["--json", "show", &new_id]);
-    assert_eq!(shown["name"], "production-server");
-    assert_eq!(shown["state"], "active");
-    let scoped = tool.ok_json(&["--json", "set-scopes", &new_id, "read"]);
-    assert_eq!(scoped["scopes"], serde_json::json!(["read"]));
-
-    let revoked = tool.ok_json(&["--json", "revoke", &new_id]);
-    assert_eq!(revoked["result"], "revoked");
-    assert_eq!(
-        tool.status(&new_key, &clock).await.1,
-        Some(Rejection::ApiKeyRevoked)
-    );
-    assert_eq!(
-        tool.ok_json(&["--json", "show", &new_id])["state"],
-        "revoked"
-    );
-    tool.ok_json(&["--json", "delete", &new_id]);
-    assert_eq!(
-        tool.status(&new_key, &clock).await.1,
-        Some(Rejection::InvalidApiKey)
-    );
-
-    // The human output: the key once, then how to keep it.
-    let output = tool.run(&["create", "--name", "ci", "--var", "ADMESH_API_KEY"]);
-    assert!(output.status.success());
-    let text = String::from_utf8(output.stdout).unwrap();
-    assert!(text.contains("export ADMESH_API_KEY=mesh_live_"), "{text}");
-    assert!(text.contains("shown once"), "{text}");
-    let human_list = tool.run(&["list"]);
-    assert!(String::from_utf8(human_list.stdout)
-        .unwrap()
-        .contains("production-server"));
-
-    // The secret is printed by create, generate and rotate only.
-    let generated = tool.ok_json(&["--json", "generate", "--name", "offline"]);
-    assert!(generated["record"]["digest"].is_string());
-    let secrets = [old_key.clone(), new_key.clone()];
-    for (command, text) in &tool.outputs {
-        let may_show = command.contains("create")
-            || command.contains("rotate")
-            || command.contains("generate");
-        if !may_show {
-            for secret in &secrets {
-                assert!(
-                    !text.contains(secret.as_str()),
-                    "`{command}` printed a secret"
-                );
-                let secret_part = &secret[secret.len() - 38..secret.len() - 6];
-                assert!(!text.contains(secret_part), "`{command}` printed a secret");
+        // The secret is printed by create, generate and rotate only.
+        let generated = tool.ok_json(&["--json", "generate", "--name", "offline"]);
+        assert!(generated["record"]["digest"].is_string());
+        let secrets = [old_key.clone(), new_key.clone()];
+        for (command, text) in &tool.outputs {
+            let may_show = command.contains("create")
+                || command.contains("rotate")
+                || command.contains("generate");
+            if !may_show {
+                for secret in &secrets {
+                    assert!(
+                        !text.contains(secret.as_str()),
+                        "`{command}` printed a secret"
+                    );
+                    let secret_part = &secret[secret.len() - 38..secret.len() - 6];
+                    assert!(!text.contains(secret_part), "`{command}` printed a secret");
+                }
             }
         }
     }
-}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotate_never_brings_back_a_revoked_or_disabled_key_and_copies_every_setting() {
-    let mut tool = Tool::new();
-    let clock = ManualClock::new(SystemTime::now());
-    let created = tool.ok_json(&[
-        "--json",
-        "create",
-        "--name",
-        "worker",
-        "--scopes",
-        "read",
-        "--owner",
-        "acme",
-        "--plan",
-        "pro",
-        "--expires-in",
-        "30d",
-    ]);
-    let id = created["info"]["id"].as_str().unwrap().to_owned();
-    let key = created["key"].as_str().unwrap().to_owned();
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rotate_never_brings_back_a_revoked_or_disabled_key_and_copies_every_setting() {
+        let mut tool = Tool::new();
+        let clock = ManualClock::new(SystemTime::now());
+        let created = tool.ok_json(&[
+            "--json",
+            "create",
+            "--name",
+            "worker",
+            "--scopes",
+            "read",
+            "--owner",
+            "acme",
+            "--plan",
+            "pro",
+            "--expires-in",
+            "30d",
+        ]);
+        let id = created["info"]["id"].as_str().unwrap().to_owned();
+        let key = created["key"].as_str().unwrap().to_owned();
 
-    let disabled = tool.ok_json(&["--json", "disable", &id]);
-    assert_eq!(disabled["state"], "disabled");
-    assert_eq!(
-        tool.status(&key, &clock).await.1,
-        Some(Rejection::ApiKeyDisabled)
-    );
-    let (code, stderr) = tool.failure(&["rotate", &id]);
-    assert_eq!(code, 2, "{stderr}");
-    assert!(
-        stderr.contains("only an active key can be rotated"),
-        "{stderr}"
-    );
+        let disabled = tool.ok_json(&["--json", "disable", &id]);
+        assert_eq!(disabled["state"], "disabled");
+        assert_eq!(
+            tool.status(&key, &clock).await.1,
+            Some(Rejection::ApiKeyDisabled)
+        );
+        let (code, stderr) = tool.failure(&["rotate", &id]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains("only an active key can be rotated"),
+            "{stderr}"
+        );
 
-    let enabled = tool.ok_json(&["--json", "enable", &id]);
-    assert_eq!(enabled["state"], "active");
-    assert_eq!(tool.status(&key, &clock).await.0, StatusCode::OK);
-    let rotated = tool.ok_json(&["--json", "rotate", &id, "--grace", "1h"]);
-    for field in [
-        "name",
-        "scopes",
-        "owner",
-        "plan",
-        "environment",
-        "expires_at",
-    ] {
-        assert_eq!(rotated["info"][field], created["info"][field], "{field}");
+        let enabled = tool.ok_json(&["--json", "enable", &id]);
+        assert_eq!(enabled["state"], "active");
+        assert_eq!(tool.status(&key, &clock).await.0, StatusCode::OK);
+        let rotated = tool.ok_json(&["--json", "rotate", &id, "--grace", "1h"]);
+        for field in [
+            "name",
+            "scopes",
+            "owner",
+            "plan",
+            "environment",
+            "expires_at",
+        ] {
+            assert_eq!(rotated["info"][field], created["info"][field], "{field}");
+        }
+
+        let new_id = rotated["info"]["id"].as_str().unwrap().to_owned();
+        tool.ok_json(&["--json", "revoke", &new_id]);
+        let (code, stderr) = tool.failure(&["rotate", &new_id]);
+        assert_eq!(code, 2, "{stderr}");
+        assert_eq!(
+            tool.ok_json(&["--json", "list"]).as_array().unwrap().len(),
+            2,
+            "no key was issued by the refused rotations"
+        );
     }
 
-    let new_id = rotated["info"]["id"].as_str().unwrap().to_owned();
-    tool.ok_json(&["--json", "revoke", &new_id]);
-    let (code, stderr) = tool.failure(&["rotate", &new_id]);
-    assert_eq!(code, 2, "{stderr}");
-    assert_eq!(
-        tool.ok_json(&["--json", "list"]).as_array().unwrap().len(),
-        2,
-        "no key was issued by the refused rotations"
-    );
-}
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn far_future_times_never_panic() {
+        let mut tool = Tool::new();
+        let (code, stderr) =
+            tool.failure(&["create", "--name", "forever", "--expires-in", "10000y"]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("9999"), "{stderr}");
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn far_future_times_never_panic() {
-    let mut tool = Tool::new();
-    let (code, stderr) = tool.failure(&["create", "--name", "forever", "--expires-in", "10000y"]);
-    assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("9999"), "{stderr}");
+        // A record written by something else, expiring after the year 9999.
+        let store = SqliteStore::connect(&tool.url).await.unwrap();
+        let far = tower_api_key::NewKey::new("far")
+            .generate(&tower_api_key::KeyFormat::new("mesh").unwrap())
+            .unwrap();
+        let mut record = far.record;
+        record.expires_at =
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(400 * 365 * 86_400 * 1000));
+        let id = record.id.clone();
+        tower_api_key::KeyStoreAdmin::create(&store, record)
+            .await
+            .unwrap();
+        let listed = tool.run(&["list"]);
+        assert!(listed.status.success(), "{listed:?}");
+        assert!(String::from_utf8_lossy(&listed.stdout).contains("after 9999-12-31"));
+        let shown = tool.run(&["show", &id]);
+        assert!(shown.status.success(), "{shown:?}");
 
-    // A record written by something else, expiring after the year 9999.
-    let store = SqliteStore::connect(&tool.url).await.unwrap();
-    let far = tower_api_key::NewKey::new("far")
-        .generate(&tower_api_key::KeyFormat::new("mesh").unwrap())
-        .unwrap();
-    let mut record = far.record;
-    record.expires_at =
-        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(400 * 365 * 86_400 * 1000));
-    let id = record.id.clone();
-    tower_api_key::KeyStoreAdmin::create(&store, record)
-        .await
-        .unwrap();
-    let listed = tool.run(&["list"]);
-    assert!(listed.status.success(), "{listed:?}");
-    assert!(String::from_utf8_lossy(&listed.stdout).contains("after 9999-12-31"));
-    let shown = tool.run(&["show", &id]);
-    assert!(shown.status.success(), "{shown:?}");
+        let created = tool.ok_json(&["--json", "create", "--name", "rotated"]);
+        let id = created["info"]["id"].as_str().unwrap().to_owned();
+        let (code, stderr) = tool.failure(&["rotate", &id, "--grace", "20000y"]);
+        assert_eq!(code, 2, "{stderr}");
+        assert_eq!(
+            tool.ok_json(&["--json", "list"]).as_array().unwrap().len(),
+            2,
+            "the refused rotation issued no key"
+        );
+    }
 
-    let created = tool.ok_json(&["--json", "create", "--name", "rotated"]);
-    let id = created["info"]["id"].as_str().unwrap().to_owned();
-    let (code, stderr) = tool.failure(&["rotate", &id, "--grace", "20000y"]);
-    assert_eq!(code, 2, "{stderr}");
-    assert_eq!(
-        tool.ok_json(&["--json", "list"]).as_array().unwrap().len(),
-        2,
-        "the refused rotation issued no key"
-    );
-}
+    #[test]
+    fn bad_input_gets_a_clear_error_and_exit_code() {
+        let mut tool = Tool::new();
+        let (code, message) = tool.failure(&["show", "nope"]);
+        assert_eq!((code, message.trim()), (3, "error: no key with id `nope`"));
+        assert_eq!(tool.failure(&["revoke", "nope"]).0, 3);
+        assert_eq!(tool.failure(&["rotate", "nope"]).0, 3);
+        assert_eq!(tool.failure(&["delete", "nope"]).0, 3);
 
-#[test]
-fn bad_input_gets_a_clear_error_and_exit_code() {
-    let mut tool = Tool::new();
-    let (code, message) = tool.failure(&["show", "nope"]);
-    assert_eq!((code, message.trim()), (3, "error: no key with id `nope`"));
-    assert_eq!(tool.failure(&["revoke", "nope"]).0, 3);
-    assert_eq!(tool.failure(&["rotate", "nope"]).0, 3);
-    assert_eq!(tool.failure(&["delete", "nope"]).0, 3);
+        let (code, message) = tool.failure(&["create", "--name", "x", "--expires-in", "ninety"]);
+        assert_eq!(code, 2);
+        assert!(
+            message.contains("write a duration such as 90d"),
+            "{message}"
+        );
+        let (code, message) =
+            tool.failure(&["create", "--name", "x", "--scopes", "read,bad scope"]);
+        assert_eq!(code, 2);
+        assert!(message.contains("invalid scope `bad scope`"), "{message}");
+        let (code, message) = tool.failure(&["create", "--env", "prod"]);
+        assert_eq!(code, 2);
+        assert!(
+            message.contains("expected `live`, `test` or `dev`"),
+            "{message}"
+        );
+        let (code, message) = tool.failure(&["--prefix", "Bad!", "list"]);
+        assert_eq!(code, 2);
+        assert!(message.contains("prefix"), "{message}");
 
-    let (code, message) = tool.failure(&["create", "--name", "x", "--expires-in", "ninety"]);
-    assert_eq!(code, 2);
-    assert!(
-        message.contains("write a duration such as 90d"),
-        "{message}"
-    );
-    let (code, message) = tool.failure(&["create", "--name", "x", "--scopes", "read,bad scope"]);
-    assert_eq!(code, 2);
-    assert!(message.contains("invalid scope `bad scope`"), "{message}");
-    let (code, message) = tool.failure(&["create", "--env", "prod"]);
-    assert_eq!(code, 2);
-    assert!(
-        message.contains("expected `live`, `test` or `dev`"),
-        "{message}"
-    );
-    let (code, message) = tool.failure(&["--prefix", "Bad!", "list"]);
-    assert_eq!(code, 2);
-    assert!(message.contains("prefix"), "{message}");
-
-    let (code, message) = tool.failure(&[
-        "--database-url",
-        "postgres://nobody@127.0.0.1:1/nothing",
-        "list",
-    ]);
-    assert_eq!(code, 4);
-    assert!(message.contains("the key store failed"), "{message}");
-    let (code, message) = tool.failure(&["--database-url", "mysql://x", "list"]);
-    assert_eq!(code, 4);
-    assert!(
-        message.contains("sqlite://, postgres://, redis://"),
-        "{message}"
-    );
+        let (code, message) = tool.failure(&[
+            "--database-url",
+            "postgres://nobody@127.0.0.1:1/nothing",
+            "list",
+        ]);
+        assert_eq!(code, 4);
+        assert!(message.contains("the key store failed"), "{message}");
+        let (code, message) = tool.failure(&["--database-url", "mysql://x", "list"]);
+        assert_eq!(code, 4);
+        assert!(
+            message.contains("sqlite://, postgres://, redis://"),
+            "{message}"
+        );
+    }
 }

@@ -640,3 +640,35 @@ async fn futures_join<T: Send + 'static>(
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layers_responder_answers_for_the_scope_check_too() {
+    let f = Fixture::with(|b| {
+        b.realm("offers")
+            .rejection_responder(|rejection: &Rejection, _: &http::HeaderMap| {
+                http::Response::builder()
+                    .status(rejection.status())
+                    .header("content-type", "text/plain")
+                    .body(bytes::Bytes::from(format!("refused: {}", rejection.code())))
+                    .unwrap()
+            })
+    })
+    .await;
+    let reader = f.key(&["read"]).await;
+    // The layer's own refusal and the route's scope check answer alike.
+    let missing = f.client.get("/recommendations", &[]).await;
+    assert_eq!(missing.body, "refused: MISSING_API_KEY");
+    assert_eq!(
+        missing.headers["www-authenticate"],
+        "ApiKey realm=\"offers\""
+    );
+    let header = api_key(reader.key.expose_secret());
+    let forbidden = f
+        .client
+        .send(Method::PUT, "/offers", &[("authorization", &header)])
+        .await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
+    assert_eq!(forbidden.headers["content-type"], "text/plain");
+    assert_eq!(forbidden.body, "refused: INSUFFICIENT_PERMISSIONS");
+    assert_eq!(f.calls(), 0);
+}

@@ -32,7 +32,8 @@ use crate::reject::{Rejection, RejectionResponder, Rejections};
 #[derive(Clone, Debug)]
 pub struct RequireScopeLayer {
     rule: Arc<Rule>,
-    rejections: Arc<Rejections>,
+    /// Its own responder; by default, the one of the layer that authenticated the request.
+    rejections: Option<Arc<Rejections>>,
 }
 
 /// Which scopes a request needs: all of a list, any of a list, or none beyond authentication.
@@ -155,16 +156,18 @@ impl RequireScopeLayer {
     fn with(rule: Rule) -> Self {
         RequireScopeLayer {
             rule: Arc::new(rule),
-            rejections: Arc::new(Rejections::default()),
+            rejections: None,
         }
     }
 
-    /// Builds the 403 and 500 responses with `responder` instead of the JSON default.
+    /// Builds the 403 and 500 responses with `responder` instead of the one the
+    /// [`ApiKeyLayer`](crate::ApiKeyLayer) in front was given (or, with no layer in front, the
+    /// JSON default).
     pub fn rejection_responder(mut self, responder: impl RejectionResponder) -> Self {
-        self.rejections = Arc::new(Rejections {
+        self.rejections = Some(Arc::new(Rejections {
             responder: Arc::new(responder),
             ..Rejections::default()
-        });
+        }));
         self
     }
 }
@@ -204,7 +207,8 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let rejection = match request.extensions().get::<Principal>() {
+        let principal = request.extensions().get::<Principal>();
+        let rejection = match principal {
             Some(principal)
                 if self
                     .layer
@@ -217,6 +221,12 @@ where
             Some(_) => Rejection::InsufficientPermissions,
             None => Rejection::LayerMissing,
         };
-        ResponseFuture::rejected(self.layer.rejections.response(rejection, request.headers()))
+        let default = Rejections::default();
+        let rejections = match (&self.layer.rejections, principal) {
+            (Some(own), _) => own,
+            (None, Some(principal)) => principal.rejections(),
+            (None, None) => &default,
+        };
+        ResponseFuture::rejected(rejections.response(rejection, request.headers()))
     }
 }
