@@ -52,7 +52,7 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use crate::clock::Clock;
 use crate::key::{Environment, SecretDigest};
-use crate::limit::{LimitRules, Policy, UnknownPlan};
+use crate::limit::{KeyLimits, LimitRules, Policy, UnknownPlan};
 use crate::principal::{Authority, Principal};
 use crate::store::{KeyRecord, KeyState, KeyStore, StoreError};
 
@@ -436,7 +436,13 @@ impl KeyCache {
             None => lookup.await,
         };
         match result {
-            Ok(Some(record)) if record.id == id => match self.rules.policy(&record) {
+            Ok(Some(record)) if record.id == id => match self.rules.policy(KeyLimits {
+                id: &record.id,
+                owner: record.owner.as_deref(),
+                environment: record.environment,
+                limits: record.limits,
+                plan: record.plan.as_deref(),
+            }) {
                 Ok(policy) => Ok(Some(Arc::new(CachedKey::new(
                     &record,
                     Arc::clone(&self.authority),

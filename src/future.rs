@@ -16,16 +16,15 @@ use tower::Service;
 
 use crate::body::ResponseBody;
 use crate::cache::{CachedKey, LoadError, Loaded};
-use crate::key::{Environment, SecretDigest};
-use crate::layer::{add_limit_headers, Shared};
 use crate::limit::{Decision, LimitCheck, LimiterError};
 use crate::principal::Principal;
 use crate::reject::Rejection;
+use crate::shared::Shared;
 use crate::trace;
 use crate::usage::Outcome;
-use crate::verify::verify;
+use crate::verify::{verify, Presented};
 
-type LookupResult = (Loaded, String);
+type LookupResult = (Loaded, Presented<'static>);
 type Lookup = Pin<Box<dyn Future<Output = LookupResult> + Send>>;
 type PendingLimit = Pin<Box<dyn Future<Output = Result<Decision, LimiterError>> + Send>>;
 
@@ -74,8 +73,6 @@ pub(crate) struct Pending<S, ReqBody> {
     pub(crate) shared: Arc<Shared>,
     pub(crate) request: Request<ReqBody>,
     pub(crate) inner: S,
-    pub(crate) digest: SecretDigest,
-    pub(crate) environment: Option<Environment>,
 }
 
 /// A request whose key was verified, waiting for a limiter that decides asynchronously.
@@ -105,19 +102,29 @@ pub(crate) enum Verdict {
     Reply(Box<Response<Bytes>>),
 }
 
-/// Verifies the key a lookup gave (`id` is what was presented, named when no key was found) and
-/// counts the request against the key's limits. It only reads the request's headers: on the hot
-/// path it runs inside `call`, on the cache's entry, without taking the request apart.
-pub(crate) fn authorize(
-    shared: &Arc<Shared>,
-    result: Result<Option<&CachedKey>, &LoadError>,
-    id: &str,
-    digest: &SecretDigest,
-    environment: Option<Environment>,
-    now: SystemTime,
-    headers: &HeaderMap,
-) -> Verdict {
-    let key = match result {
+/// One request's key, with what the cache gave for it.
+pub(crate) struct Attempt<'a> {
+    /// What the request presented.
+    pub(crate) presented: &'a Presented<'a>,
+    /// The key the cache or the store has under the presented id.
+    pub(crate) found: Result<Option<&'a CachedKey>, &'a LoadError>,
+    pub(crate) now: SystemTime,
+    /// The request's headers, for the rejection's shape (JSON or gRPC).
+    pub(crate) headers: &'a HeaderMap,
+}
+
+/// Verifies the key a lookup gave and counts the request against the key's limits. It only reads
+/// the request's headers: on the hot path it runs inside `call`, on the cache's entry, without
+/// taking the request apart.
+pub(crate) fn authorize(shared: &Arc<Shared>, attempt: Attempt<'_>) -> Verdict {
+    let Attempt {
+        presented,
+        found,
+        now,
+        headers,
+    } = attempt;
+    let id = &*presented.id;
+    let key = match found {
         Ok(Some(key)) => key,
         Ok(None) => return reply(shared.reject(Rejection::InvalidApiKey, Some(id), None, headers)),
         Err(error) => {
@@ -125,7 +132,8 @@ pub(crate) fn authorize(
             return reply(shared.reject(Rejection::KeyStoreUnavailable, Some(id), None, headers));
         }
     };
-    let principal = match verify(key, digest, environment, shared.environments, now) {
+    let environments = shared.reading.environments;
+    let principal = match verify(key, presented, environments, now) {
         Ok(principal) => principal.clone(),
         Err(rejection) => {
             let id = key.principal.key_id();
@@ -156,7 +164,7 @@ fn decide(
         Ok(decision) => {
             let mut response =
                 shared.reject(Rejection::RateLimitExceeded, Some(id), Some(id), headers);
-            add_limit_headers(response.headers_mut(), &decision);
+            decision.write_headers(response.headers_mut());
             reply(response)
         }
         Err(error) => {
@@ -212,11 +220,11 @@ where
     }
 
     /// Waits for the cache (and maybe the store) before verifying.
-    pub(crate) fn lookup(pending: Pending<S, ReqBody>, id: String) -> Self {
+    pub(crate) fn lookup(pending: Pending<S, ReqBody>, presented: Presented<'static>) -> Self {
         let cache = pending.shared.clone();
         let lookup: Lookup = Box::pin(async move {
-            let result = cache.cache.lookup(&id).await;
-            (result, id)
+            let result = cache.cache.lookup(&presented.id).await;
+            (result, presented)
         });
         ResponseFuture {
             state: State::Lookup {
@@ -268,7 +276,7 @@ where
 impl After {
     fn finish<B>(self, response: &mut Response<B>) {
         if let Some(decision) = &self.decision {
-            add_limit_headers(response.headers_mut(), decision);
+            decision.write_headers(response.headers_mut());
         }
         if let Some(started) = self.started {
             let outcome = response
@@ -299,22 +307,22 @@ where
                     return Poll::Ready(Ok((*response).map(ResponseBody::full)));
                 }
                 StateProjection::Lookup { lookup, pending } => {
-                    let (result, id) = ready!(lookup.as_mut().poll(cx));
+                    let (result, presented) = ready!(lookup.as_mut().poll(cx));
                     let Pending {
                         shared,
                         request,
                         inner,
-                        digest,
-                        environment,
                     } = *pending.take().expect("polled after completion");
-                    let now = shared.clock.now();
-                    let result = match &result {
-                        Ok(key) => Ok(key.as_deref()),
-                        Err(error) => Err(&**error),
+                    let attempt = Attempt {
+                        presented: &presented,
+                        found: match &result {
+                            Ok(key) => Ok(key.as_deref()),
+                            Err(error) => Err(&**error),
+                        },
+                        now: shared.clock.now(),
+                        headers: request.headers(),
                     };
-                    let headers = request.headers();
-                    let verdict =
-                        authorize(&shared, result, &id, &digest, environment, now, headers);
+                    let verdict = authorize(&shared, attempt);
                     Self::after_verdict(verdict, shared, request, inner).state
                 }
                 StateProjection::Limit { check, waiting } => {

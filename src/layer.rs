@@ -4,24 +4,22 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::RETRY_AFTER;
-use http::{HeaderMap, HeaderValue, Response};
+use http::HeaderValue;
 use tower::Layer;
 
 use crate::cache::{CacheConfig, CacheStats, KeyCache};
 use crate::clock::{Clock, SystemClock};
 use crate::extract::KeySource;
 use crate::key::{Environment, InvalidPrefix, KeyFormat};
-use crate::limit::{Decision, LimitRules, Limiter, Limits, MemoryLimiter};
+use crate::limit::{LimitRules, Limiter, Limits, MemoryLimiter};
 use crate::principal::Authority;
-use crate::reject::{JsonRejection, Rejection, RejectionResponder, Rejections};
+use crate::reject::{JsonRejection, RejectionResponder, Rejections};
 use crate::scope::ScopeHierarchy;
 use crate::service::ApiKeyService;
+use crate::shared::Shared;
 use crate::store::{KeyChanges, KeyStore};
-use crate::trace;
-use crate::usage::{Outcome, UsageEvent, UsageSink};
-use crate::verify::Environments;
+use crate::usage::UsageSink;
+use crate::verify::{Environments, KeyReading};
 
 /// API-key authentication as a Tower layer.
 ///
@@ -54,79 +52,6 @@ use crate::verify::Environments;
 #[derive(Clone)]
 pub struct ApiKeyLayer {
     shared: Arc<Shared>,
-}
-
-/// What every service of one layer shares.
-pub(crate) struct Shared {
-    pub(crate) format: KeyFormat,
-    pub(crate) sources: Box<[KeySource]>,
-    pub(crate) allow_opaque: bool,
-    pub(crate) environments: Environments,
-    pub(crate) cache: KeyCache,
-    /// The scope hierarchy and the rejections, shared with every principal.
-    pub(crate) authority: Arc<Authority>,
-    pub(crate) limiter: Arc<dyn Limiter>,
-    pub(crate) usage: Option<Arc<dyn UsageSink>>,
-    pub(crate) clock: Arc<dyn Clock>,
-}
-
-impl Shared {
-    /// Records one request with the usage sink, if there is one.
-    pub(crate) fn record(&self, key_id: Option<&str>, outcome: Outcome, latency: Option<Duration>) {
-        if let Some(sink) = &self.usage {
-            sink.record(&UsageEvent {
-                key_id,
-                outcome,
-                latency,
-                at: self.clock.now(),
-            });
-        }
-    }
-
-    /// The response for a refused request; traces it with the id it `presented` and counts it for
-    /// the key whose secret was `verified`.
-    pub(crate) fn reject(
-        &self,
-        rejection: Rejection,
-        presented: Option<&str>,
-        verified: Option<&str>,
-        request_headers: &HeaderMap,
-    ) -> Response<Bytes> {
-        trace::rejected(presented, rejection);
-        self.record(verified, Outcome::Rejected(rejection), None);
-        self.authority
-            .rejections
-            .response(rejection, request_headers)
-    }
-}
-
-/// Adds `RateLimit-Policy`, `RateLimit` and, when refused, `Retry-After`.
-pub(crate) fn add_limit_headers(headers: &mut HeaderMap, decision: &Decision) {
-    let (policy, state) = decision.headers();
-    if let Ok(policy) = HeaderValue::try_from(policy) {
-        headers.insert("ratelimit-policy", policy);
-    }
-    if let Ok(state) = HeaderValue::try_from(state) {
-        headers.insert("ratelimit", state);
-    }
-    if let Some(after) = decision.retry_after {
-        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-        headers.insert(RETRY_AFTER, HeaderValue::from(secs));
-    }
-}
-
-impl fmt::Debug for Shared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiKeyConfig")
-            .field("prefix", &self.format.prefix())
-            .field("sources", &self.sources)
-            .field("allow_opaque", &self.allow_opaque)
-            .field("environments", &self.environments)
-            .field("cache", &self.cache)
-            .field("authority", &self.authority)
-            .field("usage", &self.usage.is_some())
-            .finish_non_exhaustive()
-    }
 }
 
 impl fmt::Debug for ApiKeyLayer {
@@ -176,7 +101,7 @@ impl ApiKeyLayer {
 
     /// The format of the keys this layer accepts.
     pub fn format(&self) -> &KeyFormat {
-        &self.shared.format
+        &self.shared.reading.format
     }
 }
 
@@ -220,7 +145,7 @@ impl ApiKeyHandle {
 
     /// The format of the layer's keys.
     pub fn format(&self) -> &KeyFormat {
-        &self.shared.format
+        &self.shared.reading.format
     }
 }
 
@@ -430,10 +355,12 @@ impl ApiKeyLayerBuilder {
             .unwrap_or_else(|| Arc::new(MemoryLimiter::with_clock(clock.clone())));
         Ok(ApiKeyLayer {
             shared: Arc::new(Shared {
-                format,
-                sources: self.sources.into(),
-                allow_opaque: self.allow_opaque,
-                environments: self.environments,
+                reading: KeyReading {
+                    format,
+                    sources: self.sources.into(),
+                    allow_opaque: self.allow_opaque,
+                    environments: self.environments,
+                },
                 cache,
                 authority,
                 limiter,

@@ -79,6 +79,7 @@ mod principal;
 pub mod reject;
 pub mod scope;
 mod service;
+mod shared;
 pub mod store;
 mod trace;
 pub mod usage;

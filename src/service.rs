@@ -8,9 +8,8 @@ use http::{Request, Response};
 use tower::Service;
 
 use crate::body::ResponseBody;
-use crate::future::{authorize, Pending, ResponseFuture, Verdict};
-use crate::layer::Shared;
-use crate::verify::{present, Presented};
+use crate::future::{authorize, Attempt, Pending, ResponseFuture, Verdict};
+use crate::shared::Shared;
 
 /// Authenticates each request by API key, then calls the inner service with the
 /// [`Principal`](crate::Principal) in the request's extensions, or answers with a rejection
@@ -75,14 +74,7 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = &self.shared;
-        let presented = match present(
-            &shared.sources,
-            &shared.format,
-            shared.allow_opaque,
-            shared.environments,
-            request.headers(),
-            request.uri(),
-        ) {
+        let presented = match shared.reading.present(&request) {
             Ok(presented) => presented,
             Err(rejection) => {
                 return ResponseFuture::rejected(shared.reject(
@@ -93,36 +85,29 @@ where
                 ));
             }
         };
-        let Presented {
-            id,
-            digest,
-            environment,
-        } = presented;
         let now = shared.clock.now();
-        // The hot path: a key in the front cache is verified on the cache's entry, here.
-        let verdict = shared.cache.peek_with(&id, now, |key| {
+        // The hot path: a key in the cache is verified on the cache's entry, here.
+        let verdict = shared.cache.peek_with(&presented.id, now, |key| {
             authorize(
                 shared,
-                Ok(key),
-                &id,
-                &digest,
-                environment,
-                now,
-                request.headers(),
+                Attempt {
+                    presented: &presented,
+                    found: Ok(key),
+                    now,
+                    headers: request.headers(),
+                },
             )
         });
         let Some(verdict) = verdict else {
-            let id = id.into_owned();
+            let presented = presented.into_owned();
             let pending = Pending {
                 shared: shared.clone(),
                 request,
                 inner: self.take_ready(),
-                digest,
-                environment,
             };
-            return ResponseFuture::lookup(pending, id);
+            return ResponseFuture::lookup(pending, presented);
         };
-        drop(id);
+        drop(presented);
         match verdict {
             Verdict::Go(principal, after) => {
                 request.extensions_mut().insert(principal);

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::time::SystemTime;
 
-use http::{HeaderMap, Uri};
+use http::{HeaderMap, Request, Uri};
 use subtle::Choice;
 
 use crate::cache::CachedKey;
@@ -57,12 +57,48 @@ pub(crate) struct Presented<'r> {
     pub(crate) environment: Option<Environment>,
 }
 
-/// Reads the key from the request and checks what can be checked offline.
-///
-/// # Errors
-/// `MissingApiKey`, `MultipleApiKeys`, or `InvalidApiKey` for anything malformed; no store or
-/// cache is touched.
-pub(crate) fn present<'r>(
+/// How a layer reads keys: where from, in which format, which environments it accepts.
+#[derive(Debug)]
+pub(crate) struct KeyReading {
+    pub(crate) format: KeyFormat,
+    pub(crate) sources: Box<[KeySource]>,
+    pub(crate) allow_opaque: bool,
+    pub(crate) environments: Environments,
+}
+
+impl Presented<'_> {
+    /// The same, owning its id, to wait for a lookup.
+    pub(crate) fn into_owned(self) -> Presented<'static> {
+        Presented {
+            id: Cow::Owned(self.id.into_owned()),
+            digest: self.digest,
+            environment: self.environment,
+        }
+    }
+}
+
+impl KeyReading {
+    /// Reads the key from `request` and checks what can be checked offline.
+    ///
+    /// # Errors
+    /// `MissingApiKey`, `MultipleApiKeys`, or `InvalidApiKey` for anything malformed; no store
+    /// or cache is touched.
+    pub(crate) fn present<'r, B>(
+        &self,
+        request: &'r Request<B>,
+    ) -> Result<Presented<'r>, Rejection> {
+        present(
+            &self.sources,
+            &self.format,
+            self.allow_opaque,
+            self.environments,
+            request.headers(),
+            request.uri(),
+        )
+    }
+}
+
+fn present<'r>(
     sources: &[KeySource],
     format: &KeyFormat,
     allow_opaque: bool,
@@ -131,13 +167,14 @@ pub(crate) fn present<'r>(
 /// environment.
 pub(crate) fn verify<'k>(
     key: &'k CachedKey,
-    digest: &SecretDigest,
-    environment: Option<Environment>,
+    presented: &Presented<'_>,
     environments: Environments,
     now: SystemTime,
 ) -> Result<&'k Principal, Rejection> {
-    let same_environment = Choice::from(u8::from(environment.is_none_or(|e| e == key.environment)));
-    if !bool::from(key.digest.ct_eq(digest) & same_environment) {
+    let same_environment = Choice::from(u8::from(
+        presented.environment.is_none_or(|e| e == key.environment),
+    ));
+    if !bool::from(key.digest.ct_eq(&presented.digest) & same_environment) {
         return Err(Rejection::InvalidApiKey);
     }
     if !environments.accepts(key.environment) {

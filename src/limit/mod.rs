@@ -190,8 +190,24 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Adds `RateLimit-Policy`, `RateLimit` and, when refused, `Retry-After` to `headers`.
+    pub(crate) fn write_headers(&self, headers: &mut http::HeaderMap) {
+        use http::HeaderValue;
+        let (policy, state) = self.headers();
+        if let Ok(policy) = HeaderValue::try_from(policy) {
+            headers.insert("ratelimit-policy", policy);
+        }
+        if let Ok(state) = HeaderValue::try_from(state) {
+            headers.insert("ratelimit", state);
+        }
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+    }
+
     /// `RateLimit-Policy` and `RateLimit` header values.
-    pub(crate) fn headers(&self) -> (String, String) {
+    fn headers(&self) -> (String, String) {
         let mut policy = String::new();
         let mut state = String::new();
         for (i, limit) in self.limits.iter().enumerate() {
@@ -279,22 +295,29 @@ impl std::fmt::Display for UnknownPlan {
 
 impl std::error::Error for UnknownPlan {}
 
+/// What of a key decides its limits.
+pub(crate) struct KeyLimits<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) owner: Option<&'a str>,
+    pub(crate) environment: crate::key::Environment,
+    /// The key's own limits.
+    pub(crate) limits: Option<Limits>,
+    pub(crate) plan: Option<&'a str>,
+}
+
 impl LimitRules {
     /// The policy for a key, or `None` when it is unlimited.
-    pub(crate) fn policy(
-        &self,
-        record: &crate::store::KeyRecord,
-    ) -> Result<Option<Policy>, UnknownPlan> {
+    pub(crate) fn policy(&self, record: KeyLimits<'_>) -> Result<Option<Policy>, UnknownPlan> {
         use crate::key::Environment;
-        let base = match (&record.limits, &record.plan) {
-            (Some(limits), _) => *limits,
+        let base = match (record.limits, record.plan) {
+            (Some(limits), _) => limits,
             (None, Some(plan)) => self
                 .plans
                 .iter()
                 .rev()
                 .find(|(name, _)| name == plan)
                 .map(|(_, limits)| *limits)
-                .ok_or_else(|| UnknownPlan(plan.clone()))?,
+                .ok_or_else(|| UnknownPlan(plan.to_owned()))?,
             (None, None) => self.default,
         };
         let limits = match record.environment {
@@ -306,7 +329,7 @@ impl LimitRules {
             return Ok(None);
         }
         // One bucket per owner, whatever its keys' environments or plans.
-        let bucket = match (&record.owner, limits.shared_by_owner) {
+        let bucket = match (record.owner, limits.shared_by_owner) {
             (Some(owner), true) => format!("owner:{owner}"),
             _ => format!("key:{}", record.id),
         };

@@ -1,0 +1,75 @@
+//! What every service of one [`ApiKeyLayer`](crate::ApiKeyLayer) shares, by concern: reading
+//! the key, looking it up, limiting it, and answering. The layer builds it; the service and the
+//! response future read it. It depends on none of the three.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Response};
+
+use crate::cache::KeyCache;
+use crate::clock::Clock;
+use crate::limit::Limiter;
+use crate::principal::Authority;
+use crate::reject::Rejection;
+use crate::trace;
+use crate::usage::{Outcome, UsageEvent, UsageSink};
+use crate::verify::KeyReading;
+
+/// What every service of one layer shares.
+pub(crate) struct Shared {
+    /// Reading the key: where from, in which format, which environments.
+    pub(crate) reading: KeyReading,
+    /// Looking it up: the cache and the store behind it.
+    pub(crate) cache: KeyCache,
+    /// Limiting it.
+    pub(crate) limiter: Arc<dyn Limiter>,
+    /// Counting it, if the layer was given a sink.
+    pub(crate) usage: Option<Arc<dyn UsageSink>>,
+    /// Answering: the scope hierarchy and the rejections, shared with every principal.
+    pub(crate) authority: Arc<Authority>,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl Shared {
+    /// Records one request with the usage sink, if there is one.
+    pub(crate) fn record(&self, key_id: Option<&str>, outcome: Outcome, latency: Option<Duration>) {
+        if let Some(sink) = &self.usage {
+            sink.record(&UsageEvent {
+                key_id,
+                outcome,
+                latency,
+                at: self.clock.now(),
+            });
+        }
+    }
+
+    /// The response for a refused request; traces it with the id it `presented` and counts it for
+    /// the key whose secret was `verified`.
+    pub(crate) fn reject(
+        &self,
+        rejection: Rejection,
+        presented: Option<&str>,
+        verified: Option<&str>,
+        request_headers: &HeaderMap,
+    ) -> Response<Bytes> {
+        trace::rejected(presented, rejection);
+        self.record(verified, Outcome::Rejected(rejection), None);
+        self.authority
+            .rejections
+            .response(rejection, request_headers)
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyConfig")
+            .field("reading", &self.reading)
+            .field("cache", &self.cache)
+            .field("authority", &self.authority)
+            .field("usage", &self.usage.is_some())
+            .finish_non_exhaustive()
+    }
+}
