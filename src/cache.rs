@@ -51,10 +51,9 @@ use papaya::{Compute, Operation};
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::clock::Clock;
-use crate::key::{Environment, SecretDigest};
-use crate::limit::{KeyLimits, LimitRules, Policy, UnknownPlan};
+use crate::limit::{KeyLimits, LimitRules, UnknownPlan};
 use crate::principal::{Authority, Principal};
-use crate::store::{KeyRecord, KeyState, KeyStore, StoreError};
+use crate::store::{KeyStore, StoreError};
 
 /// Sizes and lifetimes of the layer's cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,37 +107,6 @@ pub struct CacheStats {
     pub unknown_ids: u64,
 }
 
-/// What the cache keeps of a found key: what verification needs, and the ready principal.
-pub(crate) struct CachedKey {
-    pub(crate) digest: SecretDigest,
-    pub(crate) environment: Environment,
-    revoked: bool,
-    disabled: bool,
-    expires_at: Option<SystemTime>,
-    pub(crate) principal: Principal,
-    /// The key's rate limits and quotas; `None` when it has none.
-    pub(crate) policy: Option<Policy>,
-}
-
-impl CachedKey {
-    fn new(record: &KeyRecord, authority: Arc<Authority>, policy: Option<Policy>) -> Self {
-        CachedKey {
-            policy,
-            digest: record.digest,
-            environment: record.environment,
-            revoked: record.revoked_at.is_some(),
-            disabled: record.disabled,
-            expires_at: record.expires_at,
-            principal: Principal::from_record(record, authority),
-        }
-    }
-
-    /// The key's state at `now`, in the same order as [`KeyRecord::state`].
-    pub(crate) fn state(&self, now: SystemTime) -> KeyState {
-        KeyState::of(self.revoked, self.disabled, self.expires_at, now)
-    }
-}
-
 /// Why a load did not produce a key.
 pub(crate) enum LoadError {
     /// The store failed, timed out, or too many lookups were waiting.
@@ -157,15 +125,15 @@ impl fmt::Display for LoadError {
 }
 
 /// What a lookup gives: the key, `None` for an id the store does not know, or why it failed.
-pub(crate) type Loaded = Result<Option<Arc<CachedKey>>, Arc<LoadError>>;
+pub(crate) type Loaded = Result<Option<Principal>, Arc<LoadError>>;
 
 /// What an entry holds.
 #[derive(Clone)]
 enum Value {
     /// Nothing yet: the first load of this id is in flight.
     Empty,
-    /// A key the store returned.
-    Key(Arc<CachedKey>),
+    /// A key the store returned: its principal, with what verification needs.
+    Key(Principal),
     /// The store has no key with this id.
     Unknown,
 }
@@ -181,10 +149,10 @@ struct Load {
 #[derive(Clone)]
 struct Entry {
     value: Value,
-    /// Answers requests until then.
-    fresh_until: SystemTime,
+    /// Answers requests until then (nanoseconds since 1970, as [`nanos`] gives).
+    fresh_until: u64,
     /// Stands in for a failing store until then (a key only).
-    stale_until: SystemTime,
+    stale_until: u64,
     /// The cache's generation when this entry was made; other generations are never read.
     generation: u64,
     /// The load in flight, if any.
@@ -193,7 +161,7 @@ struct Entry {
 
 impl Entry {
     /// The key this entry may still give while the store fails, at `now` in generation `current`.
-    fn stale_key(&self, now: SystemTime, current: u64) -> Option<&Arc<CachedKey>> {
+    fn stale_key(&self, now: u64, current: u64) -> Option<&Principal> {
         match &self.value {
             Value::Key(key) if self.generation == current && now < self.stale_until => Some(key),
             _ => None,
@@ -203,7 +171,7 @@ impl Entry {
 
 /// What a finished load puts into its entry.
 enum Install {
-    Key(Arc<CachedKey>),
+    Key(Principal),
     Unknown,
     /// Keep the entry's value (its stale copy) and let the next request try again.
     Failed,
@@ -232,7 +200,8 @@ impl Value {
 pub(crate) struct KeyCache {
     /// Hashed with foldhash: SipHash would cost a tenth of the hot path, and an entry for a
     /// made-up id lives only until its load ends or, as "unknown", within its own capacity.
-    entries: papaya::HashMap<Box<str>, Entry, foldhash::fast::RandomState>,
+    /// Keyed by the id the principal holds too (one string per key).
+    entries: papaya::HashMap<Arc<str>, Entry, foldhash::fast::RandomState>,
     /// Moved on by `invalidate_all`.
     generation: AtomicU64,
     /// The next lease number.
@@ -296,11 +265,13 @@ impl KeyCache {
         &self,
         id: &str,
         now: SystemTime,
-        f: impl FnOnce(Option<&CachedKey>) -> R,
+        f: impl FnOnce(Option<&Principal>) -> R,
     ) -> Option<R> {
         let entries = self.entries.pin();
         let entry = entries.get(id)?;
-        if entry.generation != self.generation.load(Ordering::Acquire) || now >= entry.fresh_until {
+        if entry.generation != self.generation.load(Ordering::Acquire)
+            || nanos(now) >= entry.fresh_until
+        {
             return None;
         }
         match &entry.value {
@@ -328,11 +299,11 @@ impl KeyCache {
         match result {
             Err(error) if matches!(*error, LoadError::Store(_)) => {
                 // Whatever stands in the entry now: an invalidation since has removed it.
-                let now = self.clock.now();
+                let now = nanos(self.clock.now());
                 let current = self.generation.load(Ordering::Acquire);
                 let entries = self.entries.pin();
                 match entries.get(id).and_then(|e| e.stale_key(now, current)) {
-                    Some(key) => Ok(Some(Arc::clone(key))),
+                    Some(key) => Ok(Some(key.clone())),
                     None => Err(error),
                 }
             }
@@ -342,8 +313,8 @@ impl KeyCache {
 
     /// A fresh answer for `id`, or the load to wait for: the one in flight, or a new one whose
     /// lease the entry now holds.
-    fn join_or_start(&self, id: &str) -> Result<Option<Arc<CachedKey>>, Arc<Load>> {
-        let now = self.clock.now();
+    fn join_or_start(&self, id: &str) -> Result<Option<Principal>, Arc<Load>> {
+        let now = nanos(self.clock.now());
         let current = self.generation.load(Ordering::Acquire);
         let lease = self.leases.fetch_add(1, Ordering::Relaxed);
         let fresh = Arc::new(Load {
@@ -351,13 +322,13 @@ impl KeyCache {
             result: OnceCell::new(),
         });
         enum Found {
-            Hit(Option<Arc<CachedKey>>),
+            Hit(Option<Principal>),
             Join(Arc<Load>),
         }
         let entries = self.entries.pin();
         let computed = entries.compute(id.into(), |entry| match entry {
             Some((_, e)) if e.generation == current && now < e.fresh_until => match &e.value {
-                Value::Key(key) => Operation::Abort(Found::Hit(Some(Arc::clone(key)))),
+                Value::Key(key) => Operation::Abort(Found::Hit(Some(key.clone()))),
                 Value::Unknown => Operation::Abort(Found::Hit(None)),
                 Value::Empty => Operation::Abort(Found::Join(Self::in_flight(e))),
             },
@@ -394,7 +365,7 @@ impl KeyCache {
     /// Asks the store for `id`, then installs the answer if the lease still holds.
     async fn load(&self, id: &str, lease: u64) -> Loaded {
         let (install, result) = match self.fetch(id).await {
-            Ok(Some(key)) => (Install::Key(Arc::clone(&key)), Ok(Some(key))),
+            Ok(Some(key)) => (Install::Key(key.clone()), Ok(Some(key))),
             Ok(None) => (Install::Unknown, Ok(None)),
             Err(error @ LoadError::Store(_)) => (Install::Failed, Err(Arc::new(error))),
             Err(error @ LoadError::Misconfigured(_)) => (Install::Drop, Err(Arc::new(error))),
@@ -404,7 +375,7 @@ impl KeyCache {
     }
 
     /// The store's answer for `id`, within the lookup timeout and the bound on concurrent loads.
-    async fn fetch(&self, id: &str) -> Result<Option<Arc<CachedKey>>, LoadError> {
+    async fn fetch(&self, id: &str) -> Result<Option<Principal>, LoadError> {
         let known = {
             let entries = self.entries.pin();
             entries
@@ -443,11 +414,11 @@ impl KeyCache {
                 limits: record.limits,
                 plan: record.plan.as_deref(),
             }) {
-                Ok(policy) => Ok(Some(Arc::new(CachedKey::new(
+                Ok(policy) => Ok(Some(Principal::from_record(
                     &record,
                     Arc::clone(&self.authority),
                     policy,
-                )))),
+                ))),
                 Err(unknown) => Err(LoadError::Misconfigured(unknown)),
             },
             Ok(Some(_)) => Err(LoadError::Store(StoreError::unavailable(
@@ -461,11 +432,16 @@ impl KeyCache {
     /// Puts a load's answer into the entry of `id`, in one compare-and-swap that succeeds only
     /// while the entry holds lease `lease`.
     fn install(&self, id: &str, lease: u64, install: Install) {
-        let now = self.clock.now();
+        let now = nanos(self.clock.now());
         let config = &self.config;
         let stale = config.stale_if_error.unwrap_or(Duration::ZERO);
+        // The map's key: the principal's own id where there is one.
+        let key: Arc<str> = match &install {
+            Install::Key(principal) => Arc::clone(principal.shared_id()),
+            _ => id.into(),
+        };
         let entries = self.entries.pin();
-        let computed = entries.compute(id.into(), |entry| {
+        let computed = entries.compute(key, |entry| {
             let Some((_, e)) = entry else {
                 return Operation::Abort(());
             };
@@ -474,14 +450,14 @@ impl KeyCache {
             }
             let loaded = |value, fresh_for: Duration, stale_for: Duration| Entry {
                 value,
-                fresh_until: now.checked_add(fresh_for).unwrap_or(now),
-                stale_until: now.checked_add(fresh_for + stale_for).unwrap_or(now),
+                fresh_until: now.saturating_add(nanos_of(fresh_for)),
+                stale_until: now.saturating_add(nanos_of(fresh_for + stale_for)),
                 generation: e.generation,
                 load: None,
             };
             match &install {
                 Install::Key(key) => {
-                    Operation::Insert(loaded(Value::Key(Arc::clone(key)), config.ttl, stale))
+                    Operation::Insert(loaded(Value::Key(key.clone()), config.ttl, stale))
                 }
                 Install::Unknown => {
                     Operation::Insert(loaded(Value::Unknown, config.negative_ttl, Duration::ZERO))
@@ -501,7 +477,7 @@ impl KeyCache {
     }
 
     /// Keeps the counts of keys and unknown ids in step with a change of the map.
-    fn count<T>(&self, computed: &Compute<'_, Box<str>, Entry, T>) {
+    fn count<T>(&self, computed: &Compute<'_, Arc<str>, Entry, T>) {
         let (old, new) = match computed {
             Compute::Inserted(_, new) => (None, new.value.kind()),
             Compute::Updated { old, new } => (old.1.value.kind(), new.1.value.kind()),
@@ -522,7 +498,7 @@ impl KeyCache {
 
     /// While more than `capacity` entries of `kind` are held, removes one: of a sample of them,
     /// the one whose stale copy runs out first. The sample starts at a varying place.
-    fn evict_over(&self, kind: Kind, capacity: u64, now: SystemTime) {
+    fn evict_over(&self, kind: Kind, capacity: u64, now: u64) {
         let counter = match kind {
             Kind::Key => &self.keys,
             Kind::Unknown => &self.unknown,
@@ -578,11 +554,21 @@ impl KeyCache {
     pub(crate) fn invalidate_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         let entries = self.entries.pin();
-        let ids: Vec<Box<str>> = entries.keys().cloned().collect();
+        let ids: Vec<Arc<str>> = entries.keys().cloned().collect();
         for id in ids {
             if let Some(old) = entries.remove(&id) {
                 self.adjust(old.value.kind(), -1);
             }
         }
     }
+}
+
+/// Nanoseconds since 1970 (0 before it, `u64::MAX` after 2554): how entries keep their times,
+/// half the size of a `SystemTime`.
+fn nanos(at: SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH).map_or(0, nanos_of)
+}
+
+fn nanos_of(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -15,7 +15,7 @@ use pin_project::pin_project;
 use tower::Service;
 
 use crate::body::ResponseBody;
-use crate::cache::{CachedKey, LoadError, Loaded};
+use crate::cache::{LoadError, Loaded};
 use crate::limit::{Decision, LimitCheck, LimiterError};
 use crate::principal::Principal;
 use crate::reject::Rejection;
@@ -107,7 +107,7 @@ pub(crate) struct Attempt<'a> {
     /// What the request presented.
     pub(crate) presented: &'a Presented<'a>,
     /// The key the cache or the store has under the presented id.
-    pub(crate) found: Result<Option<&'a CachedKey>, &'a LoadError>,
+    pub(crate) found: Result<Option<&'a Principal>, &'a LoadError>,
     pub(crate) now: SystemTime,
     /// The request's headers, for the rejection's shape (JSON or gRPC).
     pub(crate) headers: &'a HeaderMap,
@@ -136,13 +136,13 @@ pub(crate) fn authorize(shared: &Arc<Shared>, attempt: Attempt<'_>) -> Verdict {
     let principal = match verify(key, presented, environments, now) {
         Ok(principal) => principal.clone(),
         Err(rejection) => {
-            let id = key.principal.key_id();
+            let id = key.key_id();
             // Said only after the secret matched, so the key counts as its owner's.
             let verified = (rejection != Rejection::InvalidApiKey).then_some(id);
             return reply(shared.reject(rejection, Some(id), verified, headers));
         }
     };
-    match &key.policy {
+    match &key.check().policy {
         None => admit(shared, principal, None),
         Some(policy) => match shared.limiter.check(&policy.bucket, &policy.limits, now) {
             LimitCheck::Ready(decision) => decide(shared, headers, principal, decision),
@@ -316,7 +316,7 @@ where
                     let attempt = Attempt {
                         presented: &presented,
                         found: match &result {
-                            Ok(key) => Ok(key.as_deref()),
+                            Ok(key) => Ok(key.as_ref()),
                             Err(error) => Err(&**error),
                         },
                         now: shared.clock.now(),

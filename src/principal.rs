@@ -1,17 +1,21 @@
 //! Who made an authenticated request: the [`Principal`] in the request's extensions.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use crate::key::Environment;
+use crate::key::{Environment, SecretDigest};
+use crate::limit::Policy;
 use crate::reject::Rejections;
 use crate::scope::ScopeHierarchy;
-use crate::store::KeyRecord;
+use crate::store::{KeyRecord, KeyState};
 
 /// The authenticated key behind a request, put into the request's extensions by
 /// [`ApiKeyLayer`](crate::ApiKeyLayer).
 ///
-/// Cloning is one reference-count increment. It holds no secret and no digest, so `Debug` is safe
+/// Cloning is one reference-count increment. It holds no secret, and its `Debug` shows neither the
+/// digest it is checked against nor an opaque key's whole id, so it is safe
 /// to log.
 ///
 /// ```
@@ -23,7 +27,7 @@ use crate::store::KeyRecord;
 /// }
 /// let app: Router = Router::new().route("/whoami", get(whoami));
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Principal(Arc<Inner>);
 
 /// The layer that vouched for a principal: how its scopes imply each other, and how refusals are
@@ -34,9 +38,28 @@ pub(crate) struct Authority {
     pub(crate) rejections: Rejections,
 }
 
-#[derive(Debug)]
+/// What verification needs of a cached key, kept in the principal itself: one allocation per
+/// cached key, and the hot path reads it where it takes the principal.
+pub(crate) struct KeyCheck {
+    pub(crate) digest: SecretDigest,
+    revoked: bool,
+    disabled: bool,
+    expires_at: Option<SystemTime>,
+    /// The key's rate limits and quotas; `None` (and no allocation) when it has none.
+    pub(crate) policy: Option<Box<Policy>>,
+}
+
+impl KeyCheck {
+    /// The key's state at `now`, in the same order as [`KeyRecord::state`].
+    pub(crate) fn state(&self, now: SystemTime) -> KeyState {
+        KeyState::of(self.revoked, self.disabled, self.expires_at, now)
+    }
+}
+
 struct Inner {
-    key_id: Box<str>,
+    check: KeyCheck,
+    /// Shared with the cache's map, whose key it is.
+    key_id: Arc<str>,
     name: Box<str>,
     owner: Option<Box<str>>,
     environment: Environment,
@@ -46,8 +69,19 @@ struct Inner {
 }
 
 impl Principal {
-    pub(crate) fn from_record(record: &KeyRecord, authority: Arc<Authority>) -> Self {
+    pub(crate) fn from_record(
+        record: &KeyRecord,
+        authority: Arc<Authority>,
+        policy: Option<Policy>,
+    ) -> Self {
         Principal(Arc::new(Inner {
+            check: KeyCheck {
+                digest: record.digest,
+                revoked: record.revoked_at.is_some(),
+                disabled: record.disabled,
+                expires_at: record.expires_at,
+                policy: policy.map(Box::new),
+            },
             key_id: record.id.as_str().into(),
             name: record.name.as_str().into(),
             owner: record.owner.as_deref().map(Into::into),
@@ -115,9 +149,34 @@ impl Principal {
             .any(|granted| self.0.authority.hierarchy.grants(granted, required))
     }
 
+    /// What verification needs.
+    pub(crate) fn check(&self) -> &KeyCheck {
+        &self.0.check
+    }
+
+    /// The id, as the cache's map keeps it.
+    pub(crate) fn shared_id(&self) -> &Arc<str> {
+        &self.0.key_id
+    }
+
     /// How the layer that authenticated this key answers refusals.
     pub(crate) fn rejections(&self) -> &Rejections {
         &self.0.authority.rejections
+    }
+}
+
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the digest nor the limits' bucket: what a handler may log.
+        let inner = &self.0;
+        f.debug_struct("Principal")
+            .field("key_id", &self.log_id())
+            .field("name", &inner.name)
+            .field("owner", &inner.owner)
+            .field("environment", &inner.environment)
+            .field("scopes", &inner.scopes)
+            .field("metadata", &inner.metadata)
+            .finish()
     }
 }
 

@@ -7,7 +7,6 @@ use std::time::SystemTime;
 use http::{HeaderMap, Request, Uri};
 use subtle::Choice;
 
-use crate::cache::CachedKey;
 use crate::extract::{extract, KeySource};
 use crate::key::{check_text, Environment, KeyFormat, ParsedKey, SecretDigest};
 use crate::principal::Principal;
@@ -166,22 +165,23 @@ fn present<'r>(
 /// the state's own rejection, or `EnvironmentNotAllowed` for an opaque key of a refused
 /// environment.
 pub(crate) fn verify<'k>(
-    key: &'k CachedKey,
+    key: &'k Principal,
     presented: &Presented<'_>,
     environments: Environments,
     now: SystemTime,
 ) -> Result<&'k Principal, Rejection> {
     let same_environment = Choice::from(u8::from(
-        presented.environment.is_none_or(|e| e == key.environment),
+        presented.environment.is_none_or(|e| e == key.environment()),
     ));
-    if !bool::from(key.digest.ct_eq(&presented.digest) & same_environment) {
+    let check = key.check();
+    if !bool::from(check.digest.ct_eq(&presented.digest) & same_environment) {
         return Err(Rejection::InvalidApiKey);
     }
-    if !environments.accepts(key.environment) {
+    if !environments.accepts(key.environment()) {
         return Err(Rejection::EnvironmentNotAllowed);
     }
-    match key.state(now) {
-        KeyState::Active => Ok(&key.principal),
+    match check.state(now) {
+        KeyState::Active => Ok(key),
         KeyState::Revoked => Err(Rejection::ApiKeyRevoked),
         KeyState::Disabled => Err(Rejection::ApiKeyDisabled),
         KeyState::Expired => Err(Rejection::ApiKeyExpired),
