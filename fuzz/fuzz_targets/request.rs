@@ -29,7 +29,7 @@ fn target() -> &'static Target {
             .build()
             .unwrap();
         runtime
-            .block_on(KeyManager::new(store, layer.handle()).create(NewKey::new("fuzz")))
+            .block_on(KeyManager::new(store).with_cache(layer.handle()).create(NewKey::new("fuzz")))
             .unwrap();
         Target { runtime, layer }
     })
