@@ -20,7 +20,8 @@ use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_api_key::{
-    ApiKeyLayer, CacheConfig, Environment, KeyFormat, KeyRecord, KeyStoreAdmin, MemoryStore,
+    cache::CacheConfig, key::KeyFormat, store::KeyRecord, store::KeyStoreAdmin, ApiKeyLayer,
+    Environment, MemoryStore,
 };
 use tower_http::validate_request::ValidateRequestHeaderLayer;
 

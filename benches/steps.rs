@@ -7,7 +7,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue};
-use tower_api_key::{Environment, KeyFormat, SecretDigest};
+use tower_api_key::{key::KeyFormat, key::SecretDigest, Environment};
 
 fn steps(c: &mut Criterion) {
     let format = KeyFormat::new("mesh").unwrap();

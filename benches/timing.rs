@@ -11,7 +11,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use tower_api_key::SecretDigest;
+use tower_api_key::key::SecretDigest;
 
 const BATCH: usize = 64;
 

@@ -19,7 +19,9 @@ use std::task::{Context, Poll, Waker};
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
 use tower::{service_fn, Layer, Service};
-use tower_api_key::{ApiKeyLayer, Environment, KeyFormat, KeyRecord, KeyStoreAdmin, MemoryStore};
+use tower_api_key::{
+    key::KeyFormat, store::KeyRecord, store::KeyStoreAdmin, ApiKeyLayer, Environment, MemoryStore,
+};
 use tower_http::validate_request::ValidateRequestHeaderLayer;
 
 type Body = http_body_util::Empty<bytes::Bytes>;

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_api_key::AddApiKeyLayer;
+use tower_api_key::client::AddApiKeyLayer;
 
 #[tokio::main]
 async fn main() {

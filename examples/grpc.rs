@@ -17,7 +17,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tower::ServiceBuilder;
 use tower_api_key::{
-    ApiKeyLayer, KeyManager, MemoryStore, NewKey, RequireScopeLayer, ScopeRequirement,
+    scope::ScopeRequirement, ApiKeyLayer, KeyManager, MemoryStore, NewKey, RequireScopeLayer,
 };
 
 #[tokio::main]

@@ -17,7 +17,7 @@ use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 use tower_api_key::{
-    AnyStore, ApiKeyLayer, KeyManager, KeyStoreAdmin, MemoryUsage, NewKey, Principal,
+    store::KeyStoreAdmin, usage::MemoryUsage, AnyStore, ApiKeyLayer, KeyManager, NewKey, Principal,
     RequireScopeLayer,
 };
 

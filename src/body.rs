@@ -7,8 +7,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project::pin_project;
 
-/// The body of a response from [`ApiKeyService`](crate::ApiKeyService) or
-/// [`RequireScope`](crate::RequireScope): the inner service's body unchanged, or the bytes of a
+/// The body of a response from [`ApiKeyService`](crate::service::ApiKeyService) or
+/// [`RequireScope`](crate::scope::RequireScope): the inner service's body unchanged, or the bytes of a
 /// rejection.
 #[pin_project(project = Projection)]
 #[derive(Debug)]

@@ -30,7 +30,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tower_api_key::{ApiKeyLayer, CacheConfig, MemoryStore};
+//! use tower_api_key::{ApiKeyLayer, cache::CacheConfig, MemoryStore};
 //!
 //! let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
 //!     .cache(CacheConfig {

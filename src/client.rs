@@ -6,7 +6,7 @@
 //!
 //! ```
 //! use tower::ServiceBuilder;
-//! use tower_api_key::AddApiKeyLayer;
+//! use tower_api_key::client::AddApiKeyLayer;
 //!
 //! # std::env::set_var("MESH_API_KEY_DOC", "mesh_live_3kTMd9Qx2bLp_example");
 //! let layer = AddApiKeyLayer::builder()
@@ -21,7 +21,7 @@
 //!
 //! let error = AddApiKeyLayer::builder().expect_prefix("mesh").key("sk_live_123").unwrap_err();
 //! assert_eq!(error.to_string(), "API keys for this service start with `mesh_`");
-//! # Ok::<(), tower_api_key::ClientKeyError>(())
+//! # Ok::<(), tower_api_key::client::ClientKeyError>(())
 //! ```
 
 use std::fmt;

@@ -26,7 +26,7 @@ impl Clock for SystemClock {
 ///
 /// ```
 /// use std::time::{Duration, UNIX_EPOCH};
-/// use tower_api_key::{Clock, ManualClock};
+/// use tower_api_key::{clock::Clock, clock::ManualClock};
 ///
 /// let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
 /// clock.advance(Duration::from_secs(90));

@@ -9,7 +9,7 @@
 //! `MISSING_API_KEY`.
 //!
 //! ```
-//! use tower_api_key::{ApiKeyLayer, KeySource, MemoryStore};
+//! use tower_api_key::{ApiKeyLayer, extract::KeySource, MemoryStore};
 //!
 //! let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
 //!     .sources([

@@ -18,7 +18,7 @@
 //! scopes per method with [`RequireScopeLayer::per_path`](crate::RequireScopeLayer::per_path):
 //!
 //! ```
-//! use tower_api_key::{Principal, RequireScopeLayer, ScopeRequirement};
+//! use tower_api_key::{Principal, RequireScopeLayer, scope::ScopeRequirement};
 //!
 //! // Inside a `#[tonic::async_trait]` service implementation:
 //! fn caller(request: &tonic::Request<()>) -> Option<&str> {
@@ -37,7 +37,7 @@
 //! ```
 //!
 //! ```
-//! use tower_api_key::Rejection;
+//! use tower_api_key::reject::Rejection;
 //!
 //! let status = tonic::Status::from(Rejection::InsufficientPermissions);
 //! assert_eq!(status.code(), tonic::Code::PermissionDenied);

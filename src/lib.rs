@@ -2,7 +2,7 @@
 //!
 //! [`ApiKeyLayer`] reads a key from the request (by default `Authorization: ApiKey <key>`),
 //! checks its format and checksum offline, looks it up by its public id through a [cache] in
-//! front of a pluggable async [`KeyStore`], compares the SHA-256 digest of its secret in constant
+//! front of a pluggable async [`KeyStore`](store::KeyStore), compares the SHA-256 digest of its secret in constant
 //! time, and puts the key's [`Principal`] (id, name, owner, environment, scopes) into the request's
 //! extensions. Otherwise it answers with a JSON rejection, such as
 //! `{"error": "Invalid API key", "code": "INVALID_API_KEY", "status": 401}`, and never calls your
@@ -62,11 +62,11 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "axum")]
-mod axum;
+pub mod axum;
 mod body;
 pub mod cache;
 pub mod client;
-mod clock;
+pub mod clock;
 pub mod extract;
 mod future;
 #[cfg(feature = "tonic")]
@@ -78,51 +78,29 @@ pub mod manage;
 mod principal;
 pub mod reject;
 pub mod scope;
-mod service;
+pub mod service;
 mod shared;
 pub mod store;
 mod trace;
 pub mod usage;
 mod verify;
 
+// What a first program names; everything else is in its module, each item at one path.
 pub use async_trait::async_trait;
 
-#[cfg(feature = "axum")]
-pub use crate::axum::MissingPrincipal;
-pub use crate::body::ResponseBody;
-pub use crate::cache::{CacheConfig, CacheStats};
-pub use crate::client::{AddApiKey, AddApiKeyLayer, ClientKeyBuilder, ClientKeyError};
-pub use crate::clock::{Clock, ManualClock, SystemClock};
-pub use crate::extract::KeySource;
-pub use crate::future::ResponseFuture;
-pub use crate::key::{
-    Environment, GeneratedKey, KeyFormat, ParseError, PlaintextKey, SecretDigest,
-};
+pub use crate::key::environment::Environment;
 pub use crate::layer::{ApiKeyHandle, ApiKeyLayer, ApiKeyLayerBuilder, ConfigError};
-#[cfg(feature = "redis")]
-pub use crate::limit::RedisLimiter;
-pub use crate::limit::{
-    Decision, LimitCheck, LimitStatus, Limiter, LimiterError, Limits, MemoryLimiter,
-};
-pub use crate::manage::{CreatedKey, InvalidKey, KeyInfo, KeyManager, ManageError, NewKey};
+pub use crate::manage::manager::{KeyManager, NewKey};
 pub use crate::principal::{log_id, Principal};
-pub use crate::reject::{JsonRejection, Rejection, RejectionResponder};
-pub use crate::scope::{
-    validate_scope, RequireScope, RequireScopeLayer, ScopeHierarchy, ScopeRequirement,
-};
-pub use crate::service::ApiKeyService;
+pub use crate::scope::require::RequireScopeLayer;
+pub use crate::store::any::AnyStore;
+pub use crate::store::memory::MemoryStore;
 #[cfg(feature = "postgres")]
-pub use crate::store::PostgresStore;
+pub use crate::store::postgres::PostgresStore;
 #[cfg(feature = "redis")]
-pub use crate::store::RedisStore;
+pub use crate::store::redis::RedisStore;
 #[cfg(feature = "sqlite")]
-pub use crate::store::SqliteStore;
-pub use crate::store::{
-    AnyStore, KeyRecord, KeyState, KeyStore, KeyStoreAdmin, MemoryStore, StoreError, UsageUpdate,
-};
-pub use crate::usage::{
-    KeyUsage, MemoryUsage, Outcome, StoreUsage, UsageEvent, UsageSink, UsageSnapshot,
-};
+pub use crate::store::sqlite::SqliteStore;
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

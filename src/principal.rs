@@ -104,7 +104,7 @@ impl Principal {
     /// record, not the digest the store holds).
     ///
     /// ```
-    /// use tower_api_key::{Environment, KeyRecord};
+    /// use tower_api_key::{Environment, store::KeyRecord};
     ///
     /// let record = KeyRecord::opaque("sk_legacy_4f9a2c", "old client", Environment::Live);
     /// assert_eq!(record.id.len(), 64, "the digest, in hex");
@@ -184,7 +184,7 @@ impl fmt::Debug for Principal {
 /// characters of its digest) cut to its first 12. See [`Principal::log_id`].
 ///
 /// ```
-/// use tower_api_key::{log_id, SecretDigest};
+/// use tower_api_key::{log_id, key::SecretDigest};
 ///
 /// let opaque_id = SecretDigest::of(b"sk_legacy_4f9a2c").to_hex();
 /// assert_eq!(log_id(&opaque_id).len(), 12);

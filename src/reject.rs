@@ -28,7 +28,7 @@
 //! ```
 //! use bytes::Bytes;
 //! use http::{HeaderMap, Response};
-//! use tower_api_key::{ApiKeyLayer, MemoryStore, Rejection};
+//! use tower_api_key::{ApiKeyLayer, MemoryStore, reject::Rejection};
 //!
 //! let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
 //!     .rejection_responder(|rejection: &Rejection, _request: &HeaderMap| {
@@ -174,7 +174,7 @@ impl Rejection {
     /// The default JSON body: `{"error": …, "code": …, "status": …}`.
     ///
     /// ```
-    /// use tower_api_key::Rejection;
+    /// use tower_api_key::reject::Rejection;
     ///
     /// assert_eq!(
     ///     Rejection::InvalidApiKey.json_body(),

@@ -1,4 +1,5 @@
-//! The authenticating service that [`ApiKeyLayer`](crate::ApiKeyLayer) wraps around yours.
+//! The authenticating service that [`ApiKeyLayer`](crate::ApiKeyLayer) wraps around yours, its
+//! response future and its response body.
 
 use std::fmt;
 use std::sync::Arc;
@@ -7,8 +8,9 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower::Service;
 
-use crate::body::ResponseBody;
-use crate::future::{authorize, Attempt, Pending, ResponseFuture, Verdict};
+pub use crate::body::ResponseBody;
+pub use crate::future::ResponseFuture;
+use crate::future::{authorize, Attempt, Pending, Verdict};
 use crate::shared::Shared;
 
 /// Authenticates each request by API key, then calls the inner service with the

@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use tower_api_key::{ApiKeyLayer, MemoryStore, MemoryUsage};
+//! use tower_api_key::{ApiKeyLayer, MemoryStore, usage::MemoryUsage};
 //!
 //! let usage = Arc::new(MemoryUsage::new());
 //! let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
@@ -247,14 +247,14 @@ impl<A: UsageSink, B: UsageSink> UsageSink for (A, B) {
 }
 
 /// Collects each key's requests and last use, for [`flush`](StoreUsage::flush) to write to the
-/// store in one batch (`last_used_at` and `requests` of [`KeyRecord`](crate::KeyRecord)), off the request path.
+/// store in one batch (`last_used_at` and `requests` of [`KeyRecord`](crate::store::KeyRecord)), off the request path.
 ///
 /// Flush it every few seconds from a task of your own:
 ///
 /// ```no_run
 /// # async fn run(store: tower_api_key::MemoryStore) {
 /// use std::{sync::Arc, time::Duration};
-/// use tower_api_key::StoreUsage;
+/// use tower_api_key::usage::StoreUsage;
 ///
 /// let pending = Arc::new(StoreUsage::new());
 /// // ApiKeyLayer::builder(...).usage_sink(pending.clone())

@@ -18,7 +18,7 @@ mod cli {
 
     use http::StatusCode;
     use tower::{service_fn, Layer, ServiceExt};
-    use tower_api_key::{ApiKeyLayer, ManualClock, Rejection, SqliteStore};
+    use tower_api_key::{clock::ManualClock, reject::Rejection, ApiKeyLayer, SqliteStore};
 
     struct Tool {
         dir: PathBuf,
@@ -274,13 +274,13 @@ mod cli {
         // A record written by something else, expiring after the year 9999.
         let store = SqliteStore::connect(&tool.url).await.unwrap();
         let far = tower_api_key::NewKey::new("far")
-            .generate(&tower_api_key::KeyFormat::new("mesh").unwrap())
+            .generate(&tower_api_key::key::KeyFormat::new("mesh").unwrap())
             .unwrap();
         let mut record = far.record;
         record.expires_at =
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(400 * 365 * 86_400 * 1000));
         let id = record.id.clone();
-        tower_api_key::KeyStoreAdmin::create(&store, record)
+        tower_api_key::store::KeyStoreAdmin::create(&store, record)
             .await
             .unwrap();
         let listed = tool.run(&["list"]);

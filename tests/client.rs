@@ -12,7 +12,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
-use tower_api_key::{AddApiKeyLayer, ApiKeyLayer, ClientKeyError, KeyManager, MemoryStore, NewKey};
+use tower_api_key::{
+    client::AddApiKeyLayer, client::ClientKeyError, ApiKeyLayer, KeyManager, MemoryStore, NewKey,
+};
 
 /// Sends one GET through `layer` over real HTTP and returns the status and body.
 async fn get_through(

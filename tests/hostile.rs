@@ -12,8 +12,9 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use proptest::prelude::*;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_api_key::{
-    async_trait, ApiKeyLayer, CacheConfig, Environment, KeyFormat, KeyManager, KeyRecord,
-    KeySource, KeyStore, KeyStoreAdmin, MemoryStore, NewKey, Rejection, SecretDigest, StoreError,
+    async_trait, cache::CacheConfig, extract::KeySource, key::KeyFormat, key::SecretDigest,
+    reject::Rejection, store::KeyRecord, store::KeyStore, store::KeyStoreAdmin, store::StoreError,
+    ApiKeyLayer, Environment, KeyManager, MemoryStore, NewKey,
 };
 
 use common::TestStore;
@@ -251,7 +252,7 @@ async fn a_hanging_store_does_not_stop_other_keys_and_nothing_is_cached_from_it(
         counter.fetch_add(1, Ordering::SeqCst);
         async { Ok::<_, Infallible>(Response::new(String::new())) }
     }));
-    let send = |key: &tower_api_key::PlaintextKey| {
+    let send = |key: &tower_api_key::key::PlaintextKey| {
         let request = Request::get("/")
             .header("authorization", format!("ApiKey {}", key.expose_secret()))
             .body(())

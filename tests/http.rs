@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use tower_api_key::{
-    ApiKeyLayer, ApiKeyLayerBuilder, CacheConfig, CreatedKey, Environment, KeyManager, KeyRecord,
-    KeySource, KeyStoreAdmin, MemoryStore, NewKey, Rejection,
+    cache::CacheConfig, extract::KeySource, manage::CreatedKey, reject::Rejection,
+    store::KeyRecord, store::KeyStoreAdmin, ApiKeyLayer, ApiKeyLayerBuilder, Environment,
+    KeyManager, MemoryStore, NewKey,
 };
 
 use common::{api_key, app, forge, serve, HttpClient, TestStore};

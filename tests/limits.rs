@@ -8,8 +8,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use http::{Method, StatusCode};
 use tower_api_key::{
-    ApiKeyLayer, ApiKeyLayerBuilder, CreatedKey, Environment, KeyManager, KeyRecord, KeyStoreAdmin,
-    LimitCheck, Limiter, Limits, ManualClock, MemoryLimiter, MemoryUsage, NewKey,
+    clock::ManualClock, limit::LimitCheck, limit::Limiter, limit::Limits, limit::MemoryLimiter,
+    manage::CreatedKey, store::KeyRecord, store::KeyStoreAdmin, usage::MemoryUsage, ApiKeyLayer,
+    ApiKeyLayerBuilder, Environment, KeyManager, NewKey,
 };
 
 use common::{api_key, app, serve, HttpClient, Reply, TestStore};

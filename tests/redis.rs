@@ -21,7 +21,8 @@ mod redis {
     use std::sync::Arc;
 
     use tower_api_key::{
-        ApiKeyLayer, KeyStoreAdmin, Limits, MemoryStore, NewKey, RedisLimiter, RedisStore,
+        limit::Limits, limit::RedisLimiter, store::KeyStoreAdmin, ApiKeyLayer, MemoryStore, NewKey,
+        RedisStore,
     };
 
     use crate::common::{api_key, app, serve, server_client, server_env, unique, HttpClient};
@@ -64,7 +65,7 @@ mod redis {
         let mut created = NewKey::new("shared")
             .scopes(["read"])
             .limits(Limits::per_minute(1).burst(20).daily(25))
-            .generate(&tower_api_key::KeyFormat::new("mesh").unwrap())
+            .generate(&tower_api_key::key::KeyFormat::new("mesh").unwrap())
             .unwrap();
         created.record.limits = Some(Limits::per_minute(1).burst(20).daily(25));
         store.create(created.record.clone()).await.unwrap();

@@ -14,8 +14,8 @@ use http::{Request, StatusCode};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 use tower_api_key::{
-    async_trait, ApiKeyHandle, ApiKeyLayer, CacheConfig, KeyManager, KeyRecord, KeyStore,
-    KeyStoreAdmin, MemoryStore, NewKey, StoreError,
+    async_trait, cache::CacheConfig, store::KeyRecord, store::KeyStore, store::KeyStoreAdmin,
+    store::StoreError, ApiKeyHandle, ApiKeyLayer, KeyManager, MemoryStore, NewKey,
 };
 
 use common::{app, TestStore};
@@ -274,8 +274,8 @@ async fn a_deleted_key_does_not_come_back_during_a_later_outage() {
         .build()
         .unwrap();
     // The manager of another replica: this layer's cache is not told.
-    let elsewhere =
-        KeyManager::new(store.keys.clone()).format(tower_api_key::KeyFormat::new("mesh").unwrap());
+    let elsewhere = KeyManager::new(store.keys.clone())
+        .format(tower_api_key::key::KeyFormat::new("mesh").unwrap());
     let created = elsewhere
         .create(NewKey::new("deleted elsewhere").scopes(["read"]))
         .await
@@ -310,8 +310,8 @@ async fn a_record_with_an_unknown_plan_gets_no_stale_copy() {
         })
         .build()
         .unwrap();
-    let elsewhere =
-        KeyManager::new(store.keys.clone()).format(tower_api_key::KeyFormat::new("mesh").unwrap());
+    let elsewhere = KeyManager::new(store.keys.clone())
+        .format(tower_api_key::key::KeyFormat::new("mesh").unwrap());
     let created = elsewhere
         .create(NewKey::new("planned").scopes(["read"]).plan("pro"))
         .await
@@ -376,7 +376,7 @@ async fn a_flood_of_made_up_ids_is_bounded_and_known_keys_keep_working() {
         StatusCode::OK
     );
 
-    let format = tower_api_key::KeyFormat::new("mesh").unwrap();
+    let format = tower_api_key::key::KeyFormat::new("mesh").unwrap();
     let flood: Vec<_> = (0..400)
         .map(|_| {
             let app = app.clone();

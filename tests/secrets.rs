@@ -3,7 +3,8 @@
 mod common;
 
 use tower_api_key::{
-    ApiKeyLayer, Environment, KeyFormat, KeyManager, KeySource, KeyStoreAdmin, NewKey,
+    extract::KeySource, key::KeyFormat, store::KeyStoreAdmin, ApiKeyLayer, Environment, KeyManager,
+    NewKey,
 };
 
 use common::{api_key, app, captured_events, serve, HttpClient, TestStore};

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tower_api_key::{ApiKeyLayer, Environment, KeyManager, MemoryStore, MemoryUsage, NewKey};
+use tower_api_key::{
+    usage::MemoryUsage, ApiKeyLayer, Environment, KeyManager, MemoryStore, NewKey,
+};
 
 use common::{api_key, app, serve, HttpClient};
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 use tower_api_key::{
-    ApiKeyLayer, CacheConfig, Environment, KeyManager, KeyStore, MemoryStore, NewKey, StoreUsage,
+    cache::CacheConfig, store::KeyStore, usage::StoreUsage, ApiKeyLayer, Environment, KeyManager,
+    MemoryStore, NewKey,
 };
 
 use common::{api_key, app, serve, HttpClient, TestStore};
@@ -103,7 +104,7 @@ async fn stale_if_error_keeps_cached_keys_working_within_its_bound() {
         .await
         .unwrap();
     let client = HttpClient::new(serve(app(layer, Arc::new(AtomicUsize::new(0)))).await);
-    let get = |key: &tower_api_key::PlaintextKey| {
+    let get = |key: &tower_api_key::key::PlaintextKey| {
         let client = client.clone();
         let header = api_key(key.expose_secret());
         async move {

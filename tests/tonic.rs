@@ -19,8 +19,8 @@ mod grpc {
     use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
     use tower::ServiceBuilder;
     use tower_api_key::{
-        ApiKeyLayer, CreatedKey, KeyManager, MemoryStore, NewKey, RequireScopeLayer,
-        ScopeRequirement,
+        manage::CreatedKey, scope::ScopeRequirement, ApiKeyLayer, KeyManager, MemoryStore, NewKey,
+        RequireScopeLayer,
     };
 
     use crate::common::{HttpClient, TestStore};
@@ -169,12 +169,12 @@ mod grpc {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn over_its_limit_a_key_is_resource_exhausted() {
-        use tower_api_key::{KeyStoreAdmin, Limits};
+        use tower_api_key::{limit::Limits, store::KeyStoreAdmin};
 
         let f = fixture().await;
         let mut created = NewKey::new("limited")
             .scopes(["read"])
-            .generate(&tower_api_key::KeyFormat::new("mesh").unwrap())
+            .generate(&tower_api_key::key::KeyFormat::new("mesh").unwrap())
             .unwrap();
         created.record.limits = Some(Limits::per_minute(1));
         f.store.keys.create(created.record.clone()).await.unwrap();
@@ -198,7 +198,7 @@ mod grpc {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_client_layer_sends_the_key_on_a_tonic_channel() {
-        use tower_api_key::AddApiKeyLayer;
+        use tower_api_key::client::AddApiKeyLayer;
 
         let f = fixture().await;
         let read = f.key("read").await;

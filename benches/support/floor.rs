@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
 use tower::Service;
-use tower_api_key::{Environment, KeyFormat, SecretDigest};
+use tower_api_key::{key::KeyFormat, key::SecretDigest, Environment};
 
 type Body = http_body_util::Empty<bytes::Bytes>;
 

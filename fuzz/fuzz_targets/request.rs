@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use tower::{service_fn, Layer, ServiceExt};
-use tower_api_key::{ApiKeyLayer, KeyManager, KeySource, MemoryStore, NewKey};
+use tower_api_key::{ApiKeyLayer, KeyManager, extract::KeySource, MemoryStore, NewKey};
 
 struct Target {
     runtime: tokio::runtime::Runtime,

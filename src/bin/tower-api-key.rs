@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use tower_api_key::{
-    AnyStore, CreatedKey, Environment, KeyFormat, KeyInfo, KeyManager, ManageError, NewKey,
-    StoreError,
+    key::KeyFormat, manage::CreatedKey, manage::KeyInfo, manage::ManageError, store::StoreError,
+    AnyStore, Environment, KeyManager, NewKey,
 };
 
 /// Create, list, rotate and revoke API keys.

@@ -14,7 +14,7 @@ use subtle::{Choice, ConstantTimeEq};
 /// lowercase hex.
 ///
 /// ```
-/// use tower_api_key::SecretDigest;
+/// use tower_api_key::key::SecretDigest;
 ///
 /// let a = SecretDigest::of(b"correct horse");
 /// assert_eq!(a, SecretDigest::of(b"correct horse"));
@@ -35,11 +35,11 @@ impl SecretDigest {
     /// issued it: SHA-256 of `prefix`, `_` and the secret. A key issued under one prefix never
     /// matches under another, even when both services share one store and the prefix and the
     /// public checksum of a key are rewritten. It is what
-    /// [`KeyFormat::generate`](crate::KeyFormat::generate) stores and what a parsed key is
+    /// [`KeyFormat::generate`](crate::key::KeyFormat::generate) stores and what a parsed key is
     /// compared by; for a prefix of up to 16 characters it is still one SHA-256 block.
     ///
     /// ```
-    /// use tower_api_key::SecretDigest;
+    /// use tower_api_key::key::SecretDigest;
     ///
     /// let secret = b"4GmQm9w2s0PqzJ8uYb3kRrV7xLcN1eTd";
     /// assert_ne!(SecretDigest::of_key("mesh", secret), SecretDigest::of_key("shop", secret));

@@ -36,7 +36,7 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 /// stored.
 ///
 /// ```
-/// use tower_api_key::{Environment, KeyFormat};
+/// use tower_api_key::{Environment, key::KeyFormat};
 ///
 /// let format = KeyFormat::new("mesh")?;
 /// let generated = format.generate(Environment::Test);

@@ -1,7 +1,7 @@
 //! Keys: their text format, generation, parsing, and the digest that is stored instead of them.
 //!
 //! ```
-//! use tower_api_key::{Environment, KeyFormat, SecretDigest};
+//! use tower_api_key::{Environment, key::KeyFormat, key::SecretDigest};
 //!
 //! let format = KeyFormat::new("mesh")?;
 //! let generated = format.generate(Environment::Live);
@@ -12,12 +12,13 @@
 //! ```
 
 mod digest;
-mod environment;
+pub(crate) mod environment;
 mod format;
 mod plaintext;
 
 pub use digest::{InvalidDigest, SecretDigest};
-pub use environment::{Environment, UnknownEnvironment};
+pub(crate) use environment::Environment;
+pub use environment::UnknownEnvironment;
 pub(crate) use format::check_text;
 pub use format::{
     GeneratedKey, InvalidPrefix, KeyFormat, ParseError, ParsedKey, CHECKSUM_LEN, ID_LEN,

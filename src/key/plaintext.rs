@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 /// Read it deliberately with [`expose_secret`](PlaintextKey::expose_secret).
 ///
 /// ```
-/// use tower_api_key::{Environment, KeyFormat};
+/// use tower_api_key::{Environment, key::KeyFormat};
 ///
 /// let generated = KeyFormat::new("mesh").unwrap().generate(Environment::Live);
 /// assert!(generated.key.expose_secret().starts_with("mesh_live_"));

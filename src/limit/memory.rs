@@ -32,7 +32,7 @@ const SWEEP_EVERY: u64 = 4096;
 ///
 /// ```
 /// use std::time::SystemTime;
-/// use tower_api_key::{Limiter, LimitCheck, Limits, MemoryLimiter};
+/// use tower_api_key::{limit::Limiter, limit::LimitCheck, limit::Limits, limit::MemoryLimiter};
 ///
 /// let limiter = MemoryLimiter::new();
 /// let limits = Limits::per_minute(2);

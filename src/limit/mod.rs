@@ -18,7 +18,7 @@
 //! keys are never limited.
 //!
 //! ```
-//! use tower_api_key::{ApiKeyLayer, Limits, MemoryStore};
+//! use tower_api_key::{ApiKeyLayer, limit::Limits, MemoryStore};
 //!
 //! let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
 //!     .plan("startup", Limits::per_minute(200).daily(20_000))
@@ -48,7 +48,7 @@ pub(crate) use calendar::Window;
 /// What one key (or one owner's keys together) may use.
 ///
 /// ```
-/// use tower_api_key::Limits;
+/// use tower_api_key::limit::Limits;
 ///
 /// let limits = Limits::per_minute(100).burst(20).daily(10_000).monthly(100_000);
 /// assert_eq!(limits.per_minute, Some(100));

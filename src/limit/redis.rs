@@ -70,7 +70,7 @@ return {1, 0, 0, remaining, day, month}",
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// use tower_api_key::{ApiKeyLayer, MemoryStore, RedisLimiter};
+/// use tower_api_key::{ApiKeyLayer, MemoryStore, limit::RedisLimiter};
 ///
 /// let limiter = RedisLimiter::connect("redis://127.0.0.1:6379").await?;
 /// let layer = ApiKeyLayer::builder("mesh", MemoryStore::new()).limiter(limiter).build()?;

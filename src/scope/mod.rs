@@ -1,5 +1,5 @@
 //! Permission scopes: what a key may do, how one scope implies another, and the route-level
-//! [`RequireScopeLayer`].
+//! [`RequireScopeLayer`](crate::RequireScopeLayer).
 //!
 //! Scopes are strings: `read`, `write`, `admin`, namespaced ones such as `offers:write`, and
 //! wildcards: `offers:*` grants every scope under `offers:`, `*` grants everything. An
@@ -7,7 +7,7 @@
 //! the last segment within one namespace: `offers:admin` grants `offers:read`.
 //!
 //! ```
-//! use tower_api_key::ScopeHierarchy;
+//! use tower_api_key::scope::ScopeHierarchy;
 //!
 //! let h = ScopeHierarchy::default();
 //! assert!(h.grants("admin", "read"));
@@ -18,11 +18,11 @@
 //! assert!(h.grants("*", "anything:at:all"));
 //! ```
 
-mod require;
+pub(crate) mod require;
 
 use std::fmt;
 
-pub use require::{RequireScope, RequireScopeLayer, ScopeRequirement};
+pub use require::{RequireScope, ScopeRequirement};
 
 /// The longest scope accepted, in bytes.
 pub const MAX_SCOPE_LEN: usize = 128;
@@ -33,7 +33,7 @@ pub const MAX_SCOPE_LEN: usize = 128;
 /// a short list.
 ///
 /// ```
-/// use tower_api_key::ScopeHierarchy;
+/// use tower_api_key::scope::ScopeHierarchy;
 ///
 /// let custom = ScopeHierarchy::empty().imply("owner", "member").imply("member", "guest");
 /// assert!(custom.grants("owner", "guest"));
@@ -126,7 +126,7 @@ fn split_leaf(scope: &str) -> (&str, &str) {
 /// [`InvalidScope`] naming the scope.
 ///
 /// ```
-/// use tower_api_key::validate_scope;
+/// use tower_api_key::scope::validate_scope;
 ///
 /// assert!(validate_scope("offers:write").is_ok());
 /// assert!(validate_scope("offers:*").is_ok());

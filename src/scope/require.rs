@@ -39,7 +39,7 @@ pub struct RequireScopeLayer {
 /// Which scopes a request needs: all of a list, any of a list, or none beyond authentication.
 ///
 /// ```
-/// use tower_api_key::ScopeRequirement;
+/// use tower_api_key::scope::ScopeRequirement;
 ///
 /// let writers = ScopeRequirement::all(["write"]);
 /// let either = ScopeRequirement::any(["offers:write", "admin"]);
@@ -128,7 +128,7 @@ impl RequireScopeLayer {
     /// `otherwise`.
     ///
     /// ```
-    /// use tower_api_key::{RequireScopeLayer, ScopeRequirement};
+    /// use tower_api_key::{RequireScopeLayer, scope::ScopeRequirement};
     ///
     /// let per_method = RequireScopeLayer::per_path(
     ///     [

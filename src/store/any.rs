@@ -17,7 +17,7 @@ use super::{KeyChanges, KeyRecord, KeyStore, KeyStoreAdmin, MemoryStore, StoreEr
 /// assert_eq!(store.kind(), "memory");
 /// let error = AnyStore::connect("mysql://db").await.unwrap_err();
 /// assert!(error.to_string().contains("sqlite://, postgres://, redis:// or memory:"));
-/// # Ok::<(), tower_api_key::StoreError>(())
+/// # Ok::<(), tower_api_key::store::StoreError>(())
 /// # }).unwrap();
 /// ```
 #[derive(Clone, Debug)]

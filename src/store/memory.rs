@@ -15,13 +15,13 @@ use super::{KeyRecord, KeyStore, KeyStoreAdmin, StoreError, UsageUpdate};
 ///
 /// ```
 /// # tokio_test_block(async {
-/// use tower_api_key::{Environment, KeyRecord, KeyStore, KeyStoreAdmin, MemoryStore, SecretDigest};
+/// use tower_api_key::{Environment, store::KeyRecord, store::KeyStore, store::KeyStoreAdmin, MemoryStore, key::SecretDigest};
 ///
 /// let store = MemoryStore::new();
 /// store.create(KeyRecord::new("id1", SecretDigest::of(b"s"), "ci", Environment::Live)).await?;
 /// assert_eq!(store.get("id1").await?.unwrap().name, "ci");
 /// assert!(store.get("nope").await?.is_none());
-/// # Ok::<(), tower_api_key::StoreError>(())
+/// # Ok::<(), tower_api_key::store::StoreError>(())
 /// # });
 /// # fn tokio_test_block<F: std::future::Future>(f: F) -> F::Output {
 /// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)

@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use std::collections::HashMap;
-//! use tower_api_key::{async_trait, KeyRecord, KeyStore, StoreError};
+//! use tower_api_key::{async_trait, store::KeyRecord, store::KeyStore, store::StoreError};
 //!
 //! /// Keys loaded once from configuration.
 //! struct StaticStore(HashMap<String, KeyRecord>);
@@ -22,19 +22,19 @@
 //! }
 //! ```
 
-mod any;
+pub(crate) mod any;
 #[cfg(any(feature = "postgres", feature = "redis"))]
 mod listener;
-mod memory;
+pub(crate) mod memory;
 #[cfg(feature = "postgres")]
-mod postgres;
+pub(crate) mod postgres;
 mod record;
 #[cfg(feature = "redis")]
-mod redis;
+pub(crate) mod redis;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 #[cfg(feature = "sqlite")]
-mod sqlite;
+pub(crate) mod sqlite;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -43,17 +43,16 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-pub use any::AnyStore;
 #[cfg(any(feature = "postgres", feature = "redis"))]
 pub use listener::{LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
-pub use memory::MemoryStore;
+pub(crate) use memory::MemoryStore;
 #[cfg(feature = "postgres")]
-pub use postgres::PostgresStore;
+pub(crate) use postgres::PostgresStore;
 pub use record::{KeyRecord, KeyState};
 #[cfg(feature = "redis")]
-pub use redis::RedisStore;
+pub(crate) use redis::RedisStore;
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteStore;
+pub(crate) use sqlite::SqliteStore;
 
 /// A source of key records, looked up by public key id.
 ///

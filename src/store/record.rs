@@ -15,7 +15,7 @@ use crate::limit::Limits;
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
-/// use tower_api_key::{Environment, KeyRecord, KeyState, SecretDigest};
+/// use tower_api_key::{Environment, store::KeyRecord, store::KeyState, key::SecretDigest};
 ///
 /// let mut record = KeyRecord::new("3kTMd9Qx2bLp", SecretDigest::of(b"secret"), "ci", Environment::Live);
 /// record.scopes = vec!["read".into()];
@@ -162,7 +162,7 @@ impl KeyRecord {
     /// opaque keys with issued ones ([`KeyManager::rotate`](crate::KeyManager::rotate)).
     ///
     /// ```
-    /// use tower_api_key::{Environment, KeyRecord, SecretDigest};
+    /// use tower_api_key::{Environment, store::KeyRecord, key::SecretDigest};
     ///
     /// let record = KeyRecord::opaque("old-key-7f3a9c", "legacy client", Environment::Live);
     /// assert_eq!(record.id, SecretDigest::of(b"old-key-7f3a9c").to_hex());

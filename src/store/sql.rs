@@ -165,7 +165,7 @@ macro_rules! sql_store {
                 let limits: Option<String> = row.try_get("limits").map_err(unavailable)?;
                 let mut record = $crate::store::KeyRecord::new(
                     id,
-                    $crate::SecretDigest::from_hex(&digest).map_err(|_| corrupt("digest"))?,
+                    $crate::key::SecretDigest::from_hex(&digest).map_err(|_| corrupt("digest"))?,
                     row.try_get::<String, _>("name").map_err(unavailable)?,
                     environment.parse().map_err(|_| corrupt("environment"))?,
                 );

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tower_api_key::{
-    ApiKeyLayer, Environment, KeyFormat, KeyManager, KeyRecord, KeyStoreAdmin, Limits, NewKey,
-    StoreError, UsageUpdate,
+    key::KeyFormat, limit::Limits, store::KeyRecord, store::KeyStoreAdmin, store::StoreError,
+    store::UsageUpdate, ApiKeyLayer, Environment, KeyManager, NewKey,
 };
 
 use crate::common::{api_key, app, serve, HttpClient};

@@ -15,8 +15,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tower_api_key::{
-    async_trait, ApiKeyLayer, KeyRecord, KeyStore, MemoryStore, Principal, RequireScopeLayer,
-    StoreError,
+    async_trait, store::KeyRecord, store::KeyStore, store::StoreError, ApiKeyLayer, MemoryStore,
+    Principal, RequireScopeLayer,
 };
 
 /// The variable that turns on [`log_everything`]; `.ci/run` sets it for the whole-suite run whose

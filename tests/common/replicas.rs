@@ -9,8 +9,8 @@ use http::{Request, StatusCode};
 use tokio::task::JoinHandle;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_api_key::{
-    ApiKeyHandle, ApiKeyLayer, CacheConfig, KeyManager, KeyStoreAdmin, NewKey, Rejection,
-    StoreError,
+    cache::CacheConfig, reject::Rejection, store::KeyStoreAdmin, store::StoreError, ApiKeyHandle,
+    ApiKeyLayer, KeyManager, NewKey,
 };
 
 use crate::common::{api_key, app, run_server_command, serve, HttpClient};
@@ -109,7 +109,7 @@ pub async fn an_outage_is_survived<S: KeyStoreAdmin + Clone>(store: S, stop: &st
         .await
         .unwrap();
     let client = HttpClient::new(serve(app(layer, Arc::new(AtomicUsize::new(0)))).await);
-    let get = |key: &tower_api_key::PlaintextKey| {
+    let get = |key: &tower_api_key::key::PlaintextKey| {
         let client = client.clone();
         let header = api_key(key.expose_secret());
         async move {

@@ -1,0 +1,154 @@
+//! Issuing and withdrawing keys: [`NewKey`](crate::NewKey) describes a key,
+//! [`KeyManager`](crate::KeyManager) creates, revokes, deletes and lists them in a
+//! [`KeyStoreAdmin`](crate::store::KeyStoreAdmin) and keeps the layer's cache in step. This module
+//! holds what they give and refuse.
+
+pub(crate) mod manager;
+
+use std::fmt;
+use std::time::SystemTime;
+
+use crate::key::{Environment, KeyFormat, PlaintextKey};
+use crate::scope::InvalidScope;
+use crate::store::{KeyRecord, KeyState, StoreError};
+
+/// The longest key name accepted, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// A key just issued: the plaintext to show once, and its stored record.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct CreatedKey {
+    /// The whole key: show it to its owner once.
+    pub key: PlaintextKey,
+    /// What the store keeps.
+    pub record: KeyRecord,
+}
+
+/// What makes a [`NewKey`](crate::NewKey) invalid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvalidKey {
+    /// The name is empty or longer than [`MAX_NAME_LEN`].
+    Name,
+    /// A scope is malformed.
+    Scope(InvalidScope),
+    /// A time (an expiry, the end of a grace period) past the year 9999.
+    TimeOutOfRange,
+    /// The manager has no key format: give it a layer's cache
+    /// ([`KeyManager::with_cache`](crate::KeyManager::with_cache)) or a
+    /// [`KeyManager::format`](crate::KeyManager::format).
+    NoFormat,
+}
+
+impl fmt::Display for InvalidKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InvalidKey::Name => write!(f, "a key name is 1 to {MAX_NAME_LEN} bytes, not blank"),
+            InvalidKey::Scope(e) => e.fmt(f),
+            InvalidKey::TimeOutOfRange => f.write_str("times after the year 9999 are not kept"),
+            InvalidKey::NoFormat => {
+                f.write_str("the key manager has no key format to issue keys in")
+            }
+        }
+    }
+}
+
+impl std::error::Error for InvalidKey {}
+
+/// The error of a [`KeyManager`](crate::KeyManager) operation.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ManageError {
+    /// The key description was invalid.
+    Invalid(InvalidKey),
+    /// The store failed.
+    Store(StoreError),
+    /// The key is revoked, disabled or expired, so it cannot be rotated.
+    NotActive(KeyState),
+}
+
+impl fmt::Display for ManageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ManageError::Invalid(e) => e.fmt(f),
+            ManageError::Store(e) => e.fmt(f),
+            ManageError::NotActive(state) => {
+                write!(
+                    f,
+                    "only an active key can be rotated; this one is {}",
+                    state.as_str()
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ManageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ManageError::Invalid(e) => Some(e),
+            ManageError::Store(e) => Some(e),
+            ManageError::NotActive(_) => None,
+        }
+    }
+}
+
+impl From<StoreError> for ManageError {
+    fn from(error: StoreError) -> Self {
+        ManageError::Store(error)
+    }
+}
+
+/// The last second of the year 9999 (Unix seconds): the latest time a key record holds, so that
+/// every store, the CLI and JSON can write it.
+pub const MAX_UNIX_SECONDS: u64 = 253_402_300_799;
+
+/// A key as operators see it: everything but the secret and its digest. Serialises to JSON with
+/// times as Unix seconds.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct KeyInfo {
+    /// The public key id.
+    pub id: String,
+    /// The key's name.
+    pub name: String,
+    /// The key's public beginning, to recognise it: `mesh_live_3kTMd9Qx2bLp_…`.
+    pub prefix: String,
+    /// Its environment.
+    pub environment: Environment,
+    /// Its scopes.
+    pub scopes: Vec<String>,
+    /// Its owner.
+    pub owner: Option<String>,
+    /// Its plan.
+    pub plan: Option<String>,
+    /// When it was created (Unix seconds).
+    pub created_at: u64,
+    /// When a request last got through with it, as flushed to the store (Unix seconds).
+    pub last_used_at: Option<u64>,
+    /// When it expires (Unix seconds).
+    pub expires_at: Option<u64>,
+    /// `active`, `revoked`, `expired` or `disabled`.
+    pub state: &'static str,
+}
+
+impl KeyInfo {
+    fn new(record: &KeyRecord, format: Option<&KeyFormat>, now: SystemTime) -> Self {
+        let secs = crate::clock::unix_seconds;
+        let prefix = format.map_or("…", KeyFormat::prefix);
+        KeyInfo {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            prefix: format!("{prefix}_{}_{}_…", record.environment, record.id),
+            environment: record.environment,
+            scopes: record.scopes.clone(),
+            owner: record.owner.clone(),
+            plan: record.plan.clone(),
+            created_at: secs(record.created_at),
+            last_used_at: record.last_used_at.map(secs),
+            expires_at: record.expires_at.map(secs),
+            state: record.state(now).as_str(),
+        }
+    }
+}
