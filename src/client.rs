@@ -38,6 +38,7 @@ use crate::key::check_text;
 /// header of its own. The header value is marked sensitive, so HTTP/2 never indexes it and
 /// well-behaved loggers hide it. `Debug` never shows the key.
 #[derive(Clone)]
+#[must_use]
 pub struct AddApiKeyLayer {
     name: HeaderName,
     value: HeaderValue,
@@ -133,6 +134,7 @@ enum Placement {
 
 /// Configures an [`AddApiKeyLayer`]; made by [`AddApiKeyLayer::builder`].
 #[derive(Clone, Debug)]
+#[must_use]
 pub struct ClientKeyBuilder {
     prefix: Option<String>,
     placement: Placement,

@@ -50,6 +50,7 @@ use crate::verify::{Environments, KeyReading};
 /// # });
 /// ```
 #[derive(Clone)]
+#[must_use]
 pub struct ApiKeyLayer {
     shared: Arc<Shared>,
 }
@@ -160,6 +161,7 @@ impl KeyChanges for ApiKeyHandle {
 }
 
 /// Configures an [`ApiKeyLayer`]; made by [`ApiKeyLayer::builder`].
+#[must_use]
 pub struct ApiKeyLayerBuilder {
     prefix: String,
     store: Arc<dyn KeyStore>,

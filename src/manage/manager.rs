@@ -24,6 +24,7 @@ use crate::store::{KeyChanges, KeyRecord, KeyState, KeyStoreAdmin, StoreError};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug)]
+#[must_use]
 pub struct NewKey {
     name: String,
     environment: Environment,

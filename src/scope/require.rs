@@ -30,6 +30,7 @@ use crate::reject::{Rejection, RejectionResponder, Rejections};
 ///     .layer(ApiKeyLayer::new("mesh", MemoryStore::new()).unwrap());
 /// ```
 #[derive(Clone, Debug)]
+#[must_use]
 pub struct RequireScopeLayer {
     rule: Arc<Rule>,
     /// Its own responder; by default, the one of the layer that authenticated the request.
