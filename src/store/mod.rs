@@ -23,6 +23,8 @@
 //! ```
 
 pub(crate) mod any;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
+mod codec;
 #[cfg(any(feature = "postgres", feature = "redis"))]
 mod listener;
 pub(crate) mod memory;

@@ -184,7 +184,7 @@ impl KeyRecord {
 }
 
 mod unix_seconds {
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -198,8 +198,7 @@ mod unix_seconds {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
         let secs = u64::deserialize(deserializer)?;
-        UNIX_EPOCH
-            .checked_add(Duration::from_secs(secs))
+        crate::clock::from_unix_seconds(secs)
             .ok_or_else(|| serde::de::Error::custom("time out of range"))
     }
 }

@@ -11,12 +11,11 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tokio::task::JoinHandle;
 
+use super::codec::{secs, Fields};
 use super::listener::{reconnect, LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
 use super::{
     to_json as json, KeyChanges, KeyRecord, KeyStore, KeyStoreAdmin, StoreError, UsageUpdate,
 };
-use crate::clock::unix_seconds;
-use crate::key::SecretDigest;
 
 /// Keys in Redis: one hash per key (`<prefix>key:<id>`), a set of ids (`<prefix>ids`), and a
 /// channel (`<prefix>changes`) on which every change is published, so
@@ -149,48 +148,6 @@ impl RedisStore {
         Ok(done == 1)
     }
 
-    fn record(id: &str, mut fields: HashMap<String, String>) -> Result<KeyRecord, StoreError> {
-        let corrupt =
-            |what: &str| StoreError::unavailable(format!("corrupt key record {id}: {what}"));
-        let mut take = |name: &str| fields.remove(name);
-        let time = |text: Option<String>| -> Result<Option<SystemTime>, StoreError> {
-            text.map(|t| {
-                t.parse::<u64>()
-                    .ok()
-                    .and_then(crate::clock::from_unix_seconds)
-                    .ok_or_else(|| corrupt("time"))
-            })
-            .transpose()
-        };
-        let digest = take("digest").ok_or_else(|| corrupt("digest"))?;
-        let environment = take("environment").ok_or_else(|| corrupt("environment"))?;
-        let mut record = KeyRecord::new(
-            id,
-            SecretDigest::from_hex(&digest).map_err(|_| corrupt("digest"))?,
-            take("name").unwrap_or_default(),
-            environment.parse().map_err(|_| corrupt("environment"))?,
-        );
-        record.owner = take("owner");
-        record.scopes = serde_json::from_str(&take("scopes").unwrap_or_else(|| "[]".into()))
-            .map_err(|_| corrupt("scopes"))?;
-        record.metadata = serde_json::from_str(&take("metadata").unwrap_or_else(|| "{}".into()))
-            .map_err(|_| corrupt("metadata"))?;
-        record.created_at = time(take("created_at"))?.ok_or_else(|| corrupt("created_at"))?;
-        record.expires_at = time(take("expires_at"))?;
-        record.revoked_at = time(take("revoked_at"))?;
-        record.disabled = take("disabled").is_some_and(|d| d == "1");
-        record.plan = take("plan");
-        record.limits = take("limits")
-            .map(|l| serde_json::from_str(&l).map_err(|_| corrupt("limits")))
-            .transpose()?;
-        record.last_used_at = time(take("last_used_at"))?;
-        record.requests = take("requests")
-            .map(|r| r.parse().map_err(|_| corrupt("requests")))
-            .transpose()?
-            .unwrap_or(0);
-        Ok(record)
-    }
-
     /// A connection subscribed to the change channel.
     async fn subscribe(&self) -> Result<redis::aio::PubSub, StoreError> {
         let mut pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
@@ -258,41 +215,14 @@ impl KeyStore for RedisStore {
         if fields.is_empty() {
             return Ok(None);
         }
-        Self::record(id, fields).map(Some)
+        Fields::from_hash(id, fields)?.into_record().map(Some)
     }
 }
 
 #[async_trait]
 impl KeyStoreAdmin for RedisStore {
     async fn create(&self, record: KeyRecord) -> Result<(), StoreError> {
-        let mut fields: Vec<(&str, String)> = vec![
-            ("digest", record.digest.to_hex()),
-            ("name", record.name.clone()),
-            ("environment", record.environment.as_str().to_owned()),
-            ("scopes", json(&record.scopes)),
-            ("metadata", json(&record.metadata)),
-            ("created_at", unix_seconds(record.created_at).to_string()),
-            ("disabled", u8::from(record.disabled).to_string()),
-            ("requests", record.requests.to_string()),
-        ];
-        let optional = [
-            ("owner", record.owner.clone()),
-            (
-                "expires_at",
-                record.expires_at.map(|t| unix_seconds(t).to_string()),
-            ),
-            (
-                "revoked_at",
-                record.revoked_at.map(|t| unix_seconds(t).to_string()),
-            ),
-            ("plan", record.plan.clone()),
-            ("limits", record.limits.as_ref().map(json)),
-            (
-                "last_used_at",
-                record.last_used_at.map(|t| unix_seconds(t).to_string()),
-            ),
-        ];
-        fields.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+        let fields = Fields::of(&record).into_hash();
         let mut invocation = CREATE.key(self.key(&record.id));
         invocation.key(self.ids()).arg(&record.id);
         for (name, value) in &fields {
@@ -311,7 +241,7 @@ impl KeyStoreAdmin for RedisStore {
     }
 
     async fn revoke(&self, id: &str, at: SystemTime) -> Result<bool, StoreError> {
-        let at = unix_seconds(at).to_string();
+        let at = secs(at).to_string();
         self.update(id, &["revoked_at", &at, "nx"]).await
     }
 
@@ -344,7 +274,7 @@ impl KeyStoreAdmin for RedisStore {
             .iter()
             .zip(all)
             .filter(|(_, fields)| !fields.is_empty())
-            .map(|(id, fields)| Self::record(id, fields))
+            .map(|(id, fields)| Fields::from_hash(id, fields)?.into_record())
             .collect::<Result<Vec<_>, _>>()?;
         records.sort_by(|a, b| {
             a.created_at
@@ -362,7 +292,7 @@ impl KeyStoreAdmin for RedisStore {
     async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, StoreError> {
         match at {
             Some(at) => {
-                let at = unix_seconds(at).to_string();
+                let at = secs(at).to_string();
                 self.update(id, &["expires_at", &at]).await
             }
             None => self.update(id, &["expires_at"]).await,
@@ -380,7 +310,7 @@ impl KeyStoreAdmin for RedisStore {
             let _: i64 = USAGE
                 .key(self.key(&update.id))
                 .arg(update.requests)
-                .arg(unix_seconds(update.last_used_at))
+                .arg(secs(update.last_used_at))
                 .invoke_async(&mut conn)
                 .await
                 .map_err(unavailable)?;

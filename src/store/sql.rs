@@ -5,8 +5,6 @@
 //! `_sqlx_migrations`, so they never collide with the migrations of the application that shares
 //! the database.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use super::StoreError;
 
 /// The schema, version by version. `{t}` is the table name.
@@ -108,19 +106,6 @@ impl Queries {
     }
 }
 
-pub(crate) fn to_secs(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-/// A time column read back: an error, never a panic, for one out of range.
-pub(crate) fn from_secs(secs: i64) -> Result<SystemTime, StoreError> {
-    u64::try_from(secs)
-        .ok()
-        .and_then(crate::clock::from_unix_seconds)
-        .ok_or_else(|| StoreError::unavailable(format!("corrupt key record: time {secs}")))
-}
-
 pub(crate) fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::unavailable(Box::new(error) as Box<dyn std::error::Error + Send + Sync>)
 }
@@ -153,46 +138,25 @@ macro_rules! sql_store {
 
             fn record(row: &$row) -> Result<$crate::store::KeyRecord, $crate::store::StoreError> {
                 use sqlx::Row as _;
-                use $crate::store::sql::{from_secs, unavailable};
-                let corrupt = |what: &str| {
-                    $crate::store::StoreError::unavailable(format!("corrupt key record: {what}"))
-                };
-                let id: String = row.try_get("id").map_err(unavailable)?;
-                let digest: String = row.try_get("digest").map_err(unavailable)?;
-                let environment: String = row.try_get("environment").map_err(unavailable)?;
-                let scopes: String = row.try_get("scopes").map_err(unavailable)?;
-                let metadata: String = row.try_get("metadata").map_err(unavailable)?;
-                let limits: Option<String> = row.try_get("limits").map_err(unavailable)?;
-                let mut record = $crate::store::KeyRecord::new(
-                    id,
-                    $crate::key::SecretDigest::from_hex(&digest).map_err(|_| corrupt("digest"))?,
-                    row.try_get::<String, _>("name").map_err(unavailable)?,
-                    environment.parse().map_err(|_| corrupt("environment"))?,
-                );
-                record.owner = row.try_get("owner").map_err(unavailable)?;
-                record.scopes = serde_json::from_str(&scopes).map_err(|_| corrupt("scopes"))?;
-                record.metadata =
-                    serde_json::from_str(&metadata).map_err(|_| corrupt("metadata"))?;
-                let time = |column: &str| -> Result<Option<std::time::SystemTime>, $crate::store::StoreError> {
-                    row.try_get::<Option<i64>, _>(column)
-                        .map_err(unavailable)?
-                        .map(from_secs)
-                        .transpose()
-                };
-                record.created_at = time("created_at")?.ok_or_else(|| corrupt("created_at"))?;
-                record.expires_at = time("expires_at")?;
-                record.revoked_at = time("revoked_at")?;
-                record.disabled = row.try_get("disabled").map_err(unavailable)?;
-                record.plan = row.try_get("plan").map_err(unavailable)?;
-                record.limits = match limits {
-                    Some(text) => Some(serde_json::from_str(&text).map_err(|_| corrupt("limits"))?),
-                    None => None,
-                };
-                record.last_used_at = time("last_used_at")?;
-                record.requests =
-                    u64::try_from(row.try_get::<i64, _>("requests").map_err(unavailable)?)
-                        .unwrap_or(0);
-                Ok(record)
+                use $crate::store::sql::unavailable;
+                $crate::store::codec::Fields {
+                    id: row.try_get("id").map_err(unavailable)?,
+                    digest: row.try_get("digest").map_err(unavailable)?,
+                    name: row.try_get("name").map_err(unavailable)?,
+                    owner: row.try_get("owner").map_err(unavailable)?,
+                    environment: row.try_get("environment").map_err(unavailable)?,
+                    scopes: row.try_get("scopes").map_err(unavailable)?,
+                    metadata: row.try_get("metadata").map_err(unavailable)?,
+                    created_at: row.try_get("created_at").map_err(unavailable)?,
+                    expires_at: row.try_get("expires_at").map_err(unavailable)?,
+                    revoked_at: row.try_get("revoked_at").map_err(unavailable)?,
+                    disabled: row.try_get("disabled").map_err(unavailable)?,
+                    plan: row.try_get("plan").map_err(unavailable)?,
+                    limits: row.try_get("limits").map_err(unavailable)?,
+                    last_used_at: row.try_get("last_used_at").map_err(unavailable)?,
+                    requests: row.try_get("requests").map_err(unavailable)?,
+                }
+                .into_record()
             }
         }
 
@@ -217,24 +181,24 @@ macro_rules! sql_store {
                 &self,
                 record: $crate::store::KeyRecord,
             ) -> Result<(), $crate::store::StoreError> {
-                use $crate::store::sql::{to_secs, unavailable};
-                use $crate::store::to_json as json;
+                use $crate::store::sql::unavailable;
+                let f = $crate::store::codec::Fields::of(&record);
                 let result = sqlx::query(&self.sql.insert)
-                    .bind(&record.id)
-                    .bind(record.digest.to_hex())
-                    .bind(&record.name)
-                    .bind(&record.owner)
-                    .bind(record.environment.as_str())
-                    .bind(json(&record.scopes))
-                    .bind(json(&record.metadata))
-                    .bind(to_secs(record.created_at))
-                    .bind(record.expires_at.map(to_secs))
-                    .bind(record.revoked_at.map(to_secs))
-                    .bind(record.disabled)
-                    .bind(&record.plan)
-                    .bind(record.limits.as_ref().map(json))
-                    .bind(record.last_used_at.map(to_secs))
-                    .bind(i64::try_from(record.requests).unwrap_or(i64::MAX))
+                    .bind(f.id)
+                    .bind(f.digest)
+                    .bind(f.name)
+                    .bind(f.owner)
+                    .bind(f.environment)
+                    .bind(f.scopes)
+                    .bind(f.metadata)
+                    .bind(f.created_at)
+                    .bind(f.expires_at)
+                    .bind(f.revoked_at)
+                    .bind(f.disabled)
+                    .bind(f.plan)
+                    .bind(f.limits)
+                    .bind(f.last_used_at)
+                    .bind(f.requests)
                     .execute(&self.pool)
                     .await;
                 match result {
@@ -254,7 +218,7 @@ macro_rules! sql_store {
                 id: &str,
                 at: std::time::SystemTime,
             ) -> Result<bool, $crate::store::StoreError> {
-                self.update(&self.sql.revoke, $crate::store::sql::to_secs(at), id)
+                self.update(&self.sql.revoke, $crate::store::codec::secs(at), id)
                     .await
             }
 
@@ -292,7 +256,7 @@ macro_rules! sql_store {
                 id: &str,
                 at: Option<std::time::SystemTime>,
             ) -> Result<bool, $crate::store::StoreError> {
-                self.update(&self.sql.set_expiry, at.map($crate::store::sql::to_secs), id)
+                self.update(&self.sql.set_expiry, at.map($crate::store::codec::secs), id)
                     .await
             }
 
@@ -308,10 +272,10 @@ macro_rules! sql_store {
                 &self,
                 batch: &[$crate::store::UsageUpdate],
             ) -> Result<(), $crate::store::StoreError> {
-                use $crate::store::sql::{to_secs, unavailable};
+                use $crate::store::sql::unavailable;
                 let mut tx = self.pool.begin().await.map_err(unavailable)?;
                 for update in batch {
-                    let at = to_secs(update.last_used_at);
+                    let at = $crate::store::codec::secs(update.last_used_at);
                     sqlx::query(&self.sql.record_usage)
                         .bind(i64::try_from(update.requests).unwrap_or(i64::MAX))
                         .bind(at)

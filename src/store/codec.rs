@@ -1,0 +1,233 @@
+//! One codec between a [`KeyRecord`] and the flat fields the SQL and Redis stores keep: text,
+//! JSON text for the structured parts, Unix seconds for times. Reading back checks everything,
+//! so a corrupt record is a [`StoreError`] (the request gets 503), never a panic.
+
+#[cfg(feature = "redis")]
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use super::{to_json, KeyRecord, StoreError};
+use crate::clock::{from_unix_seconds, unix_seconds};
+use crate::key::SecretDigest;
+use crate::principal::log_id;
+
+/// A record as flat fields, in the SQL table's column order.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) struct Fields {
+    pub(crate) id: String,
+    /// The digest as 64 hex digits.
+    pub(crate) digest: String,
+    pub(crate) name: String,
+    pub(crate) owner: Option<String>,
+    pub(crate) environment: String,
+    /// JSON array.
+    pub(crate) scopes: String,
+    /// JSON object.
+    pub(crate) metadata: String,
+    pub(crate) created_at: i64,
+    pub(crate) expires_at: Option<i64>,
+    pub(crate) revoked_at: Option<i64>,
+    pub(crate) disabled: bool,
+    pub(crate) plan: Option<String>,
+    /// JSON object.
+    pub(crate) limits: Option<String>,
+    pub(crate) last_used_at: Option<i64>,
+    pub(crate) requests: i64,
+}
+
+/// A time as a store writes it: Unix seconds (0 before 1970).
+pub(crate) fn secs(at: SystemTime) -> i64 {
+    i64::try_from(unix_seconds(at)).unwrap_or(i64::MAX)
+}
+
+impl Fields {
+    /// The fields of `record`.
+    pub(crate) fn of(record: &KeyRecord) -> Self {
+        Fields {
+            id: record.id.clone(),
+            digest: record.digest.to_hex(),
+            name: record.name.clone(),
+            owner: record.owner.clone(),
+            environment: record.environment.as_str().to_owned(),
+            scopes: to_json(&record.scopes),
+            metadata: to_json(&record.metadata),
+            created_at: secs(record.created_at),
+            expires_at: record.expires_at.map(secs),
+            revoked_at: record.revoked_at.map(secs),
+            disabled: record.disabled,
+            plan: record.plan.clone(),
+            limits: record.limits.as_ref().map(to_json),
+            last_used_at: record.last_used_at.map(secs),
+            requests: i64::try_from(record.requests).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// The record these fields hold.
+    ///
+    /// # Errors
+    /// A [`StoreError`] naming the corrupt field.
+    pub(crate) fn into_record(self) -> Result<KeyRecord, StoreError> {
+        let id = self.id;
+        let corrupt = |what: &str| {
+            StoreError::unavailable(format!("corrupt key record {}: {what}", log_id(&id)))
+        };
+        let time = |secs: i64, what: &str| {
+            u64::try_from(secs)
+                .ok()
+                .and_then(from_unix_seconds)
+                .ok_or_else(|| corrupt(what))
+        };
+        let optional_time = |secs: Option<i64>, what: &str| secs.map(|s| time(s, what)).transpose();
+        let mut record = KeyRecord::new(
+            id.clone(),
+            SecretDigest::from_hex(&self.digest).map_err(|_| corrupt("digest"))?,
+            self.name,
+            self.environment
+                .parse()
+                .map_err(|_| corrupt("environment"))?,
+        );
+        record.owner = self.owner;
+        record.scopes = serde_json::from_str(&self.scopes).map_err(|_| corrupt("scopes"))?;
+        record.metadata = serde_json::from_str(&self.metadata).map_err(|_| corrupt("metadata"))?;
+        record.created_at = time(self.created_at, "created_at")?;
+        record.expires_at = optional_time(self.expires_at, "expires_at")?;
+        record.revoked_at = optional_time(self.revoked_at, "revoked_at")?;
+        record.disabled = self.disabled;
+        record.plan = self.plan;
+        record.limits = self
+            .limits
+            .map(|text| serde_json::from_str(&text).map_err(|_| corrupt("limits")))
+            .transpose()?;
+        record.last_used_at = optional_time(self.last_used_at, "last_used_at")?;
+        record.requests = u64::try_from(self.requests).map_err(|_| corrupt("requests"))?;
+        Ok(record)
+    }
+
+    /// The fields as a Redis hash: every one as text, absent ones left out.
+    #[cfg(feature = "redis")]
+    pub(crate) fn into_hash(self) -> Vec<(&'static str, String)> {
+        let mut hash = vec![
+            ("digest", self.digest),
+            ("name", self.name),
+            ("environment", self.environment),
+            ("scopes", self.scopes),
+            ("metadata", self.metadata),
+            ("created_at", self.created_at.to_string()),
+            ("disabled", u8::from(self.disabled).to_string()),
+            ("requests", self.requests.to_string()),
+        ];
+        let optional = [
+            ("owner", self.owner),
+            ("expires_at", self.expires_at.map(|t| t.to_string())),
+            ("revoked_at", self.revoked_at.map(|t| t.to_string())),
+            ("plan", self.plan),
+            ("limits", self.limits),
+            ("last_used_at", self.last_used_at.map(|t| t.to_string())),
+        ];
+        hash.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+        hash
+    }
+
+    /// The fields of key `id` from its Redis hash.
+    ///
+    /// # Errors
+    /// A [`StoreError`] naming a missing or malformed field.
+    #[cfg(feature = "redis")]
+    pub(crate) fn from_hash(
+        id: &str,
+        mut hash: HashMap<String, String>,
+    ) -> Result<Self, StoreError> {
+        let corrupt = |what: &str| {
+            StoreError::unavailable(format!("corrupt key record {}: {what}", log_id(id)))
+        };
+        let mut take = |name: &str| hash.remove(name);
+        let number = |text: Option<String>, what: &str| -> Result<Option<i64>, StoreError> {
+            text.map(|t| t.parse::<i64>().map_err(|_| corrupt(what)))
+                .transpose()
+        };
+        Ok(Fields {
+            id: id.to_owned(),
+            digest: take("digest").ok_or_else(|| corrupt("digest"))?,
+            name: take("name").unwrap_or_default(),
+            owner: take("owner"),
+            environment: take("environment").ok_or_else(|| corrupt("environment"))?,
+            scopes: take("scopes").unwrap_or_else(|| "[]".into()),
+            metadata: take("metadata").unwrap_or_else(|| "{}".into()),
+            created_at: number(take("created_at"), "created_at")?
+                .ok_or_else(|| corrupt("created_at"))?,
+            expires_at: number(take("expires_at"), "expires_at")?,
+            revoked_at: number(take("revoked_at"), "revoked_at")?,
+            disabled: take("disabled").is_some_and(|d| d == "1"),
+            plan: take("plan"),
+            limits: take("limits"),
+            last_used_at: number(take("last_used_at"), "last_used_at")?,
+            requests: number(take("requests"), "requests")?.unwrap_or(0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::key::Environment;
+    use crate::limit::Limits;
+
+    fn record() -> KeyRecord {
+        let mut record = KeyRecord::new(
+            "3kTMd9Qx2bLp",
+            SecretDigest::of(b"s"),
+            "ci",
+            Environment::Test,
+        );
+        record.created_at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        record.expires_at = Some(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        record.scopes = vec!["read".into()];
+        record.metadata.insert("team".into(), "core".into());
+        record.limits = Some(Limits::FREE);
+        record.owner = Some("acme".into());
+        record.requests = 7;
+        record
+    }
+
+    #[test]
+    fn a_record_survives_the_fields() {
+        let record = record();
+        assert_eq!(Fields::of(&record).into_record().unwrap(), record);
+    }
+
+    #[test]
+    fn corrupt_fields_are_errors_never_panics() {
+        for corrupt in [
+            |f: &mut Fields| f.digest = "not hex".into(),
+            |f: &mut Fields| f.environment = "prod".into(),
+            |f: &mut Fields| f.scopes = "[".into(),
+            |f: &mut Fields| f.created_at = -1,
+            |f: &mut Fields| f.revoked_at = Some(-5),
+            |f: &mut Fields| f.limits = Some("{\"per_minute\": -3}".into()),
+            |f: &mut Fields| f.requests = -1,
+        ] {
+            let mut fields = Fields::of(&record());
+            corrupt(&mut fields);
+            let error = fields.into_record().unwrap_err().to_string();
+            assert!(error.contains("corrupt key record 3kTMd9Qx2bLp"), "{error}");
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn a_record_survives_the_redis_hash() {
+        let record = record();
+        let hash: HashMap<String, String> = Fields::of(&record)
+            .into_hash()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        let back = Fields::from_hash(&record.id, hash)
+            .unwrap()
+            .into_record()
+            .unwrap();
+        assert_eq!(back, record);
+    }
+}
