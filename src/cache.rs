@@ -149,10 +149,9 @@ struct Load {
 #[derive(Clone)]
 struct Entry {
     value: Value,
-    /// Answers requests until then (nanoseconds since 1970, as [`nanos`] gives).
-    fresh_until: u64,
-    /// Stands in for a failing store until then (a key only).
-    stale_until: u64,
+    /// Answers requests until then. A key also stands in for a failing store until
+    /// `fresh_until + stale_if_error` (derived, not kept).
+    fresh_until: SystemTime,
     /// The cache's generation when this entry was made; other generations are never read.
     generation: u64,
     /// The load in flight, if any.
@@ -160,12 +159,22 @@ struct Entry {
 }
 
 impl Entry {
-    /// The key this entry may still give while the store fails, at `now` in generation `current`.
-    fn stale_key(&self, now: u64, current: u64) -> Option<&Principal> {
+    /// The key this entry may still give while the store fails, at `now` in generation
+    /// `current`, with stale-if-error `stale`.
+    fn stale_key(&self, now: SystemTime, current: u64, stale: Duration) -> Option<&Principal> {
         match &self.value {
-            Value::Key(key) if self.generation == current && now < self.stale_until => Some(key),
+            Value::Key(key) if self.generation == current && now < self.stale_until(stale) => {
+                Some(key)
+            }
             _ => None,
         }
+    }
+
+    /// Until when this entry may stand in for a failing store.
+    fn stale_until(&self, stale: Duration) -> SystemTime {
+        self.fresh_until
+            .checked_add(stale)
+            .unwrap_or(self.fresh_until)
     }
 }
 
@@ -269,9 +278,7 @@ impl KeyCache {
     ) -> Option<R> {
         let entries = self.entries.pin();
         let entry = entries.get(id)?;
-        if entry.generation != self.generation.load(Ordering::Acquire)
-            || nanos(now) >= entry.fresh_until
-        {
+        if entry.generation != self.generation.load(Ordering::Acquire) || now >= entry.fresh_until {
             return None;
         }
         match &entry.value {
@@ -299,10 +306,13 @@ impl KeyCache {
         match result {
             Err(error) if matches!(*error, LoadError::Store(_)) => {
                 // Whatever stands in the entry now: an invalidation since has removed it.
-                let now = nanos(self.clock.now());
+                let now = self.clock.now();
                 let current = self.generation.load(Ordering::Acquire);
                 let entries = self.entries.pin();
-                match entries.get(id).and_then(|e| e.stale_key(now, current)) {
+                match entries
+                    .get(id)
+                    .and_then(|e| e.stale_key(now, current, self.stale_if_error()))
+                {
                     Some(key) => Ok(Some(key.clone())),
                     None => Err(error),
                 }
@@ -314,7 +324,7 @@ impl KeyCache {
     /// A fresh answer for `id`, or the load to wait for: the one in flight, or a new one whose
     /// lease the entry now holds.
     fn join_or_start(&self, id: &str) -> Result<Option<Principal>, Arc<Load>> {
-        let now = nanos(self.clock.now());
+        let now = self.clock.now();
         let current = self.generation.load(Ordering::Acquire);
         let lease = self.leases.fetch_add(1, Ordering::Relaxed);
         let fresh = Arc::new(Load {
@@ -343,7 +353,6 @@ impl KeyCache {
             _ => Operation::Insert(Entry {
                 value: Value::Empty,
                 fresh_until: now,
-                stale_until: now,
                 generation: current,
                 load: Some(Arc::clone(&fresh)),
             }),
@@ -432,9 +441,8 @@ impl KeyCache {
     /// Puts a load's answer into the entry of `id`, in one compare-and-swap that succeeds only
     /// while the entry holds lease `lease`.
     fn install(&self, id: &str, lease: u64, install: Install) {
-        let now = nanos(self.clock.now());
+        let now = self.clock.now();
         let config = &self.config;
-        let stale = config.stale_if_error.unwrap_or(Duration::ZERO);
         // The map's key: the principal's own id where there is one.
         let key: Arc<str> = match &install {
             Install::Key(principal) => Arc::clone(principal.shared_id()),
@@ -448,20 +456,15 @@ impl KeyCache {
             if e.load.as_ref().is_none_or(|load| load.lease != lease) {
                 return Operation::Abort(());
             }
-            let loaded = |value, fresh_for: Duration, stale_for: Duration| Entry {
+            let loaded = |value, fresh_for: Duration| Entry {
                 value,
-                fresh_until: now.saturating_add(nanos_of(fresh_for)),
-                stale_until: now.saturating_add(nanos_of(fresh_for + stale_for)),
+                fresh_until: now.checked_add(fresh_for).unwrap_or(now),
                 generation: e.generation,
                 load: None,
             };
             match &install {
-                Install::Key(key) => {
-                    Operation::Insert(loaded(Value::Key(key.clone()), config.ttl, stale))
-                }
-                Install::Unknown => {
-                    Operation::Insert(loaded(Value::Unknown, config.negative_ttl, Duration::ZERO))
-                }
+                Install::Key(key) => Operation::Insert(loaded(Value::Key(key.clone()), config.ttl)),
+                Install::Unknown => Operation::Insert(loaded(Value::Unknown, config.negative_ttl)),
                 Install::Failed if matches!(e.value, Value::Empty) => Operation::Remove,
                 Install::Failed => Operation::Insert(Entry {
                     load: None,
@@ -498,7 +501,7 @@ impl KeyCache {
 
     /// While more than `capacity` entries of `kind` are held, removes one: of a sample of them,
     /// the one whose stale copy runs out first. The sample starts at a varying place.
-    fn evict_over(&self, kind: Kind, capacity: u64, now: u64) {
+    fn evict_over(&self, kind: Kind, capacity: u64, now: SystemTime) {
         let counter = match kind {
             Kind::Key => &self.keys,
             Kind::Unknown => &self.unknown,
@@ -520,7 +523,10 @@ impl KeyCache {
                 .chain(entries.iter())
                 .filter(|(_, e)| e.value.kind() == Some(kind) && e.load.is_none())
                 .take(16)
-                .min_by_key(|(_, e)| (e.stale_until > now, e.stale_until))
+                .min_by_key(|(_, e)| {
+                    let until = e.stale_until(self.stale_if_error());
+                    (until > now, until)
+                })
                 .map(|(id, _)| id.clone());
             let Some(victim) = victim else { return };
             if let Ok(Some((_, old))) = entries.remove_if(&victim, |_, e| {
@@ -529,6 +535,11 @@ impl KeyCache {
                 self.adjust(old.value.kind(), -1);
             }
         }
+    }
+
+    /// How long a key may stand in for a failing store past its TTL.
+    fn stale_if_error(&self) -> Duration {
+        self.config.stale_if_error.unwrap_or(Duration::ZERO)
     }
 
     /// How many keys and unknown ids are cached.
@@ -561,14 +572,4 @@ impl KeyCache {
             }
         }
     }
-}
-
-/// Nanoseconds since 1970 (0 before it, `u64::MAX` after 2554): how entries keep their times,
-/// half the size of a `SystemTime`.
-fn nanos(at: SystemTime) -> u64 {
-    at.duration_since(std::time::UNIX_EPOCH).map_or(0, nanos_of)
-}
-
-fn nanos_of(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -19,7 +19,7 @@ mod replicas;
 mod postgres {
     use tower_api_key::PostgresStore;
 
-    use crate::common::{run_server_command, server_client, server_env, unique};
+    use crate::common::{run_server_command, server_client, server_env, unique, FreezingProxy};
     use crate::{conformance, replicas};
 
     /// Runs `sql` with the server's own client.
@@ -67,9 +67,10 @@ mod postgres {
         let store = store(&table).await;
         let pool = store.pool().clone();
         let admin = pool.clone();
+        let listening = store.clone();
         replicas::a_killed_listener_reconnects_and_clears_the_cache(
             store,
-            |s, handle| async move { s.spawn_listener(handle).await },
+            |handle| async move { listening.spawn_listener(handle).await },
             |id| async move {
                 // Revoked by hand: no NOTIFY.
                 sqlx::query(&format!("UPDATE {table} SET revoked_at = 1 WHERE id = $1"))
@@ -94,13 +95,49 @@ mod postgres {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL: run through .ci/run"]
+    async fn a_half_open_listener_connection_is_noticed_and_the_cache_cleared() {
+        let url = server_env("TOWER_API_KEY_POSTGRES_URL");
+        let table = unique("halfopen");
+        let server = url
+            .split('@')
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let proxy = FreezingProxy::start(server.clone()).await;
+        let store = store(&table).await;
+        // Only the listener goes through the proxy.
+        let listening = PostgresStore::connect_with_table(
+            &url.replace(&server, &format!("127.0.0.1:{}", proxy.port)),
+            &table,
+        )
+        .await
+        .unwrap();
+        let elapsed = replicas::a_killed_listener_reconnects_and_clears_the_cache(
+            store,
+            |handle| async move { listening.spawn_listener(handle).await },
+            |id| async move { revoke_by_hand(&table, &id) },
+            || async { proxy.freeze() },
+        )
+        .await;
+        let bound = tower_api_key::store::LISTENER_KEEPALIVE
+            + tower_api_key::store::LISTENER_PING_TIMEOUT
+            + std::time::Duration::from_secs(2);
+        assert!(elapsed < bound, "noticed after {elapsed:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs PostgreSQL: run through .ci/run (stops and restarts the server)"]
     async fn a_listener_cut_off_for_seconds_clears_the_cache_once_back() {
         let table = unique("restarted");
         let store = store(&table).await;
+        let listening = store.clone();
         replicas::a_killed_listener_reconnects_and_clears_the_cache(
             store,
-            |s, handle| async move { s.spawn_listener(handle).await },
+            |handle| async move { listening.spawn_listener(handle).await },
             |id| async move { revoke_by_hand(&table, &id) },
             || async {
                 // Longer than any timeout of the listener's own.

@@ -25,7 +25,9 @@ mod redis {
         RedisStore,
     };
 
-    use crate::common::{api_key, app, serve, server_client, server_env, unique, HttpClient};
+    use crate::common::{
+        api_key, app, serve, server_client, server_env, unique, FreezingProxy, HttpClient,
+    };
     use crate::{conformance, replicas};
 
     fn url() -> String {
@@ -128,9 +130,10 @@ mod redis {
     async fn a_listener_whose_connection_is_killed_clears_the_cache_once_back() {
         let prefix = unique("killed");
         let key_prefix = prefix.clone();
+        let listening = store(&prefix).await;
         replicas::a_killed_listener_reconnects_and_clears_the_cache(
             store(&prefix).await,
-            |s, handle| async move { s.spawn_listener(handle).await },
+            |handle| async move { listening.spawn_listener(handle).await },
             |id| async move {
                 // Revoked by hand: nothing published.
                 redis_cli(&["HSET", &format!("{key_prefix}key:{id}"), "revoked_at", "1"]);
@@ -141,6 +144,33 @@ mod redis {
             },
         )
         .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis: run through .ci/run"]
+    async fn a_half_open_subscription_is_noticed_and_the_cache_cleared() {
+        let prefix = unique("halfopen");
+        let key_prefix = prefix.clone();
+        let server = url().trim_start_matches("redis://").to_owned();
+        let proxy = FreezingProxy::start(server).await;
+        // Only the listener goes through the proxy.
+        let listening =
+            RedisStore::connect_with_prefix(&format!("redis://127.0.0.1:{}", proxy.port), &prefix)
+                .await
+                .unwrap();
+        let elapsed = replicas::a_killed_listener_reconnects_and_clears_the_cache(
+            store(&prefix).await,
+            |handle| async move { listening.spawn_listener(handle).await },
+            |id| async move {
+                redis_cli(&["HSET", &format!("{key_prefix}key:{id}"), "revoked_at", "1"]);
+            },
+            || async { proxy.freeze() },
+        )
+        .await;
+        let bound = tower_api_key::store::LISTENER_KEEPALIVE
+            + tower_api_key::store::LISTENER_PING_TIMEOUT
+            + std::time::Duration::from_secs(2);
+        assert!(elapsed < bound, "noticed after {elapsed:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

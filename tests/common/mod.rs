@@ -295,3 +295,68 @@ pub fn unique(prefix: &str) -> String {
         nanos % 1_000_000_000_000
     )
 }
+
+/// A TCP proxy on 127.0.0.1 in front of a server, whose connections can be made half-open: after
+/// [`freeze`](Self::freeze), the connections open at that moment stay open but carry nothing more
+/// either way (as when a network path dies without a reset); connections made later work.
+pub struct FreezingProxy {
+    pub port: u16,
+    generation: Arc<AtomicUsize>,
+}
+
+impl FreezingProxy {
+    /// A proxy to `target` (`host:port`), until the test's runtime ends.
+    pub async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let generation = Arc::new(AtomicUsize::new(0));
+        let current = generation.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let born = current.load(Ordering::SeqCst);
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                for (from, to) in [(client_read, server_write), (server_read, client_write)] {
+                    let current = current.clone();
+                    tokio::spawn(Self::pipe(from, to, born, current));
+                }
+            }
+        });
+        FreezingProxy { port, generation }
+    }
+
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        born: usize,
+        current: Arc<AtomicUsize>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let Ok(n) = from.read(&mut buffer).await else {
+                return;
+            };
+            if n == 0 {
+                return;
+            }
+            if current.load(Ordering::SeqCst) != born {
+                // Frozen: hold both sockets open, forward nothing, for as long as the test runs.
+                let _keep = (from, to);
+                std::future::pending::<()>().await;
+                return;
+            }
+            if to.write_all(&buffer[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Makes every connection open now half-open.
+    pub fn freeze(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
