@@ -8,7 +8,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project::pin_project;
 
 /// The body of a response from [`ApiKeyService`](crate::service::ApiKeyService) or
-/// [`RequireScope`](crate::scope::RequireScope): the inner service's body unchanged, or the bytes of a
+/// [`RequireScope`](crate::require::RequireScope): the inner service's body unchanged, or the bytes of a
 /// rejection.
 #[pin_project(project = Projection)]
 #[derive(Debug)]

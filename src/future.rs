@@ -1,5 +1,5 @@
 //! The response future of [`ApiKeyService`](crate::service::ApiKeyService) and
-//! [`RequireScope`](crate::scope::RequireScope): a small state machine (look the key up, count it against
+//! [`RequireScope`](crate::require::RequireScope): a small state machine (look the key up, count it against
 //! its limits, then wait for the inner service), in the manner of tower's `filter`.
 
 use std::fmt;
@@ -29,7 +29,7 @@ type Lookup = Pin<Box<dyn Future<Output = LookupResult> + Send>>;
 type PendingLimit = Pin<Box<dyn Future<Output = Result<Decision, LimiterError>> + Send>>;
 
 /// The future of a response from [`ApiKeyService`](crate::service::ApiKeyService) or
-/// [`RequireScope`](crate::scope::RequireScope).
+/// [`RequireScope`](crate::require::RequireScope).
 #[pin_project]
 pub struct ResponseFuture<S, ReqBody>
 where

@@ -48,7 +48,7 @@ use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Response};
 
-use crate::reject::Rejection;
+use crate::rejection::Rejection;
 
 /// Whether the request is gRPC: its content type is `application/grpc` with or without a suffix.
 pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {

@@ -77,6 +77,8 @@ pub mod limit;
 pub mod manage;
 mod principal;
 pub mod reject;
+mod rejection;
+pub mod require;
 pub mod scope;
 pub mod service;
 mod shared;
@@ -91,8 +93,8 @@ pub use async_trait::async_trait;
 pub use crate::key::environment::Environment;
 pub use crate::layer::{ApiKeyHandle, ApiKeyLayer, ApiKeyLayerBuilder, ConfigError};
 pub use crate::manage::manager::{KeyManager, NewKey};
-pub use crate::principal::{log_id, Principal};
-pub use crate::scope::require::RequireScopeLayer;
+pub use crate::principal::Principal;
+pub use crate::require::RequireScopeLayer;
 pub use crate::store::any::AnyStore;
 pub use crate::store::memory::MemoryStore;
 #[cfg(feature = "postgres")]
@@ -101,6 +103,7 @@ pub use crate::store::postgres::PostgresStore;
 pub use crate::store::redis::RedisStore;
 #[cfg(feature = "sqlite")]
 pub use crate::store::sqlite::SqliteStore;
+pub use crate::trace::log_id;
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -112,7 +112,7 @@ impl Principal {
     /// assert_eq!(tower_api_key::log_id("3kTMd9Qx2bLp"), "3kTMd9Qx2bLp");
     /// ```
     pub fn log_id(&self) -> &str {
-        log_id(&self.0.key_id)
+        crate::trace::log_id(&self.0.key_id)
     }
 
     /// The key's name.
@@ -177,24 +177,5 @@ impl fmt::Debug for Principal {
             .field("scopes", &inner.scopes)
             .field("metadata", &inner.metadata)
             .finish()
-    }
-}
-
-/// A key id as it may be logged: a structured key's id unchanged; an opaque key's id (the 64 hex
-/// characters of its digest) cut to its first 12. See [`Principal::log_id`].
-///
-/// ```
-/// use tower_api_key::{log_id, key::SecretDigest};
-///
-/// let opaque_id = SecretDigest::of(b"sk_legacy_4f9a2c").to_hex();
-/// assert_eq!(log_id(&opaque_id).len(), 12);
-/// assert_eq!(log_id("3kTMd9Qx2bLp"), "3kTMd9Qx2bLp");
-/// ```
-pub fn log_id(id: &str) -> &str {
-    const SHOWN: usize = 12;
-    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        &id[..SHOWN]
-    } else {
-        id
     }
 }

@@ -1,9 +1,26 @@
 //! Structured events with the `tracing` feature: the key id and the outcome, never the secret nor
 //! the digest (an opaque key's id is its digest, so it is shortened: [`log_id`](crate::log_id)).
 
-#[cfg(feature = "tracing")]
-use crate::principal::log_id;
 use crate::reject::Rejection;
+
+/// A key id as it may be logged: a structured key's id unchanged; an opaque key's id (the 64 hex
+/// characters of its digest) cut to its first 12. See [`Principal::log_id`](crate::Principal::log_id).
+///
+/// ```
+/// use tower_api_key::{log_id, key::SecretDigest};
+///
+/// let opaque_id = SecretDigest::of(b"sk_legacy_4f9a2c").to_hex();
+/// assert_eq!(log_id(&opaque_id).len(), 12);
+/// assert_eq!(log_id("3kTMd9Qx2bLp"), "3kTMd9Qx2bLp");
+/// ```
+pub fn log_id(id: &str) -> &str {
+    const SHOWN: usize = 12;
+    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        &id[..SHOWN]
+    } else {
+        id
+    }
+}
 
 /// A request was authenticated as key `key_id`.
 #[inline]

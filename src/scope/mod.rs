@@ -18,11 +18,7 @@
 //! assert!(h.grants("*", "anything:at:all"));
 //! ```
 
-pub(crate) mod require;
-
 use std::fmt;
-
-pub use require::{RequireScope, ScopeRequirement};
 
 /// The longest scope accepted, in bytes.
 pub const MAX_SCOPE_LEN: usize = 128;
@@ -216,4 +212,52 @@ mod tests {
         assert!(h.grants("c", "b"));
         assert!(!h.grants("a", "d"));
     }
+}
+
+/// Which scopes a request needs: all of a list, any of a list, or none beyond authentication.
+///
+/// ```
+/// use tower_api_key::scope::ScopeRequirement;
+///
+/// let writers = ScopeRequirement::all(["write"]);
+/// let either = ScopeRequirement::any(["offers:write", "admin"]);
+/// let anyone = ScopeRequirement::none();
+/// # let _ = (writers, either, anyone);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScopeRequirement(Requirement);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Requirement {
+    All(Box<[Box<str>]>),
+    Any(Box<[Box<str>]>),
+}
+
+impl ScopeRequirement {
+    /// Every one of `scopes` (none given: any authenticated key).
+    pub fn all<I: IntoIterator<Item = S>, S: AsRef<str>>(scopes: I) -> Self {
+        ScopeRequirement(Requirement::All(collect(scopes)))
+    }
+
+    /// At least one of `scopes` (none given: nothing passes).
+    pub fn any<I: IntoIterator<Item = S>, S: AsRef<str>>(scopes: I) -> Self {
+        ScopeRequirement(Requirement::Any(collect(scopes)))
+    }
+
+    /// No scope: any authenticated key.
+    pub fn none() -> Self {
+        ScopeRequirement::all(std::iter::empty::<&str>())
+    }
+
+    /// Whether a key whose scopes grant what `has_scope` says meets this requirement.
+    pub(crate) fn met_by(&self, has_scope: impl Fn(&str) -> bool) -> bool {
+        match &self.0 {
+            Requirement::All(scopes) => scopes.iter().all(|s| has_scope(s)),
+            Requirement::Any(scopes) => scopes.iter().any(|s| has_scope(s)),
+        }
+    }
+}
+
+pub(crate) fn collect<I: IntoIterator<Item = S>, S: AsRef<str>>(scopes: I) -> Box<[Box<str>]> {
+    scopes.into_iter().map(|s| s.as_ref().into()).collect()
 }

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use super::{to_json, KeyRecord, StoreError};
 use crate::clock::{from_unix_seconds, unix_seconds};
 use crate::key::SecretDigest;
-use crate::principal::log_id;
+use crate::trace::log_id;
 
 /// A record as flat fields, in the SQL table's column order.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]

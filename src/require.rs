@@ -11,6 +11,7 @@ use crate::body::ResponseBody;
 use crate::future::ResponseFuture;
 use crate::principal::Principal;
 use crate::reject::{Rejection, RejectionResponder, Rejections};
+use crate::scope::ScopeRequirement;
 
 /// Requires scopes of the key that [`ApiKeyLayer`](crate::ApiKeyLayer) authenticated; answers
 /// 403 `INSUFFICIENT_PERMISSIONS` otherwise.
@@ -37,47 +38,40 @@ pub struct RequireScopeLayer {
     rejections: Option<Arc<Rejections>>,
 }
 
-/// Which scopes a request needs: all of a list, any of a list, or none beyond authentication.
-///
-/// ```
-/// use tower_api_key::scope::ScopeRequirement;
-///
-/// let writers = ScopeRequirement::all(["write"]);
-/// let either = ScopeRequirement::any(["offers:write", "admin"]);
-/// let anyone = ScopeRequirement::none();
-/// # let _ = (writers, either, anyone);
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScopeRequirement(Requirement);
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Requirement {
-    All(Box<[Box<str>]>),
-    Any(Box<[Box<str>]>),
-}
-
 impl ScopeRequirement {
-    /// Every one of `scopes` (none given: any authenticated key).
-    pub fn all<I: IntoIterator<Item = S>, S: AsRef<str>>(scopes: I) -> Self {
-        ScopeRequirement(Requirement::All(collect(scopes)))
-    }
-
-    /// At least one of `scopes` (none given: nothing passes).
-    pub fn any<I: IntoIterator<Item = S>, S: AsRef<str>>(scopes: I) -> Self {
-        ScopeRequirement(Requirement::Any(collect(scopes)))
-    }
-
-    /// No scope: any authenticated key.
-    pub fn none() -> Self {
-        ScopeRequirement::all(std::iter::empty::<&str>())
-    }
-
     /// Whether `principal` meets this requirement.
+    ///
+    /// ```
+    /// use axum::{body::Body, routing::get, Extension, Router};
+    /// use tower::ServiceExt;
+    /// use tower_api_key::scope::ScopeRequirement;
+    /// use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, NewKey, Principal};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// let layer = ApiKeyLayer::new("mesh", store.clone())?;
+    /// let writer = KeyManager::new(store)
+    ///     .with_cache(layer.handle())
+    ///     .create(NewKey::new("writer").scopes(["write"]))
+    ///     .await?;
+    /// let app = Router::new()
+    ///     .route("/", get(|Extension(principal): Extension<Principal>| async move {
+    ///         // `admin` ⊇ `write` ⊇ `read`.
+    ///         let reads = ScopeRequirement::all(["read"]).allows(&principal);
+    ///         let administers = ScopeRequirement::all(["admin"]).allows(&principal);
+    ///         format!("{reads} {administers}")
+    ///     }))
+    ///     .layer(layer);
+    /// let request = http::Request::get("/")
+    ///     .header("authorization", format!("ApiKey {}", writer.key.expose_secret()))
+    ///     .body(Body::empty())?;
+    /// let body = app.oneshot(request).await?.into_body();
+    /// assert_eq!(axum::body::to_bytes(body, 64).await?, "true false");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
     pub fn allows(&self, principal: &Principal) -> bool {
-        match &self.0 {
-            Requirement::All(scopes) => scopes.iter().all(|s| principal.has_scope(s)),
-            Requirement::Any(scopes) => scopes.iter().any(|s| principal.has_scope(s)),
-        }
+        self.met_by(|scope| principal.has_scope(scope))
     }
 }
 
@@ -171,10 +165,6 @@ impl RequireScopeLayer {
         }));
         self
     }
-}
-
-fn collect<I: IntoIterator<Item = S>, S: AsRef<str>>(scopes: I) -> Box<[Box<str>]> {
-    scopes.into_iter().map(|s| s.as_ref().into()).collect()
 }
 
 impl<S> Layer<S> for RequireScopeLayer {
