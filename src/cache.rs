@@ -43,11 +43,12 @@
 //! ```
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use papaya::{Compute, Operation};
+use papaya::{Compute, Equivalent, Operation};
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::clock::Clock;
@@ -205,12 +206,59 @@ impl Value {
     }
 }
 
+/// The map's key: the id, held by the key's principal itself once the store returned it, so a
+/// lookup compares the id where it then reads the principal (one memory access fewer per
+/// request than a separate string).
+#[derive(Clone)]
+enum CacheKey {
+    Key(Principal),
+    Id(Arc<str>),
+}
+
+impl CacheKey {
+    fn id(&self) -> &str {
+        match self {
+            CacheKey::Key(principal) => principal.key_id(),
+            CacheKey::Id(id) => id,
+        }
+    }
+}
+
+impl Hash for CacheKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.id().hash(state);
+    }
+}
+
+impl PartialEq for CacheKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.id() == other.id()
+    }
+}
+
+impl Eq for CacheKey {}
+
+/// An id to look up, hashed as the [`CacheKey`] that holds it.
+struct Lookup<'a>(&'a str);
+
+impl Hash for Lookup<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl Equivalent<CacheKey> for Lookup<'_> {
+    fn equivalent(&self, key: &CacheKey) -> bool {
+        self.0 == key.id()
+    }
+}
+
 /// The cache, with the store behind it.
 pub(crate) struct KeyCache {
     /// Hashed with foldhash: SipHash would cost a tenth of the hot path, and an entry for a
     /// made-up id lives only until its load ends or, as "unknown", within its own capacity.
     /// Keyed by the id the principal holds too (one string per key).
-    entries: papaya::HashMap<Arc<str>, Entry, foldhash::fast::RandomState>,
+    entries: papaya::HashMap<CacheKey, Entry, foldhash::fast::RandomState>,
     /// Moved on by `invalidate_all`.
     generation: AtomicU64,
     /// The next lease number.
@@ -277,7 +325,7 @@ impl KeyCache {
         f: impl FnOnce(Option<&Principal>) -> R,
     ) -> Option<R> {
         let entries = self.entries.pin();
-        let entry = entries.get(id)?;
+        let entry = entries.get(&Lookup(id))?;
         if entry.generation != self.generation.load(Ordering::Acquire) || now >= entry.fresh_until {
             return None;
         }
@@ -310,7 +358,7 @@ impl KeyCache {
                 let current = self.generation.load(Ordering::Acquire);
                 let entries = self.entries.pin();
                 match entries
-                    .get(id)
+                    .get(&Lookup(id))
                     .and_then(|e| e.stale_key(now, current, self.stale_if_error()))
                 {
                     Some(key) => Ok(Some(key.clone())),
@@ -336,7 +384,7 @@ impl KeyCache {
             Join(Arc<Load>),
         }
         let entries = self.entries.pin();
-        let computed = entries.compute(id.into(), |entry| match entry {
+        let computed = entries.compute(CacheKey::Id(id.into()), |entry| match entry {
             Some((_, e)) if e.generation == current && now < e.fresh_until => match &e.value {
                 Value::Key(key) => Operation::Abort(Found::Hit(Some(key.clone()))),
                 Value::Unknown => Operation::Abort(Found::Hit(None)),
@@ -388,7 +436,7 @@ impl KeyCache {
         let known = {
             let entries = self.entries.pin();
             entries
-                .get(id)
+                .get(&Lookup(id))
                 .is_some_and(|e| matches!(e.value, Value::Key(_)))
         };
         let _permit = if known {
@@ -444,9 +492,9 @@ impl KeyCache {
         let now = self.clock.now();
         let config = &self.config;
         // The map's key: the principal's own id where there is one.
-        let key: Arc<str> = match &install {
-            Install::Key(principal) => Arc::clone(principal.shared_id()),
-            _ => id.into(),
+        let key = match &install {
+            Install::Key(principal) => CacheKey::Key(principal.clone()),
+            _ => CacheKey::Id(id.into()),
         };
         let entries = self.entries.pin();
         let computed = entries.compute(key, |entry| {
@@ -480,7 +528,7 @@ impl KeyCache {
     }
 
     /// Keeps the counts of keys and unknown ids in step with a change of the map.
-    fn count<T>(&self, computed: &Compute<'_, Arc<str>, Entry, T>) {
+    fn count<T>(&self, computed: &Compute<'_, CacheKey, Entry, T>) {
         let (old, new) = match computed {
             Compute::Inserted(_, new) => (None, new.value.kind()),
             Compute::Updated { old, new } => (old.1.value.kind(), new.1.value.kind()),
@@ -555,7 +603,7 @@ impl KeyCache {
     /// Forgets what is cached about `id`, found or not, and voids any load of it in flight: the
     /// next request asks the store.
     pub(crate) fn invalidate(&self, id: &str) {
-        if let Some(old) = self.entries.pin().remove(id) {
+        if let Some(old) = self.entries.pin().remove(&Lookup(id)) {
             self.adjust(old.value.kind(), -1);
         }
     }
@@ -565,7 +613,7 @@ impl KeyCache {
     pub(crate) fn invalidate_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         let entries = self.entries.pin();
-        let ids: Vec<Arc<str>> = entries.keys().cloned().collect();
+        let ids: Vec<CacheKey> = entries.keys().cloned().collect();
         for id in ids {
             if let Some(old) = entries.remove(&id) {
                 self.adjust(old.value.kind(), -1);

@@ -58,8 +58,8 @@ impl KeyCheck {
 
 struct Inner {
     check: KeyCheck,
-    /// Shared with the cache's map, whose key it is.
-    key_id: Arc<str>,
+    /// The cache's map compares it as its key.
+    key_id: Box<str>,
     name: Box<str>,
     owner: Option<Box<str>>,
     environment: Environment,
@@ -152,11 +152,6 @@ impl Principal {
     /// What verification needs.
     pub(crate) fn check(&self) -> &KeyCheck {
         &self.0.check
-    }
-
-    /// The id, as the cache's map keeps it.
-    pub(crate) fn shared_id(&self) -> &Arc<str> {
-        &self.0.key_id
     }
 
     /// How the layer that authenticated this key answers refusals.
