@@ -115,8 +115,22 @@ pub(crate) fn unavailable(error: impl std::error::Error + Send + Sync + 'static)
 macro_rules! sql_store {
     ($store:ty, $row:ty, $db:ty) => {
         impl $store {
-            /// Runs `sql` (`UPDATE … SET … = $1 WHERE id = $2`) with `value` for key `id`,
-            /// announces the change, and says whether the key exists.
+            /// Runs `query`, a change of key `id`, announces it, and says whether the key
+            /// existed.
+            async fn change<'q>(
+                &self,
+                query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
+                id: &str,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let done = query
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::unavailable)?;
+                self.changed(id).await;
+                Ok(done.rows_affected() > 0)
+            }
+
+            /// Runs `sql` (`UPDATE … SET … = $1 WHERE id = $2`) with `value` for key `id`.
             async fn update<'q, T>(
                 &self,
                 sql: &'q str,
@@ -126,14 +140,7 @@ macro_rules! sql_store {
             where
                 T: 'q + Send + sqlx::Encode<'q, $db> + sqlx::Type<$db>,
             {
-                let done = sqlx::query(sql)
-                    .bind(value)
-                    .bind(id)
-                    .execute(&self.pool)
-                    .await
-                    .map_err($crate::store::sql::unavailable)?;
-                self.changed(id).await;
-                Ok(done.rows_affected() > 0)
+                self.change(sqlx::query(sql).bind(value).bind(id), id).await
             }
 
             fn record(row: &$row) -> Result<$crate::store::KeyRecord, $crate::store::StoreError> {
@@ -223,13 +230,8 @@ macro_rules! sql_store {
             }
 
             async fn delete(&self, id: &str) -> Result<bool, $crate::store::StoreError> {
-                let done = sqlx::query(&self.sql.delete)
-                    .bind(id)
-                    .execute(&self.pool)
+                self.change(sqlx::query(&self.sql.delete).bind(id), id)
                     .await
-                    .map_err($crate::store::sql::unavailable)?;
-                self.changed(id).await;
-                Ok(done.rows_affected() > 0)
             }
 
             async fn list(

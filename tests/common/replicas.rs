@@ -213,3 +213,12 @@ where
     listener.abort();
     elapsed
 }
+
+/// A half-open listener connection was noticed by the listener's own ping: within its keepalive
+/// and ping timeout (and two seconds for reconnecting and the test's polling).
+pub fn assert_noticed_by_the_ping(elapsed: Duration) {
+    let bound = tower_api_key::store::LISTENER_KEEPALIVE
+        + tower_api_key::store::LISTENER_PING_TIMEOUT
+        + Duration::from_secs(2);
+    assert!(elapsed < bound, "noticed after {elapsed:?}");
+}
