@@ -257,7 +257,7 @@ impl Equivalent<CacheKey> for Lookup<'_> {
 pub(crate) struct KeyCache {
     /// Hashed with foldhash: SipHash would cost a tenth of the hot path, and an entry for a
     /// made-up id lives only until its load ends or, as "unknown", within its own capacity.
-    /// Keyed by the id the principal holds too (one string per key).
+    /// A key's entry is keyed by its principal (see [`CacheKey`]).
     entries: papaya::HashMap<CacheKey, Entry, foldhash::fast::RandomState>,
     /// Moved on by `invalidate_all`.
     generation: AtomicU64,

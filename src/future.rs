@@ -1,6 +1,6 @@
 //! The response future of [`ApiKeyService`](crate::service::ApiKeyService) and
-//! [`RequireScope`](crate::require::RequireScope): a small state machine (look the key up, count it against
-//! its limits, then wait for the inner service), in the manner of tower's `filter`.
+//! [`RequireScope`](crate::require::RequireScope): a small state machine (look the key up, count
+//! it against its limits, then wait for the inner service), in the manner of tower's `filter`.
 
 use std::fmt;
 use std::future::Future;
