@@ -8,8 +8,8 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project::pin_project;
 
 /// The body of a response from [`ApiKeyService`](crate::service::ApiKeyService) or
-/// [`RequireScope`](crate::require::RequireScope): the inner service's body unchanged, or the bytes of a
-/// rejection.
+/// [`RequireScope`](crate::require::RequireScope): the inner service's body unchanged, or the
+/// bytes of a rejection.
 #[pin_project(project = Projection)]
 #[derive(Debug)]
 pub struct ResponseBody<B>(#[pin] Kind<B>);

@@ -26,8 +26,8 @@ use crate::verify::{Environments, KeyReading};
 /// Each request's key is read from the configured [`KeySource`]s, checked offline (format,
 /// checksum), looked up by its public id through the cache and the [`KeyStore`], and its secret's
 /// digest compared in constant time. On success the request carries a
-/// [`Principal`](crate::Principal); otherwise it is answered with a [`Rejection`](crate::reject::Rejection)
-/// and the inner service is not called.
+/// [`Principal`](crate::Principal); otherwise it is answered with a
+/// [`Rejection`](crate::reject::Rejection) and the inner service is not called.
 ///
 /// Cloning is cheap and shares the cache.
 ///
@@ -253,8 +253,8 @@ impl ApiKeyLayerBuilder {
 
     /// Also accept keys that are not in this layer's format (any 1 to 512 visible ASCII
     /// characters), looked up by the hex of their SHA-256 digest: for keys issued before this
-    /// crate. Store them with [`KeyRecord::opaque`](crate::store::KeyRecord::opaque). Off by default.
-    /// A key that starts with this layer's `prefix_` is always parsed as structured.
+    /// crate. Store them with [`KeyRecord::opaque`](crate::store::KeyRecord::opaque). Off by
+    /// default. A key that starts with this layer's `prefix_` is always parsed as structured.
     pub fn allow_opaque_keys(mut self, allow: bool) -> Self {
         self.allow_opaque = allow;
         self

@@ -2,9 +2,9 @@
 //!
 //! [`ApiKeyLayer`] reads a key from the request (by default `Authorization: ApiKey <key>`),
 //! checks its format and checksum offline, looks it up by its public id through a [cache] in
-//! front of a pluggable async [`KeyStore`](store::KeyStore), compares the SHA-256 digest of its secret in constant
-//! time, and puts the key's [`Principal`] (id, name, owner, environment, scopes) into the request's
-//! extensions. Otherwise it answers with a JSON rejection, such as
+//! front of a pluggable async [`KeyStore`](store::KeyStore), compares the SHA-256 digest of its
+//! secret in constant time, and puts the key's [`Principal`] (id, name, owner, environment,
+//! scopes) into the request's extensions. Otherwise it answers with a JSON rejection, such as
 //! `{"error": "Invalid API key", "code": "INVALID_API_KEY", "status": 401}`, and never calls your
 //! service. [`RequireScopeLayer`] checks scopes per route. A request that starts after a key was
 //! revoked is refused, whatever lookups were in flight (see [the cache's guarantee][cache]).
@@ -37,6 +37,25 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! # }).unwrap();
 //! ```
+//!
+//! # Where things are
+//!
+//! The root holds what a first program names. Everything else is in the module of its concept:
+//!
+//! | module | what is in it |
+//! |---|---|
+//! | [`key`] | the key format, its parser and generator, the stored digest |
+//! | [`extract`] | where keys are read from ([`KeySource`](extract::KeySource)) |
+//! | [`cache`] | the cache in front of the store, and its guarantee on revocation |
+//! | [`store`] | the [`KeyStore`](store::KeyStore) trait and what stores share |
+//! | [`manage`] | what [`KeyManager`] gives and refuses |
+//! | [`scope`], [`require`] | scopes, their hierarchy, and the scope-checking service |
+//! | [`limit`] | rate limits, quotas, plans and limiters |
+//! | [`usage`] | usage counting |
+//! | [`reject`] | rejections and how they are answered |
+//! | [`service`] | the service the layer wraps around yours, its future and body |
+//! | [`client`] | the client-side layer that adds a key to requests |
+//! | [`clock`] | where the layer reads the time |
 //!
 //! # Features
 //!
