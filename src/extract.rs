@@ -149,10 +149,7 @@ fn credential<'v>(value: &'v [u8], scheme: &str) -> Result<Option<&'v str>, Reje
         (value.split_at_checked(scheme_bytes.len()), value.last())
     {
         if let [b' ', first, ..] = rest {
-            if !is_space_byte(*first)
-                && !is_space_byte(last)
-                && name.eq_ignore_ascii_case(scheme_bytes)
-            {
+            if !is_space_byte(*first) && !is_space_byte(last) && same_scheme(name, scheme_bytes) {
                 let text = std::str::from_utf8(&rest[1..]).map_err(|_| Rejection::InvalidApiKey)?;
                 return Ok(Some(text));
             }
@@ -163,11 +160,17 @@ fn credential<'v>(value: &'v [u8], scheme: &str) -> Result<Option<&'v str>, Reje
         Some(at) => value.split_at(at),
         None => (value, &[][..]),
     };
-    if !name.eq_ignore_ascii_case(scheme.as_bytes()) {
+    if !same_scheme(name, scheme.as_bytes()) {
         return Ok(None);
     }
     let text = std::str::from_utf8(trim_bytes(rest)).map_err(|_| Rejection::InvalidApiKey)?;
     Ok(Some(text))
+}
+
+/// Whether `name` is the scheme `scheme`, in any case (RFC 9110): the exact spelling, which nearly
+/// every client sends, is compared first, as one `memcmp`.
+fn same_scheme(name: &[u8], scheme: &[u8]) -> bool {
+    name == scheme || name.eq_ignore_ascii_case(scheme)
 }
 
 fn is_space_byte(b: u8) -> bool {
