@@ -9,7 +9,9 @@ use crate::reject::{JsonRejection, Rejection, RejectionResponder};
 
 /// The error of extracting a [`Principal`] from a request that has none: the handler runs without
 /// an [`ApiKeyLayer`](crate::ApiKeyLayer) in front of it. Answered 500
-/// `API_KEY_LAYER_MISSING`, so a misconfigured route fails closed.
+/// `API_KEY_LAYER_MISSING`, so a misconfigured route fails closed. It is answered with the JSON
+/// default: with no layer in front there is no layer's responder to use (every refusal the layer
+/// and [`RequireScopeLayer`](crate::RequireScopeLayer) make uses the layer's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MissingPrincipal;
 
