@@ -1,10 +1,10 @@
 //! The cache in front of the store: one entry per key id, whose invalidations always win.
 //!
-//! Each id has one entry in one lock-free map (`papaya`): the key the store returned (or
-//! "unknown"), the time until which it is fresh, the time until which it may stand in for a
-//! failing store (stale-if-error), the cache's generation when it was loaded, and the load in
-//! flight, if any. The hot path reads an entry synchronously, in place: no future, no allocation,
-//! no lock.
+//! Each id has one entry in one sharded map (`dashmap`): the key the store returned (or
+//! "unknown"), the time until which it is fresh (it may stand in for a failing store for
+//! stale-if-error longer), the cache's generation when it was loaded, and the load in flight, if
+//! any. The hot path reads an entry synchronously, in place, under its shard's read lock (one
+//! uncontended atomic): no future, no allocation.
 //!
 //! # The guarantee
 //!
@@ -16,8 +16,8 @@
 //!
 //! It holds because a load works like a lease (memcache's, from "Scaling Memcache at Facebook"):
 //! a miss first puts an entry holding a fresh lease number into the map, and only then asks the
-//! store. Its result is installed with an atomic compare-and-swap that succeeds only while the
-//! entry still holds that same lease. Invalidating an id removes its entry (so any lease taken
+//! store. Its result is installed in one atomic step (under the shard's write lock) that succeeds
+//! only while the entry still holds that same lease. Invalidating an id removes its entry (so any lease taken
 //! before is void), and invalidating everything moves the cache to a new generation (entries of
 //! an older generation are never read). A load that read the store before a revoke can still
 //! answer the requests that were already waiting for it, which started before the revoke, but it
@@ -44,11 +44,12 @@
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use papaya::{Compute, Equivalent, Operation};
+use dashmap::mapref::entry::Entry as Slot;
+use dashmap::DashMap;
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::clock::Clock;
@@ -160,6 +161,16 @@ struct Entry {
 }
 
 impl Entry {
+    /// A new entry whose first load `load` is in flight.
+    fn loading(now: SystemTime, generation: u64, load: &Arc<Load>) -> Entry {
+        Entry {
+            value: Value::Empty,
+            fresh_until: now,
+            generation,
+            load: Some(Arc::clone(load)),
+        }
+    }
+
     /// The key this entry may still give while the store fails, at `now` in generation
     /// `current`, with stale-if-error `stale`.
     fn stale_key(&self, now: SystemTime, current: u64, stale: Duration) -> Option<&Principal> {
@@ -238,18 +249,9 @@ impl PartialEq for CacheKey {
 
 impl Eq for CacheKey {}
 
-/// An id to look up, hashed as the [`CacheKey`] that holds it.
-struct Lookup<'a>(&'a str);
-
-impl Hash for Lookup<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
-    }
-}
-
-impl Equivalent<CacheKey> for Lookup<'_> {
-    fn equivalent(&self, key: &CacheKey) -> bool {
-        self.0 == key.id()
+impl std::borrow::Borrow<str> for CacheKey {
+    fn borrow(&self) -> &str {
+        self.id()
     }
 }
 
@@ -258,13 +260,15 @@ pub(crate) struct KeyCache {
     /// Hashed with foldhash: SipHash would cost a tenth of the hot path, and an entry for a
     /// made-up id lives only until its load ends or, as "unknown", within its own capacity.
     /// A key's entry is keyed by its principal (see [`CacheKey`]).
-    entries: papaya::HashMap<CacheKey, Entry, foldhash::fast::RandomState>,
+    entries: DashMap<CacheKey, Entry, foldhash::fast::RandomState>,
     /// Moved on by `invalidate_all`.
     generation: AtomicU64,
     /// The next lease number.
     leases: AtomicU64,
     keys: AtomicI64,
     unknown: AtomicI64,
+    /// Whether an eviction sweep is running.
+    sweeping: AtomicBool,
     loads: Semaphore,
     config: CacheConfig,
     clock: Arc<dyn Clock>,
@@ -296,16 +300,12 @@ impl KeyCache {
         clock: Arc<dyn Clock>,
     ) -> Self {
         KeyCache {
-            // Blocking resizes: an incremental one left unfinished (the cache is read far more
-            // than written) makes every read search two tables.
-            entries: papaya::HashMap::builder()
-                .hasher(foldhash::fast::RandomState::default())
-                .resize_mode(papaya::ResizeMode::Blocking)
-                .build(),
+            entries: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             generation: AtomicU64::new(0),
             leases: AtomicU64::new(0),
             keys: AtomicI64::new(0),
             unknown: AtomicI64::new(0),
+            sweeping: AtomicBool::new(false),
             loads: Semaphore::new(config.max_concurrent_loads.max(1)),
             config: config.clone(),
             clock,
@@ -324,8 +324,7 @@ impl KeyCache {
         now: SystemTime,
         f: impl FnOnce(Option<&Principal>) -> R,
     ) -> Option<R> {
-        let entries = self.entries.pin();
-        let entry = entries.get(&Lookup(id))?;
+        let entry = self.entries.get(id)?;
         if entry.generation != self.generation.load(Ordering::Acquire) || now >= entry.fresh_until {
             return None;
         }
@@ -356,12 +355,10 @@ impl KeyCache {
                 // Whatever stands in the entry now: an invalidation since has removed it.
                 let now = self.clock.now();
                 let current = self.generation.load(Ordering::Acquire);
-                let entries = self.entries.pin();
-                match entries
-                    .get(&Lookup(id))
-                    .and_then(|e| e.stale_key(now, current, self.stale_if_error()))
+                let entry = self.entries.get(id);
+                match entry.and_then(|e| e.stale_key(now, current, self.stale_if_error()).cloned())
                 {
-                    Some(key) => Ok(Some(key.clone())),
+                    Some(key) => Ok(Some(key)),
                     None => Err(error),
                 }
             }
@@ -379,40 +376,38 @@ impl KeyCache {
             lease,
             result: OnceCell::new(),
         });
-        enum Found {
-            Hit(Option<Principal>),
-            Join(Arc<Load>),
-        }
-        let entries = self.entries.pin();
-        let computed = entries.compute(CacheKey::Id(id.into()), |entry| match entry {
-            Some((_, e)) if e.generation == current && now < e.fresh_until => match &e.value {
-                Value::Key(key) => Operation::Abort(Found::Hit(Some(key.clone()))),
-                Value::Unknown => Operation::Abort(Found::Hit(None)),
-                Value::Empty => Operation::Abort(Found::Join(Self::in_flight(e))),
-            },
-            Some((_, e)) if e.generation == current && e.load.is_some() => {
-                Operation::Abort(Found::Join(Self::in_flight(e)))
+        // The shard's lock is held from the look at the entry to the insert: one atomic step.
+        match self.entries.entry(CacheKey::Id(id.into())) {
+            Slot::Occupied(mut slot) => {
+                let e = slot.get();
+                if e.generation == current && now < e.fresh_until {
+                    return match &e.value {
+                        Value::Key(key) => Ok(Some(key.clone())),
+                        Value::Unknown => Ok(None),
+                        Value::Empty => Err(Self::in_flight(e)),
+                    };
+                }
+                if e.generation == current && e.load.is_some() {
+                    return Err(Self::in_flight(e));
+                }
+                // Expired, or of an older generation: a new load, keeping a stale key meanwhile.
+                let next = if e.generation == current {
+                    Entry {
+                        load: Some(Arc::clone(&fresh)),
+                        ..e.clone()
+                    }
+                } else {
+                    Entry::loading(now, current, &fresh)
+                };
+                let old = slot.insert(next);
+                self.adjust(old.value.kind(), -1);
+                self.adjust(slot.get().value.kind(), 1);
             }
-            // Expired, or of an older generation: a new load, keeping a stale key meanwhile.
-            Some((_, e)) if e.generation == current => Operation::Insert(Entry {
-                load: Some(Arc::clone(&fresh)),
-                ..e.clone()
-            }),
-            _ => Operation::Insert(Entry {
-                value: Value::Empty,
-                fresh_until: now,
-                generation: current,
-                load: Some(Arc::clone(&fresh)),
-            }),
-        });
-        match computed {
-            Compute::Aborted(Found::Hit(hit)) => Ok(hit),
-            Compute::Aborted(Found::Join(load)) => Err(load),
-            other => {
-                self.count(&other);
-                Err(fresh)
+            Slot::Vacant(slot) => {
+                slot.insert(Entry::loading(now, current, &fresh));
             }
         }
+        Err(fresh)
     }
 
     fn in_flight(entry: &Entry) -> Arc<Load> {
@@ -434,9 +429,8 @@ impl KeyCache {
     /// The store's answer for `id`, within the lookup timeout and the bound on concurrent loads.
     async fn fetch(&self, id: &str) -> Result<Option<Principal>, LoadError> {
         let known = {
-            let entries = self.entries.pin();
-            entries
-                .get(&Lookup(id))
+            self.entries
+                .get(id)
                 .is_some_and(|e| matches!(e.value, Value::Key(_)))
         };
         let _permit = if known {
@@ -496,47 +490,43 @@ impl KeyCache {
             Install::Key(principal) => CacheKey::Key(principal.clone()),
             _ => CacheKey::Id(id.into()),
         };
-        let entries = self.entries.pin();
-        let computed = entries.compute(key, |entry| {
-            let Some((_, e)) = entry else {
-                return Operation::Abort(());
-            };
-            if e.load.as_ref().is_none_or(|load| load.lease != lease) {
-                return Operation::Abort(());
-            }
-            let loaded = |value, fresh_for: Duration| Entry {
-                value,
-                fresh_until: now.checked_add(fresh_for).unwrap_or(now),
-                generation: e.generation,
-                load: None,
-            };
-            match &install {
-                Install::Key(key) => Operation::Insert(loaded(Value::Key(key.clone()), config.ttl)),
-                Install::Unknown => Operation::Insert(loaded(Value::Unknown, config.negative_ttl)),
-                Install::Failed if matches!(e.value, Value::Empty) => Operation::Remove,
-                Install::Failed => Operation::Insert(Entry {
+        // The shard's lock is held from the lease check to the insert: one atomic step.
+        if let Slot::Occupied(slot) = self.entries.entry(key) {
+            let e = slot.get();
+            if e.load.as_ref().is_some_and(|load| load.lease == lease) {
+                let loaded = |value, fresh_for: Duration| Entry {
+                    value,
+                    fresh_until: now.checked_add(fresh_for).unwrap_or(now),
+                    generation: e.generation,
                     load: None,
-                    ..e.clone()
-                }),
-                Install::Drop => Operation::Remove,
+                };
+                let next = match &install {
+                    Install::Key(key) => Some(loaded(Value::Key(key.clone()), config.ttl)),
+                    Install::Unknown => Some(loaded(Value::Unknown, config.negative_ttl)),
+                    Install::Failed if matches!(e.value, Value::Empty) => None,
+                    Install::Failed => Some(Entry {
+                        load: None,
+                        ..e.clone()
+                    }),
+                    Install::Drop => None,
+                };
+                match next {
+                    Some(next) => {
+                        let kind = next.value.kind();
+                        // A key's entry is keyed by its principal from now on.
+                        let (_, old) = slot.replace_entry(next);
+                        self.adjust(old.value.kind(), -1);
+                        self.adjust(kind, 1);
+                    }
+                    None => {
+                        let (_, old) = slot.remove_entry();
+                        self.adjust(old.value.kind(), -1);
+                    }
+                }
             }
-        });
-        self.count(&computed);
-        drop(entries);
+        }
         self.evict_over(Kind::Key, config.capacity, now);
         self.evict_over(Kind::Unknown, config.negative_capacity, now);
-    }
-
-    /// Keeps the counts of keys and unknown ids in step with a change of the map.
-    fn count<T>(&self, computed: &Compute<'_, CacheKey, Entry, T>) {
-        let (old, new) = match computed {
-            Compute::Inserted(_, new) => (None, new.value.kind()),
-            Compute::Updated { old, new } => (old.1.value.kind(), new.1.value.kind()),
-            Compute::Removed(_, old) => (old.value.kind(), None),
-            Compute::Aborted(_) => return,
-        };
-        self.adjust(old, -1);
-        self.adjust(new, 1);
     }
 
     fn adjust(&self, kind: Option<Kind>, by: i64) {
@@ -547,42 +537,42 @@ impl KeyCache {
         };
     }
 
-    /// While more than `capacity` entries of `kind` are held, removes one: of a sample of them,
-    /// the one whose stale copy runs out first. The sample starts at a varying place.
+    /// Keeps the entries of `kind` near `capacity`: once they pass it by a tenth, one sweep (one
+    /// at a time) removes those whose stale copy has run out, then others (in the map's order,
+    /// which its random hash makes arbitrary), down to nine tenths. Amortized, that is a few
+    /// entries visited per insert, and no memory per entry.
     fn evict_over(&self, kind: Kind, capacity: u64, now: SystemTime) {
         let counter = match kind {
             Kind::Key => &self.keys,
             Kind::Unknown => &self.unknown,
         };
         let capacity = i64::try_from(capacity).unwrap_or(i64::MAX);
-        let entries = self.entries.pin();
-        for _ in 0..4 {
-            if counter.load(Ordering::Relaxed) <= capacity {
-                return;
+        let slack = (capacity / 10).max(1);
+        if counter.load(Ordering::Relaxed) <= capacity.saturating_add(slack)
+            || self.sweeping.swap(true, Ordering::Acquire)
+        {
+            return;
+        }
+        let stale = self.stale_if_error();
+        let evictable = |e: &Entry| e.value.kind() == Some(kind) && e.load.is_none();
+        let (mut expired, mut others) = (Vec::new(), Vec::new());
+        for item in self.entries.iter().filter(|item| evictable(item.value())) {
+            if item.value().stale_until(stale) <= now {
+                expired.push(item.key().clone());
+            } else {
+                others.push(item.key().clone());
             }
-            let skip = self
-                .leases
-                .load(Ordering::Relaxed)
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                >> 58;
-            let victim = entries
-                .iter()
-                .skip(usize::try_from(skip).unwrap_or(0) % entries.len().max(1))
-                .chain(entries.iter())
-                .filter(|(_, e)| e.value.kind() == Some(kind) && e.load.is_none())
-                .take(16)
-                .min_by_key(|(_, e)| {
-                    let until = e.stale_until(self.stale_if_error());
-                    (until > now, until)
-                })
-                .map(|(id, _)| id.clone());
-            let Some(victim) = victim else { return };
-            if let Ok(Some((_, old))) = entries.remove_if(&victim, |_, e| {
-                e.value.kind() == Some(kind) && e.load.is_none()
-            }) {
+        }
+        let target = capacity - slack;
+        for key in expired.into_iter().chain(others) {
+            if counter.load(Ordering::Relaxed) <= target {
+                break;
+            }
+            if let Some((_, old)) = self.entries.remove_if(key.id(), |_, e| evictable(e)) {
                 self.adjust(old.value.kind(), -1);
             }
         }
+        self.sweeping.store(false, Ordering::Release);
     }
 
     /// How long a key may stand in for a failing store past its TTL.
@@ -603,7 +593,7 @@ impl KeyCache {
     /// Forgets what is cached about `id`, found or not, and voids any load of it in flight: the
     /// next request asks the store.
     pub(crate) fn invalidate(&self, id: &str) {
-        if let Some(old) = self.entries.pin().remove(&Lookup(id)) {
+        if let Some((_, old)) = self.entries.remove(id) {
             self.adjust(old.value.kind(), -1);
         }
     }
@@ -612,12 +602,9 @@ impl KeyCache {
     /// before it is installed.
     pub(crate) fn invalidate_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        let entries = self.entries.pin();
-        let ids: Vec<CacheKey> = entries.keys().cloned().collect();
-        for id in ids {
-            if let Some(old) = entries.remove(&id) {
-                self.adjust(old.value.kind(), -1);
-            }
-        }
+        self.entries.retain(|_, old| {
+            self.adjust(old.value.kind(), -1);
+            false
+        });
     }
 }
