@@ -480,7 +480,7 @@ impl KeyCache {
         }
     }
 
-    /// Puts a load's answer into the entry of `id`, in one compare-and-swap that succeeds only
+    /// Puts a load's answer into the entry of `id`, in one atomic step that succeeds only
     /// while the entry holds lease `lease`.
     fn install(&self, id: &str, lease: u64, install: Install) {
         let now = self.clock.now();
