@@ -46,7 +46,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 #[cfg(any(feature = "postgres", feature = "redis"))]
-pub use listener::{LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
+pub use listener::{LISTENER_CONNECT_TIMEOUT, LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
 pub(crate) use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub(crate) use postgres::PostgresStore;

@@ -123,7 +123,9 @@ impl PostgresStore {
     /// however long, ends with [`KeyChanges::all_changed`] once the listener is connected again.
     /// A connection that is quiet for [`LISTENER_KEEPALIVE`] is pinged, so a dead one (a half-open
     /// TCP connection, a server that was killed) is noticed within
-    /// `LISTENER_KEEPALIVE + LISTENER_PING_TIMEOUT`.
+    /// `LISTENER_KEEPALIVE + LISTENER_PING_TIMEOUT`, and the cache is cleared once a new
+    /// connection is made (an attempt takes at most
+    /// [`LISTENER_CONNECT_TIMEOUT`](super::LISTENER_CONNECT_TIMEOUT)).
     ///
     /// # Errors
     /// When the first connection or `LISTEN` fails.

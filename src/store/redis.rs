@@ -165,7 +165,9 @@ impl RedisStore {
     /// Messages published while the subscription is down are lost, so any disconnect, however
     /// long, ends with [`KeyChanges::all_changed`] once the listener is subscribed again. A
     /// subscription quiet for [`LISTENER_KEEPALIVE`] is pinged, so a dead connection (half-open,
-    /// or killed by `CLIENT KILL`) is noticed within `LISTENER_KEEPALIVE + LISTENER_PING_TIMEOUT`.
+    /// or killed by `CLIENT KILL`) is noticed within `LISTENER_KEEPALIVE + LISTENER_PING_TIMEOUT`,
+    /// and the cache is cleared once it is subscribed again (an attempt takes at most
+    /// [`LISTENER_CONNECT_TIMEOUT`](super::LISTENER_CONNECT_TIMEOUT)).
     ///
     /// # Errors
     /// When the first subscription fails.
