@@ -32,7 +32,7 @@ pub struct Principal(Arc<Inner>);
 
 /// The layer that vouched for a principal: how its scopes imply each other, and how refusals are
 /// answered (so [`RequireScopeLayer`](crate::RequireScopeLayer) answers as the layer does).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Authority {
     pub(crate) hierarchy: ScopeHierarchy,
     pub(crate) rejections: Rejections,

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use super::{CreatedKey, InvalidKey, KeyInfo, ManageError, MAX_NAME_LEN, MAX_UNIX_SECONDS};
+use super::{keeps, CreatedKey, InvalidKey, KeyInfo, ManageError, MAX_NAME_LEN};
 use crate::key::{Environment, KeyFormat};
 use crate::layer::ApiKeyHandle;
 use crate::limit::Limits;
@@ -105,10 +105,7 @@ impl NewKey {
         for scope in &self.scopes {
             validate_scope(scope).map_err(InvalidKey::Scope)?;
         }
-        if self
-            .expires_at
-            .is_some_and(|at| crate::clock::unix_seconds(at) > MAX_UNIX_SECONDS)
-        {
+        if self.expires_at.is_some_and(|at| !keeps(at)) {
             return Err(InvalidKey::TimeOutOfRange);
         }
         let generated = format.generate(self.environment);
@@ -347,7 +344,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         }
         let grace_ends = now
             .checked_add(grace)
-            .filter(|at| crate::clock::unix_seconds(*at) <= MAX_UNIX_SECONDS)
+            .filter(|at| keeps(*at))
             .ok_or(ManageError::Invalid(InvalidKey::TimeOutOfRange))?;
         let mut new = NewKey::new(old.name.clone())
             .environment(old.environment)

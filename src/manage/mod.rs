@@ -104,6 +104,11 @@ impl From<StoreError> for ManageError {
 /// every store, the CLI and JSON can write it.
 pub const MAX_UNIX_SECONDS: u64 = 253_402_300_799;
 
+/// Whether a record can keep time `at` (no later than [`MAX_UNIX_SECONDS`]).
+pub(crate) fn keeps(at: SystemTime) -> bool {
+    crate::clock::unix_seconds(at) <= MAX_UNIX_SECONDS
+}
+
 /// A key as operators see it: everything but the secret and its digest. Serialises to JSON with
 /// times as Unix seconds.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
