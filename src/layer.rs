@@ -239,7 +239,8 @@ impl ApiKeyLayerBuilder {
         self
     }
 
-    /// Reads the time from `clock` (expiry, rate limits, quota windows); for tests.
+    /// Reads the time from `clock` (expiry, quota windows, and the in-memory limiter's rate
+    /// limits; a `RedisLimiter` keeps rate limits on the Redis server's clock); for tests.
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self

@@ -19,10 +19,11 @@ mod replicas;
 mod redis {
     use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
 
     use tower_api_key::{
-        limit::Limits, limit::RedisLimiter, store::KeyStoreAdmin, ApiKeyLayer, MemoryStore, NewKey,
-        RedisStore,
+        clock::ManualClock, limit::Limits, limit::RedisLimiter, store::KeyStoreAdmin, ApiKeyLayer,
+        MemoryStore, NewKey, RedisStore,
     };
 
     use crate::common::{
@@ -59,32 +60,46 @@ mod redis {
         eprintln!("Redis pub/sub propagation: {elapsed:?}");
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "needs Redis: run through .ci/run"]
-    async fn two_replicas_enforce_one_shared_limit() {
+    /// A key with `limits` in a fresh store, and one HTTP client per replica: each replica is a
+    /// layer with its own `RedisLimiter` connection (all under one prefix) and its own clock.
+    async fn replicas_sharing_a_limiter(
+        limits: Limits,
+        clocks: Vec<ManualClock>,
+    ) -> (String, Vec<HttpClient>) {
         let prefix = unique("limits");
         let store = MemoryStore::new();
-        let mut created = NewKey::new("shared")
+        let created = NewKey::new("shared")
             .scopes(["read"])
-            .limits(Limits::per_minute(1).burst(20).daily(25))
+            .limits(limits)
             .generate(&tower_api_key::key::KeyFormat::new("mesh").unwrap())
             .unwrap();
-        created.record.limits = Some(Limits::per_minute(1).burst(20).daily(25));
         store.create(created.record.clone()).await.unwrap();
         let mut clients = Vec::new();
-        for _ in 0..2 {
+        for clock in clocks {
             let limiter = RedisLimiter::connect_with_prefix(&url(), &prefix)
                 .await
                 .unwrap();
             let layer = ApiKeyLayer::builder("mesh", store.clone())
                 .limiter(limiter)
+                .clock(clock)
                 .build()
                 .unwrap();
             clients.push(HttpClient::new(
                 serve(app(layer, Arc::new(AtomicUsize::new(0)))).await,
             ));
         }
-        let header = api_key(created.key.expose_secret());
+        (api_key(created.key.expose_secret()), clients)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis: run through .ci/run"]
+    async fn two_replicas_enforce_one_shared_limit() {
+        let now = ManualClock::new(SystemTime::now());
+        let (header, clients) = replicas_sharing_a_limiter(
+            Limits::per_minute(1).burst(20).daily(25),
+            vec![now.clone(), now],
+        )
+        .await;
         let tasks: Vec<_> = (0..60)
             .map(|i| {
                 let client = clients[i % 2].clone();
@@ -118,6 +133,45 @@ mod redis {
             (20, 40),
             "one burst of 20 across both replicas"
         );
+    }
+
+    /// The rate limit runs on the Redis server's clock: a replica whose clock is minutes ahead (or
+    /// behind) neither gets a fresh burst nor loses one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis: run through .ci/run"]
+    async fn replicas_with_skewed_clocks_share_one_rate_limit() {
+        let on_time = ManualClock::new(SystemTime::now());
+        let ahead = ManualClock::new(SystemTime::now() + Duration::from_secs(300));
+        let behind = ManualClock::new(SystemTime::now() - Duration::from_secs(300));
+        let (header, clients) = replicas_sharing_a_limiter(
+            Limits::per_minute(1).burst(2),
+            vec![on_time, ahead, behind],
+        )
+        .await;
+        let status = |replica: usize| {
+            let client = clients[replica].clone();
+            let header = header.clone();
+            async move {
+                client
+                    .get("/recommendations", &[("authorization", &header)])
+                    .await
+                    .status
+                    .as_u16()
+            }
+        };
+        assert_eq!(
+            status(2).await,
+            200,
+            "the slow clock's replica is not starved"
+        );
+        assert_eq!(status(0).await, 200);
+        for replica in [1, 0, 2, 1] {
+            assert_eq!(
+                status(replica).await,
+                429,
+                "replica {replica}: the burst of 2 is spent, whatever its clock says"
+            );
+        }
     }
 
     /// Runs a command with the server's own client.

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use redis::aio::ConnectionManager;
 use redis::Script;
@@ -11,25 +11,29 @@ use super::{Decision, LimitCheck, LimitStatus, Limiter, LimiterError, Limits, Wi
 use crate::clock::unix_seconds;
 
 /// GCRA and both quotas, decided and counted in one atomic step. Nothing is counted for a refused
-/// request.
+/// request. The GCRA runs on the server's clock (`TIME`), so the checks of every replica are on
+/// one timeline in the order Redis runs them: a request that reached one replica a moment before
+/// another's cannot be judged "earlier" than a check already counted.
 ///
 /// KEYS: GCRA state, day counter, month counter.
-/// ARGV: now (ms), interval (ms, 0 for no rate limit), burst, day quota (-1 for none), seconds
+/// ARGV: interval (ms, 0 for no rate limit), burst, day quota (-1 for none), seconds
 /// left in the day, month quota (-1), seconds left in the month.
 /// Returns: allowed, refused policy (1 minute, 2 day, 3 month), retry after (ms), rate remaining,
 /// day count, month count.
 static CHECK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local now = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
-local day_quota = tonumber(ARGV[4])
-local month_quota = tonumber(ARGV[6])
+redis.replicate_commands()
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local day_quota = tonumber(ARGV[3])
+local month_quota = tonumber(ARGV[5])
 local new_tat = now
 local remaining = -1
 if interval > 0 then
-  local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+  local tat = tonumber(redis.call('GET', KEYS[1])) or now
   if tat < now then tat = now end
   local tolerance = interval * (burst - 1)
   if tat - now > tolerance then
@@ -40,22 +44,22 @@ if interval > 0 then
 end
 local day = tonumber(redis.call('GET', KEYS[2]) or '0')
 if day_quota >= 0 and day >= day_quota then
-  return {0, 2, tonumber(ARGV[5]) * 1000, remaining, day, 0}
+  return {0, 2, tonumber(ARGV[4]) * 1000, remaining, day, 0}
 end
 local month = tonumber(redis.call('GET', KEYS[3]) or '0')
 if month_quota >= 0 and month >= month_quota then
-  return {0, 3, tonumber(ARGV[7]) * 1000, remaining, day, month}
+  return {0, 3, tonumber(ARGV[6]) * 1000, remaining, day, month}
 end
 if interval > 0 then
-  redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.max(1, math.ceil(new_tat - now)))
+  redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.max(1, math.ceil(new_tat - now)))
 end
 if day_quota >= 0 then
   day = redis.call('INCR', KEYS[2])
-  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]) + 60)
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]) + 60)
 end
 if month_quota >= 0 then
   month = redis.call('INCR', KEYS[3])
-  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[7]) + 60)
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]) + 60)
 end
 return {1, 0, 0, remaining, day, month}",
     )
@@ -63,8 +67,10 @@ return {1, 0, 0, remaining, day, month}",
 
 /// Rate limits and quotas counted in Redis, so several replicas enforce one limit together.
 /// Each check is one atomic server-side script (GCRA, as the in-memory limiter, plus the quota
-/// counters); state expires by itself once it is as good as new. Time is the layer's clock, so
-/// replicas' clocks should agree (NTP) to within a small part of the interval.
+/// counters); state expires by itself once it is as good as new. The rate limit runs on the Redis
+/// server's clock, so every replica's checks fall on one timeline whatever the replicas' clocks say
+/// or however late a request reaches Redis; the quota windows (UTC days and months) follow the
+/// layer's clock, so replicas' clocks should agree (NTP) around midnight.
 ///
 /// If Redis fails, the request is refused with 503 `RATE_LIMITER_UNAVAILABLE`, never let through.
 ///
@@ -132,9 +138,6 @@ impl Limiter for RedisLimiter {
             }));
         }
         let secs = unix_seconds(now);
-        let now_ms = now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let rate = limits.per_minute.unwrap_or(0);
         let burst = limits.effective_burst().unwrap_or(0);
         let interval_ms = if rate > 0 {
@@ -159,7 +162,6 @@ impl Limiter for RedisLimiter {
             invocation
                 .key(&keys[1])
                 .key(&keys[2])
-                .arg(now_ms)
                 .arg(interval_ms)
                 .arg(burst)
                 .arg(quota(limits.daily))
