@@ -5,7 +5,7 @@ use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 
 use crate::principal::Principal;
-use crate::reject::{JsonRejection, Rejection, RejectionResponder};
+use crate::reject::{no_store, JsonRejection, Rejection, RejectionResponder};
 
 /// The error of extracting a [`Principal`] from a request that has none: the handler runs without
 /// an [`ApiKeyLayer`](crate::ApiKeyLayer) in front of it. Answered 500
@@ -25,9 +25,9 @@ impl std::error::Error for MissingPrincipal {}
 
 impl IntoResponse for MissingPrincipal {
     fn into_response(self) -> Response {
-        JsonRejection
-            .respond(&Rejection::LayerMissing, &http::HeaderMap::new())
-            .map(axum_core::body::Body::from)
+        let mut response = JsonRejection.respond(&Rejection::LayerMissing, &http::HeaderMap::new());
+        no_store(response.headers_mut());
+        response.map(axum_core::body::Body::from)
     }
 }
 
@@ -123,6 +123,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()["cache-control"], "no-store");
         assert!(body(response).await.contains("API_KEY_LAYER_MISSING"));
         assert!(super::MissingPrincipal.to_string().contains("ApiKeyLayer"));
         let response = app

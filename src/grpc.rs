@@ -6,6 +6,12 @@
 //! JSON body's (`INVALID_API_KEY`), so a client can match on it. Other requests to the same
 //! server still get the JSON body.
 //!
+//! A gRPC-Web request (`application/grpc-web`, `application/grpc-web-text`, with or without
+//! `+proto`) gets the same trailers-only answer in gRPC-Web's form: `content-type:
+//! application/grpc-web+proto` (or `-text+proto`) and `access-control-expose-headers:
+//! grpc-status, grpc-message`, so a browser client may read the status. So the layer can sit in
+//! front of tonic-web's `GrpcWebLayer` as well as behind it.
+//!
 //! | rejection | gRPC status |
 //! |---|---|
 //! | 401s, `MULTIPLE_API_KEYS` | `UNAUTHENTICATED` (16) |
@@ -45,31 +51,64 @@
 //! ```
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
+use http::header::{ACCESS_CONTROL_EXPOSE_HEADERS, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Response};
 
 use crate::rejection::Rejection;
 
-/// Whether the request is gRPC: its content type is `application/grpc` with or without a suffix.
-pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.get(CONTENT_TYPE).is_some_and(|value| {
-        let value = value.as_bytes();
-        value.len() >= 16
-            && value[..16].eq_ignore_ascii_case(b"application/grpc")
-            && matches!(value.get(16), None | Some(b'+' | b';'))
-    })
+/// Which gRPC protocol a request speaks, by its content type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// `application/grpc`, with or without a suffix.
+    Grpc,
+    /// `application/grpc-web`, binary.
+    GrpcWeb,
+    /// `application/grpc-web-text`, base64.
+    GrpcWebText,
 }
 
-/// The trailers-only gRPC response for `rejection`.
-pub(crate) fn response(rejection: Rejection) -> Response<Bytes> {
+/// The gRPC protocol of a request, if it speaks one: its content type is `application/grpc`,
+/// `application/grpc-web` or `application/grpc-web-text`, each with or without a suffix
+/// (`+proto`, `;charset=…`).
+pub(crate) fn protocol(headers: &HeaderMap) -> Option<Protocol> {
+    let value = headers.get(CONTENT_TYPE)?.as_bytes();
+    let rest = strip_prefix_ignore_case(value, b"application/grpc")?;
+    let (protocol, rest) = if let Some(rest) = strip_prefix_ignore_case(rest, b"-web-text") {
+        (Protocol::GrpcWebText, rest)
+    } else if let Some(rest) = strip_prefix_ignore_case(rest, b"-web") {
+        (Protocol::GrpcWeb, rest)
+    } else {
+        (Protocol::Grpc, rest)
+    };
+    matches!(rest.first(), None | Some(b'+' | b';')).then_some(protocol)
+}
+
+fn strip_prefix_ignore_case<'v>(value: &'v [u8], prefix: &[u8]) -> Option<&'v [u8]> {
+    let (head, rest) = value.split_at_checked(prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then_some(rest)
+}
+
+/// The trailers-only response for `rejection` in `protocol`.
+pub(crate) fn response(rejection: Rejection, protocol: Protocol) -> Response<Bytes> {
     let mut response = Response::new(Bytes::new());
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    let content_type = match protocol {
+        Protocol::Grpc => "application/grpc",
+        Protocol::GrpcWeb => "application/grpc-web+proto",
+        Protocol::GrpcWebText => "application/grpc-web-text+proto",
+    };
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(
         "grpc-status",
         HeaderValue::from(rejection.grpc_code() as i32),
     );
     headers.insert("grpc-message", HeaderValue::from_static(rejection.code()));
+    if protocol != Protocol::Grpc {
+        headers.insert(
+            ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("grpc-status, grpc-message"),
+        );
+    }
     response
 }
 
@@ -106,30 +145,55 @@ mod tests {
 
     #[test]
     fn grpc_content_types_are_recognised() {
-        for (value, grpc) in [
-            ("application/grpc", true),
-            ("application/grpc+proto", true),
-            ("application/grpc+json", true),
-            ("Application/GRPC", true),
-            ("application/grpc;charset=utf-8", true),
-            ("application/grpc-web", false),
-            ("application/json", false),
-            ("application/grp", false),
+        use Protocol::{Grpc, GrpcWeb, GrpcWebText};
+        for (value, expected) in [
+            ("application/grpc", Some(Grpc)),
+            ("application/grpc+proto", Some(Grpc)),
+            ("application/grpc+json", Some(Grpc)),
+            ("Application/GRPC", Some(Grpc)),
+            ("application/grpc;charset=utf-8", Some(Grpc)),
+            ("application/grpc-web", Some(GrpcWeb)),
+            ("application/grpc-web+proto", Some(GrpcWeb)),
+            ("Application/gRPC-Web+proto", Some(GrpcWeb)),
+            ("application/grpc-web-text", Some(GrpcWebText)),
+            ("application/grpc-web-text+proto", Some(GrpcWebText)),
+            ("application/grpc-webx", None),
+            ("application/grpc-web-textual", None),
+            ("application/grpcx", None),
+            ("application/json", None),
+            ("application/grp", None),
+            ("", None),
         ] {
             let mut headers = HeaderMap::new();
             headers.insert(CONTENT_TYPE, HeaderValue::from_static(value));
-            assert_eq!(is_grpc(&headers), grpc, "{value}");
+            assert_eq!(protocol(&headers), expected, "{value}");
         }
-        assert!(!is_grpc(&HeaderMap::new()));
+        assert_eq!(protocol(&HeaderMap::new()), None);
     }
 
     #[test]
-    fn the_response_is_trailers_only() {
-        let response = response(Rejection::KeyStoreUnavailable);
-        assert_eq!(response.status(), 200);
-        assert_eq!(response.headers()["grpc-status"], "14");
-        assert_eq!(response.headers()["grpc-message"], "KEY_STORE_UNAVAILABLE");
-        assert_eq!(response.headers()["content-type"], "application/grpc");
-        assert!(response.body().is_empty());
+    fn the_response_is_trailers_only_in_the_request_s_protocol() {
+        for (protocol, content_type, exposed) in [
+            (Protocol::Grpc, "application/grpc", false),
+            (Protocol::GrpcWeb, "application/grpc-web+proto", true),
+            (
+                Protocol::GrpcWebText,
+                "application/grpc-web-text+proto",
+                true,
+            ),
+        ] {
+            let response = response(Rejection::KeyStoreUnavailable, protocol);
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.headers()["grpc-status"], "14");
+            assert_eq!(response.headers()["grpc-message"], "KEY_STORE_UNAVAILABLE");
+            assert_eq!(response.headers()["content-type"], content_type);
+            assert_eq!(
+                response
+                    .headers()
+                    .contains_key(ACCESS_CONTROL_EXPOSE_HEADERS),
+                exposed
+            );
+            assert!(response.body().is_empty());
+        }
     }
 }

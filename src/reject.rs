@@ -4,7 +4,8 @@
 //! The default body is the reference documents' JSON shape,
 //! `{"error": "Invalid API key", "code": "INVALID_API_KEY", "status": 401}`, with
 //! `content-type: application/json`. Every rejection response also carries the typed
-//! [`Rejection`] in its extensions, 401s carry `WWW-Authenticate`, and 503s carry `Retry-After`.
+//! [`Rejection`] in its extensions and `Cache-Control: no-store`; 401s carry `WWW-Authenticate`,
+//! and 503s carry `Retry-After`.
 //!
 //! | code | status | when |
 //! |---|---|---|
@@ -45,7 +46,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 pub use crate::rejection::Rejection;
@@ -55,7 +56,8 @@ pub use crate::rejection::Rejection;
 /// in the client's format, say).
 ///
 /// Whatever it builds, the layer then adds the typed [`Rejection`] to the response's extensions,
-/// `WWW-Authenticate` to a 401 and `Retry-After` to a 503 unless the response has them.
+/// and `Cache-Control: no-store`, `WWW-Authenticate` to a 401 and `Retry-After` to a 503 unless
+/// the response has them.
 pub trait RejectionResponder: Send + Sync + 'static {
     /// The response for `rejection` of a request with `request_headers`.
     fn respond(&self, rejection: &Rejection, request_headers: &HeaderMap) -> Response<Bytes>;
@@ -82,6 +84,14 @@ impl RejectionResponder for JsonRejection {
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response
+    }
+}
+
+/// `Cache-Control: no-store`, unless the response says otherwise: a refusal depends on the key,
+/// which a shared cache does not see, and must not be replayed to the next caller.
+pub(crate) fn no_store(headers: &mut HeaderMap) {
+    if !headers.contains_key(CACHE_CONTROL) {
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
 }
 
@@ -118,14 +128,16 @@ impl Rejections {
         request_headers: &HeaderMap,
     ) -> Response<Bytes> {
         #[cfg(feature = "tonic")]
-        if crate::grpc::is_grpc(request_headers) {
-            let mut response = crate::grpc::response(rejection);
+        if let Some(protocol) = crate::grpc::protocol(request_headers) {
+            let mut response = crate::grpc::response(rejection, protocol);
+            no_store(response.headers_mut());
             response.extensions_mut().insert(rejection);
             return response;
         }
         let mut response = self.responder.respond(&rejection, request_headers);
         let status = response.status();
         let headers = response.headers_mut();
+        no_store(headers);
         if status == StatusCode::UNAUTHORIZED && !headers.contains_key(WWW_AUTHENTICATE) {
             headers.insert(WWW_AUTHENTICATE, self.challenge.clone());
         }

@@ -60,6 +60,7 @@ impl Fixture {
 fn assert_rejected(reply: &common::Reply, status: StatusCode, code: &str) {
     assert_eq!(reply.status, status, "{reply:?}");
     assert_eq!(reply.headers["content-type"], "application/json");
+    assert_eq!(reply.headers["cache-control"], "no-store", "{reply:?}");
     let body = reply.json();
     assert_eq!(body["code"], code, "{reply:?}");
     assert_eq!(body["status"], status.as_u16());
@@ -671,5 +672,8 @@ async fn the_layers_responder_answers_for_the_scope_check_too() {
     assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
     assert_eq!(forbidden.headers["content-type"], "text/plain");
     assert_eq!(forbidden.body, "refused: INSUFFICIENT_PERMISSIONS");
+    for reply in [&missing, &forbidden] {
+        assert_eq!(reply.headers["cache-control"], "no-store", "{reply:?}");
+    }
     assert_eq!(f.calls(), 0);
 }

@@ -51,7 +51,14 @@ mod grpc {
         tokio::spawn(async move {
             Server::builder()
                 .accept_http1(true)
-                .layer(ServiceBuilder::new().layer(auth).layer(per_method))
+                // The key is checked before tonic-web translates gRPC-Web, so the layer answers
+                // gRPC-Web requests itself.
+                .layer(
+                    ServiceBuilder::new()
+                        .layer(auth)
+                        .layer(per_method)
+                        .layer(tonic_web::GrpcWebLayer::new()),
+                )
                 .add_service(health)
                 .serve_with_incoming(TcpIncoming::from(listener))
                 .await
@@ -185,6 +192,64 @@ mod grpc {
             Code::ResourceExhausted,
             "RATE_LIMIT_EXCEEDED",
         );
+    }
+
+    /// tonic-web's client over HTTP/1.1: the same answers as gRPC, in gRPC-Web's form.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_grpc_web_client_gets_grpc_web_statuses() {
+        use hyper_util::client::legacy::Client;
+        use hyper_util::rt::TokioExecutor;
+
+        let f = fixture().await;
+        let read = f.key("read").await;
+        let http = Client::builder(TokioExecutor::new()).build_http();
+        let web = ServiceBuilder::new()
+            .layer(tonic_web::GrpcWebClientLayer::new())
+            .service(http);
+        let mut client =
+            HealthClient::with_origin(web, format!("http://{}", f.addr).parse().unwrap());
+        let key = read.key.expose_secret();
+        let served = client.check(request(Some(key))).await.unwrap();
+        assert_eq!(served.into_inner().status(), ServingStatus::Serving);
+        assert_status(
+            client.check(request(None)).await,
+            Code::Unauthenticated,
+            "MISSING_API_KEY",
+        );
+        assert_status(
+            client.watch(request(Some(key))).await.map(|_| ()),
+            Code::PermissionDenied,
+            "INSUFFICIENT_PERMISSIONS",
+        );
+    }
+
+    /// What a browser's gRPC-Web client reads: the status in the headers, exposed to scripts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_grpc_web_rejection_has_the_grpc_web_content_type_and_exposes_its_status() {
+        let f = fixture().await;
+        for (content_type, answered) in [
+            ("application/grpc-web+proto", "application/grpc-web+proto"),
+            (
+                "application/grpc-web-text",
+                "application/grpc-web-text+proto",
+            ),
+            ("application/grpc", "application/grpc"),
+        ] {
+            let reply = HttpClient::new(f.addr)
+                .send(http::Method::POST, CHECK, &[("content-type", content_type)])
+                .await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+            assert_eq!(reply.headers["content-type"], answered);
+            assert_eq!(reply.headers["grpc-status"], "16");
+            assert_eq!(reply.headers["grpc-message"], "MISSING_API_KEY");
+            assert_eq!(reply.headers["cache-control"], "no-store");
+            assert_eq!(
+                reply.headers.get("access-control-expose-headers").is_some(),
+                answered != "application/grpc",
+                "{reply:?}"
+            );
+            assert!(reply.body.is_empty());
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
