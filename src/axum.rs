@@ -3,21 +3,43 @@
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
+use http::HeaderMap;
 
-use crate::principal::Principal;
+use crate::principal::{Anonymous, Principal};
 use crate::reject::{no_store, JsonRejection, Rejection, RejectionResponder};
 
-/// The error of extracting a [`Principal`] from a request that has none: the handler runs without
-/// an [`ApiKeyLayer`](crate::ApiKeyLayer) in front of it. Answered 500
-/// `API_KEY_LAYER_MISSING`, so a misconfigured route fails closed. It is answered with the JSON
-/// default: with no layer in front there is no layer's responder to use (every refusal the layer
-/// and [`RequireScopeLayer`](crate::RequireScopeLayer) make uses the layer's).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MissingPrincipal;
+/// The error of extracting a [`Principal`] from a request that has none.
+///
+/// Either the handler runs without an [`ApiKeyLayer`](crate::ApiKeyLayer) in front of it:
+/// answered 500 `API_KEY_LAYER_MISSING`, so a misconfigured route fails closed, with the JSON
+/// default (with no layer in front there is no layer's responder to use). Or the layer
+/// [allows anonymous requests](crate::ApiKeyLayerBuilder::allow_anonymous) and this one carried
+/// no key: answered 401 `MISSING_API_KEY` as the layer answers it, so a handler that takes a
+/// `Principal` is private.
+#[derive(Clone, Debug)]
+pub struct MissingPrincipal {
+    /// Set for an anonymous request: the layer's mark, and the request's headers (a custom
+    /// responder may answer by them).
+    anonymous: Option<(Anonymous, Box<HeaderMap>)>,
+}
+
+impl MissingPrincipal {
+    /// Whether the request went through a layer that allows anonymous requests without a key
+    /// (rather than through no layer at all).
+    pub fn is_anonymous(&self) -> bool {
+        self.anonymous.is_some()
+    }
+}
 
 impl std::fmt::Display for MissingPrincipal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("no Principal in the request extensions: is ApiKeyLayer applied to this route?")
+        if self.is_anonymous() {
+            f.write_str("the request carried no API key")
+        } else {
+            f.write_str(
+                "no Principal in the request extensions: is ApiKeyLayer applied to this route?",
+            )
+        }
     }
 }
 
@@ -25,8 +47,18 @@ impl std::error::Error for MissingPrincipal {}
 
 impl IntoResponse for MissingPrincipal {
     fn into_response(self) -> Response {
-        let mut response = JsonRejection.respond(&Rejection::LayerMissing, &http::HeaderMap::new());
-        no_store(response.headers_mut());
+        let response = match self.anonymous {
+            Some((anonymous, headers)) => anonymous
+                .0
+                .rejections
+                .response(Rejection::MissingApiKey, &headers),
+            None => {
+                let mut response =
+                    JsonRejection.respond(&Rejection::LayerMissing, &HeaderMap::new());
+                no_store(response.headers_mut());
+                response
+            }
+        };
         response.map(axum_core::body::Body::from)
     }
 }
@@ -48,11 +80,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     type Rejection = MissingPrincipal;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Principal>()
-            .cloned()
-            .ok_or(MissingPrincipal)
+        if let Some(principal) = parts.extensions.get::<Principal>() {
+            return Ok(principal.clone());
+        }
+        Err(MissingPrincipal {
+            anonymous: parts
+                .extensions
+                .get::<Anonymous>()
+                .map(|anonymous| (anonymous.clone(), Box::new(parts.headers.clone()))),
+        })
     }
 }
 
@@ -113,6 +149,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn behind_a_layer_that_allows_anonymous_requests_a_principal_handler_is_private() {
+        let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
+            .realm("shop")
+            .allow_anonymous(true)
+            .build()
+            .unwrap();
+        let app = Router::new()
+            .route("/me", get(me))
+            .route("/maybe", get(maybe))
+            .layer(layer);
+        let response = app
+            .clone()
+            .oneshot(Request::get("/me").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            "ApiKey realm=\"shop\""
+        );
+        assert!(body(response).await.contains("MISSING_API_KEY"));
+        let response = app
+            .oneshot(Request::get("/maybe").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(body(response).await, "anonymous");
+    }
+
+    #[tokio::test]
     async fn without_the_layer_the_extractor_fails_closed_and_says_why() {
         let app = Router::new()
             .route("/me", get(me))
@@ -125,7 +191,9 @@ mod tests {
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(response.headers()["cache-control"], "no-store");
         assert!(body(response).await.contains("API_KEY_LAYER_MISSING"));
-        assert!(super::MissingPrincipal.to_string().contains("ApiKeyLayer"));
+        let missing = super::MissingPrincipal { anonymous: None };
+        assert!(missing.to_string().contains("ApiKeyLayer"));
+        assert!(!missing.is_anonymous());
         let response = app
             .oneshot(Request::get("/maybe").body(Body::empty()).unwrap())
             .await

@@ -8,6 +8,11 @@
 //! empty `X-API-Key`) counts as no key, so a client whose environment variable is unset hears
 //! `MISSING_API_KEY`.
 //!
+//! Once a key is verified, the credential is taken out of the request before your service sees
+//! it ([`HideCredentials::Remove`], the default), so a service or a layer inside that logs headers
+//! or URLs never records a key. The rest of an `Authorization` header (another scheme's value)
+//! and every other query parameter stay as they were.
+//!
 //! ```
 //! use tower_api_key::{ApiKeyLayer, extract::KeySource, MemoryStore};
 //!
@@ -23,8 +28,8 @@
 
 use std::borrow::Cow;
 
-use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderName, Uri};
+use http::header::{Entry, AUTHORIZATION};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 
 use crate::reject::Rejection;
 
@@ -72,6 +77,113 @@ impl KeySource {
     pub fn query(name: &str) -> Self {
         KeySource::Query(name.into())
     }
+}
+
+/// What happens to the credential that carried a verified key before the inner service gets the
+/// request.
+///
+/// ```
+/// use tower_api_key::{ApiKeyLayer, extract::HideCredentials, MemoryStore};
+///
+/// // A gateway that forwards the request, key and all, to a backend that checks it again.
+/// let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
+///     .hide_credentials(HideCredentials::MarkSensitive)
+///     .build()?;
+/// # Ok::<(), tower_api_key::ConfigError>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HideCredentials {
+    /// Removed: the `Authorization` values of the configured schemes, the configured key headers,
+    /// and the configured query parameter. The default.
+    #[default]
+    Remove,
+    /// Kept, for services that pass the request on with its key: header values are marked
+    /// sensitive ([`HeaderValue::set_sensitive`]: never indexed by HTTP/2's HPACK, and shown as
+    /// `Sensitive` by the `Debug` of `HeaderValue`). A query parameter cannot be marked and stays.
+    MarkSensitive,
+    /// Left exactly as they came.
+    Keep,
+}
+
+/// Hides the credentials of `sources` in `request` as `mode` says.
+pub(crate) fn hide<B>(sources: &[KeySource], mode: HideCredentials, request: &mut Request<B>) {
+    if mode == HideCredentials::Keep {
+        return;
+    }
+    let remove = mode == HideCredentials::Remove;
+    for source in sources {
+        match source {
+            KeySource::Authorization { scheme } => {
+                hide_values(request.headers_mut(), &AUTHORIZATION, remove, |value| {
+                    matches!(credential(value.as_bytes(), scheme), Ok(Some(_)) | Err(_))
+                });
+            }
+            KeySource::Header(name) => {
+                hide_values(request.headers_mut(), name, remove, |_| true);
+            }
+            KeySource::Query(name) if remove => {
+                if let Some(uri) = without_parameter(request.uri(), name) {
+                    *request.uri_mut() = uri;
+                }
+            }
+            KeySource::Query(_) => {}
+        }
+    }
+}
+
+/// Removes (or marks sensitive) the values of header `name` that are `credential`s.
+fn hide_values(
+    headers: &mut HeaderMap,
+    name: &HeaderName,
+    remove: bool,
+    credential: impl Fn(&HeaderValue) -> bool,
+) {
+    let Entry::Occupied(mut entry) = headers.entry(name) else {
+        return;
+    };
+    if !remove {
+        for value in entry.iter_mut().filter(|value| credential(value)) {
+            value.set_sensitive(true);
+        }
+        return;
+    }
+    if entry.iter().all(&credential) {
+        entry.remove();
+        return;
+    }
+    // Another scheme's value shares the header: keep it, in order.
+    let kept: Vec<HeaderValue> = entry.iter().filter(|v| !credential(v)).cloned().collect();
+    let mut values = kept.into_iter();
+    if let Some(first) = values.next() {
+        entry.insert(first);
+        values.for_each(|value| entry.append(value));
+    }
+}
+
+/// `uri` without query parameter `name` (every occurrence), the other parameters byte for byte;
+/// `None` if it has no such parameter.
+fn without_parameter(uri: &Uri, name: &str) -> Option<Uri> {
+    let query = uri.query()?;
+    let is_key = |pair: &&str| {
+        let raw = pair.split('=').next().unwrap_or_default();
+        form_urlencoded::parse(raw.as_bytes())
+            .next()
+            .is_some_and(|(decoded, _)| decoded == name)
+    };
+    if !query.split('&').any(|pair| is_key(&pair)) {
+        return None;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|pair| !is_key(pair)).collect();
+    let path = uri.path();
+    let path_and_query = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 /// The key a request carries, if any, read from `sources` in order.
@@ -362,6 +474,60 @@ mod tests {
         );
         // Not a key source: ignored whatever its bytes.
         assert_eq!(run(&[("authorization", b"Basic \xff")], "/").unwrap(), None);
+    }
+
+    fn hidden(mode: HideCredentials, pairs: &[(&str, &[u8])], uri: &str) -> Request<()> {
+        let mut request = Request::builder().uri(uri).body(()).unwrap();
+        *request.headers_mut() = headers(pairs);
+        hide(&all_sources(), mode, &mut request);
+        request
+    }
+
+    #[test]
+    fn removed_credentials_leave_everything_else() {
+        let request = hidden(
+            HideCredentials::Remove,
+            &[
+                ("authorization", b"ApiKey k1"),
+                ("authorization", b"Basic dXNlcjpwdw=="),
+                ("authorization", b"bearer k1"),
+                ("x-api-key", b"k1"),
+                ("accept", b"*/*"),
+            ],
+            "/a/b?x=1&api_key=k1&y=a%20b&api%5Fkey=k1&z",
+        );
+        let authorization: Vec<_> = request.headers().get_all(AUTHORIZATION).iter().collect();
+        assert_eq!(authorization, ["Basic dXNlcjpwdw=="]);
+        assert!(!request.headers().contains_key("x-api-key"));
+        assert_eq!(request.headers()["accept"], "*/*");
+        assert_eq!(request.uri(), "/a/b?x=1&y=a%20b&z");
+        let only_key = hidden(HideCredentials::Remove, &[], "/p?api_key=k1");
+        assert_eq!(only_key.uri(), "/p");
+        let absolute = hidden(HideCredentials::Remove, &[], "http://h:1/p?api_key=k&q=2");
+        assert_eq!(absolute.uri(), "http://h:1/p?q=2");
+    }
+
+    #[test]
+    fn marked_credentials_stay_sensitive_and_kept_ones_stay_as_they_are() {
+        let pairs: &[(&str, &[u8])] = &[
+            ("authorization", b"ApiKey k1"),
+            ("authorization", b"Basic dXNlcjpwdw=="),
+            ("x-api-key", b"k1"),
+        ];
+        let marked = hidden(HideCredentials::MarkSensitive, pairs, "/?api_key=k1");
+        let sensitive: Vec<bool> = marked
+            .headers()
+            .get_all(AUTHORIZATION)
+            .iter()
+            .map(HeaderValue::is_sensitive)
+            .collect();
+        assert_eq!(sensitive, [true, false]);
+        assert!(marked.headers()["x-api-key"].is_sensitive());
+        assert_eq!(marked.uri(), "/?api_key=k1");
+        let kept = hidden(HideCredentials::Keep, pairs, "/?api_key=k1");
+        assert_eq!(*kept.headers(), headers(pairs));
+        assert!(!kept.headers()["x-api-key"].is_sensitive());
+        assert_eq!(kept.uri(), "/?api_key=k1");
     }
 
     #[test]

@@ -264,7 +264,7 @@ where
     ) -> Self {
         match verdict {
             Verdict::Go(principal, after) => {
-                request.extensions_mut().insert(principal);
+                shared.reading.admit(&mut request, principal);
                 Self::inner_then(inner.call(request), after)
             }
             Verdict::Wait(check, principal) => Self::wait(check, shared, request, inner, principal),

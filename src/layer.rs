@@ -9,10 +9,10 @@ use tower::Layer;
 
 use crate::cache::{CacheConfig, CacheStats, KeyCache};
 use crate::clock::{Clock, SystemClock};
-use crate::extract::KeySource;
+use crate::extract::{HideCredentials, KeySource};
 use crate::key::{Environment, InvalidPrefix, KeyFormat};
 use crate::limit::{LimitRules, Limiter, Limits, MemoryLimiter};
-use crate::principal::Authority;
+use crate::principal::{Anonymous, Authority};
 use crate::reject::{JsonRejection, RejectionResponder, Rejections};
 use crate::scope::ScopeHierarchy;
 use crate::service::ApiKeyService;
@@ -90,6 +90,8 @@ impl ApiKeyLayer {
             limiter: None,
             usage: None,
             clock: Arc::new(SystemClock),
+            hide: HideCredentials::default(),
+            anonymous: false,
         }
     }
 
@@ -178,6 +180,8 @@ pub struct ApiKeyLayerBuilder {
     limiter: Option<Arc<dyn Limiter>>,
     usage: Option<Arc<dyn UsageSink>>,
     clock: Arc<dyn Clock>,
+    hide: HideCredentials,
+    anonymous: bool,
 }
 
 impl fmt::Debug for ApiKeyLayerBuilder {
@@ -191,15 +195,87 @@ impl fmt::Debug for ApiKeyLayerBuilder {
             .field("lookup_timeout", &self.lookup_timeout)
             .field("environments", &self.environments)
             .field("limits", &self.rules)
+            .field("hide", &self.hide)
+            .field("anonymous", &self.anonymous)
             .finish_non_exhaustive()
     }
 }
 
 impl ApiKeyLayerBuilder {
+    /// The settings for a production service: only `live` keys are accepted (a `test` or `dev`
+    /// key is refused with `API_KEY_ENVIRONMENT_NOT_ALLOWED` before any lookup). Everything else
+    /// keeps its default, which is already the careful choice: keys only from
+    /// `Authorization: ApiKey`, no opaque keys, credentials removed before your service sees the
+    /// request, every store or limiter failure refused. Later calls may change any of it.
+    ///
+    /// ```
+    /// use axum::{body::Body, routing::get, Router};
+    /// use tower::ServiceExt;
+    /// use tower_api_key::{ApiKeyLayer, Environment, KeyManager, MemoryStore, NewKey};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// let layer = ApiKeyLayer::builder("mesh", store.clone()).production().build()?;
+    /// let test_key = KeyManager::new(store)
+    ///     .with_cache(layer.handle())
+    ///     .create(NewKey::new("sandbox").environment(Environment::Test))
+    ///     .await?;
+    /// let app = Router::new().route("/", get(|| async { "hello" })).layer(layer);
+    /// let request = http::Request::get("/")
+    ///     .header("authorization", format!("ApiKey {}", test_key.key.expose_secret()))
+    ///     .body(Body::empty())?;
+    /// let response = app.oneshot(request).await?;
+    /// assert_eq!(response.status(), 401);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn production(self) -> Self {
+        self.environments([Environment::Live])
+    }
+
+    /// Lets a request that carries no key at all through to the inner service, without a
+    /// [`Principal`](crate::Principal); a request with a key is checked as ever, so a wrong,
+    /// revoked or malformed key is still refused. For APIs with public and private routes under
+    /// one layer: handlers take `Option<Principal>` (the `axum` feature), and a route with a
+    /// [`RequireScopeLayer`](crate::RequireScopeLayer), or a handler that takes `Principal`,
+    /// answers an anonymous request 401 `MISSING_API_KEY`. Off by default.
+    ///
+    /// ```
+    /// use axum::{body::Body, routing::get, Router};
+    /// use tower::ServiceExt;
+    /// use tower_api_key::{ApiKeyLayer, MemoryStore, RequireScopeLayer};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let layer = ApiKeyLayer::builder("mesh", MemoryStore::new()).allow_anonymous(true).build()?;
+    /// let app = Router::new()
+    ///     .route("/private", get(|| async { "secret" }).route_layer(RequireScopeLayer::all(["read"])))
+    ///     .route("/public", get(|| async { "hello" }))
+    ///     .layer(layer);
+    /// let get = |path| http::Request::get(path).body(Body::empty()).unwrap();
+    /// assert_eq!(app.clone().oneshot(get("/public")).await?.status(), 200);
+    /// assert_eq!(app.oneshot(get("/private")).await?.status(), 401);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn allow_anonymous(mut self, allow: bool) -> Self {
+        self.anonymous = allow;
+        self
+    }
+
+    /// What becomes of the credential once the key is verified; default
+    /// [`HideCredentials::Remove`]: the inner service never sees the key.
+    pub fn hide_credentials(mut self, mode: HideCredentials) -> Self {
+        self.hide = mode;
+        self
+    }
+
     /// The key environments accepted; keys of others are refused with
     /// `API_KEY_ENVIRONMENT_NOT_ALLOWED` (before any lookup, since the environment is written in
-    /// the key). Default `live` and `test`: `dev` keys must be enabled explicitly. A production
-    /// deployment that wants only production keys passes `[Environment::Live]`.
+    /// the key). Default `live` and `test`: a service usually takes its customers' test traffic
+    /// beside the live one (test keys are capped by
+    /// [`test_key_limits`](Self::test_key_limits)), and `dev` keys, never limited, must be
+    /// enabled explicitly. A production deployment that wants only production keys uses
+    /// [`production`](Self::production).
     pub fn environments(mut self, accepted: impl IntoIterator<Item = Environment>) -> Self {
         self.environments = Environments::new(accepted);
         self
@@ -363,8 +439,10 @@ impl ApiKeyLayerBuilder {
                     sources: self.sources.into(),
                     allow_opaque: self.allow_opaque,
                     environments: self.environments,
+                    hide: self.hide,
                 },
                 cache,
+                anonymous: self.anonymous.then(|| Anonymous(Arc::clone(&authority))),
                 authority,
                 limiter,
                 usage: self.usage,

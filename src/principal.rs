@@ -38,6 +38,12 @@ pub(crate) struct Authority {
     pub(crate) rejections: Rejections,
 }
 
+/// The mark a layer that allows anonymous requests leaves on a request that carried no key, so
+/// the scope check and the extractor behind it answer `MISSING_API_KEY` as the layer would,
+/// rather than "no layer in front".
+#[derive(Clone, Debug)]
+pub(crate) struct Anonymous(pub(crate) Arc<Authority>);
+
 /// What verification needs of a cached key, kept in the principal itself: one allocation per
 /// cached key, and the hot path reads it where it takes the principal.
 pub(crate) struct KeyCheck {

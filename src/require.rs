@@ -9,7 +9,7 @@ use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
 use crate::future::ResponseFuture;
-use crate::principal::Principal;
+use crate::principal::{Anonymous, Principal};
 use crate::reject::{Rejection, RejectionResponder, Rejections};
 use crate::scope::ScopeRequirement;
 
@@ -18,7 +18,9 @@ use crate::scope::ScopeRequirement;
 ///
 /// Put it on the routes that need it (axum's `route_layer`), inside the `ApiKeyLayer`. A request
 /// that reaches it without a [`Principal`] (the `ApiKeyLayer` is missing) is answered 500
-/// `API_KEY_LAYER_MISSING`: it fails closed.
+/// `API_KEY_LAYER_MISSING`: it fails closed. Behind a layer that
+/// [allows anonymous requests](crate::ApiKeyLayerBuilder::allow_anonymous), it makes a route
+/// private: a request without a key is answered 401 `MISSING_API_KEY`, whatever the requirement.
 ///
 /// ```
 /// use axum::{routing::{get, put}, Router};
@@ -199,6 +201,7 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let principal = request.extensions().get::<Principal>();
+        let anonymous = request.extensions().get::<Anonymous>();
         let rejection = match principal {
             Some(principal)
                 if self
@@ -210,13 +213,15 @@ where
                 return ResponseFuture::inner(self.inner.call(request));
             }
             Some(_) => Rejection::InsufficientPermissions,
+            None if anonymous.is_some() => Rejection::MissingApiKey,
             None => Rejection::LayerMissing,
         };
         let default = Rejections::default();
-        let rejections = match (&self.layer.rejections, principal) {
-            (Some(own), _) => own,
-            (None, Some(principal)) => principal.rejections(),
-            (None, None) => &default,
+        let rejections = match (&self.layer.rejections, principal, anonymous) {
+            (Some(own), _, _) => own,
+            (None, Some(principal), _) => principal.rejections(),
+            (None, None, Some(anonymous)) => &anonymous.0.rejections,
+            (None, None, None) => &default,
         };
         ResponseFuture::rejected(rejections.response(rejection, request.headers()))
     }

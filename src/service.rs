@@ -11,7 +11,9 @@ use tower::Service;
 pub use crate::body::ResponseBody;
 pub use crate::future::ResponseFuture;
 use crate::future::{authorize, Attempt, Pending, Verdict};
+use crate::reject::Rejection;
 use crate::shared::Shared;
+use crate::trace;
 
 /// Authenticates each request by API key, then calls the inner service with the
 /// [`Principal`](crate::Principal) in the request's extensions, or answers with a rejection
@@ -79,6 +81,12 @@ where
         let presented = match shared.reading.present(&request) {
             Ok(presented) => presented,
             Err(rejection) => {
+                if let (Rejection::MissingApiKey, Some(anonymous)) = (rejection, &shared.anonymous)
+                {
+                    trace::anonymous();
+                    request.extensions_mut().insert(anonymous.clone());
+                    return ResponseFuture::inner(self.inner.call(request));
+                }
                 return ResponseFuture::rejected(shared.reject(
                     rejection,
                     None,
@@ -112,7 +120,7 @@ where
         drop(presented);
         match verdict {
             Verdict::Go(principal, after) => {
-                request.extensions_mut().insert(principal);
+                shared.reading.admit(&mut request, principal);
                 // The service that was polled ready is called here, as tower expects.
                 ResponseFuture::inner_then(self.inner.call(request), after)
             }

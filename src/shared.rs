@@ -12,7 +12,7 @@ use http::{HeaderMap, Response};
 use crate::cache::KeyCache;
 use crate::clock::Clock;
 use crate::limit::Limiter;
-use crate::principal::Authority;
+use crate::principal::{Anonymous, Authority};
 use crate::reject::Rejection;
 use crate::trace;
 use crate::usage::{Outcome, UsageEvent, UsageSink};
@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) usage: Option<Arc<dyn UsageSink>>,
     /// Answering: the scope hierarchy and the rejections, shared with every principal.
     pub(crate) authority: Arc<Authority>,
+    /// Set when requests without a key go on as anonymous: the mark they get.
+    pub(crate) anonymous: Option<Anonymous>,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -70,6 +72,7 @@ impl fmt::Debug for Shared {
             .field("cache", &self.cache)
             .field("authority", &self.authority)
             .field("usage", &self.usage.is_some())
+            .field("anonymous", &self.anonymous.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -31,6 +31,13 @@ pub(crate) fn accepted(key_id: &str) {
     let _ = key_id;
 }
 
+/// A request with no key went on as anonymous.
+#[inline]
+pub(crate) fn anonymous() {
+    #[cfg(feature = "tracing")]
+    tracing::debug!(target: "tower_api_key", outcome = "anonymous", "no api key: anonymous");
+}
+
 /// A request was refused; `key_id` is the public id it presented, if it got that far.
 #[inline]
 pub(crate) fn rejected(key_id: Option<&str>, rejection: Rejection) {

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use http::{HeaderMap, Request, Uri};
 use subtle::Choice;
 
-use crate::extract::{extract, KeySource};
+use crate::extract::{extract, hide, HideCredentials, KeySource};
 use crate::key::{check_text, Environment, KeyFormat, ParsedKey, SecretDigest};
 use crate::principal::Principal;
 use crate::reject::Rejection;
@@ -56,13 +56,15 @@ pub(crate) struct Presented<'r> {
     pub(crate) environment: Option<Environment>,
 }
 
-/// How a layer reads keys: where from, in which format, which environments it accepts.
+/// How a layer reads keys: where from, in which format, which environments it accepts, and what
+/// becomes of the credential once the key is verified.
 #[derive(Debug)]
 pub(crate) struct KeyReading {
     pub(crate) format: KeyFormat,
     pub(crate) sources: Box<[KeySource]>,
     pub(crate) allow_opaque: bool,
     pub(crate) environments: Environments,
+    pub(crate) hide: HideCredentials,
 }
 
 impl Presented<'_> {
@@ -94,6 +96,15 @@ impl KeyReading {
             request.headers(),
             request.uri(),
         )
+    }
+}
+
+impl KeyReading {
+    /// Hands `request` on to the inner service as `principal`'s: the principal in its
+    /// extensions, the credential hidden.
+    pub(crate) fn admit<B>(&self, request: &mut Request<B>, principal: Principal) {
+        request.extensions_mut().insert(principal);
+        hide(&self.sources, self.hide, request);
     }
 }
 
