@@ -10,13 +10,14 @@ use std::task::{ready, Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response};
+use http::{Extensions, HeaderMap, Request, Response};
 use pin_project::pin_project;
 use tower::Service;
 
 use crate::body::ResponseBody;
 use crate::cache::{LoadError, Loaded};
 use crate::limit::{Decision, LimitCheck, LimiterError};
+use crate::network::client_address;
 use crate::principal::Principal;
 use crate::reject::Rejection;
 use crate::shared::Shared;
@@ -109,8 +110,10 @@ pub(crate) struct Attempt<'a> {
     /// The key the cache or the store has under the presented id.
     pub(crate) found: Result<Option<&'a Principal>, &'a LoadError>,
     pub(crate) now: SystemTime,
-    /// The request's headers, for the rejection's shape (JSON or gRPC).
+    /// The request's headers, for the rejection's shape (JSON or gRPC) and forwarded addresses.
     pub(crate) headers: &'a HeaderMap,
+    /// The request's extensions, for the connection's address.
+    pub(crate) extensions: &'a Extensions,
 }
 
 /// Verifies the key a lookup gave and counts the request against the key's limits. It only reads
@@ -122,6 +125,7 @@ pub(crate) fn authorize(shared: &Arc<Shared>, attempt: Attempt<'_>) -> Verdict {
         found,
         now,
         headers,
+        extensions,
     } = attempt;
     let id = &*presented.id;
     let key = match found {
@@ -142,7 +146,19 @@ pub(crate) fn authorize(shared: &Arc<Shared>, attempt: Attempt<'_>) -> Verdict {
             return reply(shared.reject(rejection, Some(id), verified, headers));
         }
     };
-    match &key.check().policy {
+    let Some(restrictions) = &key.check().restrictions else {
+        return admit(shared, principal, None);
+    };
+    if !restrictions.networks.is_empty() {
+        let client = client_address(extensions, headers, shared.proxies.as_ref());
+        let allowed =
+            client.is_some_and(|ip| restrictions.networks.iter().any(|n| n.contains(&ip)));
+        if !allowed {
+            let id = principal.key_id();
+            return reply(shared.reject(Rejection::IpNotAllowed, Some(id), Some(id), headers));
+        }
+    }
+    match &restrictions.policy {
         None => admit(shared, principal, None),
         Some(policy) => match shared.limiter.check(&policy.bucket, &policy.limits, now) {
             LimitCheck::Ready(decision) => decide(shared, headers, principal, decision),
@@ -321,6 +337,7 @@ where
                         },
                         now: shared.clock.now(),
                         headers: request.headers(),
+                        extensions: request.extensions(),
                     };
                     let verdict = authorize(&shared, attempt);
                     Self::after_verdict(verdict, shared, request, inner).state

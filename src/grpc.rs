@@ -15,7 +15,7 @@
 //! | rejection | gRPC status |
 //! |---|---|
 //! | 401s, `MULTIPLE_API_KEYS` | `UNAUTHENTICATED` (16) |
-//! | `INSUFFICIENT_PERMISSIONS` | `PERMISSION_DENIED` (7) |
+//! | `INSUFFICIENT_PERMISSIONS`, `IP_NOT_ALLOWED` | `PERMISSION_DENIED` (7) |
 //! | `RATE_LIMIT_EXCEEDED` | `RESOURCE_EXHAUSTED` (8) |
 //! | `KEY_STORE_UNAVAILABLE`, `RATE_LIMITER_UNAVAILABLE` | `UNAVAILABLE` (14) |
 //! | `API_KEY_LAYER_MISSING` | `INTERNAL` (13) |
@@ -123,7 +123,9 @@ impl Rejection {
             | Rejection::ApiKeyExpired
             | Rejection::ApiKeyDisabled
             | Rejection::EnvironmentNotAllowed => tonic::Code::Unauthenticated,
-            Rejection::InsufficientPermissions => tonic::Code::PermissionDenied,
+            Rejection::InsufficientPermissions | Rejection::IpNotAllowed => {
+                tonic::Code::PermissionDenied
+            }
             Rejection::RateLimitExceeded => tonic::Code::ResourceExhausted,
             Rejection::KeyStoreUnavailable | Rejection::LimiterUnavailable => {
                 tonic::Code::Unavailable

@@ -12,6 +12,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::extract::{HideCredentials, KeySource};
 use crate::key::{Environment, InvalidPrefix, KeyFormat};
 use crate::limit::{LimitRules, Limiter, Limits, MemoryLimiter};
+use crate::network::TrustedProxies;
 use crate::principal::{Anonymous, Authority};
 use crate::reject::{JsonRejection, RejectionResponder, Rejections};
 use crate::scope::ScopeHierarchy;
@@ -92,6 +93,7 @@ impl ApiKeyLayer {
             clock: Arc::new(SystemClock),
             hide: HideCredentials::default(),
             anonymous: false,
+            proxies: None,
         }
     }
 
@@ -182,6 +184,7 @@ pub struct ApiKeyLayerBuilder {
     clock: Arc<dyn Clock>,
     hide: HideCredentials,
     anonymous: bool,
+    proxies: Option<TrustedProxies>,
 }
 
 impl fmt::Debug for ApiKeyLayerBuilder {
@@ -197,6 +200,7 @@ impl fmt::Debug for ApiKeyLayerBuilder {
             .field("limits", &self.rules)
             .field("hide", &self.hide)
             .field("anonymous", &self.anonymous)
+            .field("proxies", &self.proxies)
             .finish_non_exhaustive()
     }
 }
@@ -259,6 +263,14 @@ impl ApiKeyLayerBuilder {
     /// ```
     pub fn allow_anonymous(mut self, allow: bool) -> Self {
         self.anonymous = allow;
+        self
+    }
+
+    /// The reverse proxies in front of this service, whose forwarding header gives the client's
+    /// address for keys restricted to networks (see [`crate::network`]). Default: none, the
+    /// connection's peer is the client.
+    pub fn trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.proxies = Some(proxies);
         self
     }
 
@@ -443,6 +455,7 @@ impl ApiKeyLayerBuilder {
                 },
                 cache,
                 anonymous: self.anonymous.then(|| Anonymous(Arc::clone(&authority))),
+                proxies: self.proxies,
                 authority,
                 limiter,
                 usage: self.usage,

@@ -94,6 +94,7 @@ pub mod key;
 mod layer;
 pub mod limit;
 pub mod manage;
+pub mod network;
 mod principal;
 pub mod reject;
 mod rejection;

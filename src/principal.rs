@@ -5,6 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use ipnet::IpNet;
+
 use crate::key::{Environment, SecretDigest};
 use crate::limit::Policy;
 use crate::reject::Rejections;
@@ -51,8 +53,16 @@ pub(crate) struct KeyCheck {
     revoked: bool,
     disabled: bool,
     expires_at: Option<SystemTime>,
-    /// The key's rate limits and quotas; `None` (and no allocation) when it has none.
-    pub(crate) policy: Option<Box<Policy>>,
+    /// What only some keys have; `None` (and no allocation) for a key with none of it.
+    pub(crate) restrictions: Option<Box<Restrictions>>,
+}
+
+/// A key's restrictions beyond its state and scopes.
+pub(crate) struct Restrictions {
+    /// Its rate limits and quotas, and the bucket they are counted in.
+    pub(crate) policy: Option<Policy>,
+    /// The networks it may be used from; empty: anywhere.
+    pub(crate) networks: Box<[IpNet]>,
 }
 
 impl KeyCheck {
@@ -86,7 +96,14 @@ impl Principal {
                 revoked: record.revoked_at.is_some(),
                 disabled: record.disabled,
                 expires_at: record.expires_at,
-                policy: policy.map(Box::new),
+                restrictions: (policy.is_some() || !record.allowed_networks.is_empty()).then(
+                    || {
+                        Box::new(Restrictions {
+                            policy,
+                            networks: record.allowed_networks.as_slice().into(),
+                        })
+                    },
+                ),
             },
             key_id: record.id.as_str().into(),
             name: record.name.as_str().into(),

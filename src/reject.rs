@@ -17,6 +17,7 @@
 //! | `MULTIPLE_API_KEYS` | 400 | two different keys in one request |
 //! | `API_KEY_ENVIRONMENT_NOT_ALLOWED` | 401 | a `test` or `dev` key where the layer refuses them |
 //! | `INSUFFICIENT_PERMISSIONS` | 403 | the key lacks a scope the route requires |
+//! | `IP_NOT_ALLOWED` | 403 | from outside the key's networks (said only after the secret matched) |
 //! | `RATE_LIMIT_EXCEEDED` | 429 | over the key's rate limit or quota (with `Retry-After`) |
 //! | `KEY_STORE_UNAVAILABLE` | 503 | the store failed or timed out; nothing is let through |
 //! | `RATE_LIMITER_UNAVAILABLE` | 503 | the rate limiter failed; nothing is let through |

@@ -24,6 +24,9 @@ pub enum Rejection {
     ApiKeyDisabled,
     /// The key lacks a required scope.
     InsufficientPermissions,
+    /// The request comes from outside the networks the key is restricted to (or from an address
+    /// the layer cannot know).
+    IpNotAllowed,
     /// The key's environment (`test`, `dev`) is not accepted by this layer.
     EnvironmentNotAllowed,
     /// Over the key's rate limit or quota.
@@ -38,7 +41,7 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every rejection.
-    pub const ALL: [Rejection; 12] = [
+    pub const ALL: [Rejection; 13] = [
         Rejection::MissingApiKey,
         Rejection::InvalidApiKey,
         Rejection::MultipleApiKeys,
@@ -51,6 +54,7 @@ impl Rejection {
         Rejection::KeyStoreUnavailable,
         Rejection::LimiterUnavailable,
         Rejection::LayerMissing,
+        Rejection::IpNotAllowed,
     ];
 
     /// Its position in [`Rejection::ALL`].
@@ -68,6 +72,7 @@ impl Rejection {
             Rejection::KeyStoreUnavailable => 9,
             Rejection::LimiterUnavailable => 10,
             Rejection::LayerMissing => 11,
+            Rejection::IpNotAllowed => 12,
         }
     }
 
@@ -81,6 +86,7 @@ impl Rejection {
             Rejection::ApiKeyExpired => "API_KEY_EXPIRED",
             Rejection::ApiKeyDisabled => "API_KEY_DISABLED",
             Rejection::InsufficientPermissions => "INSUFFICIENT_PERMISSIONS",
+            Rejection::IpNotAllowed => "IP_NOT_ALLOWED",
             Rejection::EnvironmentNotAllowed => "API_KEY_ENVIRONMENT_NOT_ALLOWED",
             Rejection::RateLimitExceeded => "RATE_LIMIT_EXCEEDED",
             Rejection::KeyStoreUnavailable => "KEY_STORE_UNAVAILABLE",
@@ -99,7 +105,7 @@ impl Rejection {
             | Rejection::ApiKeyDisabled
             | Rejection::EnvironmentNotAllowed => StatusCode::UNAUTHORIZED,
             Rejection::MultipleApiKeys => StatusCode::BAD_REQUEST,
-            Rejection::InsufficientPermissions => StatusCode::FORBIDDEN,
+            Rejection::InsufficientPermissions | Rejection::IpNotAllowed => StatusCode::FORBIDDEN,
             Rejection::RateLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
             Rejection::KeyStoreUnavailable | Rejection::LimiterUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -118,6 +124,7 @@ impl Rejection {
             Rejection::ApiKeyExpired => "API key has expired",
             Rejection::ApiKeyDisabled => "API key is disabled",
             Rejection::InsufficientPermissions => "Insufficient permissions",
+            Rejection::IpNotAllowed => "API key may not be used from this address",
             Rejection::EnvironmentNotAllowed => {
                 "API keys of this environment are not accepted here"
             }

@@ -105,6 +105,7 @@ where
                     found: Ok(key),
                     now,
                     headers: request.headers(),
+                    extensions: request.extensions(),
                 },
             )
         });

@@ -12,6 +12,7 @@ use http::{HeaderMap, Response};
 use crate::cache::KeyCache;
 use crate::clock::Clock;
 use crate::limit::Limiter;
+use crate::network::TrustedProxies;
 use crate::principal::{Anonymous, Authority};
 use crate::reject::Rejection;
 use crate::trace;
@@ -30,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) usage: Option<Arc<dyn UsageSink>>,
     /// Answering: the scope hierarchy and the rejections, shared with every principal.
     pub(crate) authority: Arc<Authority>,
+    /// The proxies whose forwarding header gives the client's address, if any.
+    pub(crate) proxies: Option<TrustedProxies>,
     /// Set when requests without a key go on as anonymous: the mark they get.
     pub(crate) anonymous: Option<Anonymous>,
     pub(crate) clock: Arc<dyn Clock>,

@@ -70,8 +70,21 @@ mod cli {
             (output.status.code().unwrap(), stderr)
         }
 
-        /// What the service on the same database answers for `key`, at `clock`'s time.
+        /// What the service on the same database answers for `key`, at `clock`'s time, from
+        /// 198.51.100.7.
         async fn status(&self, key: &str, clock: &ManualClock) -> (StatusCode, Option<Rejection>) {
+            self.status_from(key, clock, Some("198.51.100.7:40000"))
+                .await
+        }
+
+        /// What the service answers for `key` from `peer` (a connection's address, as a server
+        /// puts it into the request's extensions), or from an unknown address.
+        async fn status_from(
+            &self,
+            key: &str,
+            clock: &ManualClock,
+            peer: Option<&str>,
+        ) -> (StatusCode, Option<Rejection>) {
             let store = SqliteStore::connect(&self.url).await.unwrap();
             let layer = ApiKeyLayer::builder("mesh", store)
                 .clock(clock.clone())
@@ -80,10 +93,14 @@ mod cli {
             let service = layer.layer(service_fn(|_: http::Request<()>| async {
                 Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
             }));
-            let request = http::Request::get("/")
+            let mut request = http::Request::get("/")
                 .header("authorization", format!("ApiKey {key}"))
                 .body(())
                 .unwrap();
+            if let Some(peer) = peer {
+                let peer: std::net::SocketAddr = peer.parse().unwrap();
+                request.extensions_mut().insert(peer);
+            }
             let response = service.oneshot(request).await.unwrap();
             (
                 response.status(),
@@ -220,6 +237,8 @@ mod cli {
             "pro",
             "--expires-in",
             "30d",
+            "--allow-ip",
+            "198.51.100.0/24",
         ]);
         let id = created["info"]["id"].as_str().unwrap().to_owned();
         let key = created["key"].as_str().unwrap().to_owned();
@@ -248,6 +267,7 @@ mod cli {
             "plan",
             "environment",
             "expires_at",
+            "allowed_networks",
         ] {
             assert_eq!(rotated["info"][field], created["info"][field], "{field}");
         }
@@ -261,6 +281,63 @@ mod cli {
             2,
             "no key was issued by the refused rotations"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn networks_are_set_shown_and_enforced() {
+        let mut tool = Tool::new();
+        let clock = ManualClock::new(SystemTime::now());
+        let created = tool.ok_json(&[
+            "--json",
+            "create",
+            "--name",
+            "office",
+            "--allow-ip",
+            "203.0.113.0/24,2001:db8::1",
+        ]);
+        let id = created["info"]["id"].as_str().unwrap().to_owned();
+        let key = created["key"].as_str().unwrap().to_owned();
+        assert_eq!(
+            created["info"]["allowed_networks"],
+            serde_json::json!(["203.0.113.0/24", "2001:db8::1/128"])
+        );
+        let from = |peer| tool.status_from(&key, &clock, peer);
+        assert_eq!(from(Some("203.0.113.9:5000")).await.0, StatusCode::OK);
+        assert_eq!(from(Some("[2001:db8::1]:443")).await.0, StatusCode::OK);
+        for outside in [Some("198.51.100.1:5000"), Some("[2001:db8::2]:443"), None] {
+            assert_eq!(
+                from(outside).await,
+                (StatusCode::FORBIDDEN, Some(Rejection::IpNotAllowed)),
+                "{outside:?}"
+            );
+        }
+
+        let anywhere = tool.ok_json(&["--json", "set-networks", &id, "--anywhere"]);
+        assert_eq!(anywhere["allowed_networks"], serde_json::json!([]));
+        let from = |peer| tool.status_from(&key, &clock, peer);
+        assert_eq!(from(Some("198.51.100.1:5000")).await.0, StatusCode::OK);
+
+        let output = tool.run(&["set-networks", &id, "10.0.0.0/8"]);
+        assert!(output.status.success(), "{output:?}");
+        let text = String::from_utf8(output.stdout).unwrap();
+        assert!(text.contains("networks:    10.0.0.0/8"), "{text}");
+        let from = |peer| tool.status_from(&key, &clock, peer);
+        assert_eq!(from(Some("10.20.30.40:1")).await.0, StatusCode::OK);
+        assert_eq!(from(Some("203.0.113.9:1")).await.0, StatusCode::FORBIDDEN);
+
+        for bad in [
+            &["create", "--allow-ip", "10.0.0.0/33"][..],
+            &["set-networks", &id, "ten"],
+        ] {
+            let (code, message) = tool.failure(bad);
+            assert_eq!(code, 2, "{message}");
+            assert!(message.contains("is not a network"), "{message}");
+        }
+        let (code, message) = tool.failure(&["set-networks", &id]);
+        assert_eq!(code, 2, "{message}");
+        let (code, message) = tool.failure(&["set-networks", &id, "10.0.0.0/8", "--anywhere"]);
+        assert_eq!(code, 2, "{message}");
+        assert_eq!(tool.failure(&["set-networks", "nope", "10.0.0.0/8"]).0, 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

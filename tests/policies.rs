@@ -1,5 +1,6 @@
-//! The layer's policies over real HTTP on 127.0.0.1: anonymous requests, hidden credentials and the
-//! production preset.
+//! The layer's policies over real HTTP on 127.0.0.1: anonymous requests, hidden credentials, the
+//! production preset, and keys restricted to networks (the address from the connection, and
+//! through trusted and untrusted proxies).
 
 mod common;
 
@@ -237,4 +238,216 @@ async fn the_production_preset_takes_live_keys_only() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+}
+
+/// A key restricted to `networks`, and a server that knows each connection's address the way
+/// `peer` says.
+mod networks {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use tower_api_key::network::{parse_network, TrustedProxies};
+
+    /// How the server tells the layer the connection's address.
+    #[derive(Clone, Copy)]
+    enum Peer {
+        /// axum's `ConnectInfo<SocketAddr>` (`axum` feature).
+        #[cfg(feature = "axum")]
+        ConnectInfo,
+        /// A plain `SocketAddr` in the extensions, as any server may insert.
+        SocketAddr,
+        /// Not at all.
+        Unknown,
+    }
+
+    struct Restricted {
+        client: HttpClient,
+        keys: KeyManager<MemoryStore>,
+    }
+
+    async fn server(peer: Peer, proxies: Option<TrustedProxies>) -> Restricted {
+        let store = MemoryStore::new();
+        let mut builder = ApiKeyLayer::builder("mesh", store.clone());
+        if let Some(proxies) = proxies {
+            builder = builder.trusted_proxies(proxies);
+        }
+        let layer = builder.build().unwrap();
+        let keys = KeyManager::new(store).with_cache(layer.handle());
+        let app = Router::new().route("/", get(echo)).layer(layer);
+        common::log_everything();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        match peer {
+            #[cfg(feature = "axum")]
+            Peer::ConnectInfo => {
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            }
+            Peer::SocketAddr => {
+                // What a server without axum's ConnectInfo does: the peer as a `SocketAddr`.
+                let app = app.layer(axum::middleware::from_fn(
+                    |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+                     mut request: axum::extract::Request,
+                     next: axum::middleware::Next| async move {
+                        request.extensions_mut().insert(peer);
+                        next.run(request).await
+                    },
+                ));
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            }
+            Peer::Unknown => {
+                tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            }
+        }
+        Restricted {
+            client: HttpClient::new(addr),
+            keys,
+        }
+    }
+
+    impl Restricted {
+        async fn key(&self, networks: &[&str]) -> String {
+            let created = self
+                .keys
+                .create(
+                    NewKey::new("restricted")
+                        .allowed_networks(networks.iter().map(|n| parse_network(n).unwrap())),
+                )
+                .await
+                .unwrap();
+            api_key(created.key.expose_secret())
+        }
+
+        /// The status and code for `key` with `headers` added.
+        async fn answer(&self, key: &str, headers: &[(&str, &str)]) -> (StatusCode, String) {
+            let mut all = vec![("authorization", key)];
+            all.extend_from_slice(headers);
+            let reply = self.client.get("/", &all).await;
+            let code = if reply.status == StatusCode::OK {
+                String::new()
+            } else {
+                reply.code().to_owned()
+            };
+            (reply.status, code)
+        }
+    }
+
+    fn ok() -> (StatusCode, String) {
+        (StatusCode::OK, String::new())
+    }
+
+    fn refused() -> (StatusCode, String) {
+        (StatusCode::FORBIDDEN, "IP_NOT_ALLOWED".to_owned())
+    }
+
+    async fn the_connection_address_decides(peer: Peer) {
+        let s = server(peer, None).await;
+        let loopback = s.key(&["127.0.0.0/8", "::1"]).await;
+        let elsewhere = s.key(&["10.0.0.0/8"]).await;
+        let anywhere = s.key(&[]).await;
+        assert_eq!(s.answer(&loopback, &[]).await, ok());
+        assert_eq!(s.answer(&anywhere, &[]).await, ok());
+        assert_eq!(s.answer(&elsewhere, &[]).await, refused());
+        // With no trusted proxy, what the client writes is not believed.
+        for forged in [
+            ("x-forwarded-for", "10.1.1.1"),
+            ("forwarded", "for=10.1.1.1"),
+        ] {
+            assert_eq!(s.answer(&elsewhere, &[forged]).await, refused());
+        }
+        // The secret is checked first: a wrong one is just invalid.
+        let wrong = format!("{}x", &elsewhere[..elsewhere.len() - 1]);
+        let (status, code) = s.answer(&wrong, &[]).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::UNAUTHORIZED, "INVALID_API_KEY")
+        );
+    }
+
+    #[cfg(feature = "axum")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_address_comes_from_axum_connect_info() {
+        the_connection_address_decides(Peer::ConnectInfo).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_address_comes_from_a_socket_addr_extension() {
+        the_connection_address_decides(Peer::SocketAddr).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_no_known_address_a_restricted_key_is_refused() {
+        let s = server(Peer::Unknown, None).await;
+        let restricted = s.key(&["0.0.0.0/0", "::/0"]).await;
+        assert_eq!(s.answer(&restricted, &[]).await, refused());
+        let anywhere = s.key(&[]).await;
+        assert_eq!(s.answer(&anywhere, &[]).await, ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn behind_a_trusted_proxy_the_forwarded_address_decides() {
+        let proxy = vec![parse_network("127.0.0.1").unwrap()];
+        let s = server(
+            Peer::SocketAddr,
+            Some(TrustedProxies::x_forwarded_for(proxy.clone())),
+        )
+        .await;
+        let customer = s.key(&["203.0.113.0/24"]).await;
+        let xff = |value| [("x-forwarded-for", value)];
+        assert_eq!(s.answer(&customer, &xff("203.0.113.5")).await, ok());
+        assert_eq!(s.answer(&customer, &xff("198.51.100.1")).await, refused());
+        // The client forged the left part; the proxy appended what it saw.
+        assert_eq!(
+            s.answer(&customer, &xff("203.0.113.5, 198.51.100.1")).await,
+            refused()
+        );
+        assert_eq!(
+            s.answer(&customer, &xff("198.51.100.1, 203.0.113.5")).await,
+            ok()
+        );
+        // A chain of trusted proxies is walked past.
+        assert_eq!(
+            s.answer(&customer, &xff("203.0.113.5, 127.0.0.1")).await,
+            ok()
+        );
+        // Garbage from the proxy: the address is unknown.
+        assert_eq!(s.answer(&customer, &xff("unknown")).await, refused());
+        // No header: the proxy itself is the client.
+        assert_eq!(s.answer(&customer, &[]).await, refused());
+        // The other header is not read.
+        let forwarded = [("forwarded", "for=203.0.113.5")];
+        assert_eq!(s.answer(&customer, &forwarded).await, refused());
+
+        let s = server(Peer::SocketAddr, Some(TrustedProxies::forwarded(proxy))).await;
+        let customer = s.key(&["203.0.113.0/24", "2001:db8::/32"]).await;
+        for (value, expected) in [
+            ("for=203.0.113.5;proto=https", ok()),
+            ("for=\"[2001:db8::7]:443\"", ok()),
+            ("for=203.0.113.5, for=198.51.100.1", refused()),
+            ("for=_hidden", refused()),
+        ] {
+            assert_eq!(
+                s.answer(&customer, &[("forwarded", value)]).await,
+                expected,
+                "{value}"
+            );
+        }
+        assert_eq!(s.answer(&customer, &xff("203.0.113.5")).await, refused());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_proxy_header_from_an_untrusted_peer_is_ignored() {
+        let elsewhere = vec![parse_network("10.0.0.0/8").unwrap()];
+        let s = server(
+            Peer::SocketAddr,
+            Some(TrustedProxies::x_forwarded_for(elsewhere)),
+        )
+        .await;
+        let customer = s.key(&["203.0.113.0/24"]).await;
+        let forged = [("x-forwarded-for", "203.0.113.5")];
+        assert_eq!(s.answer(&customer, &forged).await, refused());
+        let loopback = s.key(&["127.0.0.1"]).await;
+        assert_eq!(s.answer(&loopback, &forged).await, ok());
+    }
 }

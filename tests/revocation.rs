@@ -64,6 +64,8 @@ enum Change {
     DropScopes,
     Disable,
     RotateWithoutGrace,
+    /// Restricted to networks the request is not from.
+    RestrictNetworks,
     /// A change made elsewhere, announced to this replica (as a listener does).
     Notified,
     /// A listener that reconnected clears everything.
@@ -78,6 +80,10 @@ async fn change(change: Change, keys: &KeyManager<MemoryStore>, handle: &ApiKeyH
         Change::Disable => assert!(keys.set_disabled(id, true).await.unwrap()),
         Change::RotateWithoutGrace => {
             keys.rotate(id, Duration::ZERO).await.unwrap().unwrap();
+        }
+        Change::RestrictNetworks => {
+            let elsewhere = ["10.0.0.0/8".parse().unwrap()];
+            assert!(keys.set_allowed_networks(id, &elsewhere).await.unwrap());
         }
         Change::Notified | Change::NotifiedAll => {
             // Revoked through the store alone (another replica), then the notification arrives.
@@ -102,6 +108,7 @@ async fn a_change_during_an_in_flight_load_is_never_undone() {
         Change::DropScopes,
         Change::Disable,
         Change::RotateWithoutGrace,
+        Change::RestrictNetworks,
         Change::Notified,
         Change::NotifiedAll,
     ] {

@@ -24,6 +24,7 @@ async fn the_memory_store_passes_the_conformance_suite() {
 #[cfg(feature = "sqlite")]
 mod sqlite {
     use super::*;
+    use tower_api_key::store::KeyStoreAdmin;
     use tower_api_key::SqliteStore;
 
     fn temp_db(name: &str) -> (std::path::PathBuf, String) {
@@ -65,7 +66,58 @@ mod sqlite {
             .fetch_one(reopened.pool())
             .await
             .unwrap();
-        assert_eq!(version, 1);
+        assert_eq!(version, 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A database written by the first schema (no `allowed_networks`) is migrated in place: its
+    /// keys keep working, unrestricted, and can then be restricted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_first_schema_database_is_migrated_and_its_keys_kept() {
+        let (dir, url) = temp_db("migrate");
+        let created = NewKey::new("old")
+            .generate(&tower_api_key::key::KeyFormat::new("mesh").unwrap())
+            .unwrap();
+        {
+            let options: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+            let pool = sqlx::SqlitePool::connect_with(options.create_if_missing(true))
+                .await
+                .unwrap();
+            sqlx::raw_sql(
+                "CREATE TABLE api_keys_schema (version BIGINT PRIMARY KEY);
+                 INSERT INTO api_keys_schema (version) VALUES (1);
+                 CREATE TABLE api_keys (
+                    id TEXT PRIMARY KEY, digest TEXT NOT NULL, name TEXT NOT NULL, owner TEXT,
+                    environment TEXT NOT NULL, scopes TEXT NOT NULL, metadata TEXT NOT NULL,
+                    created_at BIGINT NOT NULL, expires_at BIGINT, revoked_at BIGINT,
+                    disabled BOOLEAN NOT NULL DEFAULT FALSE, plan TEXT, limits TEXT,
+                    last_used_at BIGINT, requests BIGINT NOT NULL DEFAULT 0);",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO api_keys (id, digest, name, environment, scopes, metadata, created_at)
+                 VALUES ($1, $2, 'old', 'live', '[\"read\"]', '{}', 1700000000)",
+            )
+            .bind(&created.record.id)
+            .bind(created.record.digest.to_hex())
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let store = SqliteStore::connect(&url).await.unwrap();
+        let record = store.get(&created.record.id).await.unwrap().unwrap();
+        assert_eq!(record.scopes, ["read"]);
+        assert!(record.allowed_networks.is_empty());
+        let office = vec!["203.0.113.0/24".parse().unwrap()];
+        assert!(store
+            .set_allowed_networks(&created.record.id, &office)
+            .await
+            .unwrap());
+        let record = store.get(&created.record.id).await.unwrap().unwrap();
+        assert_eq!(record.allowed_networks, office);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -160,6 +160,30 @@ mod grpc {
         );
     }
 
+    /// tonic's server puts the connection's address in the request (`TcpConnectInfo`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_restricted_to_networks_is_checked_against_the_connection() {
+        use tower_api_key::network::parse_network;
+
+        let f = fixture().await;
+        let restricted = |network: &str| {
+            NewKey::new(format!("from {network}"))
+                .scopes(["read"])
+                .allowed_networks([parse_network(network).unwrap()])
+        };
+        let loopback = f.keys.create(restricted("127.0.0.0/8")).await.unwrap();
+        let elsewhere = f.keys.create(restricted("10.0.0.0/8")).await.unwrap();
+        assert_eq!(
+            f.check(Some(loopback.key.expose_secret())).await.unwrap(),
+            ServingStatus::Serving
+        );
+        assert_status(
+            f.check(Some(elsewhere.key.expose_secret())).await,
+            Code::PermissionDenied,
+            "IP_NOT_ALLOWED",
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_store_failure_is_unavailable() {
         let f = fixture().await;

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use tower_api_key::{
-    key::KeyFormat, manage::CreatedKey, manage::KeyInfo, manage::ManageError, store::StoreError,
-    AnyStore, Environment, KeyManager, NewKey,
+    key::KeyFormat, manage::CreatedKey, manage::KeyInfo, manage::ManageError, network,
+    network::IpNet, store::StoreError, AnyStore, Environment, KeyManager, NewKey,
 };
 
 /// Create, list, rotate and revoke API keys.
@@ -88,6 +88,18 @@ enum Command {
         #[arg(value_delimiter = ',', required = true)]
         scopes: Vec<String>,
     },
+    /// Restrict a key to networks (CIDRs or addresses, comma-separated), or with --anywhere lift
+    /// the restriction.
+    SetNetworks {
+        /// The key id.
+        id: String,
+        /// The networks, such as 203.0.113.0/24,2001:db8::/32.
+        #[arg(value_delimiter = ',', value_parser = parse_network, required_unless_present = "anywhere", conflicts_with = "anywhere")]
+        networks: Vec<IpNet>,
+        /// Let the key be used from anywhere.
+        #[arg(long)]
+        anywhere: bool,
+    },
 }
 
 #[derive(Args)]
@@ -110,6 +122,9 @@ struct KeySpec {
     /// Who the key belongs to.
     #[arg(long)]
     owner: Option<String>,
+    /// Networks the key may be used from, comma-separated CIDRs or addresses (default: anywhere).
+    #[arg(long = "allow-ip", value_delimiter = ',', value_parser = parse_network)]
+    allow_ip: Vec<IpNet>,
     /// The variable name in the `export` line (default: <PREFIX>_API_KEY).
     #[arg(long)]
     var: Option<String>,
@@ -118,6 +133,12 @@ struct KeySpec {
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|e| format!("{e}: write a duration such as 90d, 24h or 30m"))
+}
+
+fn parse_network(text: &str) -> Result<IpNet, String> {
+    network::parse_network(text).map_err(|_| {
+        format!("`{text}` is not a network: write a CIDR such as 203.0.113.0/24 or an address")
+    })
 }
 
 fn parse_environment(text: &str) -> Result<Environment, String> {
@@ -259,6 +280,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let info = keys.show(&id).await?.ok_or_else(|| not_found(&id))?;
             print_info(&info, cli.json);
         }
+        Command::SetNetworks { id, networks, .. } => {
+            if !keys.set_allowed_networks(&id, &networks).await? {
+                return Err(not_found(&id));
+            }
+            let info = keys.show(&id).await?.ok_or_else(|| not_found(&id))?;
+            print_info(&info, cli.json);
+        }
         Command::Rotate { id, grace, var } => {
             let created = keys
                 .rotate(&id, grace)
@@ -322,7 +350,7 @@ fn new_key(spec: &KeySpec) -> Result<NewKey, Failure> {
     if let Some(owner) = &spec.owner {
         key = key.owner(owner.clone());
     }
-    Ok(key)
+    Ok(key.allowed_networks(spec.allow_ip.iter().copied()))
 }
 
 /// The one time a key is shown.
@@ -396,6 +424,12 @@ fn print_info(info: &KeyInfo, json: bool) {
     println!("scopes:      {}", info.scopes.join(", "));
     println!("owner:       {}", info.owner.as_deref().unwrap_or("-"));
     println!("plan:        {}", info.plan.as_deref().unwrap_or("-"));
+    let networks = if info.allowed_networks.is_empty() {
+        "anywhere".to_owned()
+    } else {
+        info.allowed_networks.join(", ")
+    };
+    println!("networks:    {networks}");
     println!("state:       {}", info.state);
     println!("created:     {}", time(Some(info.created_at)));
     println!("last used:   {}", time(info.last_used_at));

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use super::{keeps, CreatedKey, InvalidKey, KeyInfo, ManageError, MAX_NAME_LEN};
+use ipnet::IpNet;
+
 use crate::key::{Environment, KeyFormat};
 use crate::layer::ApiKeyHandle;
 use crate::limit::Limits;
@@ -34,6 +36,7 @@ pub struct NewKey {
     metadata: BTreeMap<String, String>,
     plan: Option<String>,
     limits: Option<Limits>,
+    allowed_networks: Vec<IpNet>,
 }
 
 impl NewKey {
@@ -48,6 +51,7 @@ impl NewKey {
             metadata: BTreeMap::new(),
             plan: None,
             limits: None,
+            allowed_networks: Vec::new(),
         }
     }
 
@@ -93,6 +97,24 @@ impl NewKey {
         self
     }
 
+    /// The networks the key may be used from (IPv4 and IPv6 CIDRs); none: anywhere. A request
+    /// from elsewhere is refused with 403 `IP_NOT_ALLOWED`; see [`crate::network`] for where the
+    /// address comes from.
+    ///
+    /// ```
+    /// use tower_api_key::{key::KeyFormat, network::parse_network, NewKey};
+    ///
+    /// let created = NewKey::new("office")
+    ///     .allowed_networks([parse_network("203.0.113.0/24")?, parse_network("2001:db8::1")?])
+    ///     .generate(&KeyFormat::new("mesh")?)?;
+    /// assert_eq!(created.record.allowed_networks.len(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn allowed_networks(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        self.allowed_networks = networks.into_iter().collect();
+        self
+    }
+
     /// Generates the key offline: the plaintext and the record to store, for people with a store
     /// of their own.
     ///
@@ -117,6 +139,7 @@ impl NewKey {
         record.metadata = self.metadata;
         record.plan = self.plan;
         record.limits = self.limits;
+        record.allowed_networks = self.allowed_networks;
         Ok(CreatedKey {
             key: generated.key,
             record,
@@ -261,6 +284,36 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         result
     }
 
+    /// Replaces the networks key `id` may be used from (empty: anywhere); returns whether it
+    /// exists.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, NewKey, network::parse_network};
+    ///
+    /// let store = MemoryStore::new();
+    /// let layer = ApiKeyLayer::new("mesh", store.clone())?;
+    /// let keys = KeyManager::new(store).with_cache(layer.handle());
+    /// let created = keys.create(NewKey::new("ci")).await?;
+    /// let office = parse_network("203.0.113.0/24")?;
+    /// assert!(keys.set_allowed_networks(&created.record.id, &[office]).await?);
+    /// assert_eq!(keys.show(&created.record.id).await?.unwrap().allowed_networks, ["203.0.113.0/24"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// When the store fails; the cache is cleared all the same.
+    pub async fn set_allowed_networks(
+        &self,
+        id: &str,
+        networks: &[IpNet],
+    ) -> Result<bool, StoreError> {
+        let result = self.store.set_allowed_networks(id, networks).await;
+        self.changed(id);
+        result
+    }
+
     /// Every key, as shown to operators: never the secret or its digest.
     ///
     /// # Errors
@@ -300,7 +353,8 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     }
 
     /// Rotates key `id`: issues a new key with every setting of the old one (name, scopes,
-    /// environment, owner, plan, limits, expiry, metadata, plus `rotated_from`), and lets the old
+    /// environment, owner, plan, limits, allowed networks, expiry, metadata, plus
+    /// `rotated_from`), and lets the old
     /// one work for `grace` more, after which it answers `API_KEY_EXPIRED` (an earlier expiry it
     /// had stays). Returns the new key, or `None` when there is no key `id`. Only an active key
     /// can be rotated: rotating a revoked, disabled or expired key would bring it back.
@@ -354,6 +408,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         new.metadata.insert("rotated_from".into(), old.id.clone());
         new.plan = old.plan.clone();
         new.limits = old.limits;
+        new.allowed_networks = old.allowed_networks.clone();
         new.expires_at = old.expires_at;
         let created = self.create(new).await?;
         let expires = old.expires_at.map_or(grace_ends, |at| at.min(grace_ends));

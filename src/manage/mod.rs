@@ -136,6 +136,8 @@ pub struct KeyInfo {
     pub expires_at: Option<u64>,
     /// `active`, `revoked`, `expired` or `disabled`.
     pub state: &'static str,
+    /// The networks it may be used from, as CIDRs; empty: anywhere.
+    pub allowed_networks: Vec<String>,
 }
 
 impl KeyInfo {
@@ -154,6 +156,11 @@ impl KeyInfo {
             last_used_at: record.last_used_at.map(secs),
             expires_at: record.expires_at.map(secs),
             state: record.state(now).as_str(),
+            allowed_networks: record
+                .allowed_networks
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }
     }
 }

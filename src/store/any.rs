@@ -3,6 +3,7 @@
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use ipnet::IpNet;
 
 use super::{KeyChanges, KeyRecord, KeyStore, KeyStoreAdmin, MemoryStore, StoreError, UsageUpdate};
 
@@ -156,6 +157,9 @@ impl KeyStoreAdmin for AnyStore {
     }
     async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
         each!(self, store => store.set_disabled(id, disabled).await)
+    }
+    async fn set_allowed_networks(&self, id: &str, networks: &[IpNet]) -> Result<bool, StoreError> {
+        each!(self, store => store.set_allowed_networks(id, networks).await)
     }
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {
         each!(self, store => store.record_usage(batch).await)

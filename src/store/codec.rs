@@ -33,6 +33,8 @@ pub(crate) struct Fields {
     pub(crate) limits: Option<String>,
     pub(crate) last_used_at: Option<i64>,
     pub(crate) requests: i64,
+    /// JSON array of CIDRs; absent for none.
+    pub(crate) allowed_networks: Option<String>,
 }
 
 /// A time as a store writes it: Unix seconds (0 before 1970).
@@ -59,6 +61,8 @@ impl Fields {
             limits: record.limits.as_ref().map(to_json),
             last_used_at: record.last_used_at.map(secs),
             requests: i64::try_from(record.requests).unwrap_or(i64::MAX),
+            allowed_networks: (!record.allowed_networks.is_empty())
+                .then(|| to_json(&record.allowed_networks)),
         }
     }
 
@@ -100,6 +104,11 @@ impl Fields {
             .transpose()?;
         record.last_used_at = optional_time(self.last_used_at, "last_used_at")?;
         record.requests = u64::try_from(self.requests).map_err(|_| corrupt("requests"))?;
+        record.allowed_networks = self
+            .allowed_networks
+            .map(|text| serde_json::from_str(&text).map_err(|_| corrupt("allowed_networks")))
+            .transpose()?
+            .unwrap_or_default();
         Ok(record)
     }
 
@@ -123,6 +132,7 @@ impl Fields {
             ("plan", self.plan),
             ("limits", self.limits),
             ("last_used_at", self.last_used_at.map(|t| t.to_string())),
+            ("allowed_networks", self.allowed_networks),
         ];
         hash.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
         hash
@@ -162,6 +172,7 @@ impl Fields {
             limits: take("limits"),
             last_used_at: number(take("last_used_at"), "last_used_at")?,
             requests: number(take("requests"), "requests")?.unwrap_or(0),
+            allowed_networks: take("allowed_networks"),
         })
     }
 }
@@ -188,6 +199,10 @@ mod tests {
         record.limits = Some(Limits::FREE);
         record.owner = Some("acme".into());
         record.requests = 7;
+        record.allowed_networks = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ];
         record
     }
 
@@ -207,6 +222,8 @@ mod tests {
             |f: &mut Fields| f.revoked_at = Some(-5),
             |f: &mut Fields| f.limits = Some("{\"per_minute\": -3}".into()),
             |f: &mut Fields| f.requests = -1,
+            |f: &mut Fields| f.allowed_networks = Some("[\"10.0.0.0/33\"]".into()),
+            |f: &mut Fields| f.allowed_networks = Some("10.0.0.0/8".into()),
         ] {
             let mut fields = Fields::of(&record());
             corrupt(&mut fields);

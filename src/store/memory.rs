@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use ipnet::IpNet;
 
 use super::{KeyRecord, KeyStore, KeyStoreAdmin, StoreError, UsageUpdate};
 
@@ -120,6 +121,14 @@ impl KeyStoreAdmin for MemoryStore {
             .write()
             .get_mut(id)
             .map(|record| record.disabled = disabled)
+            .is_some())
+    }
+
+    async fn set_allowed_networks(&self, id: &str, networks: &[IpNet]) -> Result<bool, StoreError> {
+        Ok(self
+            .write()
+            .get_mut(id)
+            .map(|record| record.allowed_networks = networks.to_vec())
             .is_some())
     }
 

@@ -44,6 +44,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use ipnet::IpNet;
 
 #[cfg(any(feature = "postgres", feature = "redis"))]
 pub use listener::{LISTENER_CONNECT_TIMEOUT, LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
@@ -116,6 +117,13 @@ pub trait KeyStoreAdmin: KeyStore {
     /// # Errors
     /// When the backend fails.
     async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError>;
+
+    /// Replaces the networks key `id` may be used from (empty: anywhere). Returns whether it
+    /// exists.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn set_allowed_networks(&self, id: &str, networks: &[IpNet]) -> Result<bool, StoreError>;
 
     /// Adds a batch of usage: per key, requests to add and the latest time it was used. Unknown
     /// ids are skipped; `last_used_at` only moves forward.
@@ -240,6 +248,9 @@ impl<T: KeyStoreAdmin + ?Sized> KeyStoreAdmin for Arc<T> {
     }
     async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
         (**self).set_disabled(id, disabled).await
+    }
+    async fn set_allowed_networks(&self, id: &str, networks: &[IpNet]) -> Result<bool, StoreError> {
+        (**self).set_allowed_networks(id, networks).await
     }
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {
         (**self).record_usage(batch).await

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::key::{Environment, SecretDigest};
@@ -70,6 +71,10 @@ pub struct KeyRecord {
     /// The key's own limits; they take precedence over its plan's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// The networks requests with the key may come from (IPv4 and IPv6 CIDRs); empty: anywhere.
+    /// A request from elsewhere is refused with 403 `IP_NOT_ALLOWED`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_networks: Vec<IpNet>,
     /// When a request last got through with the key, as last flushed to the store.
     #[serde(
         default,
@@ -148,6 +153,7 @@ impl KeyRecord {
             disabled: false,
             plan: None,
             limits: None,
+            allowed_networks: Vec::new(),
             last_used_at: None,
             requests: 0,
         }

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use ipnet::IpNet;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tokio::task::JoinHandle;
@@ -304,6 +305,15 @@ impl KeyStoreAdmin for RedisStore {
     async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
         self.update(id, &["disabled", if disabled { "1" } else { "0" }])
             .await
+    }
+
+    async fn set_allowed_networks(&self, id: &str, networks: &[IpNet]) -> Result<bool, StoreError> {
+        if networks.is_empty() {
+            self.update(id, &["allowed_networks"]).await
+        } else {
+            let networks = json(&networks);
+            self.update(id, &["allowed_networks", &networks]).await
+        }
     }
 
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {

@@ -8,9 +8,10 @@
 use super::StoreError;
 
 /// The schema, version by version. `{t}` is the table name.
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE IF NOT EXISTS {t} (
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE IF NOT EXISTS {t} (
         id TEXT PRIMARY KEY,
         digest TEXT NOT NULL,
         name TEXT NOT NULL,
@@ -28,7 +29,9 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
         requests BIGINT NOT NULL DEFAULT 0
     );
     CREATE INDEX IF NOT EXISTS {t}_owner ON {t} (owner);",
-)];
+    ),
+    (2, "ALTER TABLE {t} ADD COLUMN allowed_networks TEXT;"),
+];
 
 /// The queries for table `t`.
 pub(crate) struct Queries {
@@ -41,6 +44,7 @@ pub(crate) struct Queries {
     pub(crate) set_scopes: String,
     pub(crate) set_expiry: String,
     pub(crate) set_disabled: String,
+    pub(crate) set_allowed_networks: String,
     pub(crate) record_usage: String,
     pub(crate) schema_table: String,
     pub(crate) schema_version: String,
@@ -48,7 +52,8 @@ pub(crate) struct Queries {
 }
 
 const COLUMNS: &str = "id, digest, name, owner, environment, scopes, metadata, created_at, \
-                       expires_at, revoked_at, disabled, plan, limits, last_used_at, requests";
+                       expires_at, revoked_at, disabled, plan, limits, last_used_at, requests, \
+                       allowed_networks";
 
 impl Queries {
     /// The queries for `table`.
@@ -73,7 +78,7 @@ impl Queries {
             get: format!("SELECT {COLUMNS} FROM {t} WHERE id = $1"),
             insert: format!(
                 "INSERT INTO {t} ({COLUMNS}) VALUES \
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
             ),
             revoke: format!("UPDATE {t} SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2"),
             delete: format!("DELETE FROM {t} WHERE id = $1"),
@@ -81,6 +86,7 @@ impl Queries {
             set_scopes: format!("UPDATE {t} SET scopes = $1 WHERE id = $2"),
             set_expiry: format!("UPDATE {t} SET expires_at = $1 WHERE id = $2"),
             set_disabled: format!("UPDATE {t} SET disabled = $1 WHERE id = $2"),
+            set_allowed_networks: format!("UPDATE {t} SET allowed_networks = $1 WHERE id = $2"),
             record_usage: format!(
                 "UPDATE {t} SET requests = requests + $1, \
                  last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 \
@@ -162,6 +168,7 @@ macro_rules! sql_store {
                     limits: row.try_get("limits").map_err(unavailable)?,
                     last_used_at: row.try_get("last_used_at").map_err(unavailable)?,
                     requests: row.try_get("requests").map_err(unavailable)?,
+                    allowed_networks: row.try_get("allowed_networks").map_err(unavailable)?,
                 }
                 .into_record()
             }
@@ -206,6 +213,7 @@ macro_rules! sql_store {
                     .bind(f.limits)
                     .bind(f.last_used_at)
                     .bind(f.requests)
+                    .bind(f.allowed_networks)
                     .execute(&self.pool)
                     .await;
                 match result {
@@ -268,6 +276,16 @@ macro_rules! sql_store {
                 disabled: bool,
             ) -> Result<bool, $crate::store::StoreError> {
                 self.update(&self.sql.set_disabled, disabled, id).await
+            }
+
+            async fn set_allowed_networks(
+                &self,
+                id: &str,
+                networks: &[ipnet::IpNet],
+            ) -> Result<bool, $crate::store::StoreError> {
+                let networks = (!networks.is_empty()).then(|| $crate::store::to_json(&networks));
+                self.update(&self.sql.set_allowed_networks, networks, id)
+                    .await
             }
 
             async fn record_usage(

@@ -71,6 +71,25 @@ pub async fn conformance<S: KeyStoreAdmin + Clone>(store: S) {
         .collect();
     assert_eq!(ids, [a.id.clone(), b.id.clone()], "ordered by creation");
 
+    let networks = vec![
+        "203.0.113.0/24".parse().unwrap(),
+        "2001:db8::/32".parse().unwrap(),
+    ];
+    assert!(store.set_allowed_networks(&a.id, &networks).await.unwrap());
+    assert_eq!(
+        store.get(&a.id).await.unwrap().unwrap().allowed_networks,
+        networks
+    );
+    assert!(store.set_allowed_networks(&a.id, &[]).await.unwrap());
+    assert!(store
+        .get(&a.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .allowed_networks
+        .is_empty());
+    assert!(!store.set_allowed_networks("nope", &networks).await.unwrap());
+
     let scopes = vec!["admin".to_owned()];
     assert!(store.set_scopes(&a.id, &scopes).await.unwrap());
     assert!(!store.set_scopes("nope", &scopes).await.unwrap());
