@@ -1,6 +1,8 @@
 //! Per-request cost, in process, one run, same inner service: bare; this crate's layer on a hot
 //! key, on a random key among 10,000 and among 1,000,000 cached keys; and tower-http's static
 //! bearer check (no lookup) as the lower reference. BENCHMARKS.md reports the overhead over bare.
+//! The hot key also runs with the credential left in place (`HideCredentials::Keep`, the floor's
+//! behaviour) and restricted to a network (the peer address in the request's extensions).
 //!
 //! Beside them, the floor as a service: `Floor` (`support/floor.rs`) does the unavoidable steps of
 //! a cached request and nothing else, built from the same parts the layer uses, with the steps
@@ -20,8 +22,8 @@ use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_api_key::{
-    cache::CacheConfig, key::KeyFormat, store::KeyRecord, store::KeyStoreAdmin, ApiKeyLayer,
-    Environment, MemoryStore,
+    cache::CacheConfig, extract::HideCredentials, key::KeyFormat, store::KeyRecord,
+    store::KeyStoreAdmin, ApiKeyLayer, Environment, MemoryStore, NewKey,
 };
 use tower_http::validate_request::ValidateRequestHeaderLayer;
 
@@ -73,6 +75,38 @@ fn cached_keys(runtime: &tokio::runtime::Runtime, n: usize) -> (ApiKeyLayer, Vec
         }
     });
     (layer, headers)
+}
+
+/// A layer hiding credentials as `hide`, with one key restricted to `networks`, in its cache.
+fn one_cached_key(
+    runtime: &tokio::runtime::Runtime,
+    hide: HideCredentials,
+    networks: &[tower_api_key::network::IpNet],
+) -> (ApiKeyLayer, HeaderValue) {
+    let store = MemoryStore::new();
+    let layer = ApiKeyLayer::builder("mesh", store.clone())
+        .hide_credentials(hide)
+        .build()
+        .unwrap();
+    let created = NewKey::new("bench")
+        .allowed_networks(networks.iter().copied())
+        .generate(layer.format())
+        .unwrap();
+    let header = HeaderValue::from_str(&format!("ApiKey {}", created.key.expose_secret())).unwrap();
+    runtime.block_on(async {
+        store.create(created.record).await.unwrap();
+        let mut request = request(&header);
+        request
+            .extensions_mut()
+            .insert(std::net::SocketAddr::from(([203, 0, 113, 7], 1)));
+        let response = layer
+            .layer(service_fn(inner))
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    });
+    (layer, header)
 }
 
 /// Benchmarks `service` on requests that all carry `header`: a clone of the service per request,
@@ -127,6 +161,31 @@ fn per_request(c: &mut Criterion) {
 
     let layered = hot_layer.layer(service_fn(inner));
     one_key(&mut group, &runtime, "api_key_hot_key", layered, &hot);
+
+    let (keep_layer, keep) = one_cached_key(&runtime, HideCredentials::Keep, &[]);
+    let layered = keep_layer.layer(service_fn(inner));
+    one_key(&mut group, &runtime, "api_key_hot_key_keep", layered, &keep);
+
+    let office = [
+        "10.0.0.0/8".parse().unwrap(),
+        "203.0.113.0/24".parse().unwrap(),
+    ];
+    let (restricted_layer, restricted) =
+        one_cached_key(&runtime, HideCredentials::default(), &office);
+    let peer: std::net::SocketAddr = "203.0.113.7:40000".parse().unwrap();
+    let service = restricted_layer.layer(service_fn(inner));
+    group.bench_function("api_key_hot_key_allowlist", |b| {
+        b.to_async(&runtime).iter(|| {
+            let service = service.clone();
+            let mut request = request(&restricted);
+            request.extensions_mut().insert(peer);
+            async move {
+                let response = service.oneshot(request).await.unwrap();
+                debug_assert_eq!(response.status(), 200);
+                black_box(response)
+            }
+        })
+    });
 
     macro_rules! floor_step {
         ($steps:literal, $name:literal) => {{
