@@ -45,7 +45,8 @@
 //! | module | what is in it |
 //! |---|---|
 //! | [`key`] | the key format, its parser and generator, the stored digest |
-//! | [`extract`] | where keys are read from ([`KeySource`](extract::KeySource)) |
+//! | [`extract`] | where keys are read from ([`KeySource`](extract::KeySource)), and what becomes of them ([`HideCredentials`](extract::HideCredentials)) |
+//! | [`network`] | where a request comes from: the client's address, trusted proxies |
 //! | [`cache`] | the cache in front of the store, and its guarantee on revocation |
 //! | [`store`] | the [`KeyStore`](store::KeyStore) trait and what stores share |
 //! | [`manage`] | what [`KeyManager`] gives and refuses |
@@ -61,8 +62,8 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `axum` | [`Principal`] as an axum extractor |
-//! | `tonic` | gRPC status codes for rejections of gRPC requests, `tonic::Status` conversions |
+//! | `axum` | [`Principal`] as an axum extractor; the client address from axum's `ConnectInfo` |
+//! | `tonic` | gRPC and gRPC-Web status codes for rejections, `tonic::Status` conversions; the client address from tonic's `TcpConnectInfo` |
 //! | `sqlite` | [`SqliteStore`](store) |
 //! | `postgres` | [`PostgresStore`](store), with `LISTEN/NOTIFY` revocation |
 //! | `redis` | [`RedisStore`](store) with pub/sub revocation, and `RedisLimiter` |
