@@ -462,7 +462,7 @@ impl KeyCache {
                 id: &record.id,
                 owner: record.owner.as_deref(),
                 environment: record.environment,
-                limits: record.limits,
+                limits: record.limits.clone(),
                 plan: record.plan.as_deref(),
             }) {
                 Ok(policy) => Ok(Some(Principal::from_record(

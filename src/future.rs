@@ -16,7 +16,7 @@ use tower::Service;
 
 use crate::body::ResponseBody;
 use crate::cache::{LoadError, Loaded};
-use crate::limit::{Decision, LimitCheck, LimiterError};
+use crate::limit::{Cost, Decision, LimitCheck, LimiterError};
 use crate::network::client_address;
 use crate::principal::Principal;
 use crate::reject::Rejection;
@@ -112,8 +112,10 @@ pub(crate) struct Attempt<'a> {
     pub(crate) now: SystemTime,
     /// The request's headers, for the rejection's shape (JSON or gRPC) and forwarded addresses.
     pub(crate) headers: &'a HeaderMap,
-    /// The request's extensions, for the connection's address.
+    /// The request's extensions, for the connection's address and a [`Cost`] set outside.
     pub(crate) extensions: &'a Extensions,
+    /// The request's path, for its cost.
+    pub(crate) path: &'a str,
 }
 
 /// Verifies the key a lookup gave and counts the request against the key's limits. It only reads
@@ -126,6 +128,7 @@ pub(crate) fn authorize(shared: &Arc<Shared>, attempt: Attempt<'_>) -> Verdict {
         now,
         headers,
         extensions,
+        path,
     } = attempt;
     let id = &*presented.id;
     let key = match found {
@@ -160,10 +163,24 @@ pub(crate) fn authorize(shared: &Arc<Shared>, attempt: Attempt<'_>) -> Verdict {
     }
     match &restrictions.policy {
         None => admit(shared, principal, None),
-        Some(policy) => match shared.limiter.check(&policy.bucket, &policy.limits, now) {
+        Some(policy) => match shared.limiter.check(
+            &policy.bucket,
+            &policy.limits,
+            cost(shared, extensions, path),
+            now,
+        ) {
             LimitCheck::Ready(decision) => decide(shared, headers, principal, decision),
             LimitCheck::Pending(check) => Verdict::Wait(check, principal),
         },
+    }
+}
+
+/// What the request costs: a [`Cost`] put into it outside, or the layer's [`Costs`](crate::limit::Costs)
+/// for its path, or 1.
+fn cost(shared: &Shared, extensions: &Extensions, path: &str) -> u32 {
+    match extensions.get::<Cost>() {
+        Some(cost) => cost.0,
+        None => shared.costs.as_ref().map_or(1, |costs| costs.of(path)),
     }
 }
 
@@ -178,8 +195,7 @@ fn decide(
     match decision {
         Ok(decision) if decision.allowed => admit(shared, principal, Some(decision)),
         Ok(decision) => {
-            let mut response =
-                shared.reject(Rejection::RateLimitExceeded, Some(id), Some(id), headers);
+            let mut response = shared.reject_limited(decision.refused_by.as_deref(), id, headers);
             decision.write_headers(response.headers_mut());
             reply(response)
         }
@@ -338,6 +354,7 @@ where
                         now: shared.clock.now(),
                         headers: request.headers(),
                         extensions: request.extensions(),
+                        path: request.uri().path(),
                     };
                     let verdict = authorize(&shared, attempt);
                     Self::after_verdict(verdict, shared, request, inner).state

@@ -11,7 +11,7 @@ use crate::cache::{CacheConfig, CacheStats, KeyCache};
 use crate::clock::{Clock, SystemClock};
 use crate::extract::{HideCredentials, KeySource};
 use crate::key::{Environment, InvalidPrefix, KeyFormat};
-use crate::limit::{LimitRules, Limiter, Limits, MemoryLimiter};
+use crate::limit::{Costs, InvalidLimit, LimitRules, Limiter, Limits, MemoryLimiter};
 use crate::network::TrustedProxies;
 use crate::principal::{Anonymous, Authority};
 use crate::reject::{JsonRejection, RejectionResponder, Rejections};
@@ -94,6 +94,7 @@ impl ApiKeyLayer {
             hide: HideCredentials::default(),
             anonymous: false,
             proxies: None,
+            costs: None,
         }
     }
 
@@ -185,6 +186,7 @@ pub struct ApiKeyLayerBuilder {
     hide: HideCredentials,
     anonymous: bool,
     proxies: Option<TrustedProxies>,
+    costs: Option<Costs>,
 }
 
 impl fmt::Debug for ApiKeyLayerBuilder {
@@ -271,6 +273,12 @@ impl ApiKeyLayerBuilder {
     /// connection's peer is the client.
     pub fn trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
         self.proxies = Some(proxies);
+        self
+    }
+
+    /// What requests cost against their keys' limits, by path; default 1 each (see [`Costs`]).
+    pub fn costs(mut self, costs: Costs) -> Self {
+        self.costs = Some(costs);
         self
     }
 
@@ -390,9 +398,19 @@ impl ApiKeyLayerBuilder {
     ///
     /// # Errors
     /// A [`ConfigError`] naming what is wrong: the prefix, no sources, an `Authorization` scheme
-    /// that is not an HTTP token, or a realm with `"`, `\` or a control character.
+    /// that is not an HTTP token, a realm with `"`, `\` or a control character, or limits with
+    /// two named limits of one name.
     pub fn build(self) -> Result<ApiKeyLayer, ConfigError> {
         let format = KeyFormat::new(&self.prefix).map_err(ConfigError::InvalidPrefix)?;
+        let rules = &self.rules;
+        for limits in rules
+            .plans
+            .iter()
+            .map(|(_, limits)| limits)
+            .chain([&rules.default, &rules.test_cap])
+        {
+            limits.validate().map_err(ConfigError::InvalidLimits)?;
+        }
         if self.sources.is_empty() {
             return Err(ConfigError::NoSources);
         }
@@ -443,7 +461,7 @@ impl ApiKeyLayerBuilder {
         let clock = self.clock;
         let limiter = self
             .limiter
-            .unwrap_or_else(|| Arc::new(MemoryLimiter::with_clock(clock.clone())));
+            .unwrap_or_else(|| Arc::new(MemoryLimiter::new()));
         Ok(ApiKeyLayer {
             shared: Arc::new(Shared {
                 reading: KeyReading {
@@ -456,6 +474,7 @@ impl ApiKeyLayerBuilder {
                 cache,
                 anonymous: self.anonymous.then(|| Anonymous(Arc::clone(&authority))),
                 proxies: self.proxies,
+                costs: self.costs,
                 authority,
                 limiter,
                 usage: self.usage,
@@ -477,6 +496,8 @@ pub enum ConfigError {
     InvalidScheme(String),
     /// A realm with `"`, `\` or a control character.
     InvalidRealm,
+    /// A plan's (or the default, or the test) limits are malformed.
+    InvalidLimits(InvalidLimit),
 }
 
 impl fmt::Display for ConfigError {
@@ -490,6 +511,7 @@ impl fmt::Display for ConfigError {
             ConfigError::InvalidRealm => {
                 f.write_str("the realm must be visible ASCII or spaces, without `\"` or `\\`")
             }
+            ConfigError::InvalidLimits(e) => e.fmt(f),
         }
     }
 }

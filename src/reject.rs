@@ -62,6 +62,14 @@ pub use crate::rejection::Rejection;
 pub trait RejectionResponder: Send + Sync + 'static {
     /// The response for `rejection` of a request with `request_headers`.
     fn respond(&self, rejection: &Rejection, request_headers: &HeaderMap) -> Response<Bytes>;
+
+    /// The response for a request over its key's limit named `limit` (`minute`, `day`, `month`
+    /// or a [named limit](crate::limit::NamedLimit)'s name): `RATE_LIMIT_EXCEEDED`. By default,
+    /// [`respond`](Self::respond)'s; [`JsonRejection`] names the limit in its body.
+    fn respond_over_limit(&self, limit: &str, request_headers: &HeaderMap) -> Response<Bytes> {
+        let _ = limit;
+        self.respond(&Rejection::RateLimitExceeded, request_headers)
+    }
 }
 
 impl<F> RejectionResponder for F
@@ -79,13 +87,39 @@ pub struct JsonRejection;
 
 impl RejectionResponder for JsonRejection {
     fn respond(&self, rejection: &Rejection, _request_headers: &HeaderMap) -> Response<Bytes> {
-        let mut response = Response::new(Bytes::from(rejection.json_body()));
-        *response.status_mut() = rejection.status();
-        response
-            .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        response
+        json_response(*rejection, rejection.json_body())
     }
+
+    /// The reference's body with the limit that was hit:
+    /// `{"error": "Rate limit exceeded", "code": "RATE_LIMIT_EXCEEDED", "status": 429,
+    /// "limit": "burst"}`.
+    fn respond_over_limit(&self, limit: &str, _request_headers: &HeaderMap) -> Response<Bytes> {
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            error: &'static str,
+            code: &'static str,
+            status: u16,
+            limit: &'a str,
+        }
+        let rejection = Rejection::RateLimitExceeded;
+        let body = serde_json::to_string(&Body {
+            error: rejection.message(),
+            code: rejection.code(),
+            status: rejection.status().as_u16(),
+            limit,
+        })
+        .expect("serialising four plain fields cannot fail");
+        json_response(rejection, body)
+    }
+}
+
+fn json_response(rejection: Rejection, body: String) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from(body));
+    *response.status_mut() = rejection.status();
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 /// `Cache-Control: no-store`, unless the response says otherwise: a refusal depends on the key,
@@ -128,6 +162,32 @@ impl Rejections {
         rejection: Rejection,
         request_headers: &HeaderMap,
     ) -> Response<Bytes> {
+        self.answer(rejection, request_headers, |responder| {
+            responder.respond(&rejection, request_headers)
+        })
+    }
+
+    /// The 429 for a request over the limit named `limit`, if the limiter named it.
+    pub(crate) fn response_over_limit(
+        &self,
+        limit: Option<&str>,
+        request_headers: &HeaderMap,
+    ) -> Response<Bytes> {
+        let rejection = Rejection::RateLimitExceeded;
+        self.answer(rejection, request_headers, |responder| match limit {
+            Some(limit) => responder.respond_over_limit(limit, request_headers),
+            None => responder.respond(&rejection, request_headers),
+        })
+    }
+
+    /// The answer to `rejection`: a gRPC one for a gRPC request, else what `respond` builds
+    /// with the responder; then the headers every rejection gets.
+    fn answer(
+        &self,
+        rejection: Rejection,
+        request_headers: &HeaderMap,
+        respond: impl FnOnce(&dyn RejectionResponder) -> Response<Bytes>,
+    ) -> Response<Bytes> {
         #[cfg(feature = "tonic")]
         if let Some(protocol) = crate::grpc::protocol(request_headers) {
             let mut response = crate::grpc::response(rejection, protocol);
@@ -135,7 +195,9 @@ impl Rejections {
             response.extensions_mut().insert(rejection);
             return response;
         }
-        let mut response = self.responder.respond(&rejection, request_headers);
+        #[cfg(not(feature = "tonic"))]
+        let _ = request_headers;
+        let mut response = respond(&*self.responder);
         let status = response.status();
         let headers = response.headers_mut();
         no_store(headers);

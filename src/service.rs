@@ -106,6 +106,7 @@ where
                     now,
                     headers: request.headers(),
                     extensions: request.extensions(),
+                    path: request.uri().path(),
                 },
             )
         });

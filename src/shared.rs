@@ -11,7 +11,7 @@ use http::{HeaderMap, Response};
 
 use crate::cache::KeyCache;
 use crate::clock::Clock;
-use crate::limit::Limiter;
+use crate::limit::{Costs, Limiter};
 use crate::network::TrustedProxies;
 use crate::principal::{Anonymous, Authority};
 use crate::reject::Rejection;
@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) usage: Option<Arc<dyn UsageSink>>,
     /// Answering: the scope hierarchy and the rejections, shared with every principal.
     pub(crate) authority: Arc<Authority>,
+    /// What requests cost, by path, if not 1 each.
+    pub(crate) costs: Option<Costs>,
     /// The proxies whose forwarding header gives the client's address, if any.
     pub(crate) proxies: Option<TrustedProxies>,
     /// Set when requests without a key go on as anonymous: the mark they get.
@@ -65,6 +67,23 @@ impl Shared {
         self.authority
             .rejections
             .response(rejection, request_headers)
+    }
+}
+
+impl Shared {
+    /// The 429 for a request over the limit named `limit` (if the limiter said), of key `id`.
+    pub(crate) fn reject_limited(
+        &self,
+        limit: Option<&str>,
+        id: &str,
+        request_headers: &HeaderMap,
+    ) -> Response<Bytes> {
+        let rejection = Rejection::RateLimitExceeded;
+        trace::rejected(Some(id), rejection);
+        self.record(Some(id), Outcome::Rejected(rejection), None);
+        self.authority
+            .rejections
+            .response_over_limit(limit, request_headers)
     }
 }
 

@@ -119,21 +119,20 @@ async fn a_limit_of_n_admits_exactly_n_under_concurrency() {
 
 #[test]
 fn the_memory_limiter_is_exact_with_threads_on_both_cores() {
-    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(START));
-    let limiter = Arc::new(MemoryLimiter::with_clock(Arc::new(clock.clone())));
+    // An hour before midnight: the minute after is the same day.
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(START - 3600));
+    let limiter = Arc::new(MemoryLimiter::new());
     let limits = Limits::per_minute(1000).daily(1500);
-    let run = |limiter: Arc<MemoryLimiter>| {
+    let run = |limiter: Arc<MemoryLimiter>, now: std::time::SystemTime| {
         let threads: Vec<_> = (0..8)
             .map(|_| {
-                let limiter = limiter.clone();
+                let (limiter, limits) = (limiter.clone(), limits.clone());
                 std::thread::spawn(move || {
                     (0..2000)
-                        .filter(
-                            |_| match limiter.check("key:x", &limits, clock_now(START)) {
-                                LimitCheck::Ready(Ok(decision)) => decision.allowed,
-                                _ => panic!("the memory limiter decides at once"),
-                            },
-                        )
+                        .filter(|_| match limiter.check("key:x", &limits, 1, now) {
+                            LimitCheck::Ready(Ok(decision)) => decision.allowed,
+                            _ => panic!("the memory limiter decides at once"),
+                        })
                         .count()
                 })
             })
@@ -143,14 +142,15 @@ fn the_memory_limiter_is_exact_with_threads_on_both_cores() {
             .map(|t| t.join().unwrap())
             .sum::<usize>()
     };
-    assert_eq!(run(limiter.clone()), 1000, "the burst, exactly");
+    use tower_api_key::clock::Clock;
+    assert_eq!(
+        run(limiter.clone(), clock.now()),
+        1000,
+        "the burst, exactly"
+    );
     clock.advance(Duration::from_secs(60));
     // The burst is back, but the day has only 500 left.
-    assert_eq!(run(limiter), 500, "the daily quota, exactly");
-}
-
-fn clock_now(secs: u64) -> std::time::SystemTime {
-    UNIX_EPOCH + Duration::from_secs(secs)
+    assert_eq!(run(limiter, clock.now()), 500, "the daily quota, exactly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,7 +206,7 @@ async fn quotas_reset_at_utc_midnight_and_at_the_month_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_429_has_the_reference_body_and_the_ietf_headers() {
+async fn a_429_has_the_reference_body_naming_the_limit_and_the_ietf_headers() {
     let f = Fixture::new().await;
     let key = f.key(Environment::Live, Some(Limits::FREE)).await;
     let reply = f.get(&key).await;
@@ -224,12 +224,20 @@ async fn a_429_has_the_reference_body_and_the_ietf_headers() {
     let reply = f.get(&key).await;
     assert_eq!(
         reply.body,
-        r#"{"error":"Rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","status":429}"#
+        r#"{"error":"Rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","status":429,"limit":"minute"}"#,
+        "the reference's three fields, then the limit that was hit"
     );
     assert_eq!(reply.headers["content-type"], "application/json");
     assert_eq!(reply.headers["retry-after"], "1");
-    assert_eq!(reply.headers["ratelimit"], "\"minute\";r=0;t=1");
-    assert_eq!(reply.headers["ratelimit-policy"], "\"minute\";q=100;w=60");
+    assert_eq!(
+        reply.headers["ratelimit"],
+        "\"minute\";r=0;t=1, \"day\";r=9900;t=60, \"month\";r=99900;t=691260",
+        "the refusal spent nothing"
+    );
+    assert_eq!(
+        reply.headers["ratelimit-policy"],
+        "\"minute\";q=100;w=60, \"day\";q=10000;w=86400, \"month\";q=100000;w=2592000"
+    );
     assert_eq!(
         f.usage.key(&key.record.id).unwrap().outcomes["ok"],
         calls_before,
@@ -261,7 +269,7 @@ async fn limits_shared_by_owner_count_every_key_of_the_owner() {
     let shared = Limits::per_minute(4).shared_by_owner();
     let mut keys = Vec::new();
     for _ in 0..2 {
-        let mut created = f.key(Environment::Live, Some(shared)).await;
+        let mut created = f.key(Environment::Live, Some(shared.clone())).await;
         created.record.owner = Some("acme".into());
         f.store.keys.delete(&created.record.id).await.unwrap();
         f.store.keys.create(created.record.clone()).await.unwrap();
@@ -280,7 +288,7 @@ async fn an_owners_keys_share_one_bucket_whatever_their_environments_or_plans() 
     // live key with other limits, all of one owner.
     let mut keys = Vec::new();
     for (environment, limits) in [
-        (Environment::Live, shared),
+        (Environment::Live, shared.clone()),
         (Environment::Test, shared),
         (
             Environment::Live,
@@ -320,7 +328,11 @@ async fn environments_test_keys_are_capped_and_dev_keys_need_enabling() {
     let test = f.key(Environment::Test, Some(Limits::PRO)).await;
     assert_eq!(f.admitted(&test, 70).await, 60, "the test cap of 60/min");
     let reply = f.get(&test).await;
-    assert_eq!(reply.headers["ratelimit-policy"], "\"minute\";q=60;w=60");
+    assert_eq!(
+        reply.headers["ratelimit-policy"],
+        "\"minute\";q=60;w=60, \"day\";q=1000;w=86400, \"month\";q=1000000;w=2592000",
+        "every limit, the stricter of the key's and the test cap"
+    );
 
     let production = Fixture::with(|b| b.environments([Environment::Live])).await;
     let test = production.key(Environment::Test, None).await;

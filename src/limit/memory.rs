@@ -1,31 +1,28 @@
-//! The in-process limiter: GCRA from `governor` per bucket, atomic quota counters, idle buckets
-//! dropped.
+//! The in-process limiter: per bucket, every smooth rate limit (GCRA) and both quota counters
+//! behind one small lock, checked all or nothing; idle buckets dropped.
 
 use std::fmt;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
-use governor::clock::Clock as GovernorClock;
-use governor::middleware::StateInformationMiddleware;
-use governor::nanos::Nanos;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::Quota;
 
-use super::{Decision, LimitCheck, LimitStatus, Limiter, Limits, Window};
-use crate::clock::{unix_seconds, Clock, SystemClock};
+use super::{Decision, LimitCheck, LimitStatus, Limiter, Limits, Rate, Window};
+use crate::clock::unix_seconds;
 
 /// Buckets are swept for idle ones once every this many checks.
 const SWEEP_EVERY: u64 = 4096;
 
 /// Rate limits and quotas counted in this process's memory.
 ///
-/// Each bucket (a key, or an owner's keys) has its own GCRA state from the `governor` crate,
-/// updated with one atomic compare-and-swap, so a limit of N admits exactly N however many threads
-/// race; quota counters are atomic too. A bucket is dropped once it is idle long enough to be as
-/// good as new (its burst refilled, its quota windows over), so memory follows the keys in use.
+/// Each bucket (a key, or an owner's keys) keeps its limits' state behind one lock of its own,
+/// held for a few comparisons: a request is checked against every limit and counted in all of
+/// them or, refused, in none, so a limit of N admits exactly N however many threads race, and a
+/// refusal by one limit never spends another. (The `governor` crate, used here before, checks one
+/// limit at a time and cannot check without consuming; named limits and costs need both.) A
+/// bucket is dropped once it is idle long enough to be as good as new (its bursts refilled, its
+/// quota windows over), so memory follows the keys in use.
 ///
 /// Every replica counts on its own: N replicas admit up to N times a limit. Use a shared limiter
 /// for one limit across replicas.
@@ -41,15 +38,14 @@ const SWEEP_EVERY: u64 = 4096;
 ///     _ => unreachable!("the memory limiter decides at once"),
 /// };
 /// let now = SystemTime::now();
-/// assert!(allowed(limiter.check("key:a", &limits, now)));
-/// assert!(allowed(limiter.check("key:a", &limits, now)));
-/// assert!(!allowed(limiter.check("key:a", &limits, now)));
-/// assert!(allowed(limiter.check("key:b", &limits, now)), "buckets are apart");
+/// assert!(allowed(limiter.check("key:a", &limits, 1, now)));
+/// assert!(allowed(limiter.check("key:a", &limits, 1, now)));
+/// assert!(!allowed(limiter.check("key:a", &limits, 1, now)));
+/// assert!(allowed(limiter.check("key:b", &limits, 1, now)), "buckets are apart");
 /// ```
 pub struct MemoryLimiter {
     buckets: DashMap<Box<str>, Arc<Bucket>>,
     checks: AtomicU64,
-    clock: WallClock,
 }
 
 impl fmt::Debug for MemoryLimiter {
@@ -67,18 +63,11 @@ impl Default for MemoryLimiter {
 }
 
 impl MemoryLimiter {
-    /// A limiter on the system clock.
+    /// An empty limiter. Time is what each [`check`](Limiter::check) is given: the layer's clock.
     pub fn new() -> Self {
-        MemoryLimiter::with_clock(Arc::new(SystemClock))
-    }
-
-    /// A limiter whose rate limits follow `clock` (the layer gives its own clock to its default
-    /// limiter, so tests can move time).
-    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         MemoryLimiter {
             buckets: DashMap::new(),
             checks: AtomicU64::new(0),
-            clock: WallClock(clock),
         }
     }
 
@@ -96,10 +85,11 @@ impl MemoryLimiter {
     /// plan) starts over. A bucket shared by an owner's keys takes the stricter of each limit of
     /// every key that used it, and keeps its counts: alternating between keys with different
     /// limits can never reset it.
-    fn bucket(&self, name: &str, limits: &Limits) -> Arc<Bucket> {
+    fn bucket(&self, name: &str, limits: &Limits, now: u64) -> Arc<Bucket> {
         if let Some(bucket) = self.buckets.get(name) {
             if bucket.limits == *limits
-                || (limits.shared_by_owner && bucket.limits == bucket.limits.capped_by(*limits))
+                || (limits.shared_by_owner
+                    && bucket.limits == bucket.limits.clone().capped_by(limits))
             {
                 return bucket.clone();
             }
@@ -107,12 +97,12 @@ impl MemoryLimiter {
         let mut entry = self
             .buckets
             .entry(name.into())
-            .or_insert_with(|| Arc::new(Bucket::new(*limits, self.clock.clone())));
+            .or_insert_with(|| Arc::new(Bucket::new(limits.clone())));
         if entry.limits != *limits {
             *entry = if limits.shared_by_owner {
-                Arc::new(entry.stricter(*limits, self.clock.clone()))
+                Arc::new(entry.stricter(limits, now))
             } else {
-                Arc::new(Bucket::new(*limits, self.clock.clone()))
+                Arc::new(Bucket::new(limits.clone()))
             };
         }
         entry.clone()
@@ -125,221 +115,207 @@ impl MemoryLimiter {
 }
 
 impl Limiter for MemoryLimiter {
-    fn check(&self, bucket: &str, limits: &Limits, now: SystemTime) -> LimitCheck {
+    fn check(&self, bucket: &str, limits: &Limits, cost: u32, now: SystemTime) -> LimitCheck {
         let secs = unix_seconds(now);
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             self.sweep(secs);
         }
-        let bucket = self.bucket(bucket, limits);
-        LimitCheck::Ready(Ok(bucket.count(secs, &self.clock)))
+        let bucket = self.bucket(bucket, limits, nanos_of(now));
+        LimitCheck::Ready(Ok(bucket.count(now, cost)))
     }
 }
 
-type Gcra = governor::RateLimiter<NotKeyed, InMemoryState, WallClock, StateInformationMiddleware>;
-
 struct Bucket {
     limits: Limits,
-    gcra: Option<Arc<Gcra>>,
-    /// Seconds a burst takes to refill completely.
+    rates: Box<[Rate]>,
+    /// The quotas: limit, window, and the name in statuses.
+    quotas: Box<[(u32, Window, Arc<str>)]>,
+    /// Seconds the slowest burst takes to refill completely.
     refill: u64,
-    day: AtomicU64,
-    month: AtomicU64,
+    state: Mutex<State>,
     last_seen: AtomicU64,
 }
 
+/// What a bucket counts: per rate, its theoretical arrival time (nanoseconds since 1970); per
+/// quota, its window's index and the count in it.
+#[derive(Clone, Default)]
+struct State {
+    tats: Vec<u64>,
+    counts: Vec<(u32, u64)>,
+}
+
 impl Bucket {
-    fn new(limits: Limits, clock: WallClock) -> Self {
-        let rate = limits.per_minute.and_then(NonZeroU32::new);
-        let burst = limits.effective_burst().and_then(NonZeroU32::new);
-        let gcra = rate.zip(burst).map(|(rate, burst)| {
-            governor::RateLimiter::direct_with_clock(
-                Quota::per_minute(rate).allow_burst(burst),
-                clock,
-            )
-            .with_middleware::<StateInformationMiddleware>()
-        });
-        let gcra = gcra.map(Arc::new);
-        let refill = match (rate, burst) {
-            (Some(rate), Some(burst)) => {
-                (60 * u64::from(burst.get())).div_ceil(u64::from(rate.get()))
-            }
-            _ => 60,
+    fn new(limits: Limits) -> Self {
+        let rates: Box<[Rate]> = limits.rates().into();
+        let quotas: Box<[(u32, Window, Arc<str>)]> = [
+            (limits.daily, Window::Day, "day"),
+            (limits.monthly, Window::Month, "month"),
+        ]
+        .into_iter()
+        .filter_map(|(quota, window, name)| quota.map(|q| (q, window, Arc::from(name))))
+        .collect();
+        let refill = rates.iter().map(Rate::refill_seconds).max().unwrap_or(60);
+        let state = State {
+            tats: vec![0; rates.len()],
+            counts: vec![(0, 0); quotas.len()],
         };
         Bucket {
             limits,
-            gcra,
+            rates,
+            quotas,
             refill,
-            day: AtomicU64::new(0),
-            month: AtomicU64::new(0),
+            state: Mutex::new(state),
             last_seen: AtomicU64::new(0),
         }
     }
 
-    /// This bucket under the stricter of its limits and `limits`, with its counts: the rate
-    /// state too, unless the rate or burst changed.
-    fn stricter(&self, limits: Limits, clock: WallClock) -> Bucket {
-        let merged = self.limits.capped_by(limits);
-        let mut bucket = Bucket::new(merged, clock);
-        if (merged.per_minute, merged.effective_burst())
-            == (self.limits.per_minute, self.limits.effective_burst())
+    /// This bucket under the stricter of its limits and `limits`, with its counts: what a rate
+    /// had used at `now` (in requests) is used of the same name's stricter rate.
+    fn stricter(&self, limits: &Limits, now: u64) -> Bucket {
+        let bucket = Bucket::new(self.limits.clone().capped_by(limits));
+        let old = self.lock().clone();
         {
-            bucket.gcra.clone_from(&self.gcra);
-        }
-        for (to, from) in [
-            (&bucket.day, &self.day),
-            (&bucket.month, &self.month),
-            (&bucket.last_seen, &self.last_seen),
-        ] {
-            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+            let mut state = bucket.lock();
+            for (i, rate) in bucket.rates.iter().enumerate() {
+                if let Some(j) = self.rates.iter().position(|r| r.name == rate.name) {
+                    let was = &self.rates[j];
+                    let used = match was.interval {
+                        0 => 0,
+                        interval => old.tats[j].saturating_sub(now).div_ceil(interval),
+                    };
+                    state.tats[i] = now.saturating_add(used.saturating_mul(rate.interval));
+                }
+            }
+            for (i, (_, window, _)) in bucket.quotas.iter().enumerate() {
+                if let Some(j) = self.quotas.iter().position(|(_, w, _)| w == window) {
+                    state.counts[i] = old.counts[j];
+                }
+            }
         }
         bucket
+            .last_seen
+            .store(self.last_seen.load(Ordering::Relaxed), Ordering::Relaxed);
+        bucket
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is written only once every check passed: a panic cannot leave it half done.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn is_fresh(&self, secs: u64) -> bool {
         let last = self.last_seen.load(Ordering::Relaxed);
-        let window_over =
-            |quota: Option<u32>, w: Window| quota.is_none() || w.index(last) < w.index(secs);
         last + self.refill < secs
-            && window_over(self.limits.daily, Window::Day)
-            && window_over(self.limits.monthly, Window::Month)
+            && self
+                .quotas
+                .iter()
+                .all(|(_, window, _)| window.index(last) < window.index(secs))
     }
 
-    fn count(&self, secs: u64, clock: &WallClock) -> Decision {
+    fn count(&self, now: SystemTime, cost: u32) -> Decision {
+        let secs = unix_seconds(now);
+        let nanos = nanos_of(now);
         self.last_seen.fetch_max(secs, Ordering::Relaxed);
-        let mut statuses = Vec::with_capacity(3);
-        if let Some(rate) = self.limits.per_minute {
-            let burst = self.limits.effective_burst().unwrap_or(rate);
-            let per_request = 60.0 / f64::from(rate.max(1));
-            let refused = |wait: Duration| LimitStatus {
-                policy: "minute",
-                quota: rate,
-                window: 60,
-                remaining: 0,
-                reset: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-            };
-            match &self.gcra {
-                Some(gcra) => match gcra.check() {
-                    Ok(snapshot) => {
-                        let remaining = snapshot.remaining_burst_capacity();
-                        let missing = f64::from(burst.saturating_sub(remaining));
-                        statuses.push(LimitStatus {
-                            policy: "minute",
-                            quota: rate,
-                            window: 60,
-                            remaining,
-                            reset: (missing * per_request).ceil() as u64,
-                        });
-                    }
-                    Err(not_until) => {
-                        let wait = not_until.wait_time_from(clock.now());
-                        return refuse(statuses, refused(wait), wait);
-                    }
-                },
-                // A limit of zero: nothing passes.
-                None => {
-                    return refuse(
-                        statuses,
-                        refused(Duration::from_secs(60)),
-                        Duration::from_secs(60),
-                    )
+        let need = u64::from(cost.max(1));
+        let mut state = self.lock();
+        let mut tats = Vec::with_capacity(self.rates.len());
+        for (i, rate) in self.rates.iter().enumerate() {
+            match rate.check(state.tats[i], nanos, cost) {
+                Ok(tat) => tats.push(tat),
+                Err(wait) => {
+                    let statuses = self.statuses(&state, nanos, secs, Some((i, wait)));
+                    let wait = Duration::from_nanos(wait);
+                    return refuse(statuses, Arc::clone(&rate.name), wait);
                 }
             }
         }
-        let quotas = [
-            (self.limits.daily, Window::Day, &self.day, "day"),
-            (self.limits.monthly, Window::Month, &self.month, "month"),
-        ];
-        let mut counted: Vec<(&AtomicU64, u32)> = Vec::new();
-        for (quota, window, counter, policy) in quotas {
-            let Some(quota) = quota else { continue };
+        let mut counts = Vec::with_capacity(self.quotas.len());
+        for (i, (quota, window, name)) in self.quotas.iter().enumerate() {
             let index = window.index(secs);
-            let reset = window.seconds_left(secs);
-            let status = |remaining| LimitStatus {
-                policy,
-                quota,
-                window: window.length(secs),
-                remaining,
-                reset,
+            let (stored, count) = state.counts[i];
+            // A stored window newer than ours (the clock stepped back) keeps its count.
+            let (index, count) = if stored >= index {
+                (stored, count)
+            } else {
+                (index, 0)
             };
-            match increment(counter, index, quota) {
-                Some(count) => {
-                    counted.push((counter, index));
-                    statuses.push(status(quota - count));
-                }
-                None => {
-                    for (counter, index) in counted {
-                        decrement(counter, index);
-                    }
-                    let wait = Duration::from_secs(reset);
-                    return refuse(statuses, status(0), wait);
-                }
+            if count + need > u64::from(*quota) {
+                let at = self.rates.len() + i;
+                let wait = window.seconds_left(secs);
+                let statuses = self.statuses(&state, nanos, secs, Some((at, wait * 1_000_000_000)));
+                return refuse(statuses, Arc::clone(name), Duration::from_secs(wait));
             }
+            counts.push((index, count + u64::from(cost)));
         }
+        state.tats = tats;
+        state.counts = counts;
         Decision {
             allowed: true,
             retry_after: None,
-            limits: statuses,
+            limits: self.statuses(&state, nanos, secs, None),
+            refused_by: None,
         }
+    }
+
+    /// Every limit's status in `state`; the one at `refused` (rates first, then quotas) is
+    /// reported as refused with its wait in nanoseconds.
+    fn statuses(
+        &self,
+        state: &State,
+        nanos: u64,
+        secs: u64,
+        refused: Option<(usize, u64)>,
+    ) -> Vec<LimitStatus> {
+        let wait_of = |at: usize| refused.and_then(|(i, wait)| (i == at).then_some(wait));
+        let mut statuses: Vec<LimitStatus> = self
+            .rates
+            .iter()
+            .enumerate()
+            .map(|(i, rate)| rate.status(state.tats[i], nanos, wait_of(i)))
+            .collect();
+        for (i, (quota, window, name)) in self.quotas.iter().enumerate() {
+            let (index, count) = state.counts[i];
+            let used = if index == window.index(secs) {
+                count
+            } else {
+                0
+            };
+            let refused_here = wait_of(self.rates.len() + i).is_some();
+            statuses.push(LimitStatus {
+                policy: Arc::clone(name),
+                quota: *quota,
+                window: window.length(secs),
+                remaining: if refused_here {
+                    0
+                } else {
+                    u32::try_from(u64::from(*quota).saturating_sub(used)).unwrap_or(u32::MAX)
+                },
+                reset: window.seconds_left(secs),
+            });
+        }
+        statuses
     }
 }
 
-fn refuse(mut statuses: Vec<LimitStatus>, failed: LimitStatus, wait: Duration) -> Decision {
-    statuses.push(failed);
+/// Nanoseconds since 1970 (0 before).
+fn nanos_of(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn refuse(statuses: Vec<LimitStatus>, by: Arc<str>, wait: Duration) -> Decision {
     Decision {
         allowed: false,
         retry_after: Some(wait.max(Duration::from_secs(1))),
         limits: statuses,
-    }
-}
-
-/// Counts one request in window `index` unless `quota` is reached; returns the new count.
-/// The counter packs the window in its high half and the count in its low half.
-fn increment(counter: &AtomicU64, index: u32, quota: u32) -> Option<u32> {
-    let mut current = counter.load(Ordering::Acquire);
-    loop {
-        let (window, count) = ((current >> 32) as u32, current as u32);
-        // A stored window newer than ours (the clock stepped back) keeps its count.
-        let (window, count) = if window >= index {
-            (window, count)
-        } else {
-            (index, 0)
-        };
-        if count >= quota {
-            return None;
-        }
-        let next = (u64::from(window) << 32) | u64::from(count + 1);
-        match counter.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return Some(count + 1),
-            Err(actual) => current = actual,
-        }
-    }
-}
-
-/// Takes back one request counted in window `index`, if that window is still the counter's.
-fn decrement(counter: &AtomicU64, index: u32) {
-    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
-        let (window, count) = ((current >> 32) as u32, current as u32);
-        (window == index && count > 0).then(|| current - 1)
-    });
-}
-
-/// The layer's clock as `governor` sees it: nanoseconds since 1970.
-#[derive(Clone)]
-struct WallClock(Arc<dyn Clock>);
-
-impl GovernorClock for WallClock {
-    type Instant = Nanos;
-
-    fn now(&self) -> Nanos {
-        let since = self.0.now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        Nanos::from(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+        refused_by: Some(by),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::clock::{Clock, ManualClock};
 
     fn decide(
         limiter: &MemoryLimiter,
@@ -347,7 +323,7 @@ mod tests {
         limits: &Limits,
         clock: &ManualClock,
     ) -> Decision {
-        match limiter.check(bucket, limits, clock.now()) {
+        match limiter.check(bucket, limits, 1, clock.now()) {
             LimitCheck::Ready(Ok(decision)) => decision,
             _ => unreachable!(),
         }
@@ -356,7 +332,7 @@ mod tests {
     fn setup() -> (MemoryLimiter, ManualClock) {
         // 2026-11-22 23:59:00 UTC
         let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(20_779 * 86_400 + 86_340));
-        (MemoryLimiter::with_clock(Arc::new(clock.clone())), clock)
+        (MemoryLimiter::new(), clock)
     }
 
     #[test]
@@ -397,7 +373,8 @@ mod tests {
         assert!(decide(&limiter, "k", &limits, &clock).allowed);
         let refused = decide(&limiter, "k", &limits, &clock);
         assert!(!refused.allowed, "the month's 5 are used");
-        assert_eq!(refused.limits.last().unwrap().policy, "month");
+        assert_eq!(&*refused.limits.last().unwrap().policy, "month");
+        assert_eq!(refused.refused_by.as_deref(), Some("month"));
         // The day counter was given back: the refusal did not spend a daily request.
         clock.advance(Duration::from_secs(8 * 86_400)); // 2026-12-01
         for _ in 0..3 {
@@ -441,6 +418,100 @@ mod tests {
         clock.advance(Duration::from_secs(12 * 3600));
         limiter.sweep(unix_seconds(clock.now()));
         assert!(limiter.is_empty());
+    }
+
+    fn check(limiter: &MemoryLimiter, limits: &Limits, cost: u32, clock: &ManualClock) -> Decision {
+        match limiter.check("k", limits, cost, clock.now()) {
+            LimitCheck::Ready(Ok(decision)) => decision,
+            _ => unreachable!(),
+        }
+    }
+
+    fn named(name: &str, limit: u32, window: u64) -> super::super::NamedLimit {
+        super::super::NamedLimit::new(name, limit, window).unwrap()
+    }
+
+    #[test]
+    fn every_named_limit_is_enforced_and_a_refusal_spends_none() {
+        let (limiter, clock) = setup();
+        let limits = Limits::UNLIMITED
+            .with(named("burst", 3, 1))
+            .with(named("hour", 5, 3600))
+            .daily(100);
+        for _ in 0..3 {
+            assert!(check(&limiter, &limits, 1, &clock).allowed);
+        }
+        let refused = check(&limiter, &limits, 1, &clock);
+        assert_eq!(refused.refused_by.as_deref(), Some("burst"));
+        let (policy, state) = refused.headers();
+        assert_eq!(
+            policy,
+            "\"burst\";q=3;w=1, \"hour\";q=5;w=3600, \"day\";q=100;w=86400"
+        );
+        assert!(
+            state.starts_with("\"burst\";r=0;t=1, \"hour\";r=2;"),
+            "{state}"
+        );
+        assert!(
+            state.ends_with("\"day\";r=97;t=60"),
+            "the refusal spent no day quota: {state}"
+        );
+        clock.advance(Duration::from_secs(1));
+        assert!(
+            check(&limiter, &limits, 2, &clock).allowed,
+            "the burst is back; 2 of the hour's 5 left"
+        );
+        let refused = check(&limiter, &limits, 1, &clock);
+        assert_eq!(refused.refused_by.as_deref(), Some("hour"));
+        // The burst's one remaining request was not spent by the hour's refusal.
+        assert_eq!(refused.limits[0].remaining, 1);
+    }
+
+    #[test]
+    fn a_cost_counts_that_many_and_a_cost_of_zero_counts_none() {
+        let (limiter, clock) = setup();
+        let limits = Limits::UNLIMITED.with(named("burst", 10, 1)).daily(12);
+        assert!(check(&limiter, &limits, 7, &clock).allowed);
+        let free = check(&limiter, &limits, 0, &clock);
+        assert!(free.allowed);
+        assert_eq!(free.limits[0].remaining, 3, "nothing consumed");
+        assert_eq!(free.limits[1].remaining, 5, "nothing consumed");
+        assert_eq!(
+            check(&limiter, &limits, 4, &clock).refused_by.as_deref(),
+            Some("burst")
+        );
+        assert!(check(&limiter, &limits, 3, &clock).allowed);
+        let exhausted = check(&limiter, &limits, 0, &clock);
+        assert_eq!(
+            exhausted.refused_by.as_deref(),
+            Some("burst"),
+            "0 is refused once spent"
+        );
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            check(&limiter, &limits, 3, &clock).refused_by.as_deref(),
+            Some("day")
+        );
+        assert!(
+            check(&limiter, &limits, 2, &clock).allowed,
+            "the day's last 2"
+        );
+    }
+
+    #[test]
+    fn an_owner_bucket_takes_the_stricter_named_limit_and_keeps_its_counts() {
+        let (limiter, clock) = setup();
+        let loose = Limits::UNLIMITED
+            .with(named("burst", 4, 1))
+            .shared_by_owner();
+        let strict = Limits::UNLIMITED
+            .with(named("burst", 2, 1))
+            .shared_by_owner();
+        assert!(check(&limiter, &loose, 1, &clock).allowed);
+        assert!(check(&limiter, &strict, 1, &clock).allowed);
+        // Now 2 per second for both keys, and 2 were used.
+        assert!(!check(&limiter, &loose, 1, &clock).allowed);
+        assert!(!check(&limiter, &strict, 1, &clock).allowed);
     }
 
     #[test]

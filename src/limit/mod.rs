@@ -12,6 +12,12 @@
 //! RateLimit: "minute";r=99;t=1, "day";r=9999;t=43200
 //! ```
 //!
+//! A key (or plan) may also carry named limits, each a smooth limit of its own
+//! ([`NamedLimit`]: `"burst"` 10 per second, `"hour"` 2,000 per hour…), and every one is enforced;
+//! the headers and the 429 body name the limit that was hit. A request costs 1 unless the layer
+//! says otherwise for its path ([`Costs`]); a cost of 0 checks the limits without consuming
+//! them. A check is all or nothing: a refused request consumes no limit at all.
+//!
 //! Limits come from, in order: the key record's own `limits`, its `plan` looked up in the
 //! layer's plans (`free`, `pro`, `enterprise` are built in), the layer's default (unlimited).
 //! `test` keys are capped by the layer's test limits (60/min and 1,000/day by default); `dev`
@@ -28,6 +34,8 @@
 //! ```
 
 mod calendar;
+mod cost;
+mod gcra;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -35,15 +43,18 @@ mod redis;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+pub use cost::{Cost, Costs};
 pub use memory::MemoryLimiter;
 #[cfg(feature = "redis")]
 pub use redis::RedisLimiter;
 
 pub(crate) use calendar::Window;
+pub(crate) use gcra::Rate;
 
 /// What one key (or one owner's keys together) may use.
 ///
@@ -56,7 +67,7 @@ pub(crate) use calendar::Window;
 /// assert!(Limits::UNLIMITED.is_unlimited());
 /// assert_eq!(Limits::FREE, Limits::per_minute(100).daily(10_000).monthly(100_000));
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Limits {
     /// Requests per minute, smoothed; `None`: no rate limit.
@@ -78,7 +89,163 @@ pub struct Limits {
     /// bucket takes the stricter of each limit ([`MemoryLimiter`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared_by_owner: bool,
+    /// Limits of its own name, each enforced beside the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub named: Vec<NamedLimit>,
 }
+
+/// A limit with a name of its own: `limit` requests per `window` seconds, smooth (a burst of
+/// `limit` at once, then one request every `window / limit`), as `"burst"` 10 per second or
+/// `"hour"` 2,000 per hour. The name is what `RateLimit` headers and the 429 body call it.
+///
+/// ```
+/// use tower_api_key::limit::{Limits, NamedLimit};
+///
+/// let limits = Limits::UNLIMITED
+///     .with(NamedLimit::new("burst", 10, 1)?)
+///     .with(NamedLimit::new("hour", 2_000, 3_600)?);
+/// assert_eq!(limits.named.len(), 2);
+/// assert!(NamedLimit::new("Bad Name", 1, 1).is_err());
+/// assert!(NamedLimit::new("minute", 1, 60).is_err(), "the built-in names are taken");
+/// # Ok::<(), tower_api_key::limit::InvalidLimit>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawNamedLimit")]
+pub struct NamedLimit {
+    name: Box<str>,
+    limit: u32,
+    window: u64,
+}
+
+/// A named limit as stored, checked by [`NamedLimit::new`] when read.
+#[derive(Deserialize)]
+struct RawNamedLimit {
+    name: String,
+    limit: u32,
+    window: u64,
+}
+
+impl TryFrom<RawNamedLimit> for NamedLimit {
+    type Error = InvalidLimit;
+
+    fn try_from(raw: RawNamedLimit) -> Result<Self, InvalidLimit> {
+        NamedLimit::new(&raw.name, raw.limit, raw.window)
+    }
+}
+
+/// The longest window of a named limit: 31 days.
+pub const MAX_WINDOW_SECONDS: u64 = 31 * 86_400;
+
+impl NamedLimit {
+    /// `limit` requests per `window` seconds, called `name`.
+    ///
+    /// # Errors
+    /// [`InvalidLimit`] for a name that is not 1 to 32 of `a-z`, `0-9`, `_`, `-` (or is one of
+    /// the built-in `minute`, `day`, `month`), or a window that is not 1 s to 31 days.
+    pub fn new(name: &str, limit: u32, window: u64) -> Result<Self, InvalidLimit> {
+        let valid_name = (1..=32).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            && !["minute", "day", "month"].contains(&name);
+        if !valid_name {
+            return Err(InvalidLimit::Name(name.to_owned()));
+        }
+        if !(1..=MAX_WINDOW_SECONDS).contains(&window) {
+            return Err(InvalidLimit::Window(window));
+        }
+        Ok(NamedLimit {
+            name: name.into(),
+            limit,
+            window,
+        })
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Requests allowed per window (and at once).
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// The window, in seconds.
+    pub fn window(&self) -> u64 {
+        self.window
+    }
+}
+
+impl std::fmt::Display for NamedLimit {
+    /// `name=limit/windows`, as the command line tool takes it: `burst=10/1s`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}/{}s", self.name, self.limit, self.window)
+    }
+}
+
+impl std::str::FromStr for NamedLimit {
+    type Err = InvalidLimit;
+
+    /// `name=limit/window`, the window in seconds or with a unit: `burst=10/1s`,
+    /// `hour=2000/3600`, `day-writes=500/1d` (units `s`, `m`, `h`, `d`).
+    fn from_str(text: &str) -> Result<Self, InvalidLimit> {
+        let malformed = || InvalidLimit::Malformed(text.to_owned());
+        let (name, rest) = text.trim().split_once('=').ok_or_else(malformed)?;
+        let (limit, window) = rest.split_once('/').ok_or_else(malformed)?;
+        let limit: u32 = limit.trim().parse().map_err(|_| malformed())?;
+        let window = window.trim();
+        let (digits, unit) = match window.find(|c: char| !c.is_ascii_digit()) {
+            Some(at) => window.split_at(at),
+            None => (window, "s"),
+        };
+        let scale = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3_600,
+            "d" => 86_400,
+            _ => return Err(malformed()),
+        };
+        let count: u64 = digits.parse().map_err(|_| malformed())?;
+        let window = count.checked_mul(scale).ok_or_else(malformed)?;
+        NamedLimit::new(name.trim(), limit, window)
+    }
+}
+
+/// What [`NamedLimit::new`] refuses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvalidLimit {
+    /// Not 1 to 32 of `a-z0-9_-`, or a built-in name.
+    Name(String),
+    /// Not 1 s to 31 days.
+    Window(u64),
+    /// Not `name=limit/window`.
+    Malformed(String),
+    /// Two named limits with one name.
+    Duplicate(String),
+}
+
+impl std::fmt::Display for InvalidLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InvalidLimit::Name(name) => write!(
+                f,
+                "invalid limit name `{name}`: use 1 to 32 of a-z, 0-9, _ and -, other than minute, day and month"
+            ),
+            InvalidLimit::Window(w) => {
+                write!(f, "invalid limit window {w} s: from 1 s to 31 days")
+            }
+            InvalidLimit::Malformed(text) => write!(
+                f,
+                "`{text}` is not a limit: write name=limit/window, such as burst=10/1s"
+            ),
+            InvalidLimit::Duplicate(name) => write!(f, "two limits are named `{name}`"),
+        }
+    }
+}
+
+impl std::error::Error for InvalidLimit {}
 
 impl Limits {
     /// No limits.
@@ -88,6 +255,7 @@ impl Limits {
         daily: None,
         monthly: None,
         shared_by_owner: false,
+        named: Vec::new(),
     };
     /// The reference's Free plan: 100/minute, 10,000/day, 100,000/month.
     pub const FREE: Limits = Limits::plan(100, Some(10_000), Some(100_000));
@@ -103,6 +271,7 @@ impl Limits {
             daily,
             monthly,
             shared_by_owner: false,
+            named: Vec::new(),
         }
     }
 
@@ -129,6 +298,14 @@ impl Limits {
         self
     }
 
+    /// With the named limit `limit` too (replacing one of the same name).
+    #[must_use]
+    pub fn with(mut self, limit: NamedLimit) -> Limits {
+        self.named.retain(|l| l.name != limit.name);
+        self.named.push(limit);
+        self
+    }
+
     /// Counted for all keys of the owner together.
     pub const fn shared_by_owner(mut self) -> Limits {
         self.shared_by_owner = true;
@@ -136,12 +313,16 @@ impl Limits {
     }
 
     /// Whether nothing is limited.
-    pub const fn is_unlimited(&self) -> bool {
-        self.per_minute.is_none() && self.daily.is_none() && self.monthly.is_none()
+    pub fn is_unlimited(&self) -> bool {
+        self.per_minute.is_none()
+            && self.daily.is_none()
+            && self.monthly.is_none()
+            && self.named.is_empty()
     }
 
-    /// The stricter of `self` and `cap`, limit by limit.
-    pub fn capped_by(self, cap: Limits) -> Limits {
+    /// The stricter of `self` and `cap`, limit by limit: named limits of both, and of two with
+    /// one name the one with the lower rate.
+    pub fn capped_by(self, cap: &Limits) -> Limits {
         fn min(a: Option<u32>, b: Option<u32>) -> Option<u32> {
             match (a, b) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -154,20 +335,57 @@ impl Limits {
             daily: min(self.daily, cap.daily),
             monthly: min(self.monthly, cap.monthly),
             shared_by_owner: self.shared_by_owner,
+            named: {
+                let mut named = self.named;
+                for limit in &cap.named {
+                    // a/w < b/v  ⇔  a·v < b·w
+                    let rate = |l: &NamedLimit| (u128::from(l.limit), u128::from(l.window));
+                    match named.iter_mut().find(|l| l.name == limit.name) {
+                        Some(mine) => {
+                            let ((a, w), (b, v)) = (rate(limit), rate(mine));
+                            if a * v < b * w || (a * v == b * w && limit.limit < mine.limit) {
+                                *mine = limit.clone();
+                            }
+                        }
+                        None => named.push(limit.clone()),
+                    }
+                }
+                named
+            },
         }
     }
 
-    /// The burst actually allowed.
-    pub(crate) fn effective_burst(&self) -> Option<u32> {
-        self.per_minute.map(|rate| self.burst.unwrap_or(rate))
+    /// The smooth rate limits among these: `minute` first, then the named ones.
+    pub(crate) fn rates(&self) -> Vec<Rate> {
+        let minute = self
+            .per_minute
+            .map(|rate| Rate::new("minute".into(), rate, 60, self.burst.unwrap_or(rate)));
+        minute
+            .into_iter()
+            .chain(
+                self.named
+                    .iter()
+                    .map(|l| Rate::new(l.name.as_ref().into(), l.limit, l.window, l.limit)),
+            )
+            .collect()
+    }
+
+    /// Refuses two named limits with one name.
+    pub(crate) fn validate(&self) -> Result<(), InvalidLimit> {
+        for (i, limit) in self.named.iter().enumerate() {
+            if self.named[..i].iter().any(|l| l.name == limit.name) {
+                return Err(InvalidLimit::Duplicate(limit.name.to_string()));
+            }
+        }
+        Ok(())
     }
 }
 
 /// Where one limit stands after a request was counted (or refused).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LimitStatus {
-    /// Which limit: `minute`, `day` or `month`.
-    pub policy: &'static str,
+    /// Which limit: `minute`, `day`, `month`, or a [`NamedLimit`]'s name.
+    pub policy: Arc<str>,
     /// Its quota in its window.
     pub quota: u32,
     /// Its window in seconds.
@@ -187,6 +405,8 @@ pub struct Decision {
     pub retry_after: Option<Duration>,
     /// Every limit that applies, for the `RateLimit` headers.
     pub limits: Vec<LimitStatus>,
+    /// When refused: the name of the limit that refused it.
+    pub refused_by: Option<Arc<str>>,
 }
 
 impl Decision {
@@ -250,8 +470,10 @@ impl std::error::Error for LimiterError {}
 /// Counts requests against limits. [`MemoryLimiter`] is the in-process one; a shared one lets
 /// several replicas enforce one limit.
 pub trait Limiter: Send + Sync + 'static {
-    /// Counts one request of `bucket` (a key id, or an owner) under `limits` at `now`.
-    fn check(&self, bucket: &str, limits: &Limits, now: SystemTime) -> LimitCheck;
+    /// Counts one request of `bucket` (a key id, or an owner) costing `cost` under `limits` at
+    /// `now`: all of its limits or none. A cost of 0 is checked as a cost of 1 (refused where
+    /// that would be) and consumes nothing.
+    fn check(&self, bucket: &str, limits: &Limits, cost: u32, now: SystemTime) -> LimitCheck;
 }
 
 /// The layer's rules for turning a record into the limits that apply.
@@ -316,13 +538,13 @@ impl LimitRules {
                 .iter()
                 .rev()
                 .find(|(name, _)| name == plan)
-                .map(|(_, limits)| *limits)
+                .map(|(_, limits)| limits.clone())
                 .ok_or_else(|| UnknownPlan(plan.to_owned()))?,
-            (None, None) => self.default,
+            (None, None) => self.default.clone(),
         };
         let limits = match record.environment {
             Environment::Dev => return Ok(None),
-            Environment::Test => base.capped_by(self.test_cap),
+            Environment::Test => base.capped_by(&self.test_cap),
             Environment::Live => base,
         };
         if limits.is_unlimited() {

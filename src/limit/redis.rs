@@ -10,58 +10,80 @@ use redis::Script;
 use super::{Decision, LimitCheck, LimitStatus, Limiter, LimiterError, Limits, Window};
 use crate::clock::unix_seconds;
 
-/// GCRA and both quotas, decided and counted in one atomic step. Nothing is counted for a refused
-/// request. The GCRA runs on the server's clock (`TIME`), so the checks of every replica are on
-/// one timeline in the order Redis runs them: a request that reached one replica a moment before
-/// another's cannot be judged "earlier" than a check already counted.
+/// Every rate limit (GCRA) and both quotas, decided and counted in one atomic step, all or
+/// nothing: nothing is counted for a refused request. The GCRA runs on the server's clock
+/// (`TIME`), so the checks of every replica are on one timeline in the order Redis runs them.
+/// The arithmetic is `gcra.rs`'s: a request costing `n` passes a rate when
+/// `max(tat, now) + n·interval ≤ now + burst·interval`; a cost of 0 is checked as 1 and counted
+/// as 0.
 ///
-/// KEYS: GCRA state, day counter, month counter.
-/// ARGV: interval (ms, 0 for no rate limit), burst, day quota (-1 for none), seconds
-/// left in the day, month quota (-1), seconds left in the month.
-/// Returns: allowed, refused policy (1 minute, 2 day, 3 month), retry after (ms), rate remaining,
-/// day count, month count.
+/// KEYS: one GCRA state per rate, then the day counter and the month counter.
+/// ARGV: cost, number of rates `r`, then per rate: interval (ms), burst, window (ms); then day
+/// quota (-1 for none), seconds left in the day, month quota (-1), seconds left in the month.
+/// Returns: allowed, the refusing limit (1-based over rates, then day, then month; 0 when
+/// allowed), retry after (ms), day count, month count, then each rate's remaining.
 static CHECK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 redis.replicate_commands()
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local day_quota = tonumber(ARGV[3])
-local month_quota = tonumber(ARGV[5])
-local new_tat = now
-local remaining = -1
-if interval > 0 then
-  local tat = tonumber(redis.call('GET', KEYS[1])) or now
-  if tat < now then tat = now end
-  local tolerance = interval * (burst - 1)
-  if tat - now > tolerance then
-    return {0, 1, math.ceil(tat - now - tolerance), 0, 0, 0}
+local cost = tonumber(ARGV[1])
+local need = math.max(cost, 1)
+local r = tonumber(ARGV[2])
+local refused, wait = 0, 0
+local tats, remaining = {}, {}
+for i = 1, r do
+  local interval = tonumber(ARGV[3 * i])
+  local burst = tonumber(ARGV[3 * i + 1])
+  local window = tonumber(ARGV[3 * i + 2])
+  local base = tonumber(redis.call('GET', KEYS[i])) or now
+  if base < now then base = now end
+  local limit = now + burst * interval
+  if interval <= 0 or need > burst then
+    remaining[i] = 0
+    if refused == 0 then refused, wait = i, window end
+  else
+    local after = base + need * interval
+    if after > limit then
+      remaining[i] = math.floor((limit - base) / interval)
+      if refused == 0 then refused, wait = i, after - limit end
+    else
+      if cost > 0 then tats[i] = after else after = base end
+      remaining[i] = math.floor((limit - after) / interval)
+    end
   end
-  new_tat = tat + interval
-  remaining = math.floor((burst * interval - (new_tat - now)) / interval)
 end
-local day = tonumber(redis.call('GET', KEYS[2]) or '0')
-if day_quota >= 0 and day >= day_quota then
-  return {0, 2, tonumber(ARGV[4]) * 1000, remaining, day, 0}
+local q = 3 * r + 3
+local day_quota, day_left = tonumber(ARGV[q]), tonumber(ARGV[q + 1])
+local month_quota, month_left = tonumber(ARGV[q + 2]), tonumber(ARGV[q + 3])
+local day = tonumber(redis.call('GET', KEYS[r + 1]) or '0')
+local month = tonumber(redis.call('GET', KEYS[r + 2]) or '0')
+if refused == 0 and day_quota >= 0 and day + need > day_quota then
+  refused, wait = r + 1, day_left * 1000
 end
-local month = tonumber(redis.call('GET', KEYS[3]) or '0')
-if month_quota >= 0 and month >= month_quota then
-  return {0, 3, tonumber(ARGV[6]) * 1000, remaining, day, month}
+if refused == 0 and month_quota >= 0 and month + need > month_quota then
+  refused, wait = r + 2, month_left * 1000
 end
-if interval > 0 then
-  redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.max(1, math.ceil(new_tat - now)))
+local reply = {0, refused, math.ceil(wait), day, month}
+if refused == 0 then
+  reply[1] = 1
+  for i = 1, r do
+    if tats[i] then
+      redis.call('SET', KEYS[i], string.format('%.3f', tats[i]), 'PX', math.max(1, math.ceil(tats[i] - now)))
+    end
+  end
+  if cost > 0 and day_quota >= 0 then
+    reply[4] = redis.call('INCRBY', KEYS[r + 1], cost)
+    redis.call('EXPIRE', KEYS[r + 1], day_left + 60)
+  end
+  if cost > 0 and month_quota >= 0 then
+    reply[5] = redis.call('INCRBY', KEYS[r + 2], cost)
+    redis.call('EXPIRE', KEYS[r + 2], month_left + 60)
+  end
 end
-if day_quota >= 0 then
-  day = redis.call('INCR', KEYS[2])
-  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]) + 60)
-end
-if month_quota >= 0 then
-  month = redis.call('INCR', KEYS[3])
-  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]) + 60)
-end
-return {1, 0, 0, remaining, day, month}",
+for i = 1, r do reply[5 + i] = remaining[i] end
+return reply",
     )
 });
 
@@ -127,69 +149,99 @@ impl RedisLimiter {
 }
 
 impl Limiter for RedisLimiter {
-    fn check(&self, bucket: &str, limits: &Limits, now: SystemTime) -> LimitCheck {
-        let limits = *limits;
-        if limits.per_minute == Some(0) {
-            let wait = Duration::from_secs(60);
-            return LimitCheck::Ready(Ok(Decision {
-                allowed: false,
-                retry_after: Some(wait),
-                limits: vec![minute_status(0, 0, 0.0, 0, wait)],
-            }));
-        }
+    fn check(&self, bucket: &str, limits: &Limits, cost: u32, now: SystemTime) -> LimitCheck {
         let secs = unix_seconds(now);
-        let rate = limits.per_minute.unwrap_or(0);
-        let burst = limits.effective_burst().unwrap_or(0);
-        let interval_ms = if rate > 0 {
-            60_000.0 / f64::from(rate)
-        } else {
-            0.0
-        };
+        let rates = limits.rates();
         let (day_left, month_left) = (
             Window::Day.seconds_left(secs),
             Window::Month.seconds_left(secs),
         );
         let base = format!("{}limit:{bucket}", self.prefix);
-        let keys = [
-            format!("{base}:gcra"),
-            format!("{base}:d:{}", Window::Day.index(secs)),
-            format!("{base}:m:{}", Window::Month.index(secs)),
-        ];
+        let mut keys: Vec<String> = rates
+            .iter()
+            .map(|rate| {
+                // The legacy minute limit keeps its key; a named one is keyed by its
+                // parameters too, so a changed limit starts afresh.
+                if &*rate.name == "minute" {
+                    format!("{base}:gcra")
+                } else {
+                    format!(
+                        "{base}:gcra:{}:{}:{}:{}",
+                        rate.name, rate.quota, rate.window, rate.burst
+                    )
+                }
+            })
+            .collect();
+        keys.push(format!("{base}:d:{}", Window::Day.index(secs)));
+        keys.push(format!("{base}:m:{}", Window::Month.index(secs)));
         let quota = |q: Option<u32>| q.map_or(-1, i64::from);
+        let (daily, monthly) = (limits.daily, limits.monthly);
         let mut conn = self.conn.clone();
-        LimitCheck::Pending(Box::pin(async move {
-            let mut invocation = CHECK.key(&keys[0]);
+        let mut invocation = CHECK.prepare_invoke();
+        for key in &keys {
+            invocation.key(key);
+        }
+        invocation.arg(cost).arg(rates.len());
+        for rate in &rates {
             invocation
-                .key(&keys[1])
-                .key(&keys[2])
-                .arg(interval_ms)
-                .arg(burst)
-                .arg(quota(limits.daily))
-                .arg(day_left)
-                .arg(quota(limits.monthly))
-                .arg(month_left);
-            let reply: (i64, i64, i64, i64, i64, i64) = invocation
+                .arg(rate.interval as f64 / 1e6)
+                .arg(rate.burst)
+                .arg(rate.window.saturating_mul(1000));
+        }
+        invocation
+            .arg(quota(daily))
+            .arg(day_left)
+            .arg(quota(monthly))
+            .arg(month_left);
+        LimitCheck::Pending(Box::pin(async move {
+            let reply: Vec<i64> = invocation
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| LimiterError(Box::new(e)))?;
-            let (allowed, refused_by, retry_ms, remaining, day, month) = reply;
-            let mut statuses = Vec::with_capacity(3);
-            let retry = Duration::from_millis(u64::try_from(retry_ms).unwrap_or(0));
-            if rate > 0 {
-                let remaining = u32::try_from(remaining.max(0)).unwrap_or(0);
-                statuses.push(minute_status(rate, burst, interval_ms, remaining, retry));
+            let malformed = || LimiterError("malformed reply from the limit script".into());
+            let [allowed, refused, retry_ms, day, month, ref remaining @ ..] = reply[..] else {
+                return Err(malformed());
+            };
+            if remaining.len() != rates.len() {
+                return Err(malformed());
             }
             let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
-            for (q, used, window, left, policy) in [
-                (limits.daily, day, Window::Day, day_left, "day"),
-                (limits.monthly, month, Window::Month, month_left, "month"),
+            let refused = usize::try_from(refused).unwrap_or(0);
+            let wait = Duration::from_millis(u64::try_from(retry_ms).unwrap_or(0));
+            let reset_of = |i: usize| (refused == i + 1).then_some(wait);
+            let mut statuses: Vec<LimitStatus> = rates
+                .iter()
+                .zip(remaining)
+                .enumerate()
+                .map(|(i, (rate, &left))| {
+                    let left = if refused == i + 1 { 0 } else { count(left) };
+                    let refill = u64::from(rate.burst.saturating_sub(left))
+                        .saturating_mul(rate.interval)
+                        .div_ceil(1_000_000_000);
+                    LimitStatus {
+                        policy: Arc::clone(&rate.name),
+                        quota: rate.quota,
+                        window: rate.window,
+                        remaining: left,
+                        reset: reset_of(i).map_or(refill, |w| w.as_secs().max(1)),
+                    }
+                })
+                .collect();
+            let r = rates.len();
+            for (q, used, window, left, policy, at) in [
+                (daily, day, Window::Day, day_left, "day", r + 1),
+                (monthly, month, Window::Month, month_left, "month", r + 2),
             ] {
                 if let Some(q) = q {
                     statuses.push(LimitStatus {
-                        policy,
+                        policy: policy.into(),
                         quota: q,
                         window: window.length(secs),
-                        remaining: q.saturating_sub(count(used)),
+                        remaining: if refused == at {
+                            0
+                        } else {
+                            q.saturating_sub(count(used))
+                        },
                         reset: left,
                     });
                 }
@@ -199,39 +251,21 @@ impl Limiter for RedisLimiter {
                     allowed: true,
                     retry_after: None,
                     limits: statuses,
+                    refused_by: None,
                 });
             }
-            let policy =
-                ["minute", "day", "month"][usize::try_from(refused_by - 1).unwrap_or(0).min(2)];
-            for status in statuses.iter_mut().filter(|s| s.policy == policy) {
-                status.remaining = 0;
-            }
+            let refused_by = match refused {
+                0 => return Err(malformed()),
+                i if i <= r => Arc::clone(&rates[i - 1].name),
+                i if i == r + 1 => "day".into(),
+                _ => "month".into(),
+            };
             Ok(Decision {
                 allowed: false,
-                retry_after: Some(retry.max(Duration::from_secs(1))),
+                retry_after: Some(wait.max(Duration::from_secs(1))),
                 limits: statuses,
+                refused_by: Some(refused_by),
             })
         }))
-    }
-}
-
-fn minute_status(
-    rate: u32,
-    burst: u32,
-    interval_ms: f64,
-    remaining: u32,
-    wait: Duration,
-) -> LimitStatus {
-    let refill = f64::from(burst.saturating_sub(remaining)) * interval_ms / 1000.0;
-    LimitStatus {
-        policy: "minute",
-        quota: rate,
-        window: 60,
-        remaining,
-        reset: if wait > Duration::ZERO {
-            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
-        } else {
-            refill.ceil() as u64
-        },
     }
 }

@@ -130,6 +130,9 @@ impl NewKey {
         if self.expires_at.is_some_and(|at| !keeps(at)) {
             return Err(InvalidKey::TimeOutOfRange);
         }
+        if let Some(limits) = &self.limits {
+            limits.validate().map_err(InvalidKey::Limits)?;
+        }
         let generated = format.generate(self.environment);
         let mut record =
             KeyRecord::new(generated.id, generated.digest, self.name, self.environment);
@@ -407,7 +410,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         new.metadata = old.metadata.clone();
         new.metadata.insert("rotated_from".into(), old.id.clone());
         new.plan = old.plan.clone();
-        new.limits = old.limits;
+        new.limits.clone_from(&old.limits);
         new.allowed_networks = old.allowed_networks.clone();
         new.expires_at = old.expires_at;
         let created = self.create(new).await?;

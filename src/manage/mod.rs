@@ -9,6 +9,7 @@ use std::fmt;
 use std::time::SystemTime;
 
 use crate::key::{Environment, KeyFormat, PlaintextKey};
+use crate::limit::InvalidLimit;
 use crate::scope::InvalidScope;
 use crate::store::{KeyRecord, KeyState, StoreError};
 
@@ -35,6 +36,8 @@ pub enum InvalidKey {
     Scope(InvalidScope),
     /// A time (an expiry, the end of a grace period) past the year 9999.
     TimeOutOfRange,
+    /// The limits are malformed (two named limits with one name).
+    Limits(InvalidLimit),
     /// The manager has no key format: give it a layer's cache
     /// ([`KeyManager::with_cache`](crate::KeyManager::with_cache)) or a
     /// [`KeyManager::format`](crate::KeyManager::format).
@@ -46,6 +49,7 @@ impl fmt::Display for InvalidKey {
         match self {
             InvalidKey::Name => write!(f, "a key name is 1 to {MAX_NAME_LEN} bytes, not blank"),
             InvalidKey::Scope(e) => e.fmt(f),
+            InvalidKey::Limits(e) => e.fmt(f),
             InvalidKey::TimeOutOfRange => f.write_str("times after the year 9999 are not kept"),
             InvalidKey::NoFormat => {
                 f.write_str("the key manager has no key format to issue keys in")

@@ -102,6 +102,9 @@ impl Fields {
             .limits
             .map(|text| serde_json::from_str(&text).map_err(|_| corrupt("limits")))
             .transpose()?;
+        if let Some(limits) = &record.limits {
+            limits.validate().map_err(|_| corrupt("limits"))?;
+        }
         record.last_used_at = optional_time(self.last_used_at, "last_used_at")?;
         record.requests = u64::try_from(self.requests).map_err(|_| corrupt("requests"))?;
         record.allowed_networks = self
@@ -196,7 +199,8 @@ mod tests {
         record.expires_at = Some(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
         record.scopes = vec!["read".into()];
         record.metadata.insert("team".into(), "core".into());
-        record.limits = Some(Limits::FREE);
+        record.limits =
+            Some(Limits::FREE.with(crate::limit::NamedLimit::new("burst", 10, 1).unwrap()));
         record.owner = Some("acme".into());
         record.requests = 7;
         record.allowed_networks = vec![
@@ -221,6 +225,19 @@ mod tests {
             |f: &mut Fields| f.created_at = -1,
             |f: &mut Fields| f.revoked_at = Some(-5),
             |f: &mut Fields| f.limits = Some("{\"per_minute\": -3}".into()),
+            |f: &mut Fields| {
+                f.limits =
+                    Some(r#"{"named": [{"name": "Bad Name", "limit": 1, "window": 1}]}"#.into())
+            },
+            |f: &mut Fields| {
+                f.limits = Some(r#"{"named": [{"name": "a", "limit": 1, "window": 0}]}"#.into())
+            },
+            |f: &mut Fields| {
+                f.limits = Some(
+                    r#"{"named": [{"name": "a", "limit": 1, "window": 1}, {"name": "a", "limit": 2, "window": 1}]}"#
+                        .into(),
+                )
+            },
             |f: &mut Fields| f.requests = -1,
             |f: &mut Fields| f.allowed_networks = Some("[\"10.0.0.0/33\"]".into()),
             |f: &mut Fields| f.allowed_networks = Some("10.0.0.0/8".into()),
