@@ -8,9 +8,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use http::{Method, StatusCode};
 use tower_api_key::{
-    clock::ManualClock, limit::LimitCheck, limit::Limiter, limit::Limits, limit::MemoryLimiter,
-    manage::CreatedKey, store::KeyRecord, store::KeyStoreAdmin, usage::MemoryUsage, ApiKeyLayer,
-    ApiKeyLayerBuilder, Environment, KeyManager, NewKey,
+    clock::ManualClock, limit::Costs, limit::LimitCheck, limit::Limiter, limit::Limits,
+    limit::MemoryLimiter, limit::NamedLimit, manage::CreatedKey, store::KeyRecord,
+    store::KeyStoreAdmin, usage::MemoryUsage, ApiKeyLayer, ApiKeyLayerBuilder, Environment,
+    KeyManager, NewKey,
 };
 
 use common::{api_key, app, serve, HttpClient, Reply, TestStore};
@@ -469,4 +470,132 @@ async fn usage_counts_are_exact_after_a_mixed_load() {
     let total: u64 =
         snapshot.keys.values().map(|k| k.requests).sum::<u64>() + snapshot.unauthenticated.requests;
     assert_eq!(total, 30 + 50 + 45, "none lost");
+}
+
+/// Two named limits, and routes of three costs: 3 for `POST /tracking`, 0 for `PUT /offers`
+/// (checked, not counted), 1 for the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_limits_are_each_enforced_and_a_route_costs_what_the_layer_says() {
+    let f =
+        Fixture::with(|b| b.costs(Costs::per_path([("/tracking", 3), ("/offers", 0)], 1))).await;
+    let created = NewKey::new("named")
+        .scopes(["admin"])
+        .limits(
+            Limits::UNLIMITED
+                .with(NamedLimit::new("burst", 5, 1).unwrap())
+                .with(NamedLimit::new("hour", 8, 3600).unwrap()),
+        )
+        .generate(f.layer.format())
+        .unwrap();
+    f.store.keys.create(created.record.clone()).await.unwrap();
+    let header = api_key(created.key.expose_secret());
+    let send = |method: Method, path: &'static str| {
+        let (client, header) = (f.client.clone(), header.clone());
+        async move {
+            client
+                .send(method, path, &[("authorization", &header)])
+                .await
+        }
+    };
+    let track = || send(Method::POST, "/tracking");
+    let read = || send(Method::GET, "/recommendations");
+    let free = || send(Method::PUT, "/offers");
+
+    let reply = track().await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(
+        reply.headers["ratelimit-policy"],
+        "\"burst\";q=5;w=1, \"hour\";q=8;w=3600"
+    );
+    assert!(reply.headers["ratelimit"]
+        .to_str()
+        .unwrap()
+        .starts_with("\"burst\";r=2;"));
+    let refused = track().await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        refused.json()["limit"],
+        "burst",
+        "3 do not fit in the 2 left"
+    );
+    assert_eq!(refused.headers["retry-after"], "1");
+    assert_eq!(read().await.status, StatusCode::OK, "1 fits");
+    let checked = free().await;
+    assert_eq!(
+        checked.status,
+        StatusCode::OK,
+        "a cost of 0 passes while 1 is left"
+    );
+    assert!(checked.headers["ratelimit"]
+        .to_str()
+        .unwrap()
+        .starts_with("\"burst\";r=1;"));
+    assert_eq!(read().await.status, StatusCode::OK);
+    let spent = free().await;
+    assert_eq!(
+        spent.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "and is refused once none is"
+    );
+    assert_eq!(spent.json()["limit"], "burst");
+
+    // The burst refills; the hour has 8 - 5 = 3 left.
+    f.clock.advance(Duration::from_secs(1));
+    assert_eq!(track().await.status, StatusCode::OK);
+    let over = read().await;
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(over.json()["limit"], "hour");
+    assert_eq!(over.code(), "RATE_LIMIT_EXCEEDED");
+}
+
+/// Eight threads spend random costs (0 to 4) on three limits at once. Exactly the tightest limit
+/// is spent, and the other two by exactly as much: no check ever counted in one limit and not
+/// another.
+#[test]
+fn concurrent_costs_spend_every_limit_alike_and_the_tightest_exactly() {
+    use tower_api_key::clock::Clock;
+
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(START - 3600));
+    let now = clock.now();
+    let limiter = Arc::new(MemoryLimiter::new());
+    let limits = Limits::UNLIMITED
+        .with(NamedLimit::new("a", 60, 3600).unwrap())
+        .with(NamedLimit::new("b", 100, 3600).unwrap())
+        .daily(200);
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let (limiter, limits) = (limiter.clone(), limits.clone());
+            std::thread::spawn(move || {
+                let mut seed = t * 7919 + 1;
+                let mut spent = 0u64;
+                for _ in 0..500 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let cost = (seed % 5) as u32;
+                    match limiter.check("key:x", &limits, cost, now) {
+                        LimitCheck::Ready(Ok(d)) if d.allowed => spent += u64::from(cost),
+                        LimitCheck::Ready(Ok(_)) => {}
+                        _ => panic!("the memory limiter decides at once"),
+                    }
+                }
+                spent
+            })
+        })
+        .collect();
+    let spent: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(spent, 60, "the tightest limit, exactly");
+    let LimitCheck::Ready(Ok(after)) = limiter.check("key:x", &limits, 0, now) else {
+        panic!("decided at once");
+    };
+    assert_eq!(after.refused_by.as_deref(), Some("a"));
+    let remaining: Vec<(String, u32)> = after
+        .limits
+        .iter()
+        .map(|s| (s.policy.to_string(), s.remaining))
+        .collect();
+    assert_eq!(
+        remaining,
+        [("a".into(), 0), ("b".into(), 40), ("day".into(), 140)]
+    );
 }

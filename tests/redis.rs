@@ -22,8 +22,8 @@ mod redis {
     use std::time::{Duration, SystemTime};
 
     use tower_api_key::{
-        clock::ManualClock, limit::Limits, limit::RedisLimiter, store::KeyStoreAdmin, ApiKeyLayer,
-        MemoryStore, NewKey, RedisStore,
+        clock::ManualClock, limit::Costs, limit::Limits, limit::NamedLimit, limit::RedisLimiter,
+        store::KeyStoreAdmin, ApiKeyLayer, MemoryStore, NewKey, RedisStore,
     };
 
     use crate::common::{
@@ -62,6 +62,7 @@ mod redis {
 
     /// A key with `limits` in a fresh store, and one HTTP client per replica: each replica is a
     /// layer with its own `RedisLimiter` connection (all under one prefix) and its own clock.
+    /// `POST /tracking` costs 3, `PUT /offers` 0, the rest 1.
     async fn replicas_sharing_a_limiter(
         limits: Limits,
         clocks: Vec<ManualClock>,
@@ -69,7 +70,7 @@ mod redis {
         let prefix = unique("limits");
         let store = MemoryStore::new();
         let created = NewKey::new("shared")
-            .scopes(["read"])
+            .scopes(["admin"])
             .limits(limits)
             .generate(&tower_api_key::key::KeyFormat::new("mesh").unwrap())
             .unwrap();
@@ -82,6 +83,7 @@ mod redis {
             let layer = ApiKeyLayer::builder("mesh", store.clone())
                 .limiter(limiter)
                 .clock(clock)
+                .costs(Costs::per_path([("/tracking", 3), ("/offers", 0)], 1))
                 .build()
                 .unwrap();
             clients.push(HttpClient::new(
@@ -133,6 +135,90 @@ mod redis {
             (20, 40),
             "one burst of 20 across both replicas"
         );
+    }
+
+    /// A named limit and a quota, counted in cost across two replicas: exact, and a refusal by
+    /// one spends nothing of the other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis: run through .ci/run"]
+    async fn two_replicas_share_named_limits_counted_in_cost() {
+        let now = ManualClock::new(SystemTime::now());
+        let limits = Limits::UNLIMITED
+            .with(NamedLimit::new("writes", 30, 3600).unwrap())
+            .daily(1000);
+        let (header, clients) =
+            replicas_sharing_a_limiter(limits, vec![now.clone(), now.clone()]).await;
+        let burst = |clients: Vec<HttpClient>, header: String, n: usize| async move {
+            let tasks: Vec<_> = (0..n)
+                .map(|i| {
+                    let (client, header) = (clients[i % 2].clone(), header.clone());
+                    tokio::spawn(async move {
+                        let reply = client
+                            .send(
+                                http::Method::POST,
+                                "/tracking",
+                                &[("authorization", &header)],
+                            )
+                            .await;
+                        (reply.status.as_u16(), reply.body)
+                    })
+                })
+                .collect();
+            let mut admitted = 0;
+            for task in tasks {
+                let (status, body) = task.await.unwrap();
+                match status {
+                    200 => admitted += 1,
+                    429 => assert!(body.contains(r#""limit":"writes""#), "{body}"),
+                    other => panic!("unexpected {other}: {body}"),
+                }
+            }
+            admitted
+        };
+        assert_eq!(
+            burst(clients.clone(), header.clone(), 40).await,
+            10,
+            "30 in requests of 3"
+        );
+        // Spent: a cost of 0 is refused too, and names the limit.
+        let checked = clients[1]
+            .send(http::Method::PUT, "/offers", &[("authorization", &header)])
+            .await;
+        assert_eq!(checked.status, 429);
+        assert_eq!(checked.json()["limit"], "writes");
+
+        // The day quota, in cost too: 25 a day is 8 requests of 3.
+        let limits = Limits::UNLIMITED.daily(25);
+        let (header, clients) = replicas_sharing_a_limiter(limits, vec![now.clone(), now]).await;
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let (client, header) = (clients[i % 2].clone(), header.clone());
+                tokio::spawn(async move {
+                    client
+                        .send(
+                            http::Method::POST,
+                            "/tracking",
+                            &[("authorization", &header)],
+                        )
+                        .await
+                })
+            })
+            .collect();
+        let mut admitted = 0;
+        for task in tasks {
+            let reply = task.await.unwrap();
+            match reply.status.as_u16() {
+                200 => admitted += 1,
+                429 => assert_eq!(reply.json()["limit"], "day"),
+                other => panic!("unexpected {other}: {reply:?}"),
+            }
+        }
+        assert_eq!(admitted, 8);
+        // One unit is left: a request of 1 fits.
+        let last = clients[0]
+            .get("/recommendations", &[("authorization", &header)])
+            .await;
+        assert_eq!(last.status, 200, "{last:?}");
     }
 
     /// The rate limit runs on the Redis server's clock: a replica whose clock is minutes ahead (or
