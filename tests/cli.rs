@@ -109,6 +109,26 @@ mod cli {
         }
     }
 
+    impl Tool {
+        /// What one service on the same database answers to `n` requests with `key`, in order.
+        async fn answers(&self, key: &str, n: usize) -> Vec<StatusCode> {
+            let store = SqliteStore::connect(&self.url).await.unwrap();
+            let layer = ApiKeyLayer::new("mesh", store).unwrap();
+            let service = layer.layer(service_fn(|_: http::Request<()>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+            }));
+            let mut answers = Vec::new();
+            for _ in 0..n {
+                let request = http::Request::get("/")
+                    .header("authorization", format!("ApiKey {key}"))
+                    .body(())
+                    .unwrap();
+                answers.push(service.clone().oneshot(request).await.unwrap().status());
+            }
+            answers
+        }
+    }
+
     impl Drop for Tool {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.dir);
@@ -281,6 +301,72 @@ mod cli {
             2,
             "no key was issued by the refused rotations"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn named_limits_are_set_shown_and_enforced() {
+        let mut tool = Tool::new();
+        let created = tool.ok_json(&[
+            "--json",
+            "create",
+            "--name",
+            "metered",
+            "--limit",
+            "burst=2/1h",
+            "--limit",
+            "hour=5/3600",
+        ]);
+        let id = created["info"]["id"].as_str().unwrap().to_owned();
+        let key = created["key"].as_str().unwrap().to_owned();
+        assert_eq!(
+            created["info"]["limits"]["named"],
+            serde_json::json!([
+                {"name": "burst", "limit": 2, "window": 3600},
+                {"name": "hour", "limit": 5, "window": 3600},
+            ])
+        );
+        assert_eq!(
+            tool.answers(&key, 3).await,
+            [
+                StatusCode::OK,
+                StatusCode::OK,
+                StatusCode::TOO_MANY_REQUESTS
+            ]
+        );
+        let shown = tool.run(&["show", &id]);
+        let text = String::from_utf8(shown.stdout).unwrap();
+        assert!(
+            text.contains("limits:      burst=2/3600s, hour=5/3600s"),
+            "{text}"
+        );
+
+        let set = tool.ok_json(&["--json", "set-limits", &id, "--limit", "burst=1/1d"]);
+        assert_eq!(
+            set["limits"]["named"],
+            serde_json::json!([{"name": "burst", "limit": 1, "window": 86400}])
+        );
+        assert_eq!(
+            tool.answers(&key, 2).await,
+            [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]
+        );
+        let cleared = tool.ok_json(&["--json", "set-limits", &id, "--none"]);
+        assert_eq!(cleared["limits"], serde_json::Value::Null);
+        assert_eq!(tool.answers(&key, 3).await, [StatusCode::OK; 3]);
+
+        for bad in [
+            &["create", "--limit", "burst"][..],
+            &["create", "--limit", "Burst=1/1s"],
+            &["create", "--limit", "burst=1/0s"],
+            &["set-limits", &id, "--limit", "x=1/1y"],
+        ] {
+            let (code, message) = tool.failure(bad);
+            assert_eq!(code, 2, "{bad:?}: {message}");
+            assert!(message.contains("limit"), "{message}");
+        }
+        let (code, message) = tool.failure(&["create", "--plan", "free", "--limit", "a=1/1s"]);
+        assert_eq!(code, 2, "{message}");
+        assert_eq!(tool.failure(&["set-limits", &id]).0, 2);
+        assert_eq!(tool.failure(&["set-limits", "nope", "--none"]).0, 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

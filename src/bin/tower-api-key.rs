@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use tower_api_key::limit::{InvalidLimit, Limits, NamedLimit};
 use tower_api_key::{
     key::KeyFormat, manage::CreatedKey, manage::KeyInfo, manage::ManageError, network,
     network::IpNet, store::StoreError, AnyStore, Environment, KeyManager, NewKey,
@@ -88,6 +89,18 @@ enum Command {
         #[arg(value_delimiter = ',', required = true)]
         scopes: Vec<String>,
     },
+    /// Give a key named limits of its own (they replace its plan's limits), or with --none clear
+    /// its own limits so its plan's apply again.
+    SetLimits {
+        /// The key id.
+        id: String,
+        /// A limit as name=limit/window, such as burst=10/1s or hour=2000/1h; repeatable.
+        #[arg(long = "limit", value_parser = parse_limit, required_unless_present = "none", conflicts_with = "none")]
+        limits: Vec<NamedLimit>,
+        /// Clear the key's own limits.
+        #[arg(long)]
+        none: bool,
+    },
     /// Restrict a key to networks (CIDRs or addresses, comma-separated), or with --anywhere lift
     /// the restriction.
     SetNetworks {
@@ -122,6 +135,10 @@ struct KeySpec {
     /// Who the key belongs to.
     #[arg(long)]
     owner: Option<String>,
+    /// A limit of the key's own, as name=limit/window (burst=10/1s, hour=2000/1h); repeatable.
+    /// The key's own limits replace its plan's, so this and --plan exclude each other.
+    #[arg(long = "limit", value_parser = parse_limit, conflicts_with = "plan")]
+    limit: Vec<NamedLimit>,
     /// Networks the key may be used from, comma-separated CIDRs or addresses (default: anywhere).
     #[arg(long = "allow-ip", value_delimiter = ',', value_parser = parse_network)]
     allow_ip: Vec<IpNet>,
@@ -133,6 +150,10 @@ struct KeySpec {
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|e| format!("{e}: write a duration such as 90d, 24h or 30m"))
+}
+
+fn parse_limit(text: &str) -> Result<NamedLimit, String> {
+    text.parse().map_err(|e: InvalidLimit| e.to_string())
 }
 
 fn parse_network(text: &str) -> Result<IpNet, String> {
@@ -280,6 +301,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let info = keys.show(&id).await?.ok_or_else(|| not_found(&id))?;
             print_info(&info, cli.json);
         }
+        Command::SetLimits { id, limits, .. } => {
+            let limits = (!limits.is_empty()).then(|| named_limits(&limits));
+            if !keys.set_limits(&id, limits).await? {
+                return Err(not_found(&id));
+            }
+            let info = keys.show(&id).await?.ok_or_else(|| not_found(&id))?;
+            print_info(&info, cli.json);
+        }
         Command::SetNetworks { id, networks, .. } => {
             if !keys.set_allowed_networks(&id, &networks).await? {
                 return Err(not_found(&id));
@@ -350,7 +379,44 @@ fn new_key(spec: &KeySpec) -> Result<NewKey, Failure> {
     if let Some(owner) = &spec.owner {
         key = key.owner(owner.clone());
     }
+    if !spec.limit.is_empty() {
+        key = key.limits(named_limits(&spec.limit));
+    }
     Ok(key.allowed_networks(spec.allow_ip.iter().copied()))
+}
+
+/// Limits of `named` limits only (a later one of a name replaces an earlier one).
+fn named_limits(named: &[NamedLimit]) -> Limits {
+    named
+        .iter()
+        .cloned()
+        .fold(Limits::UNLIMITED, |limits, limit| limits.with(limit))
+}
+
+/// A key's own limits as the tool shows them.
+fn describe_limits(limits: Option<&Limits>) -> String {
+    let Some(limits) = limits else {
+        return "-".to_owned();
+    };
+    let mut parts = Vec::new();
+    if let Some(n) = limits.per_minute {
+        parts.push(format!("{n}/minute (burst {})", limits.burst.unwrap_or(n)));
+    }
+    if let Some(n) = limits.daily {
+        parts.push(format!("{n}/day"));
+    }
+    if let Some(n) = limits.monthly {
+        parts.push(format!("{n}/month"));
+    }
+    parts.extend(limits.named.iter().map(ToString::to_string));
+    if limits.shared_by_owner {
+        parts.push("shared by owner".to_owned());
+    }
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// The one time a key is shown.
@@ -424,6 +490,7 @@ fn print_info(info: &KeyInfo, json: bool) {
     println!("scopes:      {}", info.scopes.join(", "));
     println!("owner:       {}", info.owner.as_deref().unwrap_or("-"));
     println!("plan:        {}", info.plan.as_deref().unwrap_or("-"));
+    println!("limits:      {}", describe_limits(info.limits.as_ref()));
     let networks = if info.allowed_networks.is_empty() {
         "anywhere".to_owned()
     } else {

@@ -287,6 +287,38 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         result
     }
 
+    /// Replaces (or, with `None`, clears) key `id`'s own limits, which take the place of its
+    /// plan's; returns whether it exists.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use tower_api_key::{limit::{Limits, NamedLimit}, ApiKeyLayer, KeyManager, MemoryStore, NewKey};
+    ///
+    /// let store = MemoryStore::new();
+    /// let layer = ApiKeyLayer::new("mesh", store.clone())?;
+    /// let keys = KeyManager::new(store).with_cache(layer.handle());
+    /// let created = keys.create(NewKey::new("ci").plan("free")).await?;
+    /// let burst = Limits::FREE.with(NamedLimit::new("burst", 10, 1)?);
+    /// assert!(keys.set_limits(&created.record.id, Some(burst.clone())).await?);
+    /// assert_eq!(keys.show(&created.record.id).await?.unwrap().limits, Some(burst));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// [`ManageError::Invalid`] for two named limits of one name; [`ManageError::Store`] when
+    /// the store fails (the cache is cleared all the same).
+    pub async fn set_limits(&self, id: &str, limits: Option<Limits>) -> Result<bool, ManageError> {
+        if let Some(limits) = &limits {
+            limits
+                .validate()
+                .map_err(|e| ManageError::Invalid(InvalidKey::Limits(e)))?;
+        }
+        let result = self.store.set_limits(id, limits.as_ref()).await;
+        self.changed(id);
+        Ok(result?)
+    }
+
     /// Replaces the networks key `id` may be used from (empty: anywhere); returns whether it
     /// exists.
     ///

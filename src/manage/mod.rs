@@ -9,7 +9,7 @@ use std::fmt;
 use std::time::SystemTime;
 
 use crate::key::{Environment, KeyFormat, PlaintextKey};
-use crate::limit::InvalidLimit;
+use crate::limit::{InvalidLimit, Limits};
 use crate::scope::InvalidScope;
 use crate::store::{KeyRecord, KeyState, StoreError};
 
@@ -142,6 +142,8 @@ pub struct KeyInfo {
     pub state: &'static str,
     /// The networks it may be used from, as CIDRs; empty: anywhere.
     pub allowed_networks: Vec<String>,
+    /// Its own limits (which take the place of its plan's), if it has any.
+    pub limits: Option<Limits>,
 }
 
 impl KeyInfo {
@@ -165,6 +167,7 @@ impl KeyInfo {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            limits: record.limits.clone(),
         }
     }
 }

@@ -5,6 +5,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
+use crate::limit::Limits;
+
 use super::{KeyChanges, KeyRecord, KeyStore, KeyStoreAdmin, MemoryStore, StoreError, UsageUpdate};
 
 /// Any of the crate's stores, chosen by URL: `memory:`, `sqlite://…`, `postgres://…`,
@@ -157,6 +159,9 @@ impl KeyStoreAdmin for AnyStore {
     }
     async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
         each!(self, store => store.set_disabled(id, disabled).await)
+    }
+    async fn set_limits(&self, id: &str, limits: Option<&Limits>) -> Result<bool, StoreError> {
+        each!(self, store => store.set_limits(id, limits).await)
     }
     async fn set_allowed_networks(&self, id: &str, networks: &[IpNet]) -> Result<bool, StoreError> {
         each!(self, store => store.set_allowed_networks(id, networks).await)

@@ -8,6 +8,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
+use crate::limit::Limits;
+
 use super::{KeyRecord, KeyStore, KeyStoreAdmin, StoreError, UsageUpdate};
 
 /// Keys held in this process's memory. Cloning shares the same keys.
@@ -121,6 +123,14 @@ impl KeyStoreAdmin for MemoryStore {
             .write()
             .get_mut(id)
             .map(|record| record.disabled = disabled)
+            .is_some())
+    }
+
+    async fn set_limits(&self, id: &str, limits: Option<&Limits>) -> Result<bool, StoreError> {
+        Ok(self
+            .write()
+            .get_mut(id)
+            .map(|record| record.limits = limits.cloned())
             .is_some())
     }
 

@@ -46,6 +46,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
+use crate::limit::Limits;
+
 #[cfg(any(feature = "postgres", feature = "redis"))]
 pub use listener::{LISTENER_CONNECT_TIMEOUT, LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
 pub(crate) use memory::MemoryStore;
@@ -117,6 +119,12 @@ pub trait KeyStoreAdmin: KeyStore {
     /// # Errors
     /// When the backend fails.
     async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError>;
+
+    /// Replaces (or, with `None`, clears) key `id`'s own limits. Returns whether it exists.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn set_limits(&self, id: &str, limits: Option<&Limits>) -> Result<bool, StoreError>;
 
     /// Replaces the networks key `id` may be used from (empty: anywhere). Returns whether it
     /// exists.
@@ -251,6 +259,9 @@ impl<T: KeyStoreAdmin + ?Sized> KeyStoreAdmin for Arc<T> {
     }
     async fn set_allowed_networks(&self, id: &str, networks: &[IpNet]) -> Result<bool, StoreError> {
         (**self).set_allowed_networks(id, networks).await
+    }
+    async fn set_limits(&self, id: &str, limits: Option<&Limits>) -> Result<bool, StoreError> {
+        (**self).set_limits(id, limits).await
     }
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {
         (**self).record_usage(batch).await

@@ -8,6 +8,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use ipnet::IpNet;
+
+use crate::limit::Limits;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tokio::task::JoinHandle;
@@ -305,6 +307,16 @@ impl KeyStoreAdmin for RedisStore {
     async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
         self.update(id, &["disabled", if disabled { "1" } else { "0" }])
             .await
+    }
+
+    async fn set_limits(&self, id: &str, limits: Option<&Limits>) -> Result<bool, StoreError> {
+        match limits {
+            Some(limits) => {
+                let limits = json(limits);
+                self.update(id, &["limits", &limits]).await
+            }
+            None => self.update(id, &["limits"]).await,
+        }
     }
 
     async fn set_allowed_networks(&self, id: &str, networks: &[IpNet]) -> Result<bool, StoreError> {

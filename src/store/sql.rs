@@ -45,6 +45,7 @@ pub(crate) struct Queries {
     pub(crate) set_expiry: String,
     pub(crate) set_disabled: String,
     pub(crate) set_allowed_networks: String,
+    pub(crate) set_limits: String,
     pub(crate) record_usage: String,
     pub(crate) schema_table: String,
     pub(crate) schema_version: String,
@@ -87,6 +88,7 @@ impl Queries {
             set_expiry: format!("UPDATE {t} SET expires_at = $1 WHERE id = $2"),
             set_disabled: format!("UPDATE {t} SET disabled = $1 WHERE id = $2"),
             set_allowed_networks: format!("UPDATE {t} SET allowed_networks = $1 WHERE id = $2"),
+            set_limits: format!("UPDATE {t} SET limits = $1 WHERE id = $2"),
             record_usage: format!(
                 "UPDATE {t} SET requests = requests + $1, \
                  last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 \
@@ -276,6 +278,15 @@ macro_rules! sql_store {
                 disabled: bool,
             ) -> Result<bool, $crate::store::StoreError> {
                 self.update(&self.sql.set_disabled, disabled, id).await
+            }
+
+            async fn set_limits(
+                &self,
+                id: &str,
+                limits: Option<&$crate::limit::Limits>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let limits = limits.map($crate::store::to_json);
+                self.update(&self.sql.set_limits, limits, id).await
             }
 
             async fn set_allowed_networks(

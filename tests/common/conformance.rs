@@ -71,6 +71,17 @@ pub async fn conformance<S: KeyStoreAdmin + Clone>(store: S) {
         .collect();
     assert_eq!(ids, [a.id.clone(), b.id.clone()], "ordered by creation");
 
+    let limits = tower_api_key::limit::Limits::per_minute(7)
+        .with(tower_api_key::limit::NamedLimit::new("burst", 3, 1).unwrap());
+    assert!(store.set_limits(&a.id, Some(&limits)).await.unwrap());
+    assert_eq!(
+        store.get(&a.id).await.unwrap().unwrap().limits,
+        Some(limits)
+    );
+    assert!(store.set_limits(&a.id, None).await.unwrap());
+    assert_eq!(store.get(&a.id).await.unwrap().unwrap().limits, None);
+    assert!(!store.set_limits("nope", None).await.unwrap());
+
     let networks = vec![
         "203.0.113.0/24".parse().unwrap(),
         "2001:db8::/32".parse().unwrap(),
