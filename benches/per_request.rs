@@ -22,8 +22,8 @@ use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_api_key::{
-    cache::CacheConfig, extract::HideCredentials, key::KeyFormat, store::KeyRecord,
-    store::KeyStoreAdmin, ApiKeyLayer, Environment, MemoryStore, NewKey,
+    cache::CacheConfig, extract::HideCredentials, key::KeyFormat, limit::Limits, limit::NamedLimit,
+    store::KeyRecord, store::KeyStoreAdmin, ApiKeyLayer, Environment, MemoryStore, NewKey,
 };
 use tower_http::validate_request::ValidateRequestHeaderLayer;
 
@@ -77,21 +77,24 @@ fn cached_keys(runtime: &tokio::runtime::Runtime, n: usize) -> (ApiKeyLayer, Vec
     (layer, headers)
 }
 
-/// A layer hiding credentials as `hide`, with one key restricted to `networks`, in its cache.
+/// A layer hiding credentials as `hide`, with one key restricted to `networks` and `limits`, in
+/// its cache.
 fn one_cached_key(
     runtime: &tokio::runtime::Runtime,
     hide: HideCredentials,
     networks: &[tower_api_key::network::IpNet],
+    limits: Option<Limits>,
 ) -> (ApiKeyLayer, HeaderValue) {
     let store = MemoryStore::new();
     let layer = ApiKeyLayer::builder("mesh", store.clone())
         .hide_credentials(hide)
         .build()
         .unwrap();
-    let created = NewKey::new("bench")
-        .allowed_networks(networks.iter().copied())
-        .generate(layer.format())
-        .unwrap();
+    let mut key = NewKey::new("bench").allowed_networks(networks.iter().copied());
+    if let Some(limits) = limits {
+        key = key.limits(limits);
+    }
+    let created = key.generate(layer.format()).unwrap();
     let header = HeaderValue::from_str(&format!("ApiKey {}", created.key.expose_secret())).unwrap();
     runtime.block_on(async {
         store.create(created.record).await.unwrap();
@@ -162,7 +165,7 @@ fn per_request(c: &mut Criterion) {
     let layered = hot_layer.layer(service_fn(inner));
     one_key(&mut group, &runtime, "api_key_hot_key", layered, &hot);
 
-    let (keep_layer, keep) = one_cached_key(&runtime, HideCredentials::Keep, &[]);
+    let (keep_layer, keep) = one_cached_key(&runtime, HideCredentials::Keep, &[], None);
     let layered = keep_layer.layer(service_fn(inner));
     one_key(&mut group, &runtime, "api_key_hot_key_keep", layered, &keep);
 
@@ -170,22 +173,34 @@ fn per_request(c: &mut Criterion) {
         "10.0.0.0/8".parse().unwrap(),
         "203.0.113.0/24".parse().unwrap(),
     ];
-    let (restricted_layer, restricted) =
-        one_cached_key(&runtime, HideCredentials::default(), &office);
     let peer: std::net::SocketAddr = "203.0.113.7:40000".parse().unwrap();
-    let service = restricted_layer.layer(service_fn(inner));
-    group.bench_function("api_key_hot_key_allowlist", |b| {
-        b.to_async(&runtime).iter(|| {
-            let service = service.clone();
-            let mut request = request(&restricted);
-            request.extensions_mut().insert(peer);
-            async move {
-                let response = service.oneshot(request).await.unwrap();
-                debug_assert_eq!(response.status(), 200);
-                black_box(response)
-            }
-        })
-    });
+    // Limits no request of the run can reach: what is measured is the counting.
+    let two_named = Limits::UNLIMITED
+        .with(NamedLimit::new("burst", u32::MAX, 1).unwrap())
+        .with(NamedLimit::new("hour", u32::MAX, 3600).unwrap());
+    for (name, limits) in [
+        ("api_key_hot_key_allowlist", None),
+        (
+            "api_key_hot_key_allowlist_minute_limit",
+            Some(Limits::per_minute(u32::MAX)),
+        ),
+        ("api_key_hot_key_allowlist_two_limits", Some(two_named)),
+    ] {
+        let (layer, header) = one_cached_key(&runtime, HideCredentials::default(), &office, limits);
+        let service = layer.layer(service_fn(inner));
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter(|| {
+                let service = service.clone();
+                let mut request = request(&header);
+                request.extensions_mut().insert(peer);
+                async move {
+                    let response = service.oneshot(request).await.unwrap();
+                    debug_assert_eq!(response.status(), 200);
+                    black_box(response)
+                }
+            })
+        });
+    }
 
     macro_rules! floor_step {
         ($steps:literal, $name:literal) => {{

@@ -31,7 +31,8 @@ impl Rate {
         let interval = if quota == 0 {
             0
         } else {
-            window.saturating_mul(NANOS) / u64::from(quota)
+            // At least a nanosecond: a huge quota is a fast pace, never a quota of 0.
+            (window.saturating_mul(NANOS) / u64::from(quota)).max(1)
         };
         Rate {
             name,
@@ -126,6 +127,13 @@ mod tests {
             Err(NANOS),
             "more than the burst never passes"
         );
+    }
+
+    #[test]
+    fn a_huge_quota_is_a_fast_pace() {
+        let r = rate(u32::MAX, 1, u32::MAX);
+        assert_eq!(r.interval, 1);
+        assert!(r.check(0, NANOS, 1).is_ok());
     }
 
     #[test]

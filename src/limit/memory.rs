@@ -218,37 +218,32 @@ impl Bucket {
         self.last_seen.fetch_max(secs, Ordering::Relaxed);
         let need = u64::from(cost.max(1));
         let mut state = self.lock();
-        let mut tats = Vec::with_capacity(self.rates.len());
+        // First every check, then (all passed) every count: nothing is written for a refusal,
+        // and nothing is allocated to hold the new state in between.
         for (i, rate) in self.rates.iter().enumerate() {
-            match rate.check(state.tats[i], nanos, cost) {
-                Ok(tat) => tats.push(tat),
-                Err(wait) => {
-                    let statuses = self.statuses(&state, nanos, secs, Some((i, wait)));
-                    let wait = Duration::from_nanos(wait);
-                    return refuse(statuses, Arc::clone(&rate.name), wait);
-                }
+            if let Err(wait) = rate.check(state.tats[i], nanos, cost) {
+                let statuses = self.statuses(&state, nanos, secs, Some((i, wait)));
+                return refuse(statuses, Arc::clone(&rate.name), Duration::from_nanos(wait));
             }
         }
-        let mut counts = Vec::with_capacity(self.quotas.len());
         for (i, (quota, window, name)) in self.quotas.iter().enumerate() {
-            let index = window.index(secs);
-            let (stored, count) = state.counts[i];
-            // A stored window newer than ours (the clock stepped back) keeps its count.
-            let (index, count) = if stored >= index {
-                (stored, count)
-            } else {
-                (index, 0)
-            };
+            let (_, count) = current(state.counts[i], window.index(secs));
             if count + need > u64::from(*quota) {
                 let at = self.rates.len() + i;
                 let wait = window.seconds_left(secs);
                 let statuses = self.statuses(&state, nanos, secs, Some((at, wait * 1_000_000_000)));
                 return refuse(statuses, Arc::clone(name), Duration::from_secs(wait));
             }
-            counts.push((index, count + u64::from(cost)));
         }
-        state.tats = tats;
-        state.counts = counts;
+        for (i, rate) in self.rates.iter().enumerate() {
+            state.tats[i] = rate
+                .check(state.tats[i], nanos, cost)
+                .unwrap_or(state.tats[i]);
+        }
+        for (i, (_, window, _)) in self.quotas.iter().enumerate() {
+            let (index, count) = current(state.counts[i], window.index(secs));
+            state.counts[i] = (index, count + u64::from(cost));
+        }
         Decision {
             allowed: true,
             retry_after: None,
@@ -294,6 +289,16 @@ impl Bucket {
             });
         }
         statuses
+    }
+}
+
+/// A quota counter `(window, count)` as of window `index`: a later window starts at 0, and a
+/// stored window newer than `index` (the clock stepped back) keeps its count.
+fn current((stored, count): (u32, u64), index: u32) -> (u32, u64) {
+    if stored >= index {
+        (stored, count)
+    } else {
+        (index, 0)
     }
 }
 
