@@ -291,6 +291,16 @@ impl fmt::Debug for KeyCache {
 }
 
 impl KeyCache {
+    /// The store behind the cache.
+    pub(crate) fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.store
+    }
+
+    /// How long a store call may take.
+    pub(crate) fn lookup_timeout(&self) -> Option<Duration> {
+        self.lookup_timeout
+    }
+
     pub(crate) fn new(
         config: &CacheConfig,
         store: Arc<dyn KeyStore>,

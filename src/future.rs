@@ -16,18 +16,28 @@ use tower::Service;
 
 use crate::body::ResponseBody;
 use crate::cache::{LoadError, Loaded};
-use crate::limit::{Cost, Decision, LimitCheck, LimiterError};
+use crate::clock::unix_seconds;
+use crate::limit::{Cost, Decision, LimitCheck, LimiterError, Spend};
 use crate::network::client_address;
 use crate::principal::Principal;
 use crate::reject::Rejection;
 use crate::shared::Shared;
+use crate::store::StoreError;
 use crate::trace;
 use crate::usage::Outcome;
 use crate::verify::{verify, Presented};
 
 type LookupResult = (Loaded, Presented<'static>);
 type Lookup = Pin<Box<dyn Future<Output = LookupResult> + Send>>;
-type PendingLimit = Pin<Box<dyn Future<Output = Result<Decision, LimiterError>> + Send>>;
+type PendingCheck = Pin<Box<dyn Future<Output = Checked> + Send>>;
+
+/// What the limiter and the key's credits said of a request.
+pub(crate) struct Checked {
+    /// The limiter's decision, if the key has limits.
+    decision: Option<Result<Decision, LimiterError>>,
+    /// Spending the key's credits, if it has some and the limiter let the request through.
+    credits: Option<Result<Spend, StoreError>>,
+}
 
 /// The future of a response from [`ApiKeyService`](crate::service::ApiKeyService) or
 /// [`RequireScope`](crate::require::RequireScope).
@@ -57,7 +67,7 @@ where
     },
     /// Waiting for a limiter that decides asynchronously.
     Limit {
-        check: PendingLimit,
+        check: PendingCheck,
         waiting: Option<Box<Waiting<S, ReqBody>>>,
     },
     /// Waiting for the inner service. `after` is boxed: it is there only when the layer counts
@@ -97,7 +107,7 @@ pub(crate) enum Verdict {
     /// Put the principal into the request, call the inner service, then finish with `After`.
     Go(Principal, Option<Box<After>>),
     /// Wait for the limiter.
-    Wait(PendingLimit, Principal),
+    Wait(PendingCheck, Principal),
     /// Answer this instead. Boxed here already (the future keeps it boxed), so the verdict that
     /// travels back from the cache's entry on the hot path stays small.
     Reply(Box<Response<Bytes>>),
@@ -161,18 +171,84 @@ pub(crate) fn authorize(shared: &Arc<Shared>, attempt: Attempt<'_>) -> Verdict {
             return reply(shared.reject(Rejection::IpNotAllowed, Some(id), Some(id), headers));
         }
     }
-    match &restrictions.policy {
-        None => admit(shared, principal, None),
-        Some(policy) => match shared.limiter.check(
-            &policy.bucket,
-            &policy.limits,
-            cost(shared, extensions, path),
-            now,
-        ) {
-            LimitCheck::Ready(decision) => decide(shared, headers, principal, decision),
-            LimitCheck::Pending(check) => Verdict::Wait(check, principal),
-        },
+    let cost = cost(shared, extensions, path);
+    // The refill period of now, for a key with credits.
+    let credits = restrictions.credits.map(|metered| {
+        metered
+            .refill
+            .map_or(0, |every| every.index(unix_seconds(now)))
+    });
+    let limit = restrictions.policy.as_ref().map(|policy| {
+        shared
+            .limiter
+            .check(&policy.bucket, &policy.limits, cost, now)
+    });
+    match (limit, credits) {
+        (None, None) => admit(shared, principal, None),
+        (Some(LimitCheck::Ready(decision)), None) => decide(
+            shared,
+            headers,
+            principal,
+            Checked {
+                decision: Some(decision),
+                credits: None,
+            },
+        ),
+        (Some(LimitCheck::Ready(Ok(decision))), Some(_)) if !decision.allowed => decide(
+            shared,
+            headers,
+            principal,
+            Checked {
+                decision: Some(Ok(decision)),
+                credits: None,
+            },
+        ),
+        (limit, period) => {
+            let check = check(shared, principal.key_id(), cost, limit, period);
+            Verdict::Wait(check, principal)
+        }
     }
+}
+
+/// The limiter's decision (waited for if it is not ready), then, if it let the request through
+/// and the key has credits, spending them in the store: the limiter first, so a request it
+/// refuses spends no credit.
+fn check(
+    shared: &Arc<Shared>,
+    id: &str,
+    cost: u32,
+    limit: Option<LimitCheck>,
+    period: Option<u32>,
+) -> PendingCheck {
+    let store = Arc::clone(shared.cache.store());
+    let timeout = shared.cache.lookup_timeout();
+    let id: Box<str> = id.into();
+    Box::pin(async move {
+        let decision = match limit {
+            None => None,
+            Some(LimitCheck::Ready(decision)) => Some(decision),
+            Some(LimitCheck::Pending(pending)) => Some(pending.await),
+        };
+        let allowed = match &decision {
+            None => true,
+            Some(decision) => decision.as_ref().is_ok_and(|d| d.allowed),
+        };
+        let credits = match period {
+            Some(period) if allowed => {
+                let spend = store.spend_credits(&id, cost, period);
+                Some(match timeout {
+                    None => spend.await,
+                    Some(limit) => tokio::time::timeout(limit, spend)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(StoreError::unavailable("spending credits timed out"))
+                        }),
+                })
+            }
+            _ => None,
+        };
+        Checked { decision, credits }
+    })
 }
 
 /// What the request costs: a [`Cost`] put into it outside, or the layer's [`Costs`](crate::limit::Costs)
@@ -184,24 +260,46 @@ fn cost(shared: &Shared, extensions: &Extensions, path: &str) -> u32 {
     }
 }
 
-/// Goes on with a limiter's decision.
+/// Goes on with what the limiter and the credits said.
 fn decide(
     shared: &Arc<Shared>,
     headers: &HeaderMap,
     principal: Principal,
-    decision: Result<Decision, LimiterError>,
+    checked: Checked,
 ) -> Verdict {
     let id = principal.key_id();
-    match decision {
-        Ok(decision) if decision.allowed => admit(shared, principal, Some(decision)),
-        Ok(decision) => {
+    let decision = match checked.decision {
+        None => None,
+        Some(Ok(decision)) if decision.allowed => Some(decision),
+        Some(Ok(decision)) => {
             let mut response = shared.reject_limited(decision.refused_by.as_deref(), id, headers);
             decision.write_headers(response.headers_mut());
+            return reply(response);
+        }
+        Some(Err(error)) => {
+            trace::store_failed(id, &error);
+            return reply(shared.reject(
+                Rejection::LimiterUnavailable,
+                Some(id),
+                Some(id),
+                headers,
+            ));
+        }
+    };
+    match checked.credits {
+        None | Some(Ok(Spend::Spent { .. } | Spend::NoCredits)) => {
+            admit(shared, principal, decision)
+        }
+        Some(Ok(Spend::Exhausted)) => {
+            let mut response = shared.reject(Rejection::UsageExceeded, Some(id), Some(id), headers);
+            if let Some(decision) = decision {
+                decision.write_headers(response.headers_mut());
+            }
             reply(response)
         }
-        Err(error) => {
+        Some(Err(error)) => {
             trace::store_failed(id, &error);
-            reply(shared.reject(Rejection::LimiterUnavailable, Some(id), Some(id), headers))
+            reply(shared.reject(Rejection::KeyStoreUnavailable, Some(id), Some(id), headers))
         }
     }
 }
@@ -266,9 +364,9 @@ where
         }
     }
 
-    /// Waits for a limiter, then calls `inner`.
+    /// Waits for a limiter (and maybe the key's credits), then calls `inner`.
     pub(crate) fn wait(
-        check: PendingLimit,
+        check: PendingCheck,
         shared: Arc<Shared>,
         request: Request<ReqBody>,
         inner: S,
@@ -360,14 +458,14 @@ where
                     Self::after_verdict(verdict, shared, request, inner).state
                 }
                 StateProjection::Limit { check, waiting } => {
-                    let decision = ready!(check.as_mut().poll(cx));
+                    let checked = ready!(check.as_mut().poll(cx));
                     let Waiting {
                         shared,
                         request,
                         inner,
                         principal,
                     } = *waiting.take().expect("polled after completion");
-                    let verdict = decide(&shared, request.headers(), principal, decision);
+                    let verdict = decide(&shared, request.headers(), principal, checked);
                     Self::after_verdict(verdict, shared, request, inner).state
                 }
                 StateProjection::Inner { future, after } => {

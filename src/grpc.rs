@@ -16,7 +16,7 @@
 //! |---|---|
 //! | 401s, `MULTIPLE_API_KEYS` | `UNAUTHENTICATED` (16) |
 //! | `INSUFFICIENT_PERMISSIONS`, `IP_NOT_ALLOWED` | `PERMISSION_DENIED` (7) |
-//! | `RATE_LIMIT_EXCEEDED` | `RESOURCE_EXHAUSTED` (8) |
+//! | `RATE_LIMIT_EXCEEDED`, `USAGE_EXCEEDED` | `RESOURCE_EXHAUSTED` (8) |
 //! | `KEY_STORE_UNAVAILABLE`, `RATE_LIMITER_UNAVAILABLE` | `UNAVAILABLE` (14) |
 //! | `API_KEY_LAYER_MISSING` | `INTERNAL` (13) |
 //!
@@ -126,7 +126,9 @@ impl Rejection {
             Rejection::InsufficientPermissions | Rejection::IpNotAllowed => {
                 tonic::Code::PermissionDenied
             }
-            Rejection::RateLimitExceeded => tonic::Code::ResourceExhausted,
+            Rejection::RateLimitExceeded | Rejection::UsageExceeded => {
+                tonic::Code::ResourceExhausted
+            }
             Rejection::KeyStoreUnavailable | Rejection::LimiterUnavailable => {
                 tonic::Code::Unavailable
             }

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use ipnet::IpNet;
 
 use crate::key::{Environment, SecretDigest};
-use crate::limit::Policy;
+use crate::limit::{Policy, RefillPeriod};
 use crate::reject::Rejections;
 use crate::scope::ScopeHierarchy;
 use crate::store::{KeyRecord, KeyState};
@@ -63,6 +63,14 @@ pub(crate) struct Restrictions {
     pub(crate) policy: Option<Policy>,
     /// The networks it may be used from; empty: anywhere.
     pub(crate) networks: Box<[IpNet]>,
+    /// Set when the key has credits, spent in the store by every admitted request.
+    pub(crate) credits: Option<Metered>,
+}
+
+/// A key with credits: how its refill periods are counted, if they are refilled.
+#[derive(Clone, Copy)]
+pub(crate) struct Metered {
+    pub(crate) refill: Option<RefillPeriod>,
 }
 
 impl KeyCheck {
@@ -96,14 +104,18 @@ impl Principal {
                 revoked: record.revoked_at.is_some(),
                 disabled: record.disabled,
                 expires_at: record.expires_at,
-                restrictions: (policy.is_some() || !record.allowed_networks.is_empty()).then(
-                    || {
-                        Box::new(Restrictions {
-                            policy,
-                            networks: record.allowed_networks.as_slice().into(),
-                        })
-                    },
-                ),
+                restrictions: (policy.is_some()
+                    || !record.allowed_networks.is_empty()
+                    || record.credits.is_some())
+                .then(|| {
+                    Box::new(Restrictions {
+                        policy,
+                        networks: record.allowed_networks.as_slice().into(),
+                        credits: record.credits.as_ref().map(|credits| Metered {
+                            refill: credits.refill.map(|r| r.every),
+                        }),
+                    })
+                }),
             },
             key_id: record.id.as_str().into(),
             name: record.name.as_str().into(),

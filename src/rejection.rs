@@ -24,6 +24,9 @@ pub enum Rejection {
     ApiKeyDisabled,
     /// The key lacks a required scope.
     InsufficientPermissions,
+    /// The key's credits are spent (they refill at the start of its next refill period, or when
+    /// topped up).
+    UsageExceeded,
     /// The request comes from outside the networks the key is restricted to (or from an address
     /// the layer cannot know).
     IpNotAllowed,
@@ -41,7 +44,7 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every rejection.
-    pub const ALL: [Rejection; 13] = [
+    pub const ALL: [Rejection; 14] = [
         Rejection::MissingApiKey,
         Rejection::InvalidApiKey,
         Rejection::MultipleApiKeys,
@@ -55,6 +58,7 @@ impl Rejection {
         Rejection::LimiterUnavailable,
         Rejection::LayerMissing,
         Rejection::IpNotAllowed,
+        Rejection::UsageExceeded,
     ];
 
     /// Its position in [`Rejection::ALL`].
@@ -73,6 +77,7 @@ impl Rejection {
             Rejection::LimiterUnavailable => 10,
             Rejection::LayerMissing => 11,
             Rejection::IpNotAllowed => 12,
+            Rejection::UsageExceeded => 13,
         }
     }
 
@@ -87,6 +92,7 @@ impl Rejection {
             Rejection::ApiKeyDisabled => "API_KEY_DISABLED",
             Rejection::InsufficientPermissions => "INSUFFICIENT_PERMISSIONS",
             Rejection::IpNotAllowed => "IP_NOT_ALLOWED",
+            Rejection::UsageExceeded => "USAGE_EXCEEDED",
             Rejection::EnvironmentNotAllowed => "API_KEY_ENVIRONMENT_NOT_ALLOWED",
             Rejection::RateLimitExceeded => "RATE_LIMIT_EXCEEDED",
             Rejection::KeyStoreUnavailable => "KEY_STORE_UNAVAILABLE",
@@ -106,7 +112,9 @@ impl Rejection {
             | Rejection::EnvironmentNotAllowed => StatusCode::UNAUTHORIZED,
             Rejection::MultipleApiKeys => StatusCode::BAD_REQUEST,
             Rejection::InsufficientPermissions | Rejection::IpNotAllowed => StatusCode::FORBIDDEN,
-            Rejection::RateLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Rejection::RateLimitExceeded | Rejection::UsageExceeded => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Rejection::KeyStoreUnavailable | Rejection::LimiterUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -125,6 +133,7 @@ impl Rejection {
             Rejection::ApiKeyDisabled => "API key is disabled",
             Rejection::InsufficientPermissions => "Insufficient permissions",
             Rejection::IpNotAllowed => "API key may not be used from this address",
+            Rejection::UsageExceeded => "Usage limit exceeded",
             Rejection::EnvironmentNotAllowed => {
                 "API keys of this environment are not accepted here"
             }

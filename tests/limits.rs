@@ -599,3 +599,92 @@ fn concurrent_costs_spend_every_limit_alike_and_the_tightest_exactly() {
         [("a".into(), 0), ("b".into(), 40), ("day".into(), 140)]
     );
 }
+
+/// Credits over HTTP: spent by each request's cost in the store, refused with the reference's
+/// body once spent, refilled at UTC midnight, topped up; a rate-limit refusal spends none, and a
+/// store failure fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credits_are_spent_by_cost_refused_when_spent_and_refilled() {
+    use tower_api_key::limit::{Credits, RefillPeriod};
+    use tower_api_key::store::KeyStore;
+
+    let f =
+        Fixture::with(|b| b.costs(Costs::per_path([("/tracking", 3), ("/offers", 0)], 1))).await;
+    let keys = KeyManager::new(f.store.keys.clone()).with_cache(f.layer.handle());
+    let mut created = NewKey::new("metered")
+        .scopes(["admin"])
+        .credits(Credits::refilled(7, RefillPeriod::Daily).unwrap())
+        .limits(Limits::UNLIMITED.with(NamedLimit::new("burst", 10, 60).unwrap()))
+        .generate(f.layer.format())
+        .unwrap();
+    // Issued on the fixture's day (the manager would take the wall clock's).
+    created.record.credits.as_mut().unwrap().period = RefillPeriod::Daily.index(START);
+    f.store.keys.create(created.record.clone()).await.unwrap();
+    let id = created.record.id.clone();
+    let header = api_key(created.key.expose_secret());
+    let send = |method: Method, path: &'static str| {
+        let (client, header) = (f.client.clone(), header.clone());
+        async move {
+            client
+                .send(method, path, &[("authorization", &header)])
+                .await
+        }
+    };
+    // What the store holds (the manager shows credits as of the wall clock, not the fixture's).
+    let left = || async {
+        let record = f.store.keys.get(&id).await.unwrap().unwrap();
+        record.credits.unwrap().remaining
+    };
+
+    assert_eq!(send(Method::POST, "/tracking").await.status, StatusCode::OK);
+    assert_eq!(left().await, 4, "7 - 3");
+    assert_eq!(send(Method::POST, "/tracking").await.status, StatusCode::OK);
+    assert_eq!(left().await, 1);
+    let spent = send(Method::POST, "/tracking").await;
+    assert_eq!(spent.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        spent.body,
+        r#"{"error":"Usage limit exceeded","code":"USAGE_EXCEEDED","status":429}"#
+    );
+    assert_eq!(spent.headers["cache-control"], "no-store");
+    assert_eq!(left().await, 1, "a refusal spends no credit");
+    let free = send(Method::PUT, "/offers").await;
+    assert_eq!(free.status, StatusCode::OK, "a cost of 0 with 1 left");
+    assert_eq!(
+        send(Method::GET, "/recommendations").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(left().await, 0);
+    // The burst (10 a minute) is used up too: the limiter answers first, and spends no credit.
+    assert_eq!(
+        send(Method::GET, "/recommendations").await.code(),
+        "RATE_LIMIT_EXCEEDED"
+    );
+    assert_eq!(
+        send(Method::PUT, "/offers").await.code(),
+        "RATE_LIMIT_EXCEEDED"
+    );
+    f.clock.advance(Duration::from_secs(30)); // 23:59:30: half the burst back
+    let none_left = send(Method::PUT, "/offers").await;
+    assert_eq!(
+        none_left.code(),
+        "USAGE_EXCEEDED",
+        "a cost of 0 with none left"
+    );
+
+    // Past midnight: refilled to 7.
+    f.clock.advance(Duration::from_secs(60));
+    assert_eq!(send(Method::POST, "/tracking").await.status, StatusCode::OK);
+    assert_eq!(left().await, 4);
+    assert_eq!(keys.top_up(&id, 10).await.unwrap(), Some(14));
+
+    f.store.fail(true);
+    let down = send(Method::POST, "/tracking").await;
+    assert_eq!(
+        down.code(),
+        "KEY_STORE_UNAVAILABLE",
+        "never let through unmetered"
+    );
+    f.store.fail(false);
+    assert_eq!(left().await, 14);
+}

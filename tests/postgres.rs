@@ -49,6 +49,13 @@ mod postgres {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs PostgreSQL: run through .ci/run"]
+    async fn two_replicas_never_overspend_credits() {
+        let table = unique("credits");
+        conformance::credits_are_never_overspent(store(&table).await, store(&table).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL: run through .ci/run"]
     async fn a_revoke_reaches_every_replica_by_notify() {
         let table = unique("replicas");
         let elapsed = replicas::a_revoke_reaches_the_other_replica(

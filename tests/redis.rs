@@ -49,6 +49,13 @@ mod redis {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs Redis: run through .ci/run"]
+    async fn two_replicas_never_overspend_credits() {
+        let prefix = unique("credits");
+        conformance::credits_are_never_overspent(store(&prefix).await, store(&prefix).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis: run through .ci/run"]
     async fn a_revoke_reaches_every_replica_by_pub_sub() {
         let prefix = unique("replicas");
         let elapsed = replicas::a_revoke_reaches_the_other_replica(

@@ -21,6 +21,12 @@ async fn the_memory_store_passes_the_conformance_suite() {
     conformance::conformance(MemoryStore::new()).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_store_never_overspends_credits() {
+    let store = MemoryStore::new();
+    conformance::credits_are_never_overspent(store.clone(), store).await;
+}
+
 #[cfg(feature = "sqlite")]
 mod sqlite {
     use super::*;
@@ -48,6 +54,18 @@ mod sqlite {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// Two pools on one file, as two processes would have.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sqlite_store_never_overspends_credits() {
+        let (dir, url) = temp_db("credits");
+        conformance::credits_are_never_overspent(
+            SqliteStore::connect(&url).await.unwrap(),
+            SqliteStore::connect(&url).await.unwrap(),
+        )
+        .await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn keys_survive_a_restart_and_the_schema_is_created_once() {
         let (dir, url) = temp_db("restart");
@@ -66,7 +84,7 @@ mod sqlite {
             .fetch_one(reopened.pool())
             .await
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, 3);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
-use tower_api_key::limit::{InvalidLimit, Limits, NamedLimit};
+use tower_api_key::limit::{Credits, InvalidLimit, Limits, NamedLimit, RefillPeriod};
 use tower_api_key::{
     key::KeyFormat, manage::CreatedKey, manage::KeyInfo, manage::ManageError, network,
     network::IpNet, store::StoreError, AnyStore, Environment, KeyManager, NewKey,
@@ -101,6 +101,24 @@ enum Command {
         #[arg(long)]
         none: bool,
     },
+    /// Set a key's credits (--set N, refilled with --refill), add to them (--top-up N), or remove
+    /// them (--none).
+    Credits {
+        /// The key id.
+        id: String,
+        /// A new budget of N credits (a reset).
+        #[arg(long, value_name = "N", required_unless_present_any = ["top_up", "none"], conflicts_with_all = ["top_up", "none"])]
+        set: Option<u64>,
+        /// Refill to the --set amount: daily, monthly (on the 1st) or monthly:D (D from 1 to 28).
+        #[arg(long, value_parser = parse_refill, requires = "set")]
+        refill: Option<RefillPeriod>,
+        /// Add N credits to what is left.
+        #[arg(long, value_name = "N", conflicts_with = "none")]
+        top_up: Option<u64>,
+        /// Remove the key's credits: it is no longer metered.
+        #[arg(long)]
+        none: bool,
+    },
     /// Restrict a key to networks (CIDRs or addresses, comma-separated), or with --anywhere lift
     /// the restriction.
     SetNetworks {
@@ -139,6 +157,12 @@ struct KeySpec {
     /// The key's own limits replace its plan's, so this and --plan exclude each other.
     #[arg(long = "limit", value_parser = parse_limit, conflicts_with = "plan")]
     limit: Vec<NamedLimit>,
+    /// A budget of N credits, each request spending its cost (default: none, not metered).
+    #[arg(long, value_name = "N")]
+    credits: Option<u64>,
+    /// Refill the credits to N: daily, monthly (on the 1st) or monthly:D (D from 1 to 28).
+    #[arg(long, value_parser = parse_refill, requires = "credits")]
+    refill: Option<RefillPeriod>,
     /// Networks the key may be used from, comma-separated CIDRs or addresses (default: anywhere).
     #[arg(long = "allow-ip", value_delimiter = ',', value_parser = parse_network)]
     allow_ip: Vec<IpNet>,
@@ -150,6 +174,19 @@ struct KeySpec {
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|e| format!("{e}: write a duration such as 90d, 24h or 30m"))
+}
+
+fn parse_refill(text: &str) -> Result<RefillPeriod, String> {
+    RefillPeriod::from_text(text)
+        .map_err(|e| format!("{e}: write daily, monthly or monthly:D with D from 1 to 28"))
+}
+
+/// `amount` credits, refilled every `refill` if given.
+fn credits(amount: u64, refill: Option<RefillPeriod>) -> Result<Credits, Failure> {
+    match refill {
+        None => Ok(Credits::once(amount)),
+        Some(every) => Credits::refilled(amount, every).map_err(|e| invalid(e.to_string())),
+    }
 }
 
 fn parse_limit(text: &str) -> Result<NamedLimit, String> {
@@ -301,6 +338,38 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let info = keys.show(&id).await?.ok_or_else(|| not_found(&id))?;
             print_info(&info, cli.json);
         }
+        Command::Credits {
+            id,
+            set,
+            refill,
+            top_up,
+            ..
+        } => {
+            if let Some(amount) = set {
+                if !keys
+                    .set_credits(&id, Some(credits(amount, refill)?))
+                    .await?
+                {
+                    return Err(not_found(&id));
+                }
+            }
+            if let Some(amount) = top_up {
+                if keys.top_up(&id, amount).await?.is_none() {
+                    return Err(if keys.show(&id).await?.is_some() {
+                        invalid(format!(
+                            "key `{id}` has no credits: give it some with --set"
+                        ))
+                    } else {
+                        not_found(&id)
+                    });
+                }
+            }
+            if set.is_none() && top_up.is_none() && !keys.set_credits(&id, None).await? {
+                return Err(not_found(&id));
+            }
+            let info = keys.show(&id).await?.ok_or_else(|| not_found(&id))?;
+            print_info(&info, cli.json);
+        }
         Command::SetLimits { id, limits, .. } => {
             let limits = (!limits.is_empty()).then(|| named_limits(&limits));
             if !keys.set_limits(&id, limits).await? {
@@ -381,6 +450,9 @@ fn new_key(spec: &KeySpec) -> Result<NewKey, Failure> {
     }
     if !spec.limit.is_empty() {
         key = key.limits(named_limits(&spec.limit));
+    }
+    if let Some(amount) = spec.credits {
+        key = key.credits(credits(amount, spec.refill)?);
     }
     Ok(key.allowed_networks(spec.allow_ip.iter().copied()))
 }
@@ -491,6 +563,19 @@ fn print_info(info: &KeyInfo, json: bool) {
     println!("owner:       {}", info.owner.as_deref().unwrap_or("-"));
     println!("plan:        {}", info.plan.as_deref().unwrap_or("-"));
     println!("limits:      {}", describe_limits(info.limits.as_ref()));
+    let credits = match &info.credits {
+        None => "-".to_owned(),
+        Some(credits) => match credits.refill {
+            None => credits.remaining.to_string(),
+            Some(refill) => format!(
+                "{} (refilled to {} {})",
+                credits.remaining,
+                refill.amount,
+                refill.every.to_text()
+            ),
+        },
+    };
+    println!("credits:     {credits}");
     let networks = if info.allowed_networks.is_empty() {
         "anywhere".to_owned()
     } else {

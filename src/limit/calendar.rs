@@ -64,7 +64,7 @@ impl Window {
 // Howard Hinnant's algorithms (public domain): the proleptic Gregorian calendar to and from days
 // since 1970-01-01.
 
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -35,6 +35,7 @@
 
 mod calendar;
 mod cost;
+mod credits;
 mod gcra;
 mod memory;
 #[cfg(feature = "redis")]
@@ -49,6 +50,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 pub use cost::{Cost, Costs};
+pub use credits::{Credits, Refill, RefillPeriod, Spend};
 pub use memory::MemoryLimiter;
 #[cfg(feature = "redis")]
 pub use redis::RedisLimiter;
@@ -224,6 +226,8 @@ pub enum InvalidLimit {
     Malformed(String),
     /// Two named limits with one name.
     Duplicate(String),
+    /// A monthly refill day that is not 1 to 28.
+    RefillDay(u8),
 }
 
 impl std::fmt::Display for InvalidLimit {
@@ -241,6 +245,9 @@ impl std::fmt::Display for InvalidLimit {
                 "`{text}` is not a limit: write name=limit/window, such as burst=10/1s"
             ),
             InvalidLimit::Duplicate(name) => write!(f, "two limits are named `{name}`"),
+            InvalidLimit::RefillDay(day) => {
+                write!(f, "invalid refill day {day}: from 1 to 28, which every month has")
+            }
         }
     }
 }

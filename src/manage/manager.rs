@@ -6,9 +6,10 @@ use std::time::{Duration, SystemTime};
 use super::{keeps, CreatedKey, InvalidKey, KeyInfo, ManageError, MAX_NAME_LEN};
 use ipnet::IpNet;
 
+use crate::clock::unix_seconds;
 use crate::key::{Environment, KeyFormat};
 use crate::layer::ApiKeyHandle;
-use crate::limit::Limits;
+use crate::limit::{Credits, Limits};
 use crate::scope::validate_scope;
 use crate::store::{KeyChanges, KeyRecord, KeyState, KeyStoreAdmin, StoreError};
 
@@ -37,6 +38,7 @@ pub struct NewKey {
     plan: Option<String>,
     limits: Option<Limits>,
     allowed_networks: Vec<IpNet>,
+    credits: Option<Credits>,
 }
 
 impl NewKey {
@@ -52,6 +54,7 @@ impl NewKey {
             plan: None,
             limits: None,
             allowed_networks: Vec::new(),
+            credits: None,
         }
     }
 
@@ -94,6 +97,13 @@ impl NewKey {
     /// The key's own limits, which take precedence over its plan's.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = Some(limits);
+        self
+    }
+
+    /// The key's credits: a budget of requests, each spending its cost, refilled if they say
+    /// so. A key with too few left is refused with 429 `USAGE_EXCEEDED`.
+    pub fn credits(mut self, credits: Credits) -> Self {
+        self.credits = Some(credits);
         self
     }
 
@@ -143,6 +153,9 @@ impl NewKey {
         record.plan = self.plan;
         record.limits = self.limits;
         record.allowed_networks = self.allowed_networks;
+        record.credits = self
+            .credits
+            .map(|credits| credits.starting(unix_seconds(SystemTime::now())));
         Ok(CreatedKey {
             key: generated.key,
             record,
@@ -285,6 +298,47 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         let result = self.store.set_disabled(id, disabled).await;
         self.changed(id);
         result
+    }
+
+    /// Replaces (or, with `None`, clears) key `id`'s credits: a reset or a new budget; returns
+    /// whether it exists.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use tower_api_key::{limit::{Credits, RefillPeriod}, ApiKeyLayer, KeyManager, MemoryStore, NewKey};
+    ///
+    /// let store = MemoryStore::new();
+    /// let layer = ApiKeyLayer::new("mesh", store.clone())?;
+    /// let keys = KeyManager::new(store).with_cache(layer.handle());
+    /// let created = keys.create(NewKey::new("trial").credits(Credits::once(10))).await?;
+    /// let monthly = Credits::refilled(1_000, RefillPeriod::Monthly { day: 1 })?;
+    /// assert!(keys.set_credits(&created.record.id, Some(monthly)).await?);
+    /// assert_eq!(keys.top_up(&created.record.id, 500).await?, Some(1_500));
+    /// assert_eq!(keys.show(&created.record.id).await?.unwrap().credits.unwrap().remaining, 1_500);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// When the store fails; the cache is cleared all the same.
+    pub async fn set_credits(
+        &self,
+        id: &str,
+        credits: Option<Credits>,
+    ) -> Result<bool, StoreError> {
+        let credits = credits.map(|c| c.starting(unix_seconds(SystemTime::now())));
+        let result = self.store.set_credits(id, credits.as_ref()).await;
+        self.changed(id);
+        result
+    }
+
+    /// Adds `amount` to key `id`'s credits in one atomic step; returns what is left now, or
+    /// `None` when the key has no credits (or does not exist).
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn top_up(&self, id: &str, amount: u64) -> Result<Option<u64>, StoreError> {
+        self.store.add_credits(id, amount).await
     }
 
     /// Replaces (or, with `None`, clears) key `id`'s own limits, which take the place of its
@@ -444,6 +498,8 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         new.plan = old.plan.clone();
         new.limits.clone_from(&old.limits);
         new.allowed_networks = old.allowed_networks.clone();
+        // What the old key had left, as of now; it keeps its own through the grace period.
+        new.credits = old.credits.clone().map(|credits| credits.refilled_by(now));
         new.expires_at = old.expires_at;
         let created = self.create(new).await?;
         let expires = old.expires_at.map_or(grace_ends, |at| at.min(grace_ends));

@@ -9,7 +9,7 @@ use std::fmt;
 use std::time::SystemTime;
 
 use crate::key::{Environment, KeyFormat, PlaintextKey};
-use crate::limit::{InvalidLimit, Limits};
+use crate::limit::{Credits, InvalidLimit, Limits};
 use crate::scope::InvalidScope;
 use crate::store::{KeyRecord, KeyState, StoreError};
 
@@ -144,6 +144,8 @@ pub struct KeyInfo {
     pub allowed_networks: Vec<String>,
     /// Its own limits (which take the place of its plan's), if it has any.
     pub limits: Option<Limits>,
+    /// Its credits as of now (refilled if a refill period began), if it has any.
+    pub credits: Option<Credits>,
 }
 
 impl KeyInfo {
@@ -168,6 +170,10 @@ impl KeyInfo {
                 .map(ToString::to_string)
                 .collect(),
             limits: record.limits.clone(),
+            credits: record
+                .credits
+                .clone()
+                .map(|credits| credits.refilled_by(now)),
         }
     }
 }

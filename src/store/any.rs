@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use crate::limit::Limits;
+use crate::limit::{Credits, Limits, Spend};
 
 use super::{KeyChanges, KeyRecord, KeyStore, KeyStoreAdmin, MemoryStore, StoreError, UsageUpdate};
 
@@ -135,6 +135,9 @@ impl KeyStore for AnyStore {
     async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         each!(self, store => store.get(id).await)
     }
+    async fn spend_credits(&self, id: &str, cost: u32, period: u32) -> Result<Spend, StoreError> {
+        each!(self, store => store.spend_credits(id, cost, period).await)
+    }
 }
 
 #[async_trait]
@@ -159,6 +162,12 @@ impl KeyStoreAdmin for AnyStore {
     }
     async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
         each!(self, store => store.set_disabled(id, disabled).await)
+    }
+    async fn set_credits(&self, id: &str, credits: Option<&Credits>) -> Result<bool, StoreError> {
+        each!(self, store => store.set_credits(id, credits).await)
+    }
+    async fn add_credits(&self, id: &str, amount: u64) -> Result<Option<u64>, StoreError> {
+        each!(self, store => store.add_credits(id, amount).await)
     }
     async fn set_limits(&self, id: &str, limits: Option<&Limits>) -> Result<bool, StoreError> {
         each!(self, store => store.set_limits(id, limits).await)

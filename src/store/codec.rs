@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use super::{to_json, KeyRecord, StoreError};
 use crate::clock::{from_unix_seconds, unix_seconds};
 use crate::key::SecretDigest;
+use crate::limit::{Credits, Refill, RefillPeriod};
 use crate::trace::log_id;
 
 /// A record as flat fields, in the SQL table's column order.
@@ -35,6 +36,19 @@ pub(crate) struct Fields {
     pub(crate) requests: i64,
     /// JSON array of CIDRs; absent for none.
     pub(crate) allowed_networks: Option<String>,
+    /// Credits left; absent for a key without credits.
+    pub(crate) credits_remaining: Option<i64>,
+    /// What credits are refilled to, if they are.
+    pub(crate) credits_refill_amount: Option<i64>,
+    /// When: `daily` or `monthly:D`.
+    pub(crate) credits_refill_period: Option<String>,
+    /// The refill period `credits_remaining` belongs to.
+    pub(crate) credits_period: Option<i64>,
+}
+
+/// A count as a store writes it: at most `i64::MAX`.
+pub(crate) fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// A time as a store writes it: Unix seconds (0 before 1970).
@@ -63,6 +77,18 @@ impl Fields {
             requests: i64::try_from(record.requests).unwrap_or(i64::MAX),
             allowed_networks: (!record.allowed_networks.is_empty())
                 .then(|| to_json(&record.allowed_networks)),
+            credits_remaining: record.credits.as_ref().map(|c| saturating_i64(c.remaining)),
+            credits_refill_amount: record
+                .credits
+                .as_ref()
+                .and_then(|c| c.refill)
+                .map(|r| saturating_i64(r.amount)),
+            credits_refill_period: record
+                .credits
+                .as_ref()
+                .and_then(|c| c.refill)
+                .map(|r| r.every.to_text()),
+            credits_period: record.credits.as_ref().map(|c| i64::from(c.period)),
         }
     }
 
@@ -112,6 +138,28 @@ impl Fields {
             .map(|text| serde_json::from_str(&text).map_err(|_| corrupt("allowed_networks")))
             .transpose()?
             .unwrap_or_default();
+        record.credits = match self.credits_remaining {
+            None => None,
+            Some(remaining) => {
+                let refill = match (self.credits_refill_amount, self.credits_refill_period) {
+                    (None, None) => None,
+                    (Some(amount), Some(every)) => Some(Refill {
+                        amount: u64::try_from(amount)
+                            .map_err(|_| corrupt("credits_refill_amount"))?,
+                        every: RefillPeriod::from_text(&every)
+                            .map_err(|_| corrupt("credits_refill_period"))?,
+                    }),
+                    _ => return Err(corrupt("credits_refill")),
+                };
+                Some(Credits {
+                    remaining: u64::try_from(remaining)
+                        .map_err(|_| corrupt("credits_remaining"))?,
+                    refill,
+                    period: u32::try_from(self.credits_period.unwrap_or(0))
+                        .map_err(|_| corrupt("credits_period"))?,
+                })
+            }
+        };
         Ok(record)
     }
 
@@ -136,6 +184,16 @@ impl Fields {
             ("limits", self.limits),
             ("last_used_at", self.last_used_at.map(|t| t.to_string())),
             ("allowed_networks", self.allowed_networks),
+            (
+                "credits_remaining",
+                self.credits_remaining.map(|n| n.to_string()),
+            ),
+            (
+                "credits_refill_amount",
+                self.credits_refill_amount.map(|n| n.to_string()),
+            ),
+            ("credits_refill_period", self.credits_refill_period),
+            ("credits_period", self.credits_period.map(|n| n.to_string())),
         ];
         hash.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
         hash
@@ -176,6 +234,10 @@ impl Fields {
             last_used_at: number(take("last_used_at"), "last_used_at")?,
             requests: number(take("requests"), "requests")?.unwrap_or(0),
             allowed_networks: take("allowed_networks"),
+            credits_remaining: number(take("credits_remaining"), "credits_remaining")?,
+            credits_refill_amount: number(take("credits_refill_amount"), "credits_refill_amount")?,
+            credits_refill_period: take("credits_refill_period"),
+            credits_period: number(take("credits_period"), "credits_period")?,
         })
     }
 }
@@ -203,6 +265,14 @@ mod tests {
             Some(Limits::FREE.with(crate::limit::NamedLimit::new("burst", 10, 1).unwrap()));
         record.owner = Some("acme".into());
         record.requests = 7;
+        record.credits = Some(Credits {
+            remaining: 7,
+            refill: Some(Refill {
+                amount: 100,
+                every: RefillPeriod::Monthly { day: 15 },
+            }),
+            period: 24_318,
+        });
         record.allowed_networks = vec![
             "10.0.0.0/8".parse().unwrap(),
             "2001:db8::/32".parse().unwrap(),
@@ -241,6 +311,10 @@ mod tests {
             |f: &mut Fields| f.requests = -1,
             |f: &mut Fields| f.allowed_networks = Some("[\"10.0.0.0/33\"]".into()),
             |f: &mut Fields| f.allowed_networks = Some("10.0.0.0/8".into()),
+            |f: &mut Fields| f.credits_remaining = Some(-1),
+            |f: &mut Fields| f.credits_refill_period = Some("monthly:31".into()),
+            |f: &mut Fields| f.credits_refill_amount = None,
+            |f: &mut Fields| f.credits_period = Some(-2),
         ] {
             let mut fields = Fields::of(&record());
             corrupt(&mut fields);

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use crate::limit::Limits;
+use crate::limit::{Credits, Limits, Spend};
 
 use super::{KeyRecord, KeyStore, KeyStoreAdmin, StoreError, UsageUpdate};
 
@@ -64,6 +64,22 @@ impl fmt::Debug for MemoryStore {
 impl KeyStore for MemoryStore {
     async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         Ok(self.read().get(id).cloned())
+    }
+
+    async fn spend_credits(&self, id: &str, cost: u32, period: u32) -> Result<Spend, StoreError> {
+        let mut keys = self.write();
+        let Some(credits) = keys.get_mut(id).and_then(|r| r.credits.as_mut()) else {
+            return Ok(Spend::NoCredits);
+        };
+        let (remaining, period) = credits.as_of_period(period);
+        if remaining < u64::from(cost.max(1)) {
+            return Ok(Spend::Exhausted);
+        }
+        credits.remaining = remaining - u64::from(cost);
+        credits.period = period;
+        Ok(Spend::Spent {
+            remaining: credits.remaining,
+        })
     }
 }
 
@@ -124,6 +140,25 @@ impl KeyStoreAdmin for MemoryStore {
             .get_mut(id)
             .map(|record| record.disabled = disabled)
             .is_some())
+    }
+
+    async fn set_credits(&self, id: &str, credits: Option<&Credits>) -> Result<bool, StoreError> {
+        Ok(self
+            .write()
+            .get_mut(id)
+            .map(|record| record.credits = credits.cloned())
+            .is_some())
+    }
+
+    async fn add_credits(&self, id: &str, amount: u64) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .write()
+            .get_mut(id)
+            .and_then(|record| record.credits.as_mut())
+            .map(|credits| {
+                credits.remaining = credits.remaining.saturating_add(amount);
+                credits.remaining
+            }))
     }
 
     async fn set_limits(&self, id: &str, limits: Option<&Limits>) -> Result<bool, StoreError> {

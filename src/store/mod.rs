@@ -46,7 +46,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use crate::limit::Limits;
+use crate::limit::{Credits, Limits, Spend};
 
 #[cfg(any(feature = "postgres", feature = "redis"))]
 pub use listener::{LISTENER_CONNECT_TIMEOUT, LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
@@ -70,6 +70,21 @@ pub trait KeyStore: Send + Sync + 'static {
     /// When the store cannot tell (unreachable, timed out, corrupt). The request is refused with
     /// 503, and nothing is cached.
     async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Spends `cost` of key `id`'s credits in one atomic step, refilling them first when their
+    /// record's refill period is older than `period` (the [`RefillPeriod::index`] of now). A cost
+    /// of 0 spends nothing but is [`Spend::Exhausted`] when none are left. The layer calls it
+    /// only for keys whose record has credits.
+    ///
+    /// The default fails: a store that keeps no credits refuses a key that has some (503)
+    /// rather than let it through unmetered. The stores of this crate all keep them.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn spend_credits(&self, id: &str, cost: u32, period: u32) -> Result<Spend, StoreError> {
+        let _ = (id, cost, period);
+        Err(StoreError::unavailable("this key store keeps no credits"))
+    }
 }
 
 /// The writing side of a store, for stores that can change their keys.
@@ -119,6 +134,19 @@ pub trait KeyStoreAdmin: KeyStore {
     /// # Errors
     /// When the backend fails.
     async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError>;
+
+    /// Replaces (or, with `None`, clears) key `id`'s credits. Returns whether it exists.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn set_credits(&self, id: &str, credits: Option<&Credits>) -> Result<bool, StoreError>;
+
+    /// Adds `amount` to key `id`'s remaining credits in one atomic step. Returns what is left
+    /// now, or `None` when the key has no credits (or no record).
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn add_credits(&self, id: &str, amount: u64) -> Result<Option<u64>, StoreError>;
 
     /// Replaces (or, with `None`, clears) key `id`'s own limits. Returns whether it exists.
     ///
@@ -232,6 +260,9 @@ impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
     async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         (**self).get(id).await
     }
+    async fn spend_credits(&self, id: &str, cost: u32, period: u32) -> Result<Spend, StoreError> {
+        (**self).spend_credits(id, cost, period).await
+    }
 }
 
 #[async_trait]
@@ -262,6 +293,12 @@ impl<T: KeyStoreAdmin + ?Sized> KeyStoreAdmin for Arc<T> {
     }
     async fn set_limits(&self, id: &str, limits: Option<&Limits>) -> Result<bool, StoreError> {
         (**self).set_limits(id, limits).await
+    }
+    async fn set_credits(&self, id: &str, credits: Option<&Credits>) -> Result<bool, StoreError> {
+        (**self).set_credits(id, credits).await
+    }
+    async fn add_credits(&self, id: &str, amount: u64) -> Result<Option<u64>, StoreError> {
+        (**self).add_credits(id, amount).await
     }
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {
         (**self).record_usage(batch).await

@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::key::{Environment, SecretDigest};
-use crate::limit::Limits;
+use crate::limit::{Credits, Limits};
 
 /// Everything a store keeps about one key: never the key itself, only the digest of its secret.
 ///
@@ -75,6 +75,10 @@ pub struct KeyRecord {
     /// A request from elsewhere is refused with 403 `IP_NOT_ALLOWED`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_networks: Vec<IpNet>,
+    /// The key's credits, if it has a budget of requests: spent by each request's cost in the
+    /// store ([`KeyStore::spend_credits`](super::KeyStore::spend_credits)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<Credits>,
     /// When a request last got through with the key, as last flushed to the store.
     #[serde(
         default,
@@ -154,6 +158,7 @@ impl KeyRecord {
             plan: None,
             limits: None,
             allowed_networks: Vec::new(),
+            credits: None,
             last_used_at: None,
             requests: 0,
         }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use ipnet::IpNet;
 
-use crate::limit::Limits;
+use crate::limit::{Credits, Limits, Spend};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tokio::task::JoinHandle;
@@ -74,6 +74,47 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if ARGV[2] == nil then redis.call('HDEL', KEYS[1], ARGV[1])
 elseif ARGV[3] == 'nx' then redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 else redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1",
+    )
+});
+
+/// Spends credits, refilling them first when a refill period began. KEYS: hash. ARGV: the refill
+/// period of now, cost. Returns {0} without credits, {1} exhausted, {2, remaining} spent.
+static SPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local c = redis.call('HMGET', KEYS[1], 'credits_remaining', 'credits_refill_amount', 'credits_period')
+if not c[1] then return {0} end
+local remaining, amount, period = tonumber(c[1]), tonumber(c[2]), tonumber(c[3] or '0')
+local now_period, cost = tonumber(ARGV[1]), tonumber(ARGV[2])
+if amount and period < now_period then remaining, period = amount, now_period end
+if remaining < math.max(cost, 1) then return {1} end
+remaining = remaining - cost
+redis.call('HSET', KEYS[1], 'credits_remaining', remaining, 'credits_period', period)
+return {2, remaining}",
+    )
+});
+
+/// Adds credits to a key that has some. KEYS: hash. ARGV: amount. Returns the new count, or -1.
+static ADD_CREDITS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HEXISTS', KEYS[1], 'credits_remaining') == 0 then return -1 end
+return redis.call('HINCRBY', KEYS[1], 'credits_remaining', ARGV[1])",
+    )
+});
+
+/// Replaces a key's credits (ARGV: remaining, refill amount, refill period, period; empty for
+/// none), or with no ARGV removes them. KEYS: hash. Returns whether the key exists.
+static SET_CREDITS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[1], 'credits_remaining', 'credits_refill_amount', 'credits_refill_period', 'credits_period')
+local fields = {'credits_remaining', 'credits_refill_amount', 'credits_refill_period', 'credits_period'}
+for i = 1, #ARGV do
+  if ARGV[i] ~= '' then redis.call('HSET', KEYS[1], fields[i], ARGV[i]) end
+end
 return 1",
     )
 });
@@ -222,6 +263,24 @@ impl KeyStore for RedisStore {
         }
         Fields::from_hash(id, fields)?.into_record().map(Some)
     }
+
+    async fn spend_credits(&self, id: &str, cost: u32, period: u32) -> Result<Spend, StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = SPEND
+            .key(self.key(id))
+            .arg(period)
+            .arg(cost)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(match reply[..] {
+            [2, left] => Spend::Spent {
+                remaining: u64::try_from(left).unwrap_or(0),
+            },
+            [1] => Spend::Exhausted,
+            _ => Spend::NoCredits,
+        })
+    }
 }
 
 #[async_trait]
@@ -307,6 +366,36 @@ impl KeyStoreAdmin for RedisStore {
     async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
         self.update(id, &["disabled", if disabled { "1" } else { "0" }])
             .await
+    }
+
+    async fn set_credits(&self, id: &str, credits: Option<&Credits>) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = SET_CREDITS.key(self.key(id));
+        if let Some(credits) = credits {
+            let refill = credits.refill;
+            invocation
+                .arg(credits.remaining.to_string())
+                .arg(refill.map_or(String::new(), |r| r.amount.to_string()))
+                .arg(refill.map_or(String::new(), |r| r.every.to_text()))
+                .arg(credits.period.to_string());
+        }
+        let done: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        self.changed(id).await;
+        Ok(done == 1)
+    }
+
+    async fn add_credits(&self, id: &str, amount: u64) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.conn.clone();
+        let left: i64 = ADD_CREDITS
+            .key(self.key(id))
+            .arg(super::codec::saturating_i64(amount))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(u64::try_from(left).ok())
     }
 
     async fn set_limits(&self, id: &str, limits: Option<&Limits>) -> Result<bool, StoreError> {

@@ -31,6 +31,13 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX IF NOT EXISTS {t}_owner ON {t} (owner);",
     ),
     (2, "ALTER TABLE {t} ADD COLUMN allowed_networks TEXT;"),
+    (
+        3,
+        "ALTER TABLE {t} ADD COLUMN credits_remaining BIGINT;
+        ALTER TABLE {t} ADD COLUMN credits_refill_amount BIGINT;
+        ALTER TABLE {t} ADD COLUMN credits_refill_period TEXT;
+        ALTER TABLE {t} ADD COLUMN credits_period BIGINT;",
+    ),
 ];
 
 /// The queries for table `t`.
@@ -46,6 +53,10 @@ pub(crate) struct Queries {
     pub(crate) set_disabled: String,
     pub(crate) set_allowed_networks: String,
     pub(crate) set_limits: String,
+    pub(crate) set_credits: String,
+    pub(crate) spend_credits: String,
+    pub(crate) add_credits: String,
+    pub(crate) credits: String,
     pub(crate) record_usage: String,
     pub(crate) schema_table: String,
     pub(crate) schema_version: String,
@@ -54,7 +65,8 @@ pub(crate) struct Queries {
 
 const COLUMNS: &str = "id, digest, name, owner, environment, scopes, metadata, created_at, \
                        expires_at, revoked_at, disabled, plan, limits, last_used_at, requests, \
-                       allowed_networks";
+                       allowed_networks, credits_remaining, credits_refill_amount, \
+                       credits_refill_period, credits_period";
 
 impl Queries {
     /// The queries for `table`.
@@ -79,7 +91,8 @@ impl Queries {
             get: format!("SELECT {COLUMNS} FROM {t} WHERE id = $1"),
             insert: format!(
                 "INSERT INTO {t} ({COLUMNS}) VALUES \
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+                 $19, $20)"
             ),
             revoke: format!("UPDATE {t} SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2"),
             delete: format!("DELETE FROM {t} WHERE id = $1"),
@@ -89,6 +102,29 @@ impl Queries {
             set_disabled: format!("UPDATE {t} SET disabled = $1 WHERE id = $2"),
             set_allowed_networks: format!("UPDATE {t} SET allowed_networks = $1 WHERE id = $2"),
             set_limits: format!("UPDATE {t} SET limits = $1 WHERE id = $2"),
+            set_credits: format!(
+                "UPDATE {t} SET credits_remaining = $1, credits_refill_amount = $2, \
+                 credits_refill_period = $3, credits_period = $4 WHERE id = $5"
+            ),
+            // Refilled first when a refill period began; spent only if enough is left; one
+            // statement, so concurrent spends on any number of replicas never overspend.
+            spend_credits: format!(
+                "UPDATE {t} SET \
+                 credits_remaining = (CASE WHEN credits_refill_amount IS NOT NULL \
+                   AND credits_period < $1 THEN credits_refill_amount \
+                   ELSE credits_remaining END) - $2, \
+                 credits_period = CASE WHEN credits_refill_amount IS NOT NULL \
+                   AND credits_period < $1 THEN $1 ELSE credits_period END \
+                 WHERE id = $4 AND credits_remaining IS NOT NULL \
+                 AND (CASE WHEN credits_refill_amount IS NOT NULL AND credits_period < $1 \
+                   THEN credits_refill_amount ELSE credits_remaining END) >= $3 \
+                 RETURNING credits_remaining"
+            ),
+            add_credits: format!(
+                "UPDATE {t} SET credits_remaining = credits_remaining + $1 \
+                 WHERE id = $2 AND credits_remaining IS NOT NULL RETURNING credits_remaining"
+            ),
+            credits: format!("SELECT credits_remaining FROM {t} WHERE id = $1"),
             record_usage: format!(
                 "UPDATE {t} SET requests = requests + $1, \
                  last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 \
@@ -171,6 +207,14 @@ macro_rules! sql_store {
                     last_used_at: row.try_get("last_used_at").map_err(unavailable)?,
                     requests: row.try_get("requests").map_err(unavailable)?,
                     allowed_networks: row.try_get("allowed_networks").map_err(unavailable)?,
+                    credits_remaining: row.try_get("credits_remaining").map_err(unavailable)?,
+                    credits_refill_amount: row
+                        .try_get("credits_refill_amount")
+                        .map_err(unavailable)?,
+                    credits_refill_period: row
+                        .try_get("credits_refill_period")
+                        .map_err(unavailable)?,
+                    credits_period: row.try_get("credits_period").map_err(unavailable)?,
                 }
                 .into_record()
             }
@@ -188,6 +232,38 @@ macro_rules! sql_store {
                     .await
                     .map_err($crate::store::sql::unavailable)?;
                 row.as_ref().map(Self::record).transpose()
+            }
+
+            async fn spend_credits(
+                &self,
+                id: &str,
+                cost: u32,
+                period: u32,
+            ) -> Result<$crate::limit::Spend, $crate::store::StoreError> {
+                use $crate::limit::Spend;
+                use $crate::store::sql::unavailable;
+                let left: Option<i64> = sqlx::query_scalar(&self.sql.spend_credits)
+                    .bind(i64::from(period))
+                    .bind(i64::from(cost))
+                    .bind(i64::from(cost.max(1)))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                if let Some(left) = left {
+                    return Ok(Spend::Spent {
+                        remaining: u64::try_from(left).unwrap_or(0),
+                    });
+                }
+                let credits: Option<Option<i64>> = sqlx::query_scalar(&self.sql.credits)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(match credits {
+                    Some(Some(_)) => Spend::Exhausted,
+                    _ => Spend::NoCredits,
+                })
             }
         }
 
@@ -216,6 +292,10 @@ macro_rules! sql_store {
                     .bind(f.last_used_at)
                     .bind(f.requests)
                     .bind(f.allowed_networks)
+                    .bind(f.credits_remaining)
+                    .bind(f.credits_refill_amount)
+                    .bind(f.credits_refill_period)
+                    .bind(f.credits_period)
                     .execute(&self.pool)
                     .await;
                 match result {
@@ -287,6 +367,36 @@ macro_rules! sql_store {
             ) -> Result<bool, $crate::store::StoreError> {
                 let limits = limits.map($crate::store::to_json);
                 self.update(&self.sql.set_limits, limits, id).await
+            }
+
+            async fn set_credits(
+                &self,
+                id: &str,
+                credits: Option<&$crate::limit::Credits>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                use $crate::store::codec::saturating_i64;
+                let refill = credits.and_then(|c| c.refill);
+                let query = sqlx::query(&self.sql.set_credits)
+                    .bind(credits.map(|c| saturating_i64(c.remaining)))
+                    .bind(refill.map(|r| saturating_i64(r.amount)))
+                    .bind(refill.map(|r| r.every.to_text()))
+                    .bind(credits.map(|c| i64::from(c.period)))
+                    .bind(id);
+                self.change(query, id).await
+            }
+
+            async fn add_credits(
+                &self,
+                id: &str,
+                amount: u64,
+            ) -> Result<Option<u64>, $crate::store::StoreError> {
+                let left: Option<i64> = sqlx::query_scalar(&self.sql.add_credits)
+                    .bind($crate::store::codec::saturating_i64(amount))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::unavailable)?;
+                Ok(left.map(|n| u64::try_from(n).unwrap_or(0)))
             }
 
             async fn set_allowed_networks(

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tower_api_key::{
-    key::KeyFormat, limit::Limits, store::KeyRecord, store::KeyStoreAdmin, store::StoreError,
-    store::UsageUpdate, ApiKeyLayer, Environment, KeyManager, NewKey,
+    key::KeyFormat, limit::Credits, limit::Limits, limit::RefillPeriod, limit::Spend,
+    store::KeyRecord, store::KeyStoreAdmin, store::StoreError, store::UsageUpdate, ApiKeyLayer,
+    Environment, KeyManager, NewKey,
 };
 
 use crate::common::{api_key, app, serve, HttpClient};
@@ -81,6 +82,68 @@ pub async fn conformance<S: KeyStoreAdmin + Clone>(store: S) {
     assert!(store.set_limits(&a.id, None).await.unwrap());
     assert_eq!(store.get(&a.id).await.unwrap().unwrap().limits, None);
     assert!(!store.set_limits("nope", None).await.unwrap());
+
+    // Credits: spent, refilled when a refill period began, topped up, removed.
+    let monthly = Credits::refilled(5, RefillPeriod::Daily).unwrap();
+    let mut credits = monthly.clone();
+    credits.period = 100;
+    assert!(store.set_credits(&a.id, Some(&credits)).await.unwrap());
+    assert_eq!(
+        store.get(&a.id).await.unwrap().unwrap().credits,
+        Some(credits.clone())
+    );
+    assert_eq!(
+        store.spend_credits(&a.id, 3, 100).await.unwrap(),
+        Spend::Spent { remaining: 2 }
+    );
+    assert_eq!(
+        store.spend_credits(&a.id, 3, 100).await.unwrap(),
+        Spend::Exhausted,
+        "3 do not fit in 2"
+    );
+    assert_eq!(
+        store.spend_credits(&a.id, 0, 100).await.unwrap(),
+        Spend::Spent { remaining: 2 },
+        "a cost of 0 spends nothing"
+    );
+    assert_eq!(
+        store.spend_credits(&a.id, 4, 101).await.unwrap(),
+        Spend::Spent { remaining: 1 },
+        "the next period refilled to 5 first"
+    );
+    assert_eq!(
+        store
+            .get(&a.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .credits
+            .unwrap()
+            .period,
+        101
+    );
+    assert_eq!(store.add_credits(&a.id, 10).await.unwrap(), Some(11));
+    assert_eq!(
+        store.spend_credits(&a.id, 11, 101).await.unwrap(),
+        Spend::Spent { remaining: 0 }
+    );
+    assert_eq!(
+        store.spend_credits(&a.id, 0, 101).await.unwrap(),
+        Spend::Exhausted,
+        "a cost of 0 is refused once none is left"
+    );
+    assert!(store.set_credits(&a.id, None).await.unwrap());
+    assert_eq!(store.get(&a.id).await.unwrap().unwrap().credits, None);
+    assert_eq!(
+        store.spend_credits(&a.id, 1, 101).await.unwrap(),
+        Spend::NoCredits
+    );
+    assert_eq!(
+        store.spend_credits("nope", 1, 101).await.unwrap(),
+        Spend::NoCredits
+    );
+    assert_eq!(store.add_credits(&a.id, 1).await.unwrap(), None);
+    assert!(!store.set_credits("nope", Some(&monthly)).await.unwrap());
 
     let networks = vec![
         "203.0.113.0/24".parse().unwrap(),
@@ -183,4 +246,67 @@ pub async fn conformance<S: KeyStoreAdmin + Clone>(store: S) {
             "no plaintext"
         );
     }
+}
+
+/// Two replicas (two layers, each on its own connection to one store) spend one key's 30
+/// credits with 80 concurrent requests: exactly 30 get through, the rest are refused with
+/// `USAGE_EXCEEDED`, and a top-up lets exactly that many more through.
+pub async fn credits_are_never_overspent<S: KeyStoreAdmin + Clone>(a: S, b: S) {
+    use tower::{service_fn, Layer, ServiceExt};
+    use tower_api_key::reject::Rejection;
+
+    let replicas = [
+        ApiKeyLayer::new("mesh", a.clone()).unwrap(),
+        ApiKeyLayer::new("mesh", b).unwrap(),
+    ];
+    let keys = KeyManager::new(a).with_cache(replicas[0].handle());
+    let created = keys
+        .create(NewKey::new("metered").credits(Credits::once(30)))
+        .await
+        .unwrap();
+    let header = api_key(created.key.expose_secret());
+    let burst = |n: usize| {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let layer = replicas[i % 2].clone();
+                let header = header.clone();
+                tokio::spawn(async move {
+                    let service = layer.layer(service_fn(|_: http::Request<()>| async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+                    }));
+                    let request = http::Request::get("/")
+                        .header("authorization", header)
+                        .body(())
+                        .unwrap();
+                    let response = service.oneshot(request).await.unwrap();
+                    response.extensions().get::<Rejection>().copied()
+                })
+            })
+            .collect::<Vec<_>>();
+        async move {
+            let mut admitted = 0;
+            for task in tasks {
+                match task.await.unwrap() {
+                    None => admitted += 1,
+                    Some(Rejection::UsageExceeded) => {}
+                    Some(other) => panic!("unexpected {other:?}"),
+                }
+            }
+            admitted
+        }
+    };
+    assert_eq!(burst(80).await, 30, "the 30 credits, exactly");
+    let id = &created.record.id;
+    assert_eq!(
+        keys.show(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .credits
+            .unwrap()
+            .remaining,
+        0
+    );
+    assert_eq!(keys.top_up(id, 5).await.unwrap(), Some(5));
+    assert_eq!(burst(20).await, 5, "the top-up, exactly");
 }

@@ -199,6 +199,18 @@ impl KeyStore for TestStore {
         }
         self.keys.get(id).await
     }
+
+    async fn spend_credits(
+        &self,
+        id: &str,
+        cost: u32,
+        period: u32,
+    ) -> Result<tower_api_key::limit::Spend, StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::unavailable("database is down"));
+        }
+        self.keys.spend_credits(id, cost, period).await
+    }
 }
 
 /// The demo's routes: read, write and admin, each counting the calls that reach it.
