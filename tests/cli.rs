@@ -370,6 +370,72 @@ mod cli {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn credits_are_set_topped_up_shown_and_spent() {
+        let mut tool = Tool::new();
+        let created = tool.ok_json(&[
+            "--json",
+            "create",
+            "--name",
+            "trial",
+            "--credits",
+            "2",
+            "--refill",
+            "monthly:15",
+        ]);
+        let id = created["info"]["id"].as_str().unwrap().to_owned();
+        let key = created["key"].as_str().unwrap().to_owned();
+        assert_eq!(created["info"]["credits"]["remaining"], 2);
+        assert_eq!(
+            created["info"]["credits"]["refill"],
+            serde_json::json!({"amount": 2, "every": {"monthly": {"day": 15}}})
+        );
+        assert_eq!(
+            tool.answers(&key, 3).await,
+            [
+                StatusCode::OK,
+                StatusCode::OK,
+                StatusCode::TOO_MANY_REQUESTS
+            ]
+        );
+        let topped = tool.ok_json(&["--json", "credits", &id, "--top-up", "1"]);
+        assert_eq!(topped["credits"]["remaining"], 1);
+        assert_eq!(
+            tool.answers(&key, 2).await,
+            [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]
+        );
+        let output = tool.run(&["credits", &id, "--set", "5", "--refill", "daily"]);
+        assert!(output.status.success(), "{output:?}");
+        let text = String::from_utf8(output.stdout).unwrap();
+        assert!(
+            text.contains("credits:     5 (refilled to 5 daily)"),
+            "{text}"
+        );
+        let removed = tool.ok_json(&["--json", "credits", &id, "--none"]);
+        assert_eq!(removed["credits"], serde_json::Value::Null);
+        assert_eq!(
+            tool.answers(&key, 3).await,
+            [StatusCode::OK; 3],
+            "not metered"
+        );
+
+        let (code, message) = tool.failure(&["credits", &id, "--top-up", "3"]);
+        assert_eq!(code, 2, "{message}");
+        assert!(message.contains("has no credits"), "{message}");
+        for bad in [
+            &["create", "--credits", "5", "--refill", "monthly:31"][..],
+            &["create", "--credits", "5", "--refill", "weekly"],
+            &["create", "--refill", "daily"],
+            &["create", "--credits", "-1"],
+            &["credits", &id],
+            &["credits", &id, "--set", "1", "--none"],
+        ] {
+            assert_eq!(tool.failure(bad).0, 2, "{bad:?}");
+        }
+        assert_eq!(tool.failure(&["credits", "nope", "--set", "1"]).0, 3);
+        assert_eq!(tool.failure(&["credits", "nope", "--top-up", "1"]).0, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn networks_are_set_shown_and_enforced() {
         let mut tool = Tool::new();
         let clock = ManualClock::new(SystemTime::now());
