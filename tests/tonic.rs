@@ -185,6 +185,29 @@ mod grpc {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_whose_credits_are_spent_is_resource_exhausted() {
+        use tower_api_key::limit::Credits;
+
+        let f = fixture().await;
+        let created = f
+            .keys
+            .create(
+                NewKey::new("metered")
+                    .scopes(["read"])
+                    .credits(Credits::once(1)),
+            )
+            .await
+            .unwrap();
+        let key = created.key.expose_secret();
+        assert!(f.check(Some(key)).await.is_ok());
+        assert_status(
+            f.check(Some(key)).await,
+            Code::ResourceExhausted,
+            "USAGE_EXCEEDED",
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_store_failure_is_unavailable() {
         let f = fixture().await;
         let read = f.key("read").await;

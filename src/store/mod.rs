@@ -72,9 +72,10 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
 
     /// Spends `cost` of key `id`'s credits in one atomic step, refilling them first when their
-    /// record's refill period is older than `period` (the [`RefillPeriod::index`] of now). A cost
-    /// of 0 spends nothing but is [`Spend::Exhausted`] when none are left. The layer calls it
-    /// only for keys whose record has credits.
+    /// record's refill period is older than `period` (the
+    /// [`RefillPeriod::index`](crate::limit::RefillPeriod::index) of now). A cost of 0 spends
+    /// nothing but is [`Spend::Exhausted`] when none are left. The layer calls it only for keys
+    /// whose record has credits.
     ///
     /// The default fails: a store that keeps no credits refuses a key that has some (503)
     /// rather than let it through unmetered. The stores of this crate all keep them.
