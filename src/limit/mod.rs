@@ -16,7 +16,11 @@
 //! ([`NamedLimit`]: `"burst"` 10 per second, `"hour"` 2,000 per hour…), and every one is enforced;
 //! the headers and the 429 body name the limit that was hit. A request costs 1 unless the layer
 //! says otherwise for its path ([`Costs`]); a cost of 0 checks the limits without consuming
-//! them. A check is all or nothing: a refused request consumes no limit at all.
+//! them. A check is all or nothing: a request a limit refuses consumes no limit at all.
+//!
+//! A key may also have [`Credits`]: a budget kept and spent in the store (one atomic step, so
+//! replicas never overspend), refilled daily or monthly, spent by the same cost once the limits
+//! let the request through; spent out, the answer is 429 `USAGE_EXCEEDED`.
 //!
 //! Limits come from, in order: the key record's own `limits`, its `plan` looked up in the
 //! layer's plans (`free`, `pro`, `enterprise` are built in), the layer's default (unlimited).
