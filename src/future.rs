@@ -185,24 +185,20 @@ pub(crate) fn authorize(shared: &Arc<Shared>, attempt: Attempt<'_>) -> Verdict {
     });
     match (limit, credits) {
         (None, None) => admit(shared, principal, None),
-        (Some(LimitCheck::Ready(decision)), None) => decide(
-            shared,
-            headers,
-            principal,
-            Checked {
-                decision: Some(decision),
-                credits: None,
-            },
-        ),
-        (Some(LimitCheck::Ready(Ok(decision))), Some(_)) if !decision.allowed => decide(
-            shared,
-            headers,
-            principal,
-            Checked {
-                decision: Some(Ok(decision)),
-                credits: None,
-            },
-        ),
+        // Decided at once, and nothing to spend: no credits, or refused by the limiter.
+        (Some(LimitCheck::Ready(decision)), period)
+            if period.is_none() || decision.as_ref().is_ok_and(|d| !d.allowed) =>
+        {
+            decide(
+                shared,
+                headers,
+                principal,
+                Checked {
+                    decision: Some(decision),
+                    credits: None,
+                },
+            )
+        }
         (limit, period) => {
             let check = check(shared, principal.key_id(), cost, limit, period);
             Verdict::Wait(check, principal)

@@ -53,6 +53,13 @@ impl Shared {
         }
     }
 
+    /// Traces a refusal of a request that `presented` an id, and counts it for the key whose
+    /// secret was `verified`.
+    fn refused(&self, rejection: Rejection, presented: Option<&str>, verified: Option<&str>) {
+        trace::rejected(presented, rejection);
+        self.record(verified, Outcome::Rejected(rejection), None);
+    }
+
     /// The response for a refused request; traces it with the id it `presented` and counts it for
     /// the key whose secret was `verified`.
     pub(crate) fn reject(
@@ -62,15 +69,12 @@ impl Shared {
         verified: Option<&str>,
         request_headers: &HeaderMap,
     ) -> Response<Bytes> {
-        trace::rejected(presented, rejection);
-        self.record(verified, Outcome::Rejected(rejection), None);
+        self.refused(rejection, presented, verified);
         self.authority
             .rejections
             .response(rejection, request_headers)
     }
-}
 
-impl Shared {
     /// The 429 for a request over the limit named `limit` (if the limiter said), of key `id`.
     pub(crate) fn reject_limited(
         &self,
@@ -78,9 +82,7 @@ impl Shared {
         id: &str,
         request_headers: &HeaderMap,
     ) -> Response<Bytes> {
-        let rejection = Rejection::RateLimitExceeded;
-        trace::rejected(Some(id), rejection);
-        self.record(Some(id), Outcome::Rejected(rejection), None);
+        self.refused(Rejection::RateLimitExceeded, Some(id), Some(id));
         self.authority
             .rejections
             .response_over_limit(limit, request_headers)

@@ -50,6 +50,11 @@ impl MemoryStore {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, KeyRecord>> {
         self.keys.write().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Changes key `id`'s record with `change`; whether the key exists.
+    fn update(&self, id: &str, change: impl FnOnce(&mut KeyRecord)) -> Result<bool, StoreError> {
+        Ok(self.write().get_mut(id).map(change).is_some())
+    }
 }
 
 impl fmt::Debug for MemoryStore {
@@ -95,13 +100,9 @@ impl KeyStoreAdmin for MemoryStore {
     }
 
     async fn revoke(&self, id: &str, at: SystemTime) -> Result<bool, StoreError> {
-        Ok(self
-            .write()
-            .get_mut(id)
-            .map(|record| {
-                record.revoked_at.get_or_insert(at);
-            })
-            .is_some())
+        self.update(id, |record| {
+            record.revoked_at.get_or_insert(at);
+        })
     }
 
     async fn delete(&self, id: &str) -> Result<bool, StoreError> {
@@ -119,35 +120,19 @@ impl KeyStoreAdmin for MemoryStore {
     }
 
     async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError> {
-        Ok(self
-            .write()
-            .get_mut(id)
-            .map(|record| record.scopes = scopes.to_vec())
-            .is_some())
+        self.update(id, |record| record.scopes = scopes.to_vec())
     }
 
     async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, StoreError> {
-        Ok(self
-            .write()
-            .get_mut(id)
-            .map(|record| record.expires_at = at)
-            .is_some())
+        self.update(id, |record| record.expires_at = at)
     }
 
     async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
-        Ok(self
-            .write()
-            .get_mut(id)
-            .map(|record| record.disabled = disabled)
-            .is_some())
+        self.update(id, |record| record.disabled = disabled)
     }
 
     async fn set_credits(&self, id: &str, credits: Option<&Credits>) -> Result<bool, StoreError> {
-        Ok(self
-            .write()
-            .get_mut(id)
-            .map(|record| record.credits = credits.cloned())
-            .is_some())
+        self.update(id, |record| record.credits = credits.cloned())
     }
 
     async fn add_credits(&self, id: &str, amount: u64) -> Result<Option<u64>, StoreError> {
@@ -162,19 +147,11 @@ impl KeyStoreAdmin for MemoryStore {
     }
 
     async fn set_limits(&self, id: &str, limits: Option<&Limits>) -> Result<bool, StoreError> {
-        Ok(self
-            .write()
-            .get_mut(id)
-            .map(|record| record.limits = limits.cloned())
-            .is_some())
+        self.update(id, |record| record.limits = limits.cloned())
     }
 
     async fn set_allowed_networks(&self, id: &str, networks: &[IpNet]) -> Result<bool, StoreError> {
-        Ok(self
-            .write()
-            .get_mut(id)
-            .map(|record| record.allowed_networks = networks.to_vec())
-            .is_some())
+        self.update(id, |record| record.allowed_networks = networks.to_vec())
     }
 
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {

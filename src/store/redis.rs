@@ -179,8 +179,14 @@ impl RedisStore {
     }
 
     async fn update(&self, id: &str, args: &[&str]) -> Result<bool, StoreError> {
+        self.change(&UPDATE, id, args).await
+    }
+
+    /// Runs `script` (which answers 1 when the key exists) on key `id`'s hash with `args`, then
+    /// announces the change.
+    async fn change(&self, script: &Script, id: &str, args: &[&str]) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
-        let mut invocation = UPDATE.key(self.key(id));
+        let mut invocation = script.key(self.key(id));
         for arg in args {
             invocation.arg(*arg);
         }
@@ -369,22 +375,17 @@ impl KeyStoreAdmin for RedisStore {
     }
 
     async fn set_credits(&self, id: &str, credits: Option<&Credits>) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        let mut invocation = SET_CREDITS.key(self.key(id));
-        if let Some(credits) = credits {
+        let args: Vec<String> = credits.map_or_else(Vec::new, |credits| {
             let refill = credits.refill;
-            invocation
-                .arg(credits.remaining.to_string())
-                .arg(refill.map_or(String::new(), |r| r.amount.to_string()))
-                .arg(refill.map_or(String::new(), |r| r.every.to_text()))
-                .arg(credits.period.to_string());
-        }
-        let done: i64 = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        self.changed(id).await;
-        Ok(done == 1)
+            vec![
+                credits.remaining.to_string(),
+                refill.map_or(String::new(), |r| r.amount.to_string()),
+                refill.map_or(String::new(), |r| r.every.to_text()),
+                credits.period.to_string(),
+            ]
+        });
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.change(&SET_CREDITS, id, &args).await
     }
 
     async fn add_credits(&self, id: &str, amount: u64) -> Result<Option<u64>, StoreError> {
