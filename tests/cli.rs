@@ -62,6 +62,15 @@ mod cli {
             serde_json::from_slice(&output.stdout).unwrap()
         }
 
+        /// Creates a key with `options` (after `--json create`): what the tool printed, the key's
+        /// id and the key.
+        fn create(&mut self, options: &[&str]) -> (serde_json::Value, String, String) {
+            let created = self.ok_json(&[&["--json", "create"], options].concat());
+            let id = created["info"]["id"].as_str().unwrap().to_owned();
+            let key = created["key"].as_str().unwrap().to_owned();
+            (created, id, key)
+        }
+
         fn failure(&mut self, args: &[&str]) -> (i32, String) {
             let output = self.run(args);
             assert!(!output.status.success(), "{args:?} should fail");
@@ -244,9 +253,7 @@ mod cli {
     async fn rotate_never_brings_back_a_revoked_or_disabled_key_and_copies_every_setting() {
         let mut tool = Tool::new();
         let clock = ManualClock::new(SystemTime::now());
-        let created = tool.ok_json(&[
-            "--json",
-            "create",
+        let (created, id, key) = tool.create(&[
             "--name",
             "worker",
             "--scopes",
@@ -260,8 +267,6 @@ mod cli {
             "--allow-ip",
             "198.51.100.0/24",
         ]);
-        let id = created["info"]["id"].as_str().unwrap().to_owned();
-        let key = created["key"].as_str().unwrap().to_owned();
 
         let disabled = tool.ok_json(&["--json", "disable", &id]);
         assert_eq!(disabled["state"], "disabled");
@@ -306,9 +311,7 @@ mod cli {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn named_limits_are_set_shown_and_enforced() {
         let mut tool = Tool::new();
-        let created = tool.ok_json(&[
-            "--json",
-            "create",
+        let (created, id, key) = tool.create(&[
             "--name",
             "metered",
             "--limit",
@@ -316,8 +319,6 @@ mod cli {
             "--limit",
             "hour=5/3600",
         ]);
-        let id = created["info"]["id"].as_str().unwrap().to_owned();
-        let key = created["key"].as_str().unwrap().to_owned();
         assert_eq!(
             created["info"]["limits"]["named"],
             serde_json::json!([
@@ -372,9 +373,7 @@ mod cli {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn credits_are_set_topped_up_shown_and_spent() {
         let mut tool = Tool::new();
-        let created = tool.ok_json(&[
-            "--json",
-            "create",
+        let (created, id, key) = tool.create(&[
             "--name",
             "trial",
             "--credits",
@@ -382,8 +381,6 @@ mod cli {
             "--refill",
             "monthly:15",
         ]);
-        let id = created["info"]["id"].as_str().unwrap().to_owned();
-        let key = created["key"].as_str().unwrap().to_owned();
         assert_eq!(created["info"]["credits"]["remaining"], 2);
         assert_eq!(
             created["info"]["credits"]["refill"],
@@ -439,16 +436,12 @@ mod cli {
     async fn networks_are_set_shown_and_enforced() {
         let mut tool = Tool::new();
         let clock = ManualClock::new(SystemTime::now());
-        let created = tool.ok_json(&[
-            "--json",
-            "create",
+        let (created, id, key) = tool.create(&[
             "--name",
             "office",
             "--allow-ip",
             "203.0.113.0/24,2001:db8::1",
         ]);
-        let id = created["info"]["id"].as_str().unwrap().to_owned();
-        let key = created["key"].as_str().unwrap().to_owned();
         assert_eq!(
             created["info"]["allowed_networks"],
             serde_json::json!(["203.0.113.0/24", "2001:db8::1/128"])

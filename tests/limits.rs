@@ -66,6 +66,13 @@ impl Fixture {
         created
     }
 
+    /// Sends `method path` with `header` as the key.
+    async fn send(&self, header: &str, method: Method, path: &str) -> Reply {
+        self.client
+            .send(method, path, &[("authorization", header)])
+            .await
+    }
+
     async fn get(&self, key: &CreatedKey) -> Reply {
         self.client
             .get(
@@ -489,14 +496,7 @@ async fn named_limits_are_each_enforced_and_a_route_costs_what_the_layer_says() 
         .unwrap();
     f.store.keys.create(created.record.clone()).await.unwrap();
     let header = api_key(created.key.expose_secret());
-    let send = |method: Method, path: &'static str| {
-        let (client, header) = (f.client.clone(), header.clone());
-        async move {
-            client
-                .send(method, path, &[("authorization", &header)])
-                .await
-        }
-    };
+    let send = |method: Method, path: &'static str| f.send(&header, method, path);
     let track = || send(Method::POST, "/tracking");
     let read = || send(Method::GET, "/recommendations");
     let free = || send(Method::PUT, "/offers");
@@ -622,14 +622,7 @@ async fn credits_are_spent_by_cost_refused_when_spent_and_refilled() {
     f.store.keys.create(created.record.clone()).await.unwrap();
     let id = created.record.id.clone();
     let header = api_key(created.key.expose_secret());
-    let send = |method: Method, path: &'static str| {
-        let (client, header) = (f.client.clone(), header.clone());
-        async move {
-            client
-                .send(method, path, &[("authorization", &header)])
-                .await
-        }
-    };
+    let send = |method: Method, path: &'static str| f.send(&header, method, path);
     // What the store holds (the manager shows credits as of the wall clock, not the fixture's).
     let left = || async {
         let record = f.store.keys.get(&id).await.unwrap().unwrap();

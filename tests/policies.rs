@@ -72,6 +72,14 @@ impl Fixture {
         }
     }
 
+    /// `GET /private` with `key`.
+    async fn private(&self, key: &CreatedKey) -> common::Reply {
+        let header = api_key(key.key.expose_secret());
+        self.client
+            .get("/private", &[("authorization", &header)])
+            .await
+    }
+
     async fn key(&self, environment: Environment) -> CreatedKey {
         self.keys
             .create(
@@ -207,36 +215,18 @@ async fn marked_credentials_reach_the_service_as_sensitive_and_kept_ones_as_sent
 async fn the_production_preset_takes_live_keys_only() {
     let f = Fixture::with(ApiKeyLayerBuilder::production).await;
     let live = f.key(Environment::Live).await;
-    let reply = f
-        .client
-        .get(
-            "/private",
-            &[("authorization", &api_key(live.key.expose_secret()))],
-        )
-        .await;
+    let reply = f.private(&live).await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     for environment in [Environment::Test, Environment::Dev] {
         let key = f.key(environment).await;
-        let reply = f
-            .client
-            .get(
-                "/private",
-                &[("authorization", &api_key(key.key.expose_secret()))],
-            )
-            .await;
+        let reply = f.private(&key).await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{environment:?}");
         assert_eq!(reply.code(), "API_KEY_ENVIRONMENT_NOT_ALLOWED");
     }
     // The default takes test keys too.
     let f = Fixture::with(|b| b).await;
     let test = f.key(Environment::Test).await;
-    let reply = f
-        .client
-        .get(
-            "/private",
-            &[("authorization", &api_key(test.key.expose_secret()))],
-        )
-        .await;
+    let reply = f.private(&test).await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
 }
 
