@@ -457,7 +457,16 @@ impl KeyCache {
                 }
             }
         };
-        let lookup = self.store.get(id);
+        let lookup = async {
+            let Some(record) = self.store.get(id).await? else {
+                return Ok(None);
+            };
+            let owner = match &record.owner {
+                Some(owner) => self.store.owner(owner).await?,
+                None => None,
+            };
+            Ok(Some((record, owner)))
+        };
         let result = match self.lookup_timeout {
             Some(limit) => match tokio::time::timeout(limit, lookup).await {
                 Ok(result) => result,
@@ -468,7 +477,7 @@ impl KeyCache {
             None => lookup.await,
         };
         match result {
-            Ok(Some(record)) if record.id == id => match self.rules.policy(KeyLimits {
+            Ok(Some((record, owner))) if record.id == id => match self.rules.policy(KeyLimits {
                 id: &record.id,
                 owner: record.owner.as_deref(),
                 environment: record.environment,
@@ -479,6 +488,7 @@ impl KeyCache {
                     &record,
                     Arc::clone(&self.authority),
                     policy,
+                    owner.as_ref(),
                 ))),
                 Err(unknown) => Err(LoadError::Misconfigured(unknown)),
             },
@@ -606,6 +616,20 @@ impl KeyCache {
         if let Some((_, old)) = self.entries.remove(id) {
             self.adjust(old.value.kind(), -1);
         }
+    }
+
+    /// Forgets what is cached of owner `owner`: the entries of its keys, and every load in
+    /// flight (whose key's owner is not known yet, and which may have read the owner's record
+    /// before the change), so the next request of any of its keys asks the store.
+    pub(crate) fn invalidate_owner(&self, owner: &str) {
+        self.entries.retain(|_, e| {
+            let forget = e.load.is_some()
+                || matches!(&e.value, Value::Key(key) if key.owner() == Some(owner));
+            if forget {
+                self.adjust(e.value.kind(), -1);
+            }
+            !forget
+        });
     }
 
     /// Forgets everything: no entry made before this call is read again, and no load started

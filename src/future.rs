@@ -17,9 +17,9 @@ use tower::Service;
 use crate::body::ResponseBody;
 use crate::cache::{LoadError, Loaded};
 use crate::clock::unix_seconds;
-use crate::limit::{Cost, Decision, LimitCheck, LimiterError, Spend};
+use crate::limit::{Account, Charge, Cost, Decision, LimitCheck, LimiterError, Spend};
 use crate::network::client_address;
-use crate::principal::Principal;
+use crate::principal::{Metered, Principal};
 use crate::reject::Rejection;
 use crate::shared::Shared;
 use crate::store::StoreError;
@@ -35,7 +35,8 @@ type PendingCheck = Pin<Box<dyn Future<Output = Checked> + Send>>;
 pub(crate) struct Checked {
     /// The limiter's decision, if the key has limits.
     decision: Option<Result<Decision, LimiterError>>,
-    /// Spending the key's credits, if it has some and the limiter let the request through.
+    /// Spending the credits of the key and its owner, if either has some and the limiter let
+    /// the request through.
     credits: Option<Result<Spend, StoreError>>,
 }
 
@@ -172,17 +173,28 @@ pub(crate) fn authorize(shared: &Arc<Shared>, attempt: Attempt<'_>) -> Verdict {
         }
     }
     let cost = cost(shared, extensions, path);
-    // The refill period of now, for a key with credits.
-    let credits = restrictions.credits.map(|metered| {
-        metered
-            .refill
-            .map_or(0, |every| every.index(unix_seconds(now)))
-    });
-    let limit = restrictions.policy.as_ref().map(|policy| {
-        shared
-            .limiter
-            .check(&policy.bucket, &policy.limits, cost, now)
-    });
+    // The refill periods of now, for a key or owner with credits.
+    let credits =
+        (restrictions.credits.is_some() || restrictions.owner_credits.is_some()).then(|| {
+            let period = |metered: Option<Metered>| {
+                metered.map(|m| m.refill.map_or(0, |every| every.index(unix_seconds(now))))
+            };
+            Periods {
+                key: period(restrictions.credits),
+                owner: period(restrictions.owner_credits),
+            }
+        });
+    let limit = match (&restrictions.policy, &restrictions.owner_policy) {
+        (None, None) => None,
+        (Some(policy), None) | (None, Some(policy)) => {
+            Some(shared.limiter.check(&[policy.as_bucket()], cost, now))
+        }
+        (Some(key), Some(owner)) => Some(shared.limiter.check(
+            &[key.as_bucket(), owner.as_bucket()],
+            cost,
+            now,
+        )),
+    };
     match (limit, credits) {
         (None, None) => admit(shared, principal, None),
         // Decided at once, and nothing to spend: no credits, or refused by the limiter.
@@ -199,26 +211,33 @@ pub(crate) fn authorize(shared: &Arc<Shared>, attempt: Attempt<'_>) -> Verdict {
                 },
             )
         }
-        (limit, period) => {
-            let check = check(shared, principal.key_id(), cost, limit, period);
+        (limit, periods) => {
+            let check = check(shared, principal.clone(), cost, limit, periods);
             Verdict::Wait(check, principal)
         }
     }
 }
 
+/// The refill periods of now of the credits of a key (`key`) and of its owner (`owner`), for
+/// those that have credits.
+#[derive(Clone, Copy)]
+struct Periods {
+    key: Option<u32>,
+    owner: Option<u32>,
+}
+
 /// The limiter's decision (waited for if it is not ready), then, if it let the request through
-/// and the key has credits, spending them in the store: the limiter first, so a request it
-/// refuses spends no credit.
+/// and the key or its owner has credits, spending them in the store: the limiter first, so a
+/// request it refuses spends no credit.
 fn check(
     shared: &Arc<Shared>,
-    id: &str,
+    principal: Principal,
     cost: u32,
     limit: Option<LimitCheck>,
-    period: Option<u32>,
+    periods: Option<Periods>,
 ) -> PendingCheck {
     let store = Arc::clone(shared.cache.store());
     let timeout = shared.cache.lookup_timeout();
-    let id: Box<str> = id.into();
     Box::pin(async move {
         let decision = match limit {
             None => None,
@@ -229,9 +248,20 @@ fn check(
             None => true,
             Some(decision) => decision.as_ref().is_ok_and(|d| d.allowed),
         };
-        let credits = match period {
-            Some(period) if allowed => {
-                let spend = store.spend_credits(&id, cost, period);
+        let credits = match periods {
+            Some(periods) if allowed => {
+                let charge = Charge {
+                    cost,
+                    key: periods.key.map(|period| Account {
+                        id: principal.key_id(),
+                        period,
+                    }),
+                    owner: principal
+                        .owner()
+                        .zip(periods.owner)
+                        .map(|(id, period)| Account { id, period }),
+                };
+                let spend = store.spend_credits(&charge);
                 Some(match timeout {
                     None => spend.await,
                     Some(limit) => tokio::time::timeout(limit, spend)

@@ -149,6 +149,12 @@ impl ApiKeyHandle {
         self.shared.cache.invalidate_all();
     }
 
+    /// Forgets what the cache holds of owner `owner`'s limits and credits: every cached key of
+    /// that owner, and every lookup in flight (which may have read the owner before a change).
+    pub fn invalidate_owner(&self, owner: &str) {
+        self.shared.cache.invalidate_owner(owner);
+    }
+
     /// The format of the layer's keys.
     pub fn format(&self) -> &KeyFormat {
         &self.shared.reading.format
@@ -162,6 +168,10 @@ impl KeyChanges for ApiKeyHandle {
 
     fn all_changed(&self) {
         self.shared.cache.invalidate_all();
+    }
+
+    fn owner_changed(&self, owner: &str) {
+        self.shared.cache.invalidate_owner(owner);
     }
 }
 

@@ -11,7 +11,7 @@ use crate::key::{Environment, SecretDigest};
 use crate::limit::{Policy, RefillPeriod};
 use crate::reject::Rejections;
 use crate::scope::ScopeHierarchy;
-use crate::store::{KeyRecord, KeyState};
+use crate::store::{KeyRecord, KeyState, OwnerRecord};
 
 /// The authenticated key behind a request, put into the request's extensions by
 /// [`ApiKeyLayer`](crate::ApiKeyLayer).
@@ -61,10 +61,14 @@ pub(crate) struct KeyCheck {
 pub(crate) struct Restrictions {
     /// Its rate limits and quotas, and the bucket they are counted in.
     pub(crate) policy: Option<Policy>,
+    /// The limits set on its owner, counted for all of the owner's keys.
+    pub(crate) owner_policy: Option<Policy>,
     /// The networks it may be used from; empty: anywhere.
     pub(crate) networks: Box<[IpNet]>,
     /// Set when the key has credits, spent in the store by every admitted request.
     pub(crate) credits: Option<Metered>,
+    /// Set when its owner has credits, spent by every admitted request of any of its keys.
+    pub(crate) owner_credits: Option<Metered>,
 }
 
 /// A key with credits: how its refill periods are counted, if they are refilled.
@@ -93,11 +97,19 @@ struct Inner {
 }
 
 impl Principal {
+    /// The principal of `record`, with the limits `policy` and what is set on its `owner`.
     pub(crate) fn from_record(
         record: &KeyRecord,
         authority: Arc<Authority>,
         policy: Option<Policy>,
+        owner: Option<&OwnerRecord>,
     ) -> Self {
+        let metered = |credits: &crate::limit::Credits| Metered {
+            refill: credits.refill.map(|r| r.every),
+        };
+        let owner_policy =
+            owner.and_then(|o| Policy::of_owner(&o.owner, o.limits.as_ref(), record.environment));
+        let owner_credits = owner.and_then(|o| o.credits.as_ref()).map(metered);
         Principal(Arc::new(Inner {
             check: KeyCheck {
                 digest: record.digest,
@@ -105,15 +117,17 @@ impl Principal {
                 disabled: record.disabled,
                 expires_at: record.expires_at,
                 restrictions: (policy.is_some()
+                    || owner_policy.is_some()
                     || !record.allowed_networks.is_empty()
-                    || record.credits.is_some())
+                    || record.credits.is_some()
+                    || owner_credits.is_some())
                 .then(|| {
                     Box::new(Restrictions {
                         policy,
+                        owner_policy,
                         networks: record.allowed_networks.as_slice().into(),
-                        credits: record.credits.as_ref().map(|credits| Metered {
-                            refill: credits.refill.map(|r| r.every),
-                        }),
+                        credits: record.credits.as_ref().map(metered),
+                        owner_credits,
                     })
                 }),
             },

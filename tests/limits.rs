@@ -8,8 +8,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use http::{Method, StatusCode};
 use tower_api_key::{
-    clock::ManualClock, limit::Costs, limit::LimitCheck, limit::Limiter, limit::Limits,
-    limit::MemoryLimiter, limit::NamedLimit, manage::CreatedKey, store::KeyRecord,
+    clock::ManualClock, limit::Bucket, limit::Costs, limit::LimitCheck, limit::Limiter,
+    limit::Limits, limit::MemoryLimiter, limit::NamedLimit, manage::CreatedKey, store::KeyRecord,
     store::KeyStoreAdmin, usage::MemoryUsage, ApiKeyLayer, ApiKeyLayerBuilder, Environment,
     KeyManager, NewKey,
 };
@@ -137,10 +137,12 @@ fn the_memory_limiter_is_exact_with_threads_on_both_cores() {
                 let (limiter, limits) = (limiter.clone(), limits.clone());
                 std::thread::spawn(move || {
                     (0..2000)
-                        .filter(|_| match limiter.check("key:x", &limits, 1, now) {
-                            LimitCheck::Ready(Ok(decision)) => decision.allowed,
-                            _ => panic!("the memory limiter decides at once"),
-                        })
+                        .filter(
+                            |_| match limiter.check(&[Bucket::new("key:x", &limits)], 1, now) {
+                                LimitCheck::Ready(Ok(decision)) => decision.allowed,
+                                _ => panic!("the memory limiter decides at once"),
+                            },
+                        )
                         .count()
                 })
             })
@@ -309,19 +311,20 @@ async fn an_owners_keys_share_one_bucket_whatever_their_environments_or_plans() 
         f.store.keys.create(created.record.clone()).await.unwrap();
         keys.push(created);
     }
-    let mut admitted = 0;
-    for round in 0..4 {
-        for key in &keys {
+    // One count for all three; each request is checked against its own key's limits on it.
+    let mut admitted = Vec::new();
+    for _round in 0..4 {
+        for (i, key) in keys.iter().enumerate() {
             if f.get(key).await.status == StatusCode::OK {
-                admitted += 1;
+                admitted.push(i);
             }
         }
-        assert!(
-            admitted <= 2,
-            "round {round}: {admitted} admitted where the owner has 2"
-        );
     }
-    assert_eq!(admitted, 2);
+    assert_eq!(
+        admitted,
+        [0, 1, 2],
+        "two counted for the 2-a-minute keys, the third only by the 3-a-minute key"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -573,7 +576,7 @@ fn concurrent_costs_spend_every_limit_alike_and_the_tightest_exactly() {
                     seed ^= seed >> 7;
                     seed ^= seed << 17;
                     let cost = (seed % 5) as u32;
-                    match limiter.check("key:x", &limits, cost, now) {
+                    match limiter.check(&[Bucket::new("key:x", &limits)], cost, now) {
                         LimitCheck::Ready(Ok(d)) if d.allowed => spent += u64::from(cost),
                         LimitCheck::Ready(Ok(_)) => {}
                         _ => panic!("the memory limiter decides at once"),
@@ -585,7 +588,8 @@ fn concurrent_costs_spend_every_limit_alike_and_the_tightest_exactly() {
         .collect();
     let spent: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert_eq!(spent, 60, "the tightest limit, exactly");
-    let LimitCheck::Ready(Ok(after)) = limiter.check("key:x", &limits, 0, now) else {
+    let LimitCheck::Ready(Ok(after)) = limiter.check(&[Bucket::new("key:x", &limits)], 0, now)
+    else {
         panic!("decided at once");
     };
     assert_eq!(after.refused_by.as_deref(), Some("a"));
@@ -598,6 +602,58 @@ fn concurrent_costs_spend_every_limit_alike_and_the_tightest_exactly() {
         remaining,
         [("a".into(), 0), ("b".into(), 40), ("day".into(), 140)]
     );
+}
+
+/// Eight threads spend random costs through four keys of one owner, each request counted in its
+/// key's bucket and the owner's at once. The owner's limit is spent exactly, and it counted
+/// exactly what the keys counted together: no request was counted in one bucket and not the
+/// other, and no two checks deadlocked.
+#[test]
+fn key_and_owner_buckets_are_counted_together_under_threads() {
+    use tower_api_key::clock::Clock;
+
+    let now = ManualClock::new(UNIX_EPOCH + Duration::from_secs(START - 3600)).now();
+    let limiter = Arc::new(MemoryLimiter::new());
+    let key = Limits::UNLIMITED.daily(40);
+    let owner = Limits::UNLIMITED.daily(100).shared_by_owner();
+    let ids = ["key:a", "key:b", "key:c", "key:d"];
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let (limiter, key, owner) = (limiter.clone(), key.clone(), owner.clone());
+            std::thread::spawn(move || {
+                let mut seed = t * 104_729 + 7;
+                let mut spent = 0u64;
+                for _ in 0..1000 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let cost = (seed % 4) as u32;
+                    let buckets = [
+                        Bucket::new(ids[(seed >> 8) as usize % 4], &key),
+                        Bucket::new("owner-policy:acme", &owner).labelled("owner."),
+                    ];
+                    match limiter.check(&buckets, cost, now) {
+                        LimitCheck::Ready(Ok(d)) if d.allowed => spent += u64::from(cost),
+                        LimitCheck::Ready(Ok(_)) => {}
+                        _ => panic!("the memory limiter decides at once"),
+                    }
+                }
+                spent
+            })
+        })
+        .collect();
+    let spent: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(spent, 100, "the owner's limit, exactly");
+    let used_by_keys: u32 = ids
+        .iter()
+        .map(|id| {
+            let LimitCheck::Ready(Ok(d)) = limiter.check(&[Bucket::new(id, &key)], 0, now) else {
+                panic!("decided at once");
+            };
+            40 - d.limits[0].remaining
+        })
+        .sum();
+    assert_eq!(used_by_keys, 100, "the keys counted what the owner counted");
 }
 
 /// Credits over HTTP: spent by each request's cost in the store, refused with the reference's
@@ -680,4 +736,147 @@ async fn credits_are_spent_by_cost_refused_when_spent_and_refilled() {
     );
     f.store.fail(false);
     assert_eq!(left().await, 14);
+}
+
+/// A key of owner `owner` in `environment`, with no limits of its own.
+async fn owned_key(f: &Fixture, owner: &str, environment: Environment) -> CreatedKey {
+    let created = NewKey::new("owned")
+        .environment(environment)
+        .owner(owner)
+        .scopes(["read"])
+        .generate(f.layer.format())
+        .unwrap();
+    f.store.keys.create(created.record.clone()).await.unwrap();
+    created
+}
+
+/// Limits set on an owner over HTTP: counted for all of its keys together, besides each key's
+/// own; the 429 and the headers name the owner's limit; another owner's keys and the owner's dev
+/// keys are not counted; a change through the manager holds at once, cached keys and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_set_on_an_owner_count_all_of_its_keys_together() {
+    let f =
+        Fixture::with(|b| b.environments([Environment::Live, Environment::Test, Environment::Dev]))
+            .await;
+    let keys = KeyManager::new(f.store.keys.clone()).with_cache(f.layer.handle());
+    let a = owned_key(&f, "acme", Environment::Live).await;
+    let b = owned_key(&f, "acme", Environment::Test).await;
+    let dev = owned_key(&f, "acme", Environment::Dev).await;
+    let other = owned_key(&f, "globex", Environment::Live).await;
+    // Cached before the owner has limits.
+    assert_eq!(f.get(&a).await.status, StatusCode::OK);
+    let first = f.get(&a).await;
+    assert!(first.headers.get("ratelimit").is_none(), "no limits yet");
+
+    keys.set_owner_limits("acme", Some(Limits::per_minute(5)))
+        .await
+        .unwrap();
+    let counted = f.get(&a).await;
+    assert_eq!(
+        counted.status,
+        StatusCode::OK,
+        "the manager's change holds at once"
+    );
+    assert_eq!(
+        counted.headers["ratelimit-policy"],
+        "\"owner.minute\";q=5;w=60"
+    );
+    // The test key also has the layer's test cap (60 a minute) as its own limits.
+    let capped = f.get(&b).await;
+    assert_eq!(
+        capped.headers["ratelimit-policy"],
+        "\"minute\";q=60;w=60, \"day\";q=1000;w=86400, \"owner.minute\";q=5;w=60"
+    );
+    assert_eq!(
+        f.admitted(&a, 2).await + f.admitted(&b, 5).await,
+        3,
+        "5 for both"
+    );
+    let refused = f.get(&b).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        refused.body,
+        r#"{"error":"Rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","status":429,"limit":"owner.minute"}"#
+    );
+    assert_eq!(refused.headers["retry-after"], "12");
+    assert_eq!(f.admitted(&dev, 3).await, 3, "dev keys are never limited");
+    assert_eq!(f.admitted(&other, 8).await, 8, "another owner's keys");
+
+    // Raised: the owner's count goes on, and more fit.
+    keys.set_owner_limits("acme", Some(Limits::per_minute(7)))
+        .await
+        .unwrap();
+    assert_eq!(f.admitted(&a, 4).await, 2);
+    keys.set_owner_limits("acme", None).await.unwrap();
+    assert_eq!(f.admitted(&a, 4).await, 4, "cleared");
+    assert_eq!(keys.owner("acme").await.unwrap(), None);
+}
+
+/// Credits set on an owner over HTTP: spent by every request of any of its keys, with the key's
+/// own credits in one step (too few in either: refused, neither spent); topped up through the
+/// manager; a store failure fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credits_set_on_an_owner_are_spent_by_all_of_its_keys() {
+    use tower_api_key::limit::Credits;
+
+    let f = Fixture::new().await;
+    let keys = KeyManager::new(f.store.keys.clone()).with_cache(f.layer.handle());
+    let a = owned_key(&f, "acme", Environment::Live).await;
+    let mut metered = NewKey::new("metered")
+        .owner("acme")
+        .scopes(["read"])
+        .credits(Credits::once(2))
+        .generate(f.layer.format())
+        .unwrap();
+    metered.record.credits.as_mut().unwrap().period = 0;
+    f.store.keys.create(metered.record.clone()).await.unwrap();
+    keys.set_owner_credits("acme", Some(Credits::once(5)))
+        .await
+        .unwrap();
+    let left = || async {
+        keys.owner("acme")
+            .await
+            .unwrap()
+            .unwrap()
+            .credits
+            .unwrap()
+            .remaining
+    };
+
+    assert_eq!(f.admitted(&metered, 3).await, 2, "the key's own 2");
+    assert_eq!(left().await, 3, "each spent the owner's too");
+    let spent = f.get(&metered).await;
+    assert_eq!(spent.code(), "USAGE_EXCEEDED");
+    assert_eq!(
+        left().await,
+        3,
+        "a refusal by the key's credits spends none of the owner's"
+    );
+    assert_eq!(f.admitted(&a, 5).await, 3, "the owner's last 3");
+    let refused = f.get(&a).await;
+    assert_eq!(
+        refused.body,
+        r#"{"error":"Usage limit exceeded","code":"USAGE_EXCEEDED","status":429}"#
+    );
+    assert_eq!(keys.top_up_owner("acme", 4).await.unwrap(), Some(4));
+    assert_eq!(
+        keys.top_up_owner("globex", 4).await.unwrap(),
+        None,
+        "no credits"
+    );
+    assert_eq!(keys.top_up(&metered.record.id, 1).await.unwrap(), Some(1));
+    assert_eq!(f.admitted(&metered, 1).await, 1);
+    assert_eq!(left().await, 3);
+
+    f.store.fail(true);
+    let down = f.get(&a).await;
+    assert_eq!(
+        down.code(),
+        "KEY_STORE_UNAVAILABLE",
+        "never let through unmetered"
+    );
+    f.store.fail(false);
+    assert_eq!(left().await, 3);
+    keys.set_owner_credits("acme", None).await.unwrap();
+    assert_eq!(f.admitted(&a, 4).await, 4, "no credits set any more");
 }

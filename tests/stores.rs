@@ -84,7 +84,7 @@ mod sqlite {
             .fetch_one(reopened.pool())
             .await
             .unwrap();
-        assert_eq!(version, 3);
+        assert_eq!(version, 4);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

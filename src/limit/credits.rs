@@ -171,18 +171,70 @@ impl RefillPeriod {
     }
 }
 
-/// What spending a key's credits came to.
+/// What spending credits came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Spend {
-    /// Spent; this many are left.
+    /// Spent; this many are left (the fewer, of a key's and its owner's).
     Spent {
         /// Credits left.
         remaining: u64,
     },
     /// Too few left: nothing was spent.
     Exhausted,
-    /// The key has no credits (any more), or no record.
+    /// Neither the key nor its owner has credits (any more), or there is no record.
     NoCredits,
+}
+
+/// The credits one request spends, in one atomic step: its cost, from its key's credits and its
+/// owner's, all or nothing (too few in either, and neither is spent). An account named here that
+/// has no credits (any more) is passed over.
+///
+/// ```
+/// use tower_api_key::limit::{Account, Charge};
+///
+/// let charge = Charge {
+///     cost: 2,
+///     key: Some(Account { id: "3kTMd9Qx2bLp", period: 0 }),
+///     owner: Some(Account { id: "acme", period: 20_779 }),
+/// };
+/// assert_eq!(charge.accounts().count(), 2);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Charge<'a> {
+    /// What the request costs ([`Costs`](super::Costs)). A cost of 0 spends nothing, but is
+    /// [`Spend::Exhausted`] where none are left.
+    pub cost: u32,
+    /// The key's credits, when its record has some.
+    pub key: Option<Account<'a>>,
+    /// Its owner's credits, when the owner's record has some.
+    pub owner: Option<Account<'a>>,
+}
+
+/// Whose credits to spend: a key id or an owner, and the
+/// [`RefillPeriod::index`] of now for its credits' refill (0 for credits never refilled); credits
+/// of an earlier period are refilled first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Account<'a> {
+    /// The key id, or the owner.
+    pub id: &'a str,
+    /// The refill period of now.
+    pub period: u32,
+}
+
+impl<'a> Charge<'a> {
+    /// The key's account, then the owner's, of those named.
+    pub fn accounts(&self) -> impl Iterator<Item = Account<'a>> {
+        self.key.into_iter().chain(self.owner)
+    }
+}
+
+impl Credits {
+    /// What is left, and the period it belongs to, once `cost` is spent in refill period
+    /// `period`; `None` when too few are left (a cost of 0 needs 1).
+    pub(crate) fn after_spending(&self, period: u32, cost: u32) -> Option<(u64, u32)> {
+        let (remaining, period) = self.as_of_period(period);
+        (remaining >= u64::from(cost.max(1))).then(|| (remaining - u64::from(cost), period))
+    }
 }
 
 #[cfg(test)]

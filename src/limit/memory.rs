@@ -3,12 +3,14 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
-use super::{Decision, LimitCheck, LimitStatus, Limiter, Limits, Rate, Window};
+use super::{
+    Bucket, Decision, LimitCheck, LimitStatus, Limiter, LimiterError, Limits, Rate, Window,
+};
 use crate::clock::unix_seconds;
 
 /// Buckets are swept for idle ones once every this many checks.
@@ -19,7 +21,8 @@ const SWEEP_EVERY: u64 = 4096;
 /// Each bucket (a key, or an owner's keys) keeps its limits' state behind one lock of its own,
 /// held for a few comparisons: a request is checked against every limit and counted in all of
 /// them or, refused, in none, so a limit of N admits exactly N however many threads race, and a
-/// refusal by one limit never spends another. (The `governor` crate, used here before, checks one
+/// refusal by one limit never spends another. A request counted in two buckets (its key's and
+/// its owner's) holds both locks, taken in one global order, so it too is all or nothing. (The `governor` crate, used here before, checks one
 /// limit at a time and cannot check without consuming; named limits and costs need both.) A
 /// bucket is dropped once it is idle long enough to be as good as new (its bursts refilled, its
 /// quota windows over), so memory follows the keys in use.
@@ -29,7 +32,7 @@ const SWEEP_EVERY: u64 = 4096;
 ///
 /// ```
 /// use std::time::SystemTime;
-/// use tower_api_key::{limit::Limiter, limit::LimitCheck, limit::Limits, limit::MemoryLimiter};
+/// use tower_api_key::limit::{Bucket, Limiter, LimitCheck, Limits, MemoryLimiter};
 ///
 /// let limiter = MemoryLimiter::new();
 /// let limits = Limits::per_minute(2);
@@ -38,13 +41,14 @@ const SWEEP_EVERY: u64 = 4096;
 ///     _ => unreachable!("the memory limiter decides at once"),
 /// };
 /// let now = SystemTime::now();
-/// assert!(allowed(limiter.check("key:a", &limits, 1, now)));
-/// assert!(allowed(limiter.check("key:a", &limits, 1, now)));
-/// assert!(!allowed(limiter.check("key:a", &limits, 1, now)));
-/// assert!(allowed(limiter.check("key:b", &limits, 1, now)), "buckets are apart");
+/// let (a, b) = ([Bucket::new("key:a", &limits)], [Bucket::new("key:b", &limits)]);
+/// assert!(allowed(limiter.check(&a, 1, now)));
+/// assert!(allowed(limiter.check(&a, 1, now)));
+/// assert!(!allowed(limiter.check(&a, 1, now)));
+/// assert!(allowed(limiter.check(&b, 1, now)), "buckets are apart");
 /// ```
 pub struct MemoryLimiter {
-    buckets: DashMap<Box<str>, Arc<Bucket>>,
+    buckets: DashMap<Box<str>, Arc<Counter>>,
     checks: AtomicU64,
 }
 
@@ -81,196 +85,292 @@ impl MemoryLimiter {
         self.buckets.is_empty()
     }
 
-    /// The bucket `name`, counting under `limits`. A key's bucket whose limits changed (a new
-    /// plan) starts over. A bucket shared by an owner's keys takes the stricter of each limit of
-    /// every key that used it, and keeps its counts: alternating between keys with different
-    /// limits can never reset it.
-    fn bucket(&self, name: &str, limits: &Limits, now: u64) -> Arc<Bucket> {
-        if let Some(bucket) = self.buckets.get(name) {
-            if bucket.limits == *limits
-                || (limits.shared_by_owner
-                    && bucket.limits == bucket.limits.clone().capped_by(limits))
-            {
-                return bucket.clone();
-            }
+    /// The counter of bucket `name`.
+    fn counter(&self, name: &str) -> Arc<Counter> {
+        if let Some(counter) = self.buckets.get(name) {
+            return counter.clone();
         }
-        let mut entry = self
-            .buckets
+        self.buckets
             .entry(name.into())
-            .or_insert_with(|| Arc::new(Bucket::new(limits.clone())));
-        if entry.limits != *limits {
-            *entry = if limits.shared_by_owner {
-                Arc::new(entry.stricter(limits, now))
-            } else {
-                Arc::new(Bucket::new(limits.clone()))
-            };
+            .or_insert_with(|| Arc::new(Counter::default()))
+            .clone()
+    }
+
+    /// Counts a request in several buckets at once: every counter locked (in one global order,
+    /// so two checks never wait for each other crosswise), every limit checked, then all counted
+    /// or none.
+    fn count_all(&self, buckets: &[Bucket<'_>], at: Instant, cost: u32) -> LimitCheck {
+        let counters: Vec<Arc<Counter>> = buckets.iter().map(|b| self.counter(b.name)).collect();
+        let mut order: Vec<usize> = (0..counters.len()).collect();
+        order.sort_by_key(|&i| Arc::as_ptr(&counters[i]) as usize);
+        if order
+            .windows(2)
+            .any(|w| Arc::ptr_eq(&counters[w[0]], &counters[w[1]]))
+        {
+            return LimitCheck::Ready(Err(LimiterError("one bucket is counted twice".into())));
         }
-        entry.clone()
+        let mut locked: Vec<Option<MutexGuard<'_, Cell>>> = counters.iter().map(|_| None).collect();
+        for &i in &order {
+            locked[i] = Some(counters[i].lock(&buckets[i], at));
+        }
+        let mut cells: Vec<MutexGuard<'_, Cell>> = locked.into_iter().flatten().collect();
+        let refusal = cells
+            .iter()
+            .enumerate()
+            .find_map(|(b, cell)| cell.refusal(at, cost).map(|r| (b, r)));
+        let mut statuses = Vec::new();
+        if let Some((refused_in, refusal)) = refusal {
+            for (b, cell) in cells.iter().enumerate() {
+                let refused = (b == refused_in).then_some((refusal.at, refusal.wait));
+                cell.statuses_into(&mut statuses, at, refused);
+            }
+            return LimitCheck::Ready(Ok(refuse(statuses, refusal.by, refusal.wait)));
+        }
+        for cell in &mut cells {
+            cell.commit(at, cost);
+            cell.statuses_into(&mut statuses, at, None);
+        }
+        LimitCheck::Ready(Ok(allow(statuses)))
     }
 
     /// Drops the buckets that are as good as new at `secs`.
     fn sweep(&self, secs: u64) {
-        self.buckets.retain(|_, bucket| !bucket.is_fresh(secs));
+        self.buckets.retain(|_, counter| !counter.is_fresh(secs));
     }
 }
 
 impl Limiter for MemoryLimiter {
-    fn check(&self, bucket: &str, limits: &Limits, cost: u32, now: SystemTime) -> LimitCheck {
-        let secs = unix_seconds(now);
+    fn check(&self, buckets: &[Bucket<'_>], cost: u32, now: SystemTime) -> LimitCheck {
+        let at = Instant::of(now);
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            self.sweep(secs);
+            self.sweep(at.secs);
         }
-        let bucket = self.bucket(bucket, limits, nanos_of(now));
-        LimitCheck::Ready(Ok(bucket.count(now, cost)))
+        match buckets {
+            [] => LimitCheck::Ready(Ok(allow(Vec::new()))),
+            [bucket] => {
+                let counter = self.counter(bucket.name);
+                let decision = counter.lock(bucket, at).count(at, cost);
+                LimitCheck::Ready(Ok(decision))
+            }
+            buckets => self.count_all(buckets, at, cost),
+        }
     }
 }
 
-struct Bucket {
+/// One moment, as the counters read it.
+#[derive(Clone, Copy)]
+struct Instant {
+    secs: u64,
+    nanos: u64,
+}
+
+impl Instant {
+    fn of(at: SystemTime) -> Self {
+        Instant {
+            secs: unix_seconds(at),
+            nanos: at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        }
+    }
+}
+
+/// Why a bucket refuses a request: which of its limits (rates first, then quotas), how long to
+/// wait (nanoseconds), and the limit's name.
+struct Refusal {
+    at: usize,
+    wait: u64,
+    by: Arc<str>,
+}
+
+/// One bucket: its limits and their state behind one lock, and when it was last used.
+#[derive(Default)]
+struct Counter {
+    cell: Mutex<Cell>,
+    last_seen: AtomicU64,
+    /// Seconds the slowest burst takes to refill completely, for the sweep.
+    refill: AtomicU64,
+    /// The window ends of the quotas, for the sweep: whether it counts days, and months.
+    quotas: AtomicU64,
+}
+
+/// A bucket's limits, ready to check, and what it counts: per rate, its theoretical arrival
+/// time (nanoseconds since 1970); per quota, its window's index and the count in it.
+#[derive(Default)]
+struct Cell {
     limits: Limits,
+    label: Box<str>,
     rates: Box<[Rate]>,
     /// The quotas: limit, window, and the name in statuses.
     quotas: Box<[(u32, Window, Arc<str>)]>,
-    /// Seconds the slowest burst takes to refill completely.
-    refill: u64,
-    state: Mutex<State>,
-    last_seen: AtomicU64,
-}
-
-/// What a bucket counts: per rate, its theoretical arrival time (nanoseconds since 1970); per
-/// quota, its window's index and the count in it.
-#[derive(Clone, Default)]
-struct State {
     tats: Vec<u64>,
     counts: Vec<(u32, u64)>,
 }
 
-impl Bucket {
-    fn new(limits: Limits) -> Self {
-        let rates: Box<[Rate]> = limits.rates().into();
+impl Counter {
+    /// The bucket's cell, under `bucket`'s limits from now on. A key's bucket whose limits
+    /// changed (a new plan) starts over. A bucket shared by an owner's keys keeps what each of
+    /// its limits had used, whichever key's copy of the limits comes: alternating between keys
+    /// with different limits, or between copies of an owner's limits from before and after a
+    /// change, can never reset it, and each request is checked against its own copy (as in
+    /// [`RedisLimiter`](super::RedisLimiter)).
+    fn lock(&self, bucket: &Bucket<'_>, at: Instant) -> MutexGuard<'_, Cell> {
+        self.last_seen.fetch_max(at.secs, Ordering::Relaxed);
+        // The state is written only once every check passed: a panic cannot leave it half done.
+        let mut cell = self.cell.lock().unwrap_or_else(PoisonError::into_inner);
+        if cell.limits != *bucket.limits || *cell.label != *bucket.label || cell.is_new() {
+            let next = Cell::new(bucket.limits, bucket.label);
+            let next = if bucket.limits.shared_by_owner {
+                next.carrying(&cell, at.nanos)
+            } else {
+                next
+            };
+            self.refill.store(next.refill_seconds(), Ordering::Relaxed);
+            let days = next.quotas.iter().any(|q| q.1 == Window::Day);
+            let months = next.quotas.iter().any(|q| q.1 == Window::Month);
+            self.quotas
+                .store(u64::from(days) | u64::from(months) << 1, Ordering::Relaxed);
+            *cell = next;
+        }
+        cell
+    }
+
+    fn is_fresh(&self, secs: u64) -> bool {
+        let last = self.last_seen.load(Ordering::Relaxed);
+        let quotas = self.quotas.load(Ordering::Relaxed);
+        let over =
+            |window: Window, bit: u64| quotas & bit == 0 || window.index(last) < window.index(secs);
+        last + self.refill.load(Ordering::Relaxed) < secs
+            && over(Window::Day, 1)
+            && over(Window::Month, 2)
+    }
+}
+
+impl Cell {
+    fn new(limits: &Limits, label: &str) -> Self {
+        let rates: Box<[Rate]> = limits.rates(label).into();
         let quotas: Box<[(u32, Window, Arc<str>)]> = [
             (limits.daily, Window::Day, "day"),
             (limits.monthly, Window::Month, "month"),
         ]
         .into_iter()
-        .filter_map(|(quota, window, name)| quota.map(|q| (q, window, Arc::from(name))))
+        .filter_map(|(quota, window, name)| {
+            quota.map(|q| (q, window, super::labelled(label, name)))
+        })
         .collect();
-        let refill = rates.iter().map(Rate::refill_seconds).max().unwrap_or(60);
-        let state = State {
+        Cell {
+            limits: limits.clone(),
+            label: label.into(),
             tats: vec![0; rates.len()],
             counts: vec![(0, 0); quotas.len()],
-        };
-        Bucket {
-            limits,
             rates,
             quotas,
-            refill,
-            state: Mutex::new(state),
-            last_seen: AtomicU64::new(0),
         }
     }
 
-    /// This bucket under the stricter of its limits and `limits`, with its counts: what a rate
-    /// had used at `now` (in requests) is used of the same name's stricter rate.
-    fn stricter(&self, limits: &Limits, now: u64) -> Bucket {
-        let bucket = Bucket::new(self.limits.clone().capped_by(limits));
-        let old = self.lock().clone();
-        {
-            let mut state = bucket.lock();
-            for (i, rate) in bucket.rates.iter().enumerate() {
-                if let Some(j) = self.rates.iter().position(|r| r.name == rate.name) {
-                    let was = &self.rates[j];
-                    let used = match was.interval {
-                        0 => 0,
-                        interval => old.tats[j].saturating_sub(now).div_ceil(interval),
-                    };
-                    state.tats[i] = now.saturating_add(used.saturating_mul(rate.interval));
-                }
-            }
-            for (i, (_, window, _)) in bucket.quotas.iter().enumerate() {
-                if let Some(j) = self.quotas.iter().position(|(_, w, _)| w == window) {
-                    state.counts[i] = old.counts[j];
-                }
-            }
-        }
-        bucket
-            .last_seen
-            .store(self.last_seen.load(Ordering::Relaxed), Ordering::Relaxed);
-        bucket
+    /// Whether this cell was never set up (a bucket just made): its limits are then the
+    /// default, which a request's limits may equal only when unlimited.
+    fn is_new(&self) -> bool {
+        self.rates.is_empty() && self.quotas.is_empty() && self.label.is_empty()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // The state is written only once every check passed: a panic cannot leave it half done.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn is_fresh(&self, secs: u64) -> bool {
-        let last = self.last_seen.load(Ordering::Relaxed);
-        last + self.refill < secs
-            && self
-                .quotas
-                .iter()
-                .all(|(_, window, _)| window.index(last) < window.index(secs))
-    }
-
-    fn count(&self, now: SystemTime, cost: u32) -> Decision {
-        let secs = unix_seconds(now);
-        let nanos = nanos_of(now);
-        self.last_seen.fetch_max(secs, Ordering::Relaxed);
-        let need = u64::from(cost.max(1));
-        let mut state = self.lock();
-        // First every check, then (all passed) every count: nothing is written for a refusal,
-        // and nothing is allocated to hold the new state in between.
+    /// This cell with `old`'s counts: what a rate had used at `now` (in requests) is used of
+    /// the same name's rate here, and a quota's count carries to the same window's quota.
+    fn carrying(mut self, old: &Cell, now: u64) -> Cell {
         for (i, rate) in self.rates.iter().enumerate() {
-            if let Err(wait) = rate.check(state.tats[i], nanos, cost) {
-                let statuses = self.statuses(&state, nanos, secs, Some((i, wait)));
-                return refuse(statuses, Arc::clone(&rate.name), Duration::from_nanos(wait));
+            if let Some(j) = old.rates.iter().position(|r| r.name == rate.name) {
+                let used = match old.rates[j].interval {
+                    0 => 0,
+                    interval => old.tats[j].saturating_sub(now).div_ceil(interval),
+                };
+                self.tats[i] = now.saturating_add(used.saturating_mul(rate.interval));
             }
-        }
-        for (i, (quota, window, name)) in self.quotas.iter().enumerate() {
-            let (_, count) = current(state.counts[i], window.index(secs));
-            if count + need > u64::from(*quota) {
-                let at = self.rates.len() + i;
-                let wait = window.seconds_left(secs);
-                let statuses = self.statuses(&state, nanos, secs, Some((at, wait * 1_000_000_000)));
-                return refuse(statuses, Arc::clone(name), Duration::from_secs(wait));
-            }
-        }
-        for (i, rate) in self.rates.iter().enumerate() {
-            state.tats[i] = rate
-                .check(state.tats[i], nanos, cost)
-                .unwrap_or(state.tats[i]);
         }
         for (i, (_, window, _)) in self.quotas.iter().enumerate() {
-            let (index, count) = current(state.counts[i], window.index(secs));
-            state.counts[i] = (index, count + u64::from(cost));
+            if let Some(j) = old.quotas.iter().position(|(_, w, _)| w == window) {
+                self.counts[i] = old.counts[j];
+            }
         }
-        Decision {
-            allowed: true,
-            retry_after: None,
-            limits: self.statuses(&state, nanos, secs, None),
-            refused_by: None,
+        self
+    }
+
+    /// Seconds the slowest burst takes to refill completely.
+    fn refill_seconds(&self) -> u64 {
+        self.rates
+            .iter()
+            .map(Rate::refill_seconds)
+            .max()
+            .unwrap_or(60)
+    }
+
+    /// Counts a request in this bucket alone.
+    fn count(&mut self, at: Instant, cost: u32) -> Decision {
+        // First every check, then (all passed) every count: nothing is written for a refusal.
+        let mut statuses = Vec::with_capacity(self.rates.len() + self.quotas.len());
+        if let Some(refusal) = self.refusal(at, cost) {
+            self.statuses_into(&mut statuses, at, Some((refusal.at, refusal.wait)));
+            return refuse(statuses, refusal.by, refusal.wait);
+        }
+        self.commit(at, cost);
+        self.statuses_into(&mut statuses, at, None);
+        allow(statuses)
+    }
+
+    /// The first of this bucket's limits that refuses a request costing `cost`, if any.
+    fn refusal(&self, at: Instant, cost: u32) -> Option<Refusal> {
+        let need = u64::from(cost.max(1));
+        for (i, rate) in self.rates.iter().enumerate() {
+            if let Err(wait) = rate.check(self.tats[i], at.nanos, cost) {
+                let by = Arc::clone(&rate.name);
+                return Some(Refusal { at: i, wait, by });
+            }
+        }
+        for (i, (quota, window, name)) in self.quotas.iter().enumerate() {
+            let (_, count) = current(self.counts[i], window.index(at.secs));
+            if count + need > u64::from(*quota) {
+                let wait = window.seconds_left(at.secs).saturating_mul(1_000_000_000);
+                let by = Arc::clone(name);
+                return Some(Refusal {
+                    at: self.rates.len() + i,
+                    wait,
+                    by,
+                });
+            }
+        }
+        None
+    }
+
+    /// Counts a request costing `cost` that every limit let through.
+    fn commit(&mut self, at: Instant, cost: u32) {
+        for (i, rate) in self.rates.iter().enumerate() {
+            self.tats[i] = rate
+                .check(self.tats[i], at.nanos, cost)
+                .unwrap_or(self.tats[i]);
+        }
+        for (i, (_, window, _)) in self.quotas.iter().enumerate() {
+            let (index, count) = current(self.counts[i], window.index(at.secs));
+            self.counts[i] = (index, count + u64::from(cost));
         }
     }
 
-    /// Every limit's status in `state`; the one at `refused` (rates first, then quotas) is
-    /// reported as refused with its wait in nanoseconds.
-    fn statuses(
+    /// Adds every limit's status to `statuses`; the one at `refused` (rates first, then quotas)
+    /// is reported as refused with its wait in nanoseconds.
+    fn statuses_into(
         &self,
-        state: &State,
-        nanos: u64,
-        secs: u64,
+        statuses: &mut Vec<LimitStatus>,
+        at: Instant,
         refused: Option<(usize, u64)>,
-    ) -> Vec<LimitStatus> {
-        let wait_of = |at: usize| refused.and_then(|(i, wait)| (i == at).then_some(wait));
-        let mut statuses: Vec<LimitStatus> = self
-            .rates
-            .iter()
-            .enumerate()
-            .map(|(i, rate)| rate.status(state.tats[i], nanos, wait_of(i)))
-            .collect();
+    ) {
+        let wait_of = |i: usize| refused.and_then(|(r, wait)| (r == i).then_some(wait));
+        statuses.extend(
+            self.rates
+                .iter()
+                .enumerate()
+                .map(|(i, rate)| rate.status(self.tats[i], at.nanos, wait_of(i))),
+        );
         for (i, (quota, window, name)) in self.quotas.iter().enumerate() {
-            let (index, count) = state.counts[i];
-            let used = if index == window.index(secs) {
+            let (index, count) = self.counts[i];
+            let used = if index == window.index(at.secs) {
                 count
             } else {
                 0
@@ -279,16 +379,15 @@ impl Bucket {
             statuses.push(LimitStatus {
                 policy: Arc::clone(name),
                 quota: *quota,
-                window: window.length(secs),
+                window: window.length(at.secs),
                 remaining: if refused_here {
                     0
                 } else {
                     u32::try_from(u64::from(*quota).saturating_sub(used)).unwrap_or(u32::MAX)
                 },
-                reset: window.seconds_left(secs),
+                reset: window.seconds_left(at.secs),
             });
         }
-        statuses
     }
 }
 
@@ -302,18 +401,22 @@ fn current((stored, count): (u32, u64), index: u32) -> (u32, u64) {
     }
 }
 
-/// Nanoseconds since 1970 (0 before).
-fn nanos_of(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-fn refuse(statuses: Vec<LimitStatus>, by: Arc<str>, wait: Duration) -> Decision {
+/// Refused by limit `by`, which lets a request through in `wait` nanoseconds.
+fn refuse(statuses: Vec<LimitStatus>, by: Arc<str>, wait: u64) -> Decision {
     Decision {
         allowed: false,
-        retry_after: Some(wait.max(Duration::from_secs(1))),
+        retry_after: Some(Duration::from_nanos(wait).max(Duration::from_secs(1))),
         limits: statuses,
         refused_by: Some(by),
+    }
+}
+
+fn allow(statuses: Vec<LimitStatus>) -> Decision {
+    Decision {
+        allowed: true,
+        retry_after: None,
+        limits: statuses,
+        refused_by: None,
     }
 }
 
@@ -328,7 +431,7 @@ mod tests {
         limits: &Limits,
         clock: &ManualClock,
     ) -> Decision {
-        match limiter.check(bucket, limits, 1, clock.now()) {
+        match limiter.check(&[Bucket::new(bucket, limits)], 1, clock.now()) {
             LimitCheck::Ready(Ok(decision)) => decision,
             _ => unreachable!(),
         }
@@ -426,7 +529,7 @@ mod tests {
     }
 
     fn check(limiter: &MemoryLimiter, limits: &Limits, cost: u32, clock: &ManualClock) -> Decision {
-        match limiter.check("k", limits, cost, clock.now()) {
+        match limiter.check(&[Bucket::new("k", limits)], cost, clock.now()) {
             LimitCheck::Ready(Ok(decision)) => decision,
             _ => unreachable!(),
         }
@@ -504,19 +607,92 @@ mod tests {
     }
 
     #[test]
-    fn an_owner_bucket_takes_the_stricter_named_limit_and_keeps_its_counts() {
+    fn a_shared_bucket_checks_each_copy_of_its_limits_on_one_count() {
         let (limiter, clock) = setup();
         let loose = Limits::UNLIMITED
             .with(named("burst", 4, 1))
+            .daily(10)
             .shared_by_owner();
         let strict = Limits::UNLIMITED
             .with(named("burst", 2, 1))
+            .daily(10)
             .shared_by_owner();
         assert!(check(&limiter, &loose, 1, &clock).allowed);
         assert!(check(&limiter, &strict, 1, &clock).allowed);
-        // Now 2 per second for both keys, and 2 were used.
-        assert!(!check(&limiter, &loose, 1, &clock).allowed);
+        // 2 used: the strict copy refuses, the loose one has 2 more; switching resets nothing.
         assert!(!check(&limiter, &strict, 1, &clock).allowed);
+        assert!(check(&limiter, &loose, 1, &clock).allowed);
+        assert!(check(&limiter, &loose, 1, &clock).allowed);
+        let refused = check(&limiter, &loose, 1, &clock);
+        assert_eq!(refused.refused_by.as_deref(), Some("burst"));
+        assert_eq!(
+            refused.limits[1].remaining, 6,
+            "the day counted 4 across both copies"
+        );
+    }
+
+    #[test]
+    fn a_key_bucket_whose_limits_changed_starts_over() {
+        let (limiter, clock) = setup();
+        assert!(check(&limiter, &Limits::per_minute(1), 1, &clock).allowed);
+        assert!(!check(&limiter, &Limits::per_minute(1), 1, &clock).allowed);
+        assert!(
+            check(&limiter, &Limits::per_minute(2), 1, &clock).allowed,
+            "a new plan"
+        );
+    }
+
+    fn check_both(
+        limiter: &MemoryLimiter,
+        key: &Limits,
+        owner: &Limits,
+        clock: &ManualClock,
+    ) -> Decision {
+        let buckets = [
+            Bucket::new("key:a", key),
+            Bucket::new("owner-policy:acme", owner).labelled("owner."),
+        ];
+        match limiter.check(&buckets, 1, clock.now()) {
+            LimitCheck::Ready(Ok(decision)) => decision,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn two_buckets_are_counted_all_or_nothing_and_named_apart() {
+        let (limiter, clock) = setup();
+        let key = Limits::per_minute(5);
+        let owner = Limits::per_minute(3).shared_by_owner();
+        for _ in 0..3 {
+            assert!(check_both(&limiter, &key, &owner, &clock).allowed);
+        }
+        let refused = check_both(&limiter, &key, &owner, &clock);
+        assert_eq!(refused.refused_by.as_deref(), Some("owner.minute"));
+        let (policy, state) = refused.headers();
+        assert_eq!(policy, "\"minute\";q=5;w=60, \"owner.minute\";q=3;w=60");
+        assert!(
+            state.starts_with("\"minute\";r=2;"),
+            "the key's 2 are left: {state}"
+        );
+        // The owner's limit raised: it counts on from its 3, the key from its own.
+        let raised = Limits::per_minute(4).shared_by_owner();
+        assert!(check_both(&limiter, &key, &raised, &clock).allowed);
+        let refused = check_both(&limiter, &key, &raised, &clock);
+        assert_eq!(refused.refused_by.as_deref(), Some("owner.minute"));
+        // The key's own limit refuses before the owner's is spent.
+        let big = Limits::per_minute(100).shared_by_owner();
+        assert!(check_both(&limiter, &key, &big, &clock).allowed);
+        let refused = check_both(&limiter, &key, &big, &clock);
+        assert_eq!(refused.refused_by.as_deref(), Some("minute"));
+        assert_eq!(
+            refused.limits[1].remaining, 95,
+            "the owner's count did not move"
+        );
+        let twice = [Bucket::new("k", &key), Bucket::new("k", &key)];
+        assert!(matches!(
+            limiter.check(&twice, 1, clock.now()),
+            LimitCheck::Ready(Err(_))
+        ));
     }
 
     #[test]

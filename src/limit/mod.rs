@@ -54,7 +54,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 pub use cost::{Cost, Costs};
-pub use credits::{Credits, Refill, RefillPeriod, Spend};
+pub use credits::{Account, Charge, Credits, Refill, RefillPeriod, Spend};
 pub use memory::MemoryLimiter;
 #[cfg(feature = "redis")]
 pub use redis::RedisLimiter;
@@ -91,8 +91,9 @@ pub struct Limits {
     pub monthly: Option<u32>,
     /// Count all keys of the record's owner together, in one bucket whatever their environments
     /// or plans (keys without an owner count alone). Where the keys' limits differ, each request
-    /// is checked against its own key's limits on the shared counts ([`RedisLimiter`]), or the
-    /// bucket takes the stricter of each limit ([`MemoryLimiter`]).
+    /// is checked against its own key's limits on the shared counts. To set limits on the owner
+    /// itself, besides each key's own, see
+    /// [`KeyManager::set_owner_limits`](crate::KeyManager::set_owner_limits).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared_by_owner: bool,
     /// Limits of its own name, each enforced beside the others.
@@ -366,17 +367,23 @@ impl Limits {
         }
     }
 
-    /// The smooth rate limits among these: `minute` first, then the named ones.
-    pub(crate) fn rates(&self) -> Vec<Rate> {
-        let minute = self
-            .per_minute
-            .map(|rate| Rate::new("minute".into(), rate, 60, self.burst.unwrap_or(rate)));
+    /// The smooth rate limits among these: `minute` first, then the named ones, each called
+    /// `label` and its name.
+    pub(crate) fn rates(&self, label: &str) -> Vec<Rate> {
+        let minute = self.per_minute.map(|rate| {
+            Rate::new(
+                labelled(label, "minute"),
+                rate,
+                60,
+                self.burst.unwrap_or(rate),
+            )
+        });
         minute
             .into_iter()
             .chain(
                 self.named
                     .iter()
-                    .map(|l| Rate::new(l.name.as_ref().into(), l.limit, l.window, l.limit)),
+                    .map(|l| Rate::new(labelled(label, &l.name), l.limit, l.window, l.limit)),
             )
             .collect()
     }
@@ -478,13 +485,67 @@ impl std::fmt::Display for LimiterError {
 
 impl std::error::Error for LimiterError {}
 
+/// `label` and `name` as one name: `owner.` and `minute` make `owner.minute`.
+pub(crate) fn labelled(label: &str, name: &str) -> Arc<str> {
+    if label.is_empty() {
+        name.into()
+    } else {
+        format!("{label}{name}").into()
+    }
+}
+
+/// One set of limits a request is counted in: a key's (or its plan's) in the key's bucket, or the
+/// limits set on its owner in the owner's.
+///
+/// ```
+/// use tower_api_key::limit::{Bucket, Limits};
+///
+/// let key = Limits::per_minute(100);
+/// let owner = Limits::UNLIMITED.daily(10_000);
+/// let buckets = [
+///     Bucket::new("key:3kTMd9Qx2bLp", &key),
+///     Bucket::new("owner-policy:acme", &owner).labelled("owner."),
+/// ];
+/// assert_eq!(buckets[1].label, "owner.");
+/// ```
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct Bucket<'a> {
+    /// Where the limits are counted: requests with one bucket name share their counts.
+    pub name: &'a str,
+    /// What is counted.
+    pub limits: &'a Limits,
+    /// Put before each limit's name in the statuses, the `RateLimit` headers and the 429 body
+    /// (`owner.` for an owner's limits, so `owner.minute` is told from the key's `minute`).
+    pub label: &'a str,
+}
+
+impl<'a> Bucket<'a> {
+    /// `limits` counted in bucket `name`, with no label.
+    pub fn new(name: &'a str, limits: &'a Limits) -> Self {
+        Bucket {
+            name,
+            limits,
+            label: "",
+        }
+    }
+
+    /// With `label` before each limit's name.
+    #[must_use]
+    pub fn labelled(mut self, label: &'a str) -> Self {
+        self.label = label;
+        self
+    }
+}
+
 /// Counts requests against limits. [`MemoryLimiter`] is the in-process one; a shared one lets
 /// several replicas enforce one limit.
 pub trait Limiter: Send + Sync + 'static {
-    /// Counts one request of `bucket` (a key id, or an owner) costing `cost` under `limits` at
-    /// `now`: all of its limits or none. A cost of 0 is checked as a cost of 1 (refused where
-    /// that would be) and consumes nothing.
-    fn check(&self, bucket: &str, limits: &Limits, cost: u32, now: SystemTime) -> LimitCheck;
+    /// Counts one request costing `cost` at `now` in every one of `buckets` (a key's limits, its
+    /// owner's): all of their limits or none, so a request one limit refuses spends nothing of
+    /// another. A cost of 0 is checked as a cost of 1 (refused where that would be) and consumes
+    /// nothing. The decision's statuses are every bucket's, in order.
+    fn check(&self, buckets: &[Bucket<'_>], cost: u32, now: SystemTime) -> LimitCheck;
 }
 
 /// The layer's rules for turning a record into the limits that apply.
@@ -509,11 +570,39 @@ impl Default for LimitRules {
     }
 }
 
-/// The limits of one key and the bucket they are counted in.
+/// The limits of one key (or of its owner) and the bucket they are counted in.
 #[derive(Debug)]
 pub(crate) struct Policy {
     pub(crate) bucket: Box<str>,
     pub(crate) limits: Limits,
+    /// Before each limit's name: `owner.` for an owner's limits.
+    pub(crate) label: &'static str,
+}
+
+impl Policy {
+    /// What the limiter counts.
+    pub(crate) fn as_bucket(&self) -> Bucket<'_> {
+        Bucket::new(&self.bucket, &self.limits).labelled(self.label)
+    }
+
+    /// The limits set on `owner`, for its keys in `environment`: counted together for all of
+    /// its keys, named `owner.…`; `None` for a dev key (never limited) or no limits.
+    pub(crate) fn of_owner(
+        owner: &str,
+        limits: Option<&Limits>,
+        environment: crate::key::Environment,
+    ) -> Option<Policy> {
+        let limits = limits.filter(|l| !l.is_unlimited())?;
+        if environment == crate::key::Environment::Dev {
+            return None;
+        }
+        Some(Policy {
+            bucket: format!("owner-policy:{owner}").into(),
+            // Shared: a limiter keeps one bucket's counts whatever its keys' copies say.
+            limits: limits.clone().shared_by_owner(),
+            label: "owner.",
+        })
+    }
 }
 
 /// A record names a plan the layer does not know.
@@ -569,6 +658,7 @@ impl LimitRules {
         Ok(Some(Policy {
             bucket: bucket.into(),
             limits,
+            label: "",
         }))
     }
 }

@@ -7,21 +7,23 @@ use std::time::{Duration, SystemTime};
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use super::{Decision, LimitCheck, LimitStatus, Limiter, LimiterError, Limits, Window};
+use super::{Bucket, Decision, LimitCheck, LimitStatus, Limiter, LimiterError, Window};
 use crate::clock::unix_seconds;
 
-/// Every rate limit (GCRA) and both quotas, decided and counted in one atomic step, all or
-/// nothing: nothing is counted for a refused request. The GCRA runs on the server's clock
-/// (`TIME`), so the checks of every replica are on one timeline in the order Redis runs them.
-/// The arithmetic is `gcra.rs`'s: a request costing `n` passes a rate when
+/// Every rate limit (GCRA) and both quotas of every bucket (a key's, its owner's), decided and
+/// counted in one atomic step, all or nothing: nothing is counted for a refused request. The GCRA
+/// runs on the server's clock (`TIME`), so the checks of every replica are on one timeline in the
+/// order Redis runs them. The arithmetic is `gcra.rs`'s: a request costing `n` passes a rate when
 /// `max(tat, now) + n·interval ≤ now + burst·interval`; a cost of 0 is checked as 1 and counted
 /// as 0.
 ///
-/// KEYS: one GCRA state per rate, then the day counter and the month counter.
-/// ARGV: cost, number of rates `r`, then per rate: interval (ms), burst, window (ms); then day
-/// quota (-1 for none), seconds left in the day, month quota (-1), seconds left in the month.
-/// Returns: allowed, the refusing limit (1-based over rates, then day, then month; 0 when
-/// allowed), retry after (ms), day count, month count, then each rate's remaining.
+/// KEYS: per bucket, one GCRA state per rate, then the day counter and the month counter.
+/// ARGV: cost, number of buckets, then per bucket: number of rates `r`, per rate: interval (ms),
+/// burst, window (ms); then day quota (-1 for none), seconds left in the day, month quota (-1),
+/// seconds left in the month.
+/// Returns: allowed, the refusing bucket (1-based; 0 when allowed), the refusing limit in it
+/// (1-based over rates, then day, then month), retry after (ms), then per bucket: day count,
+/// month count, each rate's remaining.
 static CHECK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -30,59 +32,74 @@ local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
 local cost = tonumber(ARGV[1])
 local need = math.max(cost, 1)
-local r = tonumber(ARGV[2])
-local refused, wait = 0, 0
-local tats, remaining = {}, {}
-for i = 1, r do
-  local interval = tonumber(ARGV[3 * i])
-  local burst = tonumber(ARGV[3 * i + 1])
-  local window = tonumber(ARGV[3 * i + 2])
-  local base = tonumber(redis.call('GET', KEYS[i])) or now
-  if base < now then base = now end
-  local limit = now + burst * interval
-  if interval <= 0 or need > burst then
-    remaining[i] = 0
-    if refused == 0 then refused, wait = i, window end
-  else
-    local after = base + need * interval
-    if after > limit then
-      remaining[i] = math.floor((limit - base) / interval)
-      if refused == 0 then refused, wait = i, after - limit end
+local nb = tonumber(ARGV[2])
+local refused_in, refused, wait = 0, 0, 0
+local a, k = 3, 1
+local buckets = {}
+for b = 1, nb do
+  local r = tonumber(ARGV[a])
+  a = a + 1
+  local p = {r = r, k = k, tats = {}, remaining = {}}
+  for i = 1, r do
+    local interval, burst, window = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    a = a + 3
+    local base = tonumber(redis.call('GET', KEYS[k + i - 1])) or now
+    if base < now then base = now end
+    local limit = now + burst * interval
+    if interval <= 0 or need > burst then
+      p.remaining[i] = 0
+      if refused == 0 then refused_in, refused, wait = b, i, window end
     else
-      if cost > 0 then tats[i] = after else after = base end
-      remaining[i] = math.floor((limit - after) / interval)
+      local after = base + need * interval
+      if after > limit then
+        p.remaining[i] = math.floor((limit - base) / interval)
+        if refused == 0 then refused_in, refused, wait = b, i, after - limit end
+      else
+        if cost > 0 then p.tats[i] = after else after = base end
+        p.remaining[i] = math.floor((limit - after) / interval)
+      end
     end
   end
+  p.day_quota, p.day_left = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  p.month_quota, p.month_left = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  a = a + 4
+  p.day = tonumber(redis.call('GET', KEYS[k + r]) or '0')
+  p.month = tonumber(redis.call('GET', KEYS[k + r + 1]) or '0')
+  if refused == 0 and p.day_quota >= 0 and p.day + need > p.day_quota then
+    refused_in, refused, wait = b, r + 1, p.day_left * 1000
+  end
+  if refused == 0 and p.month_quota >= 0 and p.month + need > p.month_quota then
+    refused_in, refused, wait = b, r + 2, p.month_left * 1000
+  end
+  k = k + r + 2
+  buckets[b] = p
 end
-local q = 3 * r + 3
-local day_quota, day_left = tonumber(ARGV[q]), tonumber(ARGV[q + 1])
-local month_quota, month_left = tonumber(ARGV[q + 2]), tonumber(ARGV[q + 3])
-local day = tonumber(redis.call('GET', KEYS[r + 1]) or '0')
-local month = tonumber(redis.call('GET', KEYS[r + 2]) or '0')
-if refused == 0 and day_quota >= 0 and day + need > day_quota then
-  refused, wait = r + 1, day_left * 1000
-end
-if refused == 0 and month_quota >= 0 and month + need > month_quota then
-  refused, wait = r + 2, month_left * 1000
-end
-local reply = {0, refused, math.ceil(wait), day, month}
+local reply = {0, refused_in, refused, math.ceil(wait)}
 if refused == 0 then
   reply[1] = 1
-  for i = 1, r do
-    if tats[i] then
-      redis.call('SET', KEYS[i], string.format('%.3f', tats[i]), 'PX', math.max(1, math.ceil(tats[i] - now)))
+  for b = 1, nb do
+    local p = buckets[b]
+    for i = 1, p.r do
+      if p.tats[i] then
+        redis.call('SET', KEYS[p.k + i - 1], string.format('%.3f', p.tats[i]), 'PX', math.max(1, math.ceil(p.tats[i] - now)))
+      end
+    end
+    if cost > 0 and p.day_quota >= 0 then
+      p.day = redis.call('INCRBY', KEYS[p.k + p.r], cost)
+      redis.call('EXPIRE', KEYS[p.k + p.r], p.day_left + 60)
+    end
+    if cost > 0 and p.month_quota >= 0 then
+      p.month = redis.call('INCRBY', KEYS[p.k + p.r + 1], cost)
+      redis.call('EXPIRE', KEYS[p.k + p.r + 1], p.month_left + 60)
     end
   end
-  if cost > 0 and day_quota >= 0 then
-    reply[4] = redis.call('INCRBY', KEYS[r + 1], cost)
-    redis.call('EXPIRE', KEYS[r + 1], day_left + 60)
-  end
-  if cost > 0 and month_quota >= 0 then
-    reply[5] = redis.call('INCRBY', KEYS[r + 2], cost)
-    redis.call('EXPIRE', KEYS[r + 2], month_left + 60)
-  end
 end
-for i = 1, r do reply[5 + i] = remaining[i] end
+for b = 1, nb do
+  local p = buckets[b]
+  reply[#reply + 1] = p.day
+  reply[#reply + 1] = p.month
+  for i = 1, p.r do reply[#reply + 1] = p.remaining[i] end
+end
 return reply",
     )
 });
@@ -148,124 +165,164 @@ impl RedisLimiter {
     }
 }
 
+/// What the limiter sends for one bucket, and reads back.
+struct Counted {
+    rates: Vec<super::Rate>,
+    daily: Option<u32>,
+    monthly: Option<u32>,
+    day: Arc<str>,
+    month: Arc<str>,
+}
+
 impl Limiter for RedisLimiter {
-    fn check(&self, bucket: &str, limits: &Limits, cost: u32, now: SystemTime) -> LimitCheck {
+    fn check(&self, buckets: &[Bucket<'_>], cost: u32, now: SystemTime) -> LimitCheck {
         let secs = unix_seconds(now);
-        let rates = limits.rates();
         let (day_left, month_left) = (
             Window::Day.seconds_left(secs),
             Window::Month.seconds_left(secs),
         );
-        let base = format!("{}limit:{bucket}", self.prefix);
-        let mut keys: Vec<String> = rates
-            .iter()
-            .map(|rate| {
-                // The legacy minute limit keeps its key; a named one is keyed by its
-                // parameters too, so a changed limit starts afresh.
-                if &*rate.name == "minute" {
-                    format!("{base}:gcra")
+        let quota = |q: Option<u32>| q.map_or(-1, i64::from);
+        let mut invocation = CHECK.prepare_invoke();
+        invocation.arg(cost).arg(buckets.len());
+        let mut counted = Vec::with_capacity(buckets.len());
+        for bucket in buckets {
+            let limits = bucket.limits;
+            let rates = limits.rates(bucket.label);
+            let base = format!("{}limit:{}", self.prefix, bucket.name);
+            for (i, rate) in rates.iter().enumerate() {
+                // The minute limit keeps its key; a named one is keyed by its parameters too, so
+                // a changed limit starts afresh.
+                if i == 0 && limits.per_minute.is_some() {
+                    invocation.key(format!("{base}:gcra"));
                 } else {
-                    format!(
+                    invocation.key(format!(
                         "{base}:gcra:{}:{}:{}:{}",
                         rate.name, rate.quota, rate.window, rate.burst
-                    )
+                    ));
                 }
-            })
-            .collect();
-        keys.push(format!("{base}:d:{}", Window::Day.index(secs)));
-        keys.push(format!("{base}:m:{}", Window::Month.index(secs)));
-        let quota = |q: Option<u32>| q.map_or(-1, i64::from);
-        let (daily, monthly) = (limits.daily, limits.monthly);
-        let mut conn = self.conn.clone();
-        let mut invocation = CHECK.prepare_invoke();
-        for key in &keys {
-            invocation.key(key);
-        }
-        invocation.arg(cost).arg(rates.len());
-        for rate in &rates {
+            }
+            invocation.key(format!("{base}:d:{}", Window::Day.index(secs)));
+            invocation.key(format!("{base}:m:{}", Window::Month.index(secs)));
+            invocation.arg(rates.len());
+            for rate in &rates {
+                invocation
+                    .arg(rate.interval as f64 / 1e6)
+                    .arg(rate.burst)
+                    .arg(rate.window.saturating_mul(1000));
+            }
             invocation
-                .arg(rate.interval as f64 / 1e6)
-                .arg(rate.burst)
-                .arg(rate.window.saturating_mul(1000));
+                .arg(quota(limits.daily))
+                .arg(day_left)
+                .arg(quota(limits.monthly))
+                .arg(month_left);
+            counted.push(Counted {
+                rates,
+                daily: limits.daily,
+                monthly: limits.monthly,
+                day: super::labelled(bucket.label, "day"),
+                month: super::labelled(bucket.label, "month"),
+            });
         }
-        invocation
-            .arg(quota(daily))
-            .arg(day_left)
-            .arg(quota(monthly))
-            .arg(month_left);
+        let mut conn = self.conn.clone();
         LimitCheck::Pending(Box::pin(async move {
             let reply: Vec<i64> = invocation
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| LimiterError(Box::new(e)))?;
-            let malformed = || LimiterError("malformed reply from the limit script".into());
-            let [allowed, refused, retry_ms, day, month, ref remaining @ ..] = reply[..] else {
-                return Err(malformed());
-            };
-            if remaining.len() != rates.len() {
-                return Err(malformed());
+            decision(&reply, &counted, secs, day_left, month_left)
+                .ok_or_else(|| LimiterError("malformed reply from the limit script".into()))
+        }))
+    }
+}
+
+/// The decision the script's `reply` gives for `counted`; `None` for a malformed reply.
+fn decision(
+    reply: &[i64],
+    counted: &[Counted],
+    secs: u64,
+    day_left: u64,
+    month_left: u64,
+) -> Option<Decision> {
+    let [allowed, refused_in, refused, retry_ms, ref rest @ ..] = reply[..] else {
+        return None;
+    };
+    let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+    let refused_in = usize::try_from(refused_in).ok()?;
+    let refused = usize::try_from(refused).ok()?;
+    let wait = Duration::from_millis(u64::try_from(retry_ms).unwrap_or(0));
+    let mut rest = rest.iter().copied();
+    let mut statuses = Vec::new();
+    let mut refused_by = None;
+    for (b, bucket) in counted.iter().enumerate() {
+        let (day, month) = (rest.next()?, rest.next()?);
+        let here = |i: usize| refused_in == b + 1 && refused == i + 1;
+        for (i, rate) in bucket.rates.iter().enumerate() {
+            let left = count(rest.next()?);
+            let left = if here(i) { 0 } else { left };
+            if here(i) {
+                refused_by = Some(Arc::clone(&rate.name));
             }
-            let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
-            let refused = usize::try_from(refused).unwrap_or(0);
-            let wait = Duration::from_millis(u64::try_from(retry_ms).unwrap_or(0));
-            let reset_of = |i: usize| (refused == i + 1).then_some(wait);
-            let mut statuses: Vec<LimitStatus> = rates
-                .iter()
-                .zip(remaining)
-                .enumerate()
-                .map(|(i, (rate, &left))| {
-                    let left = if refused == i + 1 { 0 } else { count(left) };
-                    let refill = u64::from(rate.burst.saturating_sub(left))
-                        .saturating_mul(rate.interval)
-                        .div_ceil(1_000_000_000);
-                    LimitStatus {
-                        policy: Arc::clone(&rate.name),
-                        quota: rate.quota,
-                        window: rate.window,
-                        remaining: left,
-                        reset: reset_of(i).map_or(refill, |w| w.as_secs().max(1)),
-                    }
-                })
-                .collect();
-            let r = rates.len();
-            for (q, used, window, left, policy, at) in [
-                (daily, day, Window::Day, day_left, "day", r + 1),
-                (monthly, month, Window::Month, month_left, "month", r + 2),
-            ] {
-                if let Some(q) = q {
-                    statuses.push(LimitStatus {
-                        policy: policy.into(),
-                        quota: q,
-                        window: window.length(secs),
-                        remaining: if refused == at {
-                            0
-                        } else {
-                            q.saturating_sub(count(used))
-                        },
-                        reset: left,
-                    });
-                }
+            let refill = u64::from(rate.burst.saturating_sub(left))
+                .saturating_mul(rate.interval)
+                .div_ceil(1_000_000_000);
+            statuses.push(LimitStatus {
+                policy: Arc::clone(&rate.name),
+                quota: rate.quota,
+                window: rate.window,
+                remaining: left,
+                reset: if here(i) {
+                    wait.as_secs().max(1)
+                } else {
+                    refill
+                },
+            });
+        }
+        let r = bucket.rates.len();
+        for (q, used, window, left, name, at) in [
+            (bucket.daily, day, Window::Day, day_left, &bucket.day, r),
+            (
+                bucket.monthly,
+                month,
+                Window::Month,
+                month_left,
+                &bucket.month,
+                r + 1,
+            ),
+        ] {
+            if here(at) {
+                refused_by = Some(Arc::clone(name));
             }
-            if allowed == 1 {
-                return Ok(Decision {
-                    allowed: true,
-                    retry_after: None,
-                    limits: statuses,
-                    refused_by: None,
+            if let Some(q) = q {
+                statuses.push(LimitStatus {
+                    policy: Arc::clone(name),
+                    quota: q,
+                    window: window.length(secs),
+                    remaining: if here(at) {
+                        0
+                    } else {
+                        q.saturating_sub(count(used))
+                    },
+                    reset: left,
                 });
             }
-            let refused_by = match refused {
-                0 => return Err(malformed()),
-                i if i <= r => Arc::clone(&rates[i - 1].name),
-                i if i == r + 1 => "day".into(),
-                _ => "month".into(),
-            };
-            Ok(Decision {
-                allowed: false,
-                retry_after: Some(wait.max(Duration::from_secs(1))),
-                limits: statuses,
-                refused_by: Some(refused_by),
-            })
-        }))
+        }
+    }
+    if rest.next().is_some() {
+        return None;
+    }
+    match (allowed, refused_by) {
+        (1, _) => Some(Decision {
+            allowed: true,
+            retry_after: None,
+            limits: statuses,
+            refused_by: None,
+        }),
+        (_, Some(by)) => Some(Decision {
+            allowed: false,
+            retry_after: Some(wait.max(Duration::from_secs(1))),
+            limits: statuses,
+            refused_by: Some(by),
+        }),
+        _ => None,
     }
 }

@@ -11,7 +11,7 @@ use crate::key::{Environment, KeyFormat};
 use crate::layer::ApiKeyHandle;
 use crate::limit::{Credits, Limits};
 use crate::scope::validate_scope;
-use crate::store::{KeyChanges, KeyRecord, KeyState, KeyStoreAdmin, StoreError};
+use crate::store::{KeyChanges, KeyRecord, KeyState, KeyStoreAdmin, OwnerRecord, StoreError};
 
 /// A key to be issued: its name, environment, scopes and the rest of its record.
 ///
@@ -237,6 +237,12 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         }
     }
 
+    fn owner_changed(&self, owner: &str) {
+        if let Some(cache) = &self.cache {
+            cache.owner_changed(owner);
+        }
+    }
+
     /// Issues a key in the manager's format and stores its record.
     ///
     /// # Errors
@@ -371,6 +377,98 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         let result = self.store.set_limits(id, limits.as_ref()).await;
         self.changed(id);
         Ok(result?)
+    }
+
+    /// Replaces (or, with `None`, clears) the limits set on owner `owner`, counted for all of its
+    /// keys together, besides each key's own limits: a request any of its keys makes is counted
+    /// in both, and refused (429, the limit named `owner.minute`, `owner.day`, `owner.<name>`)
+    /// when either is spent. Its `dev` keys are never limited.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use tower_api_key::{limit::Limits, ApiKeyLayer, KeyManager, MemoryStore, NewKey};
+    ///
+    /// let store = MemoryStore::new();
+    /// let layer = ApiKeyLayer::new("mesh", store.clone())?;
+    /// let keys = KeyManager::new(store).with_cache(layer.handle());
+    /// keys.create(NewKey::new("ci").owner("acme")).await?;
+    /// keys.set_owner_limits("acme", Some(Limits::per_minute(1_000).daily(50_000))).await?;
+    /// let acme = keys.owner("acme").await?.unwrap();
+    /// assert_eq!(acme.limits, Some(Limits::per_minute(1_000).daily(50_000)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// [`ManageError::Invalid`] for two named limits of one name; [`ManageError::Store`] when
+    /// the store fails (the cache is cleared all the same).
+    pub async fn set_owner_limits(
+        &self,
+        owner: &str,
+        limits: Option<Limits>,
+    ) -> Result<(), ManageError> {
+        if let Some(limits) = &limits {
+            limits
+                .validate()
+                .map_err(|e| ManageError::Invalid(InvalidKey::Limits(e)))?;
+        }
+        let result = self.store.set_owner_limits(owner, limits.as_ref()).await;
+        self.owner_changed(owner);
+        Ok(result?)
+    }
+
+    /// Replaces (or, with `None`, clears) the credits set on owner `owner`, spent by every
+    /// request of any of its keys (besides the key's own credits, if it has some; too few in
+    /// either and the request is refused with 429 `USAGE_EXCEEDED`, spending neither).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use tower_api_key::{limit::{Credits, RefillPeriod}, ApiKeyLayer, KeyManager, MemoryStore};
+    ///
+    /// let store = MemoryStore::new();
+    /// let layer = ApiKeyLayer::new("mesh", store.clone())?;
+    /// let keys = KeyManager::new(store).with_cache(layer.handle());
+    /// let monthly = Credits::refilled(100_000, RefillPeriod::Monthly { day: 1 })?;
+    /// keys.set_owner_credits("acme", Some(monthly)).await?;
+    /// assert_eq!(keys.top_up_owner("acme", 5_000).await?, Some(105_000));
+    /// assert_eq!(keys.owner("acme").await?.unwrap().credits.unwrap().remaining, 105_000);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// When the store fails; the cache is cleared all the same.
+    pub async fn set_owner_credits(
+        &self,
+        owner: &str,
+        credits: Option<Credits>,
+    ) -> Result<(), StoreError> {
+        let credits = credits.map(|c| c.starting(unix_seconds(SystemTime::now())));
+        let result = self.store.set_owner_credits(owner, credits.as_ref()).await;
+        self.owner_changed(owner);
+        result
+    }
+
+    /// Adds `amount` to owner `owner`'s credits in one atomic step; returns what is left now,
+    /// or `None` when the owner has no credits.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn top_up_owner(&self, owner: &str, amount: u64) -> Result<Option<u64>, StoreError> {
+        self.store.add_owner_credits(owner, amount).await
+    }
+
+    /// What is set on owner `owner`, with its credits as of now (refilled if a refill period
+    /// began since they were last spent), or `None` when nothing is.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn owner(&self, owner: &str) -> Result<Option<OwnerRecord>, StoreError> {
+        let now = SystemTime::now();
+        Ok(self.store.owner(owner).await?.map(|mut record| {
+            record.credits = record.credits.map(|credits| credits.refilled_by(now));
+            record
+        }))
     }
 
     /// Replaces the networks key `id` may be used from (empty: anywhere); returns whether it

@@ -5,9 +5,12 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use crate::limit::{Credits, Limits, Spend};
+use crate::limit::{Charge, Credits, Limits, Spend};
 
-use super::{KeyChanges, KeyRecord, KeyStore, KeyStoreAdmin, MemoryStore, StoreError, UsageUpdate};
+use super::{
+    KeyChanges, KeyRecord, KeyStore, KeyStoreAdmin, MemoryStore, OwnerRecord, StoreError,
+    UsageUpdate,
+};
 
 /// Any of the crate's stores, chosen by URL: `memory:`, `sqlite://…`, `postgres://…`,
 /// `redis://…`. The backends of disabled features answer with an error naming the feature.
@@ -135,8 +138,11 @@ impl KeyStore for AnyStore {
     async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         each!(self, store => store.get(id).await)
     }
-    async fn spend_credits(&self, id: &str, cost: u32, period: u32) -> Result<Spend, StoreError> {
-        each!(self, store => store.spend_credits(id, cost, period).await)
+    async fn owner(&self, owner: &str) -> Result<Option<OwnerRecord>, StoreError> {
+        each!(self, store => store.owner(owner).await)
+    }
+    async fn spend_credits(&self, charge: &Charge<'_>) -> Result<Spend, StoreError> {
+        each!(self, store => store.spend_credits(charge).await)
     }
 }
 
@@ -168,6 +174,23 @@ impl KeyStoreAdmin for AnyStore {
     }
     async fn add_credits(&self, id: &str, amount: u64) -> Result<Option<u64>, StoreError> {
         each!(self, store => store.add_credits(id, amount).await)
+    }
+    async fn set_owner_limits(
+        &self,
+        owner: &str,
+        limits: Option<&Limits>,
+    ) -> Result<(), StoreError> {
+        each!(self, store => store.set_owner_limits(owner, limits).await)
+    }
+    async fn set_owner_credits(
+        &self,
+        owner: &str,
+        credits: Option<&Credits>,
+    ) -> Result<(), StoreError> {
+        each!(self, store => store.set_owner_credits(owner, credits).await)
+    }
+    async fn add_owner_credits(&self, owner: &str, amount: u64) -> Result<Option<u64>, StoreError> {
+        each!(self, store => store.add_owner_credits(owner, amount).await)
     }
     async fn set_limits(&self, id: &str, limits: Option<&Limits>) -> Result<bool, StoreError> {
         each!(self, store => store.set_limits(id, limits).await)

@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use super::{to_json, KeyRecord, StoreError};
+use super::{to_json, KeyRecord, OwnerRecord, StoreError};
 use crate::clock::{from_unix_seconds, unix_seconds};
 use crate::key::SecretDigest;
-use crate::limit::{Credits, Refill, RefillPeriod};
+use crate::limit::{Credits, Limits, Refill, RefillPeriod};
 use crate::trace::log_id;
 
 /// A record as flat fields, in the SQL table's column order.
@@ -36,14 +36,147 @@ pub(crate) struct Fields {
     pub(crate) requests: i64,
     /// JSON array of CIDRs; absent for none.
     pub(crate) allowed_networks: Option<String>,
-    /// Credits left; absent for a key without credits.
-    pub(crate) credits_remaining: Option<i64>,
+    pub(crate) credits: CreditFields,
+}
+
+/// Credits as four flat fields (`credits_remaining`, `credits_refill_amount`,
+/// `credits_refill_period`, `credits_period`), in a key's record and in an owner's.
+#[derive(Default)]
+pub(crate) struct CreditFields {
+    /// Credits left; absent for none.
+    pub(crate) remaining: Option<i64>,
     /// What credits are refilled to, if they are.
-    pub(crate) credits_refill_amount: Option<i64>,
+    pub(crate) refill_amount: Option<i64>,
     /// When: `daily` or `monthly:D`.
-    pub(crate) credits_refill_period: Option<String>,
-    /// The refill period `credits_remaining` belongs to.
-    pub(crate) credits_period: Option<i64>,
+    pub(crate) refill_period: Option<String>,
+    /// The refill period `remaining` belongs to.
+    pub(crate) period: Option<i64>,
+}
+
+impl CreditFields {
+    pub(crate) fn of(credits: Option<&Credits>) -> Self {
+        let refill = credits.and_then(|c| c.refill);
+        CreditFields {
+            remaining: credits.map(|c| saturating_i64(c.remaining)),
+            refill_amount: refill.map(|r| saturating_i64(r.amount)),
+            refill_period: refill.map(|r| r.every.to_text()),
+            period: credits.map(|c| i64::from(c.period)),
+        }
+    }
+
+    /// The credits these fields hold; `corrupt` names a bad field.
+    fn into_credits(
+        self,
+        corrupt: impl Fn(&str) -> StoreError,
+    ) -> Result<Option<Credits>, StoreError> {
+        let Some(remaining) = self.remaining else {
+            return Ok(None);
+        };
+        let refill = match (self.refill_amount, self.refill_period) {
+            (None, None) => None,
+            (Some(amount), Some(every)) => Some(Refill {
+                amount: u64::try_from(amount).map_err(|_| corrupt("credits_refill_amount"))?,
+                every: RefillPeriod::from_text(&every)
+                    .map_err(|_| corrupt("credits_refill_period"))?,
+            }),
+            _ => return Err(corrupt("credits_refill")),
+        };
+        Ok(Some(Credits {
+            remaining: u64::try_from(remaining).map_err(|_| corrupt("credits_remaining"))?,
+            refill,
+            period: u32::try_from(self.period.unwrap_or(0))
+                .map_err(|_| corrupt("credits_period"))?,
+        }))
+    }
+
+    /// The fields as Redis hash fields, absent ones as `None`.
+    #[cfg(feature = "redis")]
+    pub(crate) fn into_hash(self) -> [(&'static str, Option<String>); 4] {
+        [
+            ("credits_remaining", self.remaining.map(|n| n.to_string())),
+            (
+                "credits_refill_amount",
+                self.refill_amount.map(|n| n.to_string()),
+            ),
+            ("credits_refill_period", self.refill_period),
+            ("credits_period", self.period.map(|n| n.to_string())),
+        ]
+    }
+
+    /// The fields from a Redis hash; `corrupt` names a malformed one.
+    #[cfg(feature = "redis")]
+    fn from_hash(
+        hash: &mut HashMap<String, String>,
+        corrupt: impl Fn(&str) -> StoreError,
+    ) -> Result<Self, StoreError> {
+        let mut number = |name: &str| {
+            hash.remove(name)
+                .map(|t| t.parse::<i64>().map_err(|_| corrupt(name)))
+                .transpose()
+        };
+        Ok(CreditFields {
+            remaining: number("credits_remaining")?,
+            refill_amount: number("credits_refill_amount")?,
+            period: number("credits_period")?,
+            refill_period: hash.remove("credits_refill_period"),
+        })
+    }
+}
+
+/// Limits from their JSON text, checked; `corrupt` names a bad one.
+fn limits_of(
+    text: Option<String>,
+    corrupt: impl Fn(&str) -> StoreError,
+) -> Result<Option<Limits>, StoreError> {
+    let limits: Option<Limits> = text
+        .map(|text| serde_json::from_str(&text).map_err(|_| corrupt("limits")))
+        .transpose()?;
+    if let Some(limits) = &limits {
+        limits.validate().map_err(|_| corrupt("limits"))?;
+    }
+    Ok(limits)
+}
+
+/// What is set on an owner as flat fields, in the SQL owners table's column order.
+pub(crate) struct OwnerFields {
+    pub(crate) owner: String,
+    /// JSON object.
+    pub(crate) limits: Option<String>,
+    pub(crate) credits: CreditFields,
+}
+
+impl OwnerFields {
+    /// The owner's record these fields hold.
+    ///
+    /// # Errors
+    /// A [`StoreError`] naming the corrupt field.
+    pub(crate) fn into_record(self) -> Result<OwnerRecord, StoreError> {
+        let owner = self.owner;
+        let corrupt =
+            |what: &str| StoreError::unavailable(format!("corrupt owner record {owner:?}: {what}"));
+        let mut record = OwnerRecord::new(owner.clone());
+        record.limits = limits_of(self.limits, corrupt)?;
+        record.credits = self.credits.into_credits(corrupt)?;
+        Ok(record)
+    }
+
+    /// The fields of owner `owner` from its Redis hash.
+    ///
+    /// # Errors
+    /// A [`StoreError`] naming a malformed field.
+    #[cfg(feature = "redis")]
+    pub(crate) fn from_hash(
+        owner: &str,
+        mut hash: HashMap<String, String>,
+    ) -> Result<Self, StoreError> {
+        let corrupt =
+            |what: &str| StoreError::unavailable(format!("corrupt owner record {owner:?}: {what}"));
+        Ok(OwnerFields {
+            owner: owner.to_owned(),
+            limits: hash.remove("limits"),
+            credits: CreditFields::from_hash(&mut hash, corrupt)?,
+        })
+    }
 }
 
 /// A count as a store writes it: at most `i64::MAX`.
@@ -77,18 +210,7 @@ impl Fields {
             requests: i64::try_from(record.requests).unwrap_or(i64::MAX),
             allowed_networks: (!record.allowed_networks.is_empty())
                 .then(|| to_json(&record.allowed_networks)),
-            credits_remaining: record.credits.as_ref().map(|c| saturating_i64(c.remaining)),
-            credits_refill_amount: record
-                .credits
-                .as_ref()
-                .and_then(|c| c.refill)
-                .map(|r| saturating_i64(r.amount)),
-            credits_refill_period: record
-                .credits
-                .as_ref()
-                .and_then(|c| c.refill)
-                .map(|r| r.every.to_text()),
-            credits_period: record.credits.as_ref().map(|c| i64::from(c.period)),
+            credits: CreditFields::of(record.credits.as_ref()),
         }
     }
 
@@ -124,13 +246,7 @@ impl Fields {
         record.revoked_at = optional_time(self.revoked_at, "revoked_at")?;
         record.disabled = self.disabled;
         record.plan = self.plan;
-        record.limits = self
-            .limits
-            .map(|text| serde_json::from_str(&text).map_err(|_| corrupt("limits")))
-            .transpose()?;
-        if let Some(limits) = &record.limits {
-            limits.validate().map_err(|_| corrupt("limits"))?;
-        }
+        record.limits = limits_of(self.limits, corrupt)?;
         record.last_used_at = optional_time(self.last_used_at, "last_used_at")?;
         record.requests = u64::try_from(self.requests).map_err(|_| corrupt("requests"))?;
         record.allowed_networks = self
@@ -138,28 +254,7 @@ impl Fields {
             .map(|text| serde_json::from_str(&text).map_err(|_| corrupt("allowed_networks")))
             .transpose()?
             .unwrap_or_default();
-        record.credits = match self.credits_remaining {
-            None => None,
-            Some(remaining) => {
-                let refill = match (self.credits_refill_amount, self.credits_refill_period) {
-                    (None, None) => None,
-                    (Some(amount), Some(every)) => Some(Refill {
-                        amount: u64::try_from(amount)
-                            .map_err(|_| corrupt("credits_refill_amount"))?,
-                        every: RefillPeriod::from_text(&every)
-                            .map_err(|_| corrupt("credits_refill_period"))?,
-                    }),
-                    _ => return Err(corrupt("credits_refill")),
-                };
-                Some(Credits {
-                    remaining: u64::try_from(remaining)
-                        .map_err(|_| corrupt("credits_remaining"))?,
-                    refill,
-                    period: u32::try_from(self.credits_period.unwrap_or(0))
-                        .map_err(|_| corrupt("credits_period"))?,
-                })
-            }
-        };
+        record.credits = self.credits.into_credits(corrupt)?;
         Ok(record)
     }
 
@@ -184,18 +279,13 @@ impl Fields {
             ("limits", self.limits),
             ("last_used_at", self.last_used_at.map(|t| t.to_string())),
             ("allowed_networks", self.allowed_networks),
-            (
-                "credits_remaining",
-                self.credits_remaining.map(|n| n.to_string()),
-            ),
-            (
-                "credits_refill_amount",
-                self.credits_refill_amount.map(|n| n.to_string()),
-            ),
-            ("credits_refill_period", self.credits_refill_period),
-            ("credits_period", self.credits_period.map(|n| n.to_string())),
         ];
-        hash.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+        hash.extend(
+            optional
+                .into_iter()
+                .chain(self.credits.into_hash())
+                .filter_map(|(k, v)| v.map(|v| (k, v))),
+        );
         hash
     }
 
@@ -211,6 +301,7 @@ impl Fields {
         let corrupt = |what: &str| {
             StoreError::unavailable(format!("corrupt key record {}: {what}", log_id(id)))
         };
+        let credits = CreditFields::from_hash(&mut hash, corrupt)?;
         let mut take = |name: &str| hash.remove(name);
         let number = |text: Option<String>, what: &str| -> Result<Option<i64>, StoreError> {
             text.map(|t| t.parse::<i64>().map_err(|_| corrupt(what)))
@@ -234,10 +325,7 @@ impl Fields {
             last_used_at: number(take("last_used_at"), "last_used_at")?,
             requests: number(take("requests"), "requests")?.unwrap_or(0),
             allowed_networks: take("allowed_networks"),
-            credits_remaining: number(take("credits_remaining"), "credits_remaining")?,
-            credits_refill_amount: number(take("credits_refill_amount"), "credits_refill_amount")?,
-            credits_refill_period: take("credits_refill_period"),
-            credits_period: number(take("credits_period"), "credits_period")?,
+            credits,
         })
     }
 }
@@ -311,10 +399,10 @@ mod tests {
             |f: &mut Fields| f.requests = -1,
             |f: &mut Fields| f.allowed_networks = Some("[\"10.0.0.0/33\"]".into()),
             |f: &mut Fields| f.allowed_networks = Some("10.0.0.0/8".into()),
-            |f: &mut Fields| f.credits_remaining = Some(-1),
-            |f: &mut Fields| f.credits_refill_period = Some("monthly:31".into()),
-            |f: &mut Fields| f.credits_refill_amount = None,
-            |f: &mut Fields| f.credits_period = Some(-2),
+            |f: &mut Fields| f.credits.remaining = Some(-1),
+            |f: &mut Fields| f.credits.refill_period = Some("monthly:31".into()),
+            |f: &mut Fields| f.credits.refill_amount = None,
+            |f: &mut Fields| f.credits.period = Some(-2),
         ] {
             let mut fields = Fields::of(&record());
             corrupt(&mut fields);

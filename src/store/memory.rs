@@ -8,9 +8,9 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use crate::limit::{Credits, Limits, Spend};
+use crate::limit::{Charge, Credits, Limits, Spend};
 
-use super::{KeyRecord, KeyStore, KeyStoreAdmin, StoreError, UsageUpdate};
+use super::{KeyRecord, KeyStore, KeyStoreAdmin, OwnerRecord, StoreError, UsageUpdate};
 
 /// Keys held in this process's memory. Cloning shares the same keys.
 ///
@@ -32,7 +32,15 @@ use super::{KeyRecord, KeyStore, KeyStoreAdmin, StoreError, UsageUpdate};
 /// ```
 #[derive(Clone, Default)]
 pub struct MemoryStore {
-    keys: Arc<RwLock<HashMap<String, KeyRecord>>>,
+    data: Arc<RwLock<Data>>,
+}
+
+/// The keys, and what is set on owners, under one lock: spending a key's and its owner's credits
+/// is one step.
+#[derive(Default)]
+struct Data {
+    keys: HashMap<String, KeyRecord>,
+    owners: HashMap<String, OwnerRecord>,
 }
 
 impl MemoryStore {
@@ -41,26 +49,40 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, KeyRecord>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Data> {
         // A panic while holding the lock cannot leave a map half-written (every write is one
-        // insert or remove), so a poisoned lock is still consistent.
-        self.keys.read().unwrap_or_else(|e| e.into_inner())
+        // insert or remove, or checks everything before it writes), so a poisoned lock is still
+        // consistent.
+        self.data.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, KeyRecord>> {
-        self.keys.write().unwrap_or_else(|e| e.into_inner())
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Data> {
+        self.data.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Changes key `id`'s record with `change`; whether the key exists.
     fn update(&self, id: &str, change: impl FnOnce(&mut KeyRecord)) -> Result<bool, StoreError> {
-        Ok(self.write().get_mut(id).map(change).is_some())
+        Ok(self.write().keys.get_mut(id).map(change).is_some())
+    }
+
+    /// Changes what is set on `owner` with `change`, dropping a record left empty.
+    fn update_owner(&self, owner: &str, change: impl FnOnce(&mut OwnerRecord)) {
+        let mut data = self.write();
+        let record = data
+            .owners
+            .entry(owner.to_owned())
+            .or_insert_with(|| OwnerRecord::new(owner));
+        change(record);
+        if record.is_empty() {
+            data.owners.remove(owner);
+        }
     }
 }
 
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("keys", &self.read().len())
+            .field("keys", &self.read().keys.len())
             .finish()
     }
 }
@@ -68,30 +90,47 @@ impl fmt::Debug for MemoryStore {
 #[async_trait]
 impl KeyStore for MemoryStore {
     async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(self.read().get(id).cloned())
+        Ok(self.read().keys.get(id).cloned())
     }
 
-    async fn spend_credits(&self, id: &str, cost: u32, period: u32) -> Result<Spend, StoreError> {
-        let mut keys = self.write();
-        let Some(credits) = keys.get_mut(id).and_then(|r| r.credits.as_mut()) else {
-            return Ok(Spend::NoCredits);
-        };
-        let (remaining, period) = credits.as_of_period(period);
-        if remaining < u64::from(cost.max(1)) {
-            return Ok(Spend::Exhausted);
+    async fn owner(&self, owner: &str) -> Result<Option<OwnerRecord>, StoreError> {
+        Ok(self.read().owners.get(owner).cloned())
+    }
+
+    async fn spend_credits(&self, charge: &Charge<'_>) -> Result<Spend, StoreError> {
+        let mut data = self.write();
+        let Data { keys, owners } = &mut *data;
+        let key = charge.key.and_then(|account| {
+            let credits = keys.get_mut(account.id)?.credits.as_mut()?;
+            Some((credits, account.period))
+        });
+        let owner = charge.owner.and_then(|account| {
+            let credits = owners.get_mut(account.id)?.credits.as_mut()?;
+            Some((credits, account.period))
+        });
+        let mut accounts: Vec<_> = key.into_iter().chain(owner).collect();
+        // Everything checked before anything is spent.
+        let mut after = Vec::with_capacity(accounts.len());
+        for (credits, period) in &accounts {
+            match credits.after_spending(*period, charge.cost) {
+                Some(left) => after.push(left),
+                None => return Ok(Spend::Exhausted),
+            }
         }
-        credits.remaining = remaining - u64::from(cost);
-        credits.period = period;
-        Ok(Spend::Spent {
-            remaining: credits.remaining,
-        })
+        let mut fewest = None;
+        for ((credits, _), (remaining, period)) in accounts.iter_mut().zip(after) {
+            credits.remaining = remaining;
+            credits.period = period;
+            fewest = Some(fewest.map_or(remaining, |f: u64| f.min(remaining)));
+        }
+        Ok(fewest.map_or(Spend::NoCredits, |remaining| Spend::Spent { remaining }))
     }
 }
 
 #[async_trait]
 impl KeyStoreAdmin for MemoryStore {
     async fn create(&self, record: KeyRecord) -> Result<(), StoreError> {
-        let mut keys = self.write();
+        let keys = &mut self.write().keys;
         if keys.contains_key(&record.id) {
             return Err(StoreError::Conflict(record.id));
         }
@@ -106,11 +145,11 @@ impl KeyStoreAdmin for MemoryStore {
     }
 
     async fn delete(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.write().remove(id).is_some())
+        Ok(self.write().keys.remove(id).is_some())
     }
 
     async fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        let mut all: Vec<KeyRecord> = self.read().values().cloned().collect();
+        let mut all: Vec<KeyRecord> = self.read().keys.values().cloned().collect();
         all.sort_by(|a, b| {
             a.created_at
                 .cmp(&b.created_at)
@@ -138,6 +177,7 @@ impl KeyStoreAdmin for MemoryStore {
     async fn add_credits(&self, id: &str, amount: u64) -> Result<Option<u64>, StoreError> {
         Ok(self
             .write()
+            .keys
             .get_mut(id)
             .and_then(|record| record.credits.as_mut())
             .map(|credits| {
@@ -150,12 +190,42 @@ impl KeyStoreAdmin for MemoryStore {
         self.update(id, |record| record.limits = limits.cloned())
     }
 
+    async fn set_owner_limits(
+        &self,
+        owner: &str,
+        limits: Option<&Limits>,
+    ) -> Result<(), StoreError> {
+        self.update_owner(owner, |record| record.limits = limits.cloned());
+        Ok(())
+    }
+
+    async fn set_owner_credits(
+        &self,
+        owner: &str,
+        credits: Option<&Credits>,
+    ) -> Result<(), StoreError> {
+        self.update_owner(owner, |record| record.credits = credits.cloned());
+        Ok(())
+    }
+
+    async fn add_owner_credits(&self, owner: &str, amount: u64) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .write()
+            .owners
+            .get_mut(owner)
+            .and_then(|record| record.credits.as_mut())
+            .map(|credits| {
+                credits.remaining = credits.remaining.saturating_add(amount);
+                credits.remaining
+            }))
+    }
+
     async fn set_allowed_networks(&self, id: &str, networks: &[IpNet]) -> Result<bool, StoreError> {
         self.update(id, |record| record.allowed_networks = networks.to_vec())
     }
 
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {
-        let mut keys = self.write();
+        let keys = &mut self.write().keys;
         for update in batch {
             if let Some(record) = keys.get_mut(&update.id) {
                 record.requests += update.requests;

@@ -28,6 +28,7 @@ mod codec;
 #[cfg(any(feature = "postgres", feature = "redis"))]
 mod listener;
 pub(crate) mod memory;
+mod owner;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 mod record;
@@ -46,11 +47,12 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use crate::limit::{Credits, Limits, Spend};
+use crate::limit::{Charge, Credits, Limits, Spend};
 
 #[cfg(any(feature = "postgres", feature = "redis"))]
 pub use listener::{LISTENER_CONNECT_TIMEOUT, LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
 pub(crate) use memory::MemoryStore;
+pub use owner::OwnerRecord;
 #[cfg(feature = "postgres")]
 pub(crate) use postgres::PostgresStore;
 pub use record::{KeyRecord, KeyState};
@@ -71,19 +73,31 @@ pub trait KeyStore: Send + Sync + 'static {
     /// 503, and nothing is cached.
     async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
 
-    /// Spends `cost` of key `id`'s credits in one atomic step, refilling them first when their
-    /// record's refill period is older than `period` (the
-    /// [`RefillPeriod::index`](crate::limit::RefillPeriod::index) of now). A cost of 0 spends
-    /// nothing but is [`Spend::Exhausted`] when none are left. The layer calls it only for keys
-    /// whose record has credits.
+    /// What is set on owner `owner` (limits and credits for all of its keys), or `None` when
+    /// nothing is. The cache asks on a miss of a key that has an owner.
+    ///
+    /// The default keeps no owners: `Ok(None)`.
+    ///
+    /// # Errors
+    /// When the store cannot tell. The request is refused with 503, and nothing is cached.
+    async fn owner(&self, owner: &str) -> Result<Option<OwnerRecord>, StoreError> {
+        let _ = owner;
+        Ok(None)
+    }
+
+    /// Spends one request's [`Charge`] in one atomic step: its cost from the key's credits and
+    /// from its owner's, each refilled first when its record's refill period is older than the
+    /// account's `period`, all or nothing. A cost of 0 spends nothing but is
+    /// [`Spend::Exhausted`] when none are left. The layer calls it only for keys whose record,
+    /// or whose owner's, has credits.
     ///
     /// The default fails: a store that keeps no credits refuses a key that has some (503)
     /// rather than let it through unmetered. The stores of this crate all keep them.
     ///
     /// # Errors
     /// When the backend fails.
-    async fn spend_credits(&self, id: &str, cost: u32, period: u32) -> Result<Spend, StoreError> {
-        let _ = (id, cost, period);
+    async fn spend_credits(&self, charge: &Charge<'_>) -> Result<Spend, StoreError> {
+        let _ = charge;
         Err(StoreError::unavailable("this key store keeps no credits"))
     }
 }
@@ -162,6 +176,35 @@ pub trait KeyStoreAdmin: KeyStore {
     /// When the backend fails.
     async fn set_allowed_networks(&self, id: &str, networks: &[IpNet]) -> Result<bool, StoreError>;
 
+    /// Replaces (or, with `None`, clears) the limits set on owner `owner`, counted for all of
+    /// its keys together.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn set_owner_limits(
+        &self,
+        owner: &str,
+        limits: Option<&Limits>,
+    ) -> Result<(), StoreError>;
+
+    /// Replaces (or, with `None`, clears) the credits set on owner `owner`, spent by all of its
+    /// keys together.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn set_owner_credits(
+        &self,
+        owner: &str,
+        credits: Option<&Credits>,
+    ) -> Result<(), StoreError>;
+
+    /// Adds `amount` to owner `owner`'s remaining credits in one atomic step. Returns what is
+    /// left now, or `None` when the owner has no credits.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn add_owner_credits(&self, owner: &str, amount: u64) -> Result<Option<u64>, StoreError>;
+
     /// Adds a batch of usage: per key, requests to add and the latest time it was used. Unknown
     /// ids are skipped; `last_used_at` only moves forward.
     ///
@@ -199,6 +242,12 @@ pub trait KeyStoreAdmin: KeyStore {
 pub trait KeyChanges: Send + Sync + 'static {
     /// Key `id` changed (created, revoked, deleted, updated): forget any copy of it.
     fn key_changed(&self, id: &str);
+    /// What is set on owner `owner` changed: forget any copy of it, and of its keys. The
+    /// default forgets everything.
+    fn owner_changed(&self, owner: &str) {
+        let _ = owner;
+        self.all_changed();
+    }
     /// Anything may have changed (the listener lost its connection for a while): forget every
     /// copy.
     fn all_changed(&self);
@@ -208,6 +257,22 @@ pub trait KeyChanges: Send + Sync + 'static {
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("key records serialise to JSON")
+}
+
+/// The change notification of what is set on `owner`: `owner:` and the owner. Key ids are
+/// letters and digits, so no key's notification looks like it.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
+pub(crate) fn owner_payload(owner: &str) -> String {
+    format!("owner:{owner}")
+}
+
+/// Reports change notification `payload` (a key id, or [`owner_payload`]'s) to `changes`.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) fn relay_payload(changes: &impl KeyChanges, payload: &str) {
+    match payload.strip_prefix("owner:") {
+        Some(owner) => changes.owner_changed(owner),
+        None => changes.key_changed(payload),
+    }
 }
 
 /// Usage of one key to add to its record, from [`KeyStoreAdmin::record_usage`].
@@ -261,8 +326,11 @@ impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
     async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         (**self).get(id).await
     }
-    async fn spend_credits(&self, id: &str, cost: u32, period: u32) -> Result<Spend, StoreError> {
-        (**self).spend_credits(id, cost, period).await
+    async fn owner(&self, owner: &str) -> Result<Option<OwnerRecord>, StoreError> {
+        (**self).owner(owner).await
+    }
+    async fn spend_credits(&self, charge: &Charge<'_>) -> Result<Spend, StoreError> {
+        (**self).spend_credits(charge).await
     }
 }
 
@@ -297,6 +365,23 @@ impl<T: KeyStoreAdmin + ?Sized> KeyStoreAdmin for Arc<T> {
     }
     async fn set_credits(&self, id: &str, credits: Option<&Credits>) -> Result<bool, StoreError> {
         (**self).set_credits(id, credits).await
+    }
+    async fn set_owner_limits(
+        &self,
+        owner: &str,
+        limits: Option<&Limits>,
+    ) -> Result<(), StoreError> {
+        (**self).set_owner_limits(owner, limits).await
+    }
+    async fn set_owner_credits(
+        &self,
+        owner: &str,
+        credits: Option<&Credits>,
+    ) -> Result<(), StoreError> {
+        (**self).set_owner_credits(owner, credits).await
+    }
+    async fn add_owner_credits(&self, owner: &str, amount: u64) -> Result<Option<u64>, StoreError> {
+        (**self).add_owner_credits(owner, amount).await
     }
     async fn add_credits(&self, id: &str, amount: u64) -> Result<Option<u64>, StoreError> {
         (**self).add_credits(id, amount).await

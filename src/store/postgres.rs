@@ -150,7 +150,7 @@ impl PostgresStore {
 async fn relay(listener: &mut PgListener, changes: &impl KeyChanges) {
     loop {
         match tokio::time::timeout(LISTENER_KEEPALIVE, listener.try_recv()).await {
-            Ok(Ok(Some(notification))) => changes.key_changed(notification.payload()),
+            Ok(Ok(Some(notification))) => super::relay_payload(changes, notification.payload()),
             Ok(Ok(None) | Err(_)) => return,
             Err(_quiet) => {
                 let ping = sqlx::query("SELECT 1").execute(&mut *listener);

@@ -9,19 +9,20 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use ipnet::IpNet;
 
-use crate::limit::{Credits, Limits, Spend};
+use crate::limit::{Charge, Credits, Limits, Spend};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tokio::task::JoinHandle;
 
-use super::codec::{secs, Fields};
+use super::codec::{secs, CreditFields, Fields, OwnerFields};
 use super::listener::{reconnect, LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
 use super::{
-    to_json as json, KeyChanges, KeyRecord, KeyStore, KeyStoreAdmin, StoreError, UsageUpdate,
+    owner_payload, to_json as json, KeyChanges, KeyRecord, KeyStore, KeyStoreAdmin, OwnerRecord,
+    StoreError, UsageUpdate,
 };
 
-/// Keys in Redis: one hash per key (`<prefix>key:<id>`), a set of ids (`<prefix>ids`), and a
-/// channel (`<prefix>changes`) on which every change is published, so
+/// Keys in Redis: one hash per key (`<prefix>key:<id>`), a set of ids (`<prefix>ids`), one hash
+/// per owner with limits or credits set (`<prefix>owner:<owner>`), and a channel (`<prefix>changes`) on which every change is published, so
 /// [`spawn_listener`](Self::spawn_listener) can drop the changed key from each replica's cache at
 /// once. Every update is one server-side script, so concurrent admins cannot lose each other's
 /// changes.
@@ -78,20 +79,32 @@ return 1",
     )
 });
 
-/// Spends credits, refilling them first when a refill period began. KEYS: hash. ARGV: the refill
-/// period of now, cost. Returns {0} without credits, {1} exhausted, {2, remaining} spent.
+/// Spends credits from every hash (a key's, its owner's) that has some, all or nothing, each
+/// refilled first when a refill period began. KEYS: the hashes. ARGV: cost, then per hash the
+/// refill period of now. Returns {0} without credits, {1} exhausted (nothing spent), {2, the
+/// fewest remaining} spent.
 static SPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local c = redis.call('HMGET', KEYS[1], 'credits_remaining', 'credits_refill_amount', 'credits_period')
-if not c[1] then return {0} end
-local remaining, amount, period = tonumber(c[1]), tonumber(c[2]), tonumber(c[3] or '0')
-local now_period, cost = tonumber(ARGV[1]), tonumber(ARGV[2])
-if amount and period < now_period then remaining, period = amount, now_period end
-if remaining < math.max(cost, 1) then return {1} end
-remaining = remaining - cost
-redis.call('HSET', KEYS[1], 'credits_remaining', remaining, 'credits_period', period)
-return {2, remaining}",
+local cost = tonumber(ARGV[1])
+local spent = {}
+for i = 1, #KEYS do
+  local c = redis.call('HMGET', KEYS[i], 'credits_remaining', 'credits_refill_amount', 'credits_period')
+  if c[1] then
+    local remaining, amount, period = tonumber(c[1]), tonumber(c[2]), tonumber(c[3] or '0')
+    local now_period = tonumber(ARGV[i + 1])
+    if amount and period < now_period then remaining, period = amount, now_period end
+    if remaining < math.max(cost, 1) then return {1} end
+    spent[#spent + 1] = {KEYS[i], remaining - cost, period}
+  end
+end
+if #spent == 0 then return {0} end
+local fewest = nil
+for _, s in ipairs(spent) do
+  redis.call('HSET', s[1], 'credits_remaining', s[2], 'credits_period', s[3])
+  if fewest == nil or s[2] < fewest then fewest = s[2] end
+end
+return {2, fewest}",
     )
 });
 
@@ -104,16 +117,17 @@ return redis.call('HINCRBY', KEYS[1], 'credits_remaining', ARGV[1])",
     )
 });
 
-/// Replaces a key's credits (ARGV: remaining, refill amount, refill period, period; empty for
-/// none), or with no ARGV removes them. KEYS: hash. Returns whether the key exists.
+/// Replaces the credits of a key or an owner (ARGV: `key` or `owner`, then remaining, refill
+/// amount, refill period, period; empty for none), or with no more ARGV removes them. A key's
+/// must exist; an owner's hash is made as needed. KEYS: hash. Returns whether the hash exists.
 static SET_CREDITS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] == 'key' and redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[1], 'credits_remaining', 'credits_refill_amount', 'credits_refill_period', 'credits_period')
 local fields = {'credits_remaining', 'credits_refill_amount', 'credits_refill_period', 'credits_period'}
-for i = 1, #ARGV do
-  if ARGV[i] ~= '' then redis.call('HSET', KEYS[1], fields[i], ARGV[i]) end
+for i = 2, #ARGV do
+  if ARGV[i] ~= '' then redis.call('HSET', KEYS[1], fields[i - 1], ARGV[i]) end
 end
 return 1",
     )
@@ -164,6 +178,22 @@ impl RedisStore {
         format!("{}key:{id}", self.prefix)
     }
 
+    fn owner(&self, owner: &str) -> String {
+        format!("{}owner:{owner}", self.prefix)
+    }
+
+    /// `SET_CREDITS`'s arguments after the kind: `credits`' four fields, or none to remove them.
+    fn credit_args(credits: Option<&Credits>) -> Vec<String> {
+        let Some(credits) = credits else {
+            return Vec::new();
+        };
+        CreditFields::of(Some(credits))
+            .into_hash()
+            .into_iter()
+            .map(|(_, value)| value.unwrap_or_default())
+            .collect()
+    }
+
     fn ids(&self) -> String {
         format!("{}ids", self.prefix)
     }
@@ -196,6 +226,18 @@ impl RedisStore {
             .map_err(unavailable)?;
         self.changed(id).await;
         Ok(done == 1)
+    }
+
+    /// Adds `amount` to the credits of `hash` (a key's or an owner's), if it has some.
+    async fn add_to(&self, hash: String, amount: u64) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.conn.clone();
+        let left: i64 = ADD_CREDITS
+            .key(hash)
+            .arg(super::codec::saturating_i64(amount))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(u64::try_from(left).ok())
     }
 
     /// A connection subscribed to the change channel.
@@ -243,8 +285,8 @@ async fn relay(pubsub: redis::aio::PubSub, changes: &impl KeyChanges) {
     loop {
         match tokio::time::timeout(LISTENER_KEEPALIVE, messages.next()).await {
             Ok(Some(message)) => {
-                if let Ok(id) = message.get_payload::<String>() {
-                    changes.key_changed(&id);
+                if let Ok(payload) = message.get_payload::<String>() {
+                    super::relay_payload(changes, &payload);
                 }
             }
             Ok(None) => return,
@@ -270,12 +312,25 @@ impl KeyStore for RedisStore {
         Fields::from_hash(id, fields)?.into_record().map(Some)
     }
 
-    async fn spend_credits(&self, id: &str, cost: u32, period: u32) -> Result<Spend, StoreError> {
+    async fn owner(&self, owner: &str) -> Result<Option<OwnerRecord>, StoreError> {
         let mut conn = self.conn.clone();
-        let reply: Vec<i64> = SPEND
-            .key(self.key(id))
-            .arg(period)
-            .arg(cost)
+        let fields: HashMap<String, String> =
+            conn.hgetall(self.owner(owner)).await.map_err(unavailable)?;
+        let record = OwnerFields::from_hash(owner, fields)?.into_record()?;
+        Ok((!record.is_empty()).then_some(record))
+    }
+
+    async fn spend_credits(&self, charge: &Charge<'_>) -> Result<Spend, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = SPEND.prepare_invoke();
+        invocation.arg(charge.cost);
+        if let Some(key) = charge.key {
+            invocation.key(self.key(key.id)).arg(key.period);
+        }
+        if let Some(owner) = charge.owner {
+            invocation.key(self.owner(owner.id)).arg(owner.period);
+        }
+        let reply: Vec<i64> = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -375,28 +430,54 @@ impl KeyStoreAdmin for RedisStore {
     }
 
     async fn set_credits(&self, id: &str, credits: Option<&Credits>) -> Result<bool, StoreError> {
-        let args: Vec<String> = credits.map_or_else(Vec::new, |credits| {
-            let refill = credits.refill;
-            vec![
-                credits.remaining.to_string(),
-                refill.map_or(String::new(), |r| r.amount.to_string()),
-                refill.map_or(String::new(), |r| r.every.to_text()),
-                credits.period.to_string(),
-            ]
-        });
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let fields = Self::credit_args(credits);
+        let args: Vec<&str> = std::iter::once("key")
+            .chain(fields.iter().map(String::as_str))
+            .collect();
         self.change(&SET_CREDITS, id, &args).await
     }
 
-    async fn add_credits(&self, id: &str, amount: u64) -> Result<Option<u64>, StoreError> {
+    async fn set_owner_limits(
+        &self,
+        owner: &str,
+        limits: Option<&Limits>,
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let left: i64 = ADD_CREDITS
-            .key(self.key(id))
-            .arg(super::codec::saturating_i64(amount))
+        let hash = self.owner(owner);
+        match limits {
+            Some(limits) => conn.hset::<_, _, _, ()>(hash, "limits", json(limits)).await,
+            None => conn.hdel::<_, _, ()>(hash, "limits").await,
+        }
+        .map_err(unavailable)?;
+        self.changed(&owner_payload(owner)).await;
+        Ok(())
+    }
+
+    async fn set_owner_credits(
+        &self,
+        owner: &str,
+        credits: Option<&Credits>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = SET_CREDITS.key(self.owner(owner));
+        invocation.arg("owner");
+        for field in Self::credit_args(credits) {
+            invocation.arg(field);
+        }
+        let _: i64 = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(u64::try_from(left).ok())
+        self.changed(&owner_payload(owner)).await;
+        Ok(())
+    }
+
+    async fn add_owner_credits(&self, owner: &str, amount: u64) -> Result<Option<u64>, StoreError> {
+        self.add_to(self.owner(owner), amount).await
+    }
+
+    async fn add_credits(&self, id: &str, amount: u64) -> Result<Option<u64>, StoreError> {
+        self.add_to(self.key(id), amount).await
     }
 
     async fn set_limits(&self, id: &str, limits: Option<&Limits>) -> Result<bool, StoreError> {

@@ -38,6 +38,17 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
         ALTER TABLE {t} ADD COLUMN credits_refill_period TEXT;
         ALTER TABLE {t} ADD COLUMN credits_period BIGINT;",
     ),
+    (
+        4,
+        "CREATE TABLE IF NOT EXISTS {t}_owners (
+        owner TEXT PRIMARY KEY,
+        limits TEXT,
+        credits_remaining BIGINT,
+        credits_refill_amount BIGINT,
+        credits_refill_period TEXT,
+        credits_period BIGINT
+    );",
+    ),
 ];
 
 /// The queries for table `t`.
@@ -54,14 +65,56 @@ pub(crate) struct Queries {
     pub(crate) set_allowed_networks: String,
     pub(crate) set_limits: String,
     pub(crate) set_credits: String,
-    pub(crate) spend_credits: String,
-    pub(crate) add_credits: String,
-    pub(crate) credits: String,
+    /// A key's credits.
+    pub(crate) key_credits: CreditQueries,
+    /// An owner's credits.
+    pub(crate) owner_credits: CreditQueries,
+    pub(crate) owner_get: String,
+    pub(crate) owner_set_limits: String,
+    pub(crate) owner_set_credits: String,
     pub(crate) record_usage: String,
     pub(crate) schema_table: String,
     pub(crate) schema_version: String,
     pub(crate) schema_insert: String,
 }
+
+/// The queries on the credits of the rows of one table.
+pub(crate) struct CreditQueries {
+    /// Refilled first when a refill period began; spent only if enough is left; one statement,
+    /// so concurrent spends on any number of replicas never overspend.
+    pub(crate) spend: String,
+    pub(crate) add: String,
+    /// What is left (`NULL`: no credits).
+    pub(crate) remaining: String,
+}
+
+impl CreditQueries {
+    /// The queries on table `t`, whose rows are found by column `by`.
+    fn new(t: &str, by: &str) -> Self {
+        let refilled = "credits_refill_amount IS NOT NULL AND credits_period < $1";
+        CreditQueries {
+            spend: format!(
+                "UPDATE {t} SET \
+                 credits_remaining = (CASE WHEN {refilled} THEN credits_refill_amount \
+                   ELSE credits_remaining END) - $2, \
+                 credits_period = CASE WHEN {refilled} THEN $1 ELSE credits_period END \
+                 WHERE {by} = $4 AND credits_remaining IS NOT NULL \
+                 AND (CASE WHEN {refilled} THEN credits_refill_amount \
+                   ELSE credits_remaining END) >= $3 \
+                 RETURNING credits_remaining"
+            ),
+            add: format!(
+                "UPDATE {t} SET credits_remaining = credits_remaining + $1 \
+                 WHERE {by} = $2 AND credits_remaining IS NOT NULL RETURNING credits_remaining"
+            ),
+            remaining: format!("SELECT credits_remaining FROM {t} WHERE {by} = $1"),
+        }
+    }
+}
+
+/// The columns of the owners table.
+const OWNER_COLUMNS: &str = "owner, limits, credits_remaining, credits_refill_amount, \
+                             credits_refill_period, credits_period";
 
 const COLUMNS: &str = "id, digest, name, owner, environment, scopes, metadata, created_at, \
                        expires_at, revoked_at, disabled, plan, limits, last_used_at, requests, \
@@ -106,25 +159,20 @@ impl Queries {
                 "UPDATE {t} SET credits_remaining = $1, credits_refill_amount = $2, \
                  credits_refill_period = $3, credits_period = $4 WHERE id = $5"
             ),
-            // Refilled first when a refill period began; spent only if enough is left; one
-            // statement, so concurrent spends on any number of replicas never overspend.
-            spend_credits: format!(
-                "UPDATE {t} SET \
-                 credits_remaining = (CASE WHEN credits_refill_amount IS NOT NULL \
-                   AND credits_period < $1 THEN credits_refill_amount \
-                   ELSE credits_remaining END) - $2, \
-                 credits_period = CASE WHEN credits_refill_amount IS NOT NULL \
-                   AND credits_period < $1 THEN $1 ELSE credits_period END \
-                 WHERE id = $4 AND credits_remaining IS NOT NULL \
-                 AND (CASE WHEN credits_refill_amount IS NOT NULL AND credits_period < $1 \
-                   THEN credits_refill_amount ELSE credits_remaining END) >= $3 \
-                 RETURNING credits_remaining"
+            key_credits: CreditQueries::new(t, "id"),
+            owner_credits: CreditQueries::new(&format!("{t}_owners"), "owner"),
+            owner_get: format!("SELECT {OWNER_COLUMNS} FROM {t}_owners WHERE owner = $1"),
+            owner_set_limits: format!(
+                "INSERT INTO {t}_owners (owner, limits) VALUES ($1, $2) \
+                 ON CONFLICT (owner) DO UPDATE SET limits = excluded.limits"
             ),
-            add_credits: format!(
-                "UPDATE {t} SET credits_remaining = credits_remaining + $1 \
-                 WHERE id = $2 AND credits_remaining IS NOT NULL RETURNING credits_remaining"
+            owner_set_credits: format!(
+                "INSERT INTO {t}_owners ({OWNER_COLUMNS}) VALUES ($1, NULL, $2, $3, $4, $5) \
+                 ON CONFLICT (owner) DO UPDATE SET credits_remaining = excluded.credits_remaining, \
+                 credits_refill_amount = excluded.credits_refill_amount, \
+                 credits_refill_period = excluded.credits_refill_period, \
+                 credits_period = excluded.credits_period"
             ),
-            credits: format!("SELECT credits_remaining FROM {t} WHERE id = $1"),
             record_usage: format!(
                 "UPDATE {t} SET requests = requests + $1, \
                  last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 \
@@ -187,6 +235,66 @@ macro_rules! sql_store {
                 self.change(sqlx::query(sql).bind(value).bind(id), id).await
             }
 
+            /// The four credits columns of `row`.
+            fn credit_fields(
+                row: &$row,
+            ) -> Result<$crate::store::codec::CreditFields, $crate::store::StoreError> {
+                use sqlx::Row as _;
+                use $crate::store::sql::unavailable;
+                Ok($crate::store::codec::CreditFields {
+                    remaining: row.try_get("credits_remaining").map_err(unavailable)?,
+                    refill_amount: row.try_get("credits_refill_amount").map_err(unavailable)?,
+                    refill_period: row.try_get("credits_refill_period").map_err(unavailable)?,
+                    period: row.try_get("credits_period").map_err(unavailable)?,
+                })
+            }
+
+            /// Spends `cost` of the credits `queries` reach under `id` in refill period
+            /// `period`, on `conn`: `None` when there are none to spend from, `Some(None)` when
+            /// too few are left, else what is left.
+            async fn spend_on(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                queries: &$crate::store::sql::CreditQueries,
+                account: $crate::limit::Account<'_>,
+                cost: u32,
+            ) -> Result<Option<Option<u64>>, $crate::store::StoreError> {
+                use $crate::store::sql::unavailable;
+                let left: Option<i64> = sqlx::query_scalar(&queries.spend)
+                    .bind(i64::from(account.period))
+                    .bind(i64::from(cost))
+                    .bind(i64::from(cost.max(1)))
+                    .bind(account.id)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
+                if let Some(left) = left {
+                    return Ok(Some(Some(u64::try_from(left).unwrap_or(0))));
+                }
+                let credits: Option<Option<i64>> = sqlx::query_scalar(&queries.remaining)
+                    .bind(account.id)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(match credits {
+                    Some(Some(_)) => Some(None),
+                    _ => None,
+                })
+            }
+
+            /// Runs `query`, a change of what is set on `owner`, and announces it.
+            async fn change_owner<'q>(
+                &self,
+                query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
+                owner: &str,
+            ) -> Result<(), $crate::store::StoreError> {
+                query
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::unavailable)?;
+                self.changed(&$crate::store::owner_payload(owner)).await;
+                Ok(())
+            }
+
             fn record(row: &$row) -> Result<$crate::store::KeyRecord, $crate::store::StoreError> {
                 use sqlx::Row as _;
                 use $crate::store::sql::unavailable;
@@ -207,14 +315,7 @@ macro_rules! sql_store {
                     last_used_at: row.try_get("last_used_at").map_err(unavailable)?,
                     requests: row.try_get("requests").map_err(unavailable)?,
                     allowed_networks: row.try_get("allowed_networks").map_err(unavailable)?,
-                    credits_remaining: row.try_get("credits_remaining").map_err(unavailable)?,
-                    credits_refill_amount: row
-                        .try_get("credits_refill_amount")
-                        .map_err(unavailable)?,
-                    credits_refill_period: row
-                        .try_get("credits_refill_period")
-                        .map_err(unavailable)?,
-                    credits_period: row.try_get("credits_period").map_err(unavailable)?,
+                    credits: Self::credit_fields(row)?,
                 }
                 .into_record()
             }
@@ -234,36 +335,67 @@ macro_rules! sql_store {
                 row.as_ref().map(Self::record).transpose()
             }
 
+            async fn owner(
+                &self,
+                owner: &str,
+            ) -> Result<Option<$crate::store::OwnerRecord>, $crate::store::StoreError> {
+                use sqlx::Row as _;
+                use $crate::store::sql::unavailable;
+                let row = sqlx::query(&self.sql.owner_get)
+                    .bind(owner)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                let Some(row) = row else { return Ok(None) };
+                let record = $crate::store::codec::OwnerFields {
+                    owner: row.try_get("owner").map_err(unavailable)?,
+                    limits: row.try_get("limits").map_err(unavailable)?,
+                    credits: Self::credit_fields(&row)?,
+                }
+                .into_record()?;
+                Ok((!record.is_empty()).then_some(record))
+            }
+
             async fn spend_credits(
                 &self,
-                id: &str,
-                cost: u32,
-                period: u32,
+                charge: &$crate::limit::Charge<'_>,
             ) -> Result<$crate::limit::Spend, $crate::store::StoreError> {
                 use $crate::limit::Spend;
                 use $crate::store::sql::unavailable;
-                let left: Option<i64> = sqlx::query_scalar(&self.sql.spend_credits)
-                    .bind(i64::from(period))
-                    .bind(i64::from(cost))
-                    .bind(i64::from(cost.max(1)))
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(unavailable)?;
-                if let Some(left) = left {
-                    return Ok(Spend::Spent {
-                        remaining: u64::try_from(left).unwrap_or(0),
-                    });
+                let accounts = [
+                    charge.key.map(|a| (&self.sql.key_credits, a)),
+                    charge.owner.map(|a| (&self.sql.owner_credits, a)),
+                ];
+                let both = accounts.iter().all(Option::is_some);
+                // Two accounts: one transaction, rolled back (by the drop) unless both are spent.
+                let mut tx = if both {
+                    Some(self.pool.begin().await.map_err(unavailable)?)
+                } else {
+                    None
+                };
+                let mut single = if both {
+                    None
+                } else {
+                    Some(self.pool.acquire().await.map_err(unavailable)?)
+                };
+                let mut fewest: Option<u64> = None;
+                for (queries, account) in accounts.into_iter().flatten() {
+                    let conn: &mut <$db as sqlx::Database>::Connection =
+                        match (&mut tx, &mut single) {
+                            (Some(tx), _) => &mut *tx,
+                            (None, Some(conn)) => &mut *conn,
+                            (None, None) => unreachable!("one of them is open"),
+                        };
+                    match Self::spend_on(conn, queries, account, charge.cost).await? {
+                        None => {}
+                        Some(None) => return Ok(Spend::Exhausted),
+                        Some(Some(left)) => fewest = Some(fewest.map_or(left, |f| f.min(left))),
+                    }
                 }
-                let credits: Option<Option<i64>> = sqlx::query_scalar(&self.sql.credits)
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(unavailable)?;
-                Ok(match credits {
-                    Some(Some(_)) => Spend::Exhausted,
-                    _ => Spend::NoCredits,
-                })
+                if let Some(tx) = tx {
+                    tx.commit().await.map_err(unavailable)?;
+                }
+                Ok(fewest.map_or(Spend::NoCredits, |remaining| Spend::Spent { remaining }))
             }
         }
 
@@ -292,10 +424,10 @@ macro_rules! sql_store {
                     .bind(f.last_used_at)
                     .bind(f.requests)
                     .bind(f.allowed_networks)
-                    .bind(f.credits_remaining)
-                    .bind(f.credits_refill_amount)
-                    .bind(f.credits_refill_period)
-                    .bind(f.credits_period)
+                    .bind(f.credits.remaining)
+                    .bind(f.credits.refill_amount)
+                    .bind(f.credits.refill_period)
+                    .bind(f.credits.period)
                     .execute(&self.pool)
                     .await;
                 match result {
@@ -374,13 +506,12 @@ macro_rules! sql_store {
                 id: &str,
                 credits: Option<&$crate::limit::Credits>,
             ) -> Result<bool, $crate::store::StoreError> {
-                use $crate::store::codec::saturating_i64;
-                let refill = credits.and_then(|c| c.refill);
+                let f = $crate::store::codec::CreditFields::of(credits);
                 let query = sqlx::query(&self.sql.set_credits)
-                    .bind(credits.map(|c| saturating_i64(c.remaining)))
-                    .bind(refill.map(|r| saturating_i64(r.amount)))
-                    .bind(refill.map(|r| r.every.to_text()))
-                    .bind(credits.map(|c| i64::from(c.period)))
+                    .bind(f.remaining)
+                    .bind(f.refill_amount)
+                    .bind(f.refill_period)
+                    .bind(f.period)
                     .bind(id);
                 self.change(query, id).await
             }
@@ -390,9 +521,50 @@ macro_rules! sql_store {
                 id: &str,
                 amount: u64,
             ) -> Result<Option<u64>, $crate::store::StoreError> {
-                let left: Option<i64> = sqlx::query_scalar(&self.sql.add_credits)
+                let left: Option<i64> = sqlx::query_scalar(&self.sql.key_credits.add)
                     .bind($crate::store::codec::saturating_i64(amount))
                     .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::unavailable)?;
+                Ok(left.map(|n| u64::try_from(n).unwrap_or(0)))
+            }
+
+            async fn set_owner_limits(
+                &self,
+                owner: &str,
+                limits: Option<&$crate::limit::Limits>,
+            ) -> Result<(), $crate::store::StoreError> {
+                let limits = limits.map($crate::store::to_json);
+                let query = sqlx::query(&self.sql.owner_set_limits)
+                    .bind(owner)
+                    .bind(limits);
+                self.change_owner(query, owner).await
+            }
+
+            async fn set_owner_credits(
+                &self,
+                owner: &str,
+                credits: Option<&$crate::limit::Credits>,
+            ) -> Result<(), $crate::store::StoreError> {
+                let f = $crate::store::codec::CreditFields::of(credits);
+                let query = sqlx::query(&self.sql.owner_set_credits)
+                    .bind(owner)
+                    .bind(f.remaining)
+                    .bind(f.refill_amount)
+                    .bind(f.refill_period)
+                    .bind(f.period);
+                self.change_owner(query, owner).await
+            }
+
+            async fn add_owner_credits(
+                &self,
+                owner: &str,
+                amount: u64,
+            ) -> Result<Option<u64>, $crate::store::StoreError> {
+                let left: Option<i64> = sqlx::query_scalar(&self.sql.owner_credits.add)
+                    .bind($crate::store::codec::saturating_i64(amount))
+                    .bind(owner)
                     .fetch_optional(&self.pool)
                     .await
                     .map_err($crate::store::sql::unavailable)?;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tower_api_key::{
-    key::KeyFormat, limit::Credits, limit::Limits, limit::RefillPeriod, limit::Spend,
-    store::KeyRecord, store::KeyStoreAdmin, store::StoreError, store::UsageUpdate, ApiKeyLayer,
-    Environment, KeyManager, NewKey,
+    key::KeyFormat, limit::Account, limit::Charge, limit::Credits, limit::Limits,
+    limit::RefillPeriod, limit::Spend, store::KeyRecord, store::KeyStoreAdmin, store::StoreError,
+    store::UsageUpdate, ApiKeyLayer, Environment, KeyManager, NewKey,
 };
 
 use crate::common::{api_key, app, serve, HttpClient};
@@ -31,6 +31,124 @@ fn record(name: &str, created: u64) -> KeyRecord {
         .record;
     created_key.created_at = at(created);
     created_key
+}
+
+/// Spends `cost` of key `id`'s credits in refill period `period`.
+async fn spend<S: KeyStoreAdmin>(store: &S, id: &str, cost: u32, period: u32) -> Spend {
+    let key = Some(Account { id, period });
+    store
+        .spend_credits(&Charge {
+            cost,
+            key,
+            owner: None,
+        })
+        .await
+        .unwrap()
+}
+
+/// Limits and credits set on an owner: kept, spent together with a key's, all or nothing.
+async fn owners<S: KeyStoreAdmin>(store: &S, key: &str) {
+    assert_eq!(store.owner("acme").await.unwrap(), None, "nothing set yet");
+    let limits = Limits::per_minute(50).daily(1_000);
+    store.set_owner_limits("acme", Some(&limits)).await.unwrap();
+    let owner = store.owner("acme").await.unwrap().unwrap();
+    assert_eq!(
+        (owner.owner.as_str(), owner.limits.as_ref()),
+        ("acme", Some(&limits))
+    );
+    assert_eq!(owner.credits, None);
+    let mut credits = Credits::refilled(4, RefillPeriod::Monthly { day: 1 }).unwrap();
+    credits.period = 300;
+    store
+        .set_owner_credits("acme", Some(&credits))
+        .await
+        .unwrap();
+    let owner = store.owner("acme").await.unwrap().unwrap();
+    assert_eq!(owner.credits.as_ref(), Some(&credits));
+    assert_eq!(
+        owner.limits.as_ref(),
+        Some(&limits),
+        "credits leave the limits alone"
+    );
+    store
+        .set_credits(key, Some(&Credits::once(10)))
+        .await
+        .unwrap();
+    let both = |cost| Charge {
+        cost,
+        key: Some(Account { id: key, period: 0 }),
+        owner: Some(Account {
+            id: "acme",
+            period: 300,
+        }),
+    };
+    assert_eq!(
+        store.spend_credits(&both(3)).await.unwrap(),
+        Spend::Spent { remaining: 1 },
+        "the fewer of the key's 7 and the owner's 1"
+    );
+    assert_eq!(
+        store.spend_credits(&both(2)).await.unwrap(),
+        Spend::Exhausted,
+        "the owner has 1"
+    );
+    assert_eq!(
+        store
+            .get(key)
+            .await
+            .unwrap()
+            .unwrap()
+            .credits
+            .unwrap()
+            .remaining,
+        7,
+        "the owner's refusal spent nothing of the key's"
+    );
+    let refilled = Charge {
+        owner: Some(Account {
+            id: "acme",
+            period: 301,
+        }),
+        ..both(2)
+    };
+    assert_eq!(
+        store.spend_credits(&refilled).await.unwrap(),
+        Spend::Spent { remaining: 2 },
+        "next month: the owner's refilled to 4"
+    );
+    assert_eq!(store.add_owner_credits("acme", 5).await.unwrap(), Some(7));
+    assert_eq!(store.add_owner_credits("nobody", 5).await.unwrap(), None);
+    let owner_only = Charge {
+        cost: 7,
+        key: None,
+        owner: Some(Account {
+            id: "acme",
+            period: 301,
+        }),
+    };
+    assert_eq!(
+        store.spend_credits(&owner_only).await.unwrap(),
+        Spend::Spent { remaining: 0 }
+    );
+    assert_eq!(
+        store.spend_credits(&both(0)).await.unwrap(),
+        Spend::Exhausted,
+        "none left of the owner's"
+    );
+    store.set_owner_credits("acme", None).await.unwrap();
+    assert_eq!(
+        store.spend_credits(&both(1)).await.unwrap(),
+        Spend::Spent { remaining: 4 },
+        "the owner's credits are gone: only the key's are spent"
+    );
+    assert_eq!(store.owner("acme").await.unwrap().unwrap().credits, None);
+    store.set_owner_limits("acme", None).await.unwrap();
+    assert_eq!(
+        store.owner("acme").await.unwrap(),
+        None,
+        "nothing set any more"
+    );
+    store.set_credits(key, None).await.unwrap();
 }
 
 /// Runs every check against `store`, which must start empty.
@@ -93,21 +211,21 @@ pub async fn conformance<S: KeyStoreAdmin + Clone>(store: S) {
         Some(credits.clone())
     );
     assert_eq!(
-        store.spend_credits(&a.id, 3, 100).await.unwrap(),
+        spend(&store, &a.id, 3, 100).await,
         Spend::Spent { remaining: 2 }
     );
     assert_eq!(
-        store.spend_credits(&a.id, 3, 100).await.unwrap(),
+        spend(&store, &a.id, 3, 100).await,
         Spend::Exhausted,
         "3 do not fit in 2"
     );
     assert_eq!(
-        store.spend_credits(&a.id, 0, 100).await.unwrap(),
+        spend(&store, &a.id, 0, 100).await,
         Spend::Spent { remaining: 2 },
         "a cost of 0 spends nothing"
     );
     assert_eq!(
-        store.spend_credits(&a.id, 4, 101).await.unwrap(),
+        spend(&store, &a.id, 4, 101).await,
         Spend::Spent { remaining: 1 },
         "the next period refilled to 5 first"
     );
@@ -124,26 +242,22 @@ pub async fn conformance<S: KeyStoreAdmin + Clone>(store: S) {
     );
     assert_eq!(store.add_credits(&a.id, 10).await.unwrap(), Some(11));
     assert_eq!(
-        store.spend_credits(&a.id, 11, 101).await.unwrap(),
+        spend(&store, &a.id, 11, 101).await,
         Spend::Spent { remaining: 0 }
     );
     assert_eq!(
-        store.spend_credits(&a.id, 0, 101).await.unwrap(),
+        spend(&store, &a.id, 0, 101).await,
         Spend::Exhausted,
         "a cost of 0 is refused once none is left"
     );
     assert!(store.set_credits(&a.id, None).await.unwrap());
     assert_eq!(store.get(&a.id).await.unwrap().unwrap().credits, None);
-    assert_eq!(
-        store.spend_credits(&a.id, 1, 101).await.unwrap(),
-        Spend::NoCredits
-    );
-    assert_eq!(
-        store.spend_credits("nope", 1, 101).await.unwrap(),
-        Spend::NoCredits
-    );
+    assert_eq!(spend(&store, &a.id, 1, 101).await, Spend::NoCredits);
+    assert_eq!(spend(&store, "nope", 1, 101).await, Spend::NoCredits);
     assert_eq!(store.add_credits(&a.id, 1).await.unwrap(), None);
     assert!(!store.set_credits("nope", Some(&monthly)).await.unwrap());
+
+    owners(&store, &a.id).await;
 
     let networks = vec![
         "203.0.113.0/24".parse().unwrap(),

@@ -200,16 +200,24 @@ impl KeyStore for TestStore {
         self.keys.get(id).await
     }
 
+    async fn owner(
+        &self,
+        owner: &str,
+    ) -> Result<Option<tower_api_key::store::OwnerRecord>, StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::unavailable("database is down"));
+        }
+        self.keys.owner(owner).await
+    }
+
     async fn spend_credits(
         &self,
-        id: &str,
-        cost: u32,
-        period: u32,
+        charge: &tower_api_key::limit::Charge<'_>,
     ) -> Result<tower_api_key::limit::Spend, StoreError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(StoreError::unavailable("database is down"));
         }
-        self.keys.spend_credits(id, cost, period).await
+        self.keys.spend_credits(charge).await
     }
 }
 
