@@ -228,6 +228,78 @@ mod redis {
         assert_eq!(last.status, 200, "{last:?}");
     }
 
+    /// Limits set on an owner, across two replicas sharing a `RedisLimiter`: the requests of both
+    /// of its keys are counted together, exactly, each besides its key's own limits, in one
+    /// script (a refusal by either spends nothing of the other).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis: run through .ci/run"]
+    async fn two_replicas_count_an_owners_keys_together() {
+        let prefix = unique("owner-limits");
+        let store = MemoryStore::new();
+        let keys = tower_api_key::KeyManager::new(store.clone())
+            .format(tower_api_key::key::KeyFormat::new("mesh").unwrap());
+        let mut headers = Vec::new();
+        for name in ["a", "b"] {
+            let created = keys
+                .create(
+                    NewKey::new(name)
+                        .owner("acme")
+                        .scopes(["read"])
+                        .limits(Limits::per_minute(1).burst(20)),
+                )
+                .await
+                .unwrap();
+            headers.push(api_key(created.key.expose_secret()));
+        }
+        keys.set_owner_limits("acme", Some(Limits::UNLIMITED.daily(25)))
+            .await
+            .unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            let limiter = RedisLimiter::connect_with_prefix(&url(), &prefix)
+                .await
+                .unwrap();
+            let layer = ApiKeyLayer::builder("mesh", store.clone())
+                .limiter(limiter)
+                .build()
+                .unwrap();
+            clients.push(HttpClient::new(
+                serve(app(layer, Arc::new(AtomicUsize::new(0)))).await,
+            ));
+        }
+        let tasks: Vec<_> = (0..60)
+            .map(|i| {
+                let client = clients[i % 2].clone();
+                let header = headers[(i / 2) % 2].clone();
+                tokio::spawn(async move {
+                    client
+                        .get("/recommendations", &[("authorization", &header)])
+                        .await
+                })
+            })
+            .collect();
+        let mut admitted = 0;
+        for task in tasks {
+            let reply = task.await.unwrap();
+            match reply.status.as_u16() {
+                200 => {
+                    admitted += 1;
+                    let policy = reply.headers["ratelimit-policy"].to_str().unwrap();
+                    assert!(policy.ends_with("\"owner.day\";q=25;w=86400"), "{policy}");
+                }
+                429 => {
+                    let limit = reply.json()["limit"].as_str().unwrap().to_owned();
+                    assert!(["owner.day", "minute"].contains(&limit.as_str()), "{limit}");
+                }
+                other => panic!("unexpected {other}: {reply:?}"),
+            }
+        }
+        assert_eq!(
+            admitted, 25,
+            "the owner's day, exactly, across both keys and replicas"
+        );
+    }
+
     /// The rate limit runs on the Redis server's clock: a replica whose clock is minutes ahead (or
     /// behind) neither gets a fresh burst nor loses one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

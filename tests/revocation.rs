@@ -14,25 +14,39 @@ use http::{Request, StatusCode};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 use tower_api_key::{
-    async_trait, cache::CacheConfig, store::KeyRecord, store::KeyStore, store::KeyStoreAdmin,
-    store::StoreError, ApiKeyHandle, ApiKeyLayer, KeyManager, MemoryStore, NewKey,
+    async_trait, cache::CacheConfig, limit::Limits, store::KeyChanges, store::KeyRecord,
+    store::KeyStore, store::KeyStoreAdmin, store::OwnerRecord, store::StoreError, ApiKeyHandle,
+    ApiKeyLayer, KeyManager, MemoryStore, NewKey,
 };
 
 use common::{app, TestStore};
 
-/// A store whose next lookup, once armed, reads the record and then waits to be released: a load
-/// held open across whatever the test does meanwhile.
+/// A store whose next lookup, once armed, reads the record (the key's, or with `in_owner` its
+/// owner's) and then waits to be released: a load held open across whatever the test does
+/// meanwhile.
 #[derive(Clone, Default)]
 struct HeldStore {
     keys: MemoryStore,
     armed: Arc<AtomicBool>,
+    in_owner: Arc<AtomicBool>,
     read: Arc<Notify>,
     release: Arc<Notify>,
 }
 
 impl HeldStore {
-    fn hold_next(&self) {
+    fn hold_next(&self, in_owner: bool) {
+        self.in_owner.store(in_owner, Ordering::SeqCst);
         self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits to be released if armed for this read.
+    async fn hold(&self, owner_read: bool) {
+        if self.in_owner.load(Ordering::SeqCst) == owner_read
+            && self.armed.swap(false, Ordering::SeqCst)
+        {
+            self.read.notify_one();
+            self.release.notified().await;
+        }
     }
 }
 
@@ -40,10 +54,13 @@ impl HeldStore {
 impl KeyStore for HeldStore {
     async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         let record = self.keys.get(id).await;
-        if self.armed.swap(false, Ordering::SeqCst) {
-            self.read.notify_one();
-            self.release.notified().await;
-        }
+        self.hold(false).await;
+        record
+    }
+
+    async fn owner(&self, owner: &str) -> Result<Option<OwnerRecord>, StoreError> {
+        let record = self.keys.owner(owner).await;
+        self.hold(true).await;
         record
     }
 }
@@ -70,6 +87,18 @@ enum Change {
     Notified,
     /// A listener that reconnected clears everything.
     NotifiedAll,
+    /// The key's owner is given limits that refuse everything, while the load has read the
+    /// owner as unlimited.
+    OwnerLimited,
+    /// The same, made elsewhere and announced to this replica.
+    OwnerNotified,
+}
+
+impl Change {
+    /// Whether the load is held after reading the owner (else after reading the key).
+    fn of_owner(self) -> bool {
+        matches!(self, Change::OwnerLimited | Change::OwnerNotified)
+    }
 }
 
 async fn change(change: Change, keys: &KeyManager<MemoryStore>, handle: &ApiKeyHandle, id: &str) {
@@ -97,6 +126,18 @@ async fn change(change: Change, keys: &KeyManager<MemoryStore>, handle: &ApiKeyH
                 handle.invalidate_all();
             }
         }
+        Change::OwnerLimited => {
+            let nothing = Limits::per_minute(0);
+            keys.set_owner_limits("acme", Some(nothing)).await.unwrap();
+        }
+        Change::OwnerNotified => {
+            let nothing = Limits::per_minute(0);
+            keys.store()
+                .set_owner_limits("acme", Some(&nothing))
+                .await
+                .unwrap();
+            handle.owner_changed("acme");
+        }
     }
 }
 
@@ -111,20 +152,22 @@ async fn a_change_during_an_in_flight_load_is_never_undone() {
         Change::RestrictNetworks,
         Change::Notified,
         Change::NotifiedAll,
+        Change::OwnerLimited,
+        Change::OwnerNotified,
     ] {
         let store = HeldStore::default();
         let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
         let handle = layer.handle();
         let keys = KeyManager::new(store.keys.clone()).with_cache(handle.clone());
         let created = keys
-            .create(NewKey::new("held").scopes(["read"]))
+            .create(NewKey::new("held").owner("acme").scopes(["read"]))
             .await
             .unwrap();
         let key = created.key.expose_secret().to_owned();
         let app = app(layer, Arc::new(AtomicUsize::new(0)));
 
         // A request misses; its lookup reads the key as active and is held there.
-        store.hold_next();
+        store.hold_next(what.of_owner());
         let read = store.read.notified();
         let first = tokio::spawn({
             let (app, key) = (app.clone(), key.clone());
@@ -134,10 +177,13 @@ async fn a_change_during_an_in_flight_load_is_never_undone() {
 
         change(what, &keys, &handle, &created.record.id).await;
 
-        // Started after the change returned, while the old load is still open.
+        // Started after the change returned, while the old load is still open: refused for
+        // what changed (not, say, for waiting on the old load until it timed out).
+        let during = status(&app, &key).await;
+        assert_ne!(during, StatusCode::OK, "{what:?}: during the load");
         assert_ne!(
-            status(&app, &key).await,
-            StatusCode::OK,
+            during,
+            StatusCode::SERVICE_UNAVAILABLE,
             "{what:?}: during the load"
         );
         // The old load finishes; the request that started before the change may pass.

@@ -379,11 +379,12 @@ pub async fn credits_are_never_overspent<S: KeyStoreAdmin + Clone>(a: S, b: S) {
         .await
         .unwrap();
     let header = api_key(created.key.expose_secret());
-    let burst = |n: usize| {
+    // `n` requests at once, alternating between the replicas and then between `headers`.
+    let burst = |headers: Vec<String>, n: usize| {
         let tasks: Vec<_> = (0..n)
             .map(|i| {
                 let layer = replicas[i % 2].clone();
-                let header = header.clone();
+                let header = headers[(i / 2) % headers.len()].clone();
                 tokio::spawn(async move {
                     let service = layer.layer(service_fn(|_: http::Request<()>| async {
                         Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
@@ -409,7 +410,11 @@ pub async fn credits_are_never_overspent<S: KeyStoreAdmin + Clone>(a: S, b: S) {
             admitted
         }
     };
-    assert_eq!(burst(80).await, 30, "the 30 credits, exactly");
+    assert_eq!(
+        burst(vec![header.clone()], 80).await,
+        30,
+        "the 30 credits, exactly"
+    );
     let id = &created.record.id;
     assert_eq!(
         keys.show(id)
@@ -422,5 +427,51 @@ pub async fn credits_are_never_overspent<S: KeyStoreAdmin + Clone>(a: S, b: S) {
         0
     );
     assert_eq!(keys.top_up(id, 5).await.unwrap(), Some(5));
-    assert_eq!(burst(20).await, 5, "the top-up, exactly");
+    assert_eq!(burst(vec![header], 20).await, 5, "the top-up, exactly");
+
+    // Two keys of one owner with 12 credits, one of them with 8 of its own: the owner's 12
+    // exactly, and the key's own spent by exactly the requests it made.
+    let own = keys
+        .create(
+            NewKey::new("own credits")
+                .owner("initech")
+                .credits(Credits::once(8)),
+        )
+        .await
+        .unwrap();
+    let shared = keys
+        .create(NewKey::new("owner's only").owner("initech"))
+        .await
+        .unwrap();
+    keys.set_owner_credits("initech", Some(Credits::once(12)))
+        .await
+        .unwrap();
+    let headers = vec![
+        api_key(own.key.expose_secret()),
+        api_key(shared.key.expose_secret()),
+    ];
+    assert_eq!(burst(vec![headers[0].clone()], 1).await, 1);
+    let own_credits =
+        |info: Option<tower_api_key::manage::KeyInfo>| info.unwrap().credits.unwrap().remaining;
+    assert_eq!(
+        own_credits(keys.show(&own.record.id).await.unwrap()),
+        7,
+        "its own, and the owner's"
+    );
+    assert_eq!(
+        burst(headers.clone(), 60).await,
+        11,
+        "the owner's 11 left, exactly"
+    );
+    let owner = keys.owner("initech").await.unwrap().unwrap();
+    assert_eq!(owner.credits.unwrap().remaining, 0);
+    let own_left = own_credits(keys.show(&own.record.id).await.unwrap());
+    // Spent out, the owner's credits refuse both keys; the one with its own credits left still
+    // spends none of them.
+    assert_eq!(burst(headers, 10).await, 0);
+    assert_eq!(
+        own_credits(keys.show(&own.record.id).await.unwrap()),
+        own_left,
+        "refusals spend nothing"
+    );
 }

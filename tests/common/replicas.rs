@@ -83,6 +83,30 @@ where
     }
     let elapsed = started.elapsed();
     eprintln!("revocation reached the other replica in {elapsed:?}");
+
+    // Limits set on an owner through A reach B's cached copies of the owner's keys too.
+    let owned = keys
+        .create(NewKey::new("owned").owner("umbrella"))
+        .await
+        .unwrap();
+    let key = owned.key.expose_secret();
+    assert_eq!(
+        status(&replica_b, key).await.0,
+        StatusCode::OK,
+        "cached in B"
+    );
+    let nothing = tower_api_key::limit::Limits::per_minute(0);
+    keys.set_owner_limits("umbrella", Some(nothing))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while status(&replica_b, key).await.1 != Some(Rejection::RateLimitExceeded) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the owner's change never reached replica B"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     listener.abort();
     elapsed
 }
