@@ -119,15 +119,17 @@ mod cli {
     }
 
     impl Tool {
-        /// What one service on the same database answers to `n` requests with `key`, in order.
-        async fn answers(&self, key: &str, n: usize) -> Vec<StatusCode> {
+        /// What one service on the same database answers to `n` requests, one with each of
+        /// `keys` in turn, in order.
+        async fn answers(&self, keys: &[&str], n: usize) -> Vec<StatusCode> {
             let store = SqliteStore::connect(&self.url).await.unwrap();
             let layer = ApiKeyLayer::new("mesh", store).unwrap();
             let service = layer.layer(service_fn(|_: http::Request<()>| async {
                 Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
             }));
             let mut answers = Vec::new();
-            for _ in 0..n {
+            for i in 0..n {
+                let key = keys[i % keys.len()];
                 let request = http::Request::get("/")
                     .header("authorization", format!("ApiKey {key}"))
                     .body(())
@@ -327,7 +329,7 @@ mod cli {
             ])
         );
         assert_eq!(
-            tool.answers(&key, 3).await,
+            tool.answers(&[&key], 3).await,
             [
                 StatusCode::OK,
                 StatusCode::OK,
@@ -347,12 +349,12 @@ mod cli {
             serde_json::json!([{"name": "burst", "limit": 1, "window": 86400}])
         );
         assert_eq!(
-            tool.answers(&key, 2).await,
+            tool.answers(&[&key], 2).await,
             [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]
         );
         let cleared = tool.ok_json(&["--json", "set-limits", &id, "--none"]);
         assert_eq!(cleared["limits"], serde_json::Value::Null);
-        assert_eq!(tool.answers(&key, 3).await, [StatusCode::OK; 3]);
+        assert_eq!(tool.answers(&[&key], 3).await, [StatusCode::OK; 3]);
 
         for bad in [
             &["create", "--limit", "burst"][..],
@@ -387,7 +389,7 @@ mod cli {
             serde_json::json!({"amount": 2, "every": {"monthly": {"day": 15}}})
         );
         assert_eq!(
-            tool.answers(&key, 3).await,
+            tool.answers(&[&key], 3).await,
             [
                 StatusCode::OK,
                 StatusCode::OK,
@@ -397,7 +399,7 @@ mod cli {
         let topped = tool.ok_json(&["--json", "credits", &id, "--top-up", "1"]);
         assert_eq!(topped["credits"]["remaining"], 1);
         assert_eq!(
-            tool.answers(&key, 2).await,
+            tool.answers(&[&key], 2).await,
             [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]
         );
         let output = tool.run(&["credits", &id, "--set", "5", "--refill", "daily"]);
@@ -410,7 +412,7 @@ mod cli {
         let removed = tool.ok_json(&["--json", "credits", &id, "--none"]);
         assert_eq!(removed["credits"], serde_json::Value::Null);
         assert_eq!(
-            tool.answers(&key, 3).await,
+            tool.answers(&[&key], 3).await,
             [StatusCode::OK; 3],
             "not metered"
         );
@@ -430,6 +432,101 @@ mod cli {
         }
         assert_eq!(tool.failure(&["credits", "nope", "--set", "1"]).0, 3);
         assert_eq!(tool.failure(&["credits", "nope", "--top-up", "1"]).0, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn owner_limits_and_credits_are_set_shown_and_enforced() {
+        use serde_json::Value::Null;
+        use StatusCode as S;
+
+        let mut tool = Tool::new();
+        let (_, a_id, a) = tool.create(&["--name", "a", "--owner", "acme"]);
+        let (_, b_id, b) = tool.create(&["--name", "b", "--owner", "acme"]);
+        tool.create(&["--name", "c", "--owner", "globex"]);
+        let nothing = tool.ok_json(&["--json", "owner", "acme"]);
+        assert_eq!((&nothing["limits"], &nothing["credits"]), (&Null, &Null));
+        assert_eq!(nothing["keys"], serde_json::json!([a_id, b_id]));
+
+        let set = tool.ok_json(&[
+            "--json",
+            "owner",
+            "acme",
+            "--per-minute",
+            "100",
+            "--limit",
+            "burst=3/1h",
+        ]);
+        assert_eq!(set["limits"]["per_minute"], 100);
+        assert_eq!(set["limits"]["named"][0]["name"], "burst");
+        assert_eq!(
+            tool.answers(&[&a, &b], 5).await,
+            [
+                S::OK,
+                S::OK,
+                S::OK,
+                S::TOO_MANY_REQUESTS,
+                S::TOO_MANY_REQUESTS
+            ],
+            "3 for both keys"
+        );
+        let output = tool.run(&["owner", "acme", "--credits", "2", "--refill", "daily"]);
+        assert!(output.status.success(), "{output:?}");
+        let text = String::from_utf8(output.stdout).unwrap();
+        assert!(
+            text.contains("limits:      100/minute (burst 100), burst=3/3600s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("credits:     2 (refilled to 2 daily)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("keys:        {a_id}, {b_id}")),
+            "{text}"
+        );
+        let unlimited = tool.ok_json(&["--json", "owner", "acme", "--no-limits"]);
+        assert_eq!(unlimited["limits"], Null);
+        assert_eq!(unlimited["credits"]["remaining"], 2, "the credits stay");
+        assert_eq!(
+            tool.answers(&[&a, &b], 3).await,
+            [S::OK, S::OK, S::TOO_MANY_REQUESTS],
+            "2 credits for both keys"
+        );
+        let topped = tool.ok_json(&["--json", "owner", "acme", "--top-up", "1"]);
+        assert_eq!(topped["credits"]["remaining"], 1);
+        assert_eq!(
+            tool.answers(&[&b, &a], 2).await,
+            [S::OK, S::TOO_MANY_REQUESTS]
+        );
+        let removed = tool.ok_json(&["--json", "owner", "acme", "--no-credits"]);
+        assert_eq!((&removed["limits"], &removed["credits"]), (&Null, &Null));
+        assert_eq!(tool.answers(&[&a, &b], 4).await, [S::OK; 4], "nothing set");
+
+        let (code, message) = tool.failure(&["owner", "acme", "--top-up", "3"]);
+        assert_eq!(code, 2, "{message}");
+        assert!(message.contains("has no credits"), "{message}");
+        for bad in [
+            &["owner", "acme", "--per-minute", "1", "--no-limits"][..],
+            &["owner", "acme", "--credits", "1", "--no-credits"],
+            &["owner", "acme", "--refill", "daily"],
+            &["owner", "acme", "--credits", "-1"],
+            &["owner", "acme", "--daily", "ten"],
+            &["owner", "acme", "--limit", "x=1/1y"],
+            &["owner", " "],
+            &["owner"],
+        ] {
+            assert_eq!(tool.failure(bad).0, 2, "{bad:?}");
+        }
+        let daily = tool.ok_json(&["--json", "set-limits", &a_id, "--daily", "1"]);
+        assert_eq!(
+            daily["limits"]["daily"], 1,
+            "set-limits takes the same limits"
+        );
+        assert_eq!(
+            tool.failure(&["set-limits", &a_id, "--daily", "1", "--none"])
+                .0,
+            2
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

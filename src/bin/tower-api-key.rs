@@ -89,17 +89,40 @@ enum Command {
         #[arg(value_delimiter = ',', required = true)]
         scopes: Vec<String>,
     },
-    /// Give a key named limits of its own (they replace its plan's limits), or with --none clear
-    /// its own limits so its plan's apply again.
+    /// Give a key limits of its own (they replace its plan's limits), or with --none clear its
+    /// own limits so its plan's apply again.
     SetLimits {
         /// The key id.
         id: String,
-        /// A limit as name=limit/window, such as burst=10/1s or hour=2000/1h; repeatable.
-        #[arg(long = "limit", value_parser = parse_limit, required_unless_present = "none", conflicts_with = "none")]
-        limits: Vec<NamedLimit>,
+        #[command(flatten)]
+        limits: LimitArgs,
         /// Clear the key's own limits.
         #[arg(long)]
         none: bool,
+    },
+    /// Show what is set on an owner (limits and credits for all of its keys together), or set
+    /// it: --per-minute, --daily, --monthly, --limit (or --no-limits), --credits N with --refill
+    /// (or --no-credits), --top-up N.
+    Owner {
+        /// The owner, as its keys name it (create --owner).
+        owner: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Clear the owner's limits.
+        #[arg(long)]
+        no_limits: bool,
+        /// A new budget of N credits for all of the owner's keys (a reset).
+        #[arg(long, value_name = "N", conflicts_with = "no_credits")]
+        credits: Option<u64>,
+        /// Refill the credits to N: daily, monthly (on the 1st) or monthly:D (D from 1 to 28).
+        #[arg(long, value_parser = parse_refill, requires = "credits")]
+        refill: Option<RefillPeriod>,
+        /// Add N credits to what the owner has left.
+        #[arg(long, value_name = "N", conflicts_with = "no_credits")]
+        top_up: Option<u64>,
+        /// Remove the owner's credits.
+        #[arg(long)]
+        no_credits: bool,
     },
     /// Set a key's credits (--set N, refilled with --refill), add to them (--top-up N), or remove
     /// them (--none).
@@ -131,6 +154,34 @@ enum Command {
         #[arg(long)]
         anywhere: bool,
     },
+}
+
+/// Limits as the command line gives them; none of them: no change.
+#[derive(Args)]
+struct LimitArgs {
+    /// Requests per minute, smoothed (a burst of that many, then one at a time).
+    #[arg(long, value_name = "N")]
+    per_minute: Option<u32>,
+    /// Requests per UTC day.
+    #[arg(long, value_name = "N")]
+    daily: Option<u32>,
+    /// Requests per UTC month.
+    #[arg(long, value_name = "N")]
+    monthly: Option<u32>,
+    /// A limit as name=limit/window, such as burst=10/1s or hour=2000/1h; repeatable.
+    #[arg(long = "limit", value_parser = parse_limit)]
+    named: Vec<NamedLimit>,
+}
+
+impl LimitArgs {
+    /// The limits given, or `None` when none is.
+    fn limits(&self) -> Option<Limits> {
+        let mut limits = named_limits(&self.named);
+        limits.per_minute = self.per_minute;
+        limits.daily = self.daily;
+        limits.monthly = self.monthly;
+        (!limits.is_unlimited()).then_some(limits)
+    }
 }
 
 #[derive(Args)]
@@ -370,13 +421,57 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let info = keys.show(&id).await?.ok_or_else(|| not_found(&id))?;
             print_info(&info, cli.json);
         }
-        Command::SetLimits { id, limits, .. } => {
-            let limits = (!limits.is_empty()).then(|| named_limits(&limits));
+        Command::SetLimits { id, limits, none } => {
+            let limits = match (limits.limits(), none) {
+                (Some(_), true) => return Err(invalid("--none clears the limits: give no others")),
+                (None, false) => {
+                    return Err(invalid(
+                        "give limits (--per-minute, --daily, --monthly, --limit) or --none",
+                    ))
+                }
+                (limits, _) => limits,
+            };
             if !keys.set_limits(&id, limits).await? {
                 return Err(not_found(&id));
             }
             let info = keys.show(&id).await?.ok_or_else(|| not_found(&id))?;
             print_info(&info, cli.json);
+        }
+        Command::Owner {
+            owner,
+            limits,
+            no_limits,
+            credits: budget,
+            refill,
+            top_up,
+            no_credits,
+        } => {
+            if owner.trim().is_empty() {
+                return Err(invalid("the owner's name is empty"));
+            }
+            match (limits.limits(), no_limits) {
+                (Some(_), true) => {
+                    return Err(invalid("--no-limits clears the limits: give no others"))
+                }
+                (Some(limits), false) => keys.set_owner_limits(&owner, Some(limits)).await?,
+                (None, true) => keys.set_owner_limits(&owner, None).await?,
+                (None, false) => {}
+            }
+            if let Some(amount) = budget {
+                keys.set_owner_credits(&owner, Some(credits(amount, refill)?))
+                    .await?;
+            }
+            if no_credits {
+                keys.set_owner_credits(&owner, None).await?;
+            }
+            if let Some(amount) = top_up {
+                if keys.top_up_owner(&owner, amount).await?.is_none() {
+                    return Err(invalid(format!(
+                        "owner `{owner}` has no credits: give it some with --credits"
+                    )));
+                }
+            }
+            print_owner(&keys, &owner, cli.json).await?;
         }
         Command::SetNetworks { id, networks, .. } => {
             if !keys.set_allowed_networks(&id, &networks).await? {
@@ -491,6 +586,51 @@ fn describe_limits(limits: Option<&Limits>) -> String {
     }
 }
 
+/// A key's or an owner's credits as the tool shows them.
+fn describe_credits(credits: Option<&Credits>) -> String {
+    match credits {
+        None => "-".to_owned(),
+        Some(credits) => match credits.refill {
+            None => credits.remaining.to_string(),
+            Some(refill) => format!(
+                "{} (refilled to {} {})",
+                credits.remaining,
+                refill.amount,
+                refill.every.to_text()
+            ),
+        },
+    }
+}
+
+/// What is set on `owner`, and its keys.
+async fn print_owner(keys: &KeyManager<AnyStore>, owner: &str, json: bool) -> Result<(), Failure> {
+    let record = keys.owner(owner).await?;
+    let limits = record.as_ref().and_then(|r| r.limits.as_ref());
+    let credits = record.as_ref().and_then(|r| r.credits.as_ref());
+    let ids: Vec<String> = keys
+        .list()
+        .await?
+        .into_iter()
+        .filter(|info| info.owner.as_deref() == Some(owner))
+        .map(|info| info.id)
+        .collect();
+    if json {
+        let out = json!({ "owner": owner, "limits": limits, "credits": credits, "keys": ids });
+        println!("{out}");
+        return Ok(());
+    }
+    println!("owner:       {owner}");
+    println!("limits:      {}", describe_limits(limits));
+    println!("credits:     {}", describe_credits(credits));
+    let listed = if ids.is_empty() {
+        "none".to_owned()
+    } else {
+        ids.join(", ")
+    };
+    println!("keys:        {listed}");
+    Ok(())
+}
+
 /// The one time a key is shown.
 fn show_created(created: &CreatedKey, var: &str, verb: &str) {
     let record = &created.record;
@@ -563,19 +703,7 @@ fn print_info(info: &KeyInfo, json: bool) {
     println!("owner:       {}", info.owner.as_deref().unwrap_or("-"));
     println!("plan:        {}", info.plan.as_deref().unwrap_or("-"));
     println!("limits:      {}", describe_limits(info.limits.as_ref()));
-    let credits = match &info.credits {
-        None => "-".to_owned(),
-        Some(credits) => match credits.refill {
-            None => credits.remaining.to_string(),
-            Some(refill) => format!(
-                "{} (refilled to {} {})",
-                credits.remaining,
-                refill.amount,
-                refill.every.to_text()
-            ),
-        },
-    };
-    println!("credits:     {credits}");
+    println!("credits:     {}", describe_credits(info.credits.as_ref()));
     let networks = if info.allowed_networks.is_empty() {
         "anywhere".to_owned()
     } else {
