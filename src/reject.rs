@@ -19,7 +19,7 @@
 //! | `INSUFFICIENT_PERMISSIONS` | 403 | the key lacks a scope the route requires |
 //! | `IP_NOT_ALLOWED` | 403 | from outside the key's networks (said only after the secret matched) |
 //! | `RATE_LIMIT_EXCEEDED` | 429 | over the key's rate limit or quota (with `Retry-After`) |
-//! | `USAGE_EXCEEDED` | 429 | the key's credits are spent |
+//! | `USAGE_EXCEEDED` | 429 | the key's credits (or its owner's) are spent |
 //! | `KEY_STORE_UNAVAILABLE` | 503 | the store failed or timed out; nothing is let through |
 //! | `RATE_LIMITER_UNAVAILABLE` | 503 | the rate limiter failed; nothing is let through |
 //! | `API_KEY_LAYER_MISSING` | 500 | a scope check ran with no `ApiKeyLayer` before it |

@@ -27,6 +27,14 @@
 //! `test` keys are capped by the layer's test limits (60/min and 1,000/day by default); `dev`
 //! keys are never limited.
 //!
+//! Limits and credits may also be set on an owner
+//! ([`KeyManager::set_owner_limits`](crate::KeyManager::set_owner_limits),
+//! [`set_owner_credits`](crate::KeyManager::set_owner_credits)): they apply to all of its keys
+//! together, besides each key's own. A request is counted in its key's [`Bucket`] and its owner's
+//! at once, all or nothing (the owner's limits are named `owner.minute`, `owner.day`,
+//! `owner.<name>`), and spends its key's and its owner's credits in one store step
+//! ([`Charge`]).
+//!
 //! ```
 //! use tower_api_key::{ApiKeyLayer, limit::Limits, MemoryStore};
 //!
