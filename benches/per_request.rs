@@ -85,12 +85,25 @@ fn one_cached_key(
     networks: &[tower_api_key::network::IpNet],
     limits: Option<Limits>,
 ) -> (ApiKeyLayer, HeaderValue) {
+    owned_cached_key(runtime, hide, networks, limits, None)
+}
+
+/// As [`one_cached_key`], the key's owner (`acme`) having `owner_limits` if given.
+fn owned_cached_key(
+    runtime: &tokio::runtime::Runtime,
+    hide: HideCredentials,
+    networks: &[tower_api_key::network::IpNet],
+    limits: Option<Limits>,
+    owner_limits: Option<Limits>,
+) -> (ApiKeyLayer, HeaderValue) {
     let store = MemoryStore::new();
     let layer = ApiKeyLayer::builder("mesh", store.clone())
         .hide_credentials(hide)
         .build()
         .unwrap();
-    let mut key = NewKey::new("bench").allowed_networks(networks.iter().copied());
+    let mut key = NewKey::new("bench")
+        .owner("acme")
+        .allowed_networks(networks.iter().copied());
     if let Some(limits) = limits {
         key = key.limits(limits);
     }
@@ -98,6 +111,12 @@ fn one_cached_key(
     let header = HeaderValue::from_str(&format!("ApiKey {}", created.key.expose_secret())).unwrap();
     runtime.block_on(async {
         store.create(created.record).await.unwrap();
+        if let Some(owner_limits) = owner_limits {
+            store
+                .set_owner_limits("acme", Some(&owner_limits))
+                .await
+                .unwrap();
+        }
         let mut request = request(&header);
         request
             .extensions_mut()
@@ -178,15 +197,32 @@ fn per_request(c: &mut Criterion) {
     let two_named = Limits::UNLIMITED
         .with(NamedLimit::new("burst", u32::MAX, 1).unwrap())
         .with(NamedLimit::new("hour", u32::MAX, 3600).unwrap());
-    for (name, limits) in [
-        ("api_key_hot_key_allowlist", None),
+    let owner_day = Limits::UNLIMITED.daily(u32::MAX);
+    for (name, limits, owner_limits) in [
+        ("api_key_hot_key_allowlist", None, None),
         (
             "api_key_hot_key_allowlist_minute_limit",
             Some(Limits::per_minute(u32::MAX)),
+            None,
         ),
-        ("api_key_hot_key_allowlist_two_limits", Some(two_named)),
+        (
+            "api_key_hot_key_allowlist_two_limits",
+            Some(two_named.clone()),
+            None,
+        ),
+        (
+            "api_key_hot_key_allowlist_two_limits_and_owner",
+            Some(two_named),
+            Some(owner_day),
+        ),
     ] {
-        let (layer, header) = one_cached_key(&runtime, HideCredentials::default(), &office, limits);
+        let (layer, header) = owned_cached_key(
+            &runtime,
+            HideCredentials::default(),
+            &office,
+            limits,
+            owner_limits,
+        );
         let service = layer.layer(service_fn(inner));
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter(|| {

@@ -113,24 +113,26 @@ impl MemoryLimiter {
         for &i in &order {
             locked[i] = Some(counters[i].lock(&buckets[i], at));
         }
-        let mut cells: Vec<MutexGuard<'_, Cell>> = locked.into_iter().flatten().collect();
-        let refusal = cells
-            .iter()
-            .enumerate()
-            .find_map(|(b, cell)| cell.refusal(at, cost).map(|r| (b, r)));
-        let mut statuses = Vec::new();
-        if let Some((refused_in, refusal)) = refusal {
-            for (b, cell) in cells.iter().enumerate() {
-                let refused = (b == refused_in).then_some((refusal.at, refusal.wait));
-                cell.statuses_into(&mut statuses, at, refused);
-            }
-            return LimitCheck::Ready(Ok(refuse(statuses, refusal.by, refusal.wait)));
+        let mut guards: Vec<MutexGuard<'_, Cell>> = locked.into_iter().flatten().collect();
+        let mut cells: Vec<&mut Cell> = guards.iter_mut().map(|g| &mut **g).collect();
+        LimitCheck::Ready(Ok(count_cells(&mut cells, at, cost)))
+    }
+
+    /// [`count_all`](Self::count_all) for two buckets (a key's and its owner's), without
+    /// allocating for the locks.
+    fn count_two(&self, a: &Bucket<'_>, b: &Bucket<'_>, at: Instant, cost: u32) -> LimitCheck {
+        let (first, second) = (self.counter(a.name), self.counter(b.name));
+        if Arc::ptr_eq(&first, &second) {
+            return LimitCheck::Ready(Err(LimiterError("one bucket is counted twice".into())));
         }
-        for cell in &mut cells {
-            cell.commit(at, cost);
-            cell.statuses_into(&mut statuses, at, None);
-        }
-        LimitCheck::Ready(Ok(allow(statuses)))
+        let (mut x, mut y) = if Arc::as_ptr(&first) < Arc::as_ptr(&second) {
+            let x = first.lock(a, at);
+            (x, second.lock(b, at))
+        } else {
+            let y = second.lock(b, at);
+            (first.lock(a, at), y)
+        };
+        LimitCheck::Ready(Ok(count_cells(&mut [&mut *x, &mut *y], at, cost)))
     }
 
     /// Drops the buckets that are as good as new at `secs`.
@@ -149,12 +151,37 @@ impl Limiter for MemoryLimiter {
             [] => LimitCheck::Ready(Ok(allow(Vec::new()))),
             [bucket] => {
                 let counter = self.counter(bucket.name);
-                let decision = counter.lock(bucket, at).count(at, cost);
-                LimitCheck::Ready(Ok(decision))
+                let mut cell = counter.lock(bucket, at);
+                LimitCheck::Ready(Ok(count_cells(&mut [&mut *cell], at, cost)))
             }
+            [a, b] => self.count_two(a, b, at, cost),
             buckets => self.count_all(buckets, at, cost),
         }
     }
+}
+
+/// Counts a request in every one of `cells` (all locked), all or nothing: first every check, then
+/// (all passed) every count, so nothing is written for a refusal. The statuses are every cell's,
+/// in order.
+fn count_cells(cells: &mut [&mut Cell], at: Instant, cost: u32) -> Decision {
+    let count: usize = cells.iter().map(|c| c.rates.len() + c.quotas.len()).sum();
+    let mut statuses = Vec::with_capacity(count);
+    let refusal = cells
+        .iter()
+        .enumerate()
+        .find_map(|(b, cell)| cell.refusal(at, cost).map(|r| (b, r)));
+    if let Some((refused_in, refusal)) = refusal {
+        for (b, cell) in cells.iter().enumerate() {
+            let refused = (b == refused_in).then_some((refusal.at, refusal.wait));
+            cell.statuses_into(&mut statuses, at, refused);
+        }
+        return refuse(statuses, refusal.by, refusal.wait);
+    }
+    for cell in cells.iter_mut() {
+        cell.commit(at, cost);
+        cell.statuses_into(&mut statuses, at, None);
+    }
+    allow(statuses)
 }
 
 /// One moment, as the counters read it.
@@ -301,19 +328,6 @@ impl Cell {
             .map(Rate::refill_seconds)
             .max()
             .unwrap_or(60)
-    }
-
-    /// Counts a request in this bucket alone.
-    fn count(&mut self, at: Instant, cost: u32) -> Decision {
-        // First every check, then (all passed) every count: nothing is written for a refusal.
-        let mut statuses = Vec::with_capacity(self.rates.len() + self.quotas.len());
-        if let Some(refusal) = self.refusal(at, cost) {
-            self.statuses_into(&mut statuses, at, Some((refusal.at, refusal.wait)));
-            return refuse(statuses, refusal.by, refusal.wait);
-        }
-        self.commit(at, cost);
-        self.statuses_into(&mut statuses, at, None);
-        allow(statuses)
     }
 
     /// The first of this bucket's limits that refuses a request costing `cost`, if any.
@@ -693,6 +707,40 @@ mod tests {
             limiter.check(&twice, 1, clock.now()),
             LimitCheck::Ready(Err(_))
         ));
+        let thrice = [twice[0], Bucket::new("j", &key), twice[1]];
+        assert!(matches!(
+            limiter.check(&thrice, 1, clock.now()),
+            LimitCheck::Ready(Err(_))
+        ));
+    }
+
+    #[test]
+    fn three_buckets_are_counted_all_or_nothing_too() {
+        let (limiter, clock) = setup();
+        let (two, three, four) = (
+            Limits::per_minute(2),
+            Limits::per_minute(3),
+            Limits::per_minute(4),
+        );
+        let buckets = [
+            Bucket::new("c", &four),
+            Bucket::new("a", &three),
+            Bucket::new("b", &two).labelled("team."),
+        ];
+        let decide = || match limiter.check(&buckets, 1, clock.now()) {
+            LimitCheck::Ready(Ok(decision)) => decision,
+            _ => unreachable!(),
+        };
+        assert!(decide().allowed);
+        assert!(decide().allowed);
+        let refused = decide();
+        assert_eq!(refused.refused_by.as_deref(), Some("team.minute"));
+        let remaining: Vec<u32> = refused.limits.iter().map(|s| s.remaining).collect();
+        assert_eq!(
+            remaining,
+            [2, 1, 0],
+            "the others spent nothing for the refusal"
+        );
     }
 
     #[test]
