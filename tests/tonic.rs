@@ -208,6 +208,41 @@ mod grpc {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_owners_limits_and_credits_hold_for_all_of_its_keys() {
+        use tower_api_key::limit::{Credits, Limits};
+
+        let f = fixture().await;
+        let mut owned = Vec::new();
+        for name in ["a", "b"] {
+            let key = NewKey::new(name).owner("acme").scopes(["read"]);
+            owned.push(f.keys.create(key).await.unwrap());
+        }
+        let (a, b) = (owned[0].key.expose_secret(), owned[1].key.expose_secret());
+        f.keys
+            .set_owner_limits("acme", Some(Limits::per_minute(2)))
+            .await
+            .unwrap();
+        assert!(f.check(Some(a)).await.is_ok());
+        assert!(f.check(Some(b)).await.is_ok());
+        assert_status(
+            f.check(Some(a)).await,
+            Code::ResourceExhausted,
+            "RATE_LIMIT_EXCEEDED",
+        );
+        f.keys.set_owner_limits("acme", None).await.unwrap();
+        f.keys
+            .set_owner_credits("acme", Some(Credits::once(1)))
+            .await
+            .unwrap();
+        assert!(f.check(Some(b)).await.is_ok());
+        assert_status(
+            f.check(Some(a)).await,
+            Code::ResourceExhausted,
+            "USAGE_EXCEEDED",
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_store_failure_is_unavailable() {
         let f = fixture().await;
         let read = f.key("read").await;
