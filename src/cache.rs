@@ -44,7 +44,7 @@
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -130,12 +130,11 @@ impl fmt::Display for LoadError {
 pub(crate) type Loaded = Result<Option<Principal>, Arc<LoadError>>;
 
 /// What an entry holds.
-#[derive(Clone)]
-enum Value {
+enum Value<'a> {
     /// Nothing yet: the first load of this id is in flight.
     Empty,
     /// A key the store returned: its principal, with what verification needs.
-    Key(Principal),
+    Key(&'a Principal),
     /// The store has no key with this id.
     Unknown,
 }
@@ -147,47 +146,77 @@ struct Load {
     result: OnceCell<Loaded>,
 }
 
-/// The one entry of an id.
+/// The one entry of an id: 32 bytes, so that with its map key a table slot is 48 (the table is
+/// about a third of a cached key's memory).
 #[derive(Clone)]
 struct Entry {
-    value: Value,
-    /// Answers requests until then. A key also stands in for a failing store until
-    /// `fresh_until + stale_if_error` (derived, not kept).
-    fresh_until: SystemTime,
-    /// The cache's generation when this entry was made; other generations are never read.
-    generation: u64,
+    /// The key the store returned, if it returned one.
+    key: Option<Principal>,
     /// The load in flight, if any.
     load: Option<Arc<Load>>,
+    /// Answers requests until then, in nanoseconds since 1970. A key also stands in for a
+    /// failing store until `fresh_until + stale_if_error` (derived, not kept).
+    fresh_until: u64,
+    /// The cache's generation when this entry was made; other generations are never read.
+    generation: u32,
+    /// The store has no key with this id (and `key` is `None`).
+    unknown: bool,
 }
 
 impl Entry {
     /// A new entry whose first load `load` is in flight.
-    fn loading(now: SystemTime, generation: u64, load: &Arc<Load>) -> Entry {
+    fn loading(now: u64, generation: u32, load: &Arc<Load>) -> Entry {
         Entry {
-            value: Value::Empty,
+            key: None,
+            load: Some(Arc::clone(load)),
             fresh_until: now,
             generation,
-            load: Some(Arc::clone(load)),
+            unknown: false,
+        }
+    }
+
+    /// What the entry holds.
+    fn held(&self) -> Value<'_> {
+        match (&self.key, self.unknown) {
+            (Some(key), _) => Value::Key(key),
+            (None, true) => Value::Unknown,
+            (None, false) => Value::Empty,
+        }
+    }
+
+    /// Which capacity the entry counts against.
+    fn kind(&self) -> Option<Kind> {
+        match self.held() {
+            Value::Empty => None,
+            Value::Key(_) => Some(Kind::Key),
+            Value::Unknown => Some(Kind::Unknown),
         }
     }
 
     /// The key this entry may still give while the store fails, at `now` in generation
-    /// `current`, with stale-if-error `stale`.
-    fn stale_key(&self, now: SystemTime, current: u64, stale: Duration) -> Option<&Principal> {
-        match &self.value {
-            Value::Key(key) if self.generation == current && now < self.stale_until(stale) => {
-                Some(key)
-            }
+    /// `current`, with stale-if-error `stale` (nanoseconds).
+    fn stale_key(&self, now: u64, current: u32, stale: u64) -> Option<&Principal> {
+        match &self.key {
+            Some(key) if self.generation == current && now < self.stale_until(stale) => Some(key),
             _ => None,
         }
     }
 
     /// Until when this entry may stand in for a failing store.
-    fn stale_until(&self, stale: Duration) -> SystemTime {
-        self.fresh_until
-            .checked_add(stale)
-            .unwrap_or(self.fresh_until)
+    fn stale_until(&self, stale: u64) -> u64 {
+        self.fresh_until.saturating_add(stale)
     }
+}
+
+/// `at` in nanoseconds since 1970 (0 before), as entries keep their times.
+fn nanos(at: SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// `d` in nanoseconds, at most `u64::MAX` (585 years).
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// What a finished load puts into its entry.
@@ -207,23 +236,14 @@ enum Kind {
     Unknown,
 }
 
-impl Value {
-    fn kind(&self) -> Option<Kind> {
-        match self {
-            Value::Empty => None,
-            Value::Key(_) => Some(Kind::Key),
-            Value::Unknown => Some(Kind::Unknown),
-        }
-    }
-}
-
 /// The map's key: the id, held by the key's principal itself once the store returned it, so a
 /// lookup compares the id where it then reads the principal (one memory access fewer per
-/// request than a separate string).
+/// request than a separate string). Two thin pointers' worth (16 bytes): an id the store has not
+/// answered for is boxed twice.
 #[derive(Clone)]
 enum CacheKey {
     Key(Principal),
-    Id(Arc<str>),
+    Id(Box<Box<str>>),
 }
 
 impl CacheKey {
@@ -262,7 +282,7 @@ pub(crate) struct KeyCache {
     /// A key's entry is keyed by its principal (see [`CacheKey`]).
     entries: DashMap<CacheKey, Entry, foldhash::fast::RandomState>,
     /// Moved on by `invalidate_all`.
-    generation: AtomicU64,
+    generation: AtomicU32,
     /// The next lease number.
     leases: AtomicU64,
     keys: AtomicI64,
@@ -311,7 +331,7 @@ impl KeyCache {
     ) -> Self {
         KeyCache {
             entries: DashMap::with_hasher(foldhash::fast::RandomState::default()),
-            generation: AtomicU64::new(0),
+            generation: AtomicU32::new(0),
             leases: AtomicU64::new(0),
             keys: AtomicI64::new(0),
             unknown: AtomicI64::new(0),
@@ -335,10 +355,12 @@ impl KeyCache {
         f: impl FnOnce(Option<&Principal>) -> R,
     ) -> Option<R> {
         let entry = self.entries.get(id)?;
-        if entry.generation != self.generation.load(Ordering::Acquire) || now >= entry.fresh_until {
+        if entry.generation != self.generation.load(Ordering::Acquire)
+            || nanos(now) >= entry.fresh_until
+        {
             return None;
         }
-        match &entry.value {
+        match entry.held() {
             Value::Key(key) => Some(f(Some(key))),
             Value::Unknown => Some(f(None)),
             Value::Empty => None,
@@ -363,7 +385,7 @@ impl KeyCache {
         match result {
             Err(error) if matches!(*error, LoadError::Store(_)) => {
                 // Whatever stands in the entry now: an invalidation since has removed it.
-                let now = self.clock.now();
+                let now = nanos(self.clock.now());
                 let current = self.generation.load(Ordering::Acquire);
                 let entry = self.entries.get(id);
                 match entry.and_then(|e| e.stale_key(now, current, self.stale_if_error()).cloned())
@@ -379,7 +401,7 @@ impl KeyCache {
     /// A fresh answer for `id`, or the load to wait for: the one in flight, or a new one whose
     /// lease the entry now holds.
     fn join_or_start(&self, id: &str) -> Result<Option<Principal>, Arc<Load>> {
-        let now = self.clock.now();
+        let now = nanos(self.clock.now());
         let current = self.generation.load(Ordering::Acquire);
         let lease = self.leases.fetch_add(1, Ordering::Relaxed);
         let fresh = Arc::new(Load {
@@ -387,11 +409,11 @@ impl KeyCache {
             result: OnceCell::new(),
         });
         // The shard's lock is held from the look at the entry to the insert: one atomic step.
-        match self.entries.entry(CacheKey::Id(id.into())) {
+        match self.entries.entry(CacheKey::Id(Box::new(id.into()))) {
             Slot::Occupied(mut slot) => {
                 let e = slot.get();
                 if e.generation == current && now < e.fresh_until {
-                    return match &e.value {
+                    return match e.held() {
                         Value::Key(key) => Ok(Some(key.clone())),
                         Value::Unknown => Ok(None),
                         Value::Empty => Err(Self::in_flight(e)),
@@ -410,8 +432,8 @@ impl KeyCache {
                     Entry::loading(now, current, &fresh)
                 };
                 let old = slot.insert(next);
-                self.adjust(old.value.kind(), -1);
-                self.adjust(slot.get().value.kind(), 1);
+                self.adjust(old.kind(), -1);
+                self.adjust(slot.get().kind(), 1);
             }
             Slot::Vacant(slot) => {
                 slot.insert(Entry::loading(now, current, &fresh));
@@ -438,11 +460,7 @@ impl KeyCache {
 
     /// The store's answer for `id`, within the lookup timeout and the bound on concurrent loads.
     async fn fetch(&self, id: &str) -> Result<Option<Principal>, LoadError> {
-        let known = {
-            self.entries
-                .get(id)
-                .is_some_and(|e| matches!(e.value, Value::Key(_)))
-        };
+        let known = { self.entries.get(id).is_some_and(|e| e.key.is_some()) };
         let _permit = if known {
             None
         } else {
@@ -503,27 +521,28 @@ impl KeyCache {
     /// Puts a load's answer into the entry of `id`, in one atomic step that succeeds only
     /// while the entry holds lease `lease`.
     fn install(&self, id: &str, lease: u64, install: Install) {
-        let now = self.clock.now();
+        let now = nanos(self.clock.now());
         let config = &self.config;
         // The map's key: the principal's own id where there is one.
         let key = match &install {
             Install::Key(principal) => CacheKey::Key(principal.clone()),
-            _ => CacheKey::Id(id.into()),
+            _ => CacheKey::Id(Box::new(id.into())),
         };
         // The shard's lock is held from the lease check to the insert: one atomic step.
         if let Slot::Occupied(slot) = self.entries.entry(key) {
             let e = slot.get();
             if e.load.as_ref().is_some_and(|load| load.lease == lease) {
-                let loaded = |value, fresh_for: Duration| Entry {
-                    value,
-                    fresh_until: now.checked_add(fresh_for).unwrap_or(now),
-                    generation: e.generation,
+                let loaded = |key: Option<Principal>, fresh_for: Duration| Entry {
+                    unknown: key.is_none(),
+                    key,
                     load: None,
+                    fresh_until: now.saturating_add(duration_nanos(fresh_for)),
+                    generation: e.generation,
                 };
                 let next = match &install {
-                    Install::Key(key) => Some(loaded(Value::Key(key.clone()), config.ttl)),
-                    Install::Unknown => Some(loaded(Value::Unknown, config.negative_ttl)),
-                    Install::Failed if matches!(e.value, Value::Empty) => None,
+                    Install::Key(key) => Some(loaded(Some(key.clone()), config.ttl)),
+                    Install::Unknown => Some(loaded(None, config.negative_ttl)),
+                    Install::Failed if matches!(e.held(), Value::Empty) => None,
                     Install::Failed => Some(Entry {
                         load: None,
                         ..e.clone()
@@ -532,15 +551,15 @@ impl KeyCache {
                 };
                 match next {
                     Some(next) => {
-                        let kind = next.value.kind();
+                        let kind = next.kind();
                         // A key's entry is keyed by its principal from now on.
                         let (_, old) = slot.replace_entry(next);
-                        self.adjust(old.value.kind(), -1);
+                        self.adjust(old.kind(), -1);
                         self.adjust(kind, 1);
                     }
                     None => {
                         let (_, old) = slot.remove_entry();
-                        self.adjust(old.value.kind(), -1);
+                        self.adjust(old.kind(), -1);
                     }
                 }
             }
@@ -561,7 +580,7 @@ impl KeyCache {
     /// at a time) removes those whose stale copy has run out, then others (in the map's order,
     /// which its random hash makes arbitrary), down to nine tenths. Amortized, that is a few
     /// entries visited per insert, and no memory per entry.
-    fn evict_over(&self, kind: Kind, capacity: u64, now: SystemTime) {
+    fn evict_over(&self, kind: Kind, capacity: u64, now: u64) {
         let counter = match kind {
             Kind::Key => &self.keys,
             Kind::Unknown => &self.unknown,
@@ -574,7 +593,7 @@ impl KeyCache {
             return;
         }
         let stale = self.stale_if_error();
-        let evictable = |e: &Entry| e.value.kind() == Some(kind) && e.load.is_none();
+        let evictable = |e: &Entry| e.kind() == Some(kind) && e.load.is_none();
         let (mut expired, mut others) = (Vec::new(), Vec::new());
         for item in self.entries.iter().filter(|item| evictable(item.value())) {
             if item.value().stale_until(stale) <= now {
@@ -589,15 +608,15 @@ impl KeyCache {
                 break;
             }
             if let Some((_, old)) = self.entries.remove_if(key.id(), |_, e| evictable(e)) {
-                self.adjust(old.value.kind(), -1);
+                self.adjust(old.kind(), -1);
             }
         }
         self.sweeping.store(false, Ordering::Release);
     }
 
-    /// How long a key may stand in for a failing store past its TTL.
-    fn stale_if_error(&self) -> Duration {
-        self.config.stale_if_error.unwrap_or(Duration::ZERO)
+    /// How long a key may stand in for a failing store past its TTL, in nanoseconds.
+    fn stale_if_error(&self) -> u64 {
+        duration_nanos(self.config.stale_if_error.unwrap_or(Duration::ZERO))
     }
 
     /// How many keys and unknown ids are cached.
@@ -614,7 +633,7 @@ impl KeyCache {
     /// next request asks the store.
     pub(crate) fn invalidate(&self, id: &str) {
         if let Some((_, old)) = self.entries.remove(id) {
-            self.adjust(old.value.kind(), -1);
+            self.adjust(old.kind(), -1);
         }
     }
 
@@ -623,10 +642,10 @@ impl KeyCache {
     /// before the change), so the next request of any of its keys asks the store.
     pub(crate) fn invalidate_owner(&self, owner: &str) {
         self.entries.retain(|_, e| {
-            let forget = e.load.is_some()
-                || matches!(&e.value, Value::Key(key) if key.owner() == Some(owner));
+            let forget =
+                e.load.is_some() || e.key.as_ref().is_some_and(|key| key.owner() == Some(owner));
             if forget {
-                self.adjust(e.value.kind(), -1);
+                self.adjust(e.kind(), -1);
             }
             !forget
         });
@@ -637,8 +656,20 @@ impl KeyCache {
     pub(crate) fn invalidate_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.entries.retain(|_, old| {
-            self.adjust(old.value.kind(), -1);
+            self.adjust(old.kind(), -1);
             false
         });
+    }
+}
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod tests {
+    use super::{CacheKey, Entry};
+
+    #[test]
+    fn a_table_slot_is_48_bytes() {
+        // The table is about a third of a cached key's memory (BENCHMARKS.md, section 3).
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
+        assert_eq!(std::mem::size_of::<CacheKey>(), 16);
     }
 }
