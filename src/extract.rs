@@ -106,7 +106,8 @@ pub enum HideCredentials {
     Keep,
 }
 
-/// Hides the credentials of `sources` in `request` as `mode` says.
+/// Hides the credentials of `sources` in `request`, a request admitted on a key read from them,
+/// as `mode` says.
 pub(crate) fn hide<B>(sources: &[KeySource], mode: HideCredentials, request: &mut Request<B>) {
     if mode == HideCredentials::Keep {
         return;
@@ -115,8 +116,20 @@ pub(crate) fn hide<B>(sources: &[KeySource], mode: HideCredentials, request: &mu
     for source in sources {
         match source {
             KeySource::Authorization { scheme } => {
-                hide_values(request.headers_mut(), &AUTHORIZATION, remove, |value| {
-                    matches!(credential(value.as_bytes(), scheme), Ok(Some(_)) | Err(_))
+                let headers = request.headers_mut();
+                if let ([_], true) = (sources, remove) {
+                    // The one source, and the request was admitted on a key read from it: a
+                    // sole `Authorization` value is that key's (the usual request), and goes.
+                    if let Entry::Occupied(entry) = headers.entry(AUTHORIZATION) {
+                        if entry.iter().nth(1).is_none() {
+                            entry.remove();
+                            return;
+                        }
+                    }
+                }
+                // A value of the scheme is the credential, whether it is text or not.
+                hide_values(headers, &AUTHORIZATION, remove, |value| {
+                    after_scheme(value.as_bytes(), scheme.as_bytes()).is_some()
                 });
             }
             KeySource::Header(name) => {
@@ -253,17 +266,25 @@ pub(crate) fn extract<'r>(
 }
 
 /// The credential of an `Authorization` value if its scheme is `scheme`.
+///
+/// # Errors
+/// `InvalidApiKey` when the scheme's credential is not text.
 fn credential<'v>(value: &'v [u8], scheme: &str) -> Result<Option<&'v str>, Rejection> {
-    let scheme_bytes = scheme.as_bytes();
+    after_scheme(value, scheme.as_bytes())
+        .map(|bytes| std::str::from_utf8(bytes).map_err(|_| Rejection::InvalidApiKey))
+        .transpose()
+}
+
+/// The bytes after the scheme of an `Authorization` value (spaces trimmed) if its scheme is
+/// `scheme`, in any case.
+fn after_scheme<'v>(value: &'v [u8], scheme: &[u8]) -> Option<&'v [u8]> {
     // The shape nearly every client sends, `<scheme> <credential>` with one space and no space
     // around, is read with no scan for spaces; anything else takes the general path below.
-    if let (Some((name, rest)), Some(&last)) =
-        (value.split_at_checked(scheme_bytes.len()), value.last())
+    if let (Some((name, rest)), Some(&last)) = (value.split_at_checked(scheme.len()), value.last())
     {
         if let [b' ', first, ..] = rest {
-            if !is_space_byte(*first) && !is_space_byte(last) && same_scheme(name, scheme_bytes) {
-                let text = std::str::from_utf8(&rest[1..]).map_err(|_| Rejection::InvalidApiKey)?;
-                return Ok(Some(text));
+            if !is_space_byte(*first) && !is_space_byte(last) && same_scheme(name, scheme) {
+                return Some(&rest[1..]);
             }
         }
     }
@@ -272,11 +293,7 @@ fn credential<'v>(value: &'v [u8], scheme: &str) -> Result<Option<&'v str>, Reje
         Some(at) => value.split_at(at),
         None => (value, &[][..]),
     };
-    if !same_scheme(name, scheme.as_bytes()) {
-        return Ok(None);
-    }
-    let text = std::str::from_utf8(trim_bytes(rest)).map_err(|_| Rejection::InvalidApiKey)?;
-    Ok(Some(text))
+    same_scheme(name, scheme).then(|| trim_bytes(rest))
 }
 
 /// Whether `name` is the scheme `scheme`, in any case (RFC 9110): the exact spelling, which nearly
