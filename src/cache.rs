@@ -247,10 +247,11 @@ enum CacheKey {
 }
 
 impl CacheKey {
-    fn id(&self) -> &str {
+    /// The id's bytes: what the map hashes and compares (a principal's id is kept inline).
+    fn id(&self) -> &[u8] {
         match self {
-            CacheKey::Key(principal) => principal.key_id(),
-            CacheKey::Id(id) => id,
+            CacheKey::Key(principal) => principal.key_id_bytes(),
+            CacheKey::Id(id) => id.as_bytes(),
         }
     }
 }
@@ -269,8 +270,8 @@ impl PartialEq for CacheKey {
 
 impl Eq for CacheKey {}
 
-impl std::borrow::Borrow<str> for CacheKey {
-    fn borrow(&self) -> &str {
+impl std::borrow::Borrow<[u8]> for CacheKey {
+    fn borrow(&self) -> &[u8] {
         self.id()
     }
 }
@@ -354,7 +355,7 @@ impl KeyCache {
         now: SystemTime,
         f: impl FnOnce(Option<&Principal>) -> R,
     ) -> Option<R> {
-        let entry = self.entries.get(id)?;
+        let entry = self.entries.get(id.as_bytes())?;
         if entry.generation != self.generation.load(Ordering::Acquire)
             || nanos(now) >= entry.fresh_until
         {
@@ -387,7 +388,7 @@ impl KeyCache {
                 // Whatever stands in the entry now: an invalidation since has removed it.
                 let now = nanos(self.clock.now());
                 let current = self.generation.load(Ordering::Acquire);
-                let entry = self.entries.get(id);
+                let entry = self.entries.get(id.as_bytes());
                 match entry.and_then(|e| e.stale_key(now, current, self.stale_if_error()).cloned())
                 {
                     Some(key) => Ok(Some(key)),
@@ -460,7 +461,11 @@ impl KeyCache {
 
     /// The store's answer for `id`, within the lookup timeout and the bound on concurrent loads.
     async fn fetch(&self, id: &str) -> Result<Option<Principal>, LoadError> {
-        let known = { self.entries.get(id).is_some_and(|e| e.key.is_some()) };
+        let known = {
+            self.entries
+                .get(id.as_bytes())
+                .is_some_and(|e| e.key.is_some())
+        };
         let _permit = if known {
             None
         } else {
@@ -632,7 +637,7 @@ impl KeyCache {
     /// Forgets what is cached about `id`, found or not, and voids any load of it in flight: the
     /// next request asks the store.
     pub(crate) fn invalidate(&self, id: &str) {
-        if let Some((_, old)) = self.entries.remove(id) {
+        if let Some((_, old)) = self.entries.remove(id.as_bytes()) {
             self.adjust(old.kind(), -1);
         }
     }

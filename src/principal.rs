@@ -46,8 +46,51 @@ pub(crate) struct Authority {
 #[derive(Clone, Debug)]
 pub(crate) struct Anonymous(pub(crate) Arc<Authority>);
 
+/// A key's id: inline when it is short (a structured key's id is 12 characters), so that a
+/// lookup compares it without reading another allocation, and a cached key costs one allocation
+/// fewer.
+#[derive(Clone)]
+pub(crate) enum KeyId {
+    /// Up to 22 bytes, the first `len` of `bytes`, from a `str`.
+    Inline { len: u8, bytes: [u8; 22] },
+    /// Longer ids (an opaque key's is 64 hex digits).
+    Heap(Box<str>),
+}
+
+impl KeyId {
+    pub(crate) fn new(id: &str) -> Self {
+        match u8::try_from(id.len()) {
+            Ok(len) if usize::from(len) <= 22 => {
+                let mut bytes = [0; 22];
+                bytes[..id.len()].copy_from_slice(id.as_bytes());
+                KeyId::Inline { len, bytes }
+            }
+            _ => KeyId::Heap(id.into()),
+        }
+    }
+
+    /// The id's bytes: what the cache hashes and compares.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            KeyId::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            KeyId::Heap(id) => id.as_bytes(),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            // Copied from a `str` whole: always UTF-8, so never the empty fallback.
+            KeyId::Inline { .. } => std::str::from_utf8(self.as_bytes()).unwrap_or_default(),
+            KeyId::Heap(id) => id,
+        }
+    }
+}
+
 /// What verification needs of a cached key, kept in the principal itself: one allocation per
-/// cached key, and the hot path reads it where it takes the principal.
+/// cached key, and the hot path reads it where it takes the principal. In declaration order
+/// (`repr(C)`), after the key's id, so that a lookup's reads (the reference count, the id, the
+/// digest, the state) fall in the allocation's first two cache lines.
+#[repr(C)]
 pub(crate) struct KeyCheck {
     pub(crate) digest: SecretDigest,
     revoked: bool,
@@ -84,13 +127,15 @@ impl KeyCheck {
     }
 }
 
+/// In declaration order (`repr(C)`): what a lookup reads first.
+#[repr(C)]
 struct Inner {
-    check: KeyCheck,
     /// The cache's map compares it as its key.
-    key_id: Box<str>,
+    key_id: KeyId,
+    check: KeyCheck,
+    environment: Environment,
     name: Box<str>,
     owner: Option<Box<str>>,
-    environment: Environment,
     scopes: Box<[Box<str>]>,
     metadata: BTreeMap<String, String>,
     authority: Arc<Authority>,
@@ -131,7 +176,7 @@ impl Principal {
                     })
                 }),
             },
-            key_id: record.id.as_str().into(),
+            key_id: KeyId::new(&record.id),
             name: record.name.as_str().into(),
             owner: record.owner.as_deref().map(Into::into),
             environment: record.environment,
@@ -145,7 +190,12 @@ impl Principal {
     /// log. For an opaque key ([`KeyRecord::opaque`]) it is the SHA-256 digest of the key, which
     /// is what the store holds instead of the key: log [`Principal::log_id`] instead.
     pub fn key_id(&self) -> &str {
-        &self.0.key_id
+        self.0.key_id.as_str()
+    }
+
+    /// The key's id as bytes, without the check that they are text: what the cache compares.
+    pub(crate) fn key_id_bytes(&self) -> &[u8] {
+        self.0.key_id.as_bytes()
     }
 
     /// The key's id as this crate's events name it, safe to log: the public id of a structured
@@ -161,7 +211,7 @@ impl Principal {
     /// assert_eq!(tower_api_key::log_id("3kTMd9Qx2bLp"), "3kTMd9Qx2bLp");
     /// ```
     pub fn log_id(&self) -> &str {
-        crate::trace::log_id(&self.0.key_id)
+        crate::trace::log_id(self.key_id())
     }
 
     /// The key's name.
@@ -221,5 +271,33 @@ impl fmt::Debug for Principal {
             .field("scopes", &inner.scopes)
             .field("metadata", &inner.metadata)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeyId;
+
+    #[test]
+    fn key_ids_read_back_inline_or_not() {
+        for id in [
+            "3kTMd9Qx2bLp",
+            "",
+            "é",
+            &"a".repeat(22),
+            &"b".repeat(23),
+            &"f".repeat(64),
+        ] {
+            let key_id = KeyId::new(id);
+            assert_eq!(key_id.as_str(), id);
+            assert_eq!(key_id.as_bytes(), id.as_bytes());
+            assert_eq!(
+                matches!(key_id, KeyId::Inline { .. }),
+                id.len() <= 22,
+                "{id}"
+            );
+        }
+        #[cfg(target_pointer_width = "64")]
+        assert_eq!(std::mem::size_of::<KeyId>(), 24);
     }
 }
