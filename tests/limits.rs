@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Method, StatusCode};
 use tower_api_key::{
@@ -551,6 +551,23 @@ async fn named_limits_are_each_enforced_and_a_route_costs_what_the_layer_says() 
     assert_eq!(over.code(), "RATE_LIMIT_EXCEEDED");
 }
 
+/// The next number of a small xorshift sequence.
+fn xorshift(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+/// What a request costing `cost` in `buckets` spent: its cost if admitted, else nothing.
+fn spent_on(limiter: &MemoryLimiter, buckets: &[Bucket<'_>], cost: u32, now: SystemTime) -> u64 {
+    match limiter.check(buckets, cost, now) {
+        LimitCheck::Ready(Ok(d)) if d.allowed => u64::from(cost),
+        LimitCheck::Ready(Ok(_)) => 0,
+        _ => panic!("the memory limiter decides at once"),
+    }
+}
+
 /// Eight threads spend random costs (0 to 4) on three limits at once. Exactly the tightest limit
 /// is spent, and the other two by exactly as much: no check ever counted in one limit and not
 /// another.
@@ -572,15 +589,8 @@ fn concurrent_costs_spend_every_limit_alike_and_the_tightest_exactly() {
                 let mut seed = t * 7919 + 1;
                 let mut spent = 0u64;
                 for _ in 0..500 {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    let cost = (seed % 5) as u32;
-                    match limiter.check(&[Bucket::new("key:x", &limits)], cost, now) {
-                        LimitCheck::Ready(Ok(d)) if d.allowed => spent += u64::from(cost),
-                        LimitCheck::Ready(Ok(_)) => {}
-                        _ => panic!("the memory limiter decides at once"),
-                    }
+                    let cost = (xorshift(&mut seed) % 5) as u32;
+                    spent += spent_on(&limiter, &[Bucket::new("key:x", &limits)], cost, now);
                 }
                 spent
             })
@@ -624,19 +634,12 @@ fn key_and_owner_buckets_are_counted_together_under_threads() {
                 let mut seed = t * 104_729 + 7;
                 let mut spent = 0u64;
                 for _ in 0..1000 {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    let cost = (seed % 4) as u32;
+                    let seed = xorshift(&mut seed);
                     let buckets = [
                         Bucket::new(ids[(seed >> 8) as usize % 4], &key),
                         Bucket::new("owner-policy:acme", &owner).labelled("owner."),
                     ];
-                    match limiter.check(&buckets, cost, now) {
-                        LimitCheck::Ready(Ok(d)) if d.allowed => spent += u64::from(cost),
-                        LimitCheck::Ready(Ok(_)) => {}
-                        _ => panic!("the memory limiter decides at once"),
-                    }
+                    spent += spent_on(&limiter, &buckets, (seed % 4) as u32, now);
                 }
                 spent
             })

@@ -27,7 +27,7 @@ mod redis {
     };
 
     use crate::common::{
-        api_key, app, serve, server_client, server_env, unique, FreezingProxy, HttpClient,
+        api_key, app, serve, server_client, server_env, unique, FreezingProxy, HttpClient, Reply,
     };
     use crate::{conformance, replicas};
 
@@ -100,6 +100,27 @@ mod redis {
         (api_key(created.key.expose_secret()), clients)
     }
 
+    /// The replies to `n` requests to `/recommendations` sent at once, alternating between the
+    /// `clients` (replicas) and then between the `headers`.
+    async fn at_once(clients: &[HttpClient], headers: &[String], n: usize) -> Vec<Reply> {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let client = clients[i % clients.len()].clone();
+                let header = headers[(i / clients.len()) % headers.len()].clone();
+                tokio::spawn(async move {
+                    client
+                        .get("/recommendations", &[("authorization", &header)])
+                        .await
+                })
+            })
+            .collect();
+        let mut replies = Vec::with_capacity(n);
+        for task in tasks {
+            replies.push(task.await.unwrap());
+        }
+        replies
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs Redis: run through .ci/run"]
     async fn two_replicas_enforce_one_shared_limit() {
@@ -109,21 +130,9 @@ mod redis {
             vec![now.clone(), now],
         )
         .await;
-        let tasks: Vec<_> = (0..60)
-            .map(|i| {
-                let client = clients[i % 2].clone();
-                let header = header.clone();
-                tokio::spawn(async move {
-                    client
-                        .get("/recommendations", &[("authorization", &header)])
-                        .await
-                })
-            })
-            .collect();
         let mut ok = 0;
         let mut limited = 0;
-        for task in tasks {
-            let reply = task.await.unwrap();
+        for reply in at_once(&clients, &[header], 60).await {
             match reply.status.as_u16() {
                 200 => {
                     ok += 1;
@@ -267,20 +276,8 @@ mod redis {
                 serve(app(layer, Arc::new(AtomicUsize::new(0)))).await,
             ));
         }
-        let tasks: Vec<_> = (0..60)
-            .map(|i| {
-                let client = clients[i % 2].clone();
-                let header = headers[(i / 2) % 2].clone();
-                tokio::spawn(async move {
-                    client
-                        .get("/recommendations", &[("authorization", &header)])
-                        .await
-                })
-            })
-            .collect();
         let mut admitted = 0;
-        for task in tasks {
-            let reply = task.await.unwrap();
+        for reply in at_once(&clients, &headers, 60).await {
             match reply.status.as_u16() {
                 200 => {
                     admitted += 1;

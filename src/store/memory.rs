@@ -79,6 +79,14 @@ impl MemoryStore {
     }
 }
 
+/// Adds `amount` to `credits`, if there are any: what is left now.
+fn top_up(credits: Option<&mut Credits>, amount: u64) -> Option<u64> {
+    credits.map(|credits| {
+        credits.remaining = credits.remaining.saturating_add(amount);
+        credits.remaining
+    })
+}
+
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
@@ -175,15 +183,13 @@ impl KeyStoreAdmin for MemoryStore {
     }
 
     async fn add_credits(&self, id: &str, amount: u64) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .write()
-            .keys
-            .get_mut(id)
-            .and_then(|record| record.credits.as_mut())
-            .map(|credits| {
-                credits.remaining = credits.remaining.saturating_add(amount);
-                credits.remaining
-            }))
+        Ok(top_up(
+            self.write()
+                .keys
+                .get_mut(id)
+                .and_then(|r| r.credits.as_mut()),
+            amount,
+        ))
     }
 
     async fn set_limits(&self, id: &str, limits: Option<&Limits>) -> Result<bool, StoreError> {
@@ -209,15 +215,13 @@ impl KeyStoreAdmin for MemoryStore {
     }
 
     async fn add_owner_credits(&self, owner: &str, amount: u64) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .write()
-            .owners
-            .get_mut(owner)
-            .and_then(|record| record.credits.as_mut())
-            .map(|credits| {
-                credits.remaining = credits.remaining.saturating_add(amount);
-                credits.remaining
-            }))
+        Ok(top_up(
+            self.write()
+                .owners
+                .get_mut(owner)
+                .and_then(|r| r.credits.as_mut()),
+            amount,
+        ))
     }
 
     async fn set_allowed_networks(&self, id: &str, networks: &[IpNet]) -> Result<bool, StoreError> {

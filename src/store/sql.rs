@@ -281,6 +281,28 @@ macro_rules! sql_store {
                 })
             }
 
+            /// Spends `cost` from each of `accounts` that has credits, on `conn`, stopping at
+            /// the first with too few.
+            async fn spend_all(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                accounts: &[Option<(
+                    &$crate::store::sql::CreditQueries,
+                    $crate::limit::Account<'_>,
+                )>],
+                cost: u32,
+            ) -> Result<$crate::limit::Spend, $crate::store::StoreError> {
+                use $crate::limit::Spend;
+                let mut fewest: Option<u64> = None;
+                for &(queries, account) in accounts.iter().flatten() {
+                    match Self::spend_on(conn, queries, account, cost).await? {
+                        None => {}
+                        Some(None) => return Ok(Spend::Exhausted),
+                        Some(Some(left)) => fewest = Some(fewest.map_or(left, |f| f.min(left))),
+                    }
+                }
+                Ok(fewest.map_or(Spend::NoCredits, |remaining| Spend::Spent { remaining }))
+            }
+
             /// Runs `query`, a change of what is set on `owner`, and announces it.
             async fn change_owner<'q>(
                 &self,
@@ -366,36 +388,21 @@ macro_rules! sql_store {
                     charge.key.map(|a| (&self.sql.key_credits, a)),
                     charge.owner.map(|a| (&self.sql.owner_credits, a)),
                 ];
-                let both = accounts.iter().all(Option::is_some);
-                // Two accounts: one transaction, rolled back (by the drop) unless both are spent.
-                let mut tx = if both {
-                    Some(self.pool.begin().await.map_err(unavailable)?)
-                } else {
-                    None
-                };
-                let mut single = if both {
-                    None
-                } else {
-                    Some(self.pool.acquire().await.map_err(unavailable)?)
-                };
-                let mut fewest: Option<u64> = None;
-                for (queries, account) in accounts.into_iter().flatten() {
-                    let conn: &mut <$db as sqlx::Database>::Connection =
-                        match (&mut tx, &mut single) {
-                            (Some(tx), _) => &mut *tx,
-                            (None, Some(conn)) => &mut *conn,
-                            (None, None) => unreachable!("one of them is open"),
-                        };
-                    match Self::spend_on(conn, queries, account, charge.cost).await? {
-                        None => {}
-                        Some(None) => return Ok(Spend::Exhausted),
-                        Some(Some(left)) => fewest = Some(fewest.map_or(left, |f| f.min(left))),
-                    }
+                let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+                if !accounts.iter().all(Option::is_some) {
+                    // One account: one statement.
+                    return Self::spend_all(&mut conn, &accounts, charge.cost).await;
                 }
-                if let Some(tx) = tx {
+                // Two: one transaction, committed only when both were spent (else rolled back
+                // as it is dropped).
+                let mut tx = sqlx::Connection::begin(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
+                let spend = Self::spend_all(&mut tx, &accounts, charge.cost).await?;
+                if let Spend::Spent { .. } = spend {
                     tx.commit().await.map_err(unavailable)?;
                 }
-                Ok(fewest.map_or(Spend::NoCredits, |remaining| Spend::Spent { remaining }))
+                Ok(spend)
             }
         }
 

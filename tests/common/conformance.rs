@@ -46,6 +46,12 @@ async fn spend<S: KeyStoreAdmin>(store: &S, id: &str, cost: u32, period: u32) ->
         .unwrap()
 }
 
+/// What is left of key `id`'s credits, as the store holds them.
+async fn left<S: KeyStoreAdmin>(store: &S, id: &str) -> u64 {
+    let record = store.get(id).await.unwrap().unwrap();
+    record.credits.unwrap().remaining
+}
+
 /// Limits and credits set on an owner: kept, spent together with a key's, all or nothing.
 async fn owners<S: KeyStoreAdmin>(store: &S, key: &str) {
     assert_eq!(store.owner("acme").await.unwrap(), None, "nothing set yet");
@@ -93,14 +99,7 @@ async fn owners<S: KeyStoreAdmin>(store: &S, key: &str) {
         "the owner has 1"
     );
     assert_eq!(
-        store
-            .get(key)
-            .await
-            .unwrap()
-            .unwrap()
-            .credits
-            .unwrap()
-            .remaining,
+        left(store, key).await,
         7,
         "the owner's refusal spent nothing of the key's"
     );
@@ -416,16 +415,7 @@ pub async fn credits_are_never_overspent<S: KeyStoreAdmin + Clone>(a: S, b: S) {
         "the 30 credits, exactly"
     );
     let id = &created.record.id;
-    assert_eq!(
-        keys.show(id)
-            .await
-            .unwrap()
-            .unwrap()
-            .credits
-            .unwrap()
-            .remaining,
-        0
-    );
+    assert_eq!(left(keys.store(), id).await, 0);
     assert_eq!(keys.top_up(id, 5).await.unwrap(), Some(5));
     assert_eq!(burst(vec![header], 20).await, 5, "the top-up, exactly");
 
@@ -451,10 +441,9 @@ pub async fn credits_are_never_overspent<S: KeyStoreAdmin + Clone>(a: S, b: S) {
         api_key(shared.key.expose_secret()),
     ];
     assert_eq!(burst(vec![headers[0].clone()], 1).await, 1);
-    let own_credits =
-        |info: Option<tower_api_key::manage::KeyInfo>| info.unwrap().credits.unwrap().remaining;
+    let own_id = &own.record.id;
     assert_eq!(
-        own_credits(keys.show(&own.record.id).await.unwrap()),
+        left(keys.store(), own_id).await,
         7,
         "its own, and the owner's"
     );
@@ -465,12 +454,12 @@ pub async fn credits_are_never_overspent<S: KeyStoreAdmin + Clone>(a: S, b: S) {
     );
     let owner = keys.owner("initech").await.unwrap().unwrap();
     assert_eq!(owner.credits.unwrap().remaining, 0);
-    let own_left = own_credits(keys.show(&own.record.id).await.unwrap());
+    let own_left = left(keys.store(), own_id).await;
     // Spent out, the owner's credits refuse both keys; the one with its own credits left still
     // spends none of them.
     assert_eq!(burst(headers, 10).await, 0);
     assert_eq!(
-        own_credits(keys.show(&own.record.id).await.unwrap()),
+        left(keys.store(), own_id).await,
         own_left,
         "refusals spend nothing"
     );
