@@ -10,7 +10,7 @@ use tower::Layer;
 use crate::cache::{CacheConfig, CacheStats, KeyCache};
 use crate::clock::{Clock, SystemClock};
 use crate::extract::{HideCredentials, KeySource};
-use crate::key::{Environment, InvalidPrefix, KeyFormat};
+use crate::key::{Environment, IdKey, InvalidPrefix, KeyFormat};
 use crate::limit::{Costs, InvalidLimit, LimitRules, Limiter, Limits, MemoryLimiter};
 use crate::network::TrustedProxies;
 use crate::principal::{Anonymous, Authority};
@@ -95,6 +95,7 @@ impl ApiKeyLayer {
             anonymous: false,
             proxies: None,
             costs: None,
+            id_key: None,
         }
     }
 
@@ -197,6 +198,7 @@ pub struct ApiKeyLayerBuilder {
     anonymous: bool,
     proxies: Option<TrustedProxies>,
     costs: Option<Costs>,
+    id_key: Option<IdKey>,
 }
 
 impl fmt::Debug for ApiKeyLayerBuilder {
@@ -213,6 +215,7 @@ impl fmt::Debug for ApiKeyLayerBuilder {
             .field("hide", &self.hide)
             .field("anonymous", &self.anonymous)
             .field("proxies", &self.proxies)
+            .field("signs_ids", &self.id_key.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -352,6 +355,26 @@ impl ApiKeyLayerBuilder {
         self
     }
 
+    /// Signs the ids of the keys issued in this layer's format (through a
+    /// [`KeyManager`](crate::KeyManager) given this layer's handle) with `id_key`, and refuses
+    /// a key whose id it did not sign before looking it up: a flood of made-up keys (whose
+    /// public CRC32 anyone can compute) then costs the store nothing. A key the cache holds is
+    /// not checked again. Keys issued without this id key are refused: issue their successors
+    /// first (a [`KeyFormat::with_id_key`] for the manager alone), then turn it on here.
+    ///
+    /// ```
+    /// use tower_api_key::{key::IdKey, ApiKeyLayer, MemoryStore};
+    ///
+    /// let id_key = IdKey::from_hex(&std::env::var("MESH_ID_KEY").unwrap_or("5e".repeat(32)))?;
+    /// let layer = ApiKeyLayer::builder("mesh", MemoryStore::new()).id_key(id_key).build()?;
+    /// assert!(layer.format().signs_ids());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn id_key(mut self, id_key: IdKey) -> Self {
+        self.id_key = Some(id_key);
+        self
+    }
+
     /// Where keys are read from, in order. Default: `Authorization: ApiKey <key>` only.
     pub fn sources(mut self, sources: impl IntoIterator<Item = KeySource>) -> Self {
         self.sources = sources.into_iter().collect();
@@ -411,7 +434,10 @@ impl ApiKeyLayerBuilder {
     /// that is not an HTTP token, a realm with `"`, `\` or a control character, or limits with
     /// two named limits of one name.
     pub fn build(self) -> Result<ApiKeyLayer, ConfigError> {
-        let format = KeyFormat::new(&self.prefix).map_err(ConfigError::InvalidPrefix)?;
+        let mut format = KeyFormat::new(&self.prefix).map_err(ConfigError::InvalidPrefix)?;
+        if let Some(id_key) = &self.id_key {
+            format = format.with_id_key(id_key.clone());
+        }
         let rules = &self.rules;
         for limits in rules
             .plans

@@ -111,6 +111,16 @@ where
             )
         });
         let Some(verdict) = verdict else {
+            // A miss: an id this layer's id key did not sign is refused without a lookup.
+            if presented.environment.is_some() && !shared.reading.format.issued(&presented.id) {
+                let id = Some(&*presented.id);
+                return ResponseFuture::rejected(shared.reject(
+                    Rejection::InvalidApiKey,
+                    id,
+                    None,
+                    request.headers(),
+                ));
+            }
             let presented = presented.into_owned();
             let pending = Pending {
                 shared: shared.clone(),

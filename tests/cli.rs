@@ -24,6 +24,8 @@ mod cli {
         dir: PathBuf,
         url: String,
         outputs: Vec<(String, String)>,
+        /// More environment for the tool.
+        env: Vec<(String, String)>,
     }
 
     impl Tool {
@@ -35,6 +37,7 @@ mod cli {
                 dir,
                 url,
                 outputs: Vec::new(),
+                env: Vec::new(),
             }
         }
 
@@ -43,6 +46,7 @@ mod cli {
             let output = Command::new(env!("CARGO_BIN_EXE_tower-api-key"))
                 .args(args)
                 .env("DATABASE_URL", &self.url)
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .current_dir(&self.dir)
                 .output()
                 .unwrap();
@@ -534,6 +538,50 @@ mod cli {
                 .0,
             2
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_id_key_from_the_environment_signs_the_ids_the_tool_makes() {
+        use tower_api_key::key::{IdKey, KeyFormat};
+
+        let hex = "5e".repeat(32);
+        let signed = KeyFormat::new("mesh")
+            .unwrap()
+            .with_id_key(IdKey::from_hex(&hex).unwrap());
+        let mut tool = Tool::new();
+        let (_, unsigned_id, _) = tool.create(&["--name", "before"]);
+        assert!(!signed.issued(&unsigned_id), "no id key: a random id");
+        tool.env.push(("TOWER_API_KEY_ID_KEY".into(), hex.clone()));
+        let (_, id, key) = tool.create(&["--name", "after"]);
+        assert!(signed.issued(&id), "{id}");
+        let generated = tool.ok_json(&["--json", "generate"]);
+        assert!(signed.issued(generated["record"]["id"].as_str().unwrap()));
+        // A service with that id key takes it.
+        let store = SqliteStore::connect(&tool.url).await.unwrap();
+        let layer = ApiKeyLayer::builder("mesh", store)
+            .id_key(IdKey::from_hex(&hex).unwrap())
+            .build()
+            .unwrap();
+        let service = layer.layer(service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+        }));
+        let request = http::Request::get("/")
+            .header("authorization", format!("ApiKey {key}"))
+            .body(())
+            .unwrap();
+        assert_eq!(
+            service.oneshot(request).await.unwrap().status(),
+            StatusCode::OK
+        );
+        // The secret is never echoed.
+        let (code, message) = tool.failure(&["create", "--id-key", "not hex"]);
+        assert_eq!(code, 2, "{message}");
+        assert!(message.contains("hex"), "{message}");
+        assert_eq!(tool.failure(&["create", "--id-key", &"ab".repeat(8)]).0, 2);
+        let help = tool.run(&["--help"]);
+        let help = String::from_utf8(help.stdout).unwrap();
+        assert!(help.contains("TOWER_API_KEY_ID_KEY"), "{help}");
+        assert!(!help.contains(&hex), "the id key is never shown");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -368,3 +368,78 @@ async fn floods_of_unknown_ids_and_bad_checksums_stay_bounded() {
         "bad checksums never reach the store"
     );
 }
+
+/// With an id key, the same flood of made-up keys (each with a valid checksum, which anyone can
+/// compute) costs the store nothing: their ids carry no tag. Keys the manager issued under the
+/// layer's id key work; keys issued without it, or under another id key, are refused offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_id_key_made_up_ids_never_reach_the_store() {
+    use tower_api_key::key::IdKey;
+
+    const FLOOD: usize = 100_000;
+    let id_key = IdKey::new(&[7; 32]).unwrap();
+    let store = TestStore::default();
+    let layer = ApiKeyLayer::builder("mesh", store.clone())
+        .id_key(id_key.clone())
+        .build()
+        .unwrap();
+    let issued = KeyManager::new(store.keys.clone())
+        .with_cache(layer.handle())
+        .create(NewKey::new("signed"))
+        .await
+        .unwrap();
+    assert!(layer.format().issued(&issued.record.id));
+    let unsigned = KeyManager::new(store.keys.clone())
+        .format(KeyFormat::new("mesh").unwrap())
+        .create(NewKey::new("issued before the id key"))
+        .await
+        .unwrap();
+    let other_key = KeyManager::new(store.keys.clone())
+        .format(
+            KeyFormat::new("mesh")
+                .unwrap()
+                .with_id_key(IdKey::new(&[8; 32]).unwrap()),
+        )
+        .create(NewKey::new("another service's id key"))
+        .await
+        .unwrap();
+    let service = layer.layer(service_fn(|_: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(String::new()))
+    }));
+    let send = |key: &str| {
+        let request = Request::get("/")
+            .header("authorization", format!("ApiKey {key}"))
+            .body(())
+            .unwrap();
+        service.clone().oneshot(request)
+    };
+    assert_eq!(
+        send(issued.key.expose_secret()).await.unwrap().status(),
+        200
+    );
+    assert_eq!(store.gets(), 1, "one lookup, then the cache");
+    for refused in [&unsigned, &other_key] {
+        let response = send(refused.key.expose_secret()).await.unwrap();
+        assert_eq!(
+            response.extensions().get::<Rejection>(),
+            Some(&Rejection::InvalidApiKey)
+        );
+    }
+    let format = KeyFormat::new("mesh").unwrap();
+    for _ in 0..FLOOD {
+        let made_up = format.generate(Environment::Live);
+        let status = send(made_up.key.expose_secret()).await.unwrap().status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    // A made-up id passes its tag with odds of one in 14.8 million: over 100,000 the expected
+    // number of lookups is 0.007.
+    eprintln!(
+        "flood of {FLOOD} made-up ids with an id key: {} store calls",
+        store.gets() - 1
+    );
+    assert!(store.gets() <= 2, "{} store calls", store.gets());
+    assert_eq!(
+        send(issued.key.expose_secret()).await.unwrap().status(),
+        200
+    );
+}

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use tower_api_key::limit::{Credits, InvalidLimit, Limits, NamedLimit, RefillPeriod};
 use tower_api_key::{
-    key::KeyFormat, manage::CreatedKey, manage::KeyInfo, manage::ManageError, network,
+    key::IdKey, key::KeyFormat, manage::CreatedKey, manage::KeyInfo, manage::ManageError, network,
     network::IpNet, store::StoreError, AnyStore, Environment, KeyManager, NewKey,
 };
 
@@ -33,6 +33,15 @@ struct Cli {
     /// Print JSON, for scripts.
     #[arg(long, global = true)]
     json: bool,
+    /// Sign the ids of the keys made with this id key (64 hex digits or more), the one the
+    /// service's layer has (`ApiKeyLayerBuilder::id_key`); best given in the environment.
+    #[arg(
+        long,
+        env = "TOWER_API_KEY_ID_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    id_key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -322,7 +331,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let format = KeyFormat::new(&cli.prefix).map_err(|e| invalid(e.to_string()))?;
+    let mut format = KeyFormat::new(&cli.prefix).map_err(|e| invalid(e.to_string()))?;
+    if let Some(hex) = &cli.id_key {
+        let id_key = IdKey::from_hex(hex).map_err(|e| invalid(format!("--id-key: {e}")))?;
+        format = format.with_id_key(id_key);
+    }
     let default_var = format!("{}_API_KEY", cli.prefix.to_uppercase());
     if let Command::Generate(spec) = &cli.command {
         let created = new_key(spec)?

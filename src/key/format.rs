@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-use super::{Environment, PlaintextKey, SecretDigest};
+use super::id_key::ID_TAG_LEN;
+use super::{Environment, IdKey, PlaintextKey, SecretDigest};
 
 /// The longest key, in bytes, that is even looked at; anything longer is refused unread.
 pub const MAX_KEY_LEN: usize = 512;
@@ -15,7 +16,8 @@ pub const SECRET_LEN: usize = 32;
 /// Length of the CRC32 checksum, in base62 characters.
 pub const CHECKSUM_LEN: usize = 6;
 
-const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+pub(crate) const BASE62: &[u8; 62] =
+    b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// The shape of the keys one service issues: a fixed prefix such as `mesh`.
 ///
@@ -57,6 +59,8 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyFormat {
     prefix: Box<str>,
+    /// Signs the ids this format issues, if set.
+    id_key: Option<IdKey>,
 }
 
 /// A freshly generated key: the plaintext, shown once, and what to store.
@@ -89,6 +93,7 @@ impl KeyFormat {
         if valid {
             Ok(KeyFormat {
                 prefix: prefix.into(),
+                id_key: None,
             })
         } else {
             Err(InvalidPrefix)
@@ -98,6 +103,29 @@ impl KeyFormat {
     /// The prefix, without the `_` that follows it.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// With the ids it issues signed by `id_key` ([`IdKey`]): 8 random characters and a
+    /// 4-character tag instead of 12 random ones. A layer with the same id key refuses ids
+    /// without the tag before looking them up; keys issued before keep working only where the
+    /// layer has no id key.
+    #[must_use]
+    pub fn with_id_key(mut self, id_key: IdKey) -> Self {
+        self.id_key = Some(id_key);
+        self
+    }
+
+    /// Whether this format signs its ids.
+    pub fn signs_ids(&self) -> bool {
+        self.id_key.is_some()
+    }
+
+    /// Whether key id `id` may have been issued in this format: it carries its tag under the
+    /// format's id key (always, for a format without one).
+    pub fn issued(&self, id: &str) -> bool {
+        self.id_key
+            .as_ref()
+            .is_none_or(|key| key.signed(&self.prefix, id.as_bytes()))
     }
 
     /// Whether `key` claims to be of this format (starts with `prefix_`).
@@ -114,7 +142,15 @@ impl KeyFormat {
     /// If the operating system's random generator fails, which on supported platforms it does not;
     /// a key must never be made from weaker randomness.
     pub fn generate(&self, environment: Environment) -> GeneratedKey {
-        let id = random_base62(ID_LEN);
+        let id = match &self.id_key {
+            None => random_base62(ID_LEN),
+            Some(id_key) => {
+                let mut id = random_base62(ID_LEN - ID_TAG_LEN);
+                let tag = id_key.tag(&self.prefix, id.as_bytes());
+                id.push_str(std::str::from_utf8(&tag).expect("base62 is ASCII"));
+                id
+            }
+        };
         let secret = zeroize::Zeroizing::new(random_base62(SECRET_LEN));
         let env = environment.as_str();
         let mut key = String::with_capacity(

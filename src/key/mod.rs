@@ -14,6 +14,7 @@
 mod digest;
 pub(crate) mod environment;
 mod format;
+mod id_key;
 mod plaintext;
 
 pub use digest::{InvalidDigest, SecretDigest};
@@ -24,4 +25,5 @@ pub use format::{
     GeneratedKey, InvalidPrefix, KeyFormat, ParseError, ParsedKey, CHECKSUM_LEN, ID_LEN,
     MAX_KEY_LEN, MAX_PREFIX_LEN, SECRET_LEN,
 };
+pub use id_key::{IdKey, InvalidIdKey, ID_TAG_LEN, MIN_ID_KEY_LEN};
 pub use plaintext::PlaintextKey;
