@@ -243,7 +243,9 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         }
     }
 
-    /// Issues a key in the manager's format and stores its record.
+    /// Issues a key in the manager's format and stores its record. An id the store already has
+    /// (signed ids have 8 random characters: about one chance in 400 of any collision among a
+    /// million keys) is drawn again, up to four times in all.
     ///
     /// # Errors
     /// [`ManageError::Invalid`] for a bad name or scope, or when the manager has no key format;
@@ -253,10 +255,18 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
             .format
             .as_ref()
             .ok_or(ManageError::Invalid(InvalidKey::NoFormat))?;
-        let created = new.generate(format).map_err(ManageError::Invalid)?;
-        self.store.create(created.record.clone()).await?;
-        self.changed(&created.record.id);
-        Ok(created)
+        let mut attempts = 1;
+        loop {
+            let created = new.clone().generate(format).map_err(ManageError::Invalid)?;
+            match self.store.create(created.record.clone()).await {
+                Ok(()) => {
+                    self.changed(&created.record.id);
+                    return Ok(created);
+                }
+                Err(StoreError::Conflict(_)) if attempts < 4 => attempts += 1,
+                Err(error) => return Err(error.into()),
+            }
+        }
     }
 
     /// Revokes key `id`; returns whether it exists.
