@@ -480,16 +480,7 @@ impl KeyCache {
                 }
             }
         };
-        let lookup = async {
-            let Some(record) = self.store.get(id).await? else {
-                return Ok(None);
-            };
-            let owner = match &record.owner {
-                Some(owner) => self.store.owner(owner).await?,
-                None => None,
-            };
-            Ok(Some((record, owner)))
-        };
+        let lookup = self.store.get_with_owner(id);
         let result = match self.lookup_timeout {
             Some(limit) => match tokio::time::timeout(limit, lookup).await {
                 Ok(result) => result,

@@ -8,8 +8,8 @@ use ipnet::IpNet;
 use crate::limit::{Charge, Credits, Limits, Spend};
 
 use super::{
-    KeyChanges, KeyRecord, KeyStore, KeyStoreAdmin, MemoryStore, OwnerRecord, StoreError,
-    UsageUpdate,
+    KeyChanges, KeyRecord, KeyStore, KeyStoreAdmin, KeyWithOwner, MemoryStore, OwnerRecord,
+    StoreError, UsageUpdate,
 };
 
 /// Any of the crate's stores, chosen by URL: `memory:`, `sqlite://…`, `postgres://…`,
@@ -140,6 +140,9 @@ impl KeyStore for AnyStore {
     }
     async fn owner(&self, owner: &str) -> Result<Option<OwnerRecord>, StoreError> {
         each!(self, store => store.owner(owner).await)
+    }
+    async fn get_with_owner(&self, id: &str) -> Result<Option<KeyWithOwner>, StoreError> {
+        each!(self, store => store.get_with_owner(id).await)
     }
     async fn spend_credits(&self, charge: &Charge<'_>) -> Result<Spend, StoreError> {
         each!(self, store => store.spend_credits(charge).await)

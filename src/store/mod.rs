@@ -85,6 +85,23 @@ pub trait KeyStore: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The record for key id `id` with what is set on its owner: [`get`](Self::get), then
+    /// [`owner`](Self::owner) for a key that has one. The cache calls this on a miss; a store
+    /// may answer it in one round trip (the SQL stores join the owners table).
+    ///
+    /// # Errors
+    /// As `get` and `owner`.
+    async fn get_with_owner(&self, id: &str) -> Result<Option<KeyWithOwner>, StoreError> {
+        let Some(record) = self.get(id).await? else {
+            return Ok(None);
+        };
+        let owner = match &record.owner {
+            Some(owner) => self.owner(owner).await?,
+            None => None,
+        };
+        Ok(Some((record, owner)))
+    }
+
     /// Spends one request's [`Charge`] in one atomic step: its cost from the key's credits and
     /// from its owner's, each refilled first when its record's refill period is older than the
     /// account's `period`, all or nothing. A cost of 0 spends nothing but is
@@ -213,6 +230,9 @@ pub trait KeyStoreAdmin: KeyStore {
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError>;
 }
 
+/// A key's record, and what is set on its owner (if it has one and anything is set).
+pub type KeyWithOwner = (KeyRecord, Option<OwnerRecord>);
+
 /// Where a store's change listener reports what changed: [`ApiKeyHandle`](crate::ApiKeyHandle)
 /// implements it, so a layer's cache forgets a key as soon as another replica changes it.
 ///
@@ -328,6 +348,9 @@ impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
     }
     async fn owner(&self, owner: &str) -> Result<Option<OwnerRecord>, StoreError> {
         (**self).owner(owner).await
+    }
+    async fn get_with_owner(&self, id: &str) -> Result<Option<KeyWithOwner>, StoreError> {
+        (**self).get_with_owner(id).await
     }
     async fn spend_credits(&self, charge: &Charge<'_>) -> Result<Spend, StoreError> {
         (**self).spend_credits(charge).await

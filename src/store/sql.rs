@@ -70,6 +70,8 @@ pub(crate) struct Queries {
     /// An owner's credits.
     pub(crate) owner_credits: CreditQueries,
     pub(crate) owner_get: String,
+    /// A key's row and its owner's, in one query.
+    pub(crate) get_with_owner: String,
     pub(crate) owner_set_limits: String,
     pub(crate) owner_set_credits: String,
     pub(crate) record_usage: String,
@@ -162,6 +164,22 @@ impl Queries {
             key_credits: CreditQueries::new(t, "id"),
             owner_credits: CreditQueries::new(&format!("{t}_owners"), "owner"),
             owner_get: format!("SELECT {OWNER_COLUMNS} FROM {t}_owners WHERE owner = $1"),
+            get_with_owner: {
+                let key = COLUMNS
+                    .split(',')
+                    .map(|c| format!("k.{}", c.trim()))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let owner = OWNER_COLUMNS
+                    .split(',')
+                    .map(|c| format!("o.{0} AS o_{0}", c.trim()))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(
+                    "SELECT {key}, {owner} FROM {t} k LEFT JOIN {t}_owners o \
+                     ON o.owner = k.owner WHERE k.id = $1"
+                )
+            },
             owner_set_limits: format!(
                 "INSERT INTO {t}_owners (owner, limits) VALUES ($1, $2) \
                  ON CONFLICT (owner) DO UPDATE SET limits = excluded.limits"
@@ -236,17 +254,51 @@ macro_rules! sql_store {
             }
 
             /// The four credits columns of `row`.
+            /// The four credits columns of `row`, named with `prefix` first.
             fn credit_fields(
                 row: &$row,
+                prefix: &str,
             ) -> Result<$crate::store::codec::CreditFields, $crate::store::StoreError> {
                 use sqlx::Row as _;
                 use $crate::store::sql::unavailable;
+                let column = |name: &str| format!("{prefix}{name}");
                 Ok($crate::store::codec::CreditFields {
-                    remaining: row.try_get("credits_remaining").map_err(unavailable)?,
-                    refill_amount: row.try_get("credits_refill_amount").map_err(unavailable)?,
-                    refill_period: row.try_get("credits_refill_period").map_err(unavailable)?,
-                    period: row.try_get("credits_period").map_err(unavailable)?,
+                    remaining: row
+                        .try_get(&*column("credits_remaining"))
+                        .map_err(unavailable)?,
+                    refill_amount: row
+                        .try_get(&*column("credits_refill_amount"))
+                        .map_err(unavailable)?,
+                    refill_period: row
+                        .try_get(&*column("credits_refill_period"))
+                        .map_err(unavailable)?,
+                    period: row
+                        .try_get(&*column("credits_period"))
+                        .map_err(unavailable)?,
                 })
+            }
+
+            /// What is set on an owner, from `row`'s owner columns named with `prefix` first:
+            /// `None` when the row has no owner or nothing is set.
+            fn owner_of(
+                row: &$row,
+                prefix: &str,
+            ) -> Result<Option<$crate::store::OwnerRecord>, $crate::store::StoreError> {
+                use sqlx::Row as _;
+                use $crate::store::sql::unavailable;
+                let owner: Option<String> = row
+                    .try_get(&*format!("{prefix}owner"))
+                    .map_err(unavailable)?;
+                let Some(owner) = owner else { return Ok(None) };
+                let record = $crate::store::codec::OwnerFields {
+                    owner,
+                    limits: row
+                        .try_get(&*format!("{prefix}limits"))
+                        .map_err(unavailable)?,
+                    credits: Self::credit_fields(row, prefix)?,
+                }
+                .into_record()?;
+                Ok((!record.is_empty()).then_some(record))
             }
 
             /// Spends `cost` of the credits `queries` reach under `id` in refill period
@@ -337,7 +389,7 @@ macro_rules! sql_store {
                     last_used_at: row.try_get("last_used_at").map_err(unavailable)?,
                     requests: row.try_get("requests").map_err(unavailable)?,
                     allowed_networks: row.try_get("allowed_networks").map_err(unavailable)?,
-                    credits: Self::credit_fields(row)?,
+                    credits: Self::credit_fields(row, "")?,
                 }
                 .into_record()
             }
@@ -361,21 +413,25 @@ macro_rules! sql_store {
                 &self,
                 owner: &str,
             ) -> Result<Option<$crate::store::OwnerRecord>, $crate::store::StoreError> {
-                use sqlx::Row as _;
-                use $crate::store::sql::unavailable;
                 let row = sqlx::query(&self.sql.owner_get)
                     .bind(owner)
                     .fetch_optional(&self.pool)
                     .await
-                    .map_err(unavailable)?;
+                    .map_err($crate::store::sql::unavailable)?;
+                row.as_ref().map_or(Ok(None), |row| Self::owner_of(row, ""))
+            }
+
+            async fn get_with_owner(
+                &self,
+                id: &str,
+            ) -> Result<Option<$crate::store::KeyWithOwner>, $crate::store::StoreError> {
+                let row = sqlx::query(&self.sql.get_with_owner)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::unavailable)?;
                 let Some(row) = row else { return Ok(None) };
-                let record = $crate::store::codec::OwnerFields {
-                    owner: row.try_get("owner").map_err(unavailable)?,
-                    limits: row.try_get("limits").map_err(unavailable)?,
-                    credits: Self::credit_fields(&row)?,
-                }
-                .into_record()?;
-                Ok((!record.is_empty()).then_some(record))
+                Ok(Some((Self::record(&row)?, Self::owner_of(&row, "o_")?)))
             }
 
             async fn spend_credits(

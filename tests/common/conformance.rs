@@ -55,8 +55,18 @@ async fn left<S: KeyStoreAdmin>(store: &S, id: &str) -> u64 {
 /// Limits and credits set on an owner: kept, spent together with a key's, all or nothing.
 async fn owners<S: KeyStoreAdmin>(store: &S, key: &str) {
     assert_eq!(store.owner("acme").await.unwrap(), None, "nothing set yet");
+    let (record, owner) = store.get_with_owner(key).await.unwrap().unwrap();
+    assert_eq!((record.id.as_str(), owner), (key, None));
+    assert!(store.get_with_owner("nope").await.unwrap().is_none());
     let limits = Limits::per_minute(50).daily(1_000);
     store.set_owner_limits("acme", Some(&limits)).await.unwrap();
+    let (record, with_key) = store.get_with_owner(key).await.unwrap().unwrap();
+    assert_eq!(record, store.get(key).await.unwrap().unwrap());
+    assert_eq!(
+        with_key,
+        store.owner("acme").await.unwrap(),
+        "one round trip, the same"
+    );
     let owner = store.owner("acme").await.unwrap().unwrap();
     assert_eq!(
         (owner.owner.as_str(), owner.limits.as_ref()),
@@ -71,6 +81,12 @@ async fn owners<S: KeyStoreAdmin>(store: &S, key: &str) {
         .unwrap();
     let owner = store.owner("acme").await.unwrap().unwrap();
     assert_eq!(owner.credits.as_ref(), Some(&credits));
+    let (_, with_key) = store.get_with_owner(key).await.unwrap().unwrap();
+    assert_eq!(
+        with_key.as_ref(),
+        Some(&owner),
+        "credits and limits, with the key"
+    );
     assert_eq!(
         owner.limits.as_ref(),
         Some(&limits),
