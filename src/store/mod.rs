@@ -87,7 +87,8 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// The record for key id `id` with what is set on its owner: [`get`](Self::get), then
     /// [`owner`](Self::owner) for a key that has one. The cache calls this on a miss; a store
-    /// may answer it in one round trip (the SQL stores join the owners table).
+    /// may answer it in one round trip (the SQL stores join the owners table; the Redis store runs
+    /// one script).
     ///
     /// # Errors
     /// As `get` and `owner`.

@@ -17,8 +17,8 @@ use tokio::task::JoinHandle;
 use super::codec::{secs, CreditFields, Fields, OwnerFields};
 use super::listener::{reconnect, LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
 use super::{
-    owner_payload, to_json as json, KeyChanges, KeyRecord, KeyStore, KeyStoreAdmin, OwnerRecord,
-    StoreError, UsageUpdate,
+    owner_payload, to_json as json, KeyChanges, KeyRecord, KeyStore, KeyStoreAdmin, KeyWithOwner,
+    OwnerRecord, StoreError, UsageUpdate,
 };
 
 /// Keys in Redis: one hash per key (`<prefix>key:<id>`), a set of ids (`<prefix>ids`), one hash
@@ -130,6 +130,25 @@ for i = 2, #ARGV do
   if ARGV[i] ~= '' then redis.call('HSET', KEYS[1], fields[i - 1], ARGV[i]) end
 end
 return 1",
+    )
+});
+
+/// A key's hash and, if it names an owner, the owner's hash, in one round trip. KEYS: the key's
+/// hash. ARGV: the prefix of owners' hashes. Returns {} for no key, else {key's fields and
+/// values} and, for a key with an owner, {owner's fields and values}. The owner's hash is named
+/// by the key's record, so it cannot be declared in KEYS: the store is for a single Redis server
+/// (or a primary with replicas), not a cluster.
+static GET_WITH_OWNER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local key = redis.call('HGETALL', KEYS[1])
+if #key == 0 then return {} end
+for i = 1, #key, 2 do
+  if key[i] == 'owner' then
+    return {key, redis.call('HGETALL', ARGV[1] .. key[i + 1])}
+  end
+end
+return {key}",
     )
 });
 
@@ -279,6 +298,25 @@ impl RedisStore {
     }
 }
 
+/// A hash's flat `field, value, …` list as a map.
+fn pairs(flat: Vec<String>) -> HashMap<String, String> {
+    let mut flat = flat.into_iter();
+    let mut map = HashMap::new();
+    while let (Some(field), Some(value)) = (flat.next(), flat.next()) {
+        map.insert(field, value);
+    }
+    map
+}
+
+/// What is set on `owner`, from its hash's fields: `None` when nothing is.
+fn owner_of(
+    owner: &str,
+    fields: HashMap<String, String>,
+) -> Result<Option<OwnerRecord>, StoreError> {
+    let record = OwnerFields::from_hash(owner, fields)?.into_record()?;
+    Ok((!record.is_empty()).then_some(record))
+}
+
 /// Reports published ids to `changes` until the subscription ends or stops answering pings.
 async fn relay(pubsub: redis::aio::PubSub, changes: &impl KeyChanges) {
     let (mut sink, mut messages) = pubsub.split();
@@ -316,8 +354,27 @@ impl KeyStore for RedisStore {
         let mut conn = self.conn.clone();
         let fields: HashMap<String, String> =
             conn.hgetall(self.owner(owner)).await.map_err(unavailable)?;
-        let record = OwnerFields::from_hash(owner, fields)?.into_record()?;
-        Ok((!record.is_empty()).then_some(record))
+        owner_of(owner, fields)
+    }
+
+    async fn get_with_owner(&self, id: &str) -> Result<Option<KeyWithOwner>, StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: Vec<Vec<String>> = GET_WITH_OWNER
+            .key(self.key(id))
+            .arg(format!("{}owner:", self.prefix))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let mut parts = reply.into_iter();
+        let Some(key) = parts.next() else {
+            return Ok(None);
+        };
+        let record = Fields::from_hash(id, pairs(key))?.into_record()?;
+        let owner = match (&record.owner, parts.next()) {
+            (Some(name), Some(fields)) => owner_of(name, pairs(fields))?,
+            _ => None,
+        };
+        Ok(Some((record, owner)))
     }
 
     async fn spend_credits(&self, charge: &Charge<'_>) -> Result<Spend, StoreError> {
