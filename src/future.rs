@@ -176,8 +176,9 @@ pub(crate) fn authorize(shared: &Arc<Shared>, attempt: Attempt<'_>) -> Verdict {
     // The refill periods of now, for a key or owner with credits.
     let credits =
         (restrictions.credits.is_some() || restrictions.owner_credits.is_some()).then(|| {
+            let secs = unix_seconds(now);
             let period = |metered: Option<Metered>| {
-                metered.map(|m| m.refill.map_or(0, |every| every.index(unix_seconds(now))))
+                metered.map(|m| m.refill.map_or(0, |every| every.index(secs)))
             };
             Periods {
                 key: period(restrictions.credits),

@@ -13,8 +13,9 @@ use proptest::prelude::*;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_api_key::{
     async_trait, cache::CacheConfig, extract::KeySource, key::KeyFormat, key::SecretDigest,
-    reject::Rejection, store::KeyRecord, store::KeyStore, store::KeyStoreAdmin, store::StoreError,
-    ApiKeyLayer, Environment, KeyManager, MemoryStore, NewKey,
+    reject::Rejection, service::ResponseBody, store::KeyRecord, store::KeyStore,
+    store::KeyStoreAdmin, store::StoreError, ApiKeyLayer, Environment, KeyManager, MemoryStore,
+    NewKey,
 };
 
 use common::TestStore;
@@ -75,6 +76,18 @@ fn send(request: Request<()>) -> (StatusCode, bool) {
         response.status(),
         target.calls.load(Ordering::SeqCst) > before,
     )
+}
+
+/// `layer`'s answer to `Authorization: ApiKey <key>`, around a service that answers 200.
+async fn answer(layer: &ApiKeyLayer, key: &str) -> Response<ResponseBody<String>> {
+    let service = layer.layer(service_fn(|_: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(String::new()))
+    }));
+    let request = Request::get("/")
+        .header("authorization", format!("ApiKey {key}"))
+        .body(())
+        .unwrap();
+    service.oneshot(request).await.unwrap()
 }
 
 fn refused(status: StatusCode, called: bool) -> bool {
@@ -318,25 +331,18 @@ async fn floods_of_unknown_ids_and_bad_checksums_stay_bounded() {
         .create(NewKey::new("valid"))
         .await
         .unwrap();
-    let service = layer.layer(service_fn(|_: Request<()>| async {
-        Ok::<_, Infallible>(Response::new(String::new()))
-    }));
-    let send = |key: &str| {
-        let request = Request::get("/")
-            .header("authorization", format!("ApiKey {key}"))
-            .body(())
-            .unwrap();
-        service.clone().oneshot(request)
-    };
     let format = KeyFormat::new("mesh").unwrap();
     let before = resident_mib();
     let mut peak = before;
     for i in 0..FLOOD {
         let unknown = format.generate(Environment::Live);
-        let status = send(unknown.key.expose_secret()).await.unwrap().status();
+        let status = answer(&layer, unknown.key.expose_secret()).await.status();
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         if i % 1000 == 0 {
-            assert_eq!(send(valid.key.expose_secret()).await.unwrap().status(), 200);
+            assert_eq!(
+                answer(&layer, valid.key.expose_secret()).await.status(),
+                200
+            );
             peak = peak.max(resident_mib());
         }
     }
@@ -359,7 +365,7 @@ async fn floods_of_unknown_ids_and_bad_checksums_stay_bounded() {
         if bad == key {
             continue;
         }
-        let status = send(&bad).await.unwrap().status();
+        let status = answer(&layer, &bad).await.status();
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
     assert_eq!(
@@ -403,23 +409,13 @@ async fn with_an_id_key_made_up_ids_never_reach_the_store() {
         .create(NewKey::new("another service's id key"))
         .await
         .unwrap();
-    let service = layer.layer(service_fn(|_: Request<()>| async {
-        Ok::<_, Infallible>(Response::new(String::new()))
-    }));
-    let send = |key: &str| {
-        let request = Request::get("/")
-            .header("authorization", format!("ApiKey {key}"))
-            .body(())
-            .unwrap();
-        service.clone().oneshot(request)
-    };
     assert_eq!(
-        send(issued.key.expose_secret()).await.unwrap().status(),
+        answer(&layer, issued.key.expose_secret()).await.status(),
         200
     );
     assert_eq!(store.gets(), 1, "one lookup, then the cache");
     for refused in [&unsigned, &other_key] {
-        let response = send(refused.key.expose_secret()).await.unwrap();
+        let response = answer(&layer, refused.key.expose_secret()).await;
         assert_eq!(
             response.extensions().get::<Rejection>(),
             Some(&Rejection::InvalidApiKey)
@@ -428,7 +424,7 @@ async fn with_an_id_key_made_up_ids_never_reach_the_store() {
     let format = KeyFormat::new("mesh").unwrap();
     for _ in 0..FLOOD {
         let made_up = format.generate(Environment::Live);
-        let status = send(made_up.key.expose_secret()).await.unwrap().status();
+        let status = answer(&layer, made_up.key.expose_secret()).await.status();
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
     // A made-up id passes its tag with odds of one in 14.8 million: over 100,000 the expected
@@ -439,7 +435,7 @@ async fn with_an_id_key_made_up_ids_never_reach_the_store() {
     );
     assert!(store.gets() <= 2, "{} store calls", store.gets());
     assert_eq!(
-        send(issued.key.expose_secret()).await.unwrap().status(),
+        answer(&layer, issued.key.expose_secret()).await.status(),
         200
     );
 }

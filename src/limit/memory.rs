@@ -245,7 +245,9 @@ impl Counter {
         self.last_seen.fetch_max(at.secs, Ordering::Relaxed);
         // The state is written only once every check passed: a panic cannot leave it half done.
         let mut cell = self.cell.lock().unwrap_or_else(PoisonError::into_inner);
-        if cell.limits != *bucket.limits || *cell.label != *bucket.label || cell.is_new() {
+        // A bucket just made holds the default cell: unlimited, unlabelled, as `Cell::new` of
+        // those would be.
+        if cell.limits != *bucket.limits || *cell.label != *bucket.label {
             let next = Cell::new(bucket.limits, bucket.label);
             let next = if bucket.limits.shared_by_owner {
                 next.carrying(&cell, at.nanos)
@@ -293,12 +295,6 @@ impl Cell {
             rates,
             quotas,
         }
-    }
-
-    /// Whether this cell was never set up (a bucket just made): its limits are then the
-    /// default, which a request's limits may equal only when unlimited.
-    fn is_new(&self) -> bool {
-        self.rates.is_empty() && self.quotas.is_empty() && self.label.is_empty()
     }
 
     /// This cell with `old`'s counts: what a rate had used at `now` (in requests) is used of

@@ -379,11 +379,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// [`ManageError::Invalid`] for two named limits of one name; [`ManageError::Store`] when
     /// the store fails (the cache is cleared all the same).
     pub async fn set_limits(&self, id: &str, limits: Option<Limits>) -> Result<bool, ManageError> {
-        if let Some(limits) = &limits {
-            limits
-                .validate()
-                .map_err(|e| ManageError::Invalid(InvalidKey::Limits(e)))?;
-        }
+        validate(limits.as_ref())?;
         let result = self.store.set_limits(id, limits.as_ref()).await;
         self.changed(id);
         Ok(result?)
@@ -417,11 +413,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         owner: &str,
         limits: Option<Limits>,
     ) -> Result<(), ManageError> {
-        if let Some(limits) = &limits {
-            limits
-                .validate()
-                .map_err(|e| ManageError::Invalid(InvalidKey::Limits(e)))?;
-        }
+        validate(limits.as_ref())?;
         let result = self.store.set_owner_limits(owner, limits.as_ref()).await;
         self.owner_changed(owner);
         Ok(result?)
@@ -615,5 +607,13 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         self.changed(id);
         result?;
         Ok(Some(created))
+    }
+}
+
+/// Refuses `limits` with two named limits of one name.
+fn validate(limits: Option<&Limits>) -> Result<(), ManageError> {
+    match limits.map(Limits::validate) {
+        Some(Err(e)) => Err(ManageError::Invalid(InvalidKey::Limits(e))),
+        _ => Ok(()),
     }
 }

@@ -355,6 +355,23 @@ macro_rules! sql_store {
                 Ok(fewest.map_or(Spend::NoCredits, |remaining| Spend::Spent { remaining }))
             }
 
+            /// Adds `amount` to the credits `queries` reach under `id`, if there are any: what
+            /// is left now.
+            async fn add_to(
+                &self,
+                queries: &$crate::store::sql::CreditQueries,
+                id: &str,
+                amount: u64,
+            ) -> Result<Option<u64>, $crate::store::StoreError> {
+                let left: Option<i64> = sqlx::query_scalar(&queries.add)
+                    .bind($crate::store::codec::saturating_i64(amount))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::unavailable)?;
+                Ok(left.map(|n| u64::try_from(n).unwrap_or(0)))
+            }
+
             /// Runs `query`, a change of what is set on `owner`, and announces it.
             async fn change_owner<'q>(
                 &self,
@@ -584,13 +601,7 @@ macro_rules! sql_store {
                 id: &str,
                 amount: u64,
             ) -> Result<Option<u64>, $crate::store::StoreError> {
-                let left: Option<i64> = sqlx::query_scalar(&self.sql.key_credits.add)
-                    .bind($crate::store::codec::saturating_i64(amount))
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err($crate::store::sql::unavailable)?;
-                Ok(left.map(|n| u64::try_from(n).unwrap_or(0)))
+                self.add_to(&self.sql.key_credits, id, amount).await
             }
 
             async fn set_owner_limits(
@@ -625,13 +636,7 @@ macro_rules! sql_store {
                 owner: &str,
                 amount: u64,
             ) -> Result<Option<u64>, $crate::store::StoreError> {
-                let left: Option<i64> = sqlx::query_scalar(&self.sql.owner_credits.add)
-                    .bind($crate::store::codec::saturating_i64(amount))
-                    .bind(owner)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err($crate::store::sql::unavailable)?;
-                Ok(left.map(|n| u64::try_from(n).unwrap_or(0)))
+                self.add_to(&self.sql.owner_credits, owner, amount).await
             }
 
             async fn set_allowed_networks(
