@@ -10,7 +10,7 @@ use std::task::{ready, Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{Extensions, HeaderMap, Request, Response};
+use http::{Extensions, Request, Response};
 use pin_project::pin_project;
 use tower::Service;
 
@@ -21,7 +21,7 @@ use crate::limit::{Account, Charge, Cost, Decision, LimitCheck, LimiterError, Sp
 use crate::network::client_address;
 use crate::principal::{Metered, Principal};
 use crate::reject::Rejection;
-use crate::shared::Shared;
+use crate::shared::{Counted, Origin, Seen, Shared};
 use crate::store::StoreError;
 use crate::trace;
 use crate::usage::Outcome;
@@ -99,7 +99,9 @@ struct Waiting<S, ReqBody> {
 pub(crate) struct After {
     shared: Arc<Shared>,
     principal: Principal,
+    /// When the inner service was called, if usage is counted.
     started: Option<Instant>,
+    origin: Origin,
     decision: Option<Decision>,
 }
 
@@ -121,12 +123,10 @@ pub(crate) struct Attempt<'a> {
     /// The key the cache or the store has under the presented id.
     pub(crate) found: Result<Option<&'a Principal>, &'a LoadError>,
     pub(crate) now: SystemTime,
-    /// The request's headers, for the rejection's shape (JSON or gRPC) and forwarded addresses.
-    pub(crate) headers: &'a HeaderMap,
-    /// The request's extensions, for the connection's address and a [`Cost`] set outside.
-    pub(crate) extensions: &'a Extensions,
-    /// The request's path, for its cost.
-    pub(crate) path: &'a str,
+    /// The request: its headers for the rejection's shape (JSON or gRPC) and forwarded
+    /// addresses, its extensions for the connection's address and a [`Cost`] set outside, its
+    /// path for its cost.
+    pub(crate) request: Seen<'a>,
 }
 
 /// Verifies the key a lookup gave and counts the request against the key's limits. It only reads
@@ -137,42 +137,39 @@ pub(crate) fn authorize(shared: &Arc<Shared>, attempt: Attempt<'_>) -> Verdict {
         presented,
         found,
         now,
-        headers,
-        extensions,
-        path,
+        request,
     } = attempt;
     let id = &*presented.id;
     let key = match found {
         Ok(Some(key)) => key,
-        Ok(None) => return reply(shared.reject(Rejection::InvalidApiKey, Some(id), None, headers)),
+        Ok(None) => return reply(shared.reject(Rejection::InvalidApiKey, Some(id), None, request)),
         Err(error) => {
             trace::store_failed(id, &error);
-            return reply(shared.reject(Rejection::KeyStoreUnavailable, Some(id), None, headers));
+            return reply(shared.reject(Rejection::KeyStoreUnavailable, Some(id), None, request));
         }
     };
     let environments = shared.reading.environments;
     let principal = match verify(key, presented, environments, now) {
         Ok(principal) => principal.clone(),
         Err(rejection) => {
-            let id = key.key_id();
             // Said only after the secret matched, so the key counts as its owner's.
-            let verified = (rejection != Rejection::InvalidApiKey).then_some(id);
-            return reply(shared.reject(rejection, Some(id), verified, headers));
+            let verified = (rejection != Rejection::InvalidApiKey).then_some(key);
+            return reply(shared.reject(rejection, Some(key.key_id()), verified, request));
         }
     };
     let Some(restrictions) = &key.check().restrictions else {
-        return admit(shared, principal, None);
+        return admit(shared, principal, None, request);
     };
     if !restrictions.networks.is_empty() {
-        let client = client_address(extensions, headers, shared.proxies.as_ref());
+        let client = client_address(request.extensions, request.headers, shared.proxies.as_ref());
         let allowed =
             client.is_some_and(|ip| restrictions.networks.iter().any(|n| n.contains(&ip)));
         if !allowed {
-            let id = principal.key_id();
-            return reply(shared.reject(Rejection::IpNotAllowed, Some(id), Some(id), headers));
+            let id = Some(principal.key_id());
+            return reply(shared.reject(Rejection::IpNotAllowed, id, Some(&principal), request));
         }
     }
-    let cost = cost(shared, extensions, path);
+    let cost = cost(shared, request.extensions, request.uri.path());
     // The refill periods of now, for a key or owner with credits.
     let credits =
         (restrictions.credits.is_some() || restrictions.owner_credits.is_some()).then(|| {
@@ -197,14 +194,14 @@ pub(crate) fn authorize(shared: &Arc<Shared>, attempt: Attempt<'_>) -> Verdict {
         )),
     };
     match (limit, credits) {
-        (None, None) => admit(shared, principal, None),
+        (None, None) => admit(shared, principal, None, request),
         // Decided at once, and nothing to spend: no credits, or refused by the limiter.
         (Some(LimitCheck::Ready(decision)), period)
             if period.is_none() || decision.as_ref().is_ok_and(|d| !d.allowed) =>
         {
             decide(
                 shared,
-                headers,
+                request,
                 principal,
                 Checked {
                     decision: Some(decision),
@@ -290,35 +287,32 @@ fn cost(shared: &Shared, extensions: &Extensions, path: &str) -> u32 {
 /// Goes on with what the limiter and the credits said.
 fn decide(
     shared: &Arc<Shared>,
-    headers: &HeaderMap,
+    request: Seen<'_>,
     principal: Principal,
     checked: Checked,
 ) -> Verdict {
     let id = principal.key_id();
+    let refuse = |rejection| shared.reject(rejection, Some(id), Some(&principal), request);
     let decision = match checked.decision {
         None => None,
         Some(Ok(decision)) if decision.allowed => Some(decision),
         Some(Ok(decision)) => {
-            let mut response = shared.reject_limited(decision.refused_by.as_deref(), id, headers);
+            let limit = decision.refused_by.as_deref();
+            let mut response = shared.reject_limited(limit, &principal, request);
             decision.write_headers(response.headers_mut());
             return reply(response);
         }
         Some(Err(error)) => {
             trace::store_failed(id, &error);
-            return reply(shared.reject(
-                Rejection::LimiterUnavailable,
-                Some(id),
-                Some(id),
-                headers,
-            ));
+            return reply(refuse(Rejection::LimiterUnavailable));
         }
     };
     match checked.credits {
         None | Some(Ok(Spend::Spent { .. } | Spend::NoCredits)) => {
-            admit(shared, principal, decision)
+            admit(shared, principal, decision, request)
         }
         Some(Ok(Spend::Exhausted)) => {
-            let mut response = shared.reject(Rejection::UsageExceeded, Some(id), Some(id), headers);
+            let mut response = refuse(Rejection::UsageExceeded);
             if let Some(decision) = decision {
                 decision.write_headers(response.headers_mut());
             }
@@ -326,7 +320,7 @@ fn decide(
         }
         Some(Err(error)) => {
             trace::store_failed(id, &error);
-            reply(shared.reject(Rejection::KeyStoreUnavailable, Some(id), Some(id), headers))
+            reply(refuse(Rejection::KeyStoreUnavailable))
         }
     }
 }
@@ -337,11 +331,17 @@ fn reply(response: Response<Bytes>) -> Verdict {
 }
 
 /// Lets the request through.
-fn admit(shared: &Arc<Shared>, principal: Principal, decision: Option<Decision>) -> Verdict {
+fn admit(
+    shared: &Arc<Shared>,
+    principal: Principal,
+    decision: Option<Decision>,
+    request: Seen<'_>,
+) -> Verdict {
     trace::accepted(principal.key_id());
     let after = (shared.usage.is_some() || decision.is_some()).then(|| {
         Box::new(After {
             started: shared.usage.is_some().then(Instant::now),
+            origin: shared.origin(request),
             shared: Arc::clone(shared),
             principal: principal.clone(),
             decision,
@@ -440,11 +440,13 @@ impl After {
                 .extensions()
                 .get::<Rejection>()
                 .map_or(Outcome::Ok, |rejection| Outcome::Rejected(*rejection));
-            self.shared.record(
-                Some(self.principal.key_id()),
+            self.shared.record(Counted {
+                key: Some(&self.principal),
                 outcome,
-                Some(started.elapsed()),
-            );
+                status: response.status(),
+                latency: Some(started.elapsed()),
+                origin: &self.origin,
+            });
         }
     }
 }
@@ -477,9 +479,7 @@ where
                             Err(error) => Err(&**error),
                         },
                         now: shared.clock.now(),
-                        headers: request.headers(),
-                        extensions: request.extensions(),
-                        path: request.uri().path(),
+                        request: Seen::of(&request),
                     };
                     let verdict = authorize(&shared, attempt);
                     Self::after_verdict(verdict, shared, request, inner).state
@@ -492,7 +492,7 @@ where
                         inner,
                         principal,
                     } = *waiting.take().expect("polled after completion");
-                    let verdict = decide(&shared, request.headers(), principal, checked);
+                    let verdict = decide(&shared, Seen::of(&request), principal, checked);
                     Self::after_verdict(verdict, shared, request, inner).state
                 }
                 StateProjection::Inner { future, after } => {

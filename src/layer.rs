@@ -19,7 +19,7 @@ use crate::scope::ScopeHierarchy;
 use crate::service::ApiKeyService;
 use crate::shared::Shared;
 use crate::store::{KeyChanges, KeyStore};
-use crate::usage::UsageSink;
+use crate::usage::{CountryResolver, UsageSink};
 use crate::verify::{Environments, KeyReading};
 
 /// API-key authentication as a Tower layer.
@@ -90,6 +90,7 @@ impl ApiKeyLayer {
             rules: LimitRules::default(),
             limiter: None,
             usage: None,
+            countries: None,
             clock: Arc::new(SystemClock),
             hide: HideCredentials::default(),
             anonymous: false,
@@ -193,6 +194,7 @@ pub struct ApiKeyLayerBuilder {
     rules: LimitRules,
     limiter: Option<Arc<dyn Limiter>>,
     usage: Option<Arc<dyn UsageSink>>,
+    countries: Option<Arc<dyn CountryResolver>>,
     clock: Arc<dyn Clock>,
     hide: HideCredentials,
     anonymous: bool,
@@ -342,9 +344,19 @@ impl ApiKeyLayerBuilder {
     }
 
     /// Reports every request's outcome to `sink`, such as a shared
-    /// [`MemoryUsage`](crate::usage::MemoryUsage).
+    /// [`MemoryUsage`](crate::usage::MemoryUsage) or
+    /// [`Analytics`](crate::usage) (feature `analytics`).
     pub fn usage_sink(mut self, sink: impl UsageSink) -> Self {
         self.usage = Some(Arc::new(sink));
+        self
+    }
+
+    /// Tells the usage sink each request's country, as `resolver` finds it (none by default):
+    /// from a header a trusted proxy sets ([`CountryHeader`](crate::usage::CountryHeader)), or
+    /// from the client's address (the connection's, or the one [trusted
+    /// proxies](Self::trusted_proxies) forwarded). Read only when the layer has a usage sink.
+    pub fn country_resolver(mut self, resolver: impl CountryResolver) -> Self {
+        self.countries = Some(Arc::new(resolver));
         self
     }
 
@@ -514,6 +526,7 @@ impl ApiKeyLayerBuilder {
                 authority,
                 limiter,
                 usage: self.usage,
+                countries: self.countries,
                 clock,
             }),
         })

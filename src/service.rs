@@ -12,7 +12,7 @@ pub use crate::body::ResponseBody;
 pub use crate::future::ResponseFuture;
 use crate::future::{authorize, Attempt, Pending, Verdict};
 use crate::reject::Rejection;
-use crate::shared::Shared;
+use crate::shared::{Seen, Shared};
 use crate::trace;
 
 /// Authenticates each request by API key, then calls the inner service with the
@@ -91,7 +91,7 @@ where
                     rejection,
                     None,
                     None,
-                    request.headers(),
+                    Seen::of(&request),
                 ));
             }
         };
@@ -104,9 +104,7 @@ where
                     presented: &presented,
                     found: Ok(key),
                     now,
-                    headers: request.headers(),
-                    extensions: request.extensions(),
-                    path: request.uri().path(),
+                    request: Seen::of(&request),
                 },
             )
         });
@@ -118,7 +116,7 @@ where
                     Rejection::InvalidApiKey,
                     id,
                     None,
-                    request.headers(),
+                    Seen::of(&request),
                 ));
             }
             let presented = presented.into_owned();

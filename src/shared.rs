@@ -7,16 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Response};
+use http::{Extensions, HeaderMap, Request, Response, StatusCode, Uri};
 
 use crate::cache::KeyCache;
 use crate::clock::Clock;
 use crate::limit::{Costs, Limiter};
-use crate::network::TrustedProxies;
-use crate::principal::{Anonymous, Authority};
+use crate::network::{client_address, TrustedProxies};
+use crate::principal::{Anonymous, Authority, Principal};
 use crate::reject::Rejection;
 use crate::trace;
-use crate::usage::{Outcome, UsageEvent, UsageSink};
+use crate::usage::{Country, CountryResolver, Outcome, Route, UsageEvent, UsageSink};
 use crate::verify::KeyReading;
 
 /// What every service of one layer shares.
@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) limiter: Arc<dyn Limiter>,
     /// Counting it, if the layer was given a sink.
     pub(crate) usage: Option<Arc<dyn UsageSink>>,
+    /// Where the client's country is read from, for the usage sink.
+    pub(crate) countries: Option<Arc<dyn CountryResolver>>,
     /// Answering: the scope hierarchy and the rejections, shared with every principal.
     pub(crate) authority: Arc<Authority>,
     /// What requests cost, by path, if not 1 each.
@@ -40,24 +42,76 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
 }
 
+/// The parts of a request that answering and counting it read.
+#[derive(Clone, Copy)]
+pub(crate) struct Seen<'a> {
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) extensions: &'a Extensions,
+    pub(crate) uri: &'a Uri,
+}
+
+impl<'a> Seen<'a> {
+    pub(crate) fn of<B>(request: &'a Request<B>) -> Self {
+        Seen {
+            headers: request.headers(),
+            extensions: request.extensions(),
+            uri: request.uri(),
+        }
+    }
+}
+
+/// What the usage sink is told of a request besides its key and outcome, kept from the request
+/// until its response.
+#[derive(Default)]
+pub(crate) struct Origin {
+    route: Option<Route>,
+    country: Option<Country>,
+}
+
+/// One request, for the usage sink.
+pub(crate) struct Counted<'a> {
+    /// The key, if its secret was verified.
+    pub(crate) key: Option<&'a Principal>,
+    pub(crate) outcome: Outcome,
+    pub(crate) status: StatusCode,
+    /// How long the inner service took, if it was called.
+    pub(crate) latency: Option<Duration>,
+    pub(crate) origin: &'a Origin,
+}
+
 impl Shared {
-    /// Records one request with the usage sink, if there is one.
-    pub(crate) fn record(&self, key_id: Option<&str>, outcome: Outcome, latency: Option<Duration>) {
-        if let Some(sink) = &self.usage {
-            sink.record(&UsageEvent {
-                key_id,
-                outcome,
-                latency,
-                at: self.clock.now(),
-            });
+    /// What the usage sink is told of `request`'s origin; nothing is read without a sink.
+    pub(crate) fn origin(&self, request: Seen<'_>) -> Origin {
+        if self.usage.is_none() {
+            return Origin::default();
+        }
+        let country = self.countries.as_ref().and_then(|resolver| {
+            let client = resolver
+                .needs_client()
+                .then(|| client_address(request.extensions, request.headers, self.proxies.as_ref()))
+                .flatten();
+            resolver.country(client, request.headers)
+        });
+        Origin {
+            route: Route::of(request.headers, request.extensions, request.uri),
+            country,
         }
     }
 
-    /// Traces a refusal of a request that `presented` an id, and counts it for the key whose
-    /// secret was `verified`.
-    fn refused(&self, rejection: Rejection, presented: Option<&str>, verified: Option<&str>) {
-        trace::rejected(presented, rejection);
-        self.record(verified, Outcome::Rejected(rejection), None);
+    /// Records one request with the usage sink, if there is one.
+    pub(crate) fn record(&self, counted: Counted<'_>) {
+        if let Some(sink) = &self.usage {
+            sink.record(&UsageEvent {
+                key_id: counted.key.map(Principal::key_id),
+                owner: counted.key.and_then(Principal::owner),
+                outcome: counted.outcome,
+                status: Some(counted.status),
+                latency: counted.latency,
+                endpoint: counted.origin.route.as_ref().map(Route::as_str),
+                country: counted.origin.country,
+                at: self.clock.now(),
+            });
+        }
     }
 
     /// The response for a refused request; traces it with the id it `presented` and counts it for
@@ -66,26 +120,52 @@ impl Shared {
         &self,
         rejection: Rejection,
         presented: Option<&str>,
-        verified: Option<&str>,
-        request_headers: &HeaderMap,
+        verified: Option<&Principal>,
+        request: Seen<'_>,
     ) -> Response<Bytes> {
-        self.refused(rejection, presented, verified);
-        self.authority
+        let response = self
+            .authority
             .rejections
-            .response(rejection, request_headers)
+            .response(rejection, request.headers);
+        self.refused(rejection, presented, verified, request, &response);
+        response
     }
 
-    /// The 429 for a request over the limit named `limit` (if the limiter said), of key `id`.
+    /// The 429 for a request of `key` over its limit named `limit` (if the limiter said).
     pub(crate) fn reject_limited(
         &self,
         limit: Option<&str>,
-        id: &str,
-        request_headers: &HeaderMap,
+        key: &Principal,
+        request: Seen<'_>,
     ) -> Response<Bytes> {
-        self.refused(Rejection::RateLimitExceeded, Some(id), Some(id));
-        self.authority
+        let rejection = Rejection::RateLimitExceeded;
+        let response = self
+            .authority
             .rejections
-            .response_over_limit(limit, request_headers)
+            .response_over_limit(limit, request.headers);
+        self.refused(rejection, Some(key.key_id()), Some(key), request, &response);
+        response
+    }
+
+    /// Traces a refusal answered with `response`, and counts it.
+    fn refused(
+        &self,
+        rejection: Rejection,
+        presented: Option<&str>,
+        verified: Option<&Principal>,
+        request: Seen<'_>,
+        response: &Response<Bytes>,
+    ) {
+        trace::rejected(presented, rejection);
+        if self.usage.is_some() {
+            self.record(Counted {
+                key: verified,
+                outcome: Outcome::Rejected(rejection),
+                status: response.status(),
+                latency: None,
+                origin: &self.origin(request),
+            });
+        }
     }
 }
 

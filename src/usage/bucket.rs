@@ -1,0 +1,248 @@
+//! One time bucket of usage: requests by outcome and status, latency as a mergeable sketch
+//! (DDSketch, 1 % relative error), endpoints and countries. Buckets merge, so an hour is its
+//! minutes merged and the service is its keys merged.
+
+use std::sync::Arc;
+
+use sketches_ddsketch::{Config, DDSketch};
+
+use super::{Country, Outcome, OUTCOMES};
+
+/// One request, as a bucket records it.
+pub(crate) struct Sample<'a> {
+    pub(crate) outcome: Outcome,
+    /// The status of the answer, if known.
+    pub(crate) status: Option<u16>,
+    pub(crate) endpoint: Option<&'a str>,
+    pub(crate) country: Option<Country>,
+    /// The service's time, in milliseconds.
+    pub(crate) latency_ms: Option<f64>,
+}
+
+/// Usage in one bucket of time.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Bucket {
+    pub(crate) outcomes: [u64; OUTCOMES],
+    /// Requests by status code, in the order first seen.
+    pub(crate) statuses: Vec<(u16, u64)>,
+    /// Requests by endpoint, at most the configured number; the rest in `other_endpoints`.
+    pub(crate) endpoints: Vec<(Arc<str>, u64)>,
+    pub(crate) other_endpoints: u64,
+    pub(crate) countries: Vec<(Country, u64)>,
+    pub(crate) latency: Sketch,
+}
+
+/// Latencies: none yet, a sketch being written, or one packed for keeping (a live sketch holds
+/// its bins densely, 1 KiB or more; packed, only the non-zero bins, tens of bytes).
+#[derive(Clone, Default)]
+pub(crate) enum Sketch {
+    #[default]
+    Empty,
+    Live(Box<DDSketch>),
+    Packed(Box<[u8]>),
+}
+
+impl std::fmt::Debug for Sketch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sketch::Empty => f.write_str("Empty"),
+            Sketch::Live(sketch) => write!(f, "Live({} values)", sketch.count()),
+            Sketch::Packed(bytes) => write!(f, "Packed({} bytes)", bytes.len()),
+        }
+    }
+}
+
+/// The sketches' configuration: DDSketch's defaults, 1 % relative error. A packed sketch reads
+/// back with these.
+fn config() -> Config {
+    Config::defaults()
+}
+
+impl Sketch {
+    fn live(&mut self) -> &mut DDSketch {
+        if !matches!(self, Sketch::Live(_)) {
+            let sketch = self.unpacked().unwrap_or_else(|| DDSketch::new(config()));
+            *self = Sketch::Live(Box::new(sketch));
+        }
+        match self {
+            Sketch::Live(sketch) => sketch,
+            _ => unreachable!("made live above"),
+        }
+    }
+
+    /// A copy as a sketch, if it has any values. A packed sketch that does not read back (it
+    /// never happens but through memory corruption) counts as empty.
+    pub(crate) fn unpacked(&self) -> Option<DDSketch> {
+        match self {
+            Sketch::Empty => None,
+            Sketch::Live(sketch) => Some((**sketch).clone()),
+            Sketch::Packed(bytes) => DDSketch::from_java_bytes(bytes).ok(),
+        }
+    }
+
+    fn merge(&mut self, other: &Sketch) {
+        if let Some(other) = other.unpacked() {
+            // Both have `config()`, so the merge cannot fail.
+            let _ = self.live().merge(&other);
+        }
+    }
+
+    fn pack(&mut self) {
+        if let Sketch::Live(sketch) = self {
+            *self = Sketch::Packed(sketch.to_java_bytes().into_boxed_slice());
+        }
+    }
+
+    /// The values' count and quantiles `qs`, in the sketch's unit.
+    pub(crate) fn quantiles<const N: usize>(&self, qs: [f64; N]) -> Option<(u64, [f64; N])> {
+        let sketch = self.unpacked()?;
+        let count = sketch.count() as u64;
+        (count > 0).then(|| {
+            (
+                count,
+                qs.map(|q| sketch.quantile(q).ok().flatten().unwrap_or(0.0)),
+            )
+        })
+    }
+}
+
+/// Adds `by` to the count of `item` in `counts`, a short list searched from the start.
+fn add<T: PartialEq + ?Sized, O: std::borrow::Borrow<T>>(
+    counts: &mut Vec<(O, u64)>,
+    item: &T,
+    by: u64,
+    new: impl FnOnce() -> Option<O>,
+) -> bool {
+    if let Some((_, count)) = counts.iter_mut().find(|(name, _)| name.borrow() == item) {
+        *count += by;
+        return true;
+    }
+    match new() {
+        Some(owned) => {
+            counts.push((owned, by));
+            true
+        }
+        None => false,
+    }
+}
+
+impl Bucket {
+    /// Records one request; `max_endpoints` bounds how many endpoints the bucket names.
+    pub(crate) fn record(&mut self, sample: &Sample<'_>, max_endpoints: usize) {
+        self.outcomes[sample.outcome.index()] += 1;
+        if let Some(status) = sample.status {
+            add(&mut self.statuses, &status, 1, || Some(status));
+        }
+        if let Some(endpoint) = sample.endpoint {
+            self.add_endpoint(endpoint, 1, max_endpoints);
+        }
+        if let Some(country) = sample.country {
+            add(&mut self.countries, &country, 1, || Some(country));
+        }
+        if let Some(ms) = sample.latency_ms {
+            self.latency.live().add(ms);
+        }
+    }
+
+    fn add_endpoint(&mut self, endpoint: &str, by: u64, max_endpoints: usize) {
+        let room = self.endpoints.len() < max_endpoints;
+        if !add(&mut self.endpoints, endpoint, by, || {
+            room.then(|| endpoint.into())
+        }) {
+            self.other_endpoints += by;
+        }
+    }
+
+    /// Adds `other`'s counts to this one's.
+    pub(crate) fn merge(&mut self, other: &Bucket, max_endpoints: usize) {
+        for (mine, theirs) in self.outcomes.iter_mut().zip(&other.outcomes) {
+            *mine += theirs;
+        }
+        for &(status, count) in &other.statuses {
+            add(&mut self.statuses, &status, count, || Some(status));
+        }
+        for (endpoint, count) in &other.endpoints {
+            self.add_endpoint(endpoint, *count, max_endpoints);
+        }
+        self.other_endpoints += other.other_endpoints;
+        for &(country, count) in &other.countries {
+            add(&mut self.countries, &country, count, || Some(country));
+        }
+        self.latency.merge(&other.latency);
+    }
+
+    /// Packs the sketch for keeping: the bucket will be read, and merged from, but rarely
+    /// written again.
+    pub(crate) fn pack(&mut self) {
+        self.latency.pack();
+    }
+
+    /// Requests in all.
+    pub(crate) fn requests(&self) -> u64 {
+        self.outcomes.iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reject::Rejection;
+
+    fn sample(endpoint: &str, latency_ms: f64) -> Sample<'_> {
+        Sample {
+            outcome: Outcome::Ok,
+            status: Some(200),
+            endpoint: Some(endpoint),
+            country: Country::new("DE"),
+            latency_ms: Some(latency_ms),
+        }
+    }
+
+    #[test]
+    fn a_packed_sketch_merges_with_a_live_one() {
+        let mut a = Bucket::default();
+        let mut b = Bucket::default();
+        for ms in 1..=100 {
+            a.record(&sample("/a", f64::from(ms)), 10);
+            b.record(&sample("/b", f64::from(ms + 100)), 10);
+        }
+        b.pack();
+        assert!(matches!(b.latency, Sketch::Packed(_)));
+        a.merge(&b, 10);
+        let (count, [p50, p99]) = a.latency.quantiles([0.5, 0.99]).unwrap();
+        assert_eq!(count, 200);
+        assert!((p50 - 100.0).abs() <= 100.0 * 0.02, "{p50}");
+        assert!((p99 - 198.0).abs() <= 198.0 * 0.02, "{p99}");
+        assert_eq!(a.requests(), 200);
+        assert_eq!(a.endpoints.len(), 2);
+        assert_eq!(a.countries, vec![(Country::new("DE").unwrap(), 200)]);
+    }
+
+    #[test]
+    fn endpoints_past_the_bound_count_as_other() {
+        let mut bucket = Bucket::default();
+        for endpoint in ["/a", "/b", "/c", "/a"] {
+            bucket.record(&sample(endpoint, 1.0), 2);
+        }
+        assert_eq!(
+            bucket.endpoints,
+            vec![(Arc::from("/a"), 2), (Arc::from("/b"), 1)]
+        );
+        assert_eq!(bucket.other_endpoints, 1);
+        bucket.record(
+            &Sample {
+                outcome: Outcome::Rejected(Rejection::InvalidApiKey),
+                status: Some(401),
+                endpoint: None,
+                country: None,
+                latency_ms: None,
+            },
+            2,
+        );
+        assert_eq!(
+            bucket.outcomes[Outcome::Rejected(Rejection::InvalidApiKey).index()],
+            1
+        );
+        assert_eq!(bucket.statuses, vec![(200, 4), (401, 1)]);
+    }
+}

@@ -1,0 +1,161 @@
+//! Usage monitoring: every request's outcome, per key, through a [`UsageSink`].
+//!
+//! - [`MemoryUsage`] counts each key's requests by outcome, its last use and its latency, in
+//!   memory, and gives a [`UsageSnapshot`] to serve as JSON.
+//! - [`StoreUsage`] batches last-used times and request counts for the key store.
+//! - With the `analytics` feature, [`Analytics`] keeps time series per key and for the whole
+//!   service (per minute, hour and day), with latency percentiles, status classes, top
+//!   endpoints and countries, and answers [`Analytics::usage`] queries: what the reference's
+//!   dashboard shows.
+//!
+//! A sink is told of each request the key (when its secret was verified) and its owner, the
+//! outcome, the status of the answer, the time the service behind the layer took, the endpoint
+//! (axum's route template or a gRPC method, never the raw URI) and, when the layer has a
+//! [`CountryResolver`], the client's country.
+//!
+//! Recording is a few atomic additions on a sharded map: no lock is held across an await and
+//! nothing is allocated per request but a key's first entry. Requests whose key was not verified
+//! (no key, malformed, unknown id, wrong secret, store down) count under `unauthenticated`, so a
+//! flood of made-up keys cannot grow the map.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tower_api_key::{ApiKeyLayer, MemoryStore, usage::MemoryUsage};
+//!
+//! let usage = Arc::new(MemoryUsage::new());
+//! let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
+//!     .usage_sink(usage.clone())
+//!     .build()?;
+//! // Later, in an admin handler:
+//! let json = serde_json::to_string(&usage.snapshot()).unwrap();
+//! assert!(json.contains("unauthenticated"));
+//! # Ok::<(), tower_api_key::ConfigError>(())
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+
+use crate::reject::Rejection;
+
+#[cfg(feature = "analytics")]
+mod analytics;
+#[cfg(feature = "analytics")]
+mod bucket;
+mod country;
+mod memory;
+#[cfg(feature = "analytics")]
+mod report;
+mod route;
+#[cfg(feature = "analytics")]
+mod series;
+mod store;
+
+#[cfg(feature = "analytics")]
+pub use analytics::{Analytics, AnalyticsConfig};
+pub use country::{Country, CountryHeader, CountryResolver};
+pub use memory::{KeyUsage, LatencySummary, MemoryUsage, UsageSnapshot};
+#[cfg(feature = "analytics")]
+pub use report::{Latency, Point, Ranked, Resolution, Subject, UsageReport};
+pub(crate) use route::Route;
+pub use store::StoreUsage;
+
+/// How a request ended, as far as this crate is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Authenticated and passed to the service (whatever the service answered).
+    Ok,
+    /// Refused by this crate's layers.
+    Rejected(Rejection),
+}
+
+impl Outcome {
+    /// `ok`, or the rejection's code.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Rejected(rejection) => rejection.code(),
+        }
+    }
+
+    /// Every outcome, `ok` first, then the rejections in [`Rejection::ALL`]'s order.
+    pub(crate) fn all() -> impl Iterator<Item = Outcome> {
+        std::iter::once(Outcome::Ok).chain(Rejection::ALL.map(Outcome::Rejected))
+    }
+
+    /// Its position in [`Outcome::all`].
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Outcome::Ok => 0,
+            Outcome::Rejected(rejection) => 1 + rejection.index(),
+        }
+    }
+}
+
+/// How many outcomes there are.
+pub(crate) const OUTCOMES: usize = 1 + Rejection::ALL.len();
+
+/// One request, as a [`UsageSink`] sees it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct UsageEvent<'a> {
+    /// The key's public id, when its secret was verified.
+    pub key_id: Option<&'a str>,
+    /// The verified key's owner, if it has one.
+    pub owner: Option<&'a str>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The status of the answer: the service's, or the rejection's. For gRPC this is the HTTP
+    /// status (200 for a call that reached the service), not the `grpc-status`.
+    pub status: Option<StatusCode>,
+    /// How long the inner service took, when it was called.
+    pub latency: Option<Duration>,
+    /// The endpoint: axum's route template (`/users/{id}`, with the `axum` feature and the layer
+    /// inside the router), or a gRPC request's method path (`/pkg.Service/Method`). Never the raw
+    /// URI, so a sink can count by endpoint with bounded cardinality.
+    pub endpoint: Option<&'a str>,
+    /// The client's country, from the layer's [`CountryResolver`], if it has one.
+    pub country: Option<Country>,
+    /// When it happened.
+    pub at: SystemTime,
+}
+
+#[cfg(test)]
+impl UsageEvent<'_> {
+    /// An event of `at` with nothing else known: no key, refused as `MISSING_API_KEY`.
+    pub(crate) fn new(at: SystemTime) -> Self {
+        UsageEvent {
+            key_id: None,
+            owner: None,
+            outcome: Outcome::Rejected(Rejection::MissingApiKey),
+            status: None,
+            latency: None,
+            endpoint: None,
+            country: None,
+            at,
+        }
+    }
+}
+
+/// Receives every request's outcome. Called on the request's task: keep it to a few atomic
+/// operations, and hand anything slow to a background task.
+pub trait UsageSink: Send + Sync + 'static {
+    /// Records one request.
+    fn record(&self, event: &UsageEvent<'_>);
+}
+
+impl<T: UsageSink + ?Sized> UsageSink for Arc<T> {
+    fn record(&self, event: &UsageEvent<'_>) {
+        (**self).record(event);
+    }
+}
+
+/// Both sinks get every event: `(MemoryUsage, StoreUsage)` serves a dashboard and keeps the
+/// store's counters.
+impl<A: UsageSink, B: UsageSink> UsageSink for (A, B) {
+    fn record(&self, event: &UsageEvent<'_>) {
+        self.0.record(event);
+        self.1.record(event);
+    }
+}

@@ -1,0 +1,61 @@
+//! The endpoint a request went to, as usage is counted by: axum's route template, or a gRPC
+//! method's path. Never the raw URI: a path with ids in it would make every request its own
+//! endpoint.
+
+use http::header::CONTENT_TYPE;
+use http::uri::PathAndQuery;
+use http::{Extensions, HeaderMap, Uri};
+
+/// The endpoint of a request, kept until its response for the usage sink.
+#[derive(Clone, Debug)]
+pub(crate) enum Route {
+    /// axum's route template, when the layer runs inside the router.
+    #[cfg(feature = "axum")]
+    Template(::axum::extract::MatchedPath),
+    /// A gRPC request's path: `/package.Service/Method`.
+    Grpc(PathAndQuery),
+}
+
+impl Route {
+    /// The endpoint of a request with these parts, if it has one a sink may count by.
+    pub(crate) fn of(headers: &HeaderMap, extensions: &Extensions, uri: &Uri) -> Option<Route> {
+        #[cfg(feature = "axum")]
+        if let Some(matched) = extensions.get::<::axum::extract::MatchedPath>() {
+            return Some(Route::Template(matched.clone()));
+        }
+        #[cfg(not(feature = "axum"))]
+        let _ = extensions;
+        let grpc = headers
+            .get(CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+        if grpc {
+            return uri.path_and_query().cloned().map(Route::Grpc);
+        }
+        None
+    }
+
+    /// The endpoint's name.
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            #[cfg(feature = "axum")]
+            Route::Template(matched) => matched.as_str(),
+            Route::Grpc(path) => path.path(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grpc_method_is_its_path_and_a_plain_request_has_none() {
+        let mut headers = HeaderMap::new();
+        let uri: Uri = "/users/42?full=1".parse().unwrap();
+        assert!(Route::of(&headers, &Extensions::new(), &uri).is_none());
+        headers.insert(CONTENT_TYPE, "application/grpc+proto".parse().unwrap());
+        let uri: Uri = "/mesh.Keys/List".parse().unwrap();
+        let route = Route::of(&headers, &Extensions::new(), &uri).unwrap();
+        assert_eq!(route.as_str(), "/mesh.Keys/List");
+    }
+}

@@ -1,0 +1,214 @@
+//! Usage analytics over real HTTP on 127.0.0.1: a mix of keys, endpoints, statuses, countries
+//! (from a trusted header) and rejections, and what `Analytics::usage` then reports.
+
+#[cfg(not(all(feature = "analytics", feature = "axum")))]
+#[test]
+#[ignore = "usage analytics need `--features analytics,axum` (run by .ci/run)"]
+fn analytics_suite_needs_its_features() {}
+
+#[cfg(all(feature = "analytics", feature = "axum"))]
+mod common;
+
+#[cfg(all(feature = "analytics", feature = "axum"))]
+mod analytics {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use axum::extract::Path;
+    use axum::routing::get;
+    use axum::Router;
+    use http::StatusCode;
+    use tower_api_key::usage::{Analytics, CountryHeader, Resolution, Subject, UsageReport};
+    use tower_api_key::{
+        clock::ManualClock, manage::CreatedKey, store::KeyStoreAdmin, ApiKeyLayer, MemoryStore,
+        NewKey, RequireScopeLayer,
+    };
+
+    use super::common::{api_key, serve, HttpClient};
+
+    /// 2026-11-23 12:00:00 UTC: a minute and an hour start here.
+    const START: u64 = 20_780 * 86_400 + 12 * 3_600;
+
+    struct Fixture {
+        client: HttpClient,
+        store: MemoryStore,
+        clock: ManualClock,
+        analytics: Analytics,
+        layer: ApiKeyLayer,
+    }
+
+    impl Fixture {
+        async fn new() -> Self {
+            let store = MemoryStore::new();
+            let clock = ManualClock::new(at(0));
+            let analytics = Analytics::new();
+            let layer = ApiKeyLayer::builder("mesh", store.clone())
+                .clock(clock.clone())
+                .usage_sink(analytics.clone())
+                .country_resolver(CountryHeader::new("cf-ipcountry").unwrap())
+                .build()
+                .unwrap();
+            let app = Router::new()
+                .route(
+                    "/items/{id}",
+                    get(|Path(id): Path<String>| async move { id }),
+                )
+                .route("/fail", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
+                .route(
+                    "/slow/{ms}",
+                    get(|Path(ms): Path<u64>| async move {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }),
+                )
+                .route(
+                    "/recommendations",
+                    get(|| async { "[]" }).route_layer(RequireScopeLayer::all(["read"])),
+                )
+                .layer(layer.clone());
+            Fixture {
+                client: HttpClient::new(serve(app).await),
+                store,
+                clock,
+                analytics,
+                layer,
+            }
+        }
+
+        async fn key(&self, owner: &str, scopes: &[&str]) -> CreatedKey {
+            let created = NewKey::new("analytics")
+                .owner(owner)
+                .scopes(scopes.iter().copied())
+                .generate(self.layer.format())
+                .unwrap();
+            self.store.create(created.record.clone()).await.unwrap();
+            created
+        }
+
+        /// `GET path` with `key` (a header value, or none) from `country` (or none).
+        async fn get(&self, key: Option<&str>, path: &str, country: Option<&str>) -> StatusCode {
+            let mut headers = Vec::new();
+            if let Some(key) = key {
+                headers.push(("authorization", key));
+            }
+            if let Some(country) = country {
+                headers.push(("cf-ipcountry", country));
+            }
+            self.client.get(path, &headers).await.status
+        }
+
+        /// The usage of `subject` over 60 buckets of `resolution` from the start.
+        fn report(&self, subject: Subject<'_>, resolution: Resolution) -> UsageReport {
+            let range = at(0)..at(60 * resolution.seconds());
+            self.analytics.usage(subject, range, resolution)
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(START + secs)
+    }
+
+    fn header(key: &CreatedKey) -> String {
+        api_key(key.key.expose_secret())
+    }
+
+    #[tokio::test]
+    async fn a_mixed_load_gives_exact_counts_per_bucket_endpoint_status_and_country() {
+        let f = Fixture::new().await;
+        let reader_key = f.key("acme", &["read"]).await;
+        let reader = header(&reader_key);
+        let writer = header(&f.key("acme", &[]).await);
+        let other = header(&f.key("globex", &["read"]).await);
+
+        // Minute 0.
+        for id in 1..=5 {
+            let path = format!("/items/{id}");
+            assert_eq!(f.get(Some(&reader), &path, Some("de")).await, 200);
+        }
+        for _ in 0..3 {
+            assert_eq!(f.get(Some(&reader), "/items/x", Some("FR")).await, 200);
+        }
+        for _ in 0..2 {
+            assert_eq!(f.get(Some(&reader), "/fail", Some("DE")).await, 500);
+        }
+        for _ in 0..4 {
+            assert_eq!(f.get(Some(&writer), "/recommendations", None).await, 403);
+        }
+        assert_eq!(f.get(Some(&other), "/items/1", Some("US")).await, 200);
+        let made_up = api_key("mesh_live_notakey_0000000000000000000000000000000000000000");
+        assert_eq!(f.get(Some(&made_up), "/items/1", None).await, 401);
+        assert_eq!(f.get(None, "/items/1", None).await, 401);
+        // Minute 1.
+        f.clock.advance(Duration::from_secs(61));
+        assert_eq!(f.get(Some(&reader), "/items/9", Some("DE")).await, 200);
+
+        let key = f.report(Subject::Key(&reader_key.record.id), Resolution::Minute);
+        let first = &key.series[0];
+        assert_eq!(first.start, START);
+        assert_eq!(first.requests, 10);
+        assert_eq!(first.outcomes["ok"], 10);
+        assert_eq!(first.status_classes["2xx"], 8);
+        assert_eq!(first.status_classes["5xx"], 2);
+        assert_eq!(first.statuses[&500], 2);
+        assert_eq!(first.errors, 2);
+        assert!((first.error_rate - 0.2).abs() < 1e-9);
+        assert_eq!(first.latency.unwrap().count, 10);
+        assert_eq!(key.series[1].requests, 1);
+        assert!(key.series[2..].iter().all(|point| point.requests == 0));
+        assert_eq!(key.series.len(), 60);
+        let endpoints: Vec<_> = key
+            .top_endpoints
+            .iter()
+            .map(|r| (r.name.as_str(), r.requests))
+            .collect();
+        assert_eq!(endpoints, [("/items/{id}", 9), ("/fail", 2)]);
+        let countries: Vec<_> = key
+            .top_countries
+            .iter()
+            .map(|r| (r.name.as_str(), r.requests))
+            .collect();
+        assert_eq!(countries, [("DE", 8), ("FR", 3)]);
+
+        let owner = f.report(Subject::Owner("acme"), Resolution::Hour);
+        assert_eq!(owner.totals.requests, 15);
+        assert_eq!(owner.totals.outcomes["INSUFFICIENT_PERMISSIONS"], 4);
+        assert_eq!(owner.totals.status_classes["4xx"], 4);
+        assert_eq!(
+            owner.series[0].requests, 15,
+            "the open minute is in its hour"
+        );
+
+        let all = f.report(Subject::All, Resolution::Day);
+        assert_eq!(all.series[0].requests, 18);
+        assert_eq!(all.totals.outcomes["INVALID_API_KEY"], 1);
+        assert_eq!(all.totals.outcomes["MISSING_API_KEY"], 1);
+        assert_eq!(all.totals.errors, 2 + 4 + 2);
+        let json = serde_json::to_value(&all).unwrap();
+        assert_eq!(json["totals"]["requests"], 18);
+        assert_eq!(json["resolution"], "day");
+        assert_eq!(json["top_countries"][0]["name"], "DE");
+    }
+
+    #[tokio::test]
+    async fn latency_percentiles_are_within_the_sketch_error_of_the_service_time() {
+        let f = Fixture::new().await;
+        let key = header(&f.key("acme", &["read"]).await);
+        let slept: Vec<u64> = (5..=100).step_by(5).collect();
+        for ms in &slept {
+            let path = format!("/slow/{ms}");
+            assert_eq!(f.get(Some(&key), &path, None).await, 200);
+        }
+        let report = f.report(Subject::All, Resolution::Minute);
+        let latency = report.totals.latency.unwrap();
+        assert_eq!(latency.count, 20);
+        // The percentile q is the value of rank ⌊q·(n−1)⌋ (DDSketch's definition). The service
+        // slept at least that long; the layer measures a little more (scheduling), and the
+        // sketch is within 1 %.
+        let expected = |q: f64| slept[(q * (slept.len() - 1) as f64) as usize] as f64;
+        let near = |measured: f64, q: f64| {
+            measured >= expected(q) * 0.99 && measured <= expected(q) * 1.01 + 40.0
+        };
+        assert!(near(latency.p50_ms, 0.5), "{latency:?}");
+        assert!(near(latency.p95_ms, 0.95), "{latency:?}");
+        assert!(near(latency.p99_ms, 0.99), "{latency:?}");
+        assert_eq!(report.top_endpoints[0].name, "/slow/{ms}");
+    }
+}
