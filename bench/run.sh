@@ -14,7 +14,7 @@ if ! command -v wrk >/dev/null || ! command -v valgrind >/dev/null; then
 fi
 
 echo "== 1. per request, in process (criterion), and the unavoidable steps alone"
-timeout 900 cargo bench --bench per_request -- --warm-up-time 2 --measurement-time 5
+timeout 900 cargo bench --bench per_request --features analytics -- --warm-up-time 2 --measurement-time 5
 timeout 300 cargo bench --bench steps -- --warm-up-time 1 --measurement-time 2
 echo "== 2. miss path (criterion)"
 timeout 600 cargo bench --bench miss_path -- --warm-up-time 1 --measurement-time 5

@@ -23,11 +23,15 @@ use http::{HeaderValue, Request, Response};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_api_key::{
     cache::CacheConfig, extract::HideCredentials, key::KeyFormat, limit::Limits, limit::NamedLimit,
-    store::KeyRecord, store::KeyStoreAdmin, ApiKeyLayer, Environment, MemoryStore, NewKey,
+    store::KeyRecord, store::KeyStoreAdmin, ApiKeyLayer, ApiKeyLayerBuilder, Environment,
+    MemoryStore, NewKey,
 };
 use tower_http::validate_request::ValidateRequestHeaderLayer;
 
 type Body = http_body_util::Empty<bytes::Bytes>;
+
+/// Sets up a layer's builder further.
+type ApiKeyLayerBuilderFn = fn(ApiKeyLayerBuilder) -> ApiKeyLayerBuilder;
 
 fn request(value: &HeaderValue) -> Request<Body> {
     let mut request = Request::new(Body::new());
@@ -85,20 +89,21 @@ fn one_cached_key(
     networks: &[tower_api_key::network::IpNet],
     limits: Option<Limits>,
 ) -> (ApiKeyLayer, HeaderValue) {
-    owned_cached_key(runtime, hide, networks, limits, None)
+    owned_cached_key(runtime, hide, networks, limits, None, |builder| builder)
 }
 
-/// As [`one_cached_key`], the key's owner (`acme`) having `owner_limits` if given.
+/// As [`one_cached_key`], the key's owner (`acme`) having `owner_limits` if given, the layer
+/// further set up by `configure`.
 fn owned_cached_key(
     runtime: &tokio::runtime::Runtime,
     hide: HideCredentials,
     networks: &[tower_api_key::network::IpNet],
     limits: Option<Limits>,
     owner_limits: Option<Limits>,
+    configure: impl FnOnce(ApiKeyLayerBuilder) -> ApiKeyLayerBuilder,
 ) -> (ApiKeyLayer, HeaderValue) {
     let store = MemoryStore::new();
-    let layer = ApiKeyLayer::builder("mesh", store.clone())
-        .hide_credentials(hide)
+    let layer = configure(ApiKeyLayer::builder("mesh", store.clone()).hide_credentials(hide))
         .build()
         .unwrap();
     let mut key = NewKey::new("bench")
@@ -188,6 +193,67 @@ fn per_request(c: &mut Criterion) {
     let layered = keep_layer.layer(service_fn(inner));
     one_key(&mut group, &runtime, "api_key_hot_key_keep", layered, &keep);
 
+    // Usage counting, in the same run: what a sink adds to the hot key. With `--features
+    // analytics` (as bench/run.sh runs it), the analytics sink; then a gRPC request with a
+    // country header, without a sink and with analytics reading its endpoint and country.
+    let mut sinks: Vec<(&str, ApiKeyLayerBuilderFn, HeaderValue)> = vec![(
+        "api_key_hot_key_memory_usage",
+        |builder| builder.usage_sink(tower_api_key::usage::MemoryUsage::new()),
+        HeaderValue::from_static(""),
+    )];
+    #[cfg(feature = "analytics")]
+    {
+        use tower_api_key::usage::{Analytics, CountryHeader};
+        sinks.push((
+            "api_key_hot_key_analytics",
+            |builder| builder.usage_sink(Analytics::new()),
+            HeaderValue::from_static(""),
+        ));
+        sinks.push((
+            "api_key_hot_key_grpc_country_no_sink",
+            |builder| builder,
+            HeaderValue::from_static("application/grpc"),
+        ));
+        sinks.push((
+            "api_key_hot_key_analytics_grpc_country",
+            |builder| {
+                builder
+                    .usage_sink(Analytics::new())
+                    .country_resolver(CountryHeader::new("cf-ipcountry").unwrap())
+            },
+            HeaderValue::from_static("application/grpc"),
+        ));
+    }
+    for (name, configure, content_type) in sinks {
+        let (layer, header) = owned_cached_key(
+            &runtime,
+            HideCredentials::default(),
+            &[],
+            None,
+            None,
+            configure,
+        );
+        let service = layer.layer(service_fn(inner));
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter(|| {
+                let service = service.clone();
+                let mut request = request(&header);
+                if !content_type.is_empty() {
+                    *request.method_mut() = http::Method::POST;
+                    *request.uri_mut() = http::Uri::from_static("/mesh.Recommendations/List");
+                    let headers = request.headers_mut();
+                    headers.insert(http::header::CONTENT_TYPE, content_type.clone());
+                    headers.insert("cf-ipcountry", HeaderValue::from_static("DE"));
+                }
+                async move {
+                    let response = service.oneshot(request).await.unwrap();
+                    debug_assert_eq!(response.status(), 200);
+                    black_box(response)
+                }
+            })
+        });
+    }
+
     let office = [
         "10.0.0.0/8".parse().unwrap(),
         "203.0.113.0/24".parse().unwrap(),
@@ -222,6 +288,7 @@ fn per_request(c: &mut Criterion) {
             &office,
             limits,
             owner_limits,
+            |builder| builder,
         );
         let service = layer.layer(service_fn(inner));
         group.bench_function(name, |b| {

@@ -6,6 +6,9 @@
 //! cargo build --release --example bench_driver
 //! valgrind --tool=callgrind ./target/release/examples/bench_driver layer 100000
 //! ```
+//!
+//! Built with `--features analytics`, mode `analytics` runs the layer with an
+//! [`Analytics`](tower_api_key::usage) sink (without the feature it is the plain layer).
 
 #[path = "../benches/support/floor.rs"]
 mod floor;
@@ -99,10 +102,14 @@ fn main() {
             let (service, header) = floor::floor::<7, _>(service_fn(inner));
             run(service, &header, n)
         }
-        "layer" => {
-            let mut service = ApiKeyLayer::new("mesh", store)
-                .unwrap()
-                .layer(service_fn(inner));
+        "layer" | "analytics" => {
+            let builder = ApiKeyLayer::builder("mesh", store);
+            #[cfg(feature = "analytics")]
+            let builder = match mode.as_str() {
+                "analytics" => builder.usage_sink(tower_api_key::usage::Analytics::new()),
+                _ => builder,
+            };
+            let mut service = builder.build().unwrap().layer(service_fn(inner));
             // Warm the cache with one request through the runtime.
             let mut request = Request::new(Body::new());
             request.headers_mut().insert(AUTHORIZATION, header.clone());
@@ -110,6 +117,6 @@ fn main() {
             assert_eq!(response.status(), 200);
             run(service, &header, n)
         }
-        other => panic!("unknown mode {other}: bare, bearer, floor or layer"),
+        other => panic!("unknown mode {other}: bare, bearer, floor, layer or analytics"),
     }
 }

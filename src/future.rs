@@ -99,8 +99,9 @@ struct Waiting<S, ReqBody> {
 pub(crate) struct After {
     shared: Arc<Shared>,
     principal: Principal,
-    /// When the inner service was called, if usage is counted.
-    started: Option<Instant>,
+    /// When the inner service was called, if usage is counted: the request's time, and the
+    /// instant to measure the service's time from.
+    started: Option<(SystemTime, Instant)>,
     origin: Origin,
     decision: Option<Decision>,
 }
@@ -340,7 +341,10 @@ fn admit(
     trace::accepted(principal.key_id());
     let after = (shared.usage.is_some() || decision.is_some()).then(|| {
         Box::new(After {
-            started: shared.usage.is_some().then(Instant::now),
+            started: shared.usage.as_ref().map(|_| {
+                let at = request.at.unwrap_or_else(|| shared.clock.now());
+                (at, Instant::now())
+            }),
             origin: shared.origin(request),
             shared: Arc::clone(shared),
             principal: principal.clone(),
@@ -435,7 +439,8 @@ impl After {
         if let Some(decision) = &self.decision {
             decision.write_headers(response.headers_mut());
         }
-        if let Some(started) = self.started {
+        if let Some((at, started)) = self.started {
+            let latency = started.elapsed();
             let outcome = response
                 .extensions()
                 .get::<Rejection>()
@@ -444,8 +449,9 @@ impl After {
                 key: Some(&self.principal),
                 outcome,
                 status: response.status(),
-                latency: Some(started.elapsed()),
+                latency: Some(latency),
                 origin: &self.origin,
+                at: Some(at + latency),
             });
         }
     }
@@ -472,14 +478,15 @@ where
                         request,
                         inner,
                     } = *pending.take().expect("polled after completion");
+                    let now = shared.clock.now();
                     let attempt = Attempt {
                         presented: &presented,
                         found: match &result {
                             Ok(key) => Ok(key.as_ref()),
                             Err(error) => Err(&**error),
                         },
-                        now: shared.clock.now(),
-                        request: Seen::of(&request),
+                        now,
+                        request: Seen::of(&request, Some(now)),
                     };
                     let verdict = authorize(&shared, attempt);
                     Self::after_verdict(verdict, shared, request, inner).state
@@ -492,7 +499,7 @@ where
                         inner,
                         principal,
                     } = *waiting.take().expect("polled after completion");
-                    let verdict = decide(&shared, Seen::of(&request), principal, checked);
+                    let verdict = decide(&shared, Seen::of(&request, None), principal, checked);
                     Self::after_verdict(verdict, shared, request, inner).state
                 }
                 StateProjection::Inner { future, after } => {

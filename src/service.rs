@@ -91,7 +91,7 @@ where
                     rejection,
                     None,
                     None,
-                    Seen::of(&request),
+                    Seen::of(&request, None),
                 ));
             }
         };
@@ -104,7 +104,7 @@ where
                     presented: &presented,
                     found: Ok(key),
                     now,
-                    request: Seen::of(&request),
+                    request: Seen::of(&request, Some(now)),
                 },
             )
         });
@@ -116,7 +116,7 @@ where
                     Rejection::InvalidApiKey,
                     id,
                     None,
-                    Seen::of(&request),
+                    Seen::of(&request, Some(now)),
                 ));
             }
             let presented = presented.into_owned();

@@ -4,10 +4,10 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{Extensions, HeaderMap, Request, Response, StatusCode, Uri};
+use http::{Extensions, HeaderMap, Method, Request, Response, StatusCode, Uri};
 
 use crate::cache::KeyCache;
 use crate::clock::Clock;
@@ -45,17 +45,22 @@ pub(crate) struct Shared {
 /// The parts of a request that answering and counting it read.
 #[derive(Clone, Copy)]
 pub(crate) struct Seen<'a> {
+    pub(crate) method: &'a Method,
     pub(crate) headers: &'a HeaderMap,
     pub(crate) extensions: &'a Extensions,
     pub(crate) uri: &'a Uri,
+    /// The time the layer read for it, if it read one.
+    pub(crate) at: Option<SystemTime>,
 }
 
 impl<'a> Seen<'a> {
-    pub(crate) fn of<B>(request: &'a Request<B>) -> Self {
+    pub(crate) fn of<B>(request: &'a Request<B>, at: Option<SystemTime>) -> Self {
         Seen {
+            method: request.method(),
             headers: request.headers(),
             extensions: request.extensions(),
             uri: request.uri(),
+            at,
         }
     }
 }
@@ -77,6 +82,8 @@ pub(crate) struct Counted<'a> {
     /// How long the inner service took, if it was called.
     pub(crate) latency: Option<Duration>,
     pub(crate) origin: &'a Origin,
+    /// When it was answered, if known without reading the clock again.
+    pub(crate) at: Option<SystemTime>,
 }
 
 impl Shared {
@@ -93,7 +100,12 @@ impl Shared {
             resolver.country(client, request.headers)
         });
         Origin {
-            route: Route::of(request.headers, request.extensions, request.uri),
+            route: Route::of(
+                request.method,
+                request.headers,
+                request.extensions,
+                request.uri,
+            ),
             country,
         }
     }
@@ -109,7 +121,7 @@ impl Shared {
                 latency: counted.latency,
                 endpoint: counted.origin.route.as_ref().map(Route::as_str),
                 country: counted.origin.country,
-                at: self.clock.now(),
+                at: counted.at.unwrap_or_else(|| self.clock.now()),
             });
         }
     }
@@ -164,6 +176,7 @@ impl Shared {
                 status: response.status(),
                 latency: None,
                 origin: &self.origin(request),
+                at: request.at,
             });
         }
     }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
 
 use super::bucket::{Bucket, Sample};
 use super::report::{ranked, Point, Resolution, Subject, UsageReport};
@@ -77,7 +78,8 @@ pub struct Analytics {
 #[derive(Default)]
 struct Inner {
     config: AnalyticsConfig,
-    keys: DashMap<Box<str>, Mutex<Series>>,
+    /// Keyed by verified keys only (foldhash, seeded per map): a client cannot choose the ids.
+    keys: DashMap<Box<str>, Mutex<Series>, RandomState>,
     unauthenticated: [Mutex<Series>; SHARDS],
 }
 

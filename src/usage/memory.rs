@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
 use serde::Serialize;
 
 use super::{Outcome, UsageEvent, UsageSink, OUTCOMES};
@@ -14,7 +15,7 @@ use crate::clock::unix_seconds;
 /// Usage counted in memory, per key.
 #[derive(Default)]
 pub struct MemoryUsage {
-    keys: DashMap<Box<str>, Counters>,
+    keys: DashMap<Box<str>, Counters, RandomState>,
     unauthenticated: Counters,
 }
 

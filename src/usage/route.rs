@@ -4,7 +4,7 @@
 
 use http::header::CONTENT_TYPE;
 use http::uri::PathAndQuery;
-use http::{Extensions, HeaderMap, Uri};
+use http::{Extensions, HeaderMap, Method, Uri};
 
 /// The endpoint of a request, kept until its response for the usage sink.
 #[derive(Clone, Debug)]
@@ -18,16 +18,23 @@ pub(crate) enum Route {
 
 impl Route {
     /// The endpoint of a request with these parts, if it has one a sink may count by.
-    pub(crate) fn of(headers: &HeaderMap, extensions: &Extensions, uri: &Uri) -> Option<Route> {
+    pub(crate) fn of(
+        method: &Method,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+        uri: &Uri,
+    ) -> Option<Route> {
         #[cfg(feature = "axum")]
         if let Some(matched) = extensions.get::<::axum::extract::MatchedPath>() {
             return Some(Route::Template(matched.clone()));
         }
         #[cfg(not(feature = "axum"))]
         let _ = extensions;
-        let grpc = headers
-            .get(CONTENT_TYPE)
-            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+        // gRPC calls are POSTs: other requests skip the header lookup.
+        let grpc = method == Method::POST
+            && headers
+                .get(CONTENT_TYPE)
+                .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
         if grpc {
             return uri.path_and_query().cloned().map(Route::Grpc);
         }
@@ -52,10 +59,12 @@ mod tests {
     fn a_grpc_method_is_its_path_and_a_plain_request_has_none() {
         let mut headers = HeaderMap::new();
         let uri: Uri = "/users/42?full=1".parse().unwrap();
-        assert!(Route::of(&headers, &Extensions::new(), &uri).is_none());
+        let post = Method::POST;
+        assert!(Route::of(&post, &headers, &Extensions::new(), &uri).is_none());
         headers.insert(CONTENT_TYPE, "application/grpc+proto".parse().unwrap());
         let uri: Uri = "/mesh.Keys/List".parse().unwrap();
-        let route = Route::of(&headers, &Extensions::new(), &uri).unwrap();
+        assert!(Route::of(&Method::GET, &headers, &Extensions::new(), &uri).is_none());
+        let route = Route::of(&post, &headers, &Extensions::new(), &uri).unwrap();
         assert_eq!(route.as_str(), "/mesh.Keys/List");
     }
 }

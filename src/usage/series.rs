@@ -66,6 +66,12 @@ impl Series {
     /// Records `sample` of second `secs`; `max_endpoints` bounds each bucket's endpoints.
     pub(crate) fn record(&mut self, sample: &Sample<'_>, secs: u64, max_endpoints: usize) {
         let minute = index(secs, Resolution::Minute);
+        // Nearly always: a request of the open minute.
+        if let Some((open, bucket)) = self.minutes.buckets.back_mut() {
+            if *open == minute {
+                return bucket.record(sample, max_endpoints);
+            }
+        }
         let open = self.minutes.buckets.back().map(|(i, _)| *i);
         if open.is_some_and(|open| minute > open) {
             self.close_minutes(secs);

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
 
 use super::{Outcome, UsageEvent, UsageSink};
 use crate::clock::unix_seconds;
@@ -32,7 +33,7 @@ use crate::store::{KeyStoreAdmin, StoreError, UsageUpdate};
 /// ```
 #[derive(Default)]
 pub struct StoreUsage {
-    pending: DashMap<Box<str>, Pending>,
+    pending: DashMap<Box<str>, Pending, RandomState>,
 }
 
 #[derive(Default)]
