@@ -47,6 +47,16 @@ pub(crate) fn rejected(key_id: Option<&str>, rejection: Rejection) {
     let _ = (key_id, rejection);
 }
 
+/// Usage analytics could not be written to the store; they stay pending for the next flush.
+#[cfg(feature = "analytics")]
+#[inline]
+pub(crate) fn usage_flush_failed(error: &dyn std::fmt::Display) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(target: "tower_api_key", error = %error, "usage flush failed; will retry");
+    #[cfg(not(feature = "tracing"))]
+    let _ = error;
+}
+
 /// The store failed while looking up `key_id`.
 #[inline]
 pub(crate) fn store_failed(key_id: &str, error: &dyn std::fmt::Display) {

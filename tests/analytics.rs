@@ -8,6 +8,9 @@ fn analytics_suite_needs_its_features() {}
 
 #[cfg(all(feature = "analytics", feature = "axum"))]
 mod common;
+#[cfg(all(feature = "analytics", feature = "axum"))]
+#[path = "common/usage_replicas.rs"]
+mod usage_replicas;
 
 #[cfg(all(feature = "analytics", feature = "axum"))]
 mod analytics {
@@ -24,6 +27,7 @@ mod analytics {
     };
 
     use super::common::{api_key, serve, HttpClient};
+    use super::usage_replicas;
 
     /// 2026-11-23 12:00:00 UTC: a minute and an hour start here.
     const START: u64 = 20_780 * 86_400 + 12 * 3_600;
@@ -210,5 +214,23 @@ mod analytics {
         assert!(near(latency.p95_ms, 0.95), "{latency:?}");
         assert!(near(latency.p99_ms, 0.99), "{latency:?}");
         assert_eq!(report.top_endpoints[0].name, "/slow/{ms}");
+    }
+
+    #[tokio::test]
+    async fn two_replicas_on_one_memory_store_report_the_combined_totals() {
+        let store = MemoryStore::new();
+        usage_replicas::two_replicas_report_the_combined_totals(store.clone(), store, "mesh").await;
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn two_replicas_on_one_sqlite_file_report_the_combined_totals() {
+        let dir = std::env::temp_dir().join(format!("tak-usage-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("usage.db").display());
+        let a = tower_api_key::SqliteStore::connect(&url).await.unwrap();
+        let b = tower_api_key::SqliteStore::connect(&url).await.unwrap();
+        usage_replicas::two_replicas_report_the_combined_totals(a, b, "mesh").await;
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -14,6 +14,9 @@ mod conformance;
 #[cfg(feature = "postgres")]
 #[path = "common/replicas.rs"]
 mod replicas;
+#[cfg(all(feature = "postgres", feature = "analytics"))]
+#[path = "common/usage_replicas.rs"]
+mod usage_replicas;
 
 #[cfg(feature = "postgres")]
 mod postgres {
@@ -160,6 +163,19 @@ mod postgres {
             store(&unique("outage")).await,
             "TOWER_API_KEY_POSTGRES_STOP",
             "TOWER_API_KEY_POSTGRES_START",
+        )
+        .await;
+    }
+
+    #[cfg(feature = "analytics")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL: run through .ci/run"]
+    async fn two_replicas_report_the_combined_usage() {
+        let table = unique("usage");
+        crate::usage_replicas::two_replicas_report_the_combined_totals(
+            store(&table).await,
+            store(&table).await,
+            "mesh",
         )
         .await;
     }

@@ -14,6 +14,9 @@ mod conformance;
 #[cfg(feature = "redis")]
 #[path = "common/replicas.rs"]
 mod replicas;
+#[cfg(all(feature = "redis", feature = "analytics"))]
+#[path = "common/usage_replicas.rs"]
+mod usage_replicas;
 
 #[cfg(feature = "redis")]
 mod redis {
@@ -428,6 +431,19 @@ mod redis {
             store(&unique("outage")).await,
             "TOWER_API_KEY_REDIS_STOP",
             "TOWER_API_KEY_REDIS_START",
+        )
+        .await;
+    }
+
+    #[cfg(feature = "analytics")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis: run through .ci/run"]
+    async fn two_replicas_report_the_combined_usage() {
+        let prefix = unique("usage");
+        crate::usage_replicas::two_replicas_report_the_combined_totals(
+            store(&prefix).await,
+            store(&prefix).await,
+            "mesh",
         )
         .await;
     }

@@ -9,7 +9,7 @@ use crate::limit::{Charge, Credits, Limits, Spend};
 
 use super::{
     KeyChanges, KeyRecord, KeyStore, KeyStoreAdmin, KeyWithOwner, MemoryStore, OwnerRecord,
-    StoreError, UsageUpdate,
+    StoreError, UsageArchive, UsageRange, UsageRow, UsageUpdate,
 };
 
 /// Any of the crate's stores, chosen by URL: `memory:`, `sqlite://…`, `postgres://…`,
@@ -203,5 +203,20 @@ impl KeyStoreAdmin for AnyStore {
     }
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {
         each!(self, store => store.record_usage(batch).await)
+    }
+}
+
+#[async_trait]
+impl UsageArchive for AnyStore {
+    async fn write_usage(
+        &self,
+        rows: &[UsageRow],
+        expire: &[(u32, u64)],
+    ) -> Result<(), StoreError> {
+        each!(self, store => store.write_usage(rows, expire).await)
+    }
+
+    async fn read_usage(&self, range: &UsageRange<'_>) -> Result<Vec<UsageRow>, StoreError> {
+        each!(self, store => store.read_usage(range).await)
     }
 }

@@ -1,6 +1,6 @@
 //! The in-memory store: the embedded default, for demos, tests and small fixed key sets.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -10,7 +10,10 @@ use ipnet::IpNet;
 
 use crate::limit::{Charge, Credits, Limits, Spend};
 
-use super::{KeyRecord, KeyStore, KeyStoreAdmin, OwnerRecord, StoreError, UsageUpdate};
+use super::{
+    KeyRecord, KeyStore, KeyStoreAdmin, OwnerRecord, StoreError, UsageArchive, UsageRange,
+    UsageRow, UsageUpdate,
+};
 
 /// Keys held in this process's memory. Cloning shares the same keys.
 ///
@@ -41,6 +44,8 @@ pub struct MemoryStore {
 struct Data {
     keys: HashMap<String, KeyRecord>,
     owners: HashMap<String, OwnerRecord>,
+    /// Usage rows by resolution, start, key and replica.
+    usage: BTreeMap<(u32, u64, String, String), UsageRow>,
 }
 
 impl MemoryStore {
@@ -107,7 +112,7 @@ impl KeyStore for MemoryStore {
 
     async fn spend_credits(&self, charge: &Charge<'_>) -> Result<Spend, StoreError> {
         let mut data = self.write();
-        let Data { keys, owners } = &mut *data;
+        let Data { keys, owners, .. } = &mut *data;
         let key = charge.key.and_then(|account| {
             let credits = keys.get_mut(account.id)?.credits.as_mut()?;
             Some((credits, account.period))
@@ -237,5 +242,43 @@ impl KeyStoreAdmin for MemoryStore {
             }
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl UsageArchive for MemoryStore {
+    async fn write_usage(
+        &self,
+        rows: &[UsageRow],
+        expire: &[(u32, u64)],
+    ) -> Result<(), StoreError> {
+        let mut data = self.write();
+        for row in rows {
+            let at = (
+                row.resolution,
+                row.start,
+                row.key.clone(),
+                row.replica.clone(),
+            );
+            data.usage.insert(at, row.clone());
+        }
+        for &(resolution, before) in expire {
+            data.usage
+                .retain(|(r, start, ..), _| *r != resolution || *start >= before);
+        }
+        Ok(())
+    }
+
+    async fn read_usage(&self, range: &UsageRange<'_>) -> Result<Vec<UsageRow>, StoreError> {
+        let from = (range.resolution, range.from, String::new(), String::new());
+        let to = (range.resolution, range.to, String::new(), String::new());
+        Ok(self
+            .read()
+            .usage
+            .range(from..to)
+            .map(|(_, row)| row)
+            .filter(|row| range.contains(row))
+            .cloned()
+            .collect())
     }
 }

@@ -23,6 +23,7 @@
 //! ```
 
 pub(crate) mod any;
+mod archive;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
 mod codec;
 #[cfg(any(feature = "postgres", feature = "redis"))]
@@ -49,6 +50,7 @@ use ipnet::IpNet;
 
 use crate::limit::{Charge, Credits, Limits, Spend};
 
+pub use archive::{UsageArchive, UsageRange, UsageRow};
 #[cfg(any(feature = "postgres", feature = "redis"))]
 pub use listener::{LISTENER_CONNECT_TIMEOUT, LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
 pub(crate) use memory::MemoryStore;

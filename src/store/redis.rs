@@ -18,7 +18,7 @@ use super::codec::{secs, CreditFields, Fields, OwnerFields};
 use super::listener::{reconnect, LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
 use super::{
     owner_payload, to_json as json, KeyChanges, KeyRecord, KeyStore, KeyStoreAdmin, KeyWithOwner,
-    OwnerRecord, StoreError, UsageUpdate,
+    OwnerRecord, StoreError, UsageArchive, UsageRange, UsageRow, UsageUpdate,
 };
 
 /// Keys in Redis: one hash per key (`<prefix>key:<id>`), a set of ids (`<prefix>ids`), one hash
@@ -211,6 +211,11 @@ impl RedisStore {
             .into_iter()
             .map(|(_, value)| value.unwrap_or_default())
             .collect()
+    }
+
+    /// The hash of the usage rows of one bucket: a field per replica and key.
+    fn usage(&self, resolution: u32, start: u64) -> String {
+        format!("{}usage:{resolution}:{start}", self.prefix)
     }
 
     fn ids(&self) -> String {
@@ -568,5 +573,77 @@ impl KeyStoreAdmin for RedisStore {
                 .map_err(unavailable)?;
         }
         Ok(())
+    }
+}
+
+/// A usage row's field in its bucket's hash: `[replica, key]` as JSON; its value: `[owner,
+/// data]`.
+type UsageField = (String, String);
+type UsageValue = (Option<String>, String);
+
+#[async_trait]
+impl UsageArchive for RedisStore {
+    async fn write_usage(
+        &self,
+        rows: &[UsageRow],
+        expire: &[(u32, u64)],
+    ) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for row in rows {
+            let hash = self.usage(row.resolution, row.start);
+            let field = json(&(&row.replica, &row.key));
+            pipe.hset(&hash, field, json(&(&row.owner, &row.data)))
+                .ignore();
+            // The hash goes when its bucket leaves the retention given for its resolution.
+            if let Some(&(_, before)) = expire.iter().find(|(r, _)| *r == row.resolution) {
+                let left = row.start.saturating_sub(before) + u64::from(row.resolution);
+                pipe.expire(&hash, i64::try_from(left).unwrap_or(i64::MAX))
+                    .ignore();
+            }
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+
+    async fn read_usage(&self, range: &UsageRange<'_>) -> Result<Vec<UsageRow>, StoreError> {
+        let step = u64::from(range.resolution.max(1));
+        let starts: Vec<u64> = (range.from.div_ceil(step) * step..range.to)
+            .step_by(usize::try_from(step).unwrap_or(usize::MAX))
+            .collect();
+        let mut pipe = redis::pipe();
+        for start in &starts {
+            pipe.hgetall(self.usage(range.resolution, *start));
+        }
+        let mut conn = self.conn.clone();
+        let hashes: Vec<HashMap<String, String>> =
+            pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let mut rows = Vec::new();
+        for (start, hash) in starts.into_iter().zip(hashes) {
+            for (field, value) in hash {
+                let corrupt = |what: &str| {
+                    StoreError::unavailable(format!(
+                        "corrupt usage row in {}: {what}",
+                        self.usage(range.resolution, start)
+                    ))
+                };
+                let (replica, key): UsageField =
+                    serde_json::from_str(&field).map_err(|_| corrupt("field"))?;
+                let (owner, data): UsageValue =
+                    serde_json::from_str(&value).map_err(|_| corrupt("value"))?;
+                let row = UsageRow {
+                    replica,
+                    key,
+                    owner,
+                    resolution: range.resolution,
+                    start,
+                    data,
+                };
+                if range.contains(&row) {
+                    rows.push(row);
+                }
+            }
+        }
+        Ok(rows)
     }
 }

@@ -49,6 +49,19 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
         credits_period BIGINT
     );",
     ),
+    (
+        5,
+        "CREATE TABLE IF NOT EXISTS {t}_usage (
+        resolution BIGINT NOT NULL,
+        start BIGINT NOT NULL,
+        key_id TEXT NOT NULL,
+        replica TEXT NOT NULL,
+        owner TEXT,
+        data TEXT NOT NULL,
+        PRIMARY KEY (resolution, start, key_id, replica)
+    );
+    CREATE INDEX IF NOT EXISTS {t}_usage_owner ON {t}_usage (owner, resolution, start);",
+    ),
 ];
 
 /// The queries for table `t`.
@@ -75,6 +88,8 @@ pub(crate) struct Queries {
     pub(crate) owner_set_limits: String,
     pub(crate) owner_set_credits: String,
     pub(crate) record_usage: String,
+    /// Usage analytics' rows.
+    pub(crate) usage: UsageQueries,
     pub(crate) schema_table: String,
     pub(crate) schema_version: String,
     pub(crate) schema_insert: String,
@@ -110,6 +125,38 @@ impl CreditQueries {
                  WHERE {by} = $2 AND credits_remaining IS NOT NULL RETURNING credits_remaining"
             ),
             remaining: format!("SELECT credits_remaining FROM {t} WHERE {by} = $1"),
+        }
+    }
+}
+
+/// The queries on the usage rows of analytics.
+pub(crate) struct UsageQueries {
+    /// Writes a row, replacing the same replica's row of the same key and bucket.
+    pub(crate) upsert: String,
+    pub(crate) expire: String,
+    /// Rows of one resolution in a range of starts: of every key, of one key, of one owner.
+    pub(crate) read_all: String,
+    pub(crate) read_key: String,
+    pub(crate) read_owner: String,
+}
+
+impl UsageQueries {
+    fn new(t: &str) -> Self {
+        let read = format!(
+            "SELECT replica, key_id, owner, resolution, start, data FROM {t}_usage \
+             WHERE resolution = $1 AND start >= $2 AND start < $3"
+        );
+        UsageQueries {
+            upsert: format!(
+                "INSERT INTO {t}_usage (resolution, start, key_id, replica, owner, data) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (resolution, start, key_id, replica) \
+                 DO UPDATE SET owner = excluded.owner, data = excluded.data"
+            ),
+            expire: format!("DELETE FROM {t}_usage WHERE resolution = $1 AND start < $2"),
+            read_key: format!("{read} AND key_id = $4"),
+            read_owner: format!("{read} AND owner = $4"),
+            read_all: read,
         }
     }
 }
@@ -196,6 +243,7 @@ impl Queries {
                  last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 \
                  THEN $3 ELSE last_used_at END WHERE id = $4"
             ),
+            usage: UsageQueries::new(t),
             schema_table: format!(
                 "CREATE TABLE IF NOT EXISTS {t}_schema (version BIGINT PRIMARY KEY)"
             ),
@@ -669,10 +717,92 @@ macro_rules! sql_store {
                 tx.commit().await.map_err(unavailable)
             }
         }
+
+        #[async_trait::async_trait]
+        impl $crate::store::UsageArchive for $store {
+            async fn write_usage(
+                &self,
+                rows: &[$crate::store::UsageRow],
+                expire: &[(u32, u64)],
+            ) -> Result<(), $crate::store::StoreError> {
+                use $crate::store::sql::{bigint, unavailable};
+                let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                for row in rows {
+                    sqlx::query(&self.sql.usage.upsert)
+                        .bind(i64::from(row.resolution))
+                        .bind(bigint(row.start))
+                        .bind(&row.key)
+                        .bind(&row.replica)
+                        .bind(&row.owner)
+                        .bind(&row.data)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                }
+                for &(resolution, before) in expire {
+                    sqlx::query(&self.sql.usage.expire)
+                        .bind(i64::from(resolution))
+                        .bind(bigint(before))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                }
+                tx.commit().await.map_err(unavailable)
+            }
+
+            async fn read_usage(
+                &self,
+                range: &$crate::store::UsageRange<'_>,
+            ) -> Result<Vec<$crate::store::UsageRow>, $crate::store::StoreError> {
+                use sqlx::Row as _;
+                use $crate::store::sql::{bigint, unavailable};
+                let usage = &self.sql.usage;
+                let (sql, filter) = match (range.key, range.owner) {
+                    (Some(key), _) => (&usage.read_key, Some(key)),
+                    (None, Some(owner)) => (&usage.read_owner, Some(owner)),
+                    (None, None) => (&usage.read_all, None),
+                };
+                let mut query = sqlx::query(sql)
+                    .bind(i64::from(range.resolution))
+                    .bind(bigint(range.from))
+                    .bind(bigint(range.to));
+                if let Some(filter) = filter {
+                    query = query.bind(filter);
+                }
+                let rows = query.fetch_all(&self.pool).await.map_err(unavailable)?;
+                let mut found = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let resolution: i64 = row.try_get("resolution").map_err(unavailable)?;
+                    let start: i64 = row.try_get("start").map_err(unavailable)?;
+                    let corrupt = || {
+                        $crate::store::StoreError::unavailable(format!(
+                            "corrupt usage row: resolution {resolution}, start {start}"
+                        ))
+                    };
+                    let row = $crate::store::UsageRow {
+                        replica: row.try_get("replica").map_err(unavailable)?,
+                        key: row.try_get("key_id").map_err(unavailable)?,
+                        owner: row.try_get("owner").map_err(unavailable)?,
+                        resolution: u32::try_from(resolution).map_err(|_| corrupt())?,
+                        start: u64::try_from(start).map_err(|_| corrupt())?,
+                        data: row.try_get("data").map_err(unavailable)?,
+                    };
+                    if range.contains(&row) {
+                        found.push(row);
+                    }
+                }
+                Ok(found)
+            }
+        }
     };
 }
 
 pub(crate) use sql_store;
+
+/// A number of seconds as an SQL `BIGINT`, saturating: no start of a bucket is anywhere near.
+pub(crate) fn bigint(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
 
 /// Brings the table of `$sql` (`Queries`) to the newest schema inside transaction `$tx`; an async
 /// block to await.

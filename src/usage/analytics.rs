@@ -4,7 +4,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
@@ -14,6 +14,8 @@ use super::report::{ranked, Point, Resolution, Subject, UsageReport};
 use super::series::Series;
 use super::{UsageEvent, UsageSink};
 use crate::clock::unix_seconds;
+use crate::store::{StoreError, UsageArchive, UsageRange, UsageRow};
+use crate::trace;
 
 /// How [`Analytics`] keeps usage.
 #[derive(Clone, Debug)]
@@ -70,14 +72,15 @@ impl Default for AnalyticsConfig {
 /// let json = serde_json::to_string(&report)?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Analytics {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
     config: AnalyticsConfig,
+    /// This process's name in the store's rows.
+    replica: Box<str>,
     /// Keyed by verified keys only (foldhash, seeded per map): a client cannot choose the ids.
     keys: DashMap<Box<str>, Mutex<Series>, RandomState>,
     unauthenticated: [Mutex<Series>; SHARDS],
@@ -112,15 +115,22 @@ impl fmt::Debug for Analytics {
 impl Analytics {
     /// No usage yet, the default configuration.
     pub fn new() -> Self {
-        Analytics::default()
+        Analytics::with_config(AnalyticsConfig::default())
     }
 
     /// No usage yet, configured by `config`.
     pub fn with_config(config: AnalyticsConfig) -> Self {
+        let mut random = [0u8; 8];
+        // Without randomness, the time: unique enough for a replica's name.
+        if getrandom::fill(&mut random).is_err() {
+            random = unix_seconds(SystemTime::now()).to_le_bytes();
+        }
         Analytics {
             inner: Arc::new(Inner {
                 config,
-                ..Inner::default()
+                replica: hex::encode(random).into(),
+                keys: DashMap::default(),
+                unauthenticated: Default::default(),
             }),
         }
     }
@@ -147,36 +157,190 @@ impl Analytics {
         keys + unauthenticated
     }
 
-    /// The usage of `subject` in `range`, one point per bucket of `resolution` that overlaps
-    /// it. A range longer than the resolution's retention starts at the retention's start; a
-    /// range that is empty gives no points.
+    /// This process's name in the store's rows: random, drawn when the analytics were made, so
+    /// a restarted process never overwrites the rows of the one before it.
+    pub fn replica(&self) -> &str {
+        &self.inner.replica
+    }
+
+    /// The usage of `subject` in `range` as this process saw it, one point per bucket of
+    /// `resolution` that overlaps it. A range longer than the resolution's retention starts at
+    /// the retention's start; a range that is empty gives no points. For the whole service
+    /// across replicas, see [`usage_across`](Self::usage_across).
     pub fn usage(
         &self,
         subject: Subject<'_>,
         range: Range<SystemTime>,
         resolution: Resolution,
     ) -> UsageReport {
+        let window = Window::of(&range, resolution);
+        let mut buckets = window.buckets();
+        self.add_local(subject, &window, &mut buckets);
+        self.report(subject, &window, &buckets)
+    }
+
+    /// As [`usage`](Self::usage), every replica's usage: the rows the others flushed to
+    /// `archive`, and this process's own from memory (fresher than its rows).
+    ///
+    /// # Errors
+    /// When the store fails, or holds a row that does not read back.
+    pub async fn usage_across<A: UsageArchive + ?Sized>(
+        &self,
+        archive: &A,
+        subject: Subject<'_>,
+        range: Range<SystemTime>,
+        resolution: Resolution,
+    ) -> Result<UsageReport, StoreError> {
+        let window = Window::of(&range, resolution);
         let length = resolution.seconds();
-        let end = unix_seconds(range.end).div_ceil(length);
-        let kept = resolution.retention().as_secs() / length + 1;
-        let start = (unix_seconds(range.start) / length).max(end.saturating_sub(kept));
-        let slots = usize::try_from(end.saturating_sub(start)).unwrap_or(0);
-        let mut buckets = vec![Bucket::default(); slots];
-        let config = &self.inner.config;
+        let seconds = u32::try_from(length).unwrap_or(u32::MAX);
+        let mut wanted = UsageRange::new(seconds, window.start * length, window.end * length);
+        match subject {
+            Subject::All => {}
+            Subject::Key(id) => wanted = wanted.key(id),
+            Subject::Owner(owner) => wanted = wanted.owner(owner),
+        }
+        let mut buckets = window.buckets();
+        for row in archive.read_usage(&wanted).await? {
+            if self.owns(&row.replica) {
+                continue;
+            }
+            let bucket = Bucket::decode(&row.data).map_err(|error| {
+                StoreError::unavailable(format!(
+                    "corrupt usage row (replica {}, resolution {}, start {}): {error}",
+                    row.replica, row.resolution, row.start
+                ))
+            })?;
+            if let Some(slot) = window.slot(&mut buckets, row.start / length) {
+                slot.merge(&bucket, self.inner.config.max_endpoints);
+            }
+        }
+        self.add_local(subject, &window, &mut buckets);
+        Ok(self.report(subject, &window, &buckets))
+    }
+
+    /// Writes the buckets changed since the last flush to `archive`, each replacing this
+    /// replica's row of the same key and bucket (so a flush retried after a failure counts
+    /// nothing twice), and drops rows past their retention. Returns how many rows it wrote. On
+    /// an error, what it tried to write stays pending for the next flush: nothing is lost.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn flush<A: UsageArchive + ?Sized>(&self, archive: &A) -> Result<usize, StoreError> {
+        let replica = &*self.inner.replica;
+        let mut rows = Vec::new();
+        // Where each row came from, to mark it changed again if the write fails.
+        let mut from = Vec::new();
+        let mut newest = 0;
+        for entry in self.inner.keys.iter() {
+            let mut series = lock(entry.value());
+            newest = newest.max(series.newest().unwrap_or(0));
+            let owner = series.owner.clone();
+            for (resolution, start, bucket) in series.take_dirty() {
+                let seconds = u32::try_from(resolution.seconds()).unwrap_or(u32::MAX);
+                rows.push(UsageRow::new(
+                    replica,
+                    entry.key(),
+                    owner.as_deref(),
+                    seconds,
+                    start,
+                    bucket.encode(),
+                ));
+                from.push((Some(entry.key().clone()), resolution, start));
+            }
+        }
+        for (shard, series) in self.inner.unauthenticated.iter().enumerate() {
+            let mut series = lock(series);
+            newest = newest.max(series.newest().unwrap_or(0));
+            // One row per shard: each shard is a replica of its own.
+            let replica = format!("{replica}/{shard}");
+            for (resolution, start, bucket) in series.take_dirty() {
+                let seconds = u32::try_from(resolution.seconds()).unwrap_or(u32::MAX);
+                rows.push(UsageRow::new(
+                    &replica,
+                    "",
+                    None,
+                    seconds,
+                    start,
+                    bucket.encode(),
+                ));
+                from.push((None, resolution, start));
+            }
+        }
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let expire = [Resolution::Minute, Resolution::Hour, Resolution::Day].map(|resolution| {
+            let length = resolution.seconds();
+            let before = newest.saturating_sub(resolution.retention().as_secs()) / length * length;
+            (u32::try_from(length).unwrap_or(u32::MAX), before)
+        });
+        match archive.write_usage(&rows, &expire).await {
+            Ok(()) => Ok(rows.len()),
+            Err(error) => {
+                for (row, (key, resolution, start)) in rows.iter().zip(from) {
+                    match key {
+                        Some(key) => {
+                            if let Some(series) = self.inner.keys.get(&key) {
+                                lock(&series).mark_dirty(resolution, start);
+                            }
+                        }
+                        None => {
+                            let shard = row.replica.rsplit('/').next().and_then(|s| s.parse().ok());
+                            if let Some(series) =
+                                shard.and_then(|s: usize| self.inner.unauthenticated.get(s))
+                            {
+                                lock(series).mark_dirty(resolution, start);
+                            }
+                        }
+                    }
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Flushes to `archive` every `period`, on a task of its own, until the task is aborted; a
+    /// failed flush is retried at the next period. Needs a Tokio runtime.
+    pub fn spawn_flusher<A: UsageArchive>(
+        &self,
+        archive: A,
+        period: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let analytics = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                if let Err(error) = analytics.flush(&archive).await {
+                    trace::usage_flush_failed(&error);
+                }
+            }
+        })
+    }
+
+    /// Whether this process wrote rows of `replica`.
+    fn owns(&self, replica: &str) -> bool {
+        let mine = &*self.inner.replica;
+        replica
+            .strip_prefix(mine)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
+    /// Adds this process's buckets of `subject` in `window` to `buckets`.
+    fn add_local(&self, subject: Subject<'_>, window: &Window, buckets: &mut [Bucket]) {
+        let max_endpoints = self.inner.config.max_endpoints;
         let mut add = |series: &Mutex<Series>| {
-            lock(series).add_to(resolution, start, &mut buckets, config.max_endpoints);
+            lock(series).add_to(window.resolution, window.start, buckets, max_endpoints);
         };
-        let id = match subject {
+        match subject {
             Subject::All => {
                 self.inner.keys.iter().for_each(|series| add(&series));
                 self.inner.unauthenticated.iter().for_each(&mut add);
-                None
             }
             Subject::Key(id) => {
                 if let Some(series) = self.inner.keys.get(id) {
                     add(&series);
                 }
-                Some(id)
             }
             Subject::Owner(owner) => {
                 for series in self.inner.keys.iter() {
@@ -184,11 +348,15 @@ impl Analytics {
                         add(&series);
                     }
                 }
-                Some(owner)
             }
-        };
+        }
+    }
+
+    /// The report of `subject` from its `buckets` in `window`.
+    fn report(&self, subject: Subject<'_>, window: &Window, buckets: &[Bucket]) -> UsageReport {
+        let length = window.resolution.seconds();
         let mut total = Bucket::default();
-        for bucket in &buckets {
+        for bucket in buckets {
             total.merge(bucket, usize::MAX);
         }
         let endpoints = total
@@ -196,30 +364,72 @@ impl Analytics {
             .iter()
             .map(|(name, count)| (&**name, *count))
             .chain(std::iter::once(("other", total.other_endpoints)));
+        let top = self.inner.config.top;
+        let (kind, id) = match subject {
+            Subject::All => ("all", None),
+            Subject::Key(id) => ("key", Some(id)),
+            Subject::Owner(owner) => ("owner", Some(owner)),
+        };
         UsageReport {
-            subject: match subject {
-                Subject::All => "all",
-                Subject::Key(_) => "key",
-                Subject::Owner(_) => "owner",
-            },
+            subject: kind,
             id: id.map(str::to_owned),
-            resolution,
-            from: start * length,
-            to: end * length,
-            totals: Point::of(start * length, &total),
-            series: (start..)
-                .zip(&buckets)
+            resolution: window.resolution,
+            from: window.start * length,
+            to: window.end * length,
+            totals: Point::of(window.start * length, &total),
+            series: (window.start..)
+                .zip(buckets)
                 .map(|(index, bucket)| Point::of(index * length, bucket))
                 .collect(),
-            top_endpoints: ranked(endpoints, config.top),
+            top_endpoints: ranked(endpoints, top),
             top_countries: ranked(
                 total
                     .countries
                     .iter()
                     .map(|(c, count)| (c.as_str(), *count)),
-                config.top,
+                top,
             ),
         }
+    }
+}
+
+/// The buckets a report covers: indexes `start..end` of `resolution`.
+struct Window {
+    resolution: Resolution,
+    start: u64,
+    end: u64,
+}
+
+impl Window {
+    /// The buckets of `resolution` that overlap `range`, at most its retention's worth.
+    fn of(range: &Range<SystemTime>, resolution: Resolution) -> Window {
+        let length = resolution.seconds();
+        let end = unix_seconds(range.end).div_ceil(length);
+        let kept = resolution.retention().as_secs() / length + 1;
+        let start = (unix_seconds(range.start) / length).max(end.saturating_sub(kept));
+        Window {
+            resolution,
+            start: start.min(end),
+            end,
+        }
+    }
+
+    /// An empty bucket per index.
+    fn buckets(&self) -> Vec<Bucket> {
+        let slots = usize::try_from(self.end - self.start).unwrap_or(0);
+        vec![Bucket::default(); slots]
+    }
+
+    /// The bucket of index `index` among `buckets`, if it is in the window.
+    fn slot<'a>(&self, buckets: &'a mut [Bucket], index: u64) -> Option<&'a mut Bucket> {
+        let offset = usize::try_from(index.checked_sub(self.start)?).ok()?;
+        buckets.get_mut(offset)
+    }
+}
+
+impl Default for Analytics {
+    fn default() -> Self {
+        Analytics::new()
     }
 }
 

@@ -2,8 +2,10 @@
 //! (DDSketch, 1 % relative error), endpoints and countries. Buckets merge, so an hour is its
 //! minutes merged and the service is its keys merged.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use sketches_ddsketch::{Config, DDSketch};
 
 use super::{Country, Outcome, OUTCOMES};
@@ -30,6 +32,8 @@ pub(crate) struct Bucket {
     pub(crate) other_endpoints: u64,
     pub(crate) countries: Vec<(Country, u64)>,
     pub(crate) latency: Sketch,
+    /// Changed since it was last written to the store.
+    pub(crate) dirty: bool,
 }
 
 /// Latencies: none yet, a sketch being written, or one packed for keeping (a live sketch holds
@@ -129,6 +133,7 @@ fn add<T: PartialEq + ?Sized, O: std::borrow::Borrow<T>>(
 impl Bucket {
     /// Records one request; `max_endpoints` bounds how many endpoints the bucket names.
     pub(crate) fn record(&mut self, sample: &Sample<'_>, max_endpoints: usize) {
+        self.dirty = true;
         self.outcomes[sample.outcome.index()] += 1;
         if let Some(status) = sample.status {
             add(&mut self.statuses, &status, 1, || Some(status));
@@ -155,6 +160,7 @@ impl Bucket {
 
     /// Adds `other`'s counts to this one's.
     pub(crate) fn merge(&mut self, other: &Bucket, max_endpoints: usize) {
+        self.dirty = true;
         for (mine, theirs) in self.outcomes.iter_mut().zip(&other.outcomes) {
             *mine += theirs;
         }
@@ -180,6 +186,79 @@ impl Bucket {
     /// Requests in all.
     pub(crate) fn requests(&self) -> u64 {
         self.outcomes.iter().sum()
+    }
+}
+
+/// A bucket as the store keeps it: JSON, outcomes by code, the sketch in DDSketch's portable
+/// binary format as hex.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    #[serde(default)]
+    outcomes: BTreeMap<String, u64>,
+    #[serde(default)]
+    statuses: Vec<(u16, u64)>,
+    #[serde(default)]
+    endpoints: Vec<(String, u64)>,
+    #[serde(default)]
+    other_endpoints: u64,
+    #[serde(default)]
+    countries: Vec<(String, u64)>,
+    #[serde(default)]
+    latency: Option<String>,
+}
+
+impl Bucket {
+    /// The bucket as the store keeps it.
+    pub(crate) fn encode(&self) -> String {
+        let stored = Stored {
+            outcomes: Outcome::all()
+                .zip(self.outcomes)
+                .filter(|(_, count)| *count > 0)
+                .map(|(outcome, count)| (outcome.as_str().to_owned(), count))
+                .collect(),
+            statuses: self.statuses.clone(),
+            endpoints: (self.endpoints.iter())
+                .map(|(name, count)| (name.to_string(), *count))
+                .collect(),
+            other_endpoints: self.other_endpoints,
+            countries: (self.countries.iter())
+                .map(|(country, count)| (country.to_string(), *count))
+                .collect(),
+            latency: self
+                .latency
+                .unpacked()
+                .map(|sketch| hex::encode(sketch.to_java_bytes())),
+        };
+        serde_json::to_string(&stored).unwrap_or_default()
+    }
+
+    /// A bucket the store kept; what is wrong with it if it is not one.
+    pub(crate) fn decode(text: &str) -> Result<Bucket, String> {
+        let stored: Stored = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let mut bucket = Bucket::default();
+        for (code, count) in stored.outcomes {
+            let outcome = Outcome::all()
+                .find(|outcome| outcome.as_str() == code)
+                .ok_or_else(|| format!("unknown outcome {code:?}"))?;
+            bucket.outcomes[outcome.index()] += count;
+        }
+        bucket.statuses = stored.statuses;
+        bucket.endpoints = (stored.endpoints.into_iter())
+            .map(|(name, count)| (Arc::from(name), count))
+            .collect();
+        bucket.other_endpoints = stored.other_endpoints;
+        for (code, count) in stored.countries {
+            let country = Country::new(&code).ok_or_else(|| format!("bad country {code:?}"))?;
+            bucket.countries.push((country, count));
+        }
+        if let Some(latency) = stored.latency {
+            let bytes = hex::decode(latency).map_err(|e| format!("latency: {e}"))?;
+            let sketch = DDSketch::from_java_bytes(&bytes).map_err(|e| format!("latency: {e}"))?;
+            if sketch.count() > 0 {
+                bucket.latency = Sketch::Packed(sketch.to_java_bytes().into_boxed_slice());
+            }
+        }
+        Ok(bucket)
     }
 }
 
@@ -216,6 +295,44 @@ mod tests {
         assert_eq!(a.requests(), 200);
         assert_eq!(a.endpoints.len(), 2);
         assert_eq!(a.countries, vec![(Country::new("DE").unwrap(), 200)]);
+    }
+
+    #[test]
+    fn a_bucket_reads_back_from_the_store_and_corrupt_data_is_an_error() {
+        let mut bucket = Bucket::default();
+        for ms in 1..=50 {
+            bucket.record(&sample("/a", f64::from(ms)), 10);
+        }
+        bucket.record(
+            &Sample {
+                outcome: Outcome::Rejected(Rejection::UsageExceeded),
+                status: Some(429),
+                endpoint: None,
+                country: None,
+                latency_ms: None,
+            },
+            10,
+        );
+        let back = Bucket::decode(&bucket.encode()).unwrap();
+        assert_eq!(back.outcomes, bucket.outcomes);
+        assert_eq!(back.statuses, bucket.statuses);
+        assert_eq!(back.endpoints, bucket.endpoints);
+        assert_eq!(back.countries, bucket.countries);
+        assert_eq!(
+            back.latency.quantiles([0.5]),
+            bucket.latency.quantiles([0.5])
+        );
+        assert!(Bucket::decode("{}").unwrap().requests() == 0);
+        for corrupt in [
+            "",
+            "[]",
+            r#"{"outcomes":{"NOT_A_CODE":1}}"#,
+            r#"{"countries":[["Germany",1]]}"#,
+            r#"{"latency":"zz"}"#,
+            r#"{"outcomes":{"ok":-1}}"#,
+        ] {
+            assert!(Bucket::decode(corrupt).is_err(), "{corrupt}");
+        }
     }
 
     #[test]

@@ -141,12 +141,7 @@ impl Series {
                 slot.merge(bucket, max_endpoints);
             }
         };
-        let ring = match resolution {
-            Resolution::Minute => &self.minutes,
-            Resolution::Hour => &self.hours,
-            Resolution::Day => &self.days,
-        };
-        for (index, bucket) in &ring.buckets {
+        for (index, bucket) in &self.ring(resolution).buckets {
             add(*index, bucket);
         }
         // The open minute is in no hour or day yet.
@@ -155,6 +150,95 @@ impl Series {
                 add(index(minute * 60, resolution), bucket);
             }
         }
+    }
+
+    /// The buckets changed since they were last taken, each with its resolution and start
+    /// (Unix seconds), marked unchanged. The open minute is in no hour or day yet: when it
+    /// changed, the rows of its hour and day are given with it merged in.
+    pub(crate) fn take_dirty(&mut self) -> Vec<(Resolution, u64, Bucket)> {
+        let open = self
+            .minutes
+            .buckets
+            .back()
+            .filter(|(_, bucket)| bucket.dirty)
+            .map(|(minute, bucket)| (*minute, bucket.clone()));
+        let mut taken = Vec::new();
+        for (ring, resolution) in self.rings_mut() {
+            for (index, bucket) in ring.buckets.iter_mut().filter(|(_, b)| b.dirty) {
+                bucket.dirty = false;
+                taken.push((resolution, *index * resolution.seconds(), bucket.clone()));
+            }
+        }
+        if let Some((minute, bucket)) = open {
+            for resolution in [Resolution::Hour, Resolution::Day] {
+                let start = index(minute * 60, resolution) * resolution.seconds();
+                let row = taken
+                    .iter()
+                    .position(|(r, s, _)| (*r, *s) == (resolution, start));
+                let row = match row {
+                    Some(row) => row,
+                    None => {
+                        let kept = self.ring(resolution).buckets.iter();
+                        let kept = kept.filter(|(i, _)| *i * resolution.seconds() == start);
+                        let copy = kept.map(|(_, b)| b.clone()).next().unwrap_or_default();
+                        taken.push((resolution, start, copy));
+                        taken.len() - 1
+                    }
+                };
+                taken[row].2.merge(&bucket, usize::MAX);
+            }
+        }
+        taken
+    }
+
+    /// Marks the bucket of `resolution` from `start` changed again (its write failed); for an
+    /// hour or day, the open minute too, whose rows carry it.
+    pub(crate) fn mark_dirty(&mut self, resolution: Resolution, start: u64) {
+        let at = start / resolution.seconds();
+        if let Some((_, bucket)) = self
+            .ring_mut(resolution)
+            .buckets
+            .iter_mut()
+            .find(|(i, _)| *i == at)
+        {
+            bucket.dirty = true;
+        }
+        if resolution != Resolution::Minute {
+            if let Some((minute, bucket)) = self.minutes.buckets.back_mut() {
+                if index(*minute * 60, resolution) == at {
+                    bucket.dirty = true;
+                }
+            }
+        }
+    }
+
+    /// The start of the newest minute it holds (Unix seconds).
+    pub(crate) fn newest(&self) -> Option<u64> {
+        self.minutes.buckets.back().map(|(minute, _)| minute * 60)
+    }
+
+    fn ring(&self, resolution: Resolution) -> &Ring {
+        match resolution {
+            Resolution::Minute => &self.minutes,
+            Resolution::Hour => &self.hours,
+            Resolution::Day => &self.days,
+        }
+    }
+
+    fn ring_mut(&mut self, resolution: Resolution) -> &mut Ring {
+        match resolution {
+            Resolution::Minute => &mut self.minutes,
+            Resolution::Hour => &mut self.hours,
+            Resolution::Day => &mut self.days,
+        }
+    }
+
+    fn rings_mut(&mut self) -> [(&mut Ring, Resolution); 3] {
+        [
+            (&mut self.minutes, Resolution::Minute),
+            (&mut self.hours, Resolution::Hour),
+            (&mut self.days, Resolution::Day),
+        ]
     }
 
     /// How many buckets it holds, of every resolution.

@@ -1,0 +1,203 @@
+//! Usage analytics across replicas, run on every store: two replicas (each its own layer,
+//! analytics and HTTP server on 127.0.0.1) flush to one store, and each reports the combined
+//! totals; a flush that fails, or whose acknowledgement is lost, loses and doubles nothing.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::Path;
+use axum::routing::get;
+use axum::Router;
+use tower_api_key::usage::{Analytics, Resolution, Subject};
+use tower_api_key::{
+    async_trait,
+    store::{KeyStoreAdmin, StoreError, UsageArchive, UsageRange, UsageRow},
+    ApiKeyLayer, NewKey,
+};
+
+use crate::common::{api_key, serve, HttpClient};
+
+/// A store whose usage writes work, fail, or are made and then reported failed (a lost
+/// acknowledgement), on demand.
+#[derive(Clone)]
+pub struct Flaky<S> {
+    store: S,
+    mode: Arc<AtomicU8>,
+}
+
+const WORKS: u8 = 0;
+const DOWN: u8 = 1;
+const ACK_LOST: u8 = 2;
+
+impl<S> Flaky<S> {
+    pub fn new(store: S) -> Self {
+        Flaky {
+            store,
+            mode: Arc::new(AtomicU8::new(WORKS)),
+        }
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl<S: UsageArchive> UsageArchive for Flaky<S> {
+    async fn write_usage(
+        &self,
+        rows: &[UsageRow],
+        expire: &[(u32, u64)],
+    ) -> Result<(), StoreError> {
+        match self.mode.load(Ordering::SeqCst) {
+            DOWN => Err(StoreError::unavailable("down")),
+            ACK_LOST => {
+                self.store.write_usage(rows, expire).await?;
+                Err(StoreError::unavailable("written, but the answer was lost"))
+            }
+            _ => self.store.write_usage(rows, expire).await,
+        }
+    }
+
+    async fn read_usage(&self, range: &UsageRange<'_>) -> Result<Vec<UsageRow>, StoreError> {
+        self.store.read_usage(range).await
+    }
+}
+
+/// One replica: its layer on `store`, its analytics, its server.
+struct Replica<S> {
+    analytics: Analytics,
+    archive: Flaky<S>,
+    client: HttpClient,
+}
+
+impl<S: KeyStoreAdmin + UsageArchive + Clone> Replica<S> {
+    async fn new(store: S, prefix: &str) -> (Self, ApiKeyLayer) {
+        let analytics = Analytics::new();
+        let layer = ApiKeyLayer::builder(prefix, store.clone())
+            .usage_sink(analytics.clone())
+            .build()
+            .unwrap();
+        let app = Router::new()
+            .route(
+                "/items/{id}",
+                get(|Path(id): Path<String>| async move { id }),
+            )
+            .layer(layer.clone());
+        let replica = Replica {
+            analytics,
+            archive: Flaky::new(store),
+            client: HttpClient::new(serve(app).await),
+        };
+        (replica, layer)
+    }
+
+    /// `n` requests with `key` (a header value, or none).
+    async fn send(&self, key: Option<&str>, n: usize, status: u16) {
+        for i in 0..n {
+            let headers: Vec<_> = key.map(|key| ("authorization", key)).into_iter().collect();
+            let reply = self.client.get(&format!("/items/{i}"), &headers).await;
+            assert_eq!(reply.status, status);
+        }
+    }
+
+    async fn flush(&self) -> Result<usize, StoreError> {
+        self.analytics.flush(&self.archive).await
+    }
+
+    /// Requests of `subject` across replicas, in the last hour (and the next minute) at
+    /// `resolution`.
+    async fn total(&self, subject: Subject<'_>, resolution: Resolution) -> u64 {
+        let now = SystemTime::now();
+        let range: Range<SystemTime> =
+            now - Duration::from_secs(3_600)..now + Duration::from_secs(60);
+        let report = self
+            .analytics
+            .usage_across(&self.archive, subject, range, resolution)
+            .await
+            .unwrap();
+        assert_eq!(
+            report.series.iter().map(|p| p.requests).sum::<u64>(),
+            report.totals.requests
+        );
+        report.totals.requests
+    }
+
+    /// Asserts what this replica reports of the whole service, at every resolution.
+    async fn assert_totals(&self, all: u64, key: (&str, u64), owner: (&str, u64)) {
+        for resolution in [Resolution::Minute, Resolution::Hour, Resolution::Day] {
+            assert_eq!(
+                self.total(Subject::All, resolution).await,
+                all,
+                "{resolution:?}"
+            );
+            assert_eq!(self.total(Subject::Key(key.0), resolution).await, key.1);
+            assert_eq!(
+                self.total(Subject::Owner(owner.0), resolution).await,
+                owner.1
+            );
+        }
+    }
+}
+
+/// Two replicas on `a` and `b` (two handles on one store) report the combined totals; failed
+/// and half-failed flushes lose and double nothing. `prefix` keeps runs apart on a shared
+/// server.
+pub async fn two_replicas_report_the_combined_totals<S>(a: S, b: S, prefix: &str)
+where
+    S: KeyStoreAdmin + UsageArchive + Clone,
+{
+    let (one, layer) = Replica::new(a.clone(), prefix).await;
+    let (two, _) = Replica::new(b, prefix).await;
+    let mut headers = Vec::new();
+    for owner in ["acme", "globex"] {
+        let created = NewKey::new("usage")
+            .owner(owner)
+            .generate(layer.format())
+            .unwrap();
+        a.create(created.record.clone()).await.unwrap();
+        headers.push((
+            created.record.id.clone(),
+            api_key(created.key.expose_secret()),
+        ));
+    }
+    let (acme_id, acme) = &headers[0];
+    let (_, globex) = &headers[1];
+
+    one.send(Some(acme), 6, 200).await;
+    one.send(None, 2, 401).await;
+    two.send(Some(acme), 4, 200).await;
+    two.send(Some(globex), 3, 200).await;
+    two.send(None, 1, 401).await;
+    assert!(one.flush().await.unwrap() > 0);
+    assert!(two.flush().await.unwrap() > 0);
+    for replica in [&one, &two] {
+        replica.assert_totals(16, (acme_id, 10), ("acme", 10)).await;
+    }
+    assert_eq!(
+        one.flush().await.unwrap(),
+        0,
+        "nothing changed, nothing written"
+    );
+
+    // The store is down for one flush: the counts stay pending, and more come.
+    one.archive.set(DOWN);
+    one.send(Some(acme), 5, 200).await;
+    assert!(one.flush().await.is_err());
+    two.assert_totals(16, (acme_id, 10), ("acme", 10)).await;
+    // The rows are written but the answer is lost: still pending (nothing came since the
+    // failed flush), written again next time, counted once.
+    one.archive.set(ACK_LOST);
+    assert!(one.flush().await.is_err());
+    two.assert_totals(21, (acme_id, 15), ("acme", 15)).await;
+    one.archive.set(WORKS);
+    one.send(Some(acme), 1, 200).await;
+    assert!(one.flush().await.unwrap() > 0);
+    two.send(Some(globex), 2, 200).await;
+    assert!(two.flush().await.unwrap() > 0);
+    for replica in [&one, &two] {
+        replica.assert_totals(24, (acme_id, 16), ("acme", 16)).await;
+    }
+}
