@@ -8,17 +8,25 @@
 //! `memory:`); by default the SQLite file `tower-api-key.db` in the current directory, which the
 //! `tower-api-key` command line tool uses too. When the store has no keys, the demo issues one per
 //! scope and prints each once, with the curl command that uses it.
+//!
+//! Usage analytics are flushed to the same store every 10 seconds, so `GET /usage` (admin key)
+//! shows every replica's requests (by endpoint too with `--features axum`). Built with
+//! `--features metrics`, `GET /metrics` (admin key) serves them as Prometheus text. `COUNTRY_HEADER=cf-ipcountry` counts requests by the country
+//! a CDN in front names in that header.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, SystemTime};
 
-use std::sync::Arc;
-
+use axum::extract::rejection::QueryRejection;
+use axum::extract::Query;
+use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
+use serde::Deserialize;
 use serde_json::{json, Value};
+use tower_api_key::usage::{Analytics, CountryHeader, Resolution, Subject};
 use tower_api_key::{
-    store::KeyStoreAdmin, usage::MemoryUsage, AnyStore, ApiKeyLayer, KeyManager, NewKey, Principal,
-    RequireScopeLayer,
+    store::KeyStoreAdmin, AnyStore, ApiKeyLayer, KeyManager, NewKey, Principal, RequireScopeLayer,
 };
 
 async fn recommendations(Extension(principal): Extension<Principal>) -> Json<Value> {
@@ -37,8 +45,56 @@ async fn offers(Extension(principal): Extension<Principal>) -> Json<Value> {
     Json(json!({"updated": true, "by": principal.name()}))
 }
 
-async fn usage(Extension(usage): Extension<Arc<MemoryUsage>>) -> Json<Value> {
-    Json(json!(usage.snapshot()))
+/// What `GET /usage` reports: the whole service, one key (`?key=<id>`) or one owner
+/// (`?owner=<owner>`), over the last `hours` (1 by default), per `resolution` (`minute` by
+/// default, `hour`, `day`).
+#[derive(Deserialize)]
+struct UsageQuery {
+    key: Option<String>,
+    owner: Option<String>,
+    #[serde(default = "one_hour")]
+    hours: u64,
+    #[serde(default = "by_minute")]
+    resolution: Resolution,
+}
+
+fn one_hour() -> u64 {
+    1
+}
+
+fn by_minute() -> Resolution {
+    Resolution::Minute
+}
+
+async fn usage(
+    Extension((analytics, store)): Extension<(Analytics, AnyStore)>,
+    query: Result<Query<UsageQuery>, QueryRejection>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    // Errors in the reference's shape: `{error, code, status}`.
+    let error = |status: StatusCode, code: &str, message: String| {
+        let body = json!({"error": message, "code": code, "status": status.as_u16()});
+        (status, Json(body))
+    };
+    let Query(query) =
+        query.map_err(|e| error(StatusCode::BAD_REQUEST, "INVALID_QUERY", e.body_text()))?;
+    let subject = match (&query.key, &query.owner) {
+        (Some(key), _) => Subject::Key(key),
+        (None, Some(owner)) => Subject::Owner(owner),
+        (None, None) => Subject::All,
+    };
+    let now = SystemTime::now();
+    let since = now - Duration::from_secs(query.hours.min(24 * 400) * 3_600);
+    let report = analytics
+        .usage_across(&store, subject, since..now, query.resolution)
+        .await
+        .map_err(|e| {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "KEY_STORE_UNAVAILABLE",
+                e.to_string(),
+            )
+        })?;
+    Ok(Json(json!(report)))
 }
 
 #[tokio::main]
@@ -54,10 +110,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = AnyStore::connect(&url)
         .await
         .map_err(|e| format!("cannot open the key store {url}: {e}"))?;
-    let usage_counts = Arc::new(MemoryUsage::new());
-    let auth = ApiKeyLayer::builder("mesh", store.clone())
-        .usage_sink(usage_counts.clone())
-        .build()?;
+    let analytics = Analytics::new();
+    let mut builder = ApiKeyLayer::builder("mesh", store.clone());
+    if let Ok(header) = std::env::var("COUNTRY_HEADER") {
+        builder = builder.country_resolver(CountryHeader::new(&header)?);
+    }
+    #[cfg(feature = "metrics")]
+    let (builder, prometheus) = (
+        builder.usage_sink((analytics.clone(), tower_api_key::usage::MetricsSink::new())),
+        metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?,
+    );
+    #[cfg(not(feature = "metrics"))]
+    let builder = builder.usage_sink(analytics.clone());
+    let auth = builder.build()?;
+    analytics.spawn_flusher(store.clone(), Duration::from_secs(10));
     // Other processes' revocations (PostgreSQL, Redis) reach this one's cache at once.
     store.spawn_listener(auth.handle()).await?;
     let existing = store.list().await?.len();
@@ -79,9 +145,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route(
             "/usage",
             get(usage).route_layer(RequireScopeLayer::all(["admin"])),
-        )
-        .layer(Extension(usage_counts))
-        .layer(auth);
+        );
+    #[cfg(feature = "metrics")]
+    let app = app.route(
+        "/metrics",
+        get(move || std::future::ready(prometheus.render()))
+            .route_layer(RequireScopeLayer::all(["admin"])),
+    );
+    let app = app.layer(Extension((analytics, store.clone()))).layer(auth);
 
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let listener = tokio::net::TcpListener::bind(addr)
@@ -100,7 +171,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         issue_demo_keys(&keys, addr).await?;
     }
-    println!("Usage per key, for an admin key: GET http://{addr}/usage");
+    println!("Usage over the last hour, for an admin key: GET http://{addr}/usage");
+    println!("  (?key=<id> or ?owner=<owner>, &hours=24, &resolution=minute|hour|day)");
+    if !cfg!(feature = "axum") {
+        println!("  (by endpoint too with --features axum: the layer reads axum's route template)");
+    }
+    if cfg!(feature = "metrics") {
+        println!("Prometheus metrics, for an admin key: GET http://{addr}/metrics");
+    } else {
+        println!("Prometheus metrics at /metrics: run with --features metrics");
+    }
     println!("Without a key, or with a read key on /offers, you get the JSON rejection:");
     println!("        curl -i http://{addr}/recommendations\n");
 

@@ -7,6 +7,9 @@
 //!   service (per minute, hour and day), with latency percentiles, status classes, top
 //!   endpoints and countries, and answers [`Analytics::usage`] queries: what the reference's
 //!   dashboard shows.
+//! - With the `metrics` feature, [`MetricsSink`] counts requests through the `metrics` facade,
+//!   for Prometheus or OpenTelemetry exporters.
+//! - A tuple of sinks gives every event to each: `(Analytics, MetricsSink)`.
 //!
 //! A sink is told of each request the key (when its secret was verified) and its owner, the
 //! outcome, the status of the answer, the time the service behind the layer took, the endpoint
@@ -45,6 +48,8 @@ mod analytics;
 mod bucket;
 mod country;
 mod memory;
+#[cfg(feature = "metrics")]
+mod metrics_sink;
 #[cfg(feature = "analytics")]
 mod report;
 mod route;
@@ -56,6 +61,8 @@ mod store;
 pub use analytics::{Analytics, AnalyticsConfig};
 pub use country::{Country, CountryHeader, CountryResolver};
 pub use memory::{KeyUsage, LatencySummary, MemoryUsage, UsageSnapshot};
+#[cfg(feature = "metrics")]
+pub use metrics_sink::{MetricsSink, DURATION, REQUESTS};
 #[cfg(feature = "analytics")]
 pub use report::{Latency, Point, Ranked, Resolution, Subject, UsageReport};
 pub(crate) use route::Route;
