@@ -26,7 +26,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tower_api_key::usage::{Analytics, CountryHeader, Resolution, Subject};
 use tower_api_key::{
-    store::KeyStoreAdmin, AnyStore, ApiKeyLayer, KeyManager, NewKey, Principal, RequireScopeLayer,
+    store::KeyStoreAdmin, AnyStore, ApiKeyHandle, ApiKeyLayer, KeyManager, NewKey, Principal,
+    RequireScopeLayer,
 };
 
 async fn recommendations(Extension(principal): Extension<Principal>) -> Json<Value> {
@@ -67,7 +68,7 @@ fn by_minute() -> Resolution {
 }
 
 async fn usage(
-    Extension((analytics, store)): Extension<(Analytics, AnyStore)>,
+    Extension((analytics, store, auth)): Extension<(Analytics, AnyStore, ApiKeyHandle)>,
     query: Result<Query<UsageQuery>, QueryRejection>,
 ) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
     // Errors in the reference's shape: `{error, code, status}`.
@@ -84,16 +85,24 @@ async fn usage(
     };
     let now = SystemTime::now();
     let since = now - Duration::from_secs(query.hours.min(24 * 400) * 3_600);
-    let report = analytics
+    let unavailable = |e: &dyn std::fmt::Display| {
+        let message = e.to_string();
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "KEY_STORE_UNAVAILABLE",
+            message,
+        )
+    };
+    let mut report = analytics
         .usage_across(&store, subject, since..now, query.resolution)
         .await
-        .map_err(|e| {
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "KEY_STORE_UNAVAILABLE",
-                e.to_string(),
-            )
-        })?;
+        .map_err(|e| unavailable(&e))?;
+    if let Some(key) = &query.key {
+        // Where the key stands against its rate limits and quotas now.
+        if let Some(standing) = auth.standing(key).await.map_err(|e| unavailable(&e))? {
+            report = report.with_limits(&standing);
+        }
+    }
     Ok(Json(json!(report)))
 }
 
@@ -152,7 +161,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         get(move || std::future::ready(prometheus.render()))
             .route_layer(RequireScopeLayer::all(["admin"])),
     );
-    let app = app.layer(Extension((analytics, store.clone()))).layer(auth);
+    let app = app
+        .layer(Extension((analytics, store.clone(), auth.handle())))
+        .layer(auth);
 
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let listener = tokio::net::TcpListener::bind(addr)

@@ -11,7 +11,10 @@ use crate::cache::{CacheConfig, CacheStats, KeyCache};
 use crate::clock::{Clock, SystemClock};
 use crate::extract::{HideCredentials, KeySource};
 use crate::key::{Environment, IdKey, InvalidPrefix, KeyFormat};
-use crate::limit::{Costs, InvalidLimit, LimitRules, Limiter, Limits, MemoryLimiter};
+use crate::limit::{
+    Bucket, Costs, InvalidLimit, LimitCheck, LimitRules, LimitStatus, Limiter, Limits,
+    MemoryLimiter,
+};
 use crate::network::TrustedProxies;
 use crate::principal::{Anonymous, Authority};
 use crate::reject::{JsonRejection, RejectionResponder, Rejections};
@@ -160,6 +163,62 @@ impl ApiKeyHandle {
     /// The format of the layer's keys.
     pub fn format(&self) -> &KeyFormat {
         &self.shared.reading.format
+    }
+
+    /// Where key `id` stands against its rate limits and quotas, and its owner's, now: each
+    /// limit's quota, what is left, and when it is restored (the `RateLimit` header's figures).
+    /// Nothing is counted. `Ok(None)` for a key the store does not have; an empty list for a
+    /// key with no limits.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use tower_api_key::{limit::Limits, ApiKeyLayer, KeyManager, MemoryStore, NewKey};
+    ///
+    /// let store = MemoryStore::new();
+    /// let layer = ApiKeyLayer::new("mesh", store.clone())?;
+    /// let keys = KeyManager::new(store).with_cache(layer.handle());
+    /// let created = keys.create(NewKey::new("ci").limits(Limits::per_minute(100))).await?;
+    /// let standing = layer.handle().standing(&created.record.id).await?.unwrap();
+    /// assert_eq!((standing[0].quota, standing[0].remaining), (100, 100));
+    /// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// When the store or the limiter fails.
+    pub async fn standing(
+        &self,
+        id: &str,
+    ) -> Result<Option<Vec<LimitStatus>>, Box<dyn std::error::Error + Send + Sync>> {
+        let Some(key) = self
+            .shared
+            .cache
+            .lookup(id)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let restrictions = key.check().restrictions.as_deref();
+        let buckets: Vec<Bucket<'_>> = restrictions
+            .into_iter()
+            .flat_map(|r| [&r.policy, &r.owner_policy])
+            .flatten()
+            .map(|policy| policy.as_bucket())
+            .collect();
+        if buckets.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        // A request of cost 0 reads the counters without moving them.
+        let decision = match self
+            .shared
+            .limiter
+            .check(&buckets, 0, self.shared.clock.now())
+        {
+            LimitCheck::Ready(decision) => decision,
+            LimitCheck::Pending(pending) => pending.await,
+        }?;
+        Ok(Some(decision.limits))
     }
 }
 

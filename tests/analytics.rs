@@ -22,8 +22,8 @@ mod analytics {
     use http::StatusCode;
     use tower_api_key::usage::{Analytics, CountryHeader, Resolution, Subject, UsageReport};
     use tower_api_key::{
-        clock::ManualClock, manage::CreatedKey, store::KeyStoreAdmin, ApiKeyLayer, MemoryStore,
-        NewKey, RequireScopeLayer,
+        clock::ManualClock, limit::Limits, manage::CreatedKey, store::KeyStoreAdmin, ApiKeyLayer,
+        MemoryStore, NewKey, RequireScopeLayer,
     };
 
     use super::common::{api_key, serve, HttpClient};
@@ -189,6 +189,39 @@ mod analytics {
         assert_eq!(json["totals"]["requests"], 18);
         assert_eq!(json["resolution"], "day");
         assert_eq!(json["top_countries"][0]["name"], "DE");
+    }
+
+    #[tokio::test]
+    async fn a_keys_limit_standing_is_reported_without_counting_a_request() {
+        let f = Fixture::new().await;
+        let mut created = NewKey::new("limited")
+            .owner("acme")
+            .scopes(["read"])
+            .generate(f.layer.format())
+            .unwrap();
+        created.record.limits = Some(Limits::per_minute(10));
+        f.store.create(created.record.clone()).await.unwrap();
+        f.store
+            .set_owner_limits("acme", Some(&Limits::UNLIMITED.daily(100)))
+            .await
+            .unwrap();
+        let key = header(&created);
+        for _ in 0..3 {
+            assert_eq!(f.get(Some(&key), "/items/1", None).await, 200);
+        }
+        let handle = f.layer.handle();
+        for _ in 0..2 {
+            let standing = handle.standing(&created.record.id).await.unwrap().unwrap();
+            let report = f
+                .report(Subject::Key(&created.record.id), Resolution::Minute)
+                .with_limits(&standing);
+            let limits: Vec<_> = (report.limits.iter())
+                .map(|s| (s.policy.as_str(), s.quota, s.remaining))
+                .collect();
+            assert_eq!(limits, [("minute", 10, 7), ("owner.day", 100, 97)]);
+            assert_eq!(report.totals.requests, 3);
+        }
+        assert_eq!(handle.standing("nope").await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -32,11 +32,18 @@ mod grpc {
         addr: SocketAddr,
         store: TestStore,
         keys: KeyManager<MemoryStore>,
+        #[cfg(feature = "analytics")]
+        analytics: tower_api_key::usage::Analytics,
     }
 
     async fn fixture() -> Fixture {
         let store = TestStore::default();
-        let auth = ApiKeyLayer::new("mesh", store.clone()).unwrap();
+        let builder = ApiKeyLayer::builder("mesh", store.clone());
+        #[cfg(feature = "analytics")]
+        let analytics = tower_api_key::usage::Analytics::new();
+        #[cfg(feature = "analytics")]
+        let builder = builder.usage_sink(analytics.clone());
+        let auth = builder.build().unwrap();
         let keys = KeyManager::new(store.keys.clone()).with_cache(auth.handle());
         let per_method = RequireScopeLayer::per_path(
             [
@@ -64,7 +71,13 @@ mod grpc {
                 .await
                 .unwrap();
         });
-        Fixture { addr, store, keys }
+        Fixture {
+            addr,
+            store,
+            keys,
+            #[cfg(feature = "analytics")]
+            analytics,
+        }
     }
 
     impl Fixture {
@@ -118,6 +131,36 @@ mod grpc {
             f.check(Some(read.key.expose_secret())).await.unwrap(),
             ServingStatus::Serving
         );
+    }
+
+    #[cfg(feature = "analytics")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn usage_is_counted_by_grpc_method() {
+        use std::time::{Duration, SystemTime};
+        use tower_api_key::usage::{Resolution, Subject};
+
+        let f = fixture().await;
+        let read = f.key("read").await;
+        for _ in 0..2 {
+            f.check(Some(read.key.expose_secret())).await.unwrap();
+        }
+        assert_status(
+            f.watch(Some(read.key.expose_secret())).await,
+            Code::PermissionDenied,
+            "INSUFFICIENT_PERMISSIONS",
+        );
+        let now = SystemTime::now();
+        let report = f.analytics.usage(
+            Subject::Key(&read.record.id),
+            now - Duration::from_secs(3_600)..now + Duration::from_secs(60),
+            Resolution::Hour,
+        );
+        let endpoints: Vec<_> = (report.top_endpoints.iter())
+            .map(|r| (r.name.as_str(), r.requests))
+            .collect();
+        assert_eq!(endpoints, [(CHECK, 2), (WATCH, 1)]);
+        assert_eq!(report.totals.outcomes["ok"], 2);
+        assert_eq!(report.totals.outcomes["INSUFFICIENT_PERMISSIONS"], 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -389,6 +389,7 @@ impl Analytics {
                     .map(|(c, count)| (c.as_str(), *count)),
                 top,
             ),
+            limits: Vec::new(),
         }
     }
 }

@@ -64,7 +64,7 @@ pub use memory::{KeyUsage, LatencySummary, MemoryUsage, UsageSnapshot};
 #[cfg(feature = "metrics")]
 pub use metrics_sink::{MetricsSink, DURATION, REQUESTS};
 #[cfg(feature = "analytics")]
-pub use report::{Latency, Point, Ranked, Resolution, Subject, UsageReport};
+pub use report::{Latency, Point, Ranked, Resolution, Standing, Subject, UsageReport};
 pub(crate) use route::Route;
 pub use store::StoreUsage;
 

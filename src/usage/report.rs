@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bucket::Bucket;
 use super::Outcome;
+use crate::limit::LimitStatus;
 
 /// The length of a bucket of a time series, and how long buckets of that length are kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -80,6 +81,43 @@ pub struct UsageReport {
     pub top_endpoints: Vec<Ranked>,
     /// The countries with the most requests, most first.
     pub top_countries: Vec<Ranked>,
+    /// Where the key stands against its limits now, if given
+    /// ([`with_limits`](Self::with_limits)).
+    pub limits: Vec<Standing>,
+}
+
+impl UsageReport {
+    /// The report with where its key stands against its limits now, as
+    /// [`ApiKeyHandle::standing`](crate::ApiKeyHandle::standing) tells.
+    pub fn with_limits(mut self, limits: &[LimitStatus]) -> Self {
+        self.limits = limits
+            .iter()
+            .map(|status| Standing {
+                policy: status.policy.to_string(),
+                quota: status.quota,
+                window_secs: status.window,
+                remaining: status.remaining,
+                reset_secs: status.reset,
+            })
+            .collect();
+        self
+    }
+}
+
+/// Where a key stands against one of its limits (or its owner's, `owner.` first).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Standing {
+    /// The limit: `minute`, `day`, `month`, a named limit, or the same of the owner's.
+    pub policy: String,
+    /// Its quota in its window.
+    pub quota: u32,
+    /// Its window in seconds.
+    pub window_secs: u64,
+    /// What is left of it.
+    pub remaining: u32,
+    /// Seconds until it is restored.
+    pub reset_secs: u64,
 }
 
 /// Usage in one bucket (or the whole range).
