@@ -52,7 +52,7 @@
 //! | [`manage`] | what [`KeyManager`] gives and refuses |
 //! | [`scope`], [`require`] | scopes, their hierarchy, and the scope-checking service |
 //! | [`limit`] | rate limits, quotas, plans and limiters |
-//! | [`usage`] | usage counting |
+//! | [`usage`] | usage counting, analytics over time, metrics |
 //! | [`reject`] | rejections and how they are answered |
 //! | [`service`] | the service the layer wraps around yours, its future and body |
 //! | [`client`] | the client-side layer that adds a key to requests |
@@ -62,16 +62,19 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `axum` | [`Principal`] as an axum extractor; the client address from axum's `ConnectInfo` |
+//! | `axum` | [`Principal`] as an axum extractor; the client address from axum's `ConnectInfo`; the route template as usage's endpoint |
 //! | `tonic` | gRPC and gRPC-Web status codes for rejections, `tonic::Status` conversions; the client address from tonic's `TcpConnectInfo` |
 //! | `sqlite` | [`SqliteStore`](store) |
 //! | `postgres` | [`PostgresStore`](store), with `LISTEN/NOTIFY` revocation |
 //! | `redis` | [`RedisStore`](store) with pub/sub revocation, and `RedisLimiter` |
 //! | `cli` | the `tower-api-key` command line tool (implies `sqlite`) |
 //! | `tracing` | events with the key id and the outcome (never the secret) |
+//! | `analytics` | usage over time per key, owner and service, across replicas (`usage::Analytics`) |
+//! | `metrics` | requests and latency through the `metrics` facade (`usage::MetricsSink`) |
 //!
-//! `sqlite` is on by default, so a first program, the demo and the CLI keep keys in a file with no
-//! server; `default-features = false` leaves it out.
+//! `sqlite` and `analytics` are on by default, so a first program, the demo and the CLI keep keys
+//! in a file with no server, and the demo reports usage; `default-features = false` leaves them
+//! out.
 //!
 //! [axum]: https://docs.rs/axum
 //! [tonic]: https://docs.rs/tonic
