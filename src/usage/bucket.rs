@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sketches_ddsketch::{Config, DDSketch};
 
-use super::{Country, Outcome, OUTCOMES};
+use super::{Country, Outcome};
 
 /// One request, as a bucket records it.
 pub(crate) struct Sample<'a> {
@@ -24,7 +24,8 @@ pub(crate) struct Sample<'a> {
 /// Usage in one bucket of time.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Bucket {
-    pub(crate) outcomes: [u64; OUTCOMES],
+    /// Requests by outcome, in the order first seen: a bucket sees few of them.
+    pub(crate) outcomes: Vec<(Outcome, u64)>,
     /// Requests by status code, in the order first seen.
     pub(crate) statuses: Vec<(u16, u64)>,
     /// Requests by endpoint, at most the configured number; the rest in `other_endpoints`.
@@ -36,20 +37,27 @@ pub(crate) struct Bucket {
     pub(crate) dirty: bool,
 }
 
-/// Latencies: none yet, a sketch being written, or one packed for keeping (a live sketch holds
-/// its bins densely, 1 KiB or more; packed, only the non-zero bins, tens of bytes).
+/// Latencies: none yet; the first few as they came; a sketch being written; or one packed for
+/// keeping. A live sketch holds its bins densely, 1 KiB or more; packed, only the non-zero
+/// bins, tens of bytes; so most buckets, of keys with a few requests a minute, never hold one.
 #[derive(Clone, Default)]
 pub(crate) enum Sketch {
     #[default]
     Empty,
+    /// Up to [`RAW`] values, in milliseconds.
+    Raw(Vec<f32>),
     Live(Box<DDSketch>),
     Packed(Box<[u8]>),
 }
+
+/// How many latencies a bucket keeps as they came before it builds a sketch.
+const RAW: usize = 32;
 
 impl std::fmt::Debug for Sketch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Sketch::Empty => f.write_str("Empty"),
+            Sketch::Raw(values) => write!(f, "Raw({} values)", values.len()),
             Sketch::Live(sketch) => write!(f, "Live({} values)", sketch.count()),
             Sketch::Packed(bytes) => write!(f, "Packed({} bytes)", bytes.len()),
         }
@@ -79,6 +87,11 @@ impl Sketch {
     pub(crate) fn unpacked(&self) -> Option<DDSketch> {
         match self {
             Sketch::Empty => None,
+            Sketch::Raw(values) => {
+                let mut sketch = DDSketch::new(config());
+                values.iter().for_each(|ms| sketch.add(f64::from(*ms)));
+                Some(sketch)
+            }
             Sketch::Live(sketch) => Some((**sketch).clone()),
             Sketch::Packed(bytes) => DDSketch::from_java_bytes(bytes).ok(),
         }
@@ -91,9 +104,20 @@ impl Sketch {
         }
     }
 
+    /// Adds one latency in milliseconds.
+    fn add(&mut self, ms: f64) {
+        match self {
+            Sketch::Empty => *self = Sketch::Raw(vec![ms as f32]),
+            Sketch::Raw(values) if values.len() < RAW => values.push(ms as f32),
+            _ => self.live().add(ms),
+        }
+    }
+
     fn pack(&mut self) {
-        if let Sketch::Live(sketch) = self {
-            *self = Sketch::Packed(sketch.to_java_bytes().into_boxed_slice());
+        if matches!(self, Sketch::Raw(_) | Sketch::Live(_)) {
+            if let Some(sketch) = self.unpacked() {
+                *self = Sketch::Packed(sketch.to_java_bytes().into_boxed_slice());
+            }
         }
     }
 
@@ -134,7 +158,9 @@ impl Bucket {
     /// Records one request; `max_endpoints` bounds how many endpoints the bucket names.
     pub(crate) fn record(&mut self, sample: &Sample<'_>, max_endpoints: usize) {
         self.dirty = true;
-        self.outcomes[sample.outcome.index()] += 1;
+        add(&mut self.outcomes, &sample.outcome, 1, || {
+            Some(sample.outcome)
+        });
         if let Some(status) = sample.status {
             add(&mut self.statuses, &status, 1, || Some(status));
         }
@@ -145,7 +171,7 @@ impl Bucket {
             add(&mut self.countries, &country, 1, || Some(country));
         }
         if let Some(ms) = sample.latency_ms {
-            self.latency.live().add(ms);
+            self.latency.add(ms);
         }
     }
 
@@ -161,8 +187,8 @@ impl Bucket {
     /// Adds `other`'s counts to this one's.
     pub(crate) fn merge(&mut self, other: &Bucket, max_endpoints: usize) {
         self.dirty = true;
-        for (mine, theirs) in self.outcomes.iter_mut().zip(&other.outcomes) {
-            *mine += theirs;
+        for &(outcome, count) in &other.outcomes {
+            add(&mut self.outcomes, &outcome, count, || Some(outcome));
         }
         for &(status, count) in &other.statuses {
             add(&mut self.statuses, &status, count, || Some(status));
@@ -185,7 +211,7 @@ impl Bucket {
 
     /// Requests in all.
     pub(crate) fn requests(&self) -> u64 {
-        self.outcomes.iter().sum()
+        self.outcomes.iter().map(|(_, count)| count).sum()
     }
 }
 
@@ -211,10 +237,8 @@ impl Bucket {
     /// The bucket as the store keeps it.
     pub(crate) fn encode(&self) -> String {
         let stored = Stored {
-            outcomes: Outcome::all()
-                .zip(self.outcomes)
-                .filter(|(_, count)| *count > 0)
-                .map(|(outcome, count)| (outcome.as_str().to_owned(), count))
+            outcomes: (self.outcomes.iter())
+                .map(|(outcome, count)| (outcome.as_str().to_owned(), *count))
                 .collect(),
             statuses: self.statuses.clone(),
             endpoints: (self.endpoints.iter())
@@ -240,7 +264,7 @@ impl Bucket {
             let outcome = Outcome::all()
                 .find(|outcome| outcome.as_str() == code)
                 .ok_or_else(|| format!("unknown outcome {code:?}"))?;
-            bucket.outcomes[outcome.index()] += count;
+            add(&mut bucket.outcomes, &outcome, count, || Some(outcome));
         }
         bucket.statuses = stored.statuses;
         bucket.endpoints = (stored.endpoints.into_iter())
@@ -314,7 +338,12 @@ mod tests {
             10,
         );
         let back = Bucket::decode(&bucket.encode()).unwrap();
-        assert_eq!(back.outcomes, bucket.outcomes);
+        let sorted = |b: &Bucket| {
+            let mut outcomes: Vec<_> = b.outcomes.iter().map(|(o, n)| (o.as_str(), *n)).collect();
+            outcomes.sort();
+            outcomes
+        };
+        assert_eq!(sorted(&back), sorted(&bucket));
         assert_eq!(back.statuses, bucket.statuses);
         assert_eq!(back.endpoints, bucket.endpoints);
         assert_eq!(back.countries, bucket.countries);
@@ -325,7 +354,8 @@ mod tests {
         assert!(Bucket::decode("{}").unwrap().requests() == 0);
         for corrupt in [
             "",
-            "[]",
+            "42",
+            "null",
             r#"{"outcomes":{"NOT_A_CODE":1}}"#,
             r#"{"countries":[["Germany",1]]}"#,
             r#"{"latency":"zz"}"#,
@@ -357,8 +387,8 @@ mod tests {
             2,
         );
         assert_eq!(
-            bucket.outcomes[Outcome::Rejected(Rejection::InvalidApiKey).index()],
-            1
+            bucket.outcomes[1],
+            (Outcome::Rejected(Rejection::InvalidApiKey), 1)
         );
         assert_eq!(bucket.statuses, vec![(200, 4), (401, 1)]);
     }

@@ -7,7 +7,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::bucket::Bucket;
-use super::Outcome;
 use crate::limit::LimitStatus;
 
 /// The length of a bucket of a time series, and how long buckets of that length are kept.
@@ -181,10 +180,8 @@ fn class(status: u16) -> &'static str {
 
 impl Point {
     pub(crate) fn of(start: u64, bucket: &Bucket) -> Point {
-        let outcomes = Outcome::all()
-            .zip(bucket.outcomes)
-            .filter(|(_, count)| *count > 0)
-            .map(|(outcome, count)| (outcome.as_str(), count))
+        let outcomes = (bucket.outcomes.iter())
+            .map(|(outcome, count)| (outcome.as_str(), *count))
             .collect();
         let mut status_classes = BTreeMap::new();
         let mut statuses = BTreeMap::new();

@@ -14,7 +14,7 @@ use super::report::Resolution;
 /// the resolution's length).
 #[derive(Debug, Default)]
 struct Ring {
-    buckets: VecDeque<(u64, Bucket)>,
+    buckets: VecDeque<(u64, Box<Bucket>)>,
 }
 
 impl Ring {
@@ -26,9 +26,9 @@ impl Ring {
         }
         let at = self.buckets.partition_point(|(i, _)| *i < index);
         if self.buckets.get(at).is_none_or(|(i, _)| *i != index) {
-            self.buckets.insert(at, (index, Bucket::default()));
+            self.buckets.insert(at, (index, Box::default()));
         }
-        self.buckets.get_mut(at).map(|(_, bucket)| bucket)
+        self.buckets.get_mut(at).map(|(_, bucket)| &mut **bucket)
     }
 
     /// Drops the buckets older than `oldest`.
@@ -90,6 +90,7 @@ impl Series {
                 if let Some(bucket) = ring.bucket(index(secs, resolution), oldest(now, resolution))
                 {
                     bucket.record(sample, max_endpoints);
+                    bucket.pack();
                 }
             }
         }
@@ -105,15 +106,10 @@ impl Series {
                 (&mut self.days, Resolution::Day),
             ] {
                 let at = index(start, resolution);
-                // A new hour or day: the one before it will not grow any more but by late
-                // requests, so its sketch is packed.
-                if ring.buckets.back().is_some_and(|(i, _)| *i < at) {
-                    if let Some((_, previous)) = ring.buckets.back_mut() {
-                        previous.pack();
-                    }
-                }
                 if let Some(target) = ring.bucket(at, 0) {
                     target.merge(bucket, usize::MAX);
+                    // Kept packed: it grows by a merge a minute, not by a request.
+                    target.pack();
                 }
             }
             bucket.pack();
@@ -166,7 +162,11 @@ impl Series {
         for (ring, resolution) in self.rings_mut() {
             for (index, bucket) in ring.buckets.iter_mut().filter(|(_, b)| b.dirty) {
                 bucket.dirty = false;
-                taken.push((resolution, *index * resolution.seconds(), bucket.clone()));
+                taken.push((
+                    resolution,
+                    *index * resolution.seconds(),
+                    (**bucket).clone(),
+                ));
             }
         }
         if let Some((minute, bucket)) = open {
@@ -180,7 +180,7 @@ impl Series {
                     None => {
                         let kept = self.ring(resolution).buckets.iter();
                         let kept = kept.filter(|(i, _)| *i * resolution.seconds() == start);
-                        let copy = kept.map(|(_, b)| b.clone()).next().unwrap_or_default();
+                        let copy = kept.map(|(_, b)| (**b).clone()).next().unwrap_or_default();
                         taken.push((resolution, start, copy));
                         taken.len() - 1
                     }
