@@ -71,6 +71,7 @@
 //! | `tracing` | events with the key id and the outcome (never the secret) |
 //! | `analytics` | usage over time per key, owner and service, across replicas (`usage::Analytics`) |
 //! | `metrics` | requests and latency through the `metrics` facade (`usage::MetricsSink`) |
+//! | `geoip` | the client's country from a MaxMind-format database (`usage::GeoIpCountry`) |
 //!
 //! `sqlite` and `analytics` are on by default, so a first program, the demo and the CLI keep keys
 //! in a file with no server, and the demo reports usage; `default-features = false` leaves them

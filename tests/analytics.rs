@@ -8,6 +8,9 @@ fn analytics_suite_needs_its_features() {}
 
 #[cfg(all(feature = "analytics", feature = "axum"))]
 mod common;
+#[cfg(all(feature = "analytics", feature = "axum", feature = "geoip"))]
+#[path = "common/mmdb.rs"]
+mod mmdb;
 #[cfg(all(feature = "analytics", feature = "axum"))]
 #[path = "common/usage_replicas.rs"]
 mod usage_replicas;
@@ -265,5 +268,67 @@ mod analytics {
         let b = tower_api_key::SqliteStore::connect(&url).await.unwrap();
         usage_replicas::two_replicas_report_the_combined_totals(a, b, "mesh").await;
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[cfg(feature = "geoip")]
+    #[tokio::test]
+    async fn the_country_comes_from_a_maxmind_database_by_the_connection_or_a_trusted_proxy() {
+        use std::net::SocketAddr;
+        use tower_api_key::network::TrustedProxies;
+        use tower_api_key::usage::{Country, CountryResolver, GeoIpCountry};
+
+        let db = super::mmdb::country_database(&[
+            ([127, 0, 0, 0], 8, "DE"),
+            ([203, 0, 113, 0], 24, "FR"),
+        ]);
+        let geo = GeoIpCountry::from_bytes(db.clone()).unwrap();
+        let country = |ip: &str| geo.country(Some(ip.parse().unwrap()), &http::HeaderMap::new());
+        assert_eq!(country("203.0.113.9"), Country::new("FR"));
+        assert_eq!(country("127.0.0.1"), Country::new("DE"));
+        assert_eq!(country("192.0.2.1"), None);
+        assert_eq!(country("2001:db8::1"), None);
+        assert_eq!(geo.country(None, &http::HeaderMap::new()), None);
+        assert!(GeoIpCountry::from_bytes(b"not a database".to_vec()).is_err());
+
+        // Over HTTP from 127.0.0.1, saying it forwards for 203.0.113.9: believed only when
+        // 127.0.0.0/8 is a trusted proxy.
+        for (trusted, expected) in [(false, "DE"), (true, "FR")] {
+            let store = MemoryStore::new();
+            let analytics = Analytics::new();
+            let mut builder = ApiKeyLayer::builder("mesh", store.clone())
+                .usage_sink(analytics.clone())
+                .country_resolver(GeoIpCountry::from_bytes(db.clone()).unwrap());
+            if trusted {
+                let local = "127.0.0.0/8".parse().unwrap();
+                builder = builder.trusted_proxies(TrustedProxies::x_forwarded_for([local]));
+            }
+            let layer = builder.build().unwrap();
+            let app = Router::new()
+                .route(
+                    "/items/{id}",
+                    get(|Path(id): Path<String>| async move { id }),
+                )
+                .layer(layer.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            let created = NewKey::new("geo").generate(layer.format()).unwrap();
+            store.create(created.record.clone()).await.unwrap();
+            let key = header(&created);
+            let headers = [
+                ("authorization", key.as_str()),
+                ("x-forwarded-for", "203.0.113.9"),
+            ];
+            let reply = HttpClient::new(addr).get("/items/1", &headers).await;
+            assert_eq!(reply.status, 200);
+            let now = SystemTime::now();
+            let hour = Duration::from_secs(3_600);
+            let report = analytics.usage(Subject::All, now - hour..now + hour, Resolution::Hour);
+            let countries: Vec<_> = (report.top_countries.iter())
+                .map(|r| (r.name.as_str(), r.requests))
+                .collect();
+            assert_eq!(countries, [(expected, 1)], "trusted: {trusted}");
+        }
     }
 }

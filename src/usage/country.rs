@@ -1,7 +1,8 @@
 //! The client's country, for usage by country: a [`CountryResolver`] on the layer
 //! ([`ApiKeyLayerBuilder::country_resolver`](crate::ApiKeyLayerBuilder::country_resolver)).
 //! None by default; [`CountryHeader`] reads a header a trusted proxy or CDN sets, such as
-//! Cloudflare's `CF-IPCountry`.
+//! Cloudflare's `CF-IPCountry`; with the `geoip` feature, [`GeoIpCountry`] looks the client's
+//! address up in a MaxMind-format database.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -115,6 +116,69 @@ impl CountryResolver for CountryHeader {
 
     fn needs_client(&self) -> bool {
         false
+    }
+}
+
+/// The country of the client's address in a MaxMind-format database (GeoLite2-Country,
+/// GeoIP2-Country or -City, or another `.mmdb` file with `country.iso_code`), read with the
+/// `maxminddb` crate. Feature `geoip`.
+///
+/// The address is the connection's, or the one [trusted
+/// proxies](crate::ApiKeyLayerBuilder::trusted_proxies) forwarded: a client cannot choose it.
+///
+/// ```no_run
+/// use tower_api_key::{usage::GeoIpCountry, ApiKeyLayer, MemoryStore};
+///
+/// let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
+///     .country_resolver(GeoIpCountry::open("/var/lib/GeoIP/GeoLite2-Country.mmdb")?)
+///     .build()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[cfg(feature = "geoip")]
+pub struct GeoIpCountry {
+    reader: maxminddb::Reader<Vec<u8>>,
+}
+
+#[cfg(feature = "geoip")]
+impl GeoIpCountry {
+    /// The database in the file at `path`, read into memory.
+    ///
+    /// # Errors
+    /// When the file cannot be read or is not a MaxMind database.
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self, maxminddb::MaxMindDbError> {
+        Ok(GeoIpCountry {
+            reader: maxminddb::Reader::open_readfile(path)?,
+        })
+    }
+
+    /// The database in `bytes`.
+    ///
+    /// # Errors
+    /// When `bytes` are not a MaxMind database.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, maxminddb::MaxMindDbError> {
+        Ok(GeoIpCountry {
+            reader: maxminddb::Reader::from_source(bytes)?,
+        })
+    }
+}
+
+#[cfg(feature = "geoip")]
+impl fmt::Debug for GeoIpCountry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GeoIpCountry")
+            .field("database_type", &self.reader.metadata().database_type)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "geoip")]
+impl CountryResolver for GeoIpCountry {
+    fn country(&self, client: Option<IpAddr>, _headers: &HeaderMap) -> Option<Country> {
+        let found = self.reader.lookup(client?).ok()?;
+        let code: &str = found
+            .decode_path(&maxminddb::path!["country", "iso_code"])
+            .ok()??;
+        Country::new(code)
     }
 }
 

@@ -59,6 +59,8 @@ mod store;
 
 #[cfg(feature = "analytics")]
 pub use analytics::{Analytics, AnalyticsConfig};
+#[cfg(feature = "geoip")]
+pub use country::GeoIpCountry;
 pub use country::{Country, CountryHeader, CountryResolver};
 pub use memory::{KeyUsage, LatencySummary, MemoryUsage, UsageSnapshot};
 #[cfg(feature = "metrics")]
