@@ -86,7 +86,7 @@ mod sqlite {
             .fetch_one(reopened.pool())
             .await
             .unwrap();
-        assert_eq!(version, 4);
+        assert_eq!(version, 5);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
