@@ -21,7 +21,6 @@ mod analytics {
 
     use axum::extract::Path;
     use axum::routing::get;
-    use axum::Router;
     use http::StatusCode;
     use tower_api_key::usage::{Analytics, CountryHeader, Resolution, Subject, UsageReport};
     use tower_api_key::{
@@ -29,7 +28,7 @@ mod analytics {
         MemoryStore, NewKey, RequireScopeLayer,
     };
 
-    use super::common::{api_key, serve, HttpClient};
+    use super::common::{api_key, items, serve, HttpClient};
     use super::usage_replicas;
 
     /// 2026-11-23 12:00:00 UTC: a minute and an hour start here.
@@ -54,11 +53,7 @@ mod analytics {
                 .country_resolver(CountryHeader::new("cf-ipcountry").unwrap())
                 .build()
                 .unwrap();
-            let app = Router::new()
-                .route(
-                    "/items/{id}",
-                    get(|Path(id): Path<String>| async move { id }),
-                )
+            let app = items()
                 .route("/fail", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
                 .route(
                     "/slow/{ms}",
@@ -303,12 +298,7 @@ mod analytics {
                 builder = builder.trusted_proxies(TrustedProxies::x_forwarded_for([local]));
             }
             let layer = builder.build().unwrap();
-            let app = Router::new()
-                .route(
-                    "/items/{id}",
-                    get(|Path(id): Path<String>| async move { id }),
-                )
-                .layer(layer.clone());
+            let app = items().layer(layer.clone());
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let app = app.into_make_service_with_connect_info::<SocketAddr>();

@@ -11,14 +11,12 @@ mod common;
 
 #[cfg(all(feature = "metrics", feature = "axum"))]
 mod metrics_facade {
-    use axum::extract::Path;
     use axum::routing::get;
-    use axum::Router;
     use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
     use tower_api_key::usage::{MetricsSink, DURATION, REQUESTS};
     use tower_api_key::{store::KeyStoreAdmin, ApiKeyLayer, MemoryStore, NewKey};
 
-    use super::common::{api_key, serve, HttpClient};
+    use super::common::{api_key, items, serve, HttpClient};
 
     /// The value of the sample of `name` whose labels include every one of `labels`.
     fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
@@ -43,11 +41,7 @@ mod metrics_facade {
             .usage_sink(MetricsSink::new().max_endpoints(1))
             .build()
             .unwrap();
-        let app = Router::new()
-            .route(
-                "/items/{id}",
-                get(|Path(id): Path<String>| async move { id }),
-            )
+        let app = items()
             .route("/other", get(|| async { "" }))
             .layer(layer.clone());
         let client = HttpClient::new(serve(app).await);

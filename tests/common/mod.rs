@@ -252,6 +252,13 @@ pub fn app(layer: ApiKeyLayer, calls: Arc<AtomicUsize>) -> Router {
         .layer(layer)
 }
 
+/// A router with one route template, `GET /items/{id}` (answering the id), for tests that count
+/// requests by endpoint.
+pub fn items() -> Router {
+    let item = |axum::extract::Path(id): axum::extract::Path<String>| async move { id };
+    Router::new().route("/items/{id}", get(item))
+}
+
 /// Builds the text of a key with a given id and secret and a correct checksum: what an attacker
 /// who knows an id could send.
 pub fn forge(prefix: &str, env: &str, id: &str, secret: &str) -> String {

@@ -7,9 +7,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::extract::Path;
-use axum::routing::get;
-use axum::Router;
 use tower_api_key::usage::{Analytics, Resolution, Subject};
 use tower_api_key::{
     async_trait,
@@ -17,7 +14,7 @@ use tower_api_key::{
     ApiKeyLayer, NewKey,
 };
 
-use crate::common::{api_key, serve, HttpClient};
+use crate::common::{api_key, items, serve, HttpClient};
 
 /// A store whose usage writes work, fail, or are made and then reported failed (a lost
 /// acknowledgement), on demand.
@@ -80,12 +77,7 @@ impl<S: KeyStoreAdmin + UsageArchive + Clone> Replica<S> {
             .usage_sink(analytics.clone())
             .build()
             .unwrap();
-        let app = Router::new()
-            .route(
-                "/items/{id}",
-                get(|Path(id): Path<String>| async move { id }),
-            )
-            .layer(layer.clone());
+        let app = items().layer(layer.clone());
         let replica = Replica {
             analytics,
             archive: Flaky::new(store),
