@@ -203,10 +203,14 @@ impl Bucket {
         self.latency.merge(&other.latency);
     }
 
-    /// Packs the sketch for keeping: the bucket will be read, and merged from, but rarely
-    /// written again.
+    /// Packs the bucket for keeping (its sketch, and its lists to their length): it will be read,
+    /// and merged from, but rarely written again.
     pub(crate) fn pack(&mut self) {
         self.latency.pack();
+        self.outcomes.shrink_to_fit();
+        self.statuses.shrink_to_fit();
+        self.endpoints.shrink_to_fit();
+        self.countries.shrink_to_fit();
     }
 
     /// Requests in all.
