@@ -47,10 +47,10 @@ impl Default for AnalyticsConfig {
 /// Requests whose key was not verified share a few series (sharded by thread), so made-up keys
 /// grow nothing.
 ///
-/// Memory: a bucket is about 200 bytes and 24 bytes per endpoint and country it names; its
-/// latency sketch is 1 KiB or more while its minute (hour, day) is open, then packed to a few
-/// bytes per distinct latency bucket (about 30 to 300 bytes). A key busy every minute holds at
-/// most 1,440 + 720 + 396 buckets; a key idle for a period holds none for it.
+/// Memory (`benches/memory.rs`): a key's first bucket about 600 bytes with the key's series,
+/// each further bucket about 450, plus 24 bytes per endpoint and country it names; latencies
+/// are the sketch's non-zero bins, 16 bytes each. A key busy every minute holds at most 1,440 +
+/// 720 + 396 buckets; a key idle for a period holds none for it.
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};

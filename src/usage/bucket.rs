@@ -1,13 +1,13 @@
-//! One time bucket of usage: requests by outcome and status, latency as a mergeable sketch
-//! (DDSketch, 1 % relative error), endpoints and countries. Buckets merge, so an hour is its
+//! One time bucket of usage: requests by outcome and status, latencies as a mergeable sketch's
+//! bins (DDSketch, 1 % relative error), endpoints and countries. Buckets merge, so an hour is its
 //! minutes merged and the service is its keys merged.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sketches_ddsketch::{Config, DDSketch};
 
+use super::latency::Latencies;
 use super::{Country, Outcome};
 
 /// One request, as a bucket records it.
@@ -32,106 +32,9 @@ pub(crate) struct Bucket {
     pub(crate) endpoints: Vec<(Arc<str>, u64)>,
     pub(crate) other_endpoints: u64,
     pub(crate) countries: Vec<(Country, u64)>,
-    pub(crate) latency: Sketch,
+    pub(crate) latency: Latencies,
     /// Changed since it was last written to the store.
     pub(crate) dirty: bool,
-}
-
-/// Latencies: none yet; the first few as they came; a sketch being written; or one packed for
-/// keeping. A live sketch holds its bins densely, 1 KiB or more; packed, only the non-zero
-/// bins, tens of bytes; so most buckets, of keys with a few requests a minute, never hold one.
-#[derive(Clone, Default)]
-pub(crate) enum Sketch {
-    #[default]
-    Empty,
-    /// Up to [`RAW`] values, in milliseconds.
-    Raw(Vec<f32>),
-    Live(Box<DDSketch>),
-    Packed(Box<[u8]>),
-}
-
-/// How many latencies a bucket keeps as they came before it builds a sketch.
-const RAW: usize = 32;
-
-impl std::fmt::Debug for Sketch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Sketch::Empty => f.write_str("Empty"),
-            Sketch::Raw(values) => write!(f, "Raw({} values)", values.len()),
-            Sketch::Live(sketch) => write!(f, "Live({} values)", sketch.count()),
-            Sketch::Packed(bytes) => write!(f, "Packed({} bytes)", bytes.len()),
-        }
-    }
-}
-
-/// The sketches' configuration: DDSketch's defaults, 1 % relative error. A packed sketch reads
-/// back with these.
-fn config() -> Config {
-    Config::defaults()
-}
-
-impl Sketch {
-    fn live(&mut self) -> &mut DDSketch {
-        if !matches!(self, Sketch::Live(_)) {
-            let sketch = self.unpacked().unwrap_or_else(|| DDSketch::new(config()));
-            *self = Sketch::Live(Box::new(sketch));
-        }
-        match self {
-            Sketch::Live(sketch) => sketch,
-            _ => unreachable!("made live above"),
-        }
-    }
-
-    /// A copy as a sketch, if it has any values. A packed sketch that does not read back (it
-    /// never happens but through memory corruption) counts as empty.
-    pub(crate) fn unpacked(&self) -> Option<DDSketch> {
-        match self {
-            Sketch::Empty => None,
-            Sketch::Raw(values) => {
-                let mut sketch = DDSketch::new(config());
-                values.iter().for_each(|ms| sketch.add(f64::from(*ms)));
-                Some(sketch)
-            }
-            Sketch::Live(sketch) => Some((**sketch).clone()),
-            Sketch::Packed(bytes) => DDSketch::from_java_bytes(bytes).ok(),
-        }
-    }
-
-    fn merge(&mut self, other: &Sketch) {
-        if let Some(other) = other.unpacked() {
-            // Both have `config()`, so the merge cannot fail.
-            let _ = self.live().merge(&other);
-        }
-    }
-
-    /// Adds one latency in milliseconds.
-    fn add(&mut self, ms: f64) {
-        match self {
-            Sketch::Empty => *self = Sketch::Raw(vec![ms as f32]),
-            Sketch::Raw(values) if values.len() < RAW => values.push(ms as f32),
-            _ => self.live().add(ms),
-        }
-    }
-
-    fn pack(&mut self) {
-        if matches!(self, Sketch::Raw(_) | Sketch::Live(_)) {
-            if let Some(sketch) = self.unpacked() {
-                *self = Sketch::Packed(sketch.to_java_bytes().into_boxed_slice());
-            }
-        }
-    }
-
-    /// The values' count and quantiles `qs`, in the sketch's unit.
-    pub(crate) fn quantiles<const N: usize>(&self, qs: [f64; N]) -> Option<(u64, [f64; N])> {
-        let sketch = self.unpacked()?;
-        let count = sketch.count() as u64;
-        (count > 0).then(|| {
-            (
-                count,
-                qs.map(|q| sketch.quantile(q).ok().flatten().unwrap_or(0.0)),
-            )
-        })
-    }
 }
 
 /// Adds `by` to the count of `item` in `counts`, a short list searched from the start.
@@ -142,7 +45,7 @@ fn add<T: PartialEq + ?Sized, O: std::borrow::Borrow<T>>(
     new: impl FnOnce() -> Option<O>,
 ) -> bool {
     if let Some((_, count)) = counts.iter_mut().find(|(name, _)| name.borrow() == item) {
-        *count += by;
+        *count = count.saturating_add(by);
         return true;
     }
     match new() {
@@ -180,7 +83,7 @@ impl Bucket {
         if !add(&mut self.endpoints, endpoint, by, || {
             room.then(|| endpoint.into())
         }) {
-            self.other_endpoints += by;
+            self.other_endpoints = self.other_endpoints.saturating_add(by);
         }
     }
 
@@ -196,7 +99,7 @@ impl Bucket {
         for (endpoint, count) in &other.endpoints {
             self.add_endpoint(endpoint, *count, max_endpoints);
         }
-        self.other_endpoints += other.other_endpoints;
+        self.other_endpoints = self.other_endpoints.saturating_add(other.other_endpoints);
         for &(country, count) in &other.countries {
             add(&mut self.countries, &country, count, || Some(country));
         }
@@ -206,7 +109,7 @@ impl Bucket {
     /// Packs the bucket for keeping (its sketch, and its lists to their length): it will be read,
     /// and merged from, but rarely written again.
     pub(crate) fn pack(&mut self) {
-        self.latency.pack();
+        self.latency.shrink();
         self.outcomes.shrink_to_fit();
         self.statuses.shrink_to_fit();
         self.endpoints.shrink_to_fit();
@@ -215,12 +118,11 @@ impl Bucket {
 
     /// Requests in all.
     pub(crate) fn requests(&self) -> u64 {
-        self.outcomes.iter().map(|(_, count)| count).sum()
+        (self.outcomes.iter()).fold(0, |total, (_, count)| total.saturating_add(*count))
     }
 }
 
-/// A bucket as the store keeps it: JSON, outcomes by code, the sketch in DDSketch's portable
-/// binary format as hex.
+/// A bucket as the store keeps it: JSON, outcomes by code, the latencies' bins.
 #[derive(Serialize, Deserialize)]
 struct Stored {
     #[serde(default)]
@@ -234,7 +136,7 @@ struct Stored {
     #[serde(default)]
     countries: Vec<(String, u64)>,
     #[serde(default)]
-    latency: Option<String>,
+    latency: Option<Latencies>,
 }
 
 impl Bucket {
@@ -252,10 +154,7 @@ impl Bucket {
             countries: (self.countries.iter())
                 .map(|(country, count)| (country.to_string(), *count))
                 .collect(),
-            latency: self
-                .latency
-                .unpacked()
-                .map(|sketch| hex::encode(sketch.to_java_bytes())),
+            latency: (self.latency.count() > 0).then(|| self.latency.clone()),
         };
         serde_json::to_string(&stored).unwrap_or_default()
     }
@@ -280,11 +179,7 @@ impl Bucket {
             bucket.countries.push((country, count));
         }
         if let Some(latency) = stored.latency {
-            let bytes = hex::decode(latency).map_err(|e| format!("latency: {e}"))?;
-            let sketch = DDSketch::from_java_bytes(&bytes).map_err(|e| format!("latency: {e}"))?;
-            if sketch.count() > 0 {
-                bucket.latency = Sketch::Packed(sketch.to_java_bytes().into_boxed_slice());
-            }
+            bucket.latency = latency.checked()?;
         }
         Ok(bucket)
     }
@@ -306,7 +201,7 @@ mod tests {
     }
 
     #[test]
-    fn a_packed_sketch_merges_with_a_live_one() {
+    fn buckets_merge_latencies_and_all() {
         let mut a = Bucket::default();
         let mut b = Bucket::default();
         for ms in 1..=100 {
@@ -314,7 +209,6 @@ mod tests {
             b.record(&sample("/b", f64::from(ms + 100)), 10);
         }
         b.pack();
-        assert!(matches!(b.latency, Sketch::Packed(_)));
         a.merge(&b, 10);
         let (count, [p50, p99]) = a.latency.quantiles([0.5, 0.99]).unwrap();
         assert_eq!(count, 200);
@@ -363,9 +257,38 @@ mod tests {
             r#"{"outcomes":{"NOT_A_CODE":1}}"#,
             r#"{"countries":[["Germany",1]]}"#,
             r#"{"latency":"zz"}"#,
+            r#"{"latency":{"bins":[[2147483647,1]]}}"#,
+            r#"{"latency":{"bins":[[100,18446744073709551615]],"zeros":1}}"#,
             r#"{"outcomes":{"ok":-1}}"#,
         ] {
             assert!(Bucket::decode(corrupt).is_err(), "{corrupt}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever a store hands back, reading it is a value or an error, never a panic, and
+        /// what reads back gives percentiles.
+        #[test]
+        fn any_stored_text_reads_back_or_is_an_error(
+            bins in proptest::collection::vec(
+                (proptest::prelude::any::<i32>(), proptest::prelude::any::<u64>()),
+                0..16,
+            ),
+            small in proptest::collection::vec((-300i32..2_000, 0u64..1_000), 0..16),
+            zeros in proptest::prelude::any::<u64>(),
+            text in ".{0,64}",
+        ) {
+            for bins in [bins, small] {
+                let latency = serde_json::json!({"bins": bins, "zeros": zeros});
+                let stored = serde_json::json!({"latency": latency}).to_string();
+                if let Ok(bucket) = Bucket::decode(&stored) {
+                    // Merged with itself (counts near the limit meet), then reported.
+                    let mut twice = bucket.clone();
+                    twice.merge(&bucket, 10);
+                    let _ = crate::usage::Point::of(0, &twice);
+                }
+            }
+            let _ = Bucket::decode(&text);
         }
     }
 

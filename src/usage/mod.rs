@@ -47,6 +47,8 @@ mod analytics;
 #[cfg(feature = "analytics")]
 mod bucket;
 mod country;
+#[cfg(feature = "analytics")]
+mod latency;
 mod memory;
 #[cfg(feature = "metrics")]
 mod metrics_sink;

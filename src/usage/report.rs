@@ -187,10 +187,12 @@ impl Point {
         let mut statuses = BTreeMap::new();
         let mut errors = 0;
         for &(status, count) in &bucket.statuses {
-            *status_classes.entry(class(status)).or_insert(0) += count;
-            *statuses.entry(status).or_insert(0) += count;
+            let class = status_classes.entry(class(status)).or_insert(0_u64);
+            *class = class.saturating_add(count);
+            let exact = statuses.entry(status).or_insert(0_u64);
+            *exact = exact.saturating_add(count);
             if (400..600).contains(&status) {
-                errors += count;
+                errors = count.saturating_add(errors);
             }
         }
         let requests = bucket.requests();

@@ -2,7 +2,7 @@
 //! minute, hour and day, each kept for its resolution's retention.
 //!
 //! A request is recorded in its minute's bucket only. The newest minute is open; every older one
-//! has been merged into its hour and its day when the next minute began, and its sketch packed.
+//! has been merged into its hour and its day when the next minute began, and packed.
 //! A request that arrives late, for a minute already merged, is recorded in all three.
 
 use std::collections::VecDeque;
