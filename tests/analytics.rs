@@ -22,6 +22,11 @@ mod analytics {
     use axum::extract::Path;
     use axum::routing::get;
     use http::StatusCode;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use tower::{Layer, ServiceExt};
+    use tower_api_key::store::{StoreError, UsageArchive, UsageRange, UsageRow};
     use tower_api_key::usage::{Analytics, CountryHeader, Resolution, Subject, UsageReport};
     use tower_api_key::{
         clock::ManualClock, limit::Limits, manage::CreatedKey, store::KeyStoreAdmin, ApiKeyLayer,
@@ -320,5 +325,139 @@ mod analytics {
                 .collect();
             assert_eq!(countries, [(expected, 1)], "trusted: {trusted}");
         }
+    }
+
+    /// A store whose next usage write can be held open, and whose writes fail at random.
+    #[derive(Clone, Default)]
+    struct Gate {
+        store: MemoryStore,
+        held: Arc<std::sync::atomic::AtomicBool>,
+        entered: Arc<tokio::sync::Notify>,
+        release: Arc<tokio::sync::Notify>,
+        failing: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    #[tower_api_key::async_trait]
+    impl UsageArchive for Gate {
+        async fn write_usage(
+            &self,
+            rows: &[UsageRow],
+            expire: &[(u32, u64)],
+        ) -> Result<(), StoreError> {
+            if self.held.swap(false, Ordering::SeqCst) {
+                self.entered.notify_one();
+                self.release.notified().await;
+            }
+            // Fails (before or after writing) when the failure rate, in percent, says so.
+            let roll = rand_percent();
+            let failing = self.failing.load(Ordering::SeqCst);
+            if roll < failing / 2 {
+                return Err(StoreError::unavailable("down"));
+            }
+            self.store.write_usage(rows, expire).await?;
+            if roll < failing {
+                return Err(StoreError::unavailable("written, answer lost"));
+            }
+            Ok(())
+        }
+
+        async fn read_usage(&self, range: &UsageRange<'_>) -> Result<Vec<UsageRow>, StoreError> {
+            self.store.read_usage(range).await
+        }
+    }
+
+    /// 0 to 99, from the clock's nanoseconds: enough to vary the failures between runs.
+    fn rand_percent() -> u32 {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        (nanos.wrapping_mul(2_654_435_761) >> 8) % 100
+    }
+
+    /// Requests the store's rows say `key` made, as another replica reads them.
+    async fn stored(gate: &Gate) -> u64 {
+        let now = SystemTime::now();
+        let day = Duration::from_secs(86_400);
+        let reader = Analytics::new();
+        let report = reader
+            .usage_across(gate, Subject::All, now - day..now + day, Resolution::Day)
+            .await
+            .unwrap();
+        report.totals.requests
+    }
+
+    /// Flushes until one succeeds, the failures turned off.
+    async fn flush_all(analytics: &Analytics, gate: &Gate) {
+        gate.failing.store(0, Ordering::SeqCst);
+        analytics.flush(gate).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_flush_held_open_failing_or_racing_requests_loses_and_doubles_nothing() {
+        let gate = Gate::default();
+        let analytics = Analytics::new();
+        let layer = ApiKeyLayer::builder("mesh", gate.store.clone())
+            .usage_sink(analytics.clone())
+            .build()
+            .unwrap();
+        let created = NewKey::new("stress").generate(layer.format()).unwrap();
+        gate.store.create(created.record.clone()).await.unwrap();
+        let key = header(&created);
+        let service = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+        }));
+        let send = |n: usize| {
+            let service = service.clone();
+            let key = key.clone();
+            async move {
+                for _ in 0..n {
+                    let request = http::Request::get("/").header("authorization", &key);
+                    let response = service.clone().oneshot(request.body(()).unwrap()).await;
+                    assert_eq!(response.unwrap().status(), 200);
+                }
+            }
+        };
+
+        // A flush held open inside the store's write while more requests come.
+        send(5).await;
+        gate.held.store(true, Ordering::SeqCst);
+        let flushing = tokio::spawn({
+            let (analytics, gate) = (analytics.clone(), gate.clone());
+            async move { analytics.flush(&gate).await }
+        });
+        gate.entered.notified().await;
+        send(3).await;
+        // A second flush waits for the first: it could otherwise write first, then be
+        // overwritten by the older copy.
+        let second = tokio::spawn({
+            let (analytics, gate) = (analytics.clone(), gate.clone());
+            async move { analytics.flush(&gate).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gate.release.notify_one();
+        flushing.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+        assert_eq!(stored(&gate).await, 8);
+
+        // Randomized: four tasks sending, a flusher failing half its writes (before or after
+        // writing), until a last flush that works.
+        gate.failing.store(50, Ordering::SeqCst);
+        let senders: Vec<_> = (0..4).map(|_| tokio::spawn(send(250))).collect();
+        let flusher = tokio::spawn({
+            let (analytics, gate) = (analytics.clone(), gate.clone());
+            async move {
+                for _ in 0..40 {
+                    let _ = analytics.flush(&gate).await;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        });
+        for sender in senders {
+            sender.await.unwrap();
+        }
+        flusher.await.unwrap();
+        flush_all(&analytics, &gate).await;
+        assert_eq!(stored(&gate).await, 8 + 4 * 250);
     }
 }

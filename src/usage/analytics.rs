@@ -82,6 +82,8 @@ struct Inner {
     config: AnalyticsConfig,
     /// This process's name in the store's rows.
     replica: Box<str>,
+    /// Held by a flush: two at once could write an older copy of a bucket after a newer one.
+    flushing: tokio::sync::Mutex<()>,
     /// Keyed by verified keys only (foldhash, seeded per map): a client cannot choose the ids.
     keys: DashMap<Box<str>, Mutex<Series>, RandomState>,
     unauthenticated: [Mutex<Series>; SHARDS],
@@ -130,6 +132,7 @@ impl Analytics {
             inner: Arc::new(Inner {
                 config,
                 replica: hex::encode(random).into(),
+                flushing: tokio::sync::Mutex::new(()),
                 keys: DashMap::default(),
                 unauthenticated: Default::default(),
             }),
@@ -224,10 +227,13 @@ impl Analytics {
     /// replica's row of the same key and bucket (so a flush retried after a failure counts
     /// nothing twice), and drops rows past their retention. Returns how many rows it wrote. On
     /// an error, what it tried to write stays pending for the next flush: nothing is lost.
+    /// Flushes of one `Analytics` run one at a time, so an older copy of a bucket is never
+    /// written after a newer one.
     ///
     /// # Errors
     /// When the store fails.
     pub async fn flush<A: UsageArchive + ?Sized>(&self, archive: &A) -> Result<usize, StoreError> {
+        let _one_at_a_time = self.inner.flushing.lock().await;
         let replica = &*self.inner.replica;
         let mut rows = Vec::new();
         // Where each row came from, to mark it changed again if the write fails.
