@@ -69,6 +69,7 @@ pub use memory::{KeyUsage, LatencySummary, MemoryUsage, UsageSnapshot};
 pub use metrics_sink::{MetricsSink, DURATION, REQUESTS};
 #[cfg(feature = "analytics")]
 pub use report::{Latency, Point, Ranked, Resolution, Standing, Subject, UsageReport};
+pub use route::Endpoint;
 pub(crate) use route::Route;
 pub use store::StoreUsage;
 
