@@ -1,21 +1,22 @@
 //! Usage analytics over real HTTP on 127.0.0.1: a mix of keys, endpoints, statuses, countries
-//! (from a trusted header) and rejections, and what `Analytics::usage` then reports.
+//! (from a trusted header) and rejections, and what `Analytics::usage` then reports; replicas
+//! flushing to one store; flushes held open, failing and racing requests.
 
-#[cfg(not(all(feature = "analytics", feature = "axum")))]
+#[cfg(not(feature = "analytics"))]
 #[test]
-#[ignore = "usage analytics need `--features analytics,axum` (run by .ci/run)"]
-fn analytics_suite_needs_its_features() {}
+#[ignore = "usage analytics need the `analytics` feature (on by default)"]
+fn analytics_suite_needs_its_feature() {}
 
-#[cfg(all(feature = "analytics", feature = "axum"))]
+#[cfg(feature = "analytics")]
 mod common;
 #[cfg(all(feature = "analytics", feature = "axum", feature = "geoip"))]
 #[path = "common/mmdb.rs"]
 mod mmdb;
-#[cfg(all(feature = "analytics", feature = "axum"))]
+#[cfg(feature = "analytics")]
 #[path = "common/usage_replicas.rs"]
 mod usage_replicas;
 
-#[cfg(all(feature = "analytics", feature = "axum"))]
+#[cfg(feature = "analytics")]
 mod analytics {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -33,7 +34,7 @@ mod analytics {
         MemoryStore, NewKey, RequireScopeLayer,
     };
 
-    use super::common::{api_key, items, serve, HttpClient};
+    use super::common::{api_key, items, name_endpoints, serve, HttpClient};
     use super::usage_replicas;
 
     /// 2026-11-23 12:00:00 UTC: a minute and an hour start here.
@@ -72,7 +73,7 @@ mod analytics {
                 )
                 .layer(layer.clone());
             Fixture {
-                client: HttpClient::new(serve(app).await),
+                client: HttpClient::new(serve(name_endpoints(app)).await),
                 store,
                 clock,
                 analytics,
@@ -270,7 +271,8 @@ mod analytics {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    #[cfg(feature = "geoip")]
+    // The connection's address comes from axum's `ConnectInfo`: the `axum` feature.
+    #[cfg(all(feature = "geoip", feature = "axum"))]
     #[tokio::test]
     async fn the_country_comes_from_a_maxmind_database_by_the_connection_or_a_trusted_proxy() {
         use std::net::SocketAddr;

@@ -259,6 +259,26 @@ pub fn items() -> Router {
     Router::new().route("/items/{id}", get(item))
 }
 
+/// `router` with each request's endpoint named by its route template: by the layer itself with
+/// the crate's `axum` feature, otherwise by a `usage::Endpoint` a middleware in front of the
+/// layer puts into the request (as an application without the feature does, and the demo).
+pub fn name_endpoints(router: Router) -> Router {
+    if cfg!(feature = "axum") {
+        return router;
+    }
+    router.layer(axum::middleware::from_fn(
+        |matched: Option<axum::extract::MatchedPath>,
+         mut request: axum::extract::Request,
+         next: axum::middleware::Next| async move {
+            if let Some(matched) = matched {
+                let endpoint = tower_api_key::usage::Endpoint::new(matched.as_str());
+                request.extensions_mut().insert(endpoint);
+            }
+            next.run(request).await
+        },
+    ))
+}
+
 /// Builds the text of a key with a given id and secret and a correct checksum: what an attacker
 /// who knows an id could send.
 pub fn forge(prefix: &str, env: &str, id: &str, secret: &str) -> String {
