@@ -13,13 +13,13 @@
 //!
 //! A sink is told of each request the key (when its secret was verified) and its owner, the
 //! outcome, the status of the answer, the time the service behind the layer took, the endpoint
-//! (axum's route template or a gRPC method, never the raw URI) and, when the layer has a
-//! [`CountryResolver`], the client's country.
+//! (an [`Endpoint`] the application names, axum's route template, or a gRPC method; never the
+//! raw URI) and, when the layer has a [`CountryResolver`], the client's country.
 //!
-//! Recording is a few atomic additions on a sharded map: no lock is held across an await and
-//! nothing is allocated per request but a key's first entry. Requests whose key was not verified
-//! (no key, malformed, unknown id, wrong secret, store down) count under `unauthenticated`, so a
-//! flood of made-up keys cannot grow the map.
+//! Recording holds no lock across an await: `MemoryUsage` adds a few atomics on a sharded map,
+//! `Analytics` updates its key's open bucket under that key's lock. Requests whose key was not
+//! verified (no key, malformed, unknown id, wrong secret, store down) count as unauthenticated,
+//! so a flood of made-up keys cannot grow either.
 //!
 //! ```
 //! use std::sync::Arc;
