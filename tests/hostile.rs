@@ -226,25 +226,13 @@ async fn a_key_issued_under_one_prefix_never_opens_a_layer_with_another() {
         KeyFormat::new("shop").unwrap().parse(&swapped).is_ok(),
         "well-formed"
     );
-    let status = |layer: &ApiKeyLayer, key: &str| {
-        let service = layer.layer(service_fn(|_: Request<()>| async {
-            Ok::<_, Infallible>(Response::new(String::new()))
-        }));
-        let request = Request::get("/")
-            .header("authorization", format!("ApiKey {key}"))
-            .body(())
-            .unwrap();
-        async move {
-            let response = service.oneshot(request).await.unwrap();
-            (
-                response.status(),
-                response.extensions().get::<Rejection>().copied(),
-            )
-        }
-    };
-    assert_eq!(status(&mesh, text).await.0, StatusCode::OK);
+    assert_eq!(answer(&mesh, text).await.status(), StatusCode::OK);
+    let refused = answer(&shop, &swapped).await;
     assert_eq!(
-        status(&shop, &swapped).await,
+        (
+            refused.status(),
+            refused.extensions().get::<Rejection>().copied()
+        ),
         (StatusCode::UNAUTHORIZED, Some(Rejection::InvalidApiKey))
     );
 }
