@@ -779,6 +779,7 @@ macro_rules! sql_store {
                             "corrupt usage row: resolution {resolution}, start {start}"
                         ))
                     };
+                    // The query selected the range already.
                     let row = $crate::store::UsageRow {
                         replica: row.try_get("replica").map_err(unavailable)?,
                         key: row.try_get("key_id").map_err(unavailable)?,
@@ -787,9 +788,7 @@ macro_rules! sql_store {
                         start: u64::try_from(start).map_err(|_| corrupt())?,
                         data: row.try_get("data").map_err(unavailable)?,
                     };
-                    if range.contains(&row) {
-                        found.push(row);
-                    }
+                    found.push(row);
                 }
                 Ok(found)
             }

@@ -236,7 +236,8 @@ impl Analytics {
         let _one_at_a_time = self.inner.flushing.lock().await;
         let replica = &*self.inner.replica;
         let mut rows = Vec::new();
-        // Where each row came from, to mark it changed again if the write fails.
+        // Where each row came from (a key, or an unauthenticated shard), to mark it changed
+        // again if the write fails.
         let mut from = Vec::new();
         let mut newest = 0;
         for entry in self.inner.keys.iter() {
@@ -253,7 +254,7 @@ impl Analytics {
                     start,
                     bucket.encode(),
                 ));
-                from.push((Some(entry.key().clone()), resolution, start));
+                from.push((Ok(entry.key().clone()), resolution, start));
             }
         }
         for (shard, series) in self.inner.unauthenticated.iter().enumerate() {
@@ -271,7 +272,7 @@ impl Analytics {
                     start,
                     bucket.encode(),
                 ));
-                from.push((None, resolution, start));
+                from.push((Err(shard), resolution, start));
             }
         }
         if rows.is_empty() {
@@ -285,20 +286,15 @@ impl Analytics {
         match archive.write_usage(&rows, &expire).await {
             Ok(()) => Ok(rows.len()),
             Err(error) => {
-                for (row, (key, resolution, start)) in rows.iter().zip(from) {
-                    match key {
-                        Some(key) => {
+                for (source, resolution, start) in from {
+                    match source {
+                        Ok(key) => {
                             if let Some(series) = self.inner.keys.get(&key) {
                                 lock(&series).mark_dirty(resolution, start);
                             }
                         }
-                        None => {
-                            let shard = row.replica.rsplit('/').next().and_then(|s| s.parse().ok());
-                            if let Some(series) =
-                                shard.and_then(|s: usize| self.inner.unauthenticated.get(s))
-                            {
-                                lock(series).mark_dirty(resolution, start);
-                            }
+                        Err(shard) => {
+                            lock(&self.inner.unauthenticated[shard]).mark_dirty(resolution, start);
                         }
                     }
                 }

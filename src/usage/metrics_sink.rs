@@ -7,7 +7,7 @@ use dashmap::DashMap;
 use foldhash::fast::RandomState;
 use metrics::{counter, histogram, SharedString};
 
-use super::{UsageEvent, UsageSink};
+use super::{status_class, UsageEvent, UsageSink};
 
 /// The counter of requests: labels `outcome` (`ok` or a rejection code), `status` (`2xx` to
 /// `5xx`) and `endpoint` (and `key_id` if asked for).
@@ -89,23 +89,14 @@ impl MetricsSink {
     }
 }
 
-/// The class of a status: `2xx` and so on.
-fn class(status: Option<http::StatusCode>) -> &'static str {
-    match status.map(|status| status.as_u16() / 100) {
-        Some(1) => "1xx",
-        Some(2) => "2xx",
-        Some(3) => "3xx",
-        Some(4) => "4xx",
-        Some(5) => "5xx",
-        _ => "none",
-    }
-}
-
 impl UsageSink for MetricsSink {
     fn record(&self, event: &UsageEvent<'_>) {
         let endpoint = self.endpoint(event.endpoint);
         let outcome = event.outcome.as_str();
-        let status = class(event.status);
+        let status = event
+            .status
+            .and_then(|status| status_class(status.as_u16()));
+        let status = status.unwrap_or("none");
         if self.key_labels {
             let key = event.key_id.unwrap_or_default().to_owned();
             counter!(REQUESTS, "outcome" => outcome, "status" => status, "endpoint" => endpoint.clone(), "key_id" => key.clone()).increment(1);

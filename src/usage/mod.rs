@@ -105,6 +105,19 @@ impl Outcome {
     }
 }
 
+/// The class of a status, `1xx` to `5xx`; `None` outside 100 to 599.
+#[cfg(any(feature = "analytics", feature = "metrics"))]
+pub(crate) fn status_class(status: u16) -> Option<&'static str> {
+    match status / 100 {
+        1 => Some("1xx"),
+        2 => Some("2xx"),
+        3 => Some("3xx"),
+        4 => Some("4xx"),
+        5 => Some("5xx"),
+        _ => None,
+    }
+}
+
 /// How many outcomes there are.
 pub(crate) const OUTCOMES: usize = 1 + Rejection::ALL.len();
 

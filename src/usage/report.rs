@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::bucket::Bucket;
+use super::status_class;
 use crate::limit::LimitStatus;
 
 /// The length of a bucket of a time series, and how long buckets of that length are kept.
@@ -166,18 +167,6 @@ pub struct Ranked {
     pub requests: u64,
 }
 
-/// The class of a status: `2xx` and so on; `other` outside 100 to 599.
-fn class(status: u16) -> &'static str {
-    match status / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        5 => "5xx",
-        _ => "other",
-    }
-}
-
 impl Point {
     pub(crate) fn of(start: u64, bucket: &Bucket) -> Point {
         let outcomes = (bucket.outcomes.iter())
@@ -187,7 +176,8 @@ impl Point {
         let mut statuses = BTreeMap::new();
         let mut errors = 0;
         for &(status, count) in &bucket.statuses {
-            let class = status_classes.entry(class(status)).or_insert(0_u64);
+            let class = status_class(status).unwrap_or("other");
+            let class = status_classes.entry(class).or_insert(0_u64);
             *class = class.saturating_add(count);
             let exact = statuses.entry(status).or_insert(0_u64);
             *exact = exact.saturating_add(count);
