@@ -317,6 +317,11 @@ impl KeyCache {
         &self.store
     }
 
+    /// The rules that turn a record into its limits: the plans, the default, the test cap.
+    pub(crate) fn rules(&self) -> &LimitRules {
+        &self.rules
+    }
+
     /// How long a store call may take.
     pub(crate) fn lookup_timeout(&self) -> Option<Duration> {
         self.lookup_timeout

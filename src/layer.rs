@@ -165,6 +165,33 @@ impl ApiKeyHandle {
         &self.shared.reading.format
     }
 
+    /// The plans keys may name, each with its limits, in the order they were defined: the
+    /// built-in `free`, `pro` and `enterprise` first (with the limits the layer gives them, if
+    /// it redefined them), then the layer's own.
+    ///
+    /// ```
+    /// use tower_api_key::{limit::Limits, ApiKeyLayer, MemoryStore};
+    ///
+    /// let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
+    ///     .plan("team", Limits::per_minute(1_000))
+    ///     .build()?;
+    /// let plans = layer.handle().plans();
+    /// let names: Vec<&str> = plans.iter().map(|(name, _)| name.as_str()).collect();
+    /// assert_eq!(names, ["free", "pro", "enterprise", "team"]);
+    /// # Ok::<(), tower_api_key::ConfigError>(())
+    /// ```
+    pub fn plans(&self) -> Vec<(String, Limits)> {
+        let mut plans: Vec<(String, Limits)> = Vec::new();
+        for (name, limits) in &self.shared.cache.rules().plans {
+            match plans.iter_mut().find(|(known, _)| known == name) {
+                // A later definition wins, as it does for keys.
+                Some(plan) => plan.1 = limits.clone(),
+                None => plans.push((name.clone(), limits.clone())),
+            }
+        }
+        plans
+    }
+
     /// Where key `id` stands against its rate limits and quotas, and its owner's, now: each
     /// limit's quota, what is left, and when it is restored (the `RateLimit` header's figures).
     /// Nothing is counted. `Ok(None)` for a key the store does not have; an empty list for a

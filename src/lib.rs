@@ -56,6 +56,7 @@
 //! | [`reject`] | rejections and how they are answered |
 //! | [`service`] | the service the layer wraps around yours, its future and body |
 //! | [`client`] | the client-side layer that adds a key to requests |
+//! | `console` | the operator's console: key-management API, OpenAPI, web dashboard (feature `console`) |
 //! | [`clock`] | where the layer reads the time |
 //!
 //! # Features
@@ -71,6 +72,7 @@
 //! | `tracing` | events with the key id and the outcome (never the secret) |
 //! | `analytics` | usage over time per key, owner and service, across replicas (`usage::Analytics`) |
 //! | `metrics` | requests and latency through the `metrics` facade (`usage::MetricsSink`) |
+//! | `console` | `console::Console`: an axum router with the key-management API (admin and self-service), its OpenAPI document and the web dashboard (implies `axum`, `analytics`) |
 //! | `geoip` | the client's country from a MaxMind-format database (`usage::GeoIpCountry`) |
 //!
 //! `sqlite` and `analytics` are on by default, so a first program, the demo and the CLI keep keys
@@ -91,6 +93,8 @@ mod body;
 pub mod cache;
 pub mod client;
 pub mod clock;
+#[cfg(feature = "console")]
+pub mod console;
 pub mod extract;
 mod future;
 #[cfg(feature = "tonic")]

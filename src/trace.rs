@@ -65,3 +65,22 @@ pub(crate) fn store_failed(key_id: &str, error: &dyn std::fmt::Display) {
     #[cfg(not(feature = "tracing"))]
     let _ = (key_id, error);
 }
+
+/// The console's store call failed.
+#[cfg(feature = "console")]
+pub(crate) fn console_store_failed(error: &dyn std::fmt::Display) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(target: "tower_api_key", error = %error, "console: key store failed");
+    #[cfg(not(feature = "tracing"))]
+    let _ = error;
+}
+
+/// Key `key_id` was changed through the console by key `actor`: `action` is `create`, `update`,
+/// `rotate`, `revoke` or `delete`.
+#[cfg(feature = "console")]
+pub(crate) fn console_changed(actor: &str, action: &str, key_id: &str) {
+    #[cfg(feature = "tracing")]
+    tracing::info!(target: "tower_api_key", actor = log_id(actor), action, key_id = log_id(key_id), "console: key changed");
+    #[cfg(not(feature = "tracing"))]
+    let _ = (actor, action, key_id);
+}

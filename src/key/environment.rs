@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 /// assert_eq!(env.as_str(), "test");
 /// assert!("staging".parse::<Environment>().is_err());
 /// ```
+#[cfg_attr(feature = "console", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Environment {

@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use super::{keeps, CreatedKey, InvalidKey, KeyInfo, ManageError, MAX_NAME_LEN};
+use super::{
+    keeps, CreatedKey, InvalidKey, KeyInfo, ManageError, MAX_METADATA_ENTRIES, MAX_METADATA_LEN,
+    MAX_NAME_LEN,
+};
 use ipnet::IpNet;
 
 use crate::clock::unix_seconds;
@@ -131,8 +134,14 @@ impl NewKey {
     /// # Errors
     /// [`InvalidKey`] for an empty or over-long name or a malformed scope.
     pub fn generate(self, format: &KeyFormat) -> Result<CreatedKey, InvalidKey> {
-        if self.name.trim().is_empty() || self.name.len() > MAX_NAME_LEN {
-            return Err(InvalidKey::Name);
+        validate_name(&self.name)?;
+        validate_metadata(&self.metadata)?;
+        if self
+            .owner
+            .as_deref()
+            .is_some_and(|owner| owner.trim().is_empty() || owner.len() > MAX_NAME_LEN)
+        {
+            return Err(InvalidKey::Owner);
         }
         for scope in &self.scopes {
             validate_scope(scope).map_err(InvalidKey::Scope)?;
@@ -527,6 +536,60 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         Ok(record.map(|r| KeyInfo::new(&r, self.format.as_ref(), SystemTime::now())))
     }
 
+    /// Renames key `id`; returns whether it exists.
+    ///
+    /// # Errors
+    /// [`ManageError::Invalid`] for an empty or over-long name; [`ManageError::Store`] when the
+    /// store fails.
+    pub async fn rename(&self, id: &str, name: &str) -> Result<bool, ManageError> {
+        validate_name(name).map_err(ManageError::Invalid)?;
+        let result = self.store.set_name(id, name).await;
+        self.changed(id);
+        Ok(result?)
+    }
+
+    /// Puts key `id` on plan `plan` (a plan the layer defines, or a key answers 503 until it
+    /// does), or with `None` on none; returns whether it exists.
+    ///
+    /// # Errors
+    /// When the store fails; the cache is cleared all the same.
+    pub async fn set_plan(&self, id: &str, plan: Option<&str>) -> Result<bool, StoreError> {
+        let result = self.store.set_plan(id, plan).await;
+        self.changed(id);
+        result
+    }
+
+    /// Replaces key `id`'s metadata; returns whether it exists.
+    ///
+    /// # Errors
+    /// [`ManageError::Invalid`] for metadata past [`MAX_METADATA_ENTRIES`] or
+    /// [`MAX_METADATA_LEN`]; [`ManageError::Store`] when the store fails.
+    pub async fn set_metadata(
+        &self,
+        id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<bool, ManageError> {
+        validate_metadata(metadata).map_err(ManageError::Invalid)?;
+        let result = self.store.set_metadata(id, metadata).await;
+        self.changed(id);
+        Ok(result?)
+    }
+
+    /// Sets key `id`'s expiry, or with `None` clears it; returns whether it exists. A key past a
+    /// new expiry answers `API_KEY_EXPIRED`; one whose expiry moved later works again.
+    ///
+    /// # Errors
+    /// [`ManageError::Invalid`] for a time past the year 9999; [`ManageError::Store`] when the
+    /// store fails.
+    pub async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, ManageError> {
+        if at.is_some_and(|at| !keeps(at)) {
+            return Err(ManageError::Invalid(InvalidKey::TimeOutOfRange));
+        }
+        let result = self.store.set_expiry(id, at).await;
+        self.changed(id);
+        Ok(result?)
+    }
+
     /// Replaces key `id`'s scopes; returns whether it exists.
     ///
     /// # Errors
@@ -608,6 +671,25 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         result?;
         Ok(Some(created))
     }
+}
+
+/// Refuses an empty, blank or over-long name.
+fn validate_name(name: &str) -> Result<(), InvalidKey> {
+    if name.trim().is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(InvalidKey::Name);
+    }
+    Ok(())
+}
+
+/// Refuses metadata with too many entries, or an entry too long.
+fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(), InvalidKey> {
+    let too_long = |(key, value): (&String, &String)| {
+        key.is_empty() || key.len() > MAX_METADATA_LEN || value.len() > MAX_METADATA_LEN
+    };
+    if metadata.len() > MAX_METADATA_ENTRIES || metadata.iter().any(too_long) {
+        return Err(InvalidKey::Metadata);
+    }
+    Ok(())
 }
 
 /// Refuses `limits` with two named limits of one name.

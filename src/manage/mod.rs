@@ -5,6 +5,7 @@
 
 pub(crate) mod manager;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::SystemTime;
 
@@ -15,6 +16,12 @@ use crate::store::{KeyRecord, KeyState, StoreError};
 
 /// The longest key name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
+
+/// The most metadata entries a key holds.
+pub const MAX_METADATA_ENTRIES: usize = 32;
+
+/// The longest metadata key or value, in bytes.
+pub const MAX_METADATA_LEN: usize = 512;
 
 /// A key just issued: the plaintext to show once, and its stored record.
 #[derive(Debug)]
@@ -32,6 +39,11 @@ pub struct CreatedKey {
 pub enum InvalidKey {
     /// The name is empty or longer than [`MAX_NAME_LEN`].
     Name,
+    /// The owner is blank or longer than [`MAX_NAME_LEN`].
+    Owner,
+    /// The metadata has more than [`MAX_METADATA_ENTRIES`] entries, an empty key, or a key or
+    /// value longer than [`MAX_METADATA_LEN`].
+    Metadata,
     /// A scope is malformed.
     Scope(InvalidScope),
     /// A time (an expiry, the end of a grace period) past the year 9999.
@@ -48,6 +60,12 @@ impl fmt::Display for InvalidKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             InvalidKey::Name => write!(f, "a key name is 1 to {MAX_NAME_LEN} bytes, not blank"),
+            InvalidKey::Owner => write!(f, "an owner is 1 to {MAX_NAME_LEN} bytes, not blank"),
+            InvalidKey::Metadata => write!(
+                f,
+                "metadata is at most {MAX_METADATA_ENTRIES} entries, each key 1 to \
+                 {MAX_METADATA_LEN} bytes and each value at most {MAX_METADATA_LEN}"
+            ),
             InvalidKey::Scope(e) => e.fmt(f),
             InvalidKey::Limits(e) => e.fmt(f),
             InvalidKey::TimeOutOfRange => f.write_str("times after the year 9999 are not kept"),
@@ -115,6 +133,7 @@ pub(crate) fn keeps(at: SystemTime) -> bool {
 
 /// A key as operators see it: everything but the secret and its digest. Serialises to JSON with
 /// times as Unix seconds.
+#[cfg_attr(feature = "console", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct KeyInfo {
@@ -139,17 +158,22 @@ pub struct KeyInfo {
     /// When it expires (Unix seconds).
     pub expires_at: Option<u64>,
     /// `active`, `revoked`, `expired` or `disabled`.
+    #[cfg_attr(feature = "console", schema(value_type = String))]
     pub state: &'static str,
     /// The networks it may be used from, as CIDRs; empty: anywhere.
     pub allowed_networks: Vec<String>,
     /// Its own limits (which take the place of its plan's), if it has any.
+    #[cfg_attr(feature = "console", schema(value_type = Option<Object>))]
     pub limits: Option<Limits>,
     /// Its credits as of now (refilled if a refill period began), if it has any.
+    #[cfg_attr(feature = "console", schema(value_type = Option<Object>))]
     pub credits: Option<Credits>,
+    /// Its metadata (`rotated_from` names the key it replaced).
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl KeyInfo {
-    fn new(record: &KeyRecord, format: Option<&KeyFormat>, now: SystemTime) -> Self {
+    pub(crate) fn new(record: &KeyRecord, format: Option<&KeyFormat>, now: SystemTime) -> Self {
         let secs = crate::clock::unix_seconds;
         let prefix = format.map_or("…", KeyFormat::prefix);
         KeyInfo {
@@ -174,6 +198,7 @@ impl KeyInfo {
                 .credits
                 .clone()
                 .map(|credits| credits.refilled_by(now)),
+            metadata: record.metadata.clone(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! [`AnyStore`]: a store chosen at run time by URL, for programs configured with `DATABASE_URL`.
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -165,6 +166,19 @@ impl KeyStoreAdmin for AnyStore {
     }
     async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError> {
         each!(self, store => store.set_scopes(id, scopes).await)
+    }
+    async fn set_name(&self, id: &str, name: &str) -> Result<bool, StoreError> {
+        each!(self, store => store.set_name(id, name).await)
+    }
+    async fn set_plan(&self, id: &str, plan: Option<&str>) -> Result<bool, StoreError> {
+        each!(self, store => store.set_plan(id, plan).await)
+    }
+    async fn set_metadata(
+        &self,
+        id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<bool, StoreError> {
+        each!(self, store => store.set_metadata(id, metadata).await)
     }
     async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, StoreError> {
         each!(self, store => store.set_expiry(id, at).await)

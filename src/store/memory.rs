@@ -175,6 +175,22 @@ impl KeyStoreAdmin for MemoryStore {
         self.update(id, |record| record.scopes = scopes.to_vec())
     }
 
+    async fn set_name(&self, id: &str, name: &str) -> Result<bool, StoreError> {
+        self.update(id, |record| name.clone_into(&mut record.name))
+    }
+
+    async fn set_plan(&self, id: &str, plan: Option<&str>) -> Result<bool, StoreError> {
+        self.update(id, |record| record.plan = plan.map(str::to_owned))
+    }
+
+    async fn set_metadata(
+        &self,
+        id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<bool, StoreError> {
+        self.update(id, |record| metadata.clone_into(&mut record.metadata))
+    }
+
     async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, StoreError> {
         self.update(id, |record| record.expires_at = at)
     }

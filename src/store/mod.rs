@@ -40,6 +40,7 @@ mod sql;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
+use std::collections::BTreeMap;
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
@@ -157,6 +158,28 @@ pub trait KeyStoreAdmin: KeyStore {
     /// # Errors
     /// When the backend fails.
     async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError>;
+
+    /// Renames key `id`. Returns whether it exists.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn set_name(&self, id: &str, name: &str) -> Result<bool, StoreError>;
+
+    /// Puts key `id` on plan `plan` (or, with `None`, on none). Returns whether it exists.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn set_plan(&self, id: &str, plan: Option<&str>) -> Result<bool, StoreError>;
+
+    /// Replaces key `id`'s metadata. Returns whether it exists.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn set_metadata(
+        &self,
+        id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<bool, StoreError>;
 
     /// Sets (or, with `None`, clears) key `id`'s expiry. Returns whether it exists.
     ///
@@ -376,6 +399,19 @@ impl<T: KeyStoreAdmin + ?Sized> KeyStoreAdmin for Arc<T> {
     }
     async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError> {
         (**self).set_scopes(id, scopes).await
+    }
+    async fn set_name(&self, id: &str, name: &str) -> Result<bool, StoreError> {
+        (**self).set_name(id, name).await
+    }
+    async fn set_plan(&self, id: &str, plan: Option<&str>) -> Result<bool, StoreError> {
+        (**self).set_plan(id, plan).await
+    }
+    async fn set_metadata(
+        &self,
+        id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<bool, StoreError> {
+        (**self).set_metadata(id, metadata).await
     }
     async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, StoreError> {
         (**self).set_expiry(id, at).await

@@ -1,6 +1,6 @@
 //! With the `redis` feature: keys in Redis, changes announced to every replica by pub/sub.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
@@ -474,6 +474,26 @@ impl KeyStoreAdmin for RedisStore {
     async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError> {
         let scopes = json(&scopes);
         self.update(id, &["scopes", &scopes]).await
+    }
+
+    async fn set_name(&self, id: &str, name: &str) -> Result<bool, StoreError> {
+        self.update(id, &["name", name]).await
+    }
+
+    async fn set_plan(&self, id: &str, plan: Option<&str>) -> Result<bool, StoreError> {
+        match plan {
+            Some(plan) => self.update(id, &["plan", plan]).await,
+            None => self.update(id, &["plan"]).await,
+        }
+    }
+
+    async fn set_metadata(
+        &self,
+        id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<bool, StoreError> {
+        let metadata = json(metadata);
+        self.update(id, &["metadata", &metadata]).await
     }
 
     async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, StoreError> {

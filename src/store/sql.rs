@@ -73,6 +73,9 @@ pub(crate) struct Queries {
     pub(crate) delete: String,
     pub(crate) list: String,
     pub(crate) set_scopes: String,
+    pub(crate) set_name: String,
+    pub(crate) set_plan: String,
+    pub(crate) set_metadata: String,
     pub(crate) set_expiry: String,
     pub(crate) set_disabled: String,
     pub(crate) set_allowed_networks: String,
@@ -200,6 +203,9 @@ impl Queries {
             delete: format!("DELETE FROM {t} WHERE id = $1"),
             list: format!("SELECT {COLUMNS} FROM {t} ORDER BY created_at, id"),
             set_scopes: format!("UPDATE {t} SET scopes = $1 WHERE id = $2"),
+            set_name: format!("UPDATE {t} SET name = $1 WHERE id = $2"),
+            set_plan: format!("UPDATE {t} SET plan = $1 WHERE id = $2"),
+            set_metadata: format!("UPDATE {t} SET metadata = $1 WHERE id = $2"),
             set_expiry: format!("UPDATE {t} SET expires_at = $1 WHERE id = $2"),
             set_disabled: format!("UPDATE {t} SET disabled = $1 WHERE id = $2"),
             set_allowed_networks: format!("UPDATE {t} SET allowed_networks = $1 WHERE id = $2"),
@@ -601,6 +607,31 @@ macro_rules! sql_store {
             ) -> Result<bool, $crate::store::StoreError> {
                 self.update(&self.sql.set_scopes, $crate::store::to_json(&scopes), id)
                     .await
+            }
+
+            async fn set_name(
+                &self,
+                id: &str,
+                name: &str,
+            ) -> Result<bool, $crate::store::StoreError> {
+                self.update(&self.sql.set_name, name, id).await
+            }
+
+            async fn set_plan(
+                &self,
+                id: &str,
+                plan: Option<&str>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                self.update(&self.sql.set_plan, plan, id).await
+            }
+
+            async fn set_metadata(
+                &self,
+                id: &str,
+                metadata: &std::collections::BTreeMap<String, String>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let metadata = $crate::store::to_json(metadata);
+                self.update(&self.sql.set_metadata, metadata, id).await
             }
 
             async fn set_expiry(

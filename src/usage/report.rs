@@ -11,6 +11,7 @@ use super::status_class;
 use crate::limit::LimitStatus;
 
 /// The length of a bucket of a time series, and how long buckets of that length are kept.
+#[cfg_attr(feature = "console", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Resolution {
@@ -59,10 +60,12 @@ pub enum Subject<'a> {
 }
 
 /// A subject's usage over a range of time.
+#[cfg_attr(feature = "console", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct UsageReport {
     /// `all`, `key` or `owner`.
+    #[cfg_attr(feature = "console", schema(value_type = String))]
     pub subject: &'static str,
     /// The key's id or the owner, for `key` and `owner`.
     pub id: Option<String>,
@@ -105,6 +108,7 @@ impl UsageReport {
 }
 
 /// Where a key stands against one of its limits (or its owner's, `owner.` first).
+#[cfg_attr(feature = "console", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Standing {
@@ -121,6 +125,7 @@ pub struct Standing {
 }
 
 /// Usage in one bucket (or the whole range).
+#[cfg_attr(feature = "console", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct Point {
@@ -129,10 +134,13 @@ pub struct Point {
     /// Requests in all.
     pub requests: u64,
     /// Requests by outcome: `ok` and rejection codes; outcomes never seen are left out.
+    #[cfg_attr(feature = "console", schema(value_type = Object))]
     pub outcomes: BTreeMap<&'static str, u64>,
     /// Requests by the class of the answer's status: `2xx` to `5xx`.
+    #[cfg_attr(feature = "console", schema(value_type = Object))]
     pub status_classes: BTreeMap<&'static str, u64>,
     /// Requests by the answer's status.
+    #[cfg_attr(feature = "console", schema(value_type = Object))]
     pub statuses: BTreeMap<u16, u64>,
     /// Requests answered 4xx or 5xx, by the service or by this crate's rejections.
     pub errors: u64,
@@ -144,6 +152,7 @@ pub struct Point {
 
 /// Percentiles of the service's response time, from a DDSketch: each within 1 % of the true
 /// value, the percentile `q` of `n` requests being the value of rank `⌊q·(n−1)⌋` (from 0).
+#[cfg_attr(feature = "console", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct Latency {
@@ -158,6 +167,7 @@ pub struct Latency {
 }
 
 /// An endpoint or a country, and its requests.
+#[cfg_attr(feature = "console", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Ranked {

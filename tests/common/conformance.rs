@@ -298,6 +298,20 @@ pub async fn conformance<S: KeyStoreAdmin + Clone>(store: S) {
     assert!(!store.set_scopes("nope", &scopes).await.unwrap());
     assert_eq!(store.get(&a.id).await.unwrap().unwrap().scopes, scopes);
 
+    assert!(store.set_name(&a.id, "renamed").await.unwrap());
+    assert!(!store.set_name("nope", "renamed").await.unwrap());
+    assert!(store.set_plan(&a.id, Some("pro")).await.unwrap());
+    assert!(!store.set_plan("nope", None).await.unwrap());
+    let metadata = std::collections::BTreeMap::from([("team".to_owned(), "core \"é\"".to_owned())]);
+    assert!(store.set_metadata(&a.id, &metadata).await.unwrap());
+    assert!(!store.set_metadata("nope", &metadata).await.unwrap());
+    let described = store.get(&a.id).await.unwrap().unwrap();
+    assert_eq!(described.name, "renamed");
+    assert_eq!(described.plan.as_deref(), Some("pro"));
+    assert_eq!(described.metadata, metadata);
+    assert!(store.set_plan(&a.id, None).await.unwrap());
+    assert_eq!(store.get(&a.id).await.unwrap().unwrap().plan, None);
+
     assert!(store
         .set_expiry(&b.id, Some(at(1_800_000_000)))
         .await

@@ -123,33 +123,94 @@ impl HttpClient {
     }
 
     pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{}", self.addr, path));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = self
-            .client
-            .request(request.body(Full::new(Bytes::new())).unwrap())
-            .await
-            .unwrap();
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        let reply = Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: String::from_utf8(body.to_vec()).unwrap(),
-        };
+        let reply = self.exchange(method, path, headers, "").await;
+        log_reply(&reply);
+        reply
+    }
+
+    /// Sends `body` (JSON, if not empty) and logs the reply.
+    pub async fn send_body(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
+        let reply = self.exchange(method, path, headers, body).await;
+        log_reply(&reply);
+        reply
+    }
+
+    /// As [`send_body`](Self::send_body), for the one answer that may hold a key's plaintext (a
+    /// console's new key): it is logged with its `key` and `export` fields hidden.
+    pub async fn send_issuing(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
+        let reply = self.exchange(method, path, headers, body).await;
         if logging() {
-            // The reply only: the request carries the key (and the path may, in a query).
-            println!("reply: {reply:?}");
+            let mut shown = Reply {
+                status: reply.status,
+                headers: reply.headers.clone(),
+                body: reply.body.clone(),
+            };
+            if let Ok(mut json) = serde_json::from_str::<serde_json::Value>(&reply.body) {
+                for field in ["key", "export"] {
+                    if json.get(field).is_some() {
+                        json[field] = "<shown once: hidden from the log>".into();
+                    }
+                }
+                shown.body = json.to_string();
+            }
+            log_reply(&shown);
         }
         reply
     }
 
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path));
+        if !body.is_empty() {
+            request = request.header("content-type", "application/json");
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let body = Full::new(Bytes::copy_from_slice(body.as_bytes()));
+        let response = self
+            .client
+            .request(request.body(body).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8(body.to_vec()).unwrap(),
+        }
+    }
+
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
         self.send(Method::GET, path, headers).await
+    }
+}
+
+/// Prints `reply` when the suite is logged: the reply only, as the request carries the key
+/// (and the path may, in a query).
+fn log_reply(reply: &Reply) {
+    if logging() {
+        println!("reply: {reply:?}");
     }
 }
 

@@ -1,0 +1,685 @@
+//! The console's JSON API: keys (list, create, show, update, rotate, revoke, delete), usage,
+//! the audit trail, and who the caller is. Every handler takes the key the layer verified and
+//! checks what it may do before it reads or changes anything.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::limit::Limits;
+use crate::manage::{CreatedKey, KeyInfo};
+use crate::store::{KeyRecord, KeyStoreAdmin, UsageArchive};
+use crate::usage::{Resolution, Subject, UsageReport};
+use crate::{Environment, NewKey, Principal};
+
+use super::access::{Caller, Role};
+use super::error::ApiError;
+use super::Inner;
+
+/// The state of every handler.
+pub(crate) type Console<A> = State<Arc<Inner<A>>>;
+
+/// The key the layer put into the request; none when the layer lets requests without a key
+/// through as anonymous, which the console does not.
+pub(crate) type Key = Option<Extension<Principal>>;
+
+/// How many keys a page lists unless asked.
+const PAGE: usize = 50;
+/// The most a page lists.
+const MAX_PAGE: usize = 500;
+/// The grace period of a rotation unless asked: a day, as the CLI's.
+const GRACE: Duration = Duration::from_secs(24 * 3_600);
+
+/// A key to create. Only `name` is required.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateKey {
+    /// A name to recognise it by, 1 to 128 bytes.
+    name: String,
+    /// Its scopes, among those the console knows (`read`, `write`, `admin` by default).
+    #[serde(default)]
+    scopes: Vec<String>,
+    /// `live` (the default), `test` or `dev`.
+    environment: Option<Environment>,
+    /// Its owner: an admin may set any; a self-service key's keys are its own owner's.
+    owner: Option<String>,
+    /// When it expires, as a duration from now: `30d`, `12h`.
+    expires_in: Option<String>,
+    /// When it expires, in Unix seconds.
+    expires_at: Option<u64>,
+    /// A plan the layer defines (`free`, `pro`, `enterprise`, …). Admin only.
+    plan: Option<String>,
+    /// Limits of its own, in place of its plan's. Admin only.
+    #[schema(value_type = Option<Object>)]
+    limits: Option<Limits>,
+    /// Up to 32 entries, each key and value at most 512 bytes.
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+/// Changes to a key; fields left out stay as they are, `null` clears.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateKey {
+    name: Option<String>,
+    scopes: Option<Vec<String>>,
+    /// `true` disables it (refused with `API_KEY_DISABLED`), `false` enables it again.
+    disabled: Option<bool>,
+    /// A new expiry as a duration from now.
+    expires_in: Option<String>,
+    /// A new expiry in Unix seconds; `null` clears it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>)]
+    expires_at: Option<Option<u64>>,
+    /// A plan the layer defines; `null` clears it. Admin only.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    plan: Option<Option<String>>,
+    /// Limits of its own; `null` clears them. Admin only.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
+    limits: Option<Option<Limits>>,
+    /// Replaces the metadata.
+    metadata: Option<BTreeMap<String, String>>,
+}
+
+/// A field that is present (even as `null`) is `Some`; one left out stays `None` by default.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// A rotation.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RotateKey {
+    /// How long the old key keeps working: `24h` (the default), `7d`, `0s`.
+    grace: Option<String>,
+}
+
+/// A key just issued: the plaintext is in this answer only.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Issued {
+    /// The whole key. It is shown once: it is not kept, and no other answer holds it.
+    key: String,
+    /// The line that puts it into the environment: `export MESH_API_KEY=…`.
+    export: String,
+    /// The reference's warning, to show with it.
+    warning: &'static str,
+    /// The key as the console lists it.
+    record: KeyInfo,
+}
+
+/// Which keys to list.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Only this owner's keys.
+    owner: Option<String>,
+    /// Only keys of this environment.
+    environment: Option<Environment>,
+    /// Only keys in this state: `active`, `revoked`, `expired` or `disabled`.
+    state: Option<String>,
+    /// Only keys whose name contains this, ignoring case.
+    name: Option<String>,
+    /// Skip this many keys (of those that match).
+    #[serde(default)]
+    offset: usize,
+    /// List at most this many (50 by default, 500 at most).
+    limit: Option<usize>,
+}
+
+/// A page of keys, oldest first.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct KeyPage {
+    keys: Vec<KeyInfo>,
+    /// How many keys match, on every page.
+    total: usize,
+    offset: usize,
+    /// The offset of the next page, if there is one.
+    next_offset: Option<usize>,
+}
+
+/// Whose usage, over how long.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct UsageQuery {
+    /// One key's usage (with where it stands against its limits).
+    key: Option<String>,
+    /// One owner's keys' usage.
+    owner: Option<String>,
+    /// Over the last this many hours: 1 by default, at most 9,504 (396 days).
+    hours: Option<u64>,
+    /// `minute` (the default), `hour` or `day`.
+    #[param(value_type = Option<String>)]
+    resolution: Option<Resolution>,
+}
+
+/// Which changes to list.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct AuditQuery {
+    /// Only the changes of this key.
+    key: Option<String>,
+    /// At most this many, newest first (100 by default).
+    limit: Option<usize>,
+}
+
+/// The changes made through the console, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct AuditPage {
+    events: Vec<super::AuditEvent>,
+}
+
+/// The caller, and what the console offers it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Me {
+    /// The caller's key id.
+    id: String,
+    name: String,
+    owner: Option<String>,
+    environment: Environment,
+    /// `admin` or `self-service`.
+    role: &'static str,
+    scopes: Vec<String>,
+    /// The scopes the caller may give a key.
+    grantable_scopes: Vec<String>,
+    /// The plans keys may be put on (an admin sets them).
+    plans: Vec<String>,
+    /// Whether usage is recorded (the usage endpoint answers).
+    usage: bool,
+    /// The variable of the `export` line shown with a new key.
+    env_var: String,
+}
+
+impl<A: KeyStoreAdmin + UsageArchive + Clone> Inner<A> {
+    /// The caller of a request, or 401 / 403.
+    fn caller(&self, key: Key) -> Result<Caller, ApiError> {
+        let Some(Extension(key)) = key else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "MISSING_API_KEY",
+                "API key required",
+            ));
+        };
+        self.access.caller(key)
+    }
+
+    /// Key `id`'s record, if `caller` manages it; 404 alike for a key that is not there and
+    /// one of another owner.
+    async fn record(&self, caller: &Caller, id: &str) -> Result<KeyRecord, ApiError> {
+        match self.keys.store().get(id).await? {
+            Some(record) if caller.manages(record.owner.as_deref()) => Ok(record),
+            _ => Err(ApiError::no_key()),
+        }
+    }
+
+    fn info(&self, record: &KeyRecord) -> KeyInfo {
+        KeyInfo::new(record, Some(self.handle.format()), SystemTime::now())
+    }
+
+    /// Refuses a plan the layer does not define.
+    fn check_plan(&self, plan: &str) -> Result<(), ApiError> {
+        if self.handle.plans().iter().any(|(name, _)| name == plan) {
+            return Ok(());
+        }
+        let known: Vec<String> = self.handle.plans().into_iter().map(|(n, _)| n).collect();
+        Err(ApiError::bad(
+            "UNKNOWN_PLAN",
+            format!("unknown plan {plan:?}; known: {}", known.join(", ")),
+        ))
+    }
+
+    /// The answer with a key just issued: 201, never cached.
+    fn issued(&self, created: &CreatedKey) -> Response {
+        let key = created.key.expose_secret().to_owned();
+        let body = Issued {
+            export: format!("export {}={key}", self.env_var),
+            key,
+            warning: "This key is shown once and cannot be shown again. Copy it now and keep it \
+                      in a secure place (a password manager or an environment variable); never \
+                      commit it to source control.",
+            record: self.info(&created.record),
+        };
+        (StatusCode::CREATED, Json(body)).into_response()
+    }
+}
+
+/// An expiry from `expires_in` (a duration from now) or `expires_at` (Unix seconds): one or
+/// neither.
+fn expiry(
+    expires_in: Option<&str>,
+    expires_at: Option<u64>,
+) -> Result<Option<SystemTime>, ApiError> {
+    match (expires_in, expires_at) {
+        (Some(_), Some(_)) => Err(both_expiries()),
+        (Some(text), None) => {
+            let after = duration(text)?;
+            SystemTime::now()
+                .checked_add(after)
+                .map(Some)
+                .ok_or_else(|| {
+                    ApiError::bad("INVALID_EXPIRY", "times after the year 9999 are not kept")
+                })
+        }
+        (None, Some(secs)) => SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_secs(secs))
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad("INVALID_EXPIRY", "times after the year 9999 are not kept")
+            }),
+        (None, None) => Ok(None),
+    }
+}
+
+fn both_expiries() -> ApiError {
+    ApiError::bad("INVALID_EXPIRY", "give expires_in or expires_at, not both")
+}
+
+/// A duration such as `24h` or `7d`.
+fn duration(text: &str) -> Result<Duration, ApiError> {
+    humantime::parse_duration(text).map_err(|e| {
+        ApiError::bad(
+            "INVALID_DURATION",
+            format!("{text:?} is not a duration such as 24h or 7d: {e}"),
+        )
+    })
+}
+
+/// Lists the keys the caller manages that match the query.
+pub(crate) async fn list<A: KeyStoreAdmin + UsageArchive + Clone>(
+    State(console): Console<A>,
+    key: Key,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<KeyPage>, ApiError> {
+    let caller = console.caller(key)?;
+    let Query(query) = query?;
+    let limit = query.limit.unwrap_or(PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad(
+            "INVALID_QUERY",
+            format!("limit is 1 to {MAX_PAGE}"),
+        ));
+    }
+    if let Some(state) = &query.state {
+        if !["active", "revoked", "expired", "disabled"].contains(&state.as_str()) {
+            return Err(ApiError::bad(
+                "INVALID_QUERY",
+                "state is active, revoked, expired or disabled",
+            ));
+        }
+    }
+    let name = query.name.as_deref().map(str::to_lowercase);
+    let now = SystemTime::now();
+    let matching: Vec<KeyRecord> = console
+        .keys
+        .store()
+        .list()
+        .await?
+        .into_iter()
+        .filter(|r| caller.manages(r.owner.as_deref()))
+        .filter(|r| query.owner.is_none() || r.owner == query.owner)
+        .filter(|r| query.environment.is_none_or(|e| r.environment == e))
+        .filter(|r| (query.state.as_deref()).is_none_or(|s| r.state(now).as_str() == s))
+        .filter(|r| (name.as_deref()).is_none_or(|n| r.name.to_lowercase().contains(n)))
+        .collect();
+    let total = matching.len();
+    let keys: Vec<KeyInfo> = (matching.iter().skip(query.offset).take(limit))
+        .map(|record| console.info(record))
+        .collect();
+    let end = query.offset.saturating_add(keys.len());
+    Ok(Json(KeyPage {
+        keys,
+        total,
+        offset: query.offset,
+        next_offset: (end < total).then_some(end),
+    }))
+}
+
+/// Issues a key; its plaintext is in this answer only.
+pub(crate) async fn create<A: KeyStoreAdmin + UsageArchive + Clone>(
+    State(console): Console<A>,
+    key: Key,
+    body: Result<Json<CreateKey>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let caller = console.caller(key)?;
+    let Json(body) = body?;
+    console.access.check_grant(&caller, &body.scopes)?;
+    let environment = body.environment.unwrap_or(match caller.role {
+        Role::Admin => Environment::Live,
+        Role::Owner(_) => caller.key.environment(),
+    });
+    caller.check_environment(environment)?;
+    let mut new = NewKey::new(body.name)
+        .environment(environment)
+        .scopes(body.scopes);
+    for (name, value) in body.metadata {
+        new = new.metadata(name, value);
+    }
+    if let Some(at) = expiry(body.expires_in.as_deref(), body.expires_at)? {
+        new = new.expires_at(at);
+    }
+    match &caller.role {
+        Role::Admin => {
+            if let Some(plan) = body.plan {
+                console.check_plan(&plan)?;
+                new = new.plan(plan);
+            }
+            if let Some(limits) = body.limits {
+                new = new.limits(limits);
+            }
+            if let Some(owner) = body.owner {
+                new = new.owner(owner);
+            }
+        }
+        Role::Owner(own) => {
+            if body.plan.is_some() || body.limits.is_some() {
+                caller.admin_only("a plan or limits")?;
+            }
+            if body.owner.as_ref().is_some_and(|owner| owner != own) {
+                return Err(ApiError::forbidden(
+                    "a self-service key issues keys for its own owner only",
+                ));
+            }
+            // The new key is on the caller's own plan and limits: self-service never raises them.
+            let mine = console.record(&caller, caller.key.key_id()).await?;
+            new = new.owner(own.clone());
+            if let Some(plan) = mine.plan {
+                new = new.plan(plan);
+            }
+            if let Some(limits) = mine.limits {
+                new = new.limits(limits);
+            }
+        }
+    }
+    let created = console.keys.create(new).await?;
+    let record = &created.record;
+    console.audit.record(
+        caller.key.key_id(),
+        "create",
+        &record.id,
+        record.owner.as_deref(),
+        Vec::new(),
+    );
+    Ok(console.issued(&created))
+}
+
+/// One key.
+pub(crate) async fn show<A: KeyStoreAdmin + UsageArchive + Clone>(
+    State(console): Console<A>,
+    key: Key,
+    Path(id): Path<String>,
+) -> Result<Json<KeyInfo>, ApiError> {
+    let caller = console.caller(key)?;
+    let record = console.record(&caller, &id).await?;
+    Ok(Json(console.info(&record)))
+}
+
+/// Changes a key: everything asked is checked before anything is changed.
+pub(crate) async fn update<A: KeyStoreAdmin + UsageArchive + Clone>(
+    State(console): Console<A>,
+    key: Key,
+    Path(id): Path<String>,
+    body: Result<Json<UpdateKey>, JsonRejection>,
+) -> Result<Json<KeyInfo>, ApiError> {
+    let caller = console.caller(key)?;
+    let Json(body) = body?;
+    let record = console.record(&caller, &id).await?;
+    if let Some(scopes) = &body.scopes {
+        console.access.check_grant(&caller, scopes)?;
+    }
+    if body.plan.is_some() || body.limits.is_some() {
+        caller.admin_only("a plan or limits")?;
+    }
+    if let Some(Some(plan)) = &body.plan {
+        console.check_plan(plan)?;
+    }
+    let expires = match (&body.expires_in, body.expires_at) {
+        (None, None) => None,
+        (Some(text), None) => Some(expiry(Some(text), None)?),
+        (None, Some(at)) => Some(match at {
+            Some(secs) => expiry(None, Some(secs))?,
+            None => None,
+        }),
+        (Some(_), Some(_)) => return Err(both_expiries()),
+    };
+    let keys = &console.keys;
+    let mut changed = Vec::new();
+    if let Some(name) = &body.name {
+        keys.rename(&id, name).await?;
+        changed.push("name".to_owned());
+    }
+    if let Some(scopes) = &body.scopes {
+        keys.update_scopes(&id, scopes).await?;
+        changed.push("scopes".to_owned());
+    }
+    if let Some(metadata) = &body.metadata {
+        keys.set_metadata(&id, metadata).await?;
+        changed.push("metadata".to_owned());
+    }
+    if let Some(at) = expires {
+        keys.set_expiry(&id, at).await?;
+        changed.push("expires_at".to_owned());
+    }
+    if let Some(plan) = &body.plan {
+        keys.set_plan(&id, plan.as_deref()).await?;
+        changed.push("plan".to_owned());
+    }
+    if let Some(limits) = body.limits {
+        keys.set_limits(&id, limits).await?;
+        changed.push("limits".to_owned());
+    }
+    if let Some(disabled) = body.disabled {
+        keys.set_disabled(&id, disabled).await?;
+        changed.push(if disabled { "disabled" } else { "enabled" }.to_owned());
+    }
+    console.audit.record(
+        caller.key.key_id(),
+        "update",
+        &id,
+        record.owner.as_deref(),
+        changed,
+    );
+    let record = console.record(&caller, &id).await?;
+    Ok(Json(console.info(&record)))
+}
+
+/// Issues a key with every setting of this one, which works for the grace period more.
+pub(crate) async fn rotate<A: KeyStoreAdmin + UsageArchive + Clone>(
+    State(console): Console<A>,
+    key: Key,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let caller = console.caller(key)?;
+    // The body is optional: none rotates with the default grace.
+    let body: RotateKey = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateKey::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad("INVALID_REQUEST", e.to_string()))?
+    };
+    let grace = body.grace.as_deref().map(duration).transpose()?;
+    let record = console.record(&caller, &id).await?;
+    let created = console
+        .keys
+        .rotate(&id, grace.unwrap_or(GRACE))
+        .await?
+        .ok_or_else(ApiError::no_key)?;
+    console.audit.record(
+        caller.key.key_id(),
+        "rotate",
+        &id,
+        record.owner.as_deref(),
+        vec![format!("new key {}", created.record.id)],
+    );
+    Ok(console.issued(&created))
+}
+
+/// Revokes a key: it never works again.
+pub(crate) async fn revoke<A: KeyStoreAdmin + UsageArchive + Clone>(
+    State(console): Console<A>,
+    key: Key,
+    Path(id): Path<String>,
+) -> Result<Json<KeyInfo>, ApiError> {
+    let caller = console.caller(key)?;
+    let record = console.record(&caller, &id).await?;
+    if !console.keys.revoke(&id).await? {
+        return Err(ApiError::no_key());
+    }
+    let (actor, owner) = (caller.key.key_id(), record.owner.as_deref());
+    console
+        .audit
+        .record(actor, "revoke", &id, owner, Vec::new());
+    let record = console.record(&caller, &id).await?;
+    Ok(Json(console.info(&record)))
+}
+
+/// Deletes a key.
+pub(crate) async fn delete<A: KeyStoreAdmin + UsageArchive + Clone>(
+    State(console): Console<A>,
+    key: Key,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let caller = console.caller(key)?;
+    let record = console.record(&caller, &id).await?;
+    if !console.keys.delete(&id).await? {
+        return Err(ApiError::no_key());
+    }
+    let (actor, owner) = (caller.key.key_id(), record.owner.as_deref());
+    console
+        .audit
+        .record(actor, "delete", &id, owner, Vec::new());
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The usage of a key, an owner, or (admin) the whole service, across replicas.
+pub(crate) async fn usage<A: KeyStoreAdmin + UsageArchive + Clone>(
+    State(console): Console<A>,
+    key: Key,
+    query: Result<Query<UsageQuery>, QueryRejection>,
+) -> Result<Json<UsageReport>, ApiError> {
+    let caller = console.caller(key)?;
+    let Query(query) = query?;
+    let Some(analytics) = &console.analytics else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "USAGE_NOT_RECORDED",
+            "the console was not given the layer's usage analytics",
+        ));
+    };
+    let hours = query.hours.unwrap_or(1);
+    if hours == 0 || hours > 396 * 24 {
+        return Err(ApiError::bad("INVALID_QUERY", "hours is 1 to 9504"));
+    }
+    let subject = match (&query.key, &query.owner, &caller.role) {
+        (Some(_), Some(_), _) => {
+            return Err(ApiError::bad(
+                "INVALID_QUERY",
+                "give key or owner, not both",
+            ))
+        }
+        (Some(id), None, _) => {
+            console.record(&caller, id).await?;
+            Subject::Key(id)
+        }
+        (None, Some(owner), _) => {
+            if !caller.manages(Some(owner)) {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "OWNER_NOT_FOUND",
+                    "no such owner",
+                ));
+            }
+            Subject::Owner(owner)
+        }
+        (None, None, Role::Admin) => Subject::All,
+        (None, None, Role::Owner(own)) => Subject::Owner(own),
+    };
+    let now = SystemTime::now();
+    let since = now - Duration::from_secs(hours * 3_600);
+    let resolution = query.resolution.unwrap_or(Resolution::Minute);
+    let mut report = analytics
+        .usage_across(&console.store, subject, since..now, resolution)
+        .await?;
+    if let Some(id) = &query.key {
+        let standing = console.handle.standing(id).await.map_err(|error| {
+            crate::trace::console_store_failed(&error);
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "LIMITER_UNAVAILABLE",
+                "the rate limiter is unavailable; try again",
+            )
+        })?;
+        if let Some(standing) = standing {
+            report = report.with_limits(&standing);
+        }
+    }
+    Ok(Json(report))
+}
+
+/// The changes made through the console that the caller may see, newest first.
+pub(crate) async fn audit<A: KeyStoreAdmin + UsageArchive + Clone>(
+    State(console): Console<A>,
+    key: Key,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<AuditPage>, ApiError> {
+    let caller = console.caller(key)?;
+    let Query(query) = query?;
+    let limit = query.limit.unwrap_or(100).min(1_000);
+    let events = console.audit.newest(limit, |event| {
+        caller.manages(event.owner.as_deref())
+            && (query.key.as_ref()).is_none_or(|key| &event.key_id == key)
+    });
+    Ok(Json(AuditPage { events }))
+}
+
+/// Who the caller is, and what the console offers it.
+pub(crate) async fn me<A: KeyStoreAdmin + UsageArchive + Clone>(
+    State(console): Console<A>,
+    key: Key,
+) -> Result<Json<Me>, ApiError> {
+    let caller = console.caller(key)?;
+    let key = &caller.key;
+    Ok(Json(Me {
+        id: key.key_id().to_owned(),
+        name: key.name().to_owned(),
+        owner: key.owner().map(str::to_owned),
+        environment: key.environment(),
+        role: caller.role_name(),
+        scopes: key.scopes().map(str::to_owned).collect(),
+        grantable_scopes: console.access.grantable(&caller),
+        plans: console.handle.plans().into_iter().map(|(n, _)| n).collect(),
+        usage: console.analytics.is_some(),
+        env_var: console.env_var.clone(),
+    }))
+}
+
+/// The headers of every console answer: never cached (a new key's answer holds its secret),
+/// never framed, never sniffed.
+pub(crate) async fn secure_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+             connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}

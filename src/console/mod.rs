@@ -1,0 +1,210 @@
+//! The operator's console (feature `console`): an axum [`Router`] to nest in your app, with
+//!
+//! - a JSON API under `api/` that creates, lists, shows, updates, rotates, revokes and deletes
+//!   keys, reports their usage, and lists the changes made through it;
+//! - its OpenAPI document at `openapi.json`;
+//! - a web dashboard at the router's root: HTML, one script and one stylesheet embedded in the
+//!   crate (no build step, nothing fetched from elsewhere), under a strict
+//!   Content-Security-Policy.
+//!
+//! The API is behind this crate's own layer: requests carry an API key, and the console decides
+//! what the key may do by its scopes.
+//!
+//! - A key with the **admin** scope (`admin` unless [`Console::admin_scope`] says otherwise)
+//!   manages every key.
+//! - A key with the **self-service** scope (`keys:self` by default, [`Console::self_service_scope`])
+//!   manages the keys of its own owner only: it lists, creates, rotates, revokes and deletes
+//!   them, the Mesh SDK's `generate_api_key(name=...)`. It grants no scope it does not hold,
+//!   issues keys in its own environment on its own plan and limits, and sees another owner's key
+//!   as it sees a key that does not exist (404).
+//! - Any other key is refused with 403, no key with 401, as the layer refuses.
+//!
+//! The plaintext of a key is in the answer that issues it only (`Cache-Control: no-store`).
+//! The dashboard keeps the key its operator signs in with in the tab's session storage and sends
+//! it as the `Authorization` header: no cookie, so nothing for another site to ride on.
+//!
+//! | method and path | what it does |
+//! |---|---|
+//! | `GET api/me` | the caller: its role, the scopes it may grant, the plans |
+//! | `GET api/keys` | lists keys (`owner`, `environment`, `state`, `name`, `offset`, `limit`) |
+//! | `POST api/keys` | issues a key: the plaintext, shown once, and the `export` line |
+//! | `GET api/keys/{id}` | one key |
+//! | `PATCH api/keys/{id}` | changes its name, scopes, expiry, plan, limits, metadata, or disables it |
+//! | `POST api/keys/{id}/rotate` | issues its successor; it works for the grace period (`24h`) more |
+//! | `POST api/keys/{id}/revoke` | revokes it |
+//! | `DELETE api/keys/{id}` | deletes it |
+//! | `GET api/usage` | usage of a key, an owner or the service ([`Analytics`] across replicas) |
+//! | `GET api/audit` | the changes made through the console, newest first |
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use axum::Router;
+//! use tower_api_key::console::Console;
+//! use tower_api_key::usage::Analytics;
+//! use tower_api_key::{ApiKeyLayer, MemoryStore};
+//!
+//! let store = MemoryStore::new();
+//! let analytics = Analytics::new();
+//! let layer = ApiKeyLayer::builder("mesh", store.clone())
+//!     .usage_sink(analytics.clone())
+//!     .build()?;
+//! let console = Console::new(&layer, store).analytics(analytics);
+//! // The dashboard at /admin, the API at /admin/api/...
+//! let app: Router = Router::new().nest("/admin", console.router());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+
+mod access;
+mod api;
+mod assets;
+mod audit;
+mod error;
+mod openapi;
+
+use std::fmt;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::layer::{ApiKeyHandle, ApiKeyLayer};
+use crate::store::{KeyStoreAdmin, UsageArchive};
+use crate::usage::Analytics;
+use crate::KeyManager;
+
+pub use audit::AuditEvent;
+
+use access::Access;
+use audit::Audit;
+
+/// The largest request body the API reads: a key's description is far smaller.
+const MAX_BODY: usize = 64 * 1024;
+
+/// The console of the keys in one store, behind one layer. See [the module](self).
+#[must_use]
+pub struct Console<A> {
+    inner: Inner<A>,
+    layer: ApiKeyLayer,
+}
+
+/// What the handlers share.
+pub(crate) struct Inner<A> {
+    keys: KeyManager<A>,
+    store: A,
+    handle: ApiKeyHandle,
+    analytics: Option<Analytics>,
+    access: Access,
+    audit: Audit,
+    /// The variable of the `export` line shown with a new key: `MESH_API_KEY`.
+    env_var: String,
+}
+
+impl<A> fmt::Debug for Console<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Console")
+            .field("access", &self.inner.access)
+            .field("analytics", &self.inner.analytics.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: KeyStoreAdmin + UsageArchive + Clone> Console<A> {
+    /// The console of the keys in `store`, authenticated by `layer` (whose cache it clears
+    /// after every change, and whose key format it issues keys in). `store` is the store the
+    /// layer reads.
+    pub fn new(layer: &ApiKeyLayer, store: A) -> Self {
+        let handle = layer.handle();
+        let env_var = format!("{}_API_KEY", handle.format().prefix().to_uppercase());
+        Console {
+            inner: Inner {
+                keys: KeyManager::new(store.clone()).with_cache(handle.clone()),
+                store,
+                handle,
+                analytics: None,
+                access: Access {
+                    admin: "admin".into(),
+                    self_service: "keys:self".into(),
+                    scopes: vec!["read".into(), "write".into(), "admin".into()],
+                },
+                audit: Audit::default(),
+                env_var,
+            },
+            layer: layer.clone(),
+        }
+    }
+
+    /// Reports usage from `analytics`: the layer's usage sink (and the store's rows of other
+    /// replicas). Without it, `api/usage` answers 404.
+    pub fn analytics(mut self, analytics: Analytics) -> Self {
+        self.inner.analytics = Some(analytics);
+        self
+    }
+
+    /// The scope that manages every key; default `admin`.
+    pub fn admin_scope(mut self, scope: impl Into<String>) -> Self {
+        self.inner.access.admin = scope.into();
+        self
+    }
+
+    /// The scope that manages the keys of the key's own owner; default `keys:self`.
+    pub fn self_service_scope(mut self, scope: impl Into<String>) -> Self {
+        self.inner.access.self_service = scope.into();
+        self
+    }
+
+    /// The scopes keys may be given through the console, as the dashboard offers them; default
+    /// the reference's `read`, `write` and `admin`. The admin and self-service scopes are
+    /// grantable when listed here.
+    ///
+    /// ```
+    /// use tower_api_key::console::Console;
+    /// use tower_api_key::{ApiKeyLayer, MemoryStore};
+    ///
+    /// let store = MemoryStore::new();
+    /// let layer = ApiKeyLayer::new("mesh", store.clone())?;
+    /// let console = Console::new(&layer, store).scopes(["read", "write", "admin", "keys:self"]);
+    /// # Ok::<(), tower_api_key::ConfigError>(())
+    /// ```
+    pub fn scopes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, scopes: I) -> Self {
+        self.inner.access.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The variable named in the `export` line shown with a new key; default the key prefix in
+    /// capitals and `_API_KEY`: `MESH_API_KEY`.
+    pub fn env_var(mut self, name: impl Into<String>) -> Self {
+        self.inner.env_var = name.into();
+        self
+    }
+
+    /// The router: the dashboard at its root, the API under `api/`, the OpenAPI document at
+    /// `openapi.json`. Nest it (`Router::nest("/admin", ...)`); its API runs behind the layer
+    /// given to [`Console::new`], so do not wrap it in that layer again (the dashboard's page
+    /// must load without a key).
+    pub fn router(self) -> Router {
+        let Console { inner, layer } = self;
+        let api = Router::new()
+            .route("/api/me", get(api::me::<A>))
+            .route("/api/keys", get(api::list::<A>).post(api::create::<A>))
+            .route(
+                "/api/keys/{id}",
+                get(api::show::<A>)
+                    .patch(api::update::<A>)
+                    .delete(api::delete::<A>),
+            )
+            .route("/api/keys/{id}/rotate", post(api::rotate::<A>))
+            .route("/api/keys/{id}/revoke", post(api::revoke::<A>))
+            .route("/api/usage", get(api::usage::<A>))
+            .route("/api/audit", get(api::audit::<A>))
+            .with_state(Arc::new(inner))
+            .layer(DefaultBodyLimit::max(MAX_BODY))
+            .layer(layer);
+        Router::new()
+            .merge(api)
+            .merge(assets::routes())
+            .route("/openapi.json", get(openapi::document))
+            .layer(axum::middleware::map_response(api::secure_headers))
+    }
+}

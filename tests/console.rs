@@ -1,0 +1,761 @@
+//! The console's API over real HTTP on 127.0.0.1: every endpoint, the admin / self-service /
+//! no-key / other-owner matrix, the plaintext in exactly one answer, bad input answered 4xx in
+//! the reference's shape, and the dashboard's page and headers.
+
+#[cfg(not(feature = "console"))]
+#[test]
+#[ignore = "the console needs the `console` feature: cargo test --features console"]
+fn console_suite_needs_its_feature() {}
+
+#[cfg(feature = "console")]
+mod common;
+
+#[cfg(feature = "console")]
+mod console {
+    use std::sync::Mutex;
+
+    use axum::Router;
+    use http::{Method, StatusCode};
+    use serde_json::{json, Value};
+    use tower::Layer;
+    use tower_api_key::console::Console;
+    use tower_api_key::usage::Analytics;
+    use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, NewKey};
+
+    use super::common::{api_key, items, serve, HttpClient, Reply};
+
+    /// A server with the console at `/admin` and `/items/{id}` behind the same layer, an admin
+    /// key, and every answer the test got (to count where a plaintext appears).
+    struct Server {
+        client: HttpClient,
+        admin: String,
+        keys: KeyManager<MemoryStore>,
+        seen: Mutex<Vec<String>>,
+    }
+
+    impl Server {
+        async fn start() -> Server {
+            let store = MemoryStore::new();
+            let analytics = Analytics::new();
+            let layer = ApiKeyLayer::builder("mesh", store.clone())
+                .usage_sink(analytics.clone())
+                .build()
+                .unwrap();
+            let keys = KeyManager::new(store.clone()).with_cache(layer.handle());
+            let admin = keys
+                .create(NewKey::new("root").scopes(["admin"]))
+                .await
+                .unwrap();
+            let console = Console::new(&layer, store).analytics(analytics).scopes([
+                "read",
+                "write",
+                "admin",
+                "keys:self",
+            ]);
+            let app = Router::new()
+                .nest("/admin", console.router())
+                .merge(Router::new().nest_service("/app", layer.layer(items())));
+            Server {
+                client: HttpClient::new(serve(app).await),
+                admin: admin.key.expose_secret().to_owned(),
+                keys,
+                seen: Mutex::default(),
+            }
+        }
+
+        fn keep(&self, reply: Reply) -> Reply {
+            self.seen.lock().unwrap().push(reply.body.clone());
+            reply
+        }
+
+        /// `method path` with `key` (if any) and `body` (if not empty).
+        async fn call(&self, method: Method, path: &str, key: Option<&str>, body: &str) -> Reply {
+            let auth = key.map(api_key);
+            let headers: Vec<(&str, &str)> = auth
+                .iter()
+                .map(|value| ("authorization", value.as_str()))
+                .collect();
+            let reply = self.client.send_body(method, path, &headers, body).await;
+            self.keep(reply)
+        }
+
+        async fn get(&self, path: &str, key: &str) -> Reply {
+            self.call(Method::GET, path, Some(key), "").await
+        }
+
+        /// Issues a key through the console (create, or rotate when `path` says so).
+        async fn issue(&self, path: &str, key: &str, body: Value) -> Reply {
+            let auth = api_key(key);
+            let reply = self
+                .client
+                .send_issuing(
+                    Method::POST,
+                    path,
+                    &[("authorization", &auth)],
+                    &body.to_string(),
+                )
+                .await;
+            self.keep(reply)
+        }
+
+        /// Creates a key as `by`, and returns (plaintext, id).
+        async fn create(&self, by: &str, body: Value) -> (String, String) {
+            let reply = self.issue("/admin/api/keys", by, body).await;
+            assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+            let json = reply.json();
+            let id = json["record"]["id"].as_str().unwrap().to_owned();
+            (json["key"].as_str().unwrap().to_owned(), id)
+        }
+
+        /// The status of `GET /app/items/1` with `key`.
+        async fn use_key(&self, key: &str) -> StatusCode {
+            self.get("/app/items/1", key).await.status
+        }
+    }
+
+    /// An error in the reference's shape, with `status` and `code`.
+    #[track_caller]
+    fn refused(reply: &Reply, status: StatusCode, code: &str) {
+        assert_eq!(reply.status, status, "{}", reply.body);
+        let json = reply.json();
+        assert_eq!(json["code"], code, "{}", reply.body);
+        assert_eq!(json["status"], status.as_u16());
+        assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn an_admin_uses_every_endpoint_and_a_key_is_shown_once() {
+        let server = Server::start().await;
+        let admin = server.admin.clone();
+
+        let me = server.get("/admin/api/me", &admin).await;
+        assert_eq!(me.status, StatusCode::OK);
+        let me = me.json();
+        assert_eq!(me["role"], "admin");
+        assert_eq!(me["env_var"], "MESH_API_KEY");
+        assert!(me["plans"].as_array().unwrap().contains(&json!("free")));
+        assert_eq!(
+            me["grantable_scopes"],
+            json!(["read", "write", "admin", "keys:self"])
+        );
+
+        // Create: the plaintext, the export line, the warning, never cached.
+        let reply = server
+            .issue(
+                "/admin/api/keys",
+                &admin,
+                json!({"name": "Production App", "scopes": ["read", "write"], "owner": "acme",
+                       "plan": "pro", "expires_in": "30d", "metadata": {"team": "core"}}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        assert_eq!(reply.headers["cache-control"], "no-store");
+        let created = reply.json();
+        let plaintext = created["key"].as_str().unwrap().to_owned();
+        let id = created["record"]["id"].as_str().unwrap().to_owned();
+        assert!(plaintext.starts_with("mesh_live_"));
+        assert_eq!(
+            created["export"],
+            format!("export MESH_API_KEY={plaintext}")
+        );
+        assert!(created["warning"].as_str().unwrap().contains("shown once"));
+        let record = &created["record"];
+        assert_eq!(record["name"], "Production App");
+        assert_eq!(record["owner"], "acme");
+        assert_eq!(record["plan"], "pro");
+        assert_eq!(record["state"], "active");
+        assert_eq!(record["metadata"]["team"], "core");
+        let expires = record["expires_at"].as_u64().unwrap();
+        let created_at = record["created_at"].as_u64().unwrap();
+        assert!((expires - created_at).abs_diff(30 * 86_400) < 5);
+
+        // The key works against the service behind the same layer.
+        assert_eq!(server.use_key(&plaintext).await, StatusCode::OK);
+
+        // Show, and list with each filter.
+        let shown = server.get(&format!("/admin/api/keys/{id}"), &admin).await;
+        assert_eq!(shown.status, StatusCode::OK);
+        assert_eq!(shown.json()["id"], id.as_str());
+        server
+            .create(&admin, json!({"name": "ci", "environment": "test"}))
+            .await;
+        let page = |query: &str| format!("/admin/api/keys{query}");
+        let listed = server.get(&page(""), &admin).await.json();
+        assert_eq!(listed["total"], 3);
+        let names = |json: &Value| -> Vec<String> {
+            (json["keys"].as_array().unwrap().iter())
+                .map(|k| k["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(names(&listed), ["root", "Production App", "ci"]);
+        let owned = server.get(&page("?owner=acme"), &admin).await.json();
+        assert_eq!(names(&owned), ["Production App"]);
+        let test = server.get(&page("?environment=test"), &admin).await.json();
+        assert_eq!(names(&test), ["ci"]);
+        let named = server.get(&page("?name=PRODUCTION"), &admin).await.json();
+        assert_eq!(names(&named), ["Production App"]);
+        let first = server.get(&page("?limit=2"), &admin).await.json();
+        assert_eq!(
+            (
+                first["keys"].as_array().unwrap().len(),
+                first["next_offset"].as_u64()
+            ),
+            (2, Some(2))
+        );
+        let second = server.get(&page("?limit=2&offset=2"), &admin).await.json();
+        assert_eq!(names(&second), ["ci"]);
+        assert!(second["next_offset"].is_null());
+
+        // Update: every field, then disable, which the layer now refuses.
+        let patch = |body: Value| {
+            let path = format!("/admin/api/keys/{id}");
+            let body = body.to_string();
+            let server = &server;
+            let admin = admin.clone();
+            async move { server.call(Method::PATCH, &path, Some(&admin), &body).await }
+        };
+        let updated = patch(json!({"name": "Renamed", "scopes": ["read"], "plan": null,
+                                   "limits": {"per_minute": 5}, "metadata": {"team": "edge"},
+                                   "expires_at": null}))
+        .await;
+        assert_eq!(updated.status, StatusCode::OK, "{}", updated.body);
+        let updated = updated.json();
+        assert_eq!(updated["name"], "Renamed");
+        assert_eq!(updated["scopes"], json!(["read"]));
+        assert!(updated["plan"].is_null() && updated["expires_at"].is_null());
+        assert_eq!(updated["limits"]["per_minute"], 5);
+        assert_eq!(updated["metadata"], json!({"team": "edge"}));
+        assert_eq!(
+            patch(json!({"disabled": true})).await.json()["state"],
+            "disabled"
+        );
+        let disabled = server.get("/app/items/1", &plaintext).await;
+        assert_eq!(disabled.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(disabled.code(), "API_KEY_DISABLED");
+        assert_eq!(
+            patch(json!({"disabled": false})).await.json()["state"],
+            "active"
+        );
+        assert_eq!(server.use_key(&plaintext).await, StatusCode::OK);
+
+        // Usage: the key's requests, and where it stands against its limits.
+        let usage = server
+            .get(&format!("/admin/api/usage?key={id}"), &admin)
+            .await;
+        assert_eq!(usage.status, StatusCode::OK, "{}", usage.body);
+        let usage = usage.json();
+        assert_eq!(usage["subject"], "key");
+        let outcomes = &usage["totals"]["outcomes"];
+        assert_eq!(
+            (
+                outcomes["ok"].as_u64(),
+                outcomes["API_KEY_DISABLED"].as_u64()
+            ),
+            (Some(2), Some(1))
+        );
+        assert_eq!(usage["limits"][0]["quota"], 5);
+        let everything = server
+            .get("/admin/api/usage?hours=2&resolution=hour", &admin)
+            .await;
+        assert_eq!(everything.json()["subject"], "all");
+
+        // Rotate: a new key (shown once) with the old one's settings; the old works for the grace.
+        let rotated = server
+            .issue(
+                &format!("/admin/api/keys/{id}/rotate"),
+                &admin,
+                json!({"grace": "1h"}),
+            )
+            .await;
+        assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.body);
+        let rotated = rotated.json();
+        let successor = rotated["key"].as_str().unwrap().to_owned();
+        let successor_id = rotated["record"]["id"].as_str().unwrap().to_owned();
+        assert_eq!(rotated["record"]["name"], "Renamed");
+        assert_eq!(rotated["record"]["metadata"]["rotated_from"], id.as_str());
+        assert_eq!(server.use_key(&successor).await, StatusCode::OK);
+        assert_eq!(server.use_key(&plaintext).await, StatusCode::OK);
+
+        // Revoke: the key answers 401 at once; it cannot be rotated back.
+        let revoked = server
+            .call(
+                Method::POST,
+                &format!("/admin/api/keys/{id}/revoke"),
+                Some(&admin),
+                "",
+            )
+            .await;
+        assert_eq!(revoked.json()["state"], "revoked");
+        let after = server.get("/app/items/1", &plaintext).await;
+        assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(after.code(), "API_KEY_REVOKED");
+        let again = server
+            .issue(&format!("/admin/api/keys/{id}/rotate"), &admin, json!({}))
+            .await;
+        refused(&again, StatusCode::CONFLICT, "KEY_NOT_ACTIVE");
+
+        // Delete: gone, and 404 after.
+        let deleted = server
+            .call(
+                Method::DELETE,
+                &format!("/admin/api/keys/{successor_id}"),
+                Some(&admin),
+                "",
+            )
+            .await;
+        assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+        assert_eq!(server.use_key(&successor).await, StatusCode::UNAUTHORIZED);
+        let gone = server
+            .get(&format!("/admin/api/keys/{successor_id}"), &admin)
+            .await;
+        refused(&gone, StatusCode::NOT_FOUND, "KEY_NOT_FOUND");
+
+        // The audit trail: every change, newest first, by the admin key.
+        let audit = server.get("/admin/api/audit", &admin).await.json();
+        let actions: Vec<&str> = (audit["events"].as_array().unwrap().iter())
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            actions,
+            ["delete", "revoke", "rotate", "update", "update", "update", "create", "create"]
+        );
+        let admin_id = me_id(&server, &admin).await;
+        assert!(audit["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["actor"] == admin_id.as_str()));
+        let of_key = server
+            .get(&format!("/admin/api/audit?key={id}"), &admin)
+            .await
+            .json();
+        assert_eq!(of_key["events"].as_array().unwrap().len(), 6);
+
+        // Each plaintext is in exactly one answer: the one that issued it.
+        let seen = server.seen.lock().unwrap();
+        for secret in [&plaintext, &successor] {
+            let holding = seen
+                .iter()
+                .filter(|body| body.contains(secret.as_str()))
+                .count();
+            assert_eq!(holding, 1, "a plaintext is in {holding} answers");
+        }
+        // Nor is its secret part (after the id) anywhere else.
+        let secret_part = plaintext.rsplit('_').next().unwrap();
+        assert_eq!(
+            seen.iter()
+                .filter(|body| body.contains(secret_part))
+                .count(),
+            1
+        );
+    }
+
+    async fn me_id(server: &Server, key: &str) -> String {
+        server.get("/admin/api/me", key).await.json()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn an_owner_manages_its_own_keys_and_never_sees_another_owners() {
+        let server = Server::start().await;
+        let admin = server.admin.clone();
+        // Two owners, each with a self-service key and a key of its own.
+        let (acme_self, acme_self_id) = server
+            .create(&admin, json!({"name": "acme console", "owner": "acme", "scopes": ["read", "keys:self"], "plan": "free"}))
+            .await;
+        let (_, globex_key_id) = server
+            .create(
+                &admin,
+                json!({"name": "globex app", "owner": "globex", "scopes": ["read"]}),
+            )
+            .await;
+
+        // The self-service key creates a key: for its owner, on its plan, in its environment.
+        let (acme_new, acme_new_id) = server
+            .create(
+                &acme_self,
+                json!({"name": "acme worker", "scopes": ["read"]}),
+            )
+            .await;
+        let shown = server
+            .get(&format!("/admin/api/keys/{acme_new_id}"), &acme_self)
+            .await
+            .json();
+        assert_eq!(
+            (shown["owner"].as_str(), shown["plan"].as_str()),
+            (Some("acme"), Some("free"))
+        );
+        assert_eq!(server.use_key(&acme_new).await, StatusCode::OK);
+
+        // It lists its owner's keys only, whatever it asks for.
+        let listed = server.get("/admin/api/keys", &acme_self).await.json();
+        let ids: Vec<&str> = (listed["keys"].as_array().unwrap().iter())
+            .map(|k| k["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [acme_self_id.as_str(), acme_new_id.as_str()]);
+        let other = server
+            .get("/admin/api/keys?owner=globex", &acme_self)
+            .await
+            .json();
+        assert_eq!(other["total"], 0);
+
+        // Another owner's key is, to it, a key that does not exist: for every operation.
+        let globex = format!("/admin/api/keys/{globex_key_id}");
+        for reply in [
+            server.get(&globex, &acme_self).await,
+            server
+                .call(
+                    Method::PATCH,
+                    &globex,
+                    Some(&acme_self),
+                    r#"{"name":"mine"}"#,
+                )
+                .await,
+            server
+                .call(
+                    Method::POST,
+                    &format!("{globex}/revoke"),
+                    Some(&acme_self),
+                    "",
+                )
+                .await,
+            server
+                .issue(&format!("{globex}/rotate"), &acme_self, json!({}))
+                .await,
+            server
+                .call(Method::DELETE, &globex, Some(&acme_self), "")
+                .await,
+            server
+                .get(&format!("/admin/api/usage?key={globex_key_id}"), &acme_self)
+                .await,
+        ] {
+            refused(&reply, StatusCode::NOT_FOUND, "KEY_NOT_FOUND");
+        }
+        let nope = server.get("/admin/api/keys/nope12345678", &acme_self).await;
+        refused(&nope, StatusCode::NOT_FOUND, "KEY_NOT_FOUND");
+        let owner_usage = server
+            .get("/admin/api/usage?owner=globex", &acme_self)
+            .await;
+        refused(&owner_usage, StatusCode::NOT_FOUND, "OWNER_NOT_FOUND");
+        // The globex key is untouched.
+        let untouched = server.get(&globex, &admin).await.json();
+        assert_eq!(
+            (untouched["name"].as_str(), untouched["state"].as_str()),
+            (Some("globex app"), Some("active"))
+        );
+
+        // What only an admin may do, or more than the caller holds.
+        let forbidden = [
+            json!({"name": "x", "scopes": ["admin"]}),
+            json!({"name": "x", "plan": "enterprise"}),
+            json!({"name": "x", "limits": {"per_minute": 100000}}),
+            json!({"name": "x", "owner": "globex"}),
+            json!({"name": "x", "environment": "test"}),
+        ];
+        for body in forbidden {
+            let reply = server
+                .issue("/admin/api/keys", &acme_self, body.clone())
+                .await;
+            refused(&reply, StatusCode::FORBIDDEN, "INSUFFICIENT_PERMISSIONS");
+        }
+        let own = format!("/admin/api/keys/{acme_new_id}");
+        for body in [
+            r#"{"scopes":["write"]}"#,
+            r#"{"plan":"pro"}"#,
+            r#"{"limits":null}"#,
+        ] {
+            let reply = server
+                .call(Method::PATCH, &own, Some(&acme_self), body)
+                .await;
+            refused(&reply, StatusCode::FORBIDDEN, "INSUFFICIENT_PERMISSIONS");
+        }
+        // Usage with no subject is its owner's.
+        let usage = server.get("/admin/api/usage", &acme_self).await.json();
+        assert_eq!(
+            (usage["subject"].as_str(), usage["id"].as_str()),
+            (Some("owner"), Some("acme"))
+        );
+
+        // Its own keys it renames, rotates, revokes and deletes.
+        let renamed = server
+            .call(
+                Method::PATCH,
+                &own,
+                Some(&acme_self),
+                r#"{"name":"acme batch"}"#,
+            )
+            .await;
+        assert_eq!(renamed.json()["name"], "acme batch");
+        let rotated = server
+            .issue(&format!("{own}/rotate"), &acme_self, json!({"grace": "0s"}))
+            .await;
+        assert_eq!(rotated.status, StatusCode::CREATED);
+        let rotated_id = rotated.json()["record"]["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            server.use_key(&acme_new).await,
+            StatusCode::UNAUTHORIZED,
+            "no grace: expired at once"
+        );
+        let revoke = server
+            .call(
+                Method::POST,
+                &format!("/admin/api/keys/{rotated_id}/revoke"),
+                Some(&acme_self),
+                "",
+            )
+            .await;
+        assert_eq!(revoke.json()["state"], "revoked");
+        let delete = server
+            .call(Method::DELETE, &own, Some(&acme_self), "")
+            .await;
+        assert_eq!(delete.status, StatusCode::NO_CONTENT);
+
+        // It sees the trail of its owner's keys only.
+        let trail = server.get("/admin/api/audit", &acme_self).await.json();
+        let events = trail["events"].as_array().unwrap();
+        assert!(!events.is_empty() && events.iter().all(|e| e["owner"] == "acme"));
+
+        // A self-service key without an owner manages nothing; a read key, nothing; no key: 401.
+        let (ownerless, _) = server
+            .create(&admin, json!({"name": "lost", "scopes": ["keys:self"]}))
+            .await;
+        let (reader, _) = server
+            .create(&admin, json!({"name": "reader", "scopes": ["read"]}))
+            .await;
+        for key in [&ownerless, &reader] {
+            refused(
+                &server.get("/admin/api/keys", key).await,
+                StatusCode::FORBIDDEN,
+                "INSUFFICIENT_PERMISSIONS",
+            );
+            let reply = server
+                .issue("/admin/api/keys", key, json!({"name": "x"}))
+                .await;
+            refused(&reply, StatusCode::FORBIDDEN, "INSUFFICIENT_PERMISSIONS");
+        }
+        for (method, path) in [
+            (Method::GET, "/admin/api/keys".to_owned()),
+            (Method::GET, "/admin/api/me".to_owned()),
+            (Method::POST, "/admin/api/keys".to_owned()),
+            (Method::DELETE, globex.clone()),
+            (Method::GET, "/admin/api/usage".to_owned()),
+        ] {
+            let reply = server.call(method, &path, None, "").await;
+            refused(&reply, StatusCode::UNAUTHORIZED, "MISSING_API_KEY");
+        }
+        // A revoked admin key is refused by the layer.
+        let (spare_admin, spare_id) = server
+            .create(&admin, json!({"name": "spare", "scopes": ["admin"]}))
+            .await;
+        server.keys.revoke(&spare_id).await.unwrap();
+        let reply = server.get("/admin/api/keys", &spare_admin).await;
+        refused(&reply, StatusCode::UNAUTHORIZED, "API_KEY_REVOKED");
+    }
+
+    #[tokio::test]
+    async fn bad_input_gets_a_clear_4xx_in_the_references_shape() {
+        let server = Server::start().await;
+        let admin = server.admin.clone();
+        let cases = [
+            (
+                json!({"name": "x", "scopes": ["superuser"]}),
+                StatusCode::BAD_REQUEST,
+                "UNKNOWN_SCOPE",
+            ),
+            (
+                json!({"name": "x", "expires_in": "soon"}),
+                StatusCode::BAD_REQUEST,
+                "INVALID_DURATION",
+            ),
+            (
+                json!({"name": "x", "expires_in": "1d", "expires_at": 2000000000}),
+                StatusCode::BAD_REQUEST,
+                "INVALID_EXPIRY",
+            ),
+            (
+                json!({"name": "x", "expires_at": 300000000000u64}),
+                StatusCode::BAD_REQUEST,
+                "INVALID_EXPIRY",
+            ),
+            (
+                json!({"name": "x", "plan": "platinum"}),
+                StatusCode::BAD_REQUEST,
+                "UNKNOWN_PLAN",
+            ),
+            (
+                json!({"name": "x".repeat(129)}),
+                StatusCode::BAD_REQUEST,
+                "INVALID_NAME",
+            ),
+            (
+                json!({"name": "  "}),
+                StatusCode::BAD_REQUEST,
+                "INVALID_NAME",
+            ),
+            (
+                json!({"name": "x", "owner": "o".repeat(200)}),
+                StatusCode::BAD_REQUEST,
+                "INVALID_OWNER",
+            ),
+            (
+                json!({"name": "x", "metadata": {"k": "v".repeat(513)}}),
+                StatusCode::BAD_REQUEST,
+                "INVALID_METADATA",
+            ),
+            (
+                json!({"name": "x", "limits": {"named": [{"name": "a", "limit": 1, "window": 1}, {"name": "a", "limit": 2, "window": 1}]}}),
+                StatusCode::BAD_REQUEST,
+                "INVALID_LIMITS",
+            ),
+            (
+                json!({"name": "x", "environment": "staging"}),
+                StatusCode::BAD_REQUEST,
+                "INVALID_REQUEST",
+            ),
+            (
+                json!({"name": "x", "colour": "blue"}),
+                StatusCode::BAD_REQUEST,
+                "INVALID_REQUEST",
+            ),
+            (
+                json!({"scopes": ["read"]}),
+                StatusCode::BAD_REQUEST,
+                "INVALID_REQUEST",
+            ),
+            (
+                json!({"name": "x", "metadata": {"k": "v"}, "padding": "p".repeat(70_000)}),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+            ),
+        ];
+        for (body, status, code) in cases {
+            let reply = server.issue("/admin/api/keys", &admin, body).await;
+            refused(&reply, status, code);
+        }
+        let malformed = server
+            .call(Method::POST, "/admin/api/keys", Some(&admin), "{not json")
+            .await;
+        refused(&malformed, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+        let many = (0..40)
+            .map(|i| (format!("k{i}"), json!("v")))
+            .collect::<serde_json::Map<_, _>>();
+        let reply = server
+            .issue(
+                "/admin/api/keys",
+                &admin,
+                json!({"name": "x", "metadata": many}),
+            )
+            .await;
+        refused(&reply, StatusCode::BAD_REQUEST, "INVALID_METADATA");
+
+        let (_, id) = server.create(&admin, json!({"name": "target"})).await;
+        let key = format!("/admin/api/keys/{id}");
+        for (body, code) in [
+            (r#"{"scopes":["root"]}"#, "UNKNOWN_SCOPE"),
+            (r#"{"expires_in":"forever"}"#, "INVALID_DURATION"),
+            (r#"{"plan":"gold"}"#, "UNKNOWN_PLAN"),
+            (r#"{"name":""}"#, "INVALID_NAME"),
+            (r#"{"disabled":"yes"}"#, "INVALID_REQUEST"),
+        ] {
+            let reply = server.call(Method::PATCH, &key, Some(&admin), body).await;
+            refused(&reply, StatusCode::BAD_REQUEST, code);
+        }
+        // Nothing of a refused update was applied.
+        assert_eq!(server.get(&key, &admin).await.json()["name"], "target");
+        let grace = server
+            .issue(
+                &format!("{key}/rotate"),
+                &admin,
+                json!({"grace": "a while"}),
+            )
+            .await;
+        refused(&grace, StatusCode::BAD_REQUEST, "INVALID_DURATION");
+        for query in ["?limit=0", "?limit=abc", "?state=lost", "?environment=prod"] {
+            let reply = server.get(&format!("/admin/api/keys{query}"), &admin).await;
+            refused(&reply, StatusCode::BAD_REQUEST, "INVALID_QUERY");
+        }
+        for query in [
+            "?hours=0",
+            "?hours=100000",
+            "?resolution=week",
+            "?key=a&owner=b",
+        ] {
+            let reply = server
+                .get(&format!("/admin/api/usage{query}"), &admin)
+                .await;
+            refused(&reply, StatusCode::BAD_REQUEST, "INVALID_QUERY");
+        }
+        for (method, path) in [
+            (Method::GET, "/admin/api/keys/unknown"),
+            (Method::PATCH, "/admin/api/keys/unknown"),
+            (Method::POST, "/admin/api/keys/unknown/revoke"),
+            (Method::DELETE, "/admin/api/keys/unknown"),
+            (Method::GET, "/admin/api/usage?key=unknown"),
+        ] {
+            let body = if method == Method::PATCH {
+                r#"{"name":"x"}"#
+            } else {
+                ""
+            };
+            let reply = server.call(method, path, Some(&admin), body).await;
+            refused(&reply, StatusCode::NOT_FOUND, "KEY_NOT_FOUND");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_dashboard_and_the_openapi_document_are_served_with_strict_headers() {
+        let server = Server::start().await;
+        let page = server.client.get("/admin", &[]).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let csp = page.headers["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
+        assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"));
+        assert_eq!(page.headers["x-frame-options"], "DENY");
+        assert!(page
+            .body
+            .contains(r#"<script src="/admin/assets/console.js" defer></script>"#));
+        assert!(!page.body.contains("{{base}}"));
+        for (asset, kind) in [
+            ("console.js", "text/javascript"),
+            ("console.css", "text/css"),
+            ("icon.svg", "image/svg+xml"),
+        ] {
+            let reply = server
+                .client
+                .get(&format!("/admin/assets/{asset}"), &[])
+                .await;
+            assert_eq!(reply.status, StatusCode::OK);
+            assert!(reply.headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(kind));
+            assert!(reply.body.len() > 100, "{asset} is not empty");
+        }
+        let document = server.client.get("/admin/openapi.json", &[]).await;
+        assert_eq!(document.status, StatusCode::OK);
+        let document = document.json();
+        assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+        assert_eq!(document["servers"][0]["url"], "/admin");
+        let paths = document["paths"].as_object().unwrap();
+        for path in [
+            "/api/me",
+            "/api/keys",
+            "/api/keys/{id}",
+            "/api/keys/{id}/rotate",
+            "/api/keys/{id}/revoke",
+            "/api/usage",
+            "/api/audit",
+        ] {
+            assert!(paths.contains_key(path), "{path} is documented");
+        }
+        let methods: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+        assert_eq!(methods, 10, "every operation is documented");
+        assert!(document["components"]["schemas"]["CreateKey"].is_object());
+        assert!(document["components"]["securitySchemes"]["api_key"].is_object());
+        // The rejections of the layer carry the same headers.
+        let unauthorized = server.client.get("/admin/api/keys", &[]).await;
+        assert_eq!(unauthorized.headers["cache-control"], "no-store");
+    }
+}
