@@ -1,7 +1,8 @@
 //! The demo: an axum server on 127.0.0.1 whose routes need `read`, `write` and `admin` keys.
 //!
 //! ```sh
-//! cargo run --example server            # PORT=3000 by default
+//! cargo run --example server                      # PORT=3000 by default
+//! cargo run --example server --features console   # and the web console at /admin
 //! ```
 //!
 //! Keys live in the store `DATABASE_URL` names (`sqlite://…`, `postgres://…`, `redis://…`,
@@ -13,6 +14,10 @@
 //! shows every replica's requests, by endpoint among others. Built with
 //! `--features metrics`, `GET /metrics` (admin key) serves them as Prometheus text. `COUNTRY_HEADER=cf-ipcountry` counts requests by the country
 //! a CDN in front names in that header.
+//!
+//! Built with `--features console`, the operator's console is at `/admin`: open
+//! `http://127.0.0.1:3000/admin` and sign in with the admin key the demo printed. Its API is at
+//! `/admin/api/...`, its OpenAPI document at `/admin/openapi.json`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime};
@@ -26,7 +31,9 @@ use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tower_api_key::usage::{Analytics, CountryHeader, Endpoint, Resolution, Subject};
+use std::sync::Arc;
+
+use tower_api_key::usage::{Analytics, CountryHeader, Endpoint, Resolution, StoreUsage, Subject};
 use tower_api_key::{
     store::KeyStoreAdmin, AnyStore, ApiKeyHandle, ApiKeyLayer, KeyManager, NewKey, Principal,
     RequireScopeLayer,
@@ -132,19 +139,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("cannot open the key store {url}: {e}"))?;
     let analytics = Analytics::new();
+    // Each key's request count and last use, for the store (and the console's "last used").
+    let last_used = Arc::new(StoreUsage::new());
+    let sinks = (analytics.clone(), last_used.clone());
     let mut builder = ApiKeyLayer::builder("mesh", store.clone());
     if let Ok(header) = std::env::var("COUNTRY_HEADER") {
         builder = builder.country_resolver(CountryHeader::new(&header)?);
     }
     #[cfg(feature = "metrics")]
     let (builder, prometheus) = (
-        builder.usage_sink((analytics.clone(), tower_api_key::usage::MetricsSink::new())),
+        builder.usage_sink((sinks, tower_api_key::usage::MetricsSink::new())),
         metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?,
     );
     #[cfg(not(feature = "metrics"))]
-    let builder = builder.usage_sink(analytics.clone());
+    let builder = builder.usage_sink(sinks);
     let auth = builder.build()?;
     analytics.spawn_flusher(store.clone(), Duration::from_secs(10));
+    let flushed = store.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            // Counts stay pending when the store fails, for the next round.
+            let _ = last_used.flush(&flushed).await;
+        }
+    });
     // Other processes' revocations (PostgreSQL, Redis) reach this one's cache at once.
     store.spawn_listener(auth.handle()).await?;
     let existing = store.list().await?.len();
@@ -174,9 +192,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .route_layer(RequireScopeLayer::all(["admin"])),
     );
     let app = app
-        .layer(Extension((analytics, store.clone(), auth.handle())))
-        .layer(auth)
-        .layer(middleware::from_fn(name_endpoint));
+        .layer(Extension((analytics.clone(), store.clone(), auth.handle())))
+        .layer(auth.clone());
+    // The console runs behind the same layer itself: its page loads without a key, its API
+    // needs an admin key (or a `keys:self` key, for its owner's keys).
+    #[cfg(feature = "console")]
+    let app = app.nest(
+        "/admin",
+        tower_api_key::console::Console::new(&auth, store.clone())
+            .analytics(analytics)
+            .scopes(["read", "write", "admin", "keys:self"])
+            .router(),
+    );
+    let app = app.layer(middleware::from_fn(name_endpoint));
 
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let listener = tokio::net::TcpListener::bind(addr)
@@ -201,6 +229,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("Prometheus metrics, for an admin key: GET http://{addr}/metrics");
     } else {
         println!("Prometheus metrics at /metrics: run with --features metrics");
+    }
+    if cfg!(feature = "console") {
+        println!("The web console: open http://{addr}/admin and sign in with the admin key");
+    } else {
+        println!("The web console at /admin: run with --features console");
     }
     println!("Without a key, or with a read key on /offers, you get the JSON rejection:");
     println!("        curl -i http://{addr}/recommendations\n");

@@ -275,7 +275,7 @@
         h('td', { class: 'num' }, number(limit.quota)),
         h('td', {}, period(limit.window_secs)),
         h('td', { class: 'num' }, h('meter', { min: 0, max: limit.quota, value: limit.remaining, 'aria-label': 'remaining' }), ' ', number(limit.remaining)),
-        h('td', {}, period(limit.reset_secs)),
+        h('td', {}, human(limit.reset_secs)),
       ));
     }
     table.append(tbody);
@@ -289,9 +289,24 @@
     return secs + ' s';
   }
 
+  /** A duration in its two largest units: `3 h 12 min`. */
+  function human(secs) {
+    const units = [['d', 86400], ['h', 3600], ['min', 60], ['s', 1]];
+    const parts = [];
+    let rest = Math.max(0, Math.round(secs));
+    for (const [name, size] of units) {
+      if (rest >= size || (name === 's' && !parts.length)) {
+        parts.push(Math.floor(rest / size) + ' ' + name);
+        rest %= size;
+      }
+      if (parts.length === 2) break;
+    }
+    return parts.join(' ');
+  }
+
   /** Stacked bars: one bar per point, one segment per series. */
   function barChart(points, names, value) {
-    const width = 640, height = 180, left = 44, bottom = 22, top = 8;
+    const width = 400, height = 170, left = 34, bottom = 20, top = 22;
     const totals = points.map((p) => names.reduce((n, name) => n + value(p, name), 0));
     const max = Math.max(1, ...totals);
     const step = (width - left) / Math.max(1, points.length);
@@ -315,7 +330,7 @@
 
   /** Lines of p50, p95 and p99. */
   function lineChart(points) {
-    const width = 640, height = 180, left = 44, bottom = 22, top = 8;
+    const width = 400, height = 170, left = 34, bottom = 20, top = 22;
     const names = ['p50_ms', 'p95_ms', 'p99_ms'];
     const max = Math.max(1, ...points.map((p) => (p.latency ? p.latency.p99_ms : 0)));
     const step = (width - left) / Math.max(1, points.length);
@@ -329,6 +344,13 @@
       if (coordinates.length) {
         chart.append(svg('polyline', { points: coordinates.join(' '), class: 'line l' + series }));
       }
+      points.forEach((p, i) => {
+        if (!p.latency) return;
+        chart.append(svg('circle', {
+          cx: left + i * step + step / 2, cy: height - bottom - (p.latency[name] / max) * (height - bottom - top),
+          r: 2.5, class: 'l' + series,
+        }, svg('title', {}, `${date(p.start)}: ${name.replace('_ms', '')} ${ms(p.latency[name])}`)));
+      });
     });
     legend(chart, ['p50', 'p95', 'p99'], width, 'l');
     return chart;
@@ -337,17 +359,17 @@
   function axes(chart, width, height, left, bottom, top, max, points) {
     chart.append(svg('line', { x1: left, y1: height - bottom, x2: width, y2: height - bottom, class: 'axis' }));
     chart.append(svg('line', { x1: left, y1: top, x2: left, y2: height - bottom, class: 'axis' }));
-    chart.append(svg('text', { x: left - 6, y: top + 10, class: 'tick end' }, number(Math.round(max))));
-    chart.append(svg('text', { x: left - 6, y: height - bottom, class: 'tick end' }, '0'));
+    chart.append(svg('text', { x: left - 4, y: top + 4, class: 'tick end' }, number(Math.round(max))));
+    chart.append(svg('text', { x: left - 4, y: height - bottom, class: 'tick end' }, '0'));
     if (points.length) {
-      chart.append(svg('text', { x: left, y: height - 6, class: 'tick' }, date(points[0].start)));
-      chart.append(svg('text', { x: width, y: height - 6, class: 'tick end' }, date(points[points.length - 1].start)));
+      chart.append(svg('text', { x: left, y: height - 4, class: 'tick' }, date(points[0].start)));
+      chart.append(svg('text', { x: width, y: height - 4, class: 'tick end' }, date(points[points.length - 1].start)));
     }
   }
 
   function legend(chart, names, width, prefix) {
     names.forEach((name, i) => {
-      const x = width - (names.length - i) * 70;
+      const x = width - (names.length - i) * 64;
       chart.append(svg('rect', { x, y: 2, width: 10, height: 10, class: (prefix || 's') + i + ' key' }));
       chart.append(svg('text', { x: x + 14, y: 11, class: 'tick' }, name));
     });
@@ -433,8 +455,8 @@
 
   const PERMISSIONS = { read: 'Read — get recommendations', write: 'Write — submit tracking data', admin: 'Admin — manage offers and settings' };
 
-  function scopeBoxes(chosen) {
-    const set = h('fieldset', { class: 'scopes' }, h('legend', {}, 'Permissions'));
+  function scopeBoxes(chosen, title) {
+    const set = h('fieldset', { class: 'scopes' }, h('legend', {}, title || 'Permissions'));
     for (const scope of me.grantable_scopes) {
       const id = 'scope-' + scope.replace(/[^a-z0-9]/gi, '-');
       set.append(h('div', { class: 'check' },
@@ -570,7 +592,7 @@
       event.preventDefault();
       await api('PATCH', path, { scopes: chosenScopes(scopes) });
       await keyPage(id);
-    }) }, scopeBoxes(key.scopes), h('button', { type: 'submit', id: 'save-scopes' }, 'Save permissions'));
+    }) }, scopeBoxes(key.scopes, 'What this key may do'), h('button', { type: 'submit', id: 'save-scopes' }, 'Save permissions'));
     const details = h('dl', { class: 'details' },
       ...[['Id', h('code', {}, key.id)], ['Key', h('code', {}, key.prefix)], ['State', badge(key.state)],
         ['Environment', key.environment], ['Owner', key.owner || '—'], ['Plan', key.plan || '—'],

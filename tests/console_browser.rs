@@ -1,0 +1,235 @@
+//! The console's dashboard in a real browser: headless Chromium driven through chromedriver
+//! (`fantoccini`), against a server on 127.0.0.1. `.ci/run` installs both from the
+//! distribution's packages, starts chromedriver and sets `TOWER_API_KEY_CHROMEDRIVER`.
+//!
+//! Sign in with an admin key, issue a key through the form, read it once, use it against the
+//! service (200), see its requests on its page, revoke it through the page, and the key now
+//! answers 401. Screenshots of each page go to `target/console-screenshots/`.
+
+#[cfg(not(feature = "console"))]
+#[test]
+#[ignore = "the console needs the `console` feature: cargo test --features console"]
+fn browser_suite_needs_the_console_feature() {}
+
+#[cfg(feature = "console")]
+mod common;
+
+#[cfg(feature = "console")]
+mod browser {
+    use std::path::PathBuf;
+    use std::time::{Duration, Instant};
+
+    use axum::Router;
+    use fantoccini::{Client, ClientBuilder, Locator};
+    use http::StatusCode;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use serde_json::json;
+    use tower_api_key::console::Console;
+    use tower_api_key::usage::Analytics;
+    use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, NewKey};
+
+    use super::common::{api_key, items, serve, HttpClient};
+
+    /// Where chromedriver listens.
+    const DRIVER: &str = "TOWER_API_KEY_CHROMEDRIVER";
+
+    async fn browser() -> Client {
+        let url = std::env::var(DRIVER).unwrap_or_else(|_| {
+            panic!("{DRIVER} names the chromedriver to use (.ci/run starts one): http://127.0.0.1:9515")
+        });
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": std::env::var("TOWER_API_KEY_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--window-size=1280,1500", "--lang=en-US"],
+            }),
+        );
+        ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot start a browser session at {url}: {e}"))
+    }
+
+    /// Saves a screenshot of the page as `target/console-screenshots/<name>.png`.
+    async fn screenshot(browser: &Client, name: &str) {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let png = browser.screenshot().await.unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    /// Waits until the element `css` exists and its text contains `text`; returns its text.
+    async fn wait_text(browser: &Client, css: &str, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(element) = browser.find(Locator::Css(css)).await {
+                if let Ok(shown) = element.text().await {
+                    if shown.contains(text) {
+                        return shown;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "{css} never showed {text:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn click(browser: &Client, css: &str) {
+        let element = browser
+            .wait()
+            .at_most(Duration::from_secs(15))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"));
+        element.click().await.unwrap();
+    }
+
+    #[tokio::test]
+    #[ignore = "needs chromium and chromedriver: .ci/run installs and starts them (TOWER_API_KEY_CHROMEDRIVER)"]
+    async fn an_operator_issues_uses_watches_and_revokes_a_key_in_the_browser() {
+        let store = MemoryStore::new();
+        let analytics = Analytics::new();
+        let layer = ApiKeyLayer::builder("mesh", store.clone())
+            .usage_sink(analytics.clone())
+            .build()
+            .unwrap();
+        let keys = KeyManager::new(store.clone()).with_cache(layer.handle());
+        let admin = keys
+            .create(NewKey::new("operator").scopes(["admin"]))
+            .await
+            .unwrap();
+        let console = Console::new(&layer, store).analytics(analytics);
+        let app = Router::new()
+            .nest("/admin", console.router())
+            .merge(items().route_layer(layer));
+        let addr = serve(app).await;
+        let http = HttpClient::new(addr);
+        let base = format!("http://{addr}/admin");
+
+        let browser = browser().await;
+        browser.goto(&base).await.unwrap();
+        wait_text(&browser, "h1", "Sign in").await;
+        screenshot(&browser, "1-sign-in").await;
+
+        // Sign in with the admin key.
+        let field = browser.find(Locator::Css("#key")).await.unwrap();
+        field.send_keys(admin.key.expose_secret()).await.unwrap();
+        click(&browser, "#sign-in").await;
+        wait_text(&browser, "#who-name", "operator · admin").await;
+        wait_text(&browser, "main h1", "Overview").await;
+        wait_text(&browser, ".cards", "Requests").await;
+        screenshot(&browser, "2-overview").await;
+
+        // Issue a key through the form: a name, Read and Write, the pro plan.
+        click(&browser, "#nav a.primary").await;
+        wait_text(&browser, "main h1", "Generate New API Key").await;
+        browser
+            .find(Locator::Css("#new-name"))
+            .await
+            .unwrap()
+            .send_keys("Production App")
+            .await
+            .unwrap();
+        click(&browser, "#scope-write").await;
+        browser
+            .find(Locator::Css("#f-plan"))
+            .await
+            .unwrap()
+            .select_by_value("pro")
+            .await
+            .unwrap();
+        screenshot(&browser, "3-new-key-form").await;
+        click(&browser, "#create-submit").await;
+
+        // Shown once: the key, the export line, the warning.
+        wait_text(&browser, "#once-title", "Your new API key").await;
+        let shown = browser.find(Locator::Css("#new-key")).await.unwrap();
+        let plaintext = shown.prop("value").await.unwrap().unwrap_or_default();
+        assert!(plaintext.starts_with("mesh_live_"), "the page shows a key");
+        let export = wait_text(&browser, "#export", "export MESH_API_KEY=").await;
+        assert!(
+            export.ends_with(&plaintext),
+            "the export line holds the key"
+        );
+        wait_text(&browser, ".warning", "will only be shown once").await;
+        screenshot(&browser, "4-shown-once").await;
+        let url = browser.current_url().await.unwrap();
+        assert!(
+            !url.as_str().contains(&plaintext),
+            "the key is never in a URL"
+        );
+
+        // The key works against the service: three requests.
+        for _ in 0..3 {
+            let reply = http
+                .get("/items/7", &[("authorization", &api_key(&plaintext))])
+                .await;
+            assert_eq!(reply.status, StatusCode::OK);
+        }
+
+        // Done: the key is gone from the page, which now shows the key and its usage.
+        click(&browser, "#done").await;
+        wait_text(&browser, "main h1", "Production App").await;
+        let page = browser.source().await.unwrap();
+        assert!(
+            !page.contains(&plaintext),
+            "the key is shown once, then gone"
+        );
+        wait_text(&browser, ".usage .cards", "3").await;
+        wait_text(&browser, ".usage .tables", "/items/{id}").await;
+        wait_text(&browser, ".details", "pro").await;
+        screenshot(&browser, "5-key").await;
+
+        // The keys page lists it, with its sparkline.
+        click(&browser, "#nav a[href='#/keys']").await;
+        wait_text(&browser, "table.keys", "Production App").await;
+        browser
+            .wait()
+            .at_most(Duration::from_secs(15))
+            .for_element(Locator::Css("table.keys svg.spark"))
+            .await
+            .unwrap();
+        screenshot(&browser, "6-keys").await;
+
+        // Revoke it through its page, confirming in the dialog.
+        browser
+            .find(Locator::LinkText("Production App"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_text(&browser, "main h1", "Production App").await;
+        click(&browser, "#revoke").await;
+        wait_text(&browser, "#confirm-title", "Revoke this key?").await;
+        screenshot(&browser, "7-confirm-revoke").await;
+        click(&browser, "#confirm-ok").await;
+        wait_text(&browser, ".page-head .badge", "revoked").await;
+        screenshot(&browser, "8-revoked").await;
+        let refused = http
+            .get("/items/7", &[("authorization", &api_key(&plaintext))])
+            .await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(refused.code(), "API_KEY_REVOKED");
+
+        // A narrow screen: the keys table becomes one card per key.
+        browser.set_window_size(390, 844).await.unwrap();
+        click(&browser, "#nav a[href='#/keys']").await;
+        wait_text(&browser, "table.keys", "Production App").await;
+        screenshot(&browser, "9-narrow").await;
+
+        // Signing out forgets the key: the page asks for one again.
+        click(&browser, "#sign-out").await;
+        wait_text(&browser, "h1", "Sign in").await;
+        let stored = browser
+            .execute("return sessionStorage.length", Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(stored, json!(0));
+        browser.close().await.unwrap();
+    }
+}
