@@ -368,6 +368,19 @@ impl KeyStoreAdmin for Taken {
     async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError> {
         self.keys.set_scopes(id, scopes).await
     }
+    async fn set_name(&self, id: &str, name: &str) -> Result<bool, StoreError> {
+        self.keys.set_name(id, name).await
+    }
+    async fn set_plan(&self, id: &str, plan: Option<&str>) -> Result<bool, StoreError> {
+        self.keys.set_plan(id, plan).await
+    }
+    async fn set_metadata(
+        &self,
+        id: &str,
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Result<bool, StoreError> {
+        self.keys.set_metadata(id, metadata).await
+    }
     async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, StoreError> {
         self.keys.set_expiry(id, at).await
     }
