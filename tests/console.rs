@@ -465,6 +465,9 @@ mod console {
             r#"{"scopes":["write"]}"#,
             r#"{"plan":"pro"}"#,
             r#"{"limits":null}"#,
+            r#"{"expires_at":null}"#,
+            r#"{"expires_in":"3650d"}"#,
+            r#"{"disabled":false}"#,
         ] {
             let reply = server
                 .call(Method::PATCH, &own, Some(&acme_self), body)
@@ -478,16 +481,17 @@ mod console {
             (Some("owner"), Some("acme"))
         );
 
-        // Its own keys it renames, rotates, revokes and deletes.
-        let renamed = server
-            .call(
-                Method::PATCH,
-                &own,
-                Some(&acme_self),
-                r#"{"name":"acme batch"}"#,
-            )
-            .await;
+        // Its own keys it renames, disables, rotates, revokes and deletes.
+        let patch = |key: &str, body: &'static str| {
+            let (server, own, key) = (&server, own.clone(), key.to_owned());
+            async move { server.call(Method::PATCH, &own, Some(&key), body).await }
+        };
+        let renamed = patch(&acme_self, r#"{"name":"acme batch"}"#).await;
         assert_eq!(renamed.json()["name"], "acme batch");
+        let disabled = patch(&acme_self, r#"{"disabled":true}"#).await;
+        assert_eq!(disabled.json()["state"], "disabled");
+        let enabled = patch(&admin, r#"{"disabled":false}"#).await;
+        assert_eq!(enabled.json()["state"], "active");
         let rotated = server
             .issue(&format!("{own}/rotate"), &acme_self, json!({"grace": "0s"}))
             .await;

@@ -24,8 +24,13 @@ use super::access::{Caller, Role};
 use super::error::ApiError;
 use super::Inner;
 
+/// What the console needs of a store: to manage keys, and to read other replicas' usage.
+pub(crate) trait Store: KeyStoreAdmin + UsageArchive + Clone {}
+
+impl<A: KeyStoreAdmin + UsageArchive + Clone> Store for A {}
+
 /// The state of every handler.
-pub(crate) type Console<A> = State<Arc<Inner<A>>>;
+pub(crate) type ConsoleState<A> = State<Arc<Inner<A>>>;
 
 /// The key the layer put into the request; none when the layer lets requests without a key
 /// through as anonymous, which the console does not.
@@ -201,7 +206,7 @@ pub(crate) struct Me {
     env_var: String,
 }
 
-impl<A: KeyStoreAdmin + UsageArchive + Clone> Inner<A> {
+impl<A: Store> Inner<A> {
     /// The caller of a request, or 401 / 403.
     fn caller(&self, key: Key) -> Result<Caller, ApiError> {
         let Some(Extension(key)) = key else {
@@ -221,6 +226,18 @@ impl<A: KeyStoreAdmin + UsageArchive + Clone> Inner<A> {
             Some(record) if caller.manages(record.owner.as_deref()) => Ok(record),
             _ => Err(ApiError::no_key()),
         }
+    }
+
+    /// Records a change `caller` made to key `record` in the audit trail.
+    fn record_change(
+        &self,
+        caller: &Caller,
+        action: &str,
+        record: &KeyRecord,
+        detail: Vec<String>,
+    ) {
+        let (actor, owner) = (caller.key.key_id(), record.owner.as_deref());
+        self.audit.record(actor, action, &record.id, owner, detail);
     }
 
     fn info(&self, record: &KeyRecord) -> KeyInfo {
@@ -296,8 +313,8 @@ fn duration(text: &str) -> Result<Duration, ApiError> {
 }
 
 /// Lists the keys the caller manages that match the query.
-pub(crate) async fn list<A: KeyStoreAdmin + UsageArchive + Clone>(
-    State(console): Console<A>,
+pub(crate) async fn list<A: Store>(
+    State(console): ConsoleState<A>,
     key: Key,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<KeyPage>, ApiError> {
@@ -346,8 +363,8 @@ pub(crate) async fn list<A: KeyStoreAdmin + UsageArchive + Clone>(
 }
 
 /// Issues a key; its plaintext is in this answer only.
-pub(crate) async fn create<A: KeyStoreAdmin + UsageArchive + Clone>(
-    State(console): Console<A>,
+pub(crate) async fn create<A: Store>(
+    State(console): ConsoleState<A>,
     key: Key,
     body: Result<Json<CreateKey>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -402,20 +419,13 @@ pub(crate) async fn create<A: KeyStoreAdmin + UsageArchive + Clone>(
         }
     }
     let created = console.keys.create(new).await?;
-    let record = &created.record;
-    console.audit.record(
-        caller.key.key_id(),
-        "create",
-        &record.id,
-        record.owner.as_deref(),
-        Vec::new(),
-    );
+    console.record_change(&caller, "create", &created.record, Vec::new());
     Ok(console.issued(&created))
 }
 
 /// One key.
-pub(crate) async fn show<A: KeyStoreAdmin + UsageArchive + Clone>(
-    State(console): Console<A>,
+pub(crate) async fn show<A: Store>(
+    State(console): ConsoleState<A>,
     key: Key,
     Path(id): Path<String>,
 ) -> Result<Json<KeyInfo>, ApiError> {
@@ -425,8 +435,8 @@ pub(crate) async fn show<A: KeyStoreAdmin + UsageArchive + Clone>(
 }
 
 /// Changes a key: everything asked is checked before anything is changed.
-pub(crate) async fn update<A: KeyStoreAdmin + UsageArchive + Clone>(
-    State(console): Console<A>,
+pub(crate) async fn update<A: Store>(
+    State(console): ConsoleState<A>,
     key: Key,
     Path(id): Path<String>,
     body: Result<Json<UpdateKey>, JsonRejection>,
@@ -439,6 +449,14 @@ pub(crate) async fn update<A: KeyStoreAdmin + UsageArchive + Clone>(
     }
     if body.plan.is_some() || body.limits.is_some() {
         caller.admin_only("a plan or limits")?;
+    }
+    // A self-service key may disable its owner's keys, never undo what an admin did: enable a
+    // disabled key, or move an expiry.
+    if body.disabled == Some(false) {
+        caller.admin_only("a key enabled again")?;
+    }
+    if body.expires_in.is_some() || body.expires_at.is_some() {
+        caller.admin_only("an expiry")?;
     }
     if let Some(Some(plan)) = &body.plan {
         console.check_plan(plan)?;
@@ -482,20 +500,14 @@ pub(crate) async fn update<A: KeyStoreAdmin + UsageArchive + Clone>(
         keys.set_disabled(&id, disabled).await?;
         changed.push(if disabled { "disabled" } else { "enabled" }.to_owned());
     }
-    console.audit.record(
-        caller.key.key_id(),
-        "update",
-        &id,
-        record.owner.as_deref(),
-        changed,
-    );
+    console.record_change(&caller, "update", &record, changed);
     let record = console.record(&caller, &id).await?;
     Ok(Json(console.info(&record)))
 }
 
 /// Issues a key with every setting of this one, which works for the grace period more.
-pub(crate) async fn rotate<A: KeyStoreAdmin + UsageArchive + Clone>(
-    State(console): Console<A>,
+pub(crate) async fn rotate<A: Store>(
+    State(console): ConsoleState<A>,
     key: Key,
     Path(id): Path<String>,
     body: Bytes,
@@ -515,19 +527,14 @@ pub(crate) async fn rotate<A: KeyStoreAdmin + UsageArchive + Clone>(
         .rotate(&id, grace.unwrap_or(GRACE))
         .await?
         .ok_or_else(ApiError::no_key)?;
-    console.audit.record(
-        caller.key.key_id(),
-        "rotate",
-        &id,
-        record.owner.as_deref(),
-        vec![format!("new key {}", created.record.id)],
-    );
+    let detail = vec![format!("new key {}", created.record.id)];
+    console.record_change(&caller, "rotate", &record, detail);
     Ok(console.issued(&created))
 }
 
 /// Revokes a key: it never works again.
-pub(crate) async fn revoke<A: KeyStoreAdmin + UsageArchive + Clone>(
-    State(console): Console<A>,
+pub(crate) async fn revoke<A: Store>(
+    State(console): ConsoleState<A>,
     key: Key,
     Path(id): Path<String>,
 ) -> Result<Json<KeyInfo>, ApiError> {
@@ -545,8 +552,8 @@ pub(crate) async fn revoke<A: KeyStoreAdmin + UsageArchive + Clone>(
 }
 
 /// Deletes a key.
-pub(crate) async fn delete<A: KeyStoreAdmin + UsageArchive + Clone>(
-    State(console): Console<A>,
+pub(crate) async fn delete<A: Store>(
+    State(console): ConsoleState<A>,
     key: Key,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -563,8 +570,8 @@ pub(crate) async fn delete<A: KeyStoreAdmin + UsageArchive + Clone>(
 }
 
 /// The usage of a key, an owner, or (admin) the whole service, across replicas.
-pub(crate) async fn usage<A: KeyStoreAdmin + UsageArchive + Clone>(
-    State(console): Console<A>,
+pub(crate) async fn usage<A: Store>(
+    State(console): ConsoleState<A>,
     key: Key,
     query: Result<Query<UsageQuery>, QueryRejection>,
 ) -> Result<Json<UsageReport>, ApiError> {
@@ -628,8 +635,8 @@ pub(crate) async fn usage<A: KeyStoreAdmin + UsageArchive + Clone>(
 }
 
 /// The changes made through the console that the caller may see, newest first.
-pub(crate) async fn audit<A: KeyStoreAdmin + UsageArchive + Clone>(
-    State(console): Console<A>,
+pub(crate) async fn audit<A: Store>(
+    State(console): ConsoleState<A>,
     key: Key,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<AuditPage>, ApiError> {
@@ -644,8 +651,8 @@ pub(crate) async fn audit<A: KeyStoreAdmin + UsageArchive + Clone>(
 }
 
 /// Who the caller is, and what the console offers it.
-pub(crate) async fn me<A: KeyStoreAdmin + UsageArchive + Clone>(
-    State(console): Console<A>,
+pub(crate) async fn me<A: Store>(
+    State(console): ConsoleState<A>,
     key: Key,
 ) -> Result<Json<Me>, ApiError> {
     let caller = console.caller(key)?;

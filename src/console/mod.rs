@@ -13,10 +13,11 @@
 //! - A key with the **admin** scope (`admin` unless [`Console::admin_scope`] says otherwise)
 //!   manages every key.
 //! - A key with the **self-service** scope (`keys:self` by default, [`Console::self_service_scope`])
-//!   manages the keys of its own owner only: it lists, creates, rotates, revokes and deletes
-//!   them, the Mesh SDK's `generate_api_key(name=...)`. It grants no scope it does not hold,
-//!   issues keys in its own environment on its own plan and limits, and sees another owner's key
-//!   as it sees a key that does not exist (404).
+//!   manages the keys of its own owner only: it lists, creates, rotates, revokes, disables and
+//!   deletes them, renames them and changes their scopes and metadata, the Mesh SDK's
+//!   `generate_api_key(name=...)`. It grants no scope it does not hold, issues keys in its own
+//!   environment on its own plan and limits, never enables a disabled key or moves an expiry (an
+//!   admin's decisions), and sees another owner's key as it sees a key that does not exist (404).
 //! - Any other key is refused with 403, no key with 401, as the layer refuses.
 //!
 //! The plaintext of a key is in the answer that issues it only (`Cache-Control: no-store`).

@@ -574,7 +574,8 @@
           const issued = await api('POST', path + '/rotate', { grace: grace.value });
           shownOnce(issued, 'The new key for ' + key.name);
         }) }, 'Rotate')),
-      key.state === 'revoked' ? null : h('button', { type: 'button', id: 'toggle', onclick: act(async () => {
+      // Enabling a disabled key is an admin's decision.
+      key.state === 'revoked' || (key.state === 'disabled' && me.role !== 'admin') ? null : h('button', { type: 'button', id: 'toggle', onclick: act(async () => {
         await api('PATCH', path, { disabled: key.state !== 'disabled' });
         await keyPage(id);
       }) }, key.state === 'disabled' ? 'Enable' : 'Disable'),
