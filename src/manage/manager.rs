@@ -561,6 +561,30 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
 
     /// Replaces key `id`'s metadata; returns whether it exists.
     ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use std::collections::BTreeMap;
+    /// use std::time::Duration;
+    /// use tower_api_key::manage::{ManageError, MAX_METADATA_ENTRIES};
+    /// use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, NewKey};
+    ///
+    /// let store = MemoryStore::new();
+    /// let layer = ApiKeyLayer::new("mesh", store.clone())?;
+    /// let keys = KeyManager::new(store).with_cache(layer.handle());
+    /// let id = keys.create(NewKey::new("ci")).await?.record.id;
+    /// let full: BTreeMap<String, String> =
+    ///     (0..MAX_METADATA_ENTRIES).map(|i| (format!("k{i}"), "v".into())).collect();
+    /// assert!(keys.set_metadata(&id, &full).await?);
+    /// // A rotation still adds `rotated_from` to a key whose metadata is full.
+    /// let next = keys.rotate(&id, Duration::ZERO).await?.unwrap();
+    /// assert_eq!(next.record.metadata.len(), MAX_METADATA_ENTRIES + 1);
+    /// let mut over = full;
+    /// over.insert("one-more".into(), "v".into());
+    /// assert!(matches!(keys.set_metadata(&id, &over).await, Err(ManageError::Invalid(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
     /// # Errors
     /// [`ManageError::Invalid`] for metadata past [`MAX_METADATA_ENTRIES`] or
     /// [`MAX_METADATA_LEN`]; [`ManageError::Store`] when the store fails.
@@ -681,12 +705,14 @@ fn validate_name(name: &str) -> Result<(), InvalidKey> {
     Ok(())
 }
 
-/// Refuses metadata with too many entries, or an entry too long.
+/// Refuses metadata with too many entries (`rotated_from`, which a rotation adds, not counted),
+/// or an entry too long.
 fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(), InvalidKey> {
     let too_long = |(key, value): (&String, &String)| {
         key.is_empty() || key.len() > MAX_METADATA_LEN || value.len() > MAX_METADATA_LEN
     };
-    if metadata.len() > MAX_METADATA_ENTRIES || metadata.iter().any(too_long) {
+    let entries = metadata.len() - usize::from(metadata.contains_key("rotated_from"));
+    if entries > MAX_METADATA_ENTRIES || metadata.iter().any(too_long) {
         return Err(InvalidKey::Metadata);
     }
     Ok(())

@@ -17,7 +17,7 @@ use crate::store::{KeyRecord, KeyState, StoreError};
 /// The longest key name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
-/// The most metadata entries a key holds.
+/// The most metadata entries a key holds, besides the `rotated_from` a rotation adds.
 pub const MAX_METADATA_ENTRIES: usize = 32;
 
 /// The longest metadata key or value, in bytes.
