@@ -584,6 +584,11 @@ mod console {
                 "INVALID_EXPIRY",
             ),
             (
+                json!({"name": "x", "expires_at": 1_000_000_000}),
+                StatusCode::BAD_REQUEST,
+                "INVALID_EXPIRY",
+            ),
+            (
                 json!({"name": "x", "plan": "platinum"}),
                 StatusCode::BAD_REQUEST,
                 "UNKNOWN_PLAN",

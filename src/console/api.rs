@@ -383,6 +383,13 @@ pub(crate) async fn create<A: Store>(
         new = new.metadata(name, value);
     }
     if let Some(at) = expiry(body.expires_in.as_deref(), body.expires_at)? {
+        // A key born expired is a mistake in the request.
+        if at <= SystemTime::now() {
+            return Err(ApiError::bad(
+                "INVALID_EXPIRY",
+                "the expiry is not in the future",
+            ));
+        }
         new = new.expires_at(at);
     }
     match &caller.role {
