@@ -113,9 +113,9 @@ pub(crate) struct RotateKey {
 
 /// A key just issued: the plaintext is in this answer only.
 #[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct Issued {
+pub(crate) struct Issued<'a> {
     /// The whole key. It is shown once: it is not kept, and no other answer holds it.
-    key: String,
+    key: &'a str,
     /// The line that puts it into the environment: `export MESH_API_KEY=…`.
     export: String,
     /// The reference's warning, to show with it.
@@ -246,10 +246,10 @@ impl<A: Store> Inner<A> {
 
     /// Refuses a plan the layer does not define.
     fn check_plan(&self, plan: &str) -> Result<(), ApiError> {
-        if self.handle.plans().iter().any(|(name, _)| name == plan) {
+        let known: Vec<String> = self.handle.plans().into_iter().map(|(n, _)| n).collect();
+        if known.iter().any(|name| name == plan) {
             return Ok(());
         }
-        let known: Vec<String> = self.handle.plans().into_iter().map(|(n, _)| n).collect();
         Err(ApiError::bad(
             "UNKNOWN_PLAN",
             format!("unknown plan {plan:?}; known: {}", known.join(", ")),
@@ -258,7 +258,7 @@ impl<A: Store> Inner<A> {
 
     /// The answer with a key just issued: 201, never cached.
     fn issued(&self, created: &CreatedKey) -> Response {
-        let key = created.key.expose_secret().to_owned();
+        let key = created.key.expose_secret();
         let body = Issued {
             export: format!("export {}={key}", self.env_var),
             key,
@@ -279,23 +279,20 @@ fn expiry(
 ) -> Result<Option<SystemTime>, ApiError> {
     match (expires_in, expires_at) {
         (Some(_), Some(_)) => Err(both_expiries()),
-        (Some(text), None) => {
-            let after = duration(text)?;
-            SystemTime::now()
-                .checked_add(after)
-                .map(Some)
-                .ok_or_else(|| {
-                    ApiError::bad("INVALID_EXPIRY", "times after the year 9999 are not kept")
-                })
-        }
-        (None, Some(secs)) => SystemTime::UNIX_EPOCH
-            .checked_add(Duration::from_secs(secs))
-            .map(Some)
-            .ok_or_else(|| {
-                ApiError::bad("INVALID_EXPIRY", "times after the year 9999 are not kept")
-            }),
+        (Some(text), None) => Ok(Some(after(SystemTime::now(), duration(text)?)?)),
+        (None, Some(secs)) => Ok(Some(after(
+            SystemTime::UNIX_EPOCH,
+            Duration::from_secs(secs),
+        )?)),
         (None, None) => Ok(None),
     }
+}
+
+/// `start + by`, if a clock can hold it (the manager refuses what is past the year 9999).
+fn after(start: SystemTime, by: Duration) -> Result<SystemTime, ApiError> {
+    start
+        .checked_add(by)
+        .ok_or_else(|| ApiError::bad("INVALID_EXPIRY", "times after the year 9999 are not kept"))
 }
 
 fn both_expiries() -> ApiError {

@@ -306,7 +306,7 @@
 
   /** Stacked bars: one bar per point, one segment per series. */
   function barChart(points, names, value) {
-    const width = 400, height = 170, left = 34, bottom = 20, top = 22;
+    const width = 400, height = 170, left = 46, bottom = 20, top = 22;
     const totals = points.map((p) => names.reduce((n, name) => n + value(p, name), 0));
     const max = Math.max(1, ...totals);
     const step = (width - left) / Math.max(1, points.length);
@@ -330,13 +330,13 @@
 
   /** Lines of p50, p95 and p99. */
   function lineChart(points) {
-    const width = 400, height = 170, left = 34, bottom = 20, top = 22;
+    const width = 400, height = 170, left = 46, bottom = 20, top = 22;
     const names = ['p50_ms', 'p95_ms', 'p99_ms'];
-    const max = Math.max(1, ...points.map((p) => (p.latency ? p.latency.p99_ms : 0)));
+    const max = Math.max(...points.map((p) => (p.latency ? p.latency.p99_ms : 0))) || 1;
     const step = (width - left) / Math.max(1, points.length);
     const chart = svg('svg', { viewBox: `0 0 ${width} ${height}`, role: 'img', class: 'plot',
       'aria-label': 'Latency percentiles over time' });
-    axes(chart, width, height, left, bottom, top, max, points);
+    axes(chart, width, height, left, bottom, top, max, points, ms);
     names.forEach((name, series) => {
       const coordinates = points.map((p, i) => p.latency
         ? `${left + i * step + step / 2},${height - bottom - (p.latency[name] / max) * (height - bottom - top)}`
@@ -356,10 +356,10 @@
     return chart;
   }
 
-  function axes(chart, width, height, left, bottom, top, max, points) {
+  function axes(chart, width, height, left, bottom, top, max, points, label) {
     chart.append(svg('line', { x1: left, y1: height - bottom, x2: width, y2: height - bottom, class: 'axis' }));
     chart.append(svg('line', { x1: left, y1: top, x2: left, y2: height - bottom, class: 'axis' }));
-    chart.append(svg('text', { x: left - 4, y: top + 4, class: 'tick end' }, number(Math.round(max))));
+    chart.append(svg('text', { x: left - 4, y: top + 4, class: 'tick end' }, label ? label(max) : number(Math.round(max))));
     chart.append(svg('text', { x: left - 4, y: height - bottom, class: 'tick end' }, '0'));
     if (points.length) {
       chart.append(svg('text', { x: left, y: height - 4, class: 'tick' }, date(points[0].start)));
@@ -568,8 +568,8 @@
     grace.setAttribute('aria-label', 'Grace period');
     const active = key.state === 'active';
     const actions = h('div', { class: 'actions' },
-      h('div', { class: 'rotate' }, grace,
-        h('button', { type: 'button', id: 'rotate', disabled: !active, onclick: act(async () => {
+      !active ? null : h('div', { class: 'rotate' }, grace,
+        h('button', { type: 'button', id: 'rotate', onclick: act(async () => {
           if (!await confirmDialog('Rotate this key?', `A new key with the same settings is issued; “${key.name}” keeps working for the grace period, then expires.`, 'Rotate')) return;
           const issued = await api('POST', path + '/rotate', { grace: grace.value });
           shownOnce(issued, 'The new key for ' + key.name);
@@ -606,7 +606,8 @@
       h('div', { class: 'page-head' }, h('h1', {}, key.name), badge(key.state)),
       status, actions,
       h('div', { class: 'columns' }, h('section', { class: 'card' }, h('h2', {}, 'Details'), details),
-        h('section', { class: 'card' }, h('h2', {}, 'Permissions'), scopes)),
+        // A revoked key's permissions no longer matter: nothing to edit.
+        key.state === 'revoked' ? null : h('section', { class: 'card' }, h('h2', {}, 'Permissions'), scopes)),
       usagePanel({ key: key.id }, 'Usage of this key'));
   }
 
