@@ -14,15 +14,11 @@ mod common;
 mod console {
     use std::sync::Mutex;
 
-    use axum::Router;
     use http::{Method, StatusCode};
     use serde_json::{json, Value};
-    use tower::Layer;
-    use tower_api_key::console::Console;
-    use tower_api_key::usage::Analytics;
-    use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, NewKey};
+    use tower_api_key::{KeyManager, MemoryStore};
 
-    use super::common::{api_key, items, serve, HttpClient, Reply};
+    use super::common::{api_key, console_app, serve, HttpClient, Reply};
 
     /// A server with the console at `/admin` and `/items/{id}` behind the same layer, an admin
     /// key, and every answer the test got (to count where a plaintext appears).
@@ -35,29 +31,13 @@ mod console {
 
     impl Server {
         async fn start() -> Server {
-            let store = MemoryStore::new();
-            let analytics = Analytics::new();
-            let layer = ApiKeyLayer::builder("mesh", store.clone())
-                .usage_sink(analytics.clone())
-                .build()
-                .unwrap();
-            let keys = KeyManager::new(store.clone()).with_cache(layer.handle());
-            let admin = keys
-                .create(NewKey::new("root").scopes(["admin"]))
-                .await
-                .unwrap();
-            let console = Console::new(&layer, store).analytics(analytics).scopes([
-                "read",
-                "write",
-                "admin",
-                "keys:self",
-            ]);
-            let app = Router::new()
-                .nest("/admin", console.router())
-                .merge(Router::new().nest_service("/app", layer.layer(items())));
+            let (app, keys, admin) = console_app("root", |console| {
+                console.scopes(["read", "write", "admin", "keys:self"])
+            })
+            .await;
             Server {
                 client: HttpClient::new(serve(app).await),
-                admin: admin.key.expose_secret().to_owned(),
+                admin,
                 keys,
                 seen: Mutex::default(),
             }
@@ -107,9 +87,9 @@ mod console {
             (json["key"].as_str().unwrap().to_owned(), id)
         }
 
-        /// The status of `GET /app/items/1` with `key`.
+        /// The status of `GET /items/1` with `key`.
         async fn use_key(&self, key: &str) -> StatusCode {
-            self.get("/app/items/1", key).await.status
+            self.get("/items/1", key).await.status
         }
     }
 
@@ -229,7 +209,7 @@ mod console {
             patch(json!({"disabled": true})).await.json()["state"],
             "disabled"
         );
-        let disabled = server.get("/app/items/1", &plaintext).await;
+        let disabled = server.get("/items/1", &plaintext).await;
         assert_eq!(disabled.status, StatusCode::UNAUTHORIZED);
         assert_eq!(disabled.code(), "API_KEY_DISABLED");
         assert_eq!(
@@ -286,7 +266,7 @@ mod console {
             )
             .await;
         assert_eq!(revoked.json()["state"], "revoked");
-        let after = server.get("/app/items/1", &plaintext).await;
+        let after = server.get("/items/1", &plaintext).await;
         assert_eq!(after.status, StatusCode::UNAUTHORIZED);
         assert_eq!(after.code(), "API_KEY_REVOKED");
         let again = server

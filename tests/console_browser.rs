@@ -19,16 +19,12 @@ mod browser {
     use std::path::PathBuf;
     use std::time::{Duration, Instant};
 
-    use axum::Router;
     use fantoccini::{Client, ClientBuilder, Locator};
     use http::StatusCode;
     use hyper_util::client::legacy::connect::HttpConnector;
     use serde_json::json;
-    use tower_api_key::console::Console;
-    use tower_api_key::usage::Analytics;
-    use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, NewKey};
 
-    use super::common::{api_key, items, serve, HttpClient};
+    use super::common::{api_key, console_app, serve, HttpClient};
 
     /// Where chromedriver listens.
     const DRIVER: &str = "TOWER_API_KEY_CHROMEDRIVER";
@@ -91,21 +87,7 @@ mod browser {
     #[tokio::test]
     #[ignore = "needs chromium and chromedriver: .ci/run installs and starts them (TOWER_API_KEY_CHROMEDRIVER)"]
     async fn an_operator_issues_uses_watches_and_revokes_a_key_in_the_browser() {
-        let store = MemoryStore::new();
-        let analytics = Analytics::new();
-        let layer = ApiKeyLayer::builder("mesh", store.clone())
-            .usage_sink(analytics.clone())
-            .build()
-            .unwrap();
-        let keys = KeyManager::new(store.clone()).with_cache(layer.handle());
-        let admin = keys
-            .create(NewKey::new("operator").scopes(["admin"]))
-            .await
-            .unwrap();
-        let console = Console::new(&layer, store).analytics(analytics);
-        let app = Router::new()
-            .nest("/admin", console.router())
-            .merge(items().route_layer(layer));
+        let (app, _keys, admin) = console_app("operator", |console| console).await;
         let addr = serve(app).await;
         let http = HttpClient::new(addr);
         let base = format!("http://{addr}/admin");
@@ -117,7 +99,7 @@ mod browser {
 
         // Sign in with the admin key.
         let field = browser.find(Locator::Css("#key")).await.unwrap();
-        field.send_keys(admin.key.expose_secret()).await.unwrap();
+        field.send_keys(&admin).await.unwrap();
         click(&browser, "#sign-in").await;
         wait_text(&browser, "#who-name", "operator · admin").await;
         wait_text(&browser, "main h1", "Overview").await;

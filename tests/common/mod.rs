@@ -320,6 +320,36 @@ pub fn items() -> Router {
     Router::new().route("/items/{id}", get(item))
 }
 
+/// A console's test bed: a layer with usage analytics over a memory store, `items()` behind it
+/// at `/items/{id}`, and the console `configure` makes of it nested at `/admin`. Returns the app
+/// and the plaintext of an admin key issued under `admin_name`.
+#[cfg(feature = "console")]
+pub async fn console_app(
+    admin_name: &str,
+    configure: impl FnOnce(
+        tower_api_key::console::Console<MemoryStore>,
+    ) -> tower_api_key::console::Console<MemoryStore>,
+) -> (Router, tower_api_key::KeyManager<MemoryStore>, String) {
+    use tower_api_key::{console::Console, usage::Analytics, KeyManager, NewKey};
+
+    let store = MemoryStore::new();
+    let analytics = Analytics::new();
+    let layer = ApiKeyLayer::builder("mesh", store.clone())
+        .usage_sink(analytics.clone())
+        .build()
+        .unwrap();
+    let keys = KeyManager::new(store.clone()).with_cache(layer.handle());
+    let admin = keys
+        .create(NewKey::new(admin_name).scopes(["admin"]))
+        .await
+        .unwrap();
+    let console = configure(Console::new(&layer, store).analytics(analytics));
+    let app = Router::new()
+        .nest("/admin", console.router())
+        .merge(items().route_layer(layer));
+    (app, keys, admin.key.expose_secret().to_owned())
+}
+
 /// `router` with each request's endpoint named by its route template: by the layer itself with
 /// the crate's `axum` feature, otherwise by a `usage::Endpoint` a middleware in front of the
 /// layer puts into the request (as an application without the feature does, and the demo).
