@@ -748,3 +748,101 @@ mod console {
         assert_eq!(unauthorized.headers["cache-control"], "no-store");
     }
 }
+
+/// Arbitrary request bodies and queries: the console answers each with a status and the
+/// reference's body, never a 500 and never a dropped connection.
+#[cfg(feature = "console")]
+mod hostile {
+    use http::{Method, StatusCode};
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    use super::common::{api_key, console_app, serve, HttpClient};
+
+    /// A JSON value of any type, or nested a little.
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            ".{0,40}".prop_map(Value::from),
+            Just(Value::from("x".repeat(600))),
+        ];
+        leaf.prop_recursive(2, 8, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("[a-z_]{1,8}", inner, 0..4)
+                    .prop_map(|map| json!(map)),
+            ]
+        })
+    }
+
+    /// An object with the console's own field names, each with any value.
+    fn body() -> impl Strategy<Value = String> {
+        let fields = [
+            "name",
+            "scopes",
+            "environment",
+            "owner",
+            "expires_in",
+            "expires_at",
+            "plan",
+            "limits",
+            "metadata",
+            "disabled",
+            "grace",
+        ];
+        prop_oneof![
+            proptest::collection::btree_map(
+                proptest::sample::select(fields.to_vec()),
+                value(),
+                0..5
+            )
+            .prop_map(|map| json!(map).to_string()),
+            ".{0,80}",
+            proptest::collection::vec(any::<u8>(), 0..80)
+                .prop_map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
+        ]
+    }
+
+    #[test]
+    fn arbitrary_bodies_and_queries_get_a_clear_answer() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let (client, admin, id) = runtime.block_on(async {
+            let (app, keys, admin) = console_app("root", |console| console).await;
+            let target = keys
+                .create(tower_api_key::NewKey::new("target"))
+                .await
+                .unwrap();
+            (HttpClient::new(serve(app).await), admin, target.record.id)
+        });
+        let auth = api_key(&admin);
+        let config = ProptestConfig {
+            cases: 300,
+            ..ProptestConfig::default()
+        };
+        proptest!(config, |(body in body(), query in "[a-z_=&%0-9.-]{0,40}", which in 0..5usize)| {
+            let (method, path) = match which {
+                0 => (Method::POST, "/admin/api/keys".to_owned()),
+                1 => (Method::PATCH, format!("/admin/api/keys/{id}")),
+                2 => (Method::POST, format!("/admin/api/keys/{id}/rotate")),
+                3 => (Method::GET, format!("/admin/api/keys?{query}")),
+                _ => (Method::GET, format!("/admin/api/usage?{query}")),
+            };
+            let reply = runtime.block_on(client.send_issuing(
+                method,
+                &path,
+                &[("authorization", &auth)],
+                &body,
+            ));
+            prop_assert!(reply.status != StatusCode::INTERNAL_SERVER_ERROR, "{}", reply.body);
+            if !reply.status.is_success() {
+                let json = reply.json();
+                prop_assert_eq!(json["status"].as_u64(), Some(u64::from(reply.status.as_u16())));
+                prop_assert!(json["code"].as_str().is_some_and(|code| !code.is_empty()));
+            }
+        });
+    }
+}
