@@ -198,11 +198,18 @@ mod browser {
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
         assert_eq!(refused.code(), "API_KEY_REVOKED");
 
+        // The activity page lists the changes, newest first: the revoke, then the creation.
+        click(&browser, "#nav a[href='#/activity']").await;
+        let trail = wait_text(&browser, "table.activity", "revoke").await;
+        let (revoke, create) = (trail.find("revoke"), trail.find("create"));
+        assert!(revoke < create, "newest first: {revoke:?} before {create:?}");
+        screenshot(&browser, "9-activity").await;
+
         // A narrow screen: the keys table becomes one card per key.
         browser.set_window_size(390, 844).await.unwrap();
         click(&browser, "#nav a[href='#/keys']").await;
         wait_text(&browser, "table.keys", "Production App").await;
-        screenshot(&browser, "9-narrow").await;
+        screenshot(&browser, "10-narrow").await;
 
         // Signing out forgets the key: the page asks for one again.
         click(&browser, "#sign-out").await;

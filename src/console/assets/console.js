@@ -169,6 +169,7 @@
       if (hash === '/' || hash === '') await overview();
       else if (hash === '/keys' || hash.startsWith('/keys?')) await keysPage(new URLSearchParams(hash.split('?')[1] || ''));
       else if (hash === '/new') newKey();
+      else if (hash === '/activity') await activity();
       else if (hash.startsWith('/keys/')) await keyPage(decodeURIComponent(hash.slice(6)));
       else show(notice('No such page.', 'error'));
     } catch (error) {
@@ -389,6 +390,28 @@
     const whose = me.role === 'admin' ? 'the whole service' : 'the keys of ' + me.owner;
     show(h('h1', {}, 'Overview'), h('p', { class: 'muted' }, 'Usage of ' + whose + '.'),
       usagePanel({}, 'Usage'));
+  }
+
+  /** The changes made through the console that the caller may see, newest first. */
+  async function activity() {
+    const trail = await api('GET', '/audit' + query({ limit: 200 }));
+    const table = h('table', { class: 'keys activity' }, h('caption', { class: 'visually-hidden' }, 'Changes'),
+      h('thead', {}, h('tr', {}, ...['When', 'Action', 'Key', 'Owner', 'By', 'Detail'].map((t) => h('th', { scope: 'col' }, t)))));
+    const tbody = h('tbody');
+    for (const event of trail.events) {
+      tbody.append(h('tr', {},
+        h('td', { 'data-label': 'When' }, date(event.at)),
+        h('td', { 'data-label': 'Action' }, h('span', { class: 'badge action ' + event.action }, event.action)),
+        h('td', { 'data-label': 'Key' }, h('a', { href: '#/keys/' + encodeURIComponent(event.key_id) }, h('code', {}, event.key_id))),
+        h('td', { 'data-label': 'Owner' }, event.owner || '—'),
+        h('td', { 'data-label': 'By' }, h('code', {}, event.actor)),
+        h('td', { 'data-label': 'Detail' }, event.detail.join(', ') || '—')));
+    }
+    if (!trail.events.length) tbody.append(h('tr', {}, h('td', { colspan: 6, class: 'muted' }, 'No changes yet.')));
+    table.append(tbody);
+    show(h('h1', {}, 'Activity'),
+      h('p', { class: 'muted' }, 'Keys created, changed, rotated, revoked and deleted through this console, newest first (kept in memory by this process).'),
+      h('div', { class: 'scroll' }, table));
   }
 
   async function keysPage(params) {
