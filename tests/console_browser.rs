@@ -202,7 +202,10 @@ mod browser {
         click(&browser, "#nav a[href='#/activity']").await;
         let trail = wait_text(&browser, "table.activity", "revoke").await;
         let (revoke, create) = (trail.find("revoke"), trail.find("create"));
-        assert!(revoke < create, "newest first: {revoke:?} before {create:?}");
+        assert!(
+            revoke < create,
+            "newest first: {revoke:?} before {create:?}"
+        );
         screenshot(&browser, "9-activity").await;
 
         // A narrow screen: the keys table becomes one card per key.
