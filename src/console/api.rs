@@ -465,14 +465,12 @@ pub(crate) async fn update<A: Store>(
     if let Some(Some(plan)) = &body.plan {
         console.check_plan(plan)?;
     }
-    let expires = match (&body.expires_in, body.expires_at) {
+    let expires = match (body.expires_in.as_deref(), body.expires_at) {
         (None, None) => None,
-        (Some(text), None) => Some(expiry(Some(text), None)?),
-        (None, Some(at)) => Some(match at {
-            Some(secs) => expiry(None, Some(secs))?,
-            None => None,
-        }),
         (Some(_), Some(_)) => return Err(both_expiries()),
+        // `"expires_at": null` clears the expiry.
+        (None, Some(None)) => Some(None),
+        (text, at) => Some(expiry(text, at.flatten())?),
     };
     let keys = &console.keys;
     let mut changed = Vec::new();
@@ -547,10 +545,7 @@ pub(crate) async fn revoke<A: Store>(
     if !console.keys.revoke(&id).await? {
         return Err(ApiError::no_key());
     }
-    let (actor, owner) = (caller.key.key_id(), record.owner.as_deref());
-    console
-        .audit
-        .record(actor, "revoke", &id, owner, Vec::new());
+    console.record_change(&caller, "revoke", &record, Vec::new());
     let record = console.record(&caller, &id).await?;
     Ok(Json(console.info(&record)))
 }
@@ -566,10 +561,7 @@ pub(crate) async fn delete<A: Store>(
     if !console.keys.delete(&id).await? {
         return Err(ApiError::no_key());
     }
-    let (actor, owner) = (caller.key.key_id(), record.owner.as_deref());
-    console
-        .audit
-        .record(actor, "delete", &id, owner, Vec::new());
+    console.record_change(&caller, "delete", &record, Vec::new());
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -620,7 +612,7 @@ pub(crate) async fn usage<A: Store>(
     let since = now - Duration::from_secs(hours * 3_600);
     let resolution = query.resolution.unwrap_or(Resolution::Minute);
     let mut report = analytics
-        .usage_across(&console.store, subject, since..now, resolution)
+        .usage_across(console.keys.store(), subject, since..now, resolution)
         .await?;
     if let Some(id) = &query.key {
         let standing = console.handle.standing(id).await.map_err(|error| {

@@ -93,7 +93,6 @@ pub struct Console<A> {
 /// What the handlers share.
 pub(crate) struct Inner<A> {
     keys: KeyManager<A>,
-    store: A,
     handle: ApiKeyHandle,
     analytics: Option<Analytics>,
     access: Access,
@@ -120,8 +119,7 @@ impl<A: KeyStoreAdmin + UsageArchive + Clone> Console<A> {
         let env_var = format!("{}_API_KEY", handle.format().prefix().to_uppercase());
         Console {
             inner: Inner {
-                keys: KeyManager::new(store.clone()).with_cache(handle.clone()),
-                store,
+                keys: KeyManager::new(store).with_cache(handle.clone()),
                 handle,
                 analytics: None,
                 access: Access {
