@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{Extensions, Request, Response};
@@ -72,7 +72,8 @@ where
         waiting: Option<Box<Waiting<S, ReqBody>>>,
     },
     /// Waiting for the inner service. `after` is boxed: it is there only when the layer counts
-    /// usage or limits, and inline it would add 80 bytes to every move of the future.
+    /// usage or limits, and inline it would add 96 bytes to every move of the future (measured:
+    /// 180 more instructions per request for a layer that counts nothing, in `memcpy`).
     Inner {
         #[pin]
         future: S::Future,
@@ -99,11 +100,19 @@ struct Waiting<S, ReqBody> {
 pub(crate) struct After {
     shared: Arc<Shared>,
     principal: Principal,
-    /// When the inner service was called, if usage is counted: the request's time, and the
-    /// instant to measure the service's time from.
-    started: Option<(SystemTime, Instant)>,
-    origin: Origin,
+    /// If usage is counted: when the inner service was called.
+    started: Option<Started>,
+    /// The limiter's decision, for the `RateLimit` headers.
     decision: Option<Decision>,
+}
+
+/// When the inner service was called, for the usage sink.
+struct Started {
+    /// The request's time, as the layer read it.
+    at: SystemTime,
+    /// The layer's timer when the service was called, raw.
+    raw: u64,
+    origin: Origin,
 }
 
 /// Where a request stands once its key was looked up.
@@ -341,11 +350,11 @@ fn admit(
     trace::accepted(principal.key_id());
     let after = (shared.usage.is_some() || decision.is_some()).then(|| {
         Box::new(After {
-            started: shared.usage.as_ref().map(|_| {
-                let at = request.at.unwrap_or_else(|| shared.clock.now());
-                (at, Instant::now())
+            started: shared.timer.as_ref().map(|timer| Started {
+                at: request.at.unwrap_or_else(|| shared.clock.now()),
+                origin: shared.origin(request),
+                raw: timer.raw(),
             }),
-            origin: shared.origin(request),
             shared: Arc::clone(shared),
             principal: principal.clone(),
             decision,
@@ -439,8 +448,8 @@ impl After {
         if let Some(decision) = &self.decision {
             decision.write_headers(response.headers_mut());
         }
-        if let Some((at, started)) = self.started {
-            let latency = started.elapsed();
+        if let (Some(started), Some(timer)) = (self.started, &self.shared.timer) {
+            let latency = timer.delta(started.raw, timer.raw());
             let outcome = response
                 .extensions()
                 .get::<Rejection>()
@@ -450,8 +459,8 @@ impl After {
                 outcome,
                 status: response.status(),
                 latency: Some(latency),
-                origin: &self.origin,
-                at: Some(at + latency),
+                origin: &started.origin,
+                at: Some(started.at + latency),
             });
         }
     }

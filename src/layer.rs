@@ -596,6 +596,9 @@ impl ApiKeyLayerBuilder {
         let limiter = self
             .limiter
             .unwrap_or_else(|| Arc::new(MemoryLimiter::new()));
+        // Made here, not in the first request: the first calibrates the counter (about half a
+        // millisecond).
+        let timer = self.usage.is_some().then(quanta::Clock::new);
         Ok(ApiKeyLayer {
             shared: Arc::new(Shared {
                 reading: KeyReading {
@@ -612,6 +615,7 @@ impl ApiKeyLayerBuilder {
                 authority,
                 limiter,
                 usage: self.usage,
+                timer,
                 countries: self.countries,
                 clock,
             }),

@@ -29,6 +29,9 @@ pub(crate) struct Shared {
     pub(crate) limiter: Arc<dyn Limiter>,
     /// Counting it, if the layer was given a sink.
     pub(crate) usage: Option<Arc<dyn UsageSink>>,
+    /// The service's time is measured on it, when there is a sink: the CPU's counter, read raw
+    /// and scaled once per request (about 10 ns a read where `std::time::Instant` takes 25).
+    pub(crate) timer: Option<quanta::Clock>,
     /// Where the client's country is read from, for the usage sink.
     pub(crate) countries: Option<Arc<dyn CountryResolver>>,
     /// Answering: the scope hierarchy and the rejections, shared with every principal.

@@ -1,5 +1,6 @@
 //! [`Analytics`]: usage over time per key, per owner and for the whole service, in memory.
 
+use std::cell::Cell;
 use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,6 +12,7 @@ use foldhash::fast::RandomState;
 
 use super::bucket::{Bucket, Sample};
 use super::report::{ranked, Point, Resolution, Subject, UsageReport};
+use super::run::{Run, Whose};
 use super::series::Series;
 use super::{UsageEvent, UsageSink};
 use crate::clock::unix_seconds;
@@ -87,22 +89,37 @@ struct Inner {
     /// Keyed by verified keys only (foldhash, seeded per map): a client cannot choose the ids.
     keys: DashMap<Box<str>, Mutex<Series>, RandomState>,
     unauthenticated: [Mutex<Series>; SHARDS],
+    /// The runs of requests of the threads of each shard, not yet in their series.
+    runs: [Padded; SHARDS],
 }
 
-/// How many series the unauthenticated requests are spread over.
+/// A run's lock on a cache line of its own: the threads of different shards do not share one.
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded(Mutex<Run>);
+
+/// How many shards threads are spread over: each has a run and a series of the unauthenticated
+/// requests.
 const SHARDS: usize = 8;
 
-/// The unauthenticated series this thread records in.
+/// The shard this thread records in.
 fn shard() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        // Set on the thread's first request; a constant start, so reading it is one load.
+        static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
     }
-    SHARD.with(|shard| *shard)
+    SHARD.with(|shard| {
+        if shard.get() == usize::MAX {
+            shard.set(NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS);
+        }
+        shard.get()
+    })
 }
 
-/// The series, even if a thread panicked while holding it: a count cut short is still a count.
-fn lock(series: &Mutex<Series>) -> MutexGuard<'_, Series> {
+/// A series or a run, even if a thread panicked while holding it: a count cut short is still a
+/// count.
+fn lock<T>(series: &Mutex<T>) -> MutexGuard<'_, T> {
     series.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -135,17 +152,20 @@ impl Analytics {
                 flushing: tokio::sync::Mutex::new(()),
                 keys: DashMap::default(),
                 unauthenticated: Default::default(),
+                runs: Default::default(),
             }),
         }
     }
 
     /// How many keys have usage kept.
     pub fn keys(&self) -> usize {
+        self.settle();
         self.inner.keys.len()
     }
 
     /// How many buckets are kept, of every key and resolution: what memory use grows with.
     pub fn buckets(&self) -> usize {
+        self.settle();
         let keys: usize = self
             .inner
             .keys
@@ -179,6 +199,7 @@ impl Analytics {
     ) -> UsageReport {
         let window = Window::of(&range, resolution);
         let mut buckets = window.buckets();
+        self.settle();
         self.add_local(subject, &window, &mut buckets);
         self.report(subject, &window, &buckets)
     }
@@ -219,6 +240,7 @@ impl Analytics {
                 slot.merge(&bucket, self.inner.config.max_endpoints);
             }
         }
+        self.settle();
         self.add_local(subject, &window, &mut buckets);
         Ok(self.report(subject, &window, &buckets))
     }
@@ -234,6 +256,7 @@ impl Analytics {
     /// When the store fails.
     pub async fn flush<A: UsageArchive + ?Sized>(&self, archive: &A) -> Result<usize, StoreError> {
         let _one_at_a_time = self.inner.flushing.lock().await;
+        self.settle();
         let replica = &*self.inner.replica;
         let mut rows = Vec::new();
         // Where each row came from (a key, or an unauthenticated shard), to mark it changed
@@ -319,6 +342,43 @@ impl Analytics {
                 }
             }
         })
+    }
+
+    /// Merges every thread's run into its series, so what is read next counts every request
+    /// recorded before.
+    fn settle(&self) {
+        for (shard, run) in self.inner.runs.iter().enumerate() {
+            self.end_run(shard, &mut lock(&run.0));
+        }
+    }
+
+    /// Merges what `run` (of `shard`) counted into its series.
+    fn end_run(&self, shard: usize, run: &mut Run) {
+        let max_endpoints = self.inner.config.max_endpoints;
+        run.drain(|whose, secs, counts| {
+            self.add(shard, whose, |series| {
+                series.merge(counts, secs, max_endpoints);
+            });
+        });
+    }
+
+    /// Adds to the series of `whose` with `add`: its key's (made on its first request), or the
+    /// unauthenticated series of `shard`.
+    fn add(&self, shard: usize, whose: &Whose<'_>, add: impl FnOnce(&mut Series)) {
+        let Some(id) = whose.key else {
+            return add(&mut lock(&self.inner.unauthenticated[shard]));
+        };
+        let record = |series: &Mutex<Series>| {
+            let mut series = lock(series);
+            if series.owner.as_deref() != whose.owner {
+                series.owner = whose.owner.map(Box::from);
+            }
+            add(&mut series);
+        };
+        match self.inner.keys.get(id) {
+            Some(series) => record(&series),
+            None => record(&self.inner.keys.entry(id.into()).or_default()),
+        }
     }
 
     /// Whether this process wrote rows of `replica`.
@@ -447,21 +507,20 @@ impl UsageSink for Analytics {
             latency_ms: event.latency.map(|latency| latency.as_secs_f64() * 1_000.0),
         };
         let secs = unix_seconds(event.at);
+        let minute = secs / 60;
         let max_endpoints = self.inner.config.max_endpoints;
-        let Some(id) = event.key_id else {
-            let series = &self.inner.unauthenticated[shard()];
-            return lock(series).record(&sample, secs, max_endpoints);
-        };
-        let record = |series: &Mutex<Series>| {
-            let mut series = lock(series);
-            if series.owner.as_deref() != event.owner {
-                series.owner = event.owner.map(Box::from);
-            }
-            series.record(&sample, secs, max_endpoints);
-        };
-        match self.inner.keys.get(id) {
-            Some(series) => record(&series),
-            None => record(&self.inner.keys.entry(id.into()).or_default()),
+        let whose = Whose::of(event);
+        let shard = shard();
+        let mut run = lock(&self.inner.runs[shard].0);
+        if run.continues(&whose, minute) {
+            return run.record(&sample, secs, max_endpoints);
         }
+        self.end_run(shard, &mut run);
+        // The first request of a run goes to its series at once: a thread whose requests change
+        // key every time counts each once, as without runs.
+        self.add(shard, &whose, |series| {
+            series.record(&sample, secs, max_endpoints);
+        });
+        run.start(&whose, minute);
     }
 }

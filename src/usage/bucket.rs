@@ -60,10 +60,22 @@ fn add<T: PartialEq + ?Sized, O: std::borrow::Borrow<T>>(
 impl Bucket {
     /// Records one request; `max_endpoints` bounds how many endpoints the bucket names.
     pub(crate) fn record(&mut self, sample: &Sample<'_>, max_endpoints: usize) {
+        self.add_outcome(sample.outcome, 1);
+        self.record_answer(sample, max_endpoints);
+        if let Some(ms) = sample.latency_ms {
+            self.latency.add(ms);
+        }
+    }
+
+    /// Adds `by` requests of `outcome`.
+    pub(crate) fn add_outcome(&mut self, outcome: Outcome, by: u64) {
         self.dirty = true;
-        add(&mut self.outcomes, &sample.outcome, 1, || {
-            Some(sample.outcome)
-        });
+        add(&mut self.outcomes, &outcome, by, || Some(outcome));
+    }
+
+    /// Records `sample`'s status, endpoint and country (not its outcome or latency).
+    pub(crate) fn record_answer(&mut self, sample: &Sample<'_>, max_endpoints: usize) {
+        self.dirty = true;
         if let Some(status) = sample.status {
             add(&mut self.statuses, &status, 1, || Some(status));
         }
@@ -72,9 +84,6 @@ impl Bucket {
         }
         if let Some(country) = sample.country {
             add(&mut self.countries, &country, 1, || Some(country));
-        }
-        if let Some(ms) = sample.latency_ms {
-            self.latency.add(ms);
         }
     }
 
@@ -114,6 +123,17 @@ impl Bucket {
         self.statuses.shrink_to_fit();
         self.endpoints.shrink_to_fit();
         self.countries.shrink_to_fit();
+    }
+
+    /// Empties the bucket, keeping its lists' room for the next requests.
+    pub(crate) fn clear(&mut self) {
+        self.outcomes.clear();
+        self.statuses.clear();
+        self.endpoints.clear();
+        self.other_endpoints = 0;
+        self.countries.clear();
+        self.latency.clear();
+        self.dirty = false;
     }
 
     /// Requests in all.

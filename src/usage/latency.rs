@@ -62,6 +62,12 @@ impl Latencies {
         (self.bins.iter()).fold(self.zeros, |total, (_, count)| total.saturating_add(*count))
     }
 
+    /// No latencies, keeping the bins' room.
+    pub(crate) fn clear(&mut self) {
+        self.bins.clear();
+        self.zeros = 0;
+    }
+
     /// Frees what the bins do not use.
     pub(crate) fn shrink(&mut self) {
         self.bins.shrink_to_fit();
@@ -116,6 +122,93 @@ impl Latencies {
         });
         self.bins.retain(|(_, count)| *count > 0);
         Ok(self)
+    }
+}
+
+/// Latencies counted densely, by bin: adding one is an index into a slice rather than a search.
+/// A thread's run of requests counts in one and hands the bins it touched to a bucket's
+/// [`Latencies`] when it ends. It keeps its room from run to run: at most [`MAX_BINS`] counts.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    /// The key of `counts[0]`.
+    first: i32,
+    counts: Vec<u64>,
+    /// The indexes of `counts` added to since it was last drained.
+    touched: std::ops::Range<usize>,
+    zeros: u64,
+    /// Latencies too far from the others for `counts` to span them.
+    far: Latencies,
+}
+
+impl Tally {
+    /// Adds one latency.
+    pub(crate) fn add(&mut self, ms: f64) {
+        if !(ms > CONFIG.min_possible() && ms.is_finite()) {
+            self.zeros += 1;
+            return;
+        }
+        let key = CONFIG.key(ms);
+        let at = usize::try_from(i64::from(key) - i64::from(self.first)).ok();
+        match at.and_then(|at| Some((at, self.counts.get_mut(at)?))) {
+            Some((at, count)) => {
+                *count += 1;
+                self.touch(at);
+            }
+            None => self.add_outside(key),
+        }
+    }
+
+    fn touch(&mut self, at: usize) {
+        if self.touched.is_empty() {
+            self.touched = at..at + 1;
+        } else {
+            self.touched = self.touched.start.min(at)..self.touched.end.max(at + 1);
+        }
+    }
+
+    /// Adds a latency of bin `key`, outside the bins counted so far: they grow to span it, up
+    /// to [`MAX_BINS`]; beyond, it is kept sparsely.
+    #[cold]
+    fn add_outside(&mut self, key: i32) {
+        if self.counts.is_empty() {
+            self.first = key;
+        }
+        let low = i64::from(self.first.min(key));
+        let high = i64::from(self.first) + self.counts.len() as i64 - 1;
+        let high = high.max(i64::from(key));
+        if high - low >= MAX_BINS as i64 {
+            return self.far.add_to_bin(key, 1);
+        }
+        let below = usize::try_from(i64::from(self.first) - low).unwrap_or(0);
+        if below > 0 {
+            self.counts.splice(0..0, std::iter::repeat_n(0, below));
+            self.first = key;
+            if !self.touched.is_empty() {
+                self.touched = self.touched.start + below..self.touched.end + below;
+            }
+        }
+        let span = usize::try_from(high - low + 1).unwrap_or(0);
+        self.counts.resize(span, 0);
+        let at = usize::try_from(i64::from(key) - i64::from(self.first)).unwrap_or(0);
+        self.counts[at] += 1;
+        self.touch(at);
+    }
+
+    /// Adds its latencies to `into` and empties it, keeping its room.
+    pub(crate) fn drain_into(&mut self, into: &mut Latencies) {
+        let touched = std::mem::take(&mut self.touched);
+        for (at, count) in self.counts[touched.clone()].iter_mut().enumerate() {
+            if *count > 0 {
+                let key = i64::from(self.first) + (touched.start + at) as i64;
+                into.add_to_bin(
+                    i32::try_from(key).unwrap_or(i32::MAX),
+                    std::mem::take(count),
+                );
+            }
+        }
+        add(&mut into.zeros, std::mem::take(&mut self.zeros));
+        into.merge(&self.far);
+        self.far.clear();
     }
 }
 

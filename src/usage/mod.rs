@@ -56,6 +56,8 @@ mod metrics_sink;
 mod report;
 mod route;
 #[cfg(feature = "analytics")]
+mod run;
+#[cfg(feature = "analytics")]
 mod series;
 mod store;
 

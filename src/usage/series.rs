@@ -65,11 +65,23 @@ fn oldest(secs: u64, resolution: Resolution) -> u64 {
 impl Series {
     /// Records `sample` of second `secs`; `max_endpoints` bounds each bucket's endpoints.
     pub(crate) fn record(&mut self, sample: &Sample<'_>, secs: u64, max_endpoints: usize) {
+        self.add(secs, |bucket| bucket.record(sample, max_endpoints));
+    }
+
+    /// Adds `counts`, requests of the minute of second `secs` (a thread's run of them), as if
+    /// each had been recorded.
+    pub(crate) fn merge(&mut self, counts: &Bucket, secs: u64, max_endpoints: usize) {
+        self.add(secs, |bucket| bucket.merge(counts, max_endpoints));
+    }
+
+    /// Adds to the buckets of second `secs` with `add`: its minute's, and its hour's and day's
+    /// too when the minute was closed already.
+    fn add(&mut self, secs: u64, mut add: impl FnMut(&mut Bucket)) {
         let minute = index(secs, Resolution::Minute);
         // Nearly always: a request of the open minute.
         if let Some((open, bucket)) = self.minutes.buckets.back_mut() {
             if *open == minute {
-                return bucket.record(sample, max_endpoints);
+                return add(bucket);
             }
         }
         let open = self.minutes.buckets.back().map(|(i, _)| *i);
@@ -79,7 +91,7 @@ impl Series {
         // The newest second seen, which retention counts back from.
         let now = secs.max(open.map_or(0, |open| open * 60));
         if let Some(bucket) = self.minutes.bucket(minute, oldest(now, Resolution::Minute)) {
-            bucket.record(sample, max_endpoints);
+            add(bucket);
         }
         if open.is_some_and(|open| minute < open) {
             // Late: its minute is in its hour and day already.
@@ -89,7 +101,7 @@ impl Series {
             ] {
                 if let Some(bucket) = ring.bucket(index(secs, resolution), oldest(now, resolution))
                 {
-                    bucket.record(sample, max_endpoints);
+                    add(bucket);
                     bucket.pack();
                 }
             }

@@ -1,0 +1,105 @@
+//! A thread's run of requests: consecutive requests of one key (or of no verified key) in one
+//! minute, counted in a bucket of the thread's own and merged into the key's series when the run
+//! ends. A hot key's requests then cost a bucket's counts under the thread's uncontended lock,
+//! not a map lookup and its series' lock each.
+//!
+//! A run ends when its thread records a request of another key, owner or minute, and whenever
+//! the usage is read or flushed, so nothing read is ever missing a request already answered.
+
+use super::bucket::{Bucket, Sample};
+use super::latency::Tally;
+use super::{Outcome, UsageEvent, OUTCOMES};
+
+/// Whose requests a run counts, and how many of them.
+#[derive(Debug, Default)]
+pub(crate) struct Run {
+    /// The key's id; empty, with `verified` false, for requests whose key was not verified.
+    key: String,
+    verified: bool,
+    /// The owner's id, if `owned`. Both strings keep their room from run to run.
+    owner: String,
+    owned: bool,
+    /// The minute (seconds since 1970 divided by 60).
+    minute: u64,
+    /// The latest second of its requests.
+    secs: u64,
+    /// Its requests' counts, empty until the run's second request (the first is recorded in its
+    /// series straight away, so a thread that never sees a key twice in a row pays little
+    /// more): by outcome and latency here, densely; the rest in `counts`, which the others join
+    /// when the run is drained.
+    outcomes: [u64; OUTCOMES],
+    latency: Tally,
+    counts: Bucket,
+    /// Whether `counts` holds any request.
+    pending: bool,
+}
+
+/// Who an event is of: its key's id (if verified) and owner.
+pub(crate) struct Whose<'a> {
+    pub(crate) key: Option<&'a str>,
+    pub(crate) owner: Option<&'a str>,
+}
+
+impl<'a> Whose<'a> {
+    pub(crate) fn of(event: &UsageEvent<'a>) -> Self {
+        Whose {
+            key: event.key_id,
+            owner: event.owner,
+        }
+    }
+}
+
+impl Run {
+    /// Whether a request of `whose` in `minute` continues this run.
+    pub(crate) fn continues(&self, whose: &Whose<'_>, minute: u64) -> bool {
+        self.minute == minute
+            && self.verified == whose.key.is_some()
+            && self.key == whose.key.unwrap_or("")
+            && self.owned == whose.owner.is_some()
+            && self.owner == whose.owner.unwrap_or("")
+    }
+
+    /// Counts `sample` of second `secs` in this run.
+    pub(crate) fn record(&mut self, sample: &Sample<'_>, secs: u64, max_endpoints: usize) {
+        self.outcomes[sample.outcome.index()] += 1;
+        if let Some(ms) = sample.latency_ms {
+            self.latency.add(ms);
+        }
+        self.counts.record_answer(sample, max_endpoints);
+        self.secs = self.secs.max(secs);
+        self.pending = true;
+    }
+
+    /// Hands what the run counted, if anything, to `into` (whose, the latest second, the
+    /// counts), and empties it; the run goes on for the same key and minute.
+    pub(crate) fn drain(&mut self, into: impl FnOnce(&Whose<'_>, u64, &Bucket)) {
+        if std::mem::take(&mut self.pending) {
+            for (outcome, count) in Outcome::all().zip(&mut self.outcomes) {
+                if *count > 0 {
+                    self.counts.add_outcome(outcome, std::mem::take(count));
+                }
+            }
+            self.latency.drain_into(&mut self.counts.latency);
+            let whose = Whose {
+                key: self.verified.then_some(&*self.key),
+                owner: self.owned.then_some(&*self.owner),
+            };
+            into(&whose, self.secs, &self.counts);
+            self.counts.clear();
+        }
+    }
+
+    /// Starts a run of `whose` in `minute`, empty. Call it after [`drain`](Self::drain).
+    pub(crate) fn start(&mut self, whose: &Whose<'_>, minute: u64) {
+        debug_assert!(!self.pending, "a run was started over one not taken");
+        self.key.clear();
+        self.key.push_str(whose.key.unwrap_or(""));
+        self.verified = whose.key.is_some();
+        self.owner.clear();
+        self.owner.push_str(whose.owner.unwrap_or(""));
+        self.owned = whose.owner.is_some();
+        self.minute = minute;
+        self.secs = 0;
+        self.counts.clear();
+    }
+}
