@@ -524,3 +524,195 @@ impl UsageSink for Analytics {
         run.start(&whose, minute);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::mpsc::channel;
+    use std::time::UNIX_EPOCH;
+
+    use http::StatusCode;
+
+    use super::*;
+    use crate::reject::Rejection;
+    use crate::usage::Outcome;
+    use crate::MemoryStore;
+
+    /// A midnight.
+    const START: u64 = 1_800_000_000 - 1_800_000_000 % 86_400;
+
+    /// A request of `key` (owned by `acme`), or of no verified key, at second `secs`.
+    fn event(key: Option<&str>, secs: u64, ms: u64) -> UsageEvent<'_> {
+        UsageEvent {
+            key_id: key,
+            owner: key.map(|_| "acme"),
+            outcome: match key {
+                Some(_) => Outcome::Ok,
+                None => Outcome::Rejected(Rejection::InvalidApiKey),
+            },
+            status: Some(StatusCode::OK),
+            latency: Some(Duration::from_millis(ms)),
+            endpoint: Some("/items/{id}"),
+            country: None,
+            ..UsageEvent::new(UNIX_EPOCH + Duration::from_secs(secs))
+        }
+    }
+
+    /// The day from `START`, by minute.
+    fn day(analytics: &Analytics, subject: Subject<'_>) -> UsageReport {
+        let from = UNIX_EPOCH + Duration::from_secs(START);
+        let to = from + Duration::from_secs(86_400);
+        analytics.usage(subject, from..to, Resolution::Minute)
+    }
+
+    #[test]
+    fn a_run_held_open_on_its_thread_is_read_and_flushed() {
+        let analytics = Analytics::new();
+        let (to_main, from_thread) = channel();
+        let (to_thread, from_main) = channel();
+        std::thread::scope(|scope| {
+            let analytics = &analytics;
+            scope.spawn(move || {
+                for _ in 0..5 {
+                    analytics.record(&event(Some("k1"), START + 5, 3));
+                }
+                to_main.send(()).unwrap();
+                // Its run of k1 stays open while the main thread reads (which, if it fails,
+                // sends nothing more).
+                let wait = || from_main.recv_timeout(Duration::from_secs(30));
+                if wait().is_err() {
+                    return;
+                }
+                for _ in 0..3 {
+                    analytics.record(&event(Some("k1"), START + 6, 3));
+                }
+                to_main.send(()).unwrap();
+                let _ = wait();
+            });
+            from_thread.recv().unwrap();
+            assert_eq!(analytics.keys(), 1);
+            assert_eq!(day(&analytics, Subject::Key("k1")).totals.requests, 5);
+            to_thread.send(()).unwrap();
+            from_thread.recv().unwrap();
+            let report = day(&analytics, Subject::Owner("acme"));
+            assert_eq!(report.totals.requests, 8);
+            let latency = report.totals.latency.unwrap();
+            assert_eq!(latency.count, 8);
+            assert!((latency.p50_ms - 3.0).abs() <= 0.03, "{latency:?}");
+            // A flush takes the open run too: another replica reads all 8 from the store.
+            let store = MemoryStore::new();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            for _ in 0..2 {
+                analytics.record(&event(Some("k1"), START + 7, 3));
+            }
+            assert!(runtime.block_on(analytics.flush(&store)).unwrap() > 0);
+            let from = UNIX_EPOCH + Duration::from_secs(START);
+            let other = Analytics::new();
+            let across = runtime.block_on(other.usage_across(
+                &store,
+                Subject::Key("k1"),
+                from..from + Duration::from_secs(3_600),
+                Resolution::Hour,
+            ));
+            assert_eq!(across.unwrap().totals.requests, 10);
+            to_thread.send(()).unwrap();
+        });
+    }
+
+    /// A small generator of test data (xorshift), seeded per thread.
+    struct Xorshift(u64);
+
+    impl Xorshift {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    #[test]
+    fn threads_recording_while_others_read_lose_and_double_nothing() {
+        const THREADS: u64 = 4;
+        const EACH: u64 = 20_000;
+        const KEYS: [Option<&str>; 4] = [Some("k0"), Some("k1"), Some("k2"), None];
+        let analytics = Analytics::new();
+        // Requests whose recording has begun: a read never counts more.
+        let begun = AtomicU64::new(0);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let expected = std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let mut last = 0;
+                let mut reads = 0;
+                while !done.load(Ordering::Acquire) {
+                    let seen = day(&analytics, Subject::All).totals.requests;
+                    assert!(seen >= last, "{seen} after {last}");
+                    assert!(seen <= begun.load(Ordering::Acquire), "{seen} counted");
+                    last = seen;
+                    reads += 1;
+                }
+                reads
+            });
+            let writers: Vec<_> = (0..THREADS)
+                .map(|thread| {
+                    let (analytics, begun) = (&analytics, &begun);
+                    scope.spawn(move || {
+                        let mut random = Xorshift(0x9E37_79B9_7F4A_7C15 ^ (thread + 1));
+                        let mut counts = HashMap::new();
+                        for _ in 0..EACH {
+                            // Runs of the same key, broken by others; seconds out of order
+                            // over three minutes, so some requests come late.
+                            let key = KEYS[usize::try_from(random.below(4)).unwrap()];
+                            let secs = START + random.below(180);
+                            for _ in 0..=random.below(3) {
+                                begun.fetch_add(1, Ordering::AcqRel);
+                                analytics.record(&event(key, secs, 1 + random.below(50)));
+                                *counts.entry((key, secs / 60)).or_insert(0u64) += 1;
+                            }
+                        }
+                        counts
+                    })
+                })
+                .collect();
+            let mut expected = HashMap::new();
+            for writer in writers {
+                for (at, count) in writer.join().unwrap() {
+                    *expected.entry(at).or_insert(0) += count;
+                }
+            }
+            done.store(true, Ordering::Release);
+            assert!(reader.join().unwrap() > 0);
+            expected
+        });
+        for key in KEYS {
+            let report = match key {
+                Some(id) => day(&analytics, Subject::Key(id)),
+                None => {
+                    let all = day(&analytics, Subject::All);
+                    let keys: u64 = (KEYS.iter().flatten())
+                        .map(|id| day(&analytics, Subject::Key(id)).totals.requests)
+                        .sum();
+                    assert_eq!(all.totals.latency.unwrap().count, all.totals.requests);
+                    assert_eq!(all.totals.requests, begun.load(Ordering::Acquire));
+                    // What no key's series holds is the unverified requests'.
+                    let unverified = all.totals.requests - keys;
+                    let want: u64 = (expected.iter())
+                        .filter(|((k, _), _)| k.is_none())
+                        .map(|(_, count)| count)
+                        .sum();
+                    assert_eq!(unverified, want);
+                    continue;
+                }
+            };
+            for minute in 0..3 {
+                let want = expected.get(&(key, START / 60 + minute)).copied();
+                let got = report.series[usize::try_from(minute).unwrap()].requests;
+                assert_eq!(got, want.unwrap_or(0), "{key:?} minute {minute}");
+            }
+            assert_eq!(report.totals.latency.unwrap().count, report.totals.requests);
+        }
+    }
+}

@@ -260,3 +260,44 @@ mod tests {
         assert!(p50 > 0.0);
     }
 }
+
+#[cfg(test)]
+mod tally_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Latencies of every kind: zero, tiny, usual, huge and not a number.
+    fn latency() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            Just(0.0),
+            Just(f64::NAN),
+            1e-12..1e-6f64,
+            0.01..10.0f64,
+            1.0..100_000.0f64,
+            1e9..1e30f64,
+        ]
+    }
+
+    proptest! {
+        /// Counted in a tally and drained, run after run, latencies end up in the same bins as
+        /// added one by one.
+        #[test]
+        fn a_tally_drains_into_the_bins_of_its_latencies(
+            runs in prop::collection::vec(prop::collection::vec(latency(), 0..40), 1..6),
+        ) {
+            let mut tally = Tally::default();
+            let mut drained = Latencies::default();
+            let mut direct = Latencies::default();
+            for run in &runs {
+                for &ms in run {
+                    tally.add(ms);
+                    direct.add(ms);
+                }
+                tally.drain_into(&mut drained);
+                prop_assert_eq!(&drained, &direct);
+            }
+            prop_assert!(tally.counts.len() <= MAX_BINS);
+        }
+    }
+}
