@@ -44,10 +44,14 @@ impl Default for AnalyticsConfig {
 /// outcome and status, the error rate, latency percentiles (p50, p95, p99), top endpoints and
 /// countries.
 ///
-/// A request is recorded in its minute's bucket, under the lock of its key's series: one map
-/// read and one uncontended lock. When a minute ends its bucket is merged into its hour and day.
-/// Requests whose key was not verified share a few series (sharded by thread), so made-up keys
-/// grow nothing.
+/// A request is counted in its thread's *run*: consecutive requests of one key (or of no
+/// verified key) in one minute, counted under the run's uncontended lock without a map lookup.
+/// A run ends, and is merged into its key's series, when its thread records another key or
+/// minute, and whenever usage is read or flushed: a report counts every request recorded before
+/// it began. A run's first request goes to the key's series at once (one map read, the series'
+/// lock), so requests that change key every time cost no more than without runs. When a minute
+/// ends its bucket is merged into its hour and day. Requests whose key was not verified share a
+/// few series (sharded by thread), so made-up keys grow nothing.
 ///
 /// Memory (`benches/memory.rs`): a key's first bucket about 600 bytes with the key's series,
 /// each further bucket about 450, plus 24 bytes per endpoint and country it names; latencies

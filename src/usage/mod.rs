@@ -17,7 +17,9 @@
 //! raw URI) and, when the layer has a [`CountryResolver`], the client's country.
 //!
 //! Recording holds no lock across an await: `MemoryUsage` adds a few atomics on a sharded map,
-//! `Analytics` updates its key's open bucket under that key's lock. Requests whose key was not
+//! `Analytics` counts in its thread's run of the key's requests, under that run's lock. The
+//! service's time is read from the CPU's counter (`quanta`), twice per request, only when the
+//! layer has a sink. Requests whose key was not
 //! verified (no key, malformed, unknown id, wrong secret, store down) count as unauthenticated,
 //! so a flood of made-up keys cannot grow either.
 //!
