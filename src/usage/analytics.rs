@@ -596,10 +596,10 @@ mod tests {
             });
             from_thread.recv().unwrap();
             assert_eq!(analytics.keys(), 1);
-            assert_eq!(day(&analytics, Subject::Key("k1")).totals.requests, 5);
+            assert_eq!(day(analytics, Subject::Key("k1")).totals.requests, 5);
             to_thread.send(()).unwrap();
             from_thread.recv().unwrap();
-            let report = day(&analytics, Subject::Owner("acme"));
+            let report = day(analytics, Subject::Owner("acme"));
             assert_eq!(report.totals.requests, 8);
             let latency = report.totals.latency.unwrap();
             assert_eq!(latency.count, 8);
