@@ -1,10 +1,10 @@
-//! A thread's run of requests: consecutive requests of one key (or of no verified key) in one
-//! minute, counted in a bucket of the thread's own and merged into the key's series when the run
-//! ends. A hot key's requests then cost a bucket's counts under the thread's uncontended lock,
-//! not a map lookup and its series' lock each.
+//! A run of requests: consecutive requests of one key (or of no verified key) in one minute,
+//! recorded by the threads of one shard (threads are spread over a few), counted apart and merged
+//! into the key's series when the run ends. A hot key's requests then cost a few counts under
+//! the shard's uncontended lock, not a map lookup and its series' lock each.
 //!
-//! A run ends when its thread records a request of another key, owner or minute, and whenever
-//! the usage is read or flushed, so nothing read is ever missing a request already answered.
+//! A run ends when its shard records a request of another key, owner or minute, and whenever
+//! the usage is read or flushed, so nothing read is ever missing a request already recorded.
 
 use super::bucket::{Bucket, Sample};
 use super::latency::Tally;
@@ -30,7 +30,7 @@ pub(crate) struct Run {
     outcomes: [u64; OUTCOMES],
     latency: Tally,
     counts: Bucket,
-    /// Whether `counts` holds any request.
+    /// Whether the run counted a request since it was last drained.
     pending: bool,
 }
 
