@@ -20,6 +20,11 @@ static CONFIG: LazyLock<Config> = LazyLock::new(Config::defaults);
 /// real latencies never reach it; bins read back beyond it are refused.
 const MAX_BINS: usize = 2048;
 
+/// The sketch's bin of a latency of `ms` milliseconds; `None` for (about) zero, or not a number.
+fn bin(ms: f64) -> Option<i32> {
+    (ms > CONFIG.min_possible() && ms.is_finite()).then(|| CONFIG.key(ms))
+}
+
 /// Latencies in milliseconds.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Latencies {
@@ -33,10 +38,9 @@ pub(crate) struct Latencies {
 impl Latencies {
     /// Adds one latency.
     pub(crate) fn add(&mut self, ms: f64) {
-        if ms > CONFIG.min_possible() && ms.is_finite() {
-            self.add_to_bin(CONFIG.key(ms), 1);
-        } else {
-            self.zeros += 1;
+        match bin(ms) {
+            Some(key) => self.add_to_bin(key, 1),
+            None => self.zeros += 1,
         }
     }
 
@@ -143,11 +147,10 @@ pub(crate) struct Tally {
 impl Tally {
     /// Adds one latency.
     pub(crate) fn add(&mut self, ms: f64) {
-        if !(ms > CONFIG.min_possible() && ms.is_finite()) {
+        let Some(key) = bin(ms) else {
             self.zeros += 1;
             return;
-        }
-        let key = CONFIG.key(ms);
+        };
         let at = usize::try_from(i64::from(key) - i64::from(self.first)).ok();
         match at.and_then(|at| Some((at, self.counts.get_mut(at)?))) {
             Some((at, count)) => {

@@ -123,9 +123,7 @@ impl HttpClient {
     }
 
     pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let reply = self.exchange(method, path, headers, "").await;
-        log_reply(&reply);
-        reply
+        self.send_body(method, path, headers, "").await
     }
 
     /// Sends `body` (JSON, if not empty) and logs the reply.
