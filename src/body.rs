@@ -18,7 +18,9 @@ pub struct ResponseBody<B>(#[pin] Kind<B>);
 #[derive(Debug)]
 enum Kind<B> {
     Inner(#[pin] B),
-    Full(Option<Bytes>),
+    /// Boxed: a rejection allocates anyway, and inline the bytes would add 24 bytes to every
+    /// response the inner service gives, moved several times on its way out.
+    Full(Option<Box<Bytes>>),
 }
 
 impl<B> ResponseBody<B> {
@@ -27,7 +29,9 @@ impl<B> ResponseBody<B> {
     }
 
     pub(crate) fn full(bytes: Bytes) -> Self {
-        ResponseBody(Kind::Full(Some(bytes).filter(|b| !b.is_empty())))
+        ResponseBody(Kind::Full(
+            Some(bytes).filter(|b| !b.is_empty()).map(Box::new),
+        ))
     }
 }
 
@@ -44,7 +48,7 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.project().0.project() {
             KindProjection::Inner(body) => body.poll_frame(cx),
-            KindProjection::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            KindProjection::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(*b)))),
         }
     }
 

@@ -215,12 +215,7 @@ pub(crate) fn extract<'r>(
         let mut values = headers.get_all(AUTHORIZATION).iter();
         let first = values.next();
         if values.next().is_none() {
-            return match first {
-                Some(value) => Ok(credential(value.as_bytes(), scheme)?
-                    .filter(|key| !key.is_empty())
-                    .map(Cow::Borrowed)),
-                None => Ok(None),
-            };
+            return sole_authorization(first, scheme);
         }
     }
     let mut found: Option<Cow<'r, str>> = None;
@@ -263,6 +258,23 @@ pub(crate) fn extract<'r>(
         }
     }
     Ok(found)
+}
+
+/// The key in `value`, a request's only `Authorization` value (if it has one), when `scheme` is
+/// the one source.
+///
+/// # Errors
+/// `InvalidApiKey` when the scheme's credential is not text.
+pub(crate) fn sole_authorization<'v>(
+    value: Option<&'v HeaderValue>,
+    scheme: &str,
+) -> Result<Option<Cow<'v, str>>, Rejection> {
+    match value {
+        Some(value) => Ok(credential(value.as_bytes(), scheme)?
+            .filter(|key| !key.is_empty())
+            .map(Cow::Borrowed)),
+        None => Ok(None),
+    }
 }
 
 /// The credential of an `Authorization` value if its scheme is `scheme`.

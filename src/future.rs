@@ -25,7 +25,7 @@ use crate::shared::{Counted, Origin, Seen, Shared};
 use crate::store::StoreError;
 use crate::trace;
 use crate::usage::Outcome;
-use crate::verify::{verify, Presented};
+use crate::verify::{verify, Credential, Presented};
 
 type LookupResult = (Loaded, Presented<'static>);
 type Lookup = Pin<Box<dyn Future<Output = LookupResult> + Send>>;
@@ -434,7 +434,10 @@ where
     ) -> Self {
         match verdict {
             Verdict::Go(principal, after) => {
-                shared.reading.admit(&mut request, principal);
+                // The credential is hidden here if `call` did not take it out.
+                shared
+                    .reading
+                    .admit(&mut request, principal, &Credential::InRequest);
                 Self::inner_then(inner.call(request), after)
             }
             Verdict::Wait(check, principal) => Self::wait(check, shared, request, inner, principal),

@@ -601,13 +601,13 @@ impl ApiKeyLayerBuilder {
         let timer = self.usage.is_some().then(quanta::Clock::new);
         Ok(ApiKeyLayer {
             shared: Arc::new(Shared {
-                reading: KeyReading {
+                reading: KeyReading::new(
                     format,
-                    sources: self.sources.into(),
-                    allow_opaque: self.allow_opaque,
-                    environments: self.environments,
-                    hide: self.hide,
-                },
+                    self.sources.into(),
+                    self.allow_opaque,
+                    self.environments,
+                    self.hide,
+                ),
                 cache,
                 anonymous: self.anonymous.then(|| Anonymous(Arc::clone(&authority))),
                 proxies: self.proxies,

@@ -78,12 +78,14 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = &self.shared;
-        let presented = match shared.reading.present(&request) {
+        let credential = shared.reading.take(&mut request);
+        let presented = match shared.reading.present(&request, &credential) {
             Ok(presented) => presented,
             Err(rejection) => {
                 if let (Rejection::MissingApiKey, Some(anonymous)) = (rejection, &shared.anonymous)
                 {
                     trace::anonymous();
+                    credential.restore(&mut request);
                     request.extensions_mut().insert(anonymous.clone());
                     return ResponseFuture::inner(self.inner.call(request));
                 }
@@ -130,7 +132,7 @@ where
         drop(presented);
         match verdict {
             Verdict::Go(principal, after) => {
-                shared.reading.admit(&mut request, principal);
+                shared.reading.admit(&mut request, principal, &credential);
                 // The service that was polled ready is called here, as tower expects.
                 ResponseFuture::inner_then(self.inner.call(request), after)
             }

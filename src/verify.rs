@@ -4,10 +4,11 @@
 use std::borrow::Cow;
 use std::time::SystemTime;
 
-use http::{HeaderMap, Request, Uri};
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request};
 use subtle::Choice;
 
-use crate::extract::{extract, hide, HideCredentials, KeySource};
+use crate::extract::{extract, hide, sole_authorization, HideCredentials, KeySource};
 use crate::key::{check_text, Environment, KeyFormat, ParsedKey, SecretDigest};
 use crate::principal::Principal;
 use crate::reject::Rejection;
@@ -61,10 +62,30 @@ pub(crate) struct Presented<'r> {
 #[derive(Debug)]
 pub(crate) struct KeyReading {
     pub(crate) format: KeyFormat,
-    pub(crate) sources: Box<[KeySource]>,
-    pub(crate) allow_opaque: bool,
+    sources: Box<[KeySource]>,
+    allow_opaque: bool,
     pub(crate) environments: Environments,
-    pub(crate) hide: HideCredentials,
+    hide: HideCredentials,
+    /// The scheme, when it is the one source and its credential is removed once verified (the
+    /// default): then the credential is taken out of the request before it is read.
+    sole_scheme: Option<Box<str>>,
+}
+
+/// Where a request's credential is while its key is read.
+pub(crate) enum Credential {
+    /// In the request: read there, and hidden once the key is admitted.
+    InRequest,
+    /// Taken out of it: the request's only `Authorization` value, if it had one.
+    Taken(Option<HeaderValue>),
+}
+
+impl Credential {
+    /// Puts a credential taken out back into `request`, which goes on without a key.
+    pub(crate) fn restore<B>(self, request: &mut Request<B>) {
+        if let Credential::Taken(Some(value)) = self {
+            request.headers_mut().insert(AUTHORIZATION, value);
+        }
+    }
 }
 
 impl Presented<'_> {
@@ -79,7 +100,45 @@ impl Presented<'_> {
 }
 
 impl KeyReading {
-    /// Reads the key from `request` and checks what can be checked offline.
+    pub(crate) fn new(
+        format: KeyFormat,
+        sources: Box<[KeySource]>,
+        allow_opaque: bool,
+        environments: Environments,
+        hide: HideCredentials,
+    ) -> Self {
+        let sole_scheme = match (&*sources, hide) {
+            ([KeySource::Authorization { scheme }], HideCredentials::Remove) => {
+                Some(scheme.clone())
+            }
+            _ => None,
+        };
+        KeyReading {
+            format,
+            sources,
+            allow_opaque,
+            environments,
+            hide,
+            sole_scheme,
+        }
+    }
+
+    /// Takes the credential out of `request` at once when this layer reads one `Authorization`
+    /// scheme and removes the credential once verified (the default), and no header of the
+    /// request has two values: the `Authorization` value is then the only one, and it is looked
+    /// up once, not once to read it and again to remove it. A request refused drops it with the
+    /// rest; one that goes on without a key gets it back ([`Credential::restore`]).
+    pub(crate) fn take<B>(&self, request: &mut Request<B>) -> Credential {
+        let headers = request.headers_mut();
+        if self.sole_scheme.is_some() && headers.len() == headers.keys_len() {
+            Credential::Taken(headers.remove(AUTHORIZATION))
+        } else {
+            Credential::InRequest
+        }
+    }
+
+    /// Reads the key from `credential`, or from `request` if it is still there, and checks what
+    /// can be checked offline.
     ///
     /// # Errors
     /// `MissingApiKey`, `MultipleApiKeys`, or `InvalidApiKey` for anything malformed; no store
@@ -87,84 +146,81 @@ impl KeyReading {
     pub(crate) fn present<'r, B>(
         &self,
         request: &'r Request<B>,
+        credential: &'r Credential,
     ) -> Result<Presented<'r>, Rejection> {
-        present(
-            &self.sources,
-            &self.format,
-            self.allow_opaque,
-            self.environments,
-            request.headers(),
-            request.uri(),
-        )
+        let key = match (credential, &self.sole_scheme) {
+            (Credential::Taken(value), Some(scheme)) => sole_authorization(value.as_ref(), scheme),
+            _ => extract(&self.sources, request.headers(), request.uri()),
+        }?;
+        self.read(key.ok_or(Rejection::MissingApiKey)?)
     }
-}
 
-impl KeyReading {
     /// Hands `request` on to the inner service as `principal`'s: the principal in its
-    /// extensions, the credential hidden.
-    pub(crate) fn admit<B>(&self, request: &mut Request<B>, principal: Principal) {
+    /// extensions, the credential hidden if it is still there.
+    pub(crate) fn admit<B>(
+        &self,
+        request: &mut Request<B>,
+        principal: Principal,
+        credential: &Credential,
+    ) {
         request.extensions_mut().insert(principal);
-        hide(&self.sources, self.hide, request);
-    }
-}
-
-fn present<'r>(
-    sources: &[KeySource],
-    format: &KeyFormat,
-    allow_opaque: bool,
-    environments: Environments,
-    headers: &'r HeaderMap,
-    uri: &'r Uri,
-) -> Result<Presented<'r>, Rejection> {
-    let key: Cow<'r, str> = extract(sources, headers, uri)?.ok_or(Rejection::MissingApiKey)?;
-    if format.claims(&key) {
-        fn parse<'t>(
-            format: &KeyFormat,
-            environments: Environments,
-            text: &'t str,
-        ) -> Result<ParsedKey<'t>, Rejection> {
-            let parsed = format.parse(text).map_err(|_| Rejection::InvalidApiKey)?;
-            // The environment is written in the key: refusing it reveals nothing and costs no
-            // lookup.
-            if environments.accepts(parsed.environment()) {
-                Ok(parsed)
-            } else {
-                Err(Rejection::EnvironmentNotAllowed)
-            }
+        if let Credential::InRequest = credential {
+            hide(&self.sources, self.hide, request);
         }
-        let (id, parsed_digest, environment) = match key {
-            Cow::Borrowed(text) => {
-                let parsed = parse(format, environments, text)?;
-                (
-                    Cow::Borrowed(parsed.id()),
-                    parsed.digest(),
-                    parsed.environment(),
-                )
+    }
+
+    /// Parses `key` in this layer's format, or as an opaque key if it allows them.
+    fn read<'r>(&self, key: Cow<'r, str>) -> Result<Presented<'r>, Rejection> {
+        let (format, environments) = (&self.format, self.environments);
+        if format.claims(&key) {
+            fn parse<'t>(
+                format: &KeyFormat,
+                environments: Environments,
+                text: &'t str,
+            ) -> Result<ParsedKey<'t>, Rejection> {
+                let parsed = format.parse(text).map_err(|_| Rejection::InvalidApiKey)?;
+                // The environment is written in the key: refusing it reveals nothing and costs
+                // no lookup.
+                if environments.accepts(parsed.environment()) {
+                    Ok(parsed)
+                } else {
+                    Err(Rejection::EnvironmentNotAllowed)
+                }
             }
-            Cow::Owned(text) => {
-                let parsed = parse(format, environments, &text)?;
-                (
-                    Cow::Owned(parsed.id().to_owned()),
-                    parsed.digest(),
-                    parsed.environment(),
-                )
-            }
-        };
-        Ok(Presented {
-            id,
-            digest: parsed_digest,
-            environment: Some(environment),
-        })
-    } else if allow_opaque {
-        check_text(&key).map_err(|_| Rejection::InvalidApiKey)?;
-        let digest = SecretDigest::of(key.as_bytes());
-        Ok(Presented {
-            id: Cow::Owned(digest.to_hex()),
-            digest,
-            environment: None,
-        })
-    } else {
-        Err(Rejection::InvalidApiKey)
+            let (id, parsed_digest, environment) = match key {
+                Cow::Borrowed(text) => {
+                    let parsed = parse(format, environments, text)?;
+                    (
+                        Cow::Borrowed(parsed.id()),
+                        parsed.digest(),
+                        parsed.environment(),
+                    )
+                }
+                Cow::Owned(text) => {
+                    let parsed = parse(format, environments, &text)?;
+                    (
+                        Cow::Owned(parsed.id().to_owned()),
+                        parsed.digest(),
+                        parsed.environment(),
+                    )
+                }
+            };
+            Ok(Presented {
+                id,
+                digest: parsed_digest,
+                environment: Some(environment),
+            })
+        } else if self.allow_opaque {
+            check_text(&key).map_err(|_| Rejection::InvalidApiKey)?;
+            let digest = SecretDigest::of(key.as_bytes());
+            Ok(Presented {
+                id: Cow::Owned(digest.to_hex()),
+                digest,
+                environment: None,
+            })
+        } else {
+            Err(Rejection::InvalidApiKey)
+        }
     }
 }
 

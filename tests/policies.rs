@@ -108,8 +108,24 @@ async fn anonymous_requests_reach_public_routes_and_keys_are_still_checked() {
         .await;
     assert_eq!(empty.status, StatusCode::OK, "{empty:?}");
 
-    let known = f.client.get("/public", &[("authorization", &header)]).await;
-    assert_eq!(known.json()["principal"], "policy key");
+    // Another scheme's credential, and an empty one of the layer's, reach the service as sent.
+    for other in ["Basic dXNlcjpwdw==", "Bearer not-ours"] {
+        let reply = f.client.get("/public", &[("authorization", other)]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        assert_eq!(reply.json()["principal"], Value::Null);
+        assert_eq!(
+            reply.json()["authorization"],
+            json!([credential(other, false)])
+        );
+    }
+    assert_eq!(empty.json()["authorization"][0]["scheme"], "ApiKey");
+
+    // The first request of a key (a lookup) and the next (the cache) both lose the credential.
+    for _ in 0..2 {
+        let known = f.client.get("/public", &[("authorization", &header)]).await;
+        assert_eq!(known.json()["principal"], "policy key");
+        assert_eq!(known.json()["authorization"], json!([]));
+    }
 
     // A key that is there but wrong is refused, never taken as anonymous.
     for bad in ["ApiKey mesh_live_garbage", "ApiKey not-a-key"] {
@@ -187,6 +203,50 @@ async fn the_service_never_sees_the_key_by_default() {
         mixed.json()["authorization"],
         json!([credential(basic, false)])
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_authorization_values_under_the_default_source_are_each_read() {
+    let f = Fixture::with(|b| b).await;
+    let (a, b) = (
+        f.key(Environment::Live).await,
+        f.key(Environment::Live).await,
+    );
+    let (a, b) = (
+        api_key(a.key.expose_secret()),
+        api_key(b.key.expose_secret()),
+    );
+    let basic = "Basic dXNlcjpwdw==";
+
+    // Another scheme's value beside the key stays, in either order; the key's goes.
+    for pair in [[basic, &a], [&a, basic]] {
+        let reply = f
+            .client
+            .get(
+                "/private",
+                &[("authorization", pair[0]), ("authorization", pair[1])],
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        assert_eq!(reply.json()["principal"], "policy key");
+        assert_eq!(
+            reply.json()["authorization"],
+            json!([credential(basic, false)])
+        );
+    }
+    // Two different keys are refused, the same key twice is one key.
+    let two = f
+        .client
+        .get("/private", &[("authorization", &a), ("authorization", &b)])
+        .await;
+    assert_eq!(two.status, StatusCode::BAD_REQUEST, "{two:?}");
+    assert_eq!(two.code(), "MULTIPLE_API_KEYS");
+    let same = f
+        .client
+        .get("/private", &[("authorization", &a), ("authorization", &a)])
+        .await;
+    assert_eq!(same.status, StatusCode::OK, "{same:?}");
+    assert_eq!(same.json()["authorization"], json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
