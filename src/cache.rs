@@ -359,11 +359,11 @@ impl KeyCache {
     /// does not know. The hot path: the entry is used in place, without a reference count.
     pub(crate) fn peek_with<R>(
         &self,
-        id: &str,
+        id: &[u8],
         now: SystemTime,
         f: impl FnOnce(Option<&Principal>) -> R,
     ) -> Option<R> {
-        let entry = self.entries.get(id.as_bytes())?;
+        let entry = self.entries.get(id)?;
         if entry.generation != self.generation.load(Ordering::Acquire)
             || nanos(now) >= entry.fresh_until
         {

@@ -173,7 +173,7 @@ impl ClientKeyBuilder {
     /// [`ClientKeyError::WrongPrefix`] when a prefix is expected and the key lacks it.
     pub fn key(self, key: &str) -> Result<AddApiKeyLayer, ClientKeyError> {
         let key = key.trim();
-        check_text(key).map_err(|_| ClientKeyError::Invalid)?;
+        check_text(key.as_bytes()).map_err(|_| ClientKeyError::Invalid)?;
         if let Some(prefix) = &self.prefix {
             if !key.starts_with(prefix.as_str()) {
                 return Err(ClientKeyError::WrongPrefix {

@@ -199,27 +199,27 @@ fn without_parameter(uri: &Uri, name: &str) -> Option<Uri> {
     Uri::from_parts(parts).ok()
 }
 
-/// The key a request carries, if any, read from `sources` in order.
+/// The key a request carries, if any, read from `sources` in order: its bytes, which the key's
+/// parse checks one by one (a key is visible ASCII, so bytes that are not text are refused there).
 ///
 /// # Errors
-/// `MultipleApiKeys` for two different keys; `InvalidApiKey` for a key source whose value is not
-/// text.
+/// `MultipleApiKeys` for two different keys.
 pub(crate) fn extract<'r>(
     sources: &[KeySource],
     headers: &'r HeaderMap,
     uri: &'r Uri,
-) -> Result<Option<Cow<'r, str>>, Rejection> {
+) -> Result<Option<Cow<'r, [u8]>>, Rejection> {
     // The default configuration, one `Authorization` scheme, and one `Authorization` value: read
     // it without the general bookkeeping. Two values take the general path, which compares them.
     if let [KeySource::Authorization { scheme }] = sources {
         let mut values = headers.get_all(AUTHORIZATION).iter();
         let first = values.next();
         if values.next().is_none() {
-            return sole_authorization(first, scheme);
+            return Ok(sole_authorization(first, scheme).map(Cow::Borrowed));
         }
     }
-    let mut found: Option<Cow<'r, str>> = None;
-    let mut accept = |key: Cow<'r, str>| -> Result<(), Rejection> {
+    let mut found: Option<Cow<'r, [u8]>> = None;
+    let mut accept = |key: Cow<'r, [u8]>| -> Result<(), Rejection> {
         if key.is_empty() {
             return Ok(());
         }
@@ -234,23 +234,24 @@ pub(crate) fn extract<'r>(
         match source {
             KeySource::Authorization { scheme } => {
                 for value in headers.get_all(AUTHORIZATION) {
-                    if let Some(credential) = credential(value.as_bytes(), scheme)? {
+                    if let Some(credential) = after_scheme(value.as_bytes(), scheme.as_bytes()) {
                         accept(Cow::Borrowed(credential))?;
                     }
                 }
             }
             KeySource::Header(name) => {
                 for value in headers.get_all(name) {
-                    let text = std::str::from_utf8(trim_bytes(value.as_bytes()))
-                        .map_err(|_| Rejection::InvalidApiKey)?;
-                    accept(Cow::Borrowed(text))?;
+                    accept(Cow::Borrowed(trim_bytes(value.as_bytes())))?;
                 }
             }
             KeySource::Query(name) => {
                 if let Some(query) = uri.query() {
                     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
                         if key == **name {
-                            accept(value)?;
+                            accept(match value {
+                                Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
+                                Cow::Owned(text) => Cow::Owned(text.into_bytes()),
+                            })?;
                         }
                     }
                 }
@@ -261,30 +262,12 @@ pub(crate) fn extract<'r>(
 }
 
 /// The key in `value`, a request's only `Authorization` value (if it has one), when `scheme` is
-/// the one source.
-///
-/// # Errors
-/// `InvalidApiKey` when the scheme's credential is not text.
+/// the one source: its bytes, which the key's parse checks one by one (a key is ASCII).
 pub(crate) fn sole_authorization<'v>(
     value: Option<&'v HeaderValue>,
     scheme: &str,
-) -> Result<Option<Cow<'v, str>>, Rejection> {
-    match value {
-        Some(value) => Ok(credential(value.as_bytes(), scheme)?
-            .filter(|key| !key.is_empty())
-            .map(Cow::Borrowed)),
-        None => Ok(None),
-    }
-}
-
-/// The credential of an `Authorization` value if its scheme is `scheme`.
-///
-/// # Errors
-/// `InvalidApiKey` when the scheme's credential is not text.
-fn credential<'v>(value: &'v [u8], scheme: &str) -> Result<Option<&'v str>, Rejection> {
-    after_scheme(value, scheme.as_bytes())
-        .map(|bytes| std::str::from_utf8(bytes).map_err(|_| Rejection::InvalidApiKey))
-        .transpose()
+) -> Option<&'v [u8]> {
+    after_scheme(value?.as_bytes(), scheme.as_bytes()).filter(|key| !key.is_empty())
 }
 
 /// The bytes after the scheme of an `Authorization` value (spaces trimmed) if its scheme is
@@ -392,7 +375,8 @@ mod tests {
     fn run(pairs: &[(&str, &[u8])], uri: &str) -> Result<Option<String>, Rejection> {
         let map = headers(pairs);
         let uri: Uri = uri.parse().unwrap();
-        extract(&all_sources(), &map, &uri).map(|k| k.map(Cow::into_owned))
+        extract(&all_sources(), &map, &uri)
+            .map(|k| k.map(|k| String::from_utf8_lossy(&k).into_owned()))
     }
 
     #[test]
@@ -412,15 +396,21 @@ mod tests {
             (b"Api k1", None),
             (b"", None),
         ] {
-            let got = credential(value, "ApiKey")
-                .unwrap()
-                .filter(|c| !c.is_empty());
-            assert_eq!(got, expected, "{:?}", String::from_utf8_lossy(value));
+            let header = HeaderValue::from_bytes(value).unwrap();
+            let got = sole_authorization(Some(&header), "ApiKey");
+            assert_eq!(
+                got,
+                expected.map(str::as_bytes),
+                "{:?}",
+                String::from_utf8_lossy(value)
+            );
         }
+        let header = HeaderValue::from_bytes(b"ApiKey \xff").unwrap();
         assert_eq!(
-            credential(b"ApiKey \xff", "ApiKey"),
-            Err(Rejection::InvalidApiKey)
+            sole_authorization(Some(&header), "ApiKey"),
+            Some(&b"\xff"[..])
         );
+        assert_eq!(sole_authorization(None, "ApiKey"), None);
     }
 
     #[test]
@@ -492,14 +482,14 @@ mod tests {
     }
 
     #[test]
-    fn non_utf8_values_of_a_key_source_are_invalid() {
+    fn values_that_are_not_text_are_read_as_bytes_for_the_parse_to_refuse() {
         assert_eq!(
             run(&[("authorization", b"ApiKey \xff\xfe")], "/"),
-            Err(Rejection::InvalidApiKey)
+            Ok(Some("\u{fffd}\u{fffd}".into()))
         );
         assert_eq!(
             run(&[("x-api-key", b"\xc3")], "/"),
-            Err(Rejection::InvalidApiKey)
+            Ok(Some("\u{fffd}".into()))
         );
         // Not a key source: ignored whatever its bytes.
         assert_eq!(run(&[("authorization", b"Basic \xff")], "/").unwrap(), None);

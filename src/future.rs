@@ -149,11 +149,14 @@ pub(crate) fn authorize(shared: &Arc<Shared>, attempt: Attempt<'_>) -> Verdict {
         now,
         request,
     } = attempt;
-    let id = &*presented.id;
     let key = match found {
         Ok(Some(key)) => key,
-        Ok(None) => return reply(shared.reject(Rejection::InvalidApiKey, Some(id), None, request)),
+        Ok(None) => {
+            let id = Some(presented.id_text());
+            return reply(shared.reject(Rejection::InvalidApiKey, id, None, request));
+        }
         Err(error) => {
+            let id = presented.id_text();
             trace::store_failed(id, &error);
             return reply(shared.reject(Rejection::KeyStoreUnavailable, Some(id), None, request));
         }
@@ -393,7 +396,7 @@ where
     pub(crate) fn lookup(pending: Pending<S, ReqBody>, presented: Presented<'static>) -> Self {
         let cache = pending.shared.clone();
         let lookup: Lookup = Box::pin(async move {
-            let result = cache.cache.lookup(&presented.id).await;
+            let result = cache.cache.lookup(presented.id_text()).await;
             (result, presented)
         });
         ResponseFuture {

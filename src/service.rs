@@ -112,8 +112,9 @@ where
         });
         let Some(verdict) = verdict else {
             // A miss: an id this layer's id key did not sign is refused without a lookup.
-            if presented.environment.is_some() && !shared.reading.format.issued(&presented.id) {
-                let id = Some(&*presented.id);
+            if presented.environment.is_some() && !shared.reading.format.issued_bytes(&presented.id)
+            {
+                let id = Some(presented.id_text());
                 return ResponseFuture::rejected(shared.reject(
                     Rejection::InvalidApiKey,
                     id,

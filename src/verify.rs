@@ -9,7 +9,7 @@ use http::{HeaderValue, Request};
 use subtle::Choice;
 
 use crate::extract::{extract, hide, sole_authorization, HideCredentials, KeySource};
-use crate::key::{check_text, Environment, KeyFormat, ParsedKey, SecretDigest};
+use crate::key::{check_text, Environment, KeyFormat, KeyParts, SecretDigest};
 use crate::principal::Principal;
 use crate::reject::Rejection;
 use crate::store::KeyState;
@@ -49,8 +49,9 @@ impl Default for Environments {
 /// What a request presented, reduced to what verification needs: the secret itself is hashed and
 /// dropped here. The id borrows from the request when it can.
 pub(crate) struct Presented<'r> {
-    /// The id to look up.
-    pub(crate) id: Cow<'r, str>,
+    /// The id to look up: a structured key's is base62 and an opaque key's a hex digest, so it
+    /// is text, kept as the bytes it was read as (the cache compares bytes).
+    pub(crate) id: Cow<'r, [u8]>,
     /// The digest of the presented secret.
     pub(crate) digest: SecretDigest,
     /// The environment written in the key (structured keys only).
@@ -89,6 +90,11 @@ impl Credential {
 }
 
 impl Presented<'_> {
+    /// The id as text, which it always is (see [`Presented::id`]), for a lookup or a log line.
+    pub(crate) fn id_text(&self) -> &str {
+        std::str::from_utf8(&self.id).unwrap_or_default()
+    }
+
     /// The same, owning its id, to wait for a lookup.
     pub(crate) fn into_owned(self) -> Presented<'static> {
         Presented {
@@ -149,9 +155,11 @@ impl KeyReading {
         credential: &'r Credential,
     ) -> Result<Presented<'r>, Rejection> {
         let key = match (credential, &self.sole_scheme) {
-            (Credential::Taken(value), Some(scheme)) => sole_authorization(value.as_ref(), scheme),
-            _ => extract(&self.sources, request.headers(), request.uri()),
-        }?;
+            (Credential::Taken(value), Some(scheme)) => {
+                sole_authorization(value.as_ref(), scheme).map(Cow::Borrowed)
+            }
+            _ => extract(&self.sources, request.headers(), request.uri())?,
+        };
         self.read(key.ok_or(Rejection::MissingApiKey)?)
     }
 
@@ -170,18 +178,20 @@ impl KeyReading {
     }
 
     /// Parses `key` in this layer's format, or as an opaque key if it allows them.
-    fn read<'r>(&self, key: Cow<'r, str>) -> Result<Presented<'r>, Rejection> {
+    fn read<'r>(&self, key: Cow<'r, [u8]>) -> Result<Presented<'r>, Rejection> {
         let (format, environments) = (&self.format, self.environments);
-        if format.claims(&key) {
+        if format.claims_bytes(&key) {
             fn parse<'t>(
                 format: &KeyFormat,
                 environments: Environments,
-                text: &'t str,
-            ) -> Result<ParsedKey<'t>, Rejection> {
-                let parsed = format.parse(text).map_err(|_| Rejection::InvalidApiKey)?;
+                text: &'t [u8],
+            ) -> Result<KeyParts<'t>, Rejection> {
+                let parsed = format
+                    .parse_bytes(text)
+                    .map_err(|_| Rejection::InvalidApiKey)?;
                 // The environment is written in the key: refusing it reveals nothing and costs
                 // no lookup.
-                if environments.accepts(parsed.environment()) {
+                if environments.accepts(parsed.environment) {
                     Ok(parsed)
                 } else {
                     Err(Rejection::EnvironmentNotAllowed)
@@ -191,17 +201,17 @@ impl KeyReading {
                 Cow::Borrowed(text) => {
                     let parsed = parse(format, environments, text)?;
                     (
-                        Cow::Borrowed(parsed.id()),
+                        Cow::Borrowed(parsed.id),
                         parsed.digest(),
-                        parsed.environment(),
+                        parsed.environment,
                     )
                 }
                 Cow::Owned(text) => {
                     let parsed = parse(format, environments, &text)?;
                     (
-                        Cow::Owned(parsed.id().to_owned()),
+                        Cow::Owned(parsed.id.to_vec()),
                         parsed.digest(),
-                        parsed.environment(),
+                        parsed.environment,
                     )
                 }
             };
@@ -212,9 +222,9 @@ impl KeyReading {
             })
         } else if self.allow_opaque {
             check_text(&key).map_err(|_| Rejection::InvalidApiKey)?;
-            let digest = SecretDigest::of(key.as_bytes());
+            let digest = SecretDigest::of(&key);
             Ok(Presented {
-                id: Cow::Owned(digest.to_hex()),
+                id: Cow::Owned(digest.to_hex().into_bytes()),
                 digest,
                 environment: None,
             })
@@ -252,5 +262,77 @@ pub(crate) fn verify<'k>(
         KeyState::Revoked => Err(Rejection::ApiKeyRevoked),
         KeyState::Disabled => Err(Rejection::ApiKeyDisabled),
         KeyState::Expired => Err(Rejection::ApiKeyExpired),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderName;
+
+    fn reading(sources: Vec<KeySource>, allow_opaque: bool) -> KeyReading {
+        KeyReading::new(
+            KeyFormat::new("mesh").unwrap(),
+            sources.into(),
+            allow_opaque,
+            Environments::default(),
+            HideCredentials::Remove,
+        )
+    }
+
+    /// What `reading` makes of a request with these headers: the id it would look up.
+    fn presented(reading: &KeyReading, pairs: &[(&str, &[u8])]) -> Result<String, Rejection> {
+        let mut request = Request::new(());
+        for (name, value) in pairs {
+            request.headers_mut().append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        let credential = reading.take(&mut request);
+        let presented = reading.present(&request, &credential);
+        presented.map(|p| p.id_text().to_owned())
+    }
+
+    #[test]
+    fn bytes_that_are_not_text_are_an_invalid_key_from_every_source() {
+        let key = KeyFormat::new("mesh").unwrap().generate(Environment::Live);
+        let text = format!("ApiKey {}", key.key.expose_secret());
+        let sole = reading(vec![KeySource::api_key_scheme()], false);
+        let header = KeySource::header(HeaderName::from_static("x-api-key"));
+        let both = reading(vec![KeySource::api_key_scheme(), header], true);
+        for reading in [&sole, &both] {
+            // The issued key is read, by the shortcut and by the general path.
+            assert_eq!(
+                presented(reading, &[("authorization", text.as_bytes())]),
+                Ok(key.id.clone())
+            );
+            for value in [
+                &b"ApiKey \xff\xfe"[..],
+                b"ApiKey mesh_live_\xc3",
+                b"ApiKey mesh_\xff",
+            ] {
+                assert_eq!(
+                    presented(reading, &[("authorization", value)]),
+                    Err(Rejection::InvalidApiKey),
+                    "{value:?}"
+                );
+            }
+            // Another scheme's bytes are not a key at all.
+            assert_eq!(
+                presented(reading, &[("authorization", b"Basic \xff")]),
+                Err(Rejection::MissingApiKey)
+            );
+        }
+        assert_eq!(
+            presented(&both, &[("x-api-key", b"\xc3")]),
+            Err(Rejection::InvalidApiKey)
+        );
+        // Not the shortcut (two values): the same answers.
+        let two = [
+            ("authorization", &b"ApiKey \xff"[..]),
+            ("authorization", b"Basic x"),
+        ];
+        assert_eq!(presented(&sole, &two), Err(Rejection::InvalidApiKey));
     }
 }

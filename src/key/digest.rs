@@ -45,9 +45,14 @@ impl SecretDigest {
     /// assert_ne!(SecretDigest::of_key("mesh", secret), SecretDigest::of_key("shop", secret));
     /// ```
     pub fn of_key(prefix: &str, secret: &[u8]) -> Self {
+        Self::of_prefixed(prefix.as_bytes(), secret)
+    }
+
+    /// [`of_key`](Self::of_key), the prefix as the bytes of a presented key.
+    pub(crate) fn of_prefixed(prefix: &[u8], secret: &[u8]) -> Self {
         SecretDigest(
             Sha256::new()
-                .chain_update(prefix.as_bytes())
+                .chain_update(prefix)
                 .chain_update(b"_")
                 .chain_update(secret)
                 .finalize()

@@ -123,16 +123,26 @@ impl KeyFormat {
     /// Whether key id `id` may have been issued in this format: it carries its tag under the
     /// format's id key (always, for a format without one).
     pub fn issued(&self, id: &str) -> bool {
+        self.issued_bytes(id.as_bytes())
+    }
+
+    /// [`issued`](Self::issued), for an id's bytes.
+    pub(crate) fn issued_bytes(&self, id: &[u8]) -> bool {
         self.id_key
             .as_ref()
-            .is_none_or(|key| key.signed(&self.prefix, id.as_bytes()))
+            .is_none_or(|key| key.signed(&self.prefix, id))
     }
 
     /// Whether `key` claims to be of this format (starts with `prefix_`).
     pub fn claims(&self, key: &str) -> bool {
+        self.claims_bytes(key.as_bytes())
+    }
+
+    /// [`claims`](Self::claims), for bytes that may not be text.
+    pub(crate) fn claims_bytes(&self, key: &[u8]) -> bool {
         key.len() > self.prefix.len()
-            && key.as_bytes()[self.prefix.len()] == b'_'
-            && key.starts_with(&*self.prefix)
+            && key[self.prefix.len()] == b'_'
+            && key.starts_with(self.prefix.as_bytes())
     }
 
     /// A new key for `environment`, with its id and secret from the operating system's
@@ -174,42 +184,55 @@ impl KeyFormat {
     /// # Errors
     /// A [`ParseError`] saying which rule the text broke.
     pub fn parse<'k>(&self, key: &'k str) -> Result<ParsedKey<'k>, ParseError> {
-        // On the way to success every byte is checked by the rules below (the prefix and the
-        // environment are compared whole, the rest must be base62), so the general text check runs
-        // only to name the error of a key that fails.
+        let parts = self.parse_bytes(key.as_bytes())?;
+        // The id sits at a fixed place from the end, and is ASCII: a slice of the text.
+        let at = key.len() - (ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN);
+        Ok(ParsedKey {
+            id: &key[at..at + ID_LEN],
+            parts,
+        })
+    }
+
+    /// [`parse`](Self::parse), for bytes as a header carries them: a key of this format is
+    /// ASCII, and every byte is checked by the rules below (the prefix and the environment are
+    /// compared whole, the rest must be base62), so the bytes are never checked as text first.
+    /// The general text check runs only to name the error of a key that fails.
+    #[inline(always)]
+    pub(crate) fn parse_bytes<'k>(&self, key: &'k [u8]) -> Result<KeyParts<'k>, ParseError> {
         let fail = |error: ParseError| Err(check_text(key).err().unwrap_or(error));
         if key.len() > MAX_KEY_LEN || key.is_empty() {
             return fail(ParseError::Malformed);
         }
-        if !self.claims(key) {
+        if !self.claims_bytes(key) {
             return fail(ParseError::WrongPrefix);
         }
         let rest = &key[self.prefix.len() + 1..];
         let Some((environment, rest)) = Environment::ALL.into_iter().find_map(|env| {
-            let rest = rest.strip_prefix(env.as_str())?.strip_prefix('_')?;
+            let rest = rest
+                .strip_prefix(env.as_str().as_bytes())?
+                .strip_prefix(b"_")?;
             Some((env, rest))
         }) else {
-            return fail(if rest.contains('_') {
+            return fail(if rest.contains(&b'_') {
                 ParseError::UnknownEnvironment
             } else {
                 ParseError::Malformed
             });
         };
-        let bytes = rest.as_bytes();
-        if bytes.len() != ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN
-            || bytes[ID_LEN] != b'_'
-            || !is_base62(&bytes[..ID_LEN])
-            || !is_base62(&bytes[ID_LEN + 1..])
+        if rest.len() != ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN
+            || rest[ID_LEN] != b'_'
+            || !is_base62(&rest[..ID_LEN])
+            || !is_base62(&rest[ID_LEN + 1..])
         {
             return fail(ParseError::Malformed);
         }
         let id = &rest[..ID_LEN];
         let (secret, checksum) = rest[ID_LEN + 1..].split_at(SECRET_LEN);
         let signed = &key[..key.len() - CHECKSUM_LEN];
-        if decode_checksum(checksum) != Some(crc32fast::hash(signed.as_bytes())) {
+        if decode_checksum(checksum) != Some(crc32fast::hash(signed)) {
             return Err(ParseError::ChecksumMismatch);
         }
-        Ok(ParsedKey {
+        Ok(KeyParts {
             prefix: &key[..self.prefix.len()],
             environment,
             id,
@@ -235,17 +258,36 @@ fn is_base62(bytes: &[u8]) -> bool {
 
 /// Checks the rules every presented key obeys, structured or opaque: 1 to [`MAX_KEY_LEN`] bytes of
 /// visible ASCII (`!` to `~`, so no spaces or control bytes).
-pub(crate) fn check_text(key: &str) -> Result<(), ParseError> {
+pub(crate) fn check_text(key: &[u8]) -> Result<(), ParseError> {
     if key.is_empty() {
         return Err(ParseError::Empty);
     }
     if key.len() > MAX_KEY_LEN {
         return Err(ParseError::TooLong);
     }
-    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+    if !key.iter().all(u8::is_ascii_graphic) {
         return Err(ParseError::InvalidCharacter);
     }
     Ok(())
+}
+
+/// The parts of a key parsed from bytes ([`KeyFormat::parse_bytes`]). The id is base62, so
+/// text, but kept as bytes: the layer compares it as bytes, and checking it as UTF-8 would cost
+/// as much as the rest of the parse's bookkeeping.
+#[derive(Clone, Copy)]
+pub(crate) struct KeyParts<'k> {
+    prefix: &'k [u8],
+    pub(crate) environment: Environment,
+    pub(crate) id: &'k [u8],
+    secret: &'k [u8],
+}
+
+impl KeyParts<'_> {
+    /// The digest of the secret part bound to the key's prefix ([`SecretDigest::of_key`]), to
+    /// compare with the stored one.
+    pub(crate) fn digest(&self) -> SecretDigest {
+        SecretDigest::of_prefixed(self.prefix, self.secret)
+    }
 }
 
 /// A key that parsed and whose checksum holds; not yet verified against any store.
@@ -253,16 +295,14 @@ pub(crate) fn check_text(key: &str) -> Result<(), ParseError> {
 /// `Debug` shows the environment and id, never the secret.
 #[derive(Clone, Copy)]
 pub struct ParsedKey<'k> {
-    prefix: &'k str,
-    environment: Environment,
+    parts: KeyParts<'k>,
     id: &'k str,
-    secret: &'k str,
 }
 
 impl<'k> ParsedKey<'k> {
     /// The environment marker.
     pub fn environment(&self) -> Environment {
-        self.environment
+        self.parts.environment
     }
 
     /// The public key id.
@@ -273,14 +313,14 @@ impl<'k> ParsedKey<'k> {
     /// The digest of the secret part bound to the key's prefix ([`SecretDigest::of_key`]), to
     /// compare with the stored one.
     pub fn digest(&self) -> SecretDigest {
-        SecretDigest::of_key(self.prefix, self.secret.as_bytes())
+        self.parts.digest()
     }
 }
 
 impl fmt::Debug for ParsedKey<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ParsedKey")
-            .field("environment", &self.environment)
+            .field("environment", &self.parts.environment)
             .field("id", &self.id)
             .finish_non_exhaustive()
     }
@@ -357,9 +397,9 @@ fn encode_checksum(mut crc: u32) -> [u8; CHECKSUM_LEN] {
     out
 }
 
-fn decode_checksum(text: &str) -> Option<u32> {
+fn decode_checksum(text: &[u8]) -> Option<u32> {
     let mut value: u64 = 0;
-    for b in text.bytes() {
+    for &b in text {
         let digit = match b {
             b'0'..=b'9' => b - b'0',
             b'A'..=b'Z' => b - b'A' + 10,
@@ -408,12 +448,9 @@ mod tests {
     fn checksum_round_trips_at_the_extremes() {
         for crc in [0, 1, 61, 62, u32::MAX / 2, u32::MAX] {
             let encoded = encode_checksum(crc);
-            assert_eq!(
-                decode_checksum(std::str::from_utf8(&encoded).unwrap()),
-                Some(crc)
-            );
+            assert_eq!(decode_checksum(&encoded), Some(crc));
         }
-        assert_eq!(decode_checksum("zzzzzz"), None, "above u32::MAX");
+        assert_eq!(decode_checksum(b"zzzzzz"), None, "above u32::MAX");
     }
 
     #[test]
