@@ -263,6 +263,7 @@ pub(crate) fn extract<'r>(
 
 /// The key in `value`, a request's only `Authorization` value (if it has one), when `scheme` is
 /// the one source: its bytes, which the key's parse checks one by one (a key is ASCII).
+#[inline]
 pub(crate) fn sole_authorization<'v>(
     value: Option<&'v HeaderValue>,
     scheme: &str,
@@ -272,6 +273,7 @@ pub(crate) fn sole_authorization<'v>(
 
 /// The bytes after the scheme of an `Authorization` value (spaces trimmed) if its scheme is
 /// `scheme`, in any case.
+#[inline]
 fn after_scheme<'v>(value: &'v [u8], scheme: &[u8]) -> Option<&'v [u8]> {
     // The shape nearly every client sends, `<scheme> <credential>` with one space and no space
     // around, is read with no scan for spaces; anything else takes the general path below.
@@ -293,6 +295,7 @@ fn after_scheme<'v>(value: &'v [u8], scheme: &[u8]) -> Option<&'v [u8]> {
 
 /// Whether `name` is the scheme `scheme`, in any case (RFC 9110): the exact spelling, which nearly
 /// every client sends, is compared first, as one `memcmp`.
+#[inline]
 fn same_scheme(name: &[u8], scheme: &[u8]) -> bool {
     name == scheme || name.eq_ignore_ascii_case(scheme)
 }

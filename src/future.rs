@@ -518,11 +518,12 @@ where
                     Self::after_verdict(verdict, shared, request, inner).state
                 }
                 StateProjection::Inner { future, after } => {
-                    let mut response = ready!(future.poll(cx))?;
-                    if let Some(after) = after.take() {
-                        (*after).finish(&mut response);
-                    }
-                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                    return future.poll(cx).map_ok(|mut response| {
+                        if let Some(after) = after.take() {
+                            (*after).finish(&mut response);
+                        }
+                        response.map(ResponseBody::inner)
+                    });
                 }
             };
             state.set(next);

@@ -9,7 +9,7 @@ use http::{HeaderValue, Request};
 use subtle::Choice;
 
 use crate::extract::{extract, hide, sole_authorization, HideCredentials, KeySource};
-use crate::key::{check_text, Environment, KeyFormat, KeyParts, SecretDigest};
+use crate::key::{check_text, id_range, Environment, KeyFormat, SecretDigest};
 use crate::principal::Principal;
 use crate::reject::Rejection;
 use crate::store::KeyState;
@@ -134,6 +134,7 @@ impl KeyReading {
     /// request has two values: the `Authorization` value is then the only one, and it is looked
     /// up once, not once to read it and again to remove it. A request refused drops it with the
     /// rest; one that goes on without a key gets it back ([`Credential::restore`]).
+    #[inline]
     pub(crate) fn take<B>(&self, request: &mut Request<B>) -> Credential {
         let headers = request.headers_mut();
         if self.sole_scheme.is_some() && headers.len() == headers.keys_len() {
@@ -149,6 +150,7 @@ impl KeyReading {
     /// # Errors
     /// `MissingApiKey`, `MultipleApiKeys`, or `InvalidApiKey` for anything malformed; no store
     /// or cache is touched.
+    #[inline]
     pub(crate) fn present<'r, B>(
         &self,
         request: &'r Request<B>,
@@ -178,60 +180,41 @@ impl KeyReading {
     }
 
     /// Parses `key` in this layer's format, or as an opaque key if it allows them.
+    #[inline]
     fn read<'r>(&self, key: Cow<'r, [u8]>) -> Result<Presented<'r>, Rejection> {
-        let (format, environments) = (&self.format, self.environments);
-        if format.claims_bytes(&key) {
-            fn parse<'t>(
-                format: &KeyFormat,
-                environments: Environments,
-                text: &'t [u8],
-            ) -> Result<KeyParts<'t>, Rejection> {
-                let parsed = format
-                    .parse_bytes(text)
-                    .map_err(|_| Rejection::InvalidApiKey)?;
-                // The environment is written in the key: refusing it reveals nothing and costs
-                // no lookup.
-                if environments.accepts(parsed.environment) {
-                    Ok(parsed)
-                } else {
-                    Err(Rejection::EnvironmentNotAllowed)
-                }
-            }
-            let (id, parsed_digest, environment) = match key {
-                Cow::Borrowed(text) => {
-                    let parsed = parse(format, environments, text)?;
-                    (
-                        Cow::Borrowed(parsed.id),
-                        parsed.digest(),
-                        parsed.environment,
-                    )
-                }
-                Cow::Owned(text) => {
-                    let parsed = parse(format, environments, &text)?;
-                    (
-                        Cow::Owned(parsed.id.to_vec()),
-                        parsed.digest(),
-                        parsed.environment,
-                    )
-                }
-            };
-            Ok(Presented {
-                id,
-                digest: parsed_digest,
-                environment: Some(environment),
-            })
-        } else if self.allow_opaque {
-            check_text(&key).map_err(|_| Rejection::InvalidApiKey)?;
-            let digest = SecretDigest::of(&key);
-            Ok(Presented {
-                id: Cow::Owned(digest.to_hex().into_bytes()),
-                digest,
-                environment: None,
-            })
-        } else {
-            Err(Rejection::InvalidApiKey)
+        let format = &self.format;
+        let parsed = match format.parse_bytes(&key) {
+            Ok(parsed) => parsed,
+            Err(_) if self.allow_opaque && !format.claims_bytes(&key) => return opaque(&key),
+            Err(_) => return Err(Rejection::InvalidApiKey),
+        };
+        // The environment is written in the key: refusing it reveals nothing and costs no lookup.
+        if !self.environments.accepts(parsed.environment) {
+            return Err(Rejection::EnvironmentNotAllowed);
         }
+        let (digest, environment) = (parsed.digest(), Some(parsed.environment));
+        let at = id_range(&key);
+        let id = match key {
+            Cow::Borrowed(text) => Cow::Borrowed(&text[at]),
+            Cow::Owned(text) => Cow::Owned(text[at].to_vec()),
+        };
+        Ok(Presented {
+            id,
+            digest,
+            environment,
+        })
     }
+}
+
+/// What an opaque key presents: its digest, and the digest's hex as its id.
+fn opaque(key: &[u8]) -> Result<Presented<'static>, Rejection> {
+    check_text(key).map_err(|_| Rejection::InvalidApiKey)?;
+    let digest = SecretDigest::of(key);
+    Ok(Presented {
+        id: Cow::Owned(digest.to_hex().into_bytes()),
+        digest,
+        environment: None,
+    })
 }
 
 /// Verifies a presented digest against the cached key. Whether the key is revoked, disabled or

@@ -185,12 +185,9 @@ impl KeyFormat {
     /// A [`ParseError`] saying which rule the text broke.
     pub fn parse<'k>(&self, key: &'k str) -> Result<ParsedKey<'k>, ParseError> {
         let parts = self.parse_bytes(key.as_bytes())?;
-        // The id sits at a fixed place from the end, and is ASCII: a slice of the text.
-        let at = key.len() - (ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN);
-        Ok(ParsedKey {
-            id: &key[at..at + ID_LEN],
-            parts,
-        })
+        // ASCII, so a slice of the text.
+        let id = &key[id_range(key.as_bytes())];
+        Ok(ParsedKey { id, parts })
     }
 
     /// [`parse`](Self::parse), for bytes as a header carries them: a key of this format is
@@ -226,7 +223,6 @@ impl KeyFormat {
         {
             return fail(ParseError::Malformed);
         }
-        let id = &rest[..ID_LEN];
         let (secret, checksum) = rest[ID_LEN + 1..].split_at(SECRET_LEN);
         let signed = &key[..key.len() - CHECKSUM_LEN];
         if decode_checksum(checksum) != Some(crc32fast::hash(signed)) {
@@ -235,7 +231,6 @@ impl KeyFormat {
         Ok(KeyParts {
             prefix: &key[..self.prefix.len()],
             environment,
-            id,
             secret,
         })
     }
@@ -243,6 +238,7 @@ impl KeyFormat {
 
 /// Whether every byte is `0-9A-Za-z`: a table lookup per byte and no early exit, which the
 /// compiler turns into a short branch-free loop.
+#[inline(always)]
 fn is_base62(bytes: &[u8]) -> bool {
     const TABLE: [bool; 256] = {
         let mut table = [false; 256];
@@ -271,14 +267,20 @@ pub(crate) fn check_text(key: &[u8]) -> Result<(), ParseError> {
     Ok(())
 }
 
-/// The parts of a key parsed from bytes ([`KeyFormat::parse_bytes`]). The id is base62, so
-/// text, but kept as bytes: the layer compares it as bytes, and checking it as UTF-8 would cost
-/// as much as the rest of the parse's bookkeeping.
+/// Where the id of a key that [`KeyFormat::parse_bytes`] parsed sits in it: at a fixed place from
+/// its end.
+pub(crate) fn id_range(key: &[u8]) -> std::ops::Range<usize> {
+    let at = key.len() - (ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN);
+    at..at + ID_LEN
+}
+
+/// What verifying a key parsed from bytes ([`KeyFormat::parse_bytes`]) needs besides its id
+/// ([`id_range`]): the id stays bytes, since the layer compares it as bytes, and checking it as
+/// UTF-8 would cost as much as the rest of the parse's bookkeeping.
 #[derive(Clone, Copy)]
 pub(crate) struct KeyParts<'k> {
     prefix: &'k [u8],
     pub(crate) environment: Environment,
-    pub(crate) id: &'k [u8],
     secret: &'k [u8],
 }
 
