@@ -46,7 +46,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::mapref::entry::Entry as Slot;
 use dashmap::DashMap;
@@ -202,6 +202,15 @@ impl Entry {
         }
     }
 
+    /// Whether the entry still answers requests at `now`. Compared as a `SystemTime`: turning
+    /// `now` into nanoseconds takes a checked subtraction and a normalisation, twice what
+    /// building the entry's time takes, on every request.
+    fn fresh_at(&self, now: SystemTime) -> bool {
+        UNIX_EPOCH
+            .checked_add(Duration::from_nanos(self.fresh_until))
+            .is_some_and(|until| now < until)
+    }
+
     /// Until when this entry may stand in for a failing store.
     fn stale_until(&self, stale: u64) -> u64 {
         self.fresh_until.saturating_add(stale)
@@ -210,8 +219,7 @@ impl Entry {
 
 /// `at` in nanoseconds since 1970 (0 before), as entries keep their times.
 fn nanos(at: SystemTime) -> u64 {
-    at.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, duration_nanos)
+    at.duration_since(UNIX_EPOCH).map_or(0, duration_nanos)
 }
 
 /// `d` in nanoseconds, at most `u64::MAX` (585 years).
@@ -364,9 +372,7 @@ impl KeyCache {
         f: impl FnOnce(Option<&Principal>) -> R,
     ) -> Option<R> {
         let entry = self.entries.get(id)?;
-        if entry.generation != self.generation.load(Ordering::Acquire)
-            || nanos(now) >= entry.fresh_until
-        {
+        if entry.generation != self.generation.load(Ordering::Acquire) || !entry.fresh_at(now) {
             return None;
         }
         match entry.held() {
