@@ -480,6 +480,41 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
+        // The usual state, waiting for the inner service, is polled here without the others'
+        // frame: they are polled in a function of their own.
+        if let StateProjection::Inner { future, after } = state.as_mut().project() {
+            return Self::poll_inner(future, after, cx);
+        }
+        Self::poll_steps(state, cx)
+    }
+}
+
+impl<S, ReqBody, ResBody> ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    /// Polls the inner service, then finishes its response.
+    #[inline(always)]
+    fn poll_inner(
+        future: Pin<&mut S::Future>,
+        after: &mut Option<Box<After>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<<Self as Future>::Output> {
+        future.poll(cx).map_ok(|mut response| {
+            if let Some(after) = after.take() {
+                (*after).finish(&mut response);
+            }
+            response.map(ResponseBody::inner)
+        })
+    }
+
+    /// Polls the states before the inner service's, then the inner service's once they are
+    /// through.
+    #[inline(never)]
+    fn poll_steps(
+        mut state: Pin<&mut State<S, ReqBody>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<<Self as Future>::Output> {
         loop {
             let next = match state.as_mut().project() {
                 StateProjection::Rejected { response } => {
@@ -518,12 +553,7 @@ where
                     Self::after_verdict(verdict, shared, request, inner).state
                 }
                 StateProjection::Inner { future, after } => {
-                    return future.poll(cx).map_ok(|mut response| {
-                        if let Some(after) = after.take() {
-                            (*after).finish(&mut response);
-                        }
-                        response.map(ResponseBody::inner)
-                    });
+                    return Self::poll_inner(future, after, cx);
                 }
             };
             state.set(next);
