@@ -98,16 +98,16 @@ struct Waiting<S, ReqBody> {
 
 /// What to do with the inner service's response: limit headers, usage.
 pub(crate) struct After {
-    shared: Arc<Shared>,
-    principal: Principal,
-    /// If usage is counted: when the inner service was called.
+    /// If usage is counted: the request's key, and when the inner service was called.
     started: Option<Started>,
     /// The limiter's decision, for the `RateLimit` headers.
     decision: Option<Decision>,
 }
 
-/// When the inner service was called, for the usage sink.
+/// A request whose inner service was called, for the usage sink.
 struct Started {
+    /// Its key, through which the layer's sink is reached.
+    principal: Principal,
     /// The request's time, as the layer read it.
     at: SystemTime,
     /// The layer's timer when the service was called, raw.
@@ -351,18 +351,14 @@ fn admit(
     request: Seen<'_>,
 ) -> Verdict {
     trace::accepted(principal.key_id());
-    let after = (shared.usage.is_some() || decision.is_some()).then(|| {
-        Box::new(After {
-            started: shared.timer.as_ref().map(|timer| Started {
-                at: request.at.unwrap_or_else(|| shared.clock.now()),
-                origin: shared.origin(request),
-                raw: timer.raw(),
-            }),
-            shared: Arc::clone(shared),
-            principal: principal.clone(),
-            decision,
-        })
+    let started = shared.recording().map(|recording| Started {
+        at: request.at.unwrap_or_else(|| shared.clock.now()),
+        origin: shared.origin(request),
+        principal: principal.clone(),
+        raw: recording.timer.raw(),
     });
+    let after =
+        (started.is_some() || decision.is_some()).then(|| Box::new(After { started, decision }));
     Verdict::Go(principal, after)
 }
 
@@ -454,20 +450,27 @@ impl After {
         if let Some(decision) = &self.decision {
             decision.write_headers(response.headers_mut());
         }
-        if let (Some(started), Some(timer)) = (self.started, &self.shared.timer) {
+        let Some(started) = self.started else {
+            return;
+        };
+        // The layer's sink, reached through the key's principal: no other reference to the layer
+        // is kept per request.
+        if let Some(recording) = started.principal.recording() {
+            let timer = &recording.timer;
             let latency = timer.delta(started.raw, timer.raw());
             let outcome = response
                 .extensions()
                 .get::<Rejection>()
                 .map_or(Outcome::Ok, |rejection| Outcome::Rejected(*rejection));
-            self.shared.record(Counted {
-                key: Some(&self.principal),
+            Counted {
+                key: Some(&started.principal),
                 outcome,
                 status: response.status(),
                 latency: Some(latency),
                 origin: &started.origin,
-                at: Some(started.at + latency),
-            });
+                at: started.at + latency,
+            }
+            .record(recording);
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::scope::ScopeHierarchy;
 use crate::service::ApiKeyService;
 use crate::shared::Shared;
 use crate::store::{KeyChanges, KeyStore};
-use crate::usage::{CountryResolver, UsageSink};
+use crate::usage::{CountryResolver, Recording, UsageSink};
 use crate::verify::{Environments, KeyReading};
 
 /// API-key authentication as a Tower layer.
@@ -583,6 +583,7 @@ impl ApiKeyLayerBuilder {
                 challenge,
                 retry_after,
             },
+            recording: self.usage.map(Recording::new),
         });
         let cache = KeyCache::new(
             &self.cache,
@@ -596,9 +597,6 @@ impl ApiKeyLayerBuilder {
         let limiter = self
             .limiter
             .unwrap_or_else(|| Arc::new(MemoryLimiter::new()));
-        // Made here, not in the first request: the first calibrates the counter (about half a
-        // millisecond).
-        let timer = self.usage.is_some().then(quanta::Clock::new);
         Ok(ApiKeyLayer {
             shared: Arc::new(Shared {
                 reading: KeyReading::new(
@@ -614,8 +612,6 @@ impl ApiKeyLayerBuilder {
                 costs: self.costs,
                 authority,
                 limiter,
-                usage: self.usage,
-                timer,
                 countries: self.countries,
                 clock,
             }),

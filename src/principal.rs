@@ -12,6 +12,7 @@ use crate::limit::{Policy, RefillPeriod};
 use crate::reject::Rejections;
 use crate::scope::ScopeHierarchy;
 use crate::store::{KeyRecord, KeyState, OwnerRecord};
+use crate::usage::Recording;
 
 /// The authenticated key behind a request, put into the request's extensions by
 /// [`ApiKeyLayer`](crate::ApiKeyLayer).
@@ -32,12 +33,24 @@ use crate::store::{KeyRecord, KeyState, OwnerRecord};
 #[derive(Clone)]
 pub struct Principal(Arc<Inner>);
 
-/// The layer that vouched for a principal: how its scopes imply each other, and how refusals are
-/// answered (so [`RequireScopeLayer`](crate::RequireScopeLayer) answers as the layer does).
-#[derive(Debug)]
+/// The layer that vouched for a principal: how its scopes imply each other, how refusals are
+/// answered (so [`RequireScopeLayer`](crate::RequireScopeLayer) answers as the layer does), and
+/// where its requests are counted (so a response is counted through the principal it carries,
+/// with no other reference to the layer kept per request).
 pub(crate) struct Authority {
     pub(crate) hierarchy: ScopeHierarchy,
     pub(crate) rejections: Rejections,
+    pub(crate) recording: Option<Recording>,
+}
+
+impl fmt::Debug for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authority")
+            .field("hierarchy", &self.hierarchy)
+            .field("rejections", &self.rejections)
+            .field("recording", &self.recording.is_some())
+            .finish()
+    }
 }
 
 /// The mark a layer that allows anonymous requests leaves on a request that carried no key, so
@@ -221,6 +234,11 @@ impl Principal {
     /// How the layer that authenticated this key answers refusals.
     pub(crate) fn rejections(&self) -> &Rejections {
         &self.0.authority.rejections
+    }
+
+    /// Where the layer that authenticated this key counts its requests, if it does.
+    pub(crate) fn recording(&self) -> Option<&Recording> {
+        self.0.authority.recording.as_ref()
     }
 }
 

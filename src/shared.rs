@@ -16,7 +16,7 @@ use crate::network::{client_address, TrustedProxies};
 use crate::principal::{Anonymous, Authority, Principal};
 use crate::reject::Rejection;
 use crate::trace;
-use crate::usage::{Country, CountryResolver, Outcome, Route, UsageEvent, UsageSink};
+use crate::usage::{Country, CountryResolver, Outcome, Recording, Route, UsageEvent};
 use crate::verify::KeyReading;
 
 /// What every service of one layer shares.
@@ -27,14 +27,10 @@ pub(crate) struct Shared {
     pub(crate) cache: KeyCache,
     /// Limiting it.
     pub(crate) limiter: Arc<dyn Limiter>,
-    /// Counting it, if the layer was given a sink.
-    pub(crate) usage: Option<Arc<dyn UsageSink>>,
-    /// The service's time is measured on it, when there is a sink: the CPU's counter, read raw
-    /// and scaled once per request (about 10 ns a read where `std::time::Instant` takes 25).
-    pub(crate) timer: Option<quanta::Clock>,
     /// Where the client's country is read from, for the usage sink.
     pub(crate) countries: Option<Arc<dyn CountryResolver>>,
-    /// Answering: the scope hierarchy and the rejections, shared with every principal.
+    /// Answering and counting: the scope hierarchy, the rejections and the usage sink, shared
+    /// with every principal.
     pub(crate) authority: Arc<Authority>,
     /// What requests cost, by path, if not 1 each.
     pub(crate) costs: Option<Costs>,
@@ -85,14 +81,35 @@ pub(crate) struct Counted<'a> {
     /// How long the inner service took, if it was called.
     pub(crate) latency: Option<Duration>,
     pub(crate) origin: &'a Origin,
-    /// When it was answered, if known without reading the clock again.
-    pub(crate) at: Option<SystemTime>,
+    /// When it was answered.
+    pub(crate) at: SystemTime,
+}
+
+impl Counted<'_> {
+    /// Tells `recording`'s sink.
+    pub(crate) fn record(&self, recording: &Recording) {
+        recording.sink.record(&UsageEvent {
+            key_id: self.key.map(Principal::key_id),
+            owner: self.key.and_then(Principal::owner),
+            outcome: self.outcome,
+            status: Some(self.status),
+            latency: self.latency,
+            endpoint: self.origin.route.as_ref().map(Route::as_str),
+            country: self.origin.country,
+            at: self.at,
+        });
+    }
 }
 
 impl Shared {
+    /// Where this layer counts requests, if it does.
+    pub(crate) fn recording(&self) -> Option<&Recording> {
+        self.authority.recording.as_ref()
+    }
+
     /// What the usage sink is told of `request`'s origin; nothing is read without a sink.
     pub(crate) fn origin(&self, request: Seen<'_>) -> Origin {
-        if self.usage.is_none() {
+        if self.recording().is_none() {
             return Origin::default();
         }
         let country = self.countries.as_ref().and_then(|resolver| {
@@ -110,22 +127,6 @@ impl Shared {
                 request.uri,
             ),
             country,
-        }
-    }
-
-    /// Records one request with the usage sink, if there is one.
-    pub(crate) fn record(&self, counted: Counted<'_>) {
-        if let Some(sink) = &self.usage {
-            sink.record(&UsageEvent {
-                key_id: counted.key.map(Principal::key_id),
-                owner: counted.key.and_then(Principal::owner),
-                outcome: counted.outcome,
-                status: Some(counted.status),
-                latency: counted.latency,
-                endpoint: counted.origin.route.as_ref().map(Route::as_str),
-                country: counted.origin.country,
-                at: counted.at.unwrap_or_else(|| self.clock.now()),
-            });
         }
     }
 
@@ -172,15 +173,16 @@ impl Shared {
         response: &Response<Bytes>,
     ) {
         trace::rejected(presented, rejection);
-        if self.usage.is_some() {
-            self.record(Counted {
+        if let Some(recording) = self.recording() {
+            Counted {
                 key: verified,
                 outcome: Outcome::Rejected(rejection),
                 status: response.status(),
                 latency: None,
                 origin: &self.origin(request),
-                at: request.at,
-            });
+                at: request.at.unwrap_or_else(|| self.clock.now()),
+            }
+            .record(recording);
         }
     }
 }
@@ -191,7 +193,7 @@ impl fmt::Debug for Shared {
             .field("reading", &self.reading)
             .field("cache", &self.cache)
             .field("authority", &self.authority)
-            .field("usage", &self.usage.is_some())
+            .field("usage", &self.recording().is_some())
             .field("anonymous", &self.anonymous.is_some())
             .finish_non_exhaustive()
     }
