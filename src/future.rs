@@ -142,6 +142,7 @@ pub(crate) struct Attempt<'a> {
 /// Verifies the key a lookup gave and counts the request against the key's limits. It only reads
 /// the request's headers: on the hot path it runs inside `call`, on the cache's entry, without
 /// taking the request apart.
+#[inline(always)]
 pub(crate) fn authorize(shared: &Arc<Shared>, attempt: Attempt<'_>) -> Verdict {
     let Attempt {
         presented,
@@ -344,6 +345,7 @@ fn reply(response: Response<Bytes>) -> Verdict {
 }
 
 /// Lets the request through.
+#[inline(always)]
 fn admit(
     shared: &Arc<Shared>,
     principal: Principal,
@@ -351,7 +353,11 @@ fn admit(
     request: Seen<'_>,
 ) -> Verdict {
     trace::accepted(principal.key_id());
-    let started = shared.recording().map(|recording| Started {
+    let recording = shared.recording();
+    if recording.is_none() && decision.is_none() {
+        return Verdict::Go(principal, None);
+    }
+    let started = recording.map(|recording| Started {
         at: request.at.unwrap_or_else(|| shared.clock.now()),
         origin: shared.origin(request),
         principal: principal.clone(),
