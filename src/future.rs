@@ -363,9 +363,7 @@ fn admit(
         principal: principal.clone(),
         raw: recording.timer.raw(),
     });
-    let after =
-        (started.is_some() || decision.is_some()).then(|| Box::new(After { started, decision }));
-    Verdict::Go(principal, after)
+    Verdict::Go(principal, Some(Box::new(After { started, decision })))
 }
 
 impl<S, ReqBody> ResponseFuture<S, ReqBody>
