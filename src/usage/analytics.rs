@@ -510,15 +510,15 @@ impl UsageSink for Analytics {
             country: event.country,
             latency_ms: event.latency.map(|latency| latency.as_secs_f64() * 1_000.0),
         };
-        let secs = unix_seconds(event.at);
-        let minute = secs / 60;
         let max_endpoints = self.inner.config.max_endpoints;
         let whose = Whose::of(event);
         let shard = shard();
         let mut run = lock(&self.inner.runs[shard].0);
-        if run.continues(&whose, minute) {
-            return run.record(&sample, secs, max_endpoints);
+        if run.continues(&whose, event.at) {
+            return run.record(&sample, event.at, max_endpoints);
         }
+        let secs = unix_seconds(event.at);
+        let minute = secs / 60;
         self.end_run(shard, &mut run);
         // The first request of a run goes to its series at once: a thread whose requests change
         // key every time counts each once, as without runs.

@@ -6,12 +6,15 @@
 //! A run ends when its shard records a request of another key, owner or minute, and whenever
 //! the usage is read or flushed, so nothing read is ever missing a request already recorded.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use super::bucket::{Bucket, Sample};
 use super::latency::Tally;
 use super::{Outcome, UsageEvent, OUTCOMES};
+use crate::clock::unix_seconds;
 
 /// Whose requests a run counts, and how many of them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Run {
     /// The key's id; empty, with `verified` false, for requests whose key was not verified.
     key: String,
@@ -19,10 +22,12 @@ pub(crate) struct Run {
     /// The owner's id, if `owned`. Both strings keep their room from run to run.
     owner: String,
     owned: bool,
-    /// The minute (seconds since 1970 divided by 60).
-    minute: u64,
-    /// The latest second of its requests.
-    secs: u64,
+    /// Its minute, from its first instant to the next minute's: a request's time is compared
+    /// with them, not turned into seconds since 1970 (a checked subtraction, on every request).
+    from: SystemTime,
+    until: SystemTime,
+    /// The latest time of its requests.
+    latest: SystemTime,
     /// Its requests' counts, empty until the run's second request (the first is recorded in its
     /// series straight away, so a thread that never sees a key twice in a row pays little
     /// more): by outcome and latency here, densely; the rest in `counts`, which the others join
@@ -32,6 +37,25 @@ pub(crate) struct Run {
     counts: Bucket,
     /// Whether the run counted a request since it was last drained.
     pending: bool,
+}
+
+impl Default for Run {
+    /// No run: its minute is empty, so no request continues it.
+    fn default() -> Self {
+        Run {
+            key: String::new(),
+            verified: false,
+            owner: String::new(),
+            owned: false,
+            from: UNIX_EPOCH,
+            until: UNIX_EPOCH,
+            latest: UNIX_EPOCH,
+            outcomes: [0; OUTCOMES],
+            latency: Tally::default(),
+            counts: Bucket::default(),
+            pending: false,
+        }
+    }
 }
 
 /// Who an event is of: its key's id (if verified) and owner.
@@ -50,23 +74,24 @@ impl<'a> Whose<'a> {
 }
 
 impl Run {
-    /// Whether a request of `whose` in `minute` continues this run.
-    pub(crate) fn continues(&self, whose: &Whose<'_>, minute: u64) -> bool {
-        self.minute == minute
+    /// Whether a request of `whose` at `at` continues this run.
+    pub(crate) fn continues(&self, whose: &Whose<'_>, at: SystemTime) -> bool {
+        self.from <= at
+            && at < self.until
             && self.verified == whose.key.is_some()
             && self.key == whose.key.unwrap_or("")
             && self.owned == whose.owner.is_some()
             && self.owner == whose.owner.unwrap_or("")
     }
 
-    /// Counts `sample` of second `secs` in this run.
-    pub(crate) fn record(&mut self, sample: &Sample<'_>, secs: u64, max_endpoints: usize) {
+    /// Counts `sample`, of a request at `at`, in this run.
+    pub(crate) fn record(&mut self, sample: &Sample<'_>, at: SystemTime, max_endpoints: usize) {
         self.outcomes[sample.outcome.index()] += 1;
         if let Some(ms) = sample.latency_ms {
             self.latency.add(ms);
         }
         self.counts.record_answer(sample, max_endpoints);
-        self.secs = self.secs.max(secs);
+        self.latest = self.latest.max(at);
         self.pending = true;
     }
 
@@ -84,7 +109,7 @@ impl Run {
                 key: self.verified.then_some(&*self.key),
                 owner: self.owned.then_some(&*self.owner),
             };
-            into(&whose, self.secs, &self.counts);
+            into(&whose, unix_seconds(self.latest), &self.counts);
             self.counts.clear();
         }
     }
@@ -98,8 +123,15 @@ impl Run {
         self.owner.clear();
         self.owner.push_str(whose.owner.unwrap_or(""));
         self.owned = whose.owner.is_some();
-        self.minute = minute;
-        self.secs = 0;
+        // Past what the clock holds (no request's time is), the span stays empty.
+        self.from = UNIX_EPOCH
+            .checked_add(Duration::from_secs(minute.saturating_mul(60)))
+            .unwrap_or(UNIX_EPOCH);
+        self.until = self
+            .from
+            .checked_add(Duration::from_secs(60))
+            .unwrap_or(self.from);
+        self.latest = self.from;
         // The counts are empty already: `drain` empties them.
     }
 }
