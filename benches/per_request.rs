@@ -4,6 +4,11 @@
 //! The hot key also runs with the credential left in place (`HideCredentials::Keep`, the floor's
 //! behaviour) and restricted to a network (the peer address in the request's extensions).
 //!
+//! Each random key also runs as the harness alone (`harness_random_of_10k`, `…_of_1m`): the same
+//! choice of header, the same request, the header's bytes read, the bare service. Among many
+//! keys the header itself is in no CPU cache (a server's parser has just written it, so there it
+//! is), and the layer's own cost on a random key is the difference between the two.
+//!
 //! Beside them, the floor as a service: `Floor` (`support/floor.rs`) does the unavoidable steps of
 //! a cached request and nothing else, built from the same parts the layer uses, with the steps
 //! added one at a time (`floor_1_header` … `floor_7_extensions`). Each step's cost is then
