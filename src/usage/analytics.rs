@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
+use thread_local::ThreadLocal;
 
 use super::bucket::{Bucket, Sample};
 use super::report::{ranked, Point, Resolution, Subject, UsageReport};
@@ -56,7 +57,9 @@ impl Default for AnalyticsConfig {
 /// Memory (`benches/memory.rs`): a key's first bucket about 600 bytes with the key's series,
 /// each further bucket about 450, plus 24 bytes per endpoint and country it names; latencies
 /// are the sketch's non-zero bins, 16 bytes each. A key busy every minute holds at most 1,440 +
-/// 720 + 396 buckets; a key idle for a period holds none for it.
+/// 720 + 396 buckets; a key idle for a period holds none for it. Each thread that records keeps
+/// its run: a bucket's worth, and a dense count of the latencies it saw (8 bytes a bin, at most
+/// 16 KiB).
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
@@ -93,20 +96,24 @@ struct Inner {
     /// Keyed by verified keys only (foldhash, seeded per map): a client cannot choose the ids.
     keys: DashMap<Box<str>, Mutex<Series>, RandomState>,
     unauthenticated: [Mutex<Series>; SHARDS],
-    /// The runs of requests of the threads of each shard, not yet in their series.
-    runs: [Padded; SHARDS],
+    /// Each thread's run of requests, not yet in its series: one per thread however many there
+    /// are, so a thread's run is ended only by its own requests (or a report). A thread that
+    /// ends leaves its run to the next thread given its place.
+    runs: ThreadLocal<OwnRun>,
 }
 
-/// A run's lock on a cache line of its own: the threads of different shards do not share one.
-#[derive(Default)]
+/// A thread's run, its lock on a cache line of its own (threads do not share one), and the
+/// thread's shard of the unauthenticated series.
 #[repr(align(128))]
-struct Padded(Mutex<Run>);
+struct OwnRun {
+    shard: usize,
+    run: Mutex<Run>,
+}
 
-/// How many shards threads are spread over: each has a run and a series of the unauthenticated
-/// requests.
+/// How many shards the unauthenticated series are spread over, by thread.
 const SHARDS: usize = 8;
 
-/// The shard this thread records in.
+/// The shard of the unauthenticated series this thread records in.
 fn shard() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
@@ -156,7 +163,7 @@ impl Analytics {
                 flushing: tokio::sync::Mutex::new(()),
                 keys: DashMap::default(),
                 unauthenticated: Default::default(),
-                runs: Default::default(),
+                runs: ThreadLocal::new(),
             }),
         }
     }
@@ -351,8 +358,8 @@ impl Analytics {
     /// Merges every thread's run into its series, so what is read next counts every request
     /// recorded before.
     fn settle(&self) {
-        for (shard, run) in self.inner.runs.iter().enumerate() {
-            self.end_run(shard, &mut lock(&run.0));
+        for own in self.inner.runs.iter() {
+            self.end_run(own.shard, &mut lock(&own.run));
         }
     }
 
@@ -512,8 +519,12 @@ impl UsageSink for Analytics {
         };
         let max_endpoints = self.inner.config.max_endpoints;
         let whose = Whose::of(event);
-        let shard = shard();
-        let mut run = lock(&self.inner.runs[shard].0);
+        let own = self.inner.runs.get_or(|| OwnRun {
+            shard: shard(),
+            run: Mutex::default(),
+        });
+        let shard = own.shard;
+        let mut run = lock(&own.run);
         if run.continues(&whose, event.at) {
             return run.record(&sample, event.at, max_endpoints);
         }
@@ -624,6 +635,49 @@ mod tests {
             assert_eq!(across.unwrap().totals.requests, 10);
             to_thread.send(()).unwrap();
         });
+    }
+
+    /// The requests of `subject` in the day from `START` as its series hold them, without the
+    /// runs still open (which a report would end first).
+    fn in_series(analytics: &Analytics, subject: Subject<'_>) -> u64 {
+        let from = UNIX_EPOCH + Duration::from_secs(START);
+        let window = Window::of(
+            &(from..from + Duration::from_secs(86_400)),
+            Resolution::Minute,
+        );
+        let mut buckets = window.buckets();
+        analytics.add_local(subject, &window, &mut buckets);
+        analytics.report(subject, &window, &buckets).totals.requests
+    }
+
+    /// Sixteen threads at once, each recording its own key twice with all the others' requests
+    /// in between: each thread's second request continues its own run, however many threads
+    /// there are (no two share a run, so none ends another's).
+    #[test]
+    fn every_thread_keeps_a_run_of_its_own() {
+        const THREADS: usize = 16;
+        let analytics = Analytics::new();
+        let ids: Vec<String> = (0..THREADS).map(|thread| format!("t{thread}")).collect();
+        let barrier = std::sync::Barrier::new(THREADS);
+        std::thread::scope(|scope| {
+            for id in &ids {
+                let (analytics, barrier) = (&analytics, &barrier);
+                scope.spawn(move || {
+                    analytics.record(&event(Some(id), START + 5, 3));
+                    barrier.wait();
+                    analytics.record(&event(Some(id), START + 5, 3));
+                });
+            }
+        });
+        for id in &ids {
+            // The run's first request is in the series, the second still in the run.
+            assert_eq!(in_series(&analytics, Subject::Key(id)), 1, "{id}");
+        }
+        // The threads have ended; a report still counts what their runs held.
+        assert_eq!(
+            day(&analytics, Subject::All).totals.requests,
+            2 * THREADS as u64
+        );
     }
 
     /// A small generator of test data (xorshift), seeded per thread.

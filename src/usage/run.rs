@@ -1,9 +1,9 @@
 //! A run of requests: consecutive requests of one key (or of no verified key) in one minute,
-//! recorded by the threads of one shard (threads are spread over a few), counted apart and merged
-//! into the key's series when the run ends. A hot key's requests then cost a few counts under
-//! the shard's uncontended lock, not a map lookup and its series' lock each.
+//! recorded by one thread, counted apart and merged into the key's series when the run ends. A
+//! hot key's requests then cost a few counts under the thread's uncontended lock, not a map
+//! lookup and its series' lock each.
 //!
-//! A run ends when its shard records a request of another key, owner or minute, and whenever
+//! A run ends when its thread records a request of another key, owner or minute, and whenever
 //! the usage is read or flushed, so nothing read is ever missing a request already recorded.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
