@@ -219,6 +219,7 @@ fn per_request(c: &mut Criterion) {
     // telling any sink costs). With `--features
     // analytics` (as bench/run.sh runs it), the analytics sink; then a gRPC request with a
     // country header, without a sink and with analytics reading its endpoint and country.
+    #[cfg_attr(not(feature = "analytics"), allow(unused_mut))]
     let mut sinks: Vec<(&str, ApiKeyLayerBuilderFn, HeaderValue)> = vec![
         (
             "api_key_hot_key_empty_sink",
