@@ -13,7 +13,8 @@
 //! a cached request and nothing else, built from the same parts the layer uses, with the steps
 //! added one at a time (`floor_1_header` … `floor_7_extensions`). Each step's cost is then
 //! measured where it runs, in a service, and what the layer costs above `floor_7_extensions` is
-//! the layer's own structure.
+//! the layer's own structure. `floor_7_coarse_clock` is the same floor reading the layer's
+//! default clock (`CoarseClock`) instead of `SystemTime::now`.
 
 #[path = "support/floor.rs"]
 mod floor;
@@ -349,6 +350,7 @@ fn per_request(c: &mut Criterion) {
     floor_step!(5, "floor_5_compare");
     floor_step!(6, "floor_6_clock");
     floor_step!(7, "floor_7_extensions");
+    floor_step!(8, "floor_7_coarse_clock");
 
     for (name, n) in [
         ("api_key_random_of_10k", 10_000),

@@ -8,7 +8,7 @@ use http::HeaderValue;
 use tower::Layer;
 
 use crate::cache::{CacheConfig, CacheStats, KeyCache};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, CoarseClock};
 use crate::extract::{HideCredentials, KeySource};
 use crate::key::{Environment, IdKey, InvalidPrefix, KeyFormat};
 use crate::limit::{
@@ -94,7 +94,7 @@ impl ApiKeyLayer {
             limiter: None,
             usage: None,
             countries: None,
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(CoarseClock),
             hide: HideCredentials::default(),
             anonymous: false,
             proxies: None,
@@ -447,7 +447,11 @@ impl ApiKeyLayerBuilder {
     }
 
     /// Reads the time from `clock` (expiry, quota windows, and the in-memory limiter's rate
-    /// limits; a `RedisLimiter` keeps rate limits on the Redis server's clock); for tests.
+    /// limits; a `RedisLimiter` keeps rate limits on the Redis server's clock): a
+    /// [`ManualClock`](crate::clock::ManualClock) for tests, or [`SystemClock`](crate::clock::SystemClock)
+    /// for the time to the nanosecond. The default is [`CoarseClock`]: the system's clock at the
+    /// kernel's last tick, which costs a request about 18 ns less on the machine of
+    /// `BENCHMARKS.md`.
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self

@@ -315,6 +315,34 @@ async fn randomized_interleavings_never_admit_a_key_after_its_revoke_returned() 
     assert!(admitted_before > 0, "the keys worked before their revoke");
 }
 
+/// The layer reads the kernel's coarse clock (`CoarseClock`), up to a tick behind the precise
+/// one: the manager ends a key rotated without grace on that same clock, so the request right
+/// after is refused, never admitted for the rest of the tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotated_without_grace_is_refused_at_once() {
+    let store = MemoryStore::new();
+    let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
+    let keys = KeyManager::new(store).with_cache(layer.handle());
+    let app = app(layer, Arc::new(AtomicUsize::new(0)));
+    for round in 0..50 {
+        let created = keys
+            .create(NewKey::new("rotated").scopes(["read"]))
+            .await
+            .unwrap();
+        let key = created.key.expose_secret();
+        assert_eq!(status(&app, key).await, StatusCode::OK, "round {round}");
+        keys.rotate(&created.record.id, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            status(&app, key).await,
+            StatusCode::UNAUTHORIZED,
+            "round {round}: the old key ended when rotate returned"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_key_does_not_come_back_during_a_later_outage() {
     let store = TestStore::default();

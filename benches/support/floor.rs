@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
 use tower::Service;
+use tower_api_key::clock::{Clock, CoarseClock};
 use tower_api_key::{key::KeyFormat, key::SecretDigest, Environment};
 
 type Body = http_body_util::Empty<bytes::Bytes>;
@@ -29,7 +30,9 @@ type FloorMap = dashmap::DashMap<Box<str>, FloorEntry, foldhash::fast::RandomSta
 /// the inner service. 1 read the `Authorization` header and strip the scheme; 2 parse the key and
 /// check its CRC32; 3 SHA-256 of the secret; 4 read the hash map; 5 compare the digests in
 /// constant time; 6 read the clock and check the expiry; 7 insert the principal into the
-/// request's extensions. A failed step answers 401 without calling the inner service.
+/// request's extensions. A failed step answers 401 without calling the inner service. `STEPS`
+/// 8 is the seven with the layer's default clock ([`CoarseClock`]) in step 6, where the floor of
+/// the issue reads the precise one (`SystemTime::now`).
 #[derive(Clone)]
 pub struct Floor<const STEPS: u8, S> {
     inner: S,
@@ -68,7 +71,12 @@ impl<const STEPS: u8, S> Floor<STEPS, S> {
             black_box(entry);
             return Some(());
         }
-        if SystemTime::now() >= entry.expires_at {
+        let now = if STEPS > 7 {
+            CoarseClock.now()
+        } else {
+            SystemTime::now()
+        };
+        if now >= entry.expires_at {
             return None;
         }
         if STEPS < 7 {

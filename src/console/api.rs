@@ -241,7 +241,7 @@ impl<A: Store> Inner<A> {
     }
 
     fn info(&self, record: &KeyRecord) -> KeyInfo {
-        KeyInfo::new(record, Some(self.handle.format()), SystemTime::now())
+        KeyInfo::new(record, Some(self.handle.format()), crate::clock::now())
     }
 
     /// Refuses a plan the layer does not define.
@@ -279,7 +279,7 @@ fn expiry(
 ) -> Result<Option<SystemTime>, ApiError> {
     match (expires_in, expires_at) {
         (Some(_), Some(_)) => Err(both_expiries()),
-        (Some(text), None) => Ok(Some(after(SystemTime::now(), duration(text)?)?)),
+        (Some(text), None) => Ok(Some(after(crate::clock::now(), duration(text)?)?)),
         (None, Some(secs)) => Ok(Some(after(
             SystemTime::UNIX_EPOCH,
             Duration::from_secs(secs),
@@ -333,7 +333,7 @@ pub(crate) async fn list<A: Store>(
         }
     }
     let name = query.name.as_deref().map(str::to_lowercase);
-    let now = SystemTime::now();
+    let now = crate::clock::now();
     let matching: Vec<KeyRecord> = console
         .keys
         .store()
@@ -381,7 +381,7 @@ pub(crate) async fn create<A: Store>(
     }
     if let Some(at) = expiry(body.expires_in.as_deref(), body.expires_at)? {
         // A key born expired is a mistake in the request.
-        if at <= SystemTime::now() {
+        if at <= crate::clock::now() {
             return Err(ApiError::bad(
                 "INVALID_EXPIRY",
                 "the expiry is not in the future",

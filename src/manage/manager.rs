@@ -164,7 +164,7 @@ impl NewKey {
         record.allowed_networks = self.allowed_networks;
         record.credits = self
             .credits
-            .map(|credits| credits.starting(unix_seconds(SystemTime::now())));
+            .map(|credits| credits.starting(unix_seconds(crate::clock::now())));
         Ok(CreatedKey {
             key: generated.key,
             record,
@@ -351,7 +351,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         id: &str,
         credits: Option<Credits>,
     ) -> Result<bool, StoreError> {
-        let credits = credits.map(|c| c.starting(unix_seconds(SystemTime::now())));
+        let credits = credits.map(|c| c.starting(unix_seconds(crate::clock::now())));
         let result = self.store.set_credits(id, credits.as_ref()).await;
         self.changed(id);
         result
@@ -454,7 +454,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         owner: &str,
         credits: Option<Credits>,
     ) -> Result<(), StoreError> {
-        let credits = credits.map(|c| c.starting(unix_seconds(SystemTime::now())));
+        let credits = credits.map(|c| c.starting(unix_seconds(crate::clock::now())));
         let result = self.store.set_owner_credits(owner, credits.as_ref()).await;
         self.owner_changed(owner);
         result
@@ -475,7 +475,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// # Errors
     /// When the store fails.
     pub async fn owner(&self, owner: &str) -> Result<Option<OwnerRecord>, StoreError> {
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         Ok(self.store.owner(owner).await?.map(|mut record| {
             record.credits = record.credits.map(|credits| credits.refilled_by(now));
             record
@@ -517,7 +517,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// # Errors
     /// When the store fails.
     pub async fn list(&self) -> Result<Vec<KeyInfo>, StoreError> {
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         Ok(self
             .store
             .list()
@@ -533,7 +533,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// When the store fails.
     pub async fn show(&self, id: &str) -> Result<Option<KeyInfo>, StoreError> {
         let record = self.store.get(id).await?;
-        Ok(record.map(|r| KeyInfo::new(&r, self.format.as_ref(), SystemTime::now())))
+        Ok(record.map(|r| KeyInfo::new(&r, self.format.as_ref(), crate::clock::now())))
     }
 
     /// Renames key `id`; returns whether it exists.
@@ -667,7 +667,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         let Some(old) = self.store.get(id).await? else {
             return Ok(None);
         };
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         match old.state(now) {
             KeyState::Active => {}
             state => return Err(ManageError::NotActive(state)),
