@@ -448,10 +448,10 @@ impl ApiKeyLayerBuilder {
 
     /// Reads the time from `clock` (expiry, quota windows, and the in-memory limiter's rate
     /// limits; a `RedisLimiter` keeps rate limits on the Redis server's clock): a
-    /// [`ManualClock`](crate::clock::ManualClock) for tests, or [`SystemClock`](crate::clock::SystemClock)
-    /// for the time to the nanosecond. The default is [`CoarseClock`]: the system's clock at the
-    /// kernel's last tick, which costs a request about 18 ns less on the machine of
-    /// `BENCHMARKS.md`.
+    /// [`ManualClock`](crate::clock::ManualClock) for tests, or
+    /// [`SystemClock`](crate::clock::SystemClock) for the time to the nanosecond. The default is
+    /// [`CoarseClock`]: the system's clock as of the kernel's last tick, which costs a request
+    /// about 13 ns less on the machine of `BENCHMARKS.md`.
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self
