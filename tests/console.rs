@@ -18,7 +18,9 @@ mod console {
     use serde_json::{json, Value};
     use tower_api_key::{KeyManager, MemoryStore};
 
-    use super::common::{api_key, console_app, serve, HttpClient, Reply};
+    use super::common::{api_key, console_app, serve, FaultyStore, HttpClient, Reply};
+    use axum::Router;
+    use tower_api_key::{console::Console, ApiKeyLayer, NewKey};
 
     /// A server with the console at `/admin` and `/items/{id}` behind the same layer, an admin
     /// key, and every answer the test got (to count where a plaintext appears).
@@ -641,18 +643,41 @@ mod console {
 
         let (_, id) = server.create(&admin, json!({"name": "target"})).await;
         let key = format!("/admin/api/keys/{id}");
+        let long_value = json!({"name": "renamed", "metadata": {"k": "v".repeat(513)}});
         for (body, code) in [
-            (r#"{"scopes":["root"]}"#, "UNKNOWN_SCOPE"),
-            (r#"{"expires_in":"forever"}"#, "INVALID_DURATION"),
-            (r#"{"plan":"gold"}"#, "UNKNOWN_PLAN"),
-            (r#"{"name":""}"#, "INVALID_NAME"),
-            (r#"{"disabled":"yes"}"#, "INVALID_REQUEST"),
+            (r#"{"scopes":["root"]}"#.to_owned(), "UNKNOWN_SCOPE"),
+            (r#"{"expires_in":"forever"}"#.to_owned(), "INVALID_DURATION"),
+            (r#"{"plan":"gold"}"#.to_owned(), "UNKNOWN_PLAN"),
+            (r#"{"name":""}"#.to_owned(), "INVALID_NAME"),
+            (r#"{"disabled":"yes"}"#.to_owned(), "INVALID_REQUEST"),
+            // A good field beside a bad one: the bad one is found before anything is written.
+            (long_value.to_string(), "INVALID_METADATA"),
+            (
+                r#"{"name":"renamed","scopes":["read"],"expires_in":"20000y"}"#.to_owned(),
+                "INVALID_EXPIRY",
+            ),
+            (
+                r#"{"name":"renamed","disabled":true,"limits":{"named":[{"name":"a","limit":1,"window":1},{"name":"a","limit":2,"window":1}]}}"#.to_owned(),
+                "INVALID_LIMITS",
+            ),
         ] {
-            let reply = server.call(Method::PATCH, &key, Some(&admin), body).await;
+            let reply = server.call(Method::PATCH, &key, Some(&admin), &body).await;
             refused(&reply, StatusCode::BAD_REQUEST, code);
         }
-        // Nothing of a refused update was applied.
-        assert_eq!(server.get(&key, &admin).await.json()["name"], "target");
+        // Nothing of a refused update was applied, and nothing was put in the audit trail.
+        let target = server.get(&key, &admin).await.json();
+        assert_eq!(
+            (&target["name"], &target["scopes"], &target["state"]),
+            (&json!("target"), &json!([]), &json!("active"))
+        );
+        let trail = server
+            .get(&format!("/admin/api/audit?key={id}"), &admin)
+            .await
+            .json();
+        let actions: Vec<&str> = (trail["events"].as_array().unwrap().iter())
+            .map(|event| event["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(actions, ["create"]);
         let grace = server
             .issue(
                 &format!("{key}/rotate"),
@@ -691,6 +716,52 @@ mod console {
             let reply = server.call(method, path, Some(&admin), body).await;
             refused(&reply, StatusCode::NOT_FOUND, "KEY_NOT_FOUND");
         }
+    }
+
+    /// A store that fails part way through an update: the reply is 503, and the changes
+    /// written before the failure are in the audit trail, the others neither written nor named.
+    #[tokio::test]
+    async fn an_update_the_store_fails_part_way_is_audited_as_far_as_it_went() {
+        let store = FaultyStore::default();
+        let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
+        let keys = KeyManager::new(store.clone()).with_cache(layer.handle());
+        let admin = keys
+            .create(NewKey::new("root").scopes(["admin"]))
+            .await
+            .unwrap();
+        let admin = admin.key.expose_secret().to_owned();
+        let target = keys.create(NewKey::new("target")).await.unwrap().record.id;
+        let console = Console::new(&layer, store.clone()).scopes(["read", "write"]);
+        let app = Router::new().nest("/admin", console.router());
+        let client = HttpClient::new(serve(app).await);
+        let auth = [("authorization", api_key(&admin))];
+        let headers: Vec<(&str, &str)> = auth.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let key = format!("/admin/api/keys/{target}");
+
+        store.fail_after_writes(1);
+        let body = r#"{"name":"renamed","scopes":["read"],"disabled":true}"#;
+        let reply = client.send_body(Method::PATCH, &key, &headers, body).await;
+        refused(
+            &reply,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "KEY_STORE_UNAVAILABLE",
+        );
+        *store.writes_left.lock().unwrap() = None;
+
+        let now = client.get(&key, &headers).await.json();
+        assert_eq!(
+            (&now["name"], &now["scopes"], &now["state"]),
+            (&json!("renamed"), &json!([]), &json!("active"))
+        );
+        let path = format!("/admin/api/audit?key={target}");
+        let trail = client.get(&path, &headers).await.json();
+        let events = trail["events"].as_array().unwrap();
+        let update = &events[0];
+        assert_eq!(events.len(), 1, "{trail}");
+        assert_eq!(
+            (&update["action"], &update["detail"]),
+            (&json!("update"), &json!(["name"]))
+        );
     }
 
     #[tokio::test]

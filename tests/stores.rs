@@ -6,17 +6,16 @@ mod conformance;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::StatusCode;
 use tower_api_key::{
-    cache::CacheConfig, key::KeyFormat, limit::Credits, limit::Limits, manage::ManageError,
-    network::IpNet, store::KeyRecord, store::KeyStore, store::KeyStoreAdmin, store::StoreError,
-    store::UsageUpdate, usage::StoreUsage, ApiKeyLayer, Environment, KeyManager, MemoryStore,
+    cache::CacheConfig, key::KeyFormat, manage::ManageError, store::KeyStore, store::KeyStoreAdmin,
+    store::StoreError, usage::StoreUsage, ApiKeyLayer, Environment, KeyManager, MemoryStore,
     NewKey,
 };
 
-use common::{api_key, app, serve, HttpClient, TestStore};
+use common::{api_key, app, serve, FaultyStore, HttpClient, TestStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_store_passes_the_conformance_suite() {
@@ -331,101 +330,11 @@ async fn usage_is_flushed_to_the_store_in_batches() {
     assert_eq!(store.get(&b.record.id).await.unwrap().unwrap().requests, 3);
 }
 
-/// A memory store whose next creates answer `Conflict`, as a store does when a new key's id is
-/// taken.
-#[derive(Clone, Default)]
-struct Taken {
-    keys: MemoryStore,
-    conflicts: Arc<AtomicUsize>,
-}
-
-#[tower_api_key::async_trait]
-impl KeyStore for Taken {
-    async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        self.keys.get(id).await
-    }
-}
-
-#[tower_api_key::async_trait]
-impl KeyStoreAdmin for Taken {
-    async fn create(&self, record: KeyRecord) -> Result<(), StoreError> {
-        let left = self.conflicts.load(Ordering::SeqCst);
-        if left > 0 {
-            self.conflicts.store(left - 1, Ordering::SeqCst);
-            return Err(StoreError::Conflict(record.id));
-        }
-        self.keys.create(record).await
-    }
-    async fn revoke(&self, id: &str, at: SystemTime) -> Result<bool, StoreError> {
-        self.keys.revoke(id, at).await
-    }
-    async fn delete(&self, id: &str) -> Result<bool, StoreError> {
-        self.keys.delete(id).await
-    }
-    async fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        self.keys.list().await
-    }
-    async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError> {
-        self.keys.set_scopes(id, scopes).await
-    }
-    async fn set_name(&self, id: &str, name: &str) -> Result<bool, StoreError> {
-        self.keys.set_name(id, name).await
-    }
-    async fn set_plan(&self, id: &str, plan: Option<&str>) -> Result<bool, StoreError> {
-        self.keys.set_plan(id, plan).await
-    }
-    async fn set_metadata(
-        &self,
-        id: &str,
-        metadata: &std::collections::BTreeMap<String, String>,
-    ) -> Result<bool, StoreError> {
-        self.keys.set_metadata(id, metadata).await
-    }
-    async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, StoreError> {
-        self.keys.set_expiry(id, at).await
-    }
-    async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
-        self.keys.set_disabled(id, disabled).await
-    }
-    async fn set_credits(&self, id: &str, credits: Option<&Credits>) -> Result<bool, StoreError> {
-        self.keys.set_credits(id, credits).await
-    }
-    async fn add_credits(&self, id: &str, amount: u64) -> Result<Option<u64>, StoreError> {
-        self.keys.add_credits(id, amount).await
-    }
-    async fn set_limits(&self, id: &str, limits: Option<&Limits>) -> Result<bool, StoreError> {
-        self.keys.set_limits(id, limits).await
-    }
-    async fn set_allowed_networks(&self, id: &str, networks: &[IpNet]) -> Result<bool, StoreError> {
-        self.keys.set_allowed_networks(id, networks).await
-    }
-    async fn set_owner_limits(
-        &self,
-        owner: &str,
-        limits: Option<&Limits>,
-    ) -> Result<(), StoreError> {
-        self.keys.set_owner_limits(owner, limits).await
-    }
-    async fn set_owner_credits(
-        &self,
-        owner: &str,
-        credits: Option<&Credits>,
-    ) -> Result<(), StoreError> {
-        self.keys.set_owner_credits(owner, credits).await
-    }
-    async fn add_owner_credits(&self, owner: &str, amount: u64) -> Result<Option<u64>, StoreError> {
-        self.keys.add_owner_credits(owner, amount).await
-    }
-    async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {
-        self.keys.record_usage(batch).await
-    }
-}
-
 /// A new key's id that the store already has is drawn again (signed ids have 8 random
 /// characters), up to four times; then the conflict is the caller's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_id_is_drawn_again() {
-    let store = Taken::default();
+    let store = FaultyStore::default();
     let keys = KeyManager::new(store.clone()).format(KeyFormat::new("mesh").unwrap());
     store.conflicts.store(3, Ordering::SeqCst);
     let created = keys.create(NewKey::new("fourth try")).await.unwrap();

@@ -15,10 +15,11 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::limit::Limits;
+use crate::manage::manager::Edits;
 use crate::manage::{CreatedKey, KeyInfo};
 use crate::store::{KeyRecord, KeyStoreAdmin, UsageArchive};
 use crate::usage::{Resolution, Subject, UsageReport};
-use crate::{Environment, NewKey, Principal};
+use crate::{Environment, KeyManager, NewKey, Principal};
 
 use super::access::{Caller, Role};
 use super::error::ApiError;
@@ -472,39 +473,63 @@ pub(crate) async fn update<A: Store>(
         (None, Some(None)) => Some(None),
         (text, at) => Some(expiry(text, at.flatten())?),
     };
-    let keys = &console.keys;
+    // Every change is checked before the first is written: a bad one leaves the key as it was.
+    Edits {
+        name: body.name.as_deref(),
+        scopes: body.scopes.as_deref(),
+        metadata: body.metadata.as_ref(),
+        expiry: expires,
+        limits: body.limits.as_ref().map(Option::as_ref),
+    }
+    .validate()?;
     let mut changed = Vec::new();
+    let applied = apply(&console.keys, &id, body, expires, &mut changed).await;
+    // What was written is in the audit trail, even when the store failed part way.
+    if !changed.is_empty() {
+        console.record_change(&caller, "update", &record, changed);
+    }
+    applied?;
+    let record = console.record(&caller, &id).await?;
+    Ok(Json(console.info(&record)))
+}
+
+/// Writes `body`'s changes to key `id` one by one, naming each in `changed` once written.
+async fn apply<A: Store>(
+    keys: &KeyManager<A>,
+    id: &str,
+    body: UpdateKey,
+    expires: Option<Option<SystemTime>>,
+    changed: &mut Vec<String>,
+) -> Result<(), ApiError> {
     if let Some(name) = &body.name {
-        keys.rename(&id, name).await?;
+        keys.rename(id, name).await?;
         changed.push("name".to_owned());
     }
     if let Some(scopes) = &body.scopes {
-        keys.update_scopes(&id, scopes).await?;
+        keys.update_scopes(id, scopes).await?;
         changed.push("scopes".to_owned());
     }
     if let Some(metadata) = &body.metadata {
-        keys.set_metadata(&id, metadata).await?;
+        keys.set_metadata(id, metadata).await?;
         changed.push("metadata".to_owned());
     }
     if let Some(at) = expires {
-        keys.set_expiry(&id, at).await?;
+        keys.set_expiry(id, at).await?;
         changed.push("expires_at".to_owned());
     }
     if let Some(plan) = &body.plan {
-        keys.set_plan(&id, plan.as_deref()).await?;
+        keys.set_plan(id, plan.as_deref()).await?;
         changed.push("plan".to_owned());
     }
     if let Some(limits) = body.limits {
-        keys.set_limits(&id, limits).await?;
+        keys.set_limits(id, limits).await?;
         changed.push("limits".to_owned());
     }
     if let Some(disabled) = body.disabled {
-        keys.set_disabled(&id, disabled).await?;
+        keys.set_disabled(id, disabled).await?;
         changed.push(if disabled { "disabled" } else { "enabled" }.to_owned());
     }
-    console.record_change(&caller, "update", &record, changed);
-    let record = console.record(&caller, &id).await?;
-    Ok(Json(console.info(&record)))
+    Ok(())
 }
 
 /// Issues a key with every setting of this one, which works for the grace period more.

@@ -81,10 +81,12 @@ fn create() {}
 #[allow(dead_code)]
 fn show() {}
 
-/// Changes a key; fields left out stay, `null` clears.
+/// Changes a key; fields left out stay, `null` clears. Every field is checked before the first
+/// is written: a 400 changes nothing. A 503 may leave the fields written before the store failed,
+/// and names them in the audit trail.
 #[utoipa::path(patch, path = "/api/keys/{id}", tag = "keys", params(("id" = String, Path, description = "The key id")),
     request_body = UpdateKey,
-    responses((status = 200, body = KeyInfo), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = KeyInfo), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 #[allow(dead_code)]
 fn update() {}
 

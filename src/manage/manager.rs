@@ -697,6 +697,44 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     }
 }
 
+/// Several changes to one key (the console's update), checked all together before any is
+/// written: one that would be refused leaves the key as it was, rather than refused after the
+/// changes before it were made. Each setter checks its own change again.
+#[cfg(feature = "console")]
+pub(crate) struct Edits<'a> {
+    pub(crate) name: Option<&'a str>,
+    pub(crate) scopes: Option<&'a [String]>,
+    pub(crate) metadata: Option<&'a BTreeMap<String, String>>,
+    /// A new expiry, or `Some(None)` to clear it.
+    pub(crate) expiry: Option<Option<SystemTime>>,
+    /// New limits, or `Some(None)` to clear them.
+    pub(crate) limits: Option<Option<&'a Limits>>,
+}
+
+#[cfg(feature = "console")]
+impl Edits<'_> {
+    /// What [`rename`](KeyManager::rename), [`update_scopes`](KeyManager::update_scopes),
+    /// [`set_metadata`](KeyManager::set_metadata), [`set_expiry`](KeyManager::set_expiry) and
+    /// [`set_limits`](KeyManager::set_limits) would refuse of these changes.
+    pub(crate) fn validate(&self) -> Result<(), ManageError> {
+        if let Some(name) = self.name {
+            validate_name(name).map_err(ManageError::Invalid)?;
+        }
+        for scope in self.scopes.unwrap_or_default() {
+            validate_scope(scope).map_err(|e| ManageError::Invalid(InvalidKey::Scope(e)))?;
+        }
+        if let Some(metadata) = self.metadata {
+            validate_metadata(metadata).map_err(ManageError::Invalid)?;
+        }
+        if let Some(Some(at)) = self.expiry {
+            if !keeps(at) {
+                return Err(ManageError::Invalid(InvalidKey::TimeOutOfRange));
+            }
+        }
+        validate(self.limits.flatten())
+    }
+}
+
 /// Refuses an empty, blank or over-long name.
 fn validate_name(name: &str) -> Result<(), InvalidKey> {
     if name.trim().is_empty() || name.len() > MAX_NAME_LEN {

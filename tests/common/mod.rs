@@ -15,8 +15,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tower_api_key::{
-    async_trait, store::KeyRecord, store::KeyStore, store::StoreError, ApiKeyLayer, MemoryStore,
-    Principal, RequireScopeLayer,
+    async_trait, limit::Credits, limit::Limits, network::IpNet, store::KeyRecord, store::KeyStore,
+    store::KeyStoreAdmin, store::StoreError, store::UsageArchive, store::UsageRange,
+    store::UsageRow, store::UsageUpdate, ApiKeyLayer, MemoryStore, Principal, RequireScopeLayer,
 };
 
 /// The variable that turns on [`log_everything`]; `.ci/run` sets it for the whole-suite run whose
@@ -215,6 +216,141 @@ fn log_reply(reply: &Reply) {
 /// `Authorization: ApiKey <key>`.
 pub fn api_key(key: &str) -> String {
     format!("ApiKey {key}")
+}
+
+/// A memory store whose next creates answer `Conflict` (as a store does when a new key's id is
+/// taken), and whose changes to keys fail once `writes_left` is down to 0 (unset: never).
+#[derive(Clone, Default)]
+pub struct FaultyStore {
+    pub keys: MemoryStore,
+    pub conflicts: Arc<AtomicUsize>,
+    pub writes_left: Arc<Mutex<Option<usize>>>,
+}
+
+impl FaultyStore {
+    /// The next `n` changes to keys succeed, and every one after fails.
+    pub fn fail_after_writes(&self, n: usize) {
+        *self.writes_left.lock().unwrap() = Some(n);
+    }
+
+    fn write(&self) -> Result<(), StoreError> {
+        match &mut *self.writes_left.lock().unwrap() {
+            Some(0) => Err(StoreError::unavailable(
+                "the test's store refuses writes now",
+            )),
+            Some(left) => {
+                *left -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl KeyStore for FaultyStore {
+    async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.keys.get(id).await
+    }
+}
+
+#[async_trait]
+impl KeyStoreAdmin for FaultyStore {
+    async fn create(&self, record: KeyRecord) -> Result<(), StoreError> {
+        let left = self.conflicts.load(Ordering::SeqCst);
+        if left > 0 {
+            self.conflicts.store(left - 1, Ordering::SeqCst);
+            return Err(StoreError::Conflict(record.id));
+        }
+        self.keys.create(record).await
+    }
+    async fn revoke(&self, id: &str, at: SystemTime) -> Result<bool, StoreError> {
+        self.keys.revoke(id, at).await
+    }
+    async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        self.keys.delete(id).await
+    }
+    async fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        self.keys.list().await
+    }
+    async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError> {
+        self.write()?;
+        self.keys.set_scopes(id, scopes).await
+    }
+    async fn set_name(&self, id: &str, name: &str) -> Result<bool, StoreError> {
+        self.write()?;
+        self.keys.set_name(id, name).await
+    }
+    async fn set_plan(&self, id: &str, plan: Option<&str>) -> Result<bool, StoreError> {
+        self.write()?;
+        self.keys.set_plan(id, plan).await
+    }
+    async fn set_metadata(
+        &self,
+        id: &str,
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Result<bool, StoreError> {
+        self.write()?;
+        self.keys.set_metadata(id, metadata).await
+    }
+    async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, StoreError> {
+        self.write()?;
+        self.keys.set_expiry(id, at).await
+    }
+    async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
+        self.write()?;
+        self.keys.set_disabled(id, disabled).await
+    }
+    async fn set_credits(&self, id: &str, credits: Option<&Credits>) -> Result<bool, StoreError> {
+        self.write()?;
+        self.keys.set_credits(id, credits).await
+    }
+    async fn add_credits(&self, id: &str, amount: u64) -> Result<Option<u64>, StoreError> {
+        self.keys.add_credits(id, amount).await
+    }
+    async fn set_limits(&self, id: &str, limits: Option<&Limits>) -> Result<bool, StoreError> {
+        self.write()?;
+        self.keys.set_limits(id, limits).await
+    }
+    async fn set_allowed_networks(&self, id: &str, networks: &[IpNet]) -> Result<bool, StoreError> {
+        self.write()?;
+        self.keys.set_allowed_networks(id, networks).await
+    }
+    async fn set_owner_limits(
+        &self,
+        owner: &str,
+        limits: Option<&Limits>,
+    ) -> Result<(), StoreError> {
+        self.keys.set_owner_limits(owner, limits).await
+    }
+    async fn set_owner_credits(
+        &self,
+        owner: &str,
+        credits: Option<&Credits>,
+    ) -> Result<(), StoreError> {
+        self.keys.set_owner_credits(owner, credits).await
+    }
+    async fn add_owner_credits(&self, owner: &str, amount: u64) -> Result<Option<u64>, StoreError> {
+        self.keys.add_owner_credits(owner, amount).await
+    }
+    async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {
+        self.keys.record_usage(batch).await
+    }
+}
+
+#[async_trait]
+impl UsageArchive for FaultyStore {
+    async fn write_usage(
+        &self,
+        rows: &[UsageRow],
+        expire: &[(u32, u64)],
+    ) -> Result<(), StoreError> {
+        self.keys.write_usage(rows, expire).await
+    }
+
+    async fn read_usage(&self, range: &UsageRange<'_>) -> Result<Vec<UsageRow>, StoreError> {
+        self.keys.read_usage(range).await
+    }
 }
 
 /// A store that counts its lookups, and can be made to fail, to hang, or to be slow.
