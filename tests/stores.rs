@@ -346,3 +346,26 @@ async fn a_taken_id_is_drawn_again() {
     ));
     assert_eq!(store.keys.list().await.unwrap().len(), 1);
 }
+
+/// A rotation whose store fails while ending the old key leaves the old key as it was, and no
+/// live successor whose secret no one was shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_that_fails_part_way_leaves_no_orphan_key() {
+    let store = FaultyStore::default();
+    let keys = KeyManager::new(store.clone()).format(KeyFormat::new("mesh").unwrap());
+    let old = keys.create(NewKey::new("rotated")).await.unwrap().record;
+    store.fail_after_writes(0);
+    assert!(matches!(
+        keys.rotate(&old.id, Duration::from_secs(60)).await,
+        Err(ManageError::Store(StoreError::Unavailable(_)))
+    ));
+    *store.writes_left.lock().unwrap() = None;
+    let left = store.keys.list().await.unwrap();
+    assert_eq!(left.len(), 1, "the successor was taken back");
+    assert_eq!(
+        (left[0].id.as_str(), left[0].expires_at),
+        (old.id.as_str(), None)
+    );
+    let new = keys.rotate(&old.id, Duration::from_secs(60)).await.unwrap();
+    assert!(new.is_some(), "the old key can still be rotated");
+}

@@ -658,7 +658,10 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     ///
     /// # Errors
     /// [`ManageError::NotActive`] for a key that is not active; [`ManageError::Invalid`] for a
-    /// grace period past the year 9999; [`ManageError::Store`] when the store fails.
+    /// grace period past the year 9999; [`ManageError::Store`] when the store fails. If it fails
+    /// after the new key was stored, while ending the old one, the new key is deleted again and
+    /// the old one works as before: a rotation that fails leaves no live key whose secret no
+    /// one was shown (unless the store fails that delete too).
     pub async fn rotate(
         &self,
         id: &str,
@@ -692,7 +695,14 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         let expires = old.expires_at.map_or(grace_ends, |at| at.min(grace_ends));
         let result = self.store.set_expiry(id, Some(expires)).await;
         self.changed(id);
-        result?;
+        if let Err(error) = result {
+            // The old key keeps working as it did; its successor, whose secret no one will
+            // see, is taken back (if the store lets it) rather than left live.
+            let successor = &created.record.id;
+            let _ = self.store.delete(successor).await;
+            self.changed(successor);
+            return Err(error.into());
+        }
         Ok(Some(created))
     }
 }
