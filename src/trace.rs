@@ -66,6 +66,15 @@ pub(crate) fn store_failed(key_id: &str, error: &dyn std::fmt::Display) {
     let _ = (key_id, error);
 }
 
+/// A rotation failed after it stored its new key `key_id`, and deleting that key failed too: it
+/// stays in the store, live, its secret shown to no one. Delete it when the store is back.
+pub(crate) fn rotation_left_key(key_id: &str, error: &dyn std::fmt::Display) {
+    #[cfg(feature = "tracing")]
+    tracing::error!(target: "tower_api_key", key_id = log_id(key_id), error = %error, "rotation failed, and its new key could not be deleted");
+    #[cfg(not(feature = "tracing"))]
+    let _ = (key_id, error);
+}
+
 /// The console's store call failed.
 #[cfg(feature = "console")]
 pub(crate) fn console_store_failed(error: &dyn std::fmt::Display) {

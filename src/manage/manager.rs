@@ -661,7 +661,8 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// grace period past the year 9999; [`ManageError::Store`] when the store fails. If it fails
     /// after the new key was stored, while ending the old one, the new key is deleted again and
     /// the old one works as before: a rotation that fails leaves no live key whose secret no
-    /// one was shown (unless the store fails that delete too).
+    /// one was shown (unless the store fails that delete too, which the `tracing` feature
+    /// reports as an error event naming the key).
     pub async fn rotate(
         &self,
         id: &str,
@@ -699,7 +700,9 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
             // The old key keeps working as it did; its successor, whose secret no one will
             // see, is taken back (if the store lets it) rather than left live.
             let successor = &created.record.id;
-            let _ = self.store.delete(successor).await;
+            if let Err(left) = self.store.delete(successor).await {
+                crate::trace::rotation_left_key(successor, &left);
+            }
             self.changed(successor);
             return Err(error.into());
         }
