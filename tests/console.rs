@@ -718,50 +718,88 @@ mod console {
         }
     }
 
+    /// The console alone on a [`FaultyStore`], with an admin key and a key `target` to change.
+    struct Faulty {
+        store: FaultyStore,
+        client: HttpClient,
+        auth: String,
+        target: String,
+    }
+
+    impl Faulty {
+        async fn start() -> Faulty {
+            let store = FaultyStore::default();
+            let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
+            let keys = KeyManager::new(store.clone()).with_cache(layer.handle());
+            let admin = keys.create(NewKey::new("root").scopes(["admin"]));
+            let auth = api_key(admin.await.unwrap().key.expose_secret());
+            let target = keys.create(NewKey::new("target")).await.unwrap().record.id;
+            let console = Console::new(&layer, store.clone()).scopes(["read", "write"]);
+            let app = Router::new().nest("/admin", console.router());
+            let client = HttpClient::new(serve(app).await);
+            Faulty {
+                store,
+                client,
+                auth,
+                target,
+            }
+        }
+
+        /// `method path` as the admin, with `body`.
+        async fn call(&self, method: Method, path: &str, body: &str) -> Reply {
+            let headers = [("authorization", self.auth.as_str())];
+            self.client.send_body(method, path, &headers, body).await
+        }
+
+        /// The audit trail of `target`.
+        async fn trail(&self) -> Value {
+            let path = format!("/admin/api/audit?key={}", self.target);
+            self.call(Method::GET, &path, "").await.json()
+        }
+    }
+
     /// A store that fails part way through an update: the reply is 503, and the changes
     /// written before the failure are in the audit trail, the others neither written nor named.
     #[tokio::test]
     async fn an_update_the_store_fails_part_way_is_audited_as_far_as_it_went() {
-        let store = FaultyStore::default();
-        let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
-        let keys = KeyManager::new(store.clone()).with_cache(layer.handle());
-        let admin = keys
-            .create(NewKey::new("root").scopes(["admin"]))
-            .await
-            .unwrap();
-        let admin = admin.key.expose_secret().to_owned();
-        let target = keys.create(NewKey::new("target")).await.unwrap().record.id;
-        let console = Console::new(&layer, store.clone()).scopes(["read", "write"]);
-        let app = Router::new().nest("/admin", console.router());
-        let client = HttpClient::new(serve(app).await);
-        let auth = [("authorization", api_key(&admin))];
-        let headers: Vec<(&str, &str)> = auth.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        let key = format!("/admin/api/keys/{target}");
-
-        store.fail_after_writes(1);
+        let faulty = Faulty::start().await;
+        let key = format!("/admin/api/keys/{}", faulty.target);
+        faulty.store.fail_after_writes(1);
         let body = r#"{"name":"renamed","scopes":["read"],"disabled":true}"#;
-        let reply = client.send_body(Method::PATCH, &key, &headers, body).await;
+        let reply = faulty.call(Method::PATCH, &key, body).await;
         refused(
             &reply,
             StatusCode::SERVICE_UNAVAILABLE,
             "KEY_STORE_UNAVAILABLE",
         );
-        *store.writes_left.lock().unwrap() = None;
+        *faulty.store.writes_left.lock().unwrap() = None;
 
-        let now = client.get(&key, &headers).await.json();
+        let now = faulty.call(Method::GET, &key, "").await.json();
         assert_eq!(
             (&now["name"], &now["scopes"], &now["state"]),
             (&json!("renamed"), &json!([]), &json!("active"))
         );
-        let path = format!("/admin/api/audit?key={target}");
-        let trail = client.get(&path, &headers).await.json();
+        let trail = faulty.trail().await;
         let events = trail["events"].as_array().unwrap();
-        let update = &events[0];
         assert_eq!(events.len(), 1, "{trail}");
         assert_eq!(
-            (&update["action"], &update["detail"]),
+            (&events[0]["action"], &events[0]["detail"]),
             (&json!("update"), &json!(["name"]))
         );
+    }
+
+    /// A key deleted while an update of it is under way: the update answers 404, and the audit
+    /// trail names no change to it.
+    #[tokio::test]
+    async fn an_update_of_a_key_deleted_meanwhile_is_not_found_and_not_audited() {
+        let faulty = Faulty::start().await;
+        faulty.store.delete_on_next_write(&faulty.target);
+        let key = format!("/admin/api/keys/{}", faulty.target);
+        let body = r#"{"name":"renamed","scopes":["read"]}"#;
+        let reply = faulty.call(Method::PATCH, &key, body).await;
+        refused(&reply, StatusCode::NOT_FOUND, "KEY_NOT_FOUND");
+        let trail = faulty.trail().await;
+        assert_eq!(trail["events"], json!([]), "{trail}");
     }
 
     #[tokio::test]

@@ -493,7 +493,8 @@ pub(crate) async fn update<A: Store>(
     Ok(Json(console.info(&record)))
 }
 
-/// Writes `body`'s changes to key `id` one by one, naming each in `changed` once written.
+/// Writes `body`'s changes to key `id` one by one, naming each in `changed` once written. A key
+/// deleted meanwhile ends it: 404, and nothing more is named.
 async fn apply<A: Store>(
     keys: &KeyManager<A>,
     id: &str,
@@ -502,33 +503,36 @@ async fn apply<A: Store>(
     changed: &mut Vec<String>,
 ) -> Result<(), ApiError> {
     if let Some(name) = &body.name {
-        keys.rename(id, name).await?;
-        changed.push("name".to_owned());
+        written(keys.rename(id, name).await?, "name", changed)?;
     }
     if let Some(scopes) = &body.scopes {
-        keys.update_scopes(id, scopes).await?;
-        changed.push("scopes".to_owned());
+        written(keys.update_scopes(id, scopes).await?, "scopes", changed)?;
     }
     if let Some(metadata) = &body.metadata {
-        keys.set_metadata(id, metadata).await?;
-        changed.push("metadata".to_owned());
+        written(keys.set_metadata(id, metadata).await?, "metadata", changed)?;
     }
     if let Some(at) = expires {
-        keys.set_expiry(id, at).await?;
-        changed.push("expires_at".to_owned());
+        written(keys.set_expiry(id, at).await?, "expires_at", changed)?;
     }
     if let Some(plan) = &body.plan {
-        keys.set_plan(id, plan.as_deref()).await?;
-        changed.push("plan".to_owned());
+        written(keys.set_plan(id, plan.as_deref()).await?, "plan", changed)?;
     }
     if let Some(limits) = body.limits {
-        keys.set_limits(id, limits).await?;
-        changed.push("limits".to_owned());
+        written(keys.set_limits(id, limits).await?, "limits", changed)?;
     }
     if let Some(disabled) = body.disabled {
-        keys.set_disabled(id, disabled).await?;
-        changed.push(if disabled { "disabled" } else { "enabled" }.to_owned());
+        let field = if disabled { "disabled" } else { "enabled" };
+        written(keys.set_disabled(id, disabled).await?, field, changed)?;
     }
+    Ok(())
+}
+
+/// Names `field` in `changed` if its write `found` the key; else the key is gone.
+fn written(found: bool, field: &str, changed: &mut Vec<String>) -> Result<(), ApiError> {
+    if !found {
+        return Err(ApiError::no_key());
+    }
+    changed.push(field.to_owned());
     Ok(())
 }
 

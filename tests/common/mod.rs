@@ -219,12 +219,14 @@ pub fn api_key(key: &str) -> String {
 }
 
 /// A memory store whose next creates answer `Conflict` (as a store does when a new key's id is
-/// taken), and whose changes to keys fail once `writes_left` is down to 0 (unset: never).
+/// taken), whose changes to keys fail once `writes_left` is down to 0 (unset: never), and whose
+/// next change can first delete a key, as a concurrent delete would.
 #[derive(Clone, Default)]
 pub struct FaultyStore {
     pub keys: MemoryStore,
     pub conflicts: Arc<AtomicUsize>,
     pub writes_left: Arc<Mutex<Option<usize>>>,
+    pub deleted_on_write: Arc<Mutex<Option<String>>>,
 }
 
 impl FaultyStore {
@@ -233,7 +235,16 @@ impl FaultyStore {
         *self.writes_left.lock().unwrap() = Some(n);
     }
 
-    fn write(&self) -> Result<(), StoreError> {
+    /// The next change to a key first deletes key `id`.
+    pub fn delete_on_next_write(&self, id: &str) {
+        *self.deleted_on_write.lock().unwrap() = Some(id.to_owned());
+    }
+
+    async fn write(&self) -> Result<(), StoreError> {
+        let deleted = self.deleted_on_write.lock().unwrap().take();
+        if let Some(id) = deleted {
+            self.keys.delete(&id).await?;
+        }
         match &mut *self.writes_left.lock().unwrap() {
             Some(0) => Err(StoreError::unavailable(
                 "the test's store refuses writes now",
@@ -274,15 +285,15 @@ impl KeyStoreAdmin for FaultyStore {
         self.keys.list().await
     }
     async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError> {
-        self.write()?;
+        self.write().await?;
         self.keys.set_scopes(id, scopes).await
     }
     async fn set_name(&self, id: &str, name: &str) -> Result<bool, StoreError> {
-        self.write()?;
+        self.write().await?;
         self.keys.set_name(id, name).await
     }
     async fn set_plan(&self, id: &str, plan: Option<&str>) -> Result<bool, StoreError> {
-        self.write()?;
+        self.write().await?;
         self.keys.set_plan(id, plan).await
     }
     async fn set_metadata(
@@ -290,30 +301,30 @@ impl KeyStoreAdmin for FaultyStore {
         id: &str,
         metadata: &std::collections::BTreeMap<String, String>,
     ) -> Result<bool, StoreError> {
-        self.write()?;
+        self.write().await?;
         self.keys.set_metadata(id, metadata).await
     }
     async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, StoreError> {
-        self.write()?;
+        self.write().await?;
         self.keys.set_expiry(id, at).await
     }
     async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
-        self.write()?;
+        self.write().await?;
         self.keys.set_disabled(id, disabled).await
     }
     async fn set_credits(&self, id: &str, credits: Option<&Credits>) -> Result<bool, StoreError> {
-        self.write()?;
+        self.write().await?;
         self.keys.set_credits(id, credits).await
     }
     async fn add_credits(&self, id: &str, amount: u64) -> Result<Option<u64>, StoreError> {
         self.keys.add_credits(id, amount).await
     }
     async fn set_limits(&self, id: &str, limits: Option<&Limits>) -> Result<bool, StoreError> {
-        self.write()?;
+        self.write().await?;
         self.keys.set_limits(id, limits).await
     }
     async fn set_allowed_networks(&self, id: &str, networks: &[IpNet]) -> Result<bool, StoreError> {
-        self.write()?;
+        self.write().await?;
         self.keys.set_allowed_networks(id, networks).await
     }
     async fn set_owner_limits(
