@@ -5,7 +5,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
@@ -479,7 +479,13 @@ impl Window {
     /// The buckets of `resolution` that overlap `range`, at most its retention's worth.
     fn of(range: &Range<SystemTime>, resolution: Resolution) -> Window {
         let length = resolution.seconds();
-        let end = unix_seconds(range.end).div_ceil(length);
+        // Up to the end's next whole second: a range that ends within a bucket covers it.
+        let end_secs = range.end.duration_since(UNIX_EPOCH).map_or(0, |since| {
+            since
+                .as_secs()
+                .saturating_add(u64::from(since.subsec_nanos() > 0))
+        });
+        let end = end_secs.div_ceil(length);
         let kept = resolution.retention().as_secs() / length + 1;
         let start = (unix_seconds(range.start) / length).max(end.saturating_sub(kept));
         Window {
@@ -579,6 +585,30 @@ mod tests {
         let from = UNIX_EPOCH + Duration::from_secs(START);
         let to = from + Duration::from_secs(86_400);
         analytics.usage(subject, from..to, Resolution::Minute)
+    }
+
+    /// A report read in the first second of a minute covers that minute's requests so far: the
+    /// range's end counts with its fraction of a second.
+    #[test]
+    fn a_range_ending_within_a_bucket_covers_that_bucket() {
+        let analytics = Analytics::new();
+        let minute = UNIX_EPOCH + Duration::from_secs(START + 3_600);
+        let mut request = event(Some("k1"), START + 3_600, 3);
+        request.at = minute + Duration::from_millis(200);
+        analytics.record(&request);
+        let hour = Duration::from_secs(3_600);
+        let read = |end: SystemTime, resolution| {
+            let report = analytics.usage(Subject::All, end - hour..end, resolution);
+            report.totals.requests
+        };
+        for read_at in [500, 1_000] {
+            let end = minute + Duration::from_millis(read_at);
+            for resolution in [Resolution::Minute, Resolution::Hour, Resolution::Day] {
+                assert_eq!(read(end, resolution), 1, "{read_at} ms, {resolution:?}");
+            }
+        }
+        // A range that ends where the minute begins does not reach into it.
+        assert_eq!(read(minute, Resolution::Minute), 0);
     }
 
     #[test]
