@@ -131,9 +131,11 @@ impl fmt::Debug for ManualClock {
     }
 }
 
-/// The time as every part of the crate reads it that is not given a [`Clock`]: the layer's
-/// default clock, [`CoarseClock`]. A time the manager writes (a rotated key's end, with no grace)
-/// is then never after the time a later request reads, as it could be were the two clocks apart.
+/// The time the manager and the console judge keys by (their ends, their states, their credits'
+/// periods): the layer's default clock, [`CoarseClock`]. A key's end the manager writes (a
+/// rotated key's, with no grace) is then never after the time a later request reads, as it could
+/// be were the two clocks apart. When keys were created or revoked, and the audit trail, keep
+/// the precise time (`SystemTime::now`): keys created in one tick stay in order.
 pub(crate) fn now() -> SystemTime {
     CoarseClock.now()
 }

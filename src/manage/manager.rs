@@ -143,15 +143,9 @@ impl NewKey {
         {
             return Err(InvalidKey::Owner);
         }
-        for scope in &self.scopes {
-            validate_scope(scope).map_err(InvalidKey::Scope)?;
-        }
-        if self.expires_at.is_some_and(|at| !keeps(at)) {
-            return Err(InvalidKey::TimeOutOfRange);
-        }
-        if let Some(limits) = &self.limits {
-            limits.validate().map_err(InvalidKey::Limits)?;
-        }
+        validate_scopes(&self.scopes)?;
+        validate_expiry(self.expires_at)?;
+        validate_limits(self.limits.as_ref())?;
         let generated = format.generate(self.environment);
         let mut record =
             KeyRecord::new(generated.id, generated.digest, self.name, self.environment);
@@ -388,7 +382,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// [`ManageError::Invalid`] for two named limits of one name; [`ManageError::Store`] when
     /// the store fails (the cache is cleared all the same).
     pub async fn set_limits(&self, id: &str, limits: Option<Limits>) -> Result<bool, ManageError> {
-        validate(limits.as_ref())?;
+        validate_limits(limits.as_ref()).map_err(ManageError::Invalid)?;
         let result = self.store.set_limits(id, limits.as_ref()).await;
         self.changed(id);
         Ok(result?)
@@ -422,7 +416,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         owner: &str,
         limits: Option<Limits>,
     ) -> Result<(), ManageError> {
-        validate(limits.as_ref())?;
+        validate_limits(limits.as_ref()).map_err(ManageError::Invalid)?;
         let result = self.store.set_owner_limits(owner, limits.as_ref()).await;
         self.owner_changed(owner);
         Ok(result?)
@@ -606,9 +600,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// [`ManageError::Invalid`] for a time past the year 9999; [`ManageError::Store`] when the
     /// store fails.
     pub async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, ManageError> {
-        if at.is_some_and(|at| !keeps(at)) {
-            return Err(ManageError::Invalid(InvalidKey::TimeOutOfRange));
-        }
+        validate_expiry(at).map_err(ManageError::Invalid)?;
         let result = self.store.set_expiry(id, at).await;
         self.changed(id);
         Ok(result?)
@@ -620,9 +612,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// [`ManageError::Invalid`] for a malformed scope; [`ManageError::Store`] when the store
     /// fails.
     pub async fn update_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, ManageError> {
-        for scope in scopes {
-            validate_scope(scope).map_err(|e| ManageError::Invalid(InvalidKey::Scope(e)))?;
-        }
+        validate_scopes(scopes).map_err(ManageError::Invalid)?;
         let result = self.store.set_scopes(id, scopes).await;
         self.changed(id);
         Ok(result?)
@@ -729,22 +719,12 @@ impl Edits<'_> {
     /// What [`rename`](KeyManager::rename), [`update_scopes`](KeyManager::update_scopes),
     /// [`set_metadata`](KeyManager::set_metadata), [`set_expiry`](KeyManager::set_expiry) and
     /// [`set_limits`](KeyManager::set_limits) would refuse of these changes.
-    pub(crate) fn validate(&self) -> Result<(), ManageError> {
-        if let Some(name) = self.name {
-            validate_name(name).map_err(ManageError::Invalid)?;
-        }
-        for scope in self.scopes.unwrap_or_default() {
-            validate_scope(scope).map_err(|e| ManageError::Invalid(InvalidKey::Scope(e)))?;
-        }
-        if let Some(metadata) = self.metadata {
-            validate_metadata(metadata).map_err(ManageError::Invalid)?;
-        }
-        if let Some(Some(at)) = self.expiry {
-            if !keeps(at) {
-                return Err(ManageError::Invalid(InvalidKey::TimeOutOfRange));
-            }
-        }
-        validate(self.limits.flatten())
+    pub(crate) fn validate(&self) -> Result<(), InvalidKey> {
+        self.name.map_or(Ok(()), validate_name)?;
+        validate_scopes(self.scopes.unwrap_or_default())?;
+        self.metadata.map_or(Ok(()), validate_metadata)?;
+        validate_expiry(self.expiry.flatten())?;
+        validate_limits(self.limits.flatten())
     }
 }
 
@@ -769,10 +749,25 @@ fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(), InvalidK
     Ok(())
 }
 
-/// Refuses `limits` with two named limits of one name.
-fn validate(limits: Option<&Limits>) -> Result<(), ManageError> {
-    match limits.map(Limits::validate) {
-        Some(Err(e)) => Err(ManageError::Invalid(InvalidKey::Limits(e))),
+/// Refuses a malformed scope.
+fn validate_scopes(scopes: &[String]) -> Result<(), InvalidKey> {
+    for scope in scopes {
+        validate_scope(scope).map_err(InvalidKey::Scope)?;
+    }
+    Ok(())
+}
+
+/// Refuses a time past the year 9999.
+fn validate_expiry(at: Option<SystemTime>) -> Result<(), InvalidKey> {
+    match at {
+        Some(at) if !keeps(at) => Err(InvalidKey::TimeOutOfRange),
         _ => Ok(()),
     }
+}
+
+/// Refuses `limits` with two named limits of one name.
+fn validate_limits(limits: Option<&Limits>) -> Result<(), InvalidKey> {
+    limits.map_or(Ok(()), |limits| {
+        limits.validate().map_err(InvalidKey::Limits)
+    })
 }
