@@ -52,6 +52,12 @@ mod redis {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs Redis: run through .ci/run"]
+    async fn lists_pages_as_the_filter_says() {
+        conformance::listings_page_as_the_filter_says(store(&unique("listing")).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis: run through .ci/run"]
     async fn two_replicas_never_overspend_credits() {
         let prefix = unique("credits");
         conformance::credits_are_never_overspent(store(&prefix).await, store(&prefix).await).await;

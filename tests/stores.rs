@@ -23,6 +23,11 @@ async fn the_memory_store_passes_the_conformance_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_store_lists_pages_as_the_filter_says() {
+    conformance::listings_page_as_the_filter_says(MemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_store_never_overspends_credits() {
     let store = MemoryStore::new();
     conformance::credits_are_never_overspent(store.clone(), store).await;
@@ -52,6 +57,14 @@ mod sqlite {
     async fn the_sqlite_store_passes_the_conformance_suite() {
         let (dir, url) = temp_db("conformance");
         conformance::conformance(SqliteStore::connect(&url).await.unwrap()).await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sqlite_store_lists_pages_as_the_filter_says() {
+        let (dir, url) = temp_db("listing");
+        let store = SqliteStore::connect(&url).await.unwrap();
+        conformance::listings_page_as_the_filter_says(store).await;
         std::fs::remove_dir_all(dir).unwrap();
     }
 

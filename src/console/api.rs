@@ -17,7 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::limit::Limits;
 use crate::manage::manager::Edits;
 use crate::manage::{CreatedKey, KeyInfo};
-use crate::store::{KeyRecord, KeyStoreAdmin, UsageArchive};
+use crate::store::{KeyFilter, KeyRecord, KeyState, KeyStoreAdmin, Listing, UsageArchive};
 use crate::usage::{Resolution, Subject, UsageReport};
 use crate::{Environment, KeyManager, NewKey, Principal};
 
@@ -325,38 +325,43 @@ pub(crate) async fn list<A: Store>(
             format!("limit is 1 to {MAX_PAGE}"),
         ));
     }
-    if let Some(state) = &query.state {
-        if !["active", "revoked", "expired", "disabled"].contains(&state.as_str()) {
+    let state = match query.state.as_deref() {
+        None => None,
+        Some("active") => Some(KeyState::Active),
+        Some("revoked") => Some(KeyState::Revoked),
+        Some("expired") => Some(KeyState::Expired),
+        Some("disabled") => Some(KeyState::Disabled),
+        Some(_) => {
             return Err(ApiError::bad(
                 "INVALID_QUERY",
                 "state is active, revoked, expired or disabled",
-            ));
+            ))
         }
-    }
-    let name = query.name.as_deref().map(str::to_lowercase);
-    let now = crate::clock::now();
-    let matching: Vec<KeyRecord> = console
-        .keys
-        .store()
-        .list()
-        .await?
-        .into_iter()
-        .filter(|r| caller.manages(r.owner.as_deref()))
-        .filter(|r| query.owner.is_none() || r.owner == query.owner)
-        .filter(|r| query.environment.is_none_or(|e| r.environment == e))
-        .filter(|r| (query.state.as_deref()).is_none_or(|s| r.state(now).as_str() == s))
-        .filter(|r| (name.as_deref()).is_none_or(|n| r.name.to_lowercase().contains(n)))
-        .collect();
-    let total = matching.len();
-    let keys: Vec<KeyInfo> = (matching.iter().skip(query.offset).take(limit))
-        .map(|record| console.info(record))
-        .collect();
+    };
+    // A self-service key lists its own owner's keys: asking for another owner's finds none.
+    let (owner, none) = match (&caller.role, query.owner) {
+        (Role::Admin, owner) => (owner, false),
+        (Role::Owner(own), asked) => (Some(own.clone()), asked.is_some_and(|a| a != *own)),
+    };
+    let filter = KeyFilter {
+        owner,
+        environment: query.environment,
+        state,
+        name: query.name,
+    };
+    let listing = if none {
+        Listing::default()
+    } else {
+        let store = console.keys.store();
+        (store.list_page(&filter, crate::clock::now(), query.offset, limit)).await?
+    };
+    let keys: Vec<KeyInfo> = listing.records.iter().map(|r| console.info(r)).collect();
     let end = query.offset.saturating_add(keys.len());
     Ok(Json(KeyPage {
         keys,
-        total,
+        total: listing.total,
         offset: query.offset,
-        next_offset: (end < total).then_some(end),
+        next_offset: (end < listing.total).then_some(end),
     }))
 }
 

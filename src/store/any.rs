@@ -9,8 +9,8 @@ use ipnet::IpNet;
 use crate::limit::{Charge, Credits, Limits, Spend};
 
 use super::{
-    KeyChanges, KeyRecord, KeyStore, KeyStoreAdmin, KeyWithOwner, MemoryStore, OwnerRecord,
-    StoreError, UsageArchive, UsageRange, UsageRow, UsageUpdate,
+    KeyChanges, KeyFilter, KeyRecord, KeyStore, KeyStoreAdmin, KeyWithOwner, Listing, MemoryStore,
+    OwnerRecord, StoreError, UsageArchive, UsageRange, UsageRow, UsageUpdate,
 };
 
 /// Any of the crate's stores, chosen by URL: `memory:`, `sqlite://…`, `postgres://…`,
@@ -163,6 +163,15 @@ impl KeyStoreAdmin for AnyStore {
     }
     async fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
         each!(self, store => store.list().await)
+    }
+    async fn list_page(
+        &self,
+        filter: &KeyFilter,
+        now: SystemTime,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Listing, StoreError> {
+        each!(self, store => store.list_page(filter, now, offset, limit).await)
     }
     async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError> {
         each!(self, store => store.set_scopes(id, scopes).await)

@@ -26,6 +26,7 @@ pub(crate) mod any;
 mod archive;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
 mod codec;
+mod filter;
 #[cfg(any(feature = "postgres", feature = "redis"))]
 mod listener;
 pub(crate) mod memory;
@@ -52,6 +53,7 @@ use ipnet::IpNet;
 use crate::limit::{Charge, Credits, Limits, Spend};
 
 pub use archive::{UsageArchive, UsageRange, UsageRow};
+pub use filter::{KeyFilter, Listing};
 #[cfg(any(feature = "postgres", feature = "redis"))]
 pub use listener::{LISTENER_CONNECT_TIMEOUT, LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
 pub(crate) use memory::MemoryStore;
@@ -152,6 +154,28 @@ pub trait KeyStoreAdmin: KeyStore {
     /// # Errors
     /// When the backend fails.
     async fn list(&self) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// The keys `filter` lets through at `now`, in [`list`](Self::list)'s order, from `offset`,
+    /// at most `limit` of them, with how many match in all: a page of the console's key list.
+    ///
+    /// The default filters [`list`](Self::list) in memory. The SQL stores filter and count in
+    /// the database (by owner through its index) and read only the page, unless the filter
+    /// has a name (names are compared lowercased as Rust lowercases them, which SQL's `lower`
+    /// does not match).
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn list_page(
+        &self,
+        filter: &KeyFilter,
+        now: SystemTime,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Listing, StoreError> {
+        let matching = self.list().await?;
+        let matching = matching.into_iter().filter(|r| filter.matches(r, now));
+        Ok(Listing::page(matching.collect(), offset, limit))
+    }
 
     /// Replaces key `id`'s scopes. Returns whether it exists.
     ///
@@ -396,6 +420,15 @@ impl<T: KeyStoreAdmin + ?Sized> KeyStoreAdmin for Arc<T> {
     }
     async fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
         (**self).list().await
+    }
+    async fn list_page(
+        &self,
+        filter: &KeyFilter,
+        now: SystemTime,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Listing, StoreError> {
+        (**self).list_page(filter, now, offset, limit).await
     }
     async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError> {
         (**self).set_scopes(id, scopes).await

@@ -5,7 +5,7 @@
 //! `_sqlx_migrations`, so they never collide with the migrations of the application that shares
 //! the database.
 
-use super::StoreError;
+use super::{KeyFilter, KeyState, StoreError};
 
 /// The schema, version by version. `{t}` is the table name.
 pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
@@ -267,6 +267,75 @@ impl Queries {
             .iter()
             .filter(move |(v, _)| *v > version)
             .map(|(v, sql)| (*v, sql.replace("{t}", &self.table)))
+    }
+}
+
+/// What a listing query selects.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Select {
+    /// One page of the rows that match, each with `total`, the number of rows that match.
+    Page,
+    /// Every row that matches.
+    All,
+    /// How many rows match.
+    Count,
+}
+
+/// Whether a listing by `state` compares expiries with now.
+pub(crate) fn needs_now(state: Option<KeyState>) -> bool {
+    matches!(state, Some(KeyState::Active | KeyState::Expired))
+}
+
+impl Queries {
+    /// The query of the keys that `filter` lets through, its name aside (compared in Rust:
+    /// SQL's `lower` is not Rust's). Its parameters, in order: the owner, the environment and
+    /// now's Unix seconds, each only if the filter needs it ([`needs_now`]), then for a page
+    /// the limit and the offset. Ordered as `list`.
+    pub(crate) fn listing(&self, filter: &KeyFilter, select: Select) -> String {
+        let t = &self.table;
+        let mut parameters = 0;
+        let mut next = || {
+            parameters += 1;
+            format!("${parameters}")
+        };
+        let mut conditions = Vec::new();
+        if filter.owner.is_some() {
+            conditions.push(format!("owner = {}", next()));
+        }
+        if filter.environment.is_some() {
+            conditions.push(format!("environment = {}", next()));
+        }
+        let live = "revoked_at IS NULL AND NOT disabled";
+        match filter.state {
+            None => {}
+            Some(KeyState::Revoked) => conditions.push("revoked_at IS NOT NULL".to_owned()),
+            Some(KeyState::Disabled) => {
+                conditions.push("revoked_at IS NULL AND disabled".to_owned())
+            }
+            Some(KeyState::Expired) => {
+                conditions.push(format!("{live} AND expires_at <= {}", next()))
+            }
+            Some(KeyState::Active) => conditions.push(format!(
+                "{live} AND (expires_at IS NULL OR expires_at > {})",
+                next()
+            )),
+        }
+        let mut sql = match select {
+            Select::Count => format!("SELECT COUNT(*) FROM {t}"),
+            Select::Page => format!("SELECT {COLUMNS}, COUNT(*) OVER () AS total FROM {t}"),
+            Select::All => format!("SELECT {COLUMNS} FROM {t}"),
+        };
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        if select != Select::Count {
+            sql.push_str(" ORDER BY created_at, id");
+        }
+        if select == Select::Page {
+            sql.push_str(&format!(" LIMIT {} OFFSET {}", next(), next()));
+        }
+        sql
     }
 }
 
@@ -598,6 +667,70 @@ macro_rules! sql_store {
                     .await
                     .map_err($crate::store::sql::unavailable)?;
                 rows.iter().map(Self::record).collect()
+            }
+
+            async fn list_page(
+                &self,
+                filter: &$crate::store::KeyFilter,
+                now: std::time::SystemTime,
+                offset: usize,
+                limit: usize,
+            ) -> Result<$crate::store::Listing, $crate::store::StoreError> {
+                use sqlx::Row as _;
+                use $crate::store::sql::{needs_now, unavailable, Select};
+                let now = $crate::store::codec::secs(now);
+                // The filter's parameters, in `listing`'s order.
+                let bound = |sql| {
+                    let mut query = sqlx::query(sql);
+                    if let Some(owner) = &filter.owner {
+                        query = query.bind(owner.as_str());
+                    }
+                    if let Some(environment) = filter.environment {
+                        query = query.bind(environment.as_str());
+                    }
+                    if needs_now(filter.state) {
+                        query = query.bind(now);
+                    }
+                    query
+                };
+                let big = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+                if filter.name.is_some() {
+                    let sql = self.sql.listing(filter, Select::All);
+                    let rows = bound(&sql)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(unavailable)?;
+                    let mut matching = Vec::new();
+                    for row in &rows {
+                        let record = Self::record(row)?;
+                        if filter.matches_name(&record.name) {
+                            matching.push(record);
+                        }
+                    }
+                    return Ok($crate::store::Listing::page(matching, offset, limit));
+                }
+                let sql = self.sql.listing(filter, Select::Page);
+                let rows = bound(&sql)
+                    .bind(big(limit))
+                    .bind(big(offset))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                let total: i64 = match rows.first() {
+                    Some(row) => row.try_get("total").map_err(unavailable)?,
+                    // Past the last page: the count alone.
+                    None if offset > 0 => bound(&self.sql.listing(filter, Select::Count))
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(unavailable)?
+                        .try_get(0)
+                        .map_err(unavailable)?,
+                    None => 0,
+                };
+                Ok($crate::store::Listing {
+                    records: rows.iter().map(Self::record).collect::<Result<_, _>>()?,
+                    total: usize::try_from(total).unwrap_or(0),
+                })
             }
 
             async fn set_scopes(

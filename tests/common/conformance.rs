@@ -6,8 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tower_api_key::{
     key::KeyFormat, limit::Account, limit::Charge, limit::Credits, limit::Limits,
-    limit::RefillPeriod, limit::Spend, store::KeyRecord, store::KeyStoreAdmin, store::StoreError,
-    store::UsageUpdate, ApiKeyLayer, Environment, KeyManager, NewKey,
+    limit::RefillPeriod, limit::Spend, store::KeyFilter, store::KeyRecord, store::KeyState,
+    store::KeyStoreAdmin, store::Listing, store::StoreError, store::UsageUpdate, ApiKeyLayer,
+    Environment, KeyManager, NewKey,
 };
 
 use crate::common::{api_key, app, serve, HttpClient};
@@ -493,4 +494,95 @@ pub async fn credits_are_never_overspent<S: KeyStoreAdmin + Clone>(a: S, b: S) {
         own_left,
         "refusals spend nothing"
     );
+}
+
+/// `list_page` against `list` filtered in memory, for every filter and several pages, at a
+/// `now` half a second after an expiry (the stores keep whole seconds), on keys of two owners
+/// and none, both environments, every state, names in mixed case (one not ASCII), and creation
+/// times shared by several keys. `store` must start empty.
+pub async fn listings_page_as_the_filter_says<S: KeyStoreAdmin>(store: S) {
+    let now = at(2_000_000_000) + Duration::from_millis(500);
+    let owners = [Some("acme"), Some("globex"), None];
+    let names = ["Deploy bot", "CI", "ÄRGER deploy", "billing"];
+    for i in 0..24u64 {
+        let mut key = record(names[i as usize % 4], 1_700_000_000 + i / 3);
+        key.owner = owners[i as usize % 3].map(str::to_owned);
+        key.environment = if i % 2 == 0 {
+            Environment::Live
+        } else {
+            Environment::Test
+        };
+        key.expires_at = match i % 5 {
+            0 => None,
+            1 => Some(at(2_000_000_000)), // expired at `now`
+            2 => Some(at(2_000_000_001)), // not yet
+            _ => Some(at(1_900_000_000)),
+        };
+        key.expires_at = key.expires_at.filter(|_| i % 7 != 3);
+        key.disabled = i % 4 == 1;
+        if i % 6 == 5 {
+            key.revoked_at = Some(at(1_800_000_000));
+        }
+        store.create(key).await.unwrap();
+    }
+    let all = store.list().await.unwrap();
+    assert_eq!(all.len(), 24);
+
+    // A few counts worked out by hand, so that the comparisons below cannot all agree on a
+    // wrong filter.
+    let count = |filter: KeyFilter| all.iter().filter(|r| filter.matches(r, now)).count();
+    assert_eq!(count(KeyFilter::new().owner("acme")), 8);
+    assert_eq!(count(KeyFilter::new().environment(Environment::Test)), 12);
+    assert_eq!(count(KeyFilter::new().state(KeyState::Revoked)), 4);
+    assert_eq!(
+        count(KeyFilter::new().name("deploy")),
+        12,
+        "either case, not ASCII too"
+    );
+    assert_eq!(count(KeyFilter::new().name("ärger")), 6);
+    let page = store
+        .list_page(&KeyFilter::new().state(KeyState::Expired), now, 0, 100)
+        .await
+        .unwrap();
+    assert!(
+        page.records
+            .iter()
+            .any(|r| r.expires_at == Some(at(2_000_000_000))),
+        "a key whose expiry is the second of now is expired"
+    );
+    assert!(page
+        .records
+        .iter()
+        .all(|r| r.expires_at != Some(at(2_000_000_001))));
+
+    let states = [
+        None,
+        Some(KeyState::Active),
+        Some(KeyState::Disabled),
+        Some(KeyState::Revoked),
+        Some(KeyState::Expired),
+    ];
+    let pages = [(0, 100), (0, 3), (2, 3), (5, 100), (7, 1), (100, 10)];
+    for owner in [None, Some("acme"), Some("globex"), Some("nobody")] {
+        for environment in [None, Some(Environment::Live), Some(Environment::Test)] {
+            for state in states {
+                for name in [None, Some("DEPLOY"), Some("är")] {
+                    let mut filter = KeyFilter::new();
+                    filter.owner = owner.map(str::to_owned);
+                    filter.environment = environment;
+                    filter.state = state;
+                    filter.name = name.map(str::to_owned);
+                    let matching: Vec<KeyRecord> = (all.iter())
+                        .filter(|r| filter.matches(r, now))
+                        .cloned()
+                        .collect();
+                    for (offset, limit) in pages {
+                        let expected = Listing::page(matching.clone(), offset, limit);
+                        let listed = store.list_page(&filter, now, offset, limit).await.unwrap();
+                        assert_eq!(listed, expected, "{filter:?}, from {offset}, {limit}");
+                    }
+                }
+            }
+        }
+    }
 }

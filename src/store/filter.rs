@@ -1,0 +1,116 @@
+//! Which keys a listing wants ([`KeyFilter`]) and one page of them ([`Listing`]): what the
+//! console's key list asks of a store, so that a store with an index answers it without reading
+//! every key.
+
+use std::time::SystemTime;
+
+use crate::key::Environment;
+
+use super::{KeyRecord, KeyState};
+
+/// The keys a listing wants: every filter that is set must hold.
+///
+/// ```
+/// use std::time::SystemTime;
+/// use tower_api_key::{Environment, key::SecretDigest};
+/// use tower_api_key::store::{KeyFilter, KeyRecord, KeyState};
+///
+/// let mut record = KeyRecord::new("3kTMd9Qx2bLp", SecretDigest::of(b"s"), "CI deploys", Environment::Live);
+/// record.owner = Some("acme".into());
+/// let now = SystemTime::now();
+/// let filter = KeyFilter::new().owner("acme").state(KeyState::Active).name("deploy");
+/// assert!(filter.matches(&record, now));
+/// assert!(!filter.environment(Environment::Test).matches(&record, now));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyFilter {
+    /// Keys of this owner only.
+    pub owner: Option<String>,
+    /// Keys of this environment only.
+    pub environment: Option<Environment>,
+    /// Keys in this state at the listing's time only.
+    pub state: Option<KeyState>,
+    /// Keys whose name contains this, both lowercased (Unicode's lowercase, as
+    /// [`str::to_lowercase`]).
+    pub name: Option<String>,
+}
+
+impl KeyFilter {
+    /// Every key.
+    pub fn new() -> Self {
+        KeyFilter::default()
+    }
+
+    /// Keys of `owner` only.
+    #[must_use]
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// Keys of `environment` only.
+    #[must_use]
+    pub fn environment(mut self, environment: Environment) -> Self {
+        self.environment = Some(environment);
+        self
+    }
+
+    /// Keys in `state` only.
+    #[must_use]
+    pub fn state(mut self, state: KeyState) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// Keys whose name contains `part`, whatever the case.
+    #[must_use]
+    pub fn name(mut self, part: impl Into<String>) -> Self {
+        self.name = Some(part.into().to_lowercase());
+        self
+    }
+
+    /// Whether `record` passes every filter at `now`.
+    pub fn matches(&self, record: &KeyRecord, now: SystemTime) -> bool {
+        (self.owner.is_none() || record.owner == self.owner)
+            && self.environment.is_none_or(|e| record.environment == e)
+            && self.state.is_none_or(|s| record.state(now) == s)
+            && self.matches_name(&record.name)
+    }
+
+    /// Whether `name` passes the name filter.
+    pub(crate) fn matches_name(&self, name: &str) -> bool {
+        (self.name.as_deref()).is_none_or(|part| name.to_lowercase().contains(&part.to_lowercase()))
+    }
+}
+
+/// One page of a listing: the keys from an offset, and how many match in all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Listing {
+    /// The page's keys, ordered as [`KeyStoreAdmin::list`](super::KeyStoreAdmin::list) orders
+    /// them: by creation time, then id.
+    pub records: Vec<KeyRecord>,
+    /// How many keys match, on every page.
+    pub total: usize,
+}
+
+impl Listing {
+    /// The page of `matching` (every key that matches, in order) from `offset`, at most `limit`
+    /// keys.
+    ///
+    /// ```
+    /// use tower_api_key::{Environment, key::SecretDigest, store::{KeyRecord, Listing}};
+    ///
+    /// let keys: Vec<KeyRecord> = (0..5)
+    ///     .map(|i| KeyRecord::new(format!("id{i}"), SecretDigest::of(b"s"), "k", Environment::Live))
+    ///     .collect();
+    /// let page = Listing::page(keys, 3, 10);
+    /// assert_eq!((page.records.len(), page.total), (2, 5));
+    /// ```
+    pub fn page(matching: Vec<KeyRecord>, offset: usize, limit: usize) -> Self {
+        let total = matching.len();
+        let records = matching.into_iter().skip(offset).take(limit).collect();
+        Listing { records, total }
+    }
+}
