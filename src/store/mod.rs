@@ -163,6 +163,24 @@ pub trait KeyStoreAdmin: KeyStore {
     /// has a name (names are compared lowercased as Rust lowercases them, which SQL's `lower`
     /// does not match).
     ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use std::time::SystemTime;
+    /// use tower_api_key::store::{KeyFilter, KeyStoreAdmin, KeyState};
+    /// use tower_api_key::{key::KeyFormat, KeyManager, MemoryStore, NewKey};
+    ///
+    /// let store = MemoryStore::new();
+    /// let keys = KeyManager::new(store.clone()).format(KeyFormat::new("mesh")?);
+    /// for name in ["ci", "deploys", "billing"] {
+    ///     keys.create(NewKey::new(name).owner("acme")).await?;
+    /// }
+    /// let filter = KeyFilter::new().owner("acme").state(KeyState::Active);
+    /// let page = store.list_page(&filter, SystemTime::now(), 0, 2).await?;
+    /// assert_eq!((page.records.len(), page.total), (2, 3));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
     /// # Errors
     /// When the backend fails.
     async fn list_page(
