@@ -20,6 +20,8 @@ echo "== 2. miss path (criterion)"
 timeout 600 cargo bench --bench miss_path -- --warm-up-time 1 --measurement-time 5
 echo "== 3. memory per cached key"
 timeout 600 cargo bench --bench memory
+echo "== the console's key list, SQLite with 100,000 keys (BENCHMARKS.md's top section)"
+timeout 300 cargo bench --bench listing -- --warm-up-time 1 --measurement-time 5
 
 cargo build -q --release --example bench_server --example bench_driver
 

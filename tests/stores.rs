@@ -98,7 +98,7 @@ mod sqlite {
             .fetch_one(reopened.pool())
             .await
             .unwrap();
-        assert_eq!(version, 5);
+        assert_eq!(version, 6);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
