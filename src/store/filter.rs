@@ -31,8 +31,8 @@ pub struct KeyFilter {
     pub environment: Option<Environment>,
     /// Keys in this state at the listing's time only.
     pub state: Option<KeyState>,
-    /// Keys whose name contains this, both lowercased (Unicode's lowercase, as
-    /// [`str::to_lowercase`]).
+    /// Keys whose name contains this, whatever the case: both are compared lowercased, as
+    /// [`str::to_lowercase`] lowercases them.
     pub name: Option<String>,
 }
 
@@ -66,7 +66,7 @@ impl KeyFilter {
     /// Keys whose name contains `part`, whatever the case.
     #[must_use]
     pub fn name(mut self, part: impl Into<String>) -> Self {
-        self.name = Some(part.into().to_lowercase());
+        self.name = Some(part.into());
         self
     }
 
