@@ -675,6 +675,47 @@ mod cli {
     }
 
     #[test]
+    fn list_prints_the_keys_its_filters_let_through() {
+        let mut tool = Tool::new();
+        tool.create(&["--name", "Deploy bot", "--owner", "acme"]);
+        let (_, ci, _) = tool.create(&["--name", "ci", "--owner", "acme", "--env", "test"]);
+        tool.create(&["--name", "deploys", "--owner", "globex"]);
+        tool.ok_json(&["--json", "revoke", &ci]);
+        let names = |tool: &mut Tool, filters: &[&str]| -> Vec<String> {
+            let listed = tool.ok_json(&[&["--json", "list"], filters].concat());
+            (listed.as_array().unwrap().iter())
+                .map(|key| key["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(names(&mut tool, &[]).len(), 3);
+        assert_eq!(names(&mut tool, &["--owner", "acme"]), ["Deploy bot", "ci"]);
+        assert_eq!(names(&mut tool, &["--env", "test"]), ["ci"]);
+        assert_eq!(names(&mut tool, &["--state", "revoked"]), ["ci"]);
+        assert_eq!(
+            names(&mut tool, &["--state", "active", "--name", "DEPLOY"]),
+            ["Deploy bot", "deploys"]
+        );
+        assert_eq!(
+            names(&mut tool, &["--owner", "acme", "--name", "deploy"]),
+            ["Deploy bot"]
+        );
+        assert!(names(&mut tool, &["--owner", "initech"]).is_empty());
+
+        let none = tool.run(&["list", "--owner", "initech"]);
+        assert!(none.status.success());
+        assert_eq!(
+            String::from_utf8(none.stdout).unwrap().trim(),
+            "No keys match."
+        );
+        let (code, message) = tool.failure(&["list", "--state", "lost"]);
+        assert_eq!(code, 2);
+        assert!(
+            message.contains("write active, disabled, revoked or expired"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn bad_input_gets_a_clear_error_and_exit_code() {
         let mut tool = Tool::new();
         let (code, message) = tool.failure(&["show", "nope"]);

@@ -11,7 +11,8 @@ use serde_json::json;
 use tower_api_key::limit::{Credits, InvalidLimit, Limits, NamedLimit, RefillPeriod};
 use tower_api_key::{
     key::IdKey, key::KeyFormat, manage::CreatedKey, manage::KeyInfo, manage::ManageError, network,
-    network::IpNet, store::StoreError, AnyStore, Environment, KeyManager, NewKey,
+    network::IpNet, store::KeyFilter, store::KeyState, store::StoreError, AnyStore, Environment,
+    KeyManager, NewKey,
 };
 
 /// Create, list, rotate and revoke API keys.
@@ -52,8 +53,8 @@ enum Command {
     Generate(KeySpec),
     /// Create a key in the store; it is shown once.
     Create(KeySpec),
-    /// List the keys (never their secrets).
-    List,
+    /// List the keys (never their secrets), all or those the filters let through.
+    List(ListFilter),
     /// Show one key (never its secret).
     Show {
         /// The key id.
@@ -259,6 +260,46 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
     })
 }
 
+/// Which keys `list` prints: every filter given must hold.
+#[derive(Args)]
+struct ListFilter {
+    /// Only this owner's keys.
+    #[arg(long)]
+    owner: Option<String>,
+    /// Only keys of this environment: live, test or dev.
+    #[arg(long, value_parser = parse_environment)]
+    env: Option<Environment>,
+    /// Only keys in this state: active, disabled, revoked or expired.
+    #[arg(long, value_parser = parse_state)]
+    state: Option<KeyState>,
+    /// Only keys whose name contains this, whatever the case.
+    #[arg(long)]
+    name: Option<String>,
+}
+
+impl ListFilter {
+    fn to_filter(&self) -> KeyFilter {
+        let mut filter = KeyFilter::new();
+        filter.owner.clone_from(&self.owner);
+        filter.environment = self.env;
+        filter.state = self.state;
+        filter.name.clone_from(&self.name);
+        filter
+    }
+}
+
+fn parse_state(text: &str) -> Result<KeyState, String> {
+    match text {
+        "active" => Ok(KeyState::Active),
+        "disabled" => Ok(KeyState::Disabled),
+        "revoked" => Ok(KeyState::Revoked),
+        "expired" => Ok(KeyState::Expired),
+        _ => Err(format!(
+            "`{text}` is not a state: write active, disabled, revoked or expired"
+        )),
+    }
+}
+
 fn parse_environment(text: &str) -> Result<Environment, String> {
     text.parse().map_err(|e| format!("{e}"))
 }
@@ -365,10 +406,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let var = spec.var.as_deref().unwrap_or(&default_var);
             print_created(&keys, &created, var, cli.json, "Created").await?;
         }
-        Command::List => {
-            let all = keys.list().await?;
+        Command::List(filter) => {
+            let filter = filter.to_filter();
+            let all = keys.list_matching(&filter).await?;
+            let filtered = filter != KeyFilter::new();
             if cli.json {
                 println!("{}", serde_json::to_string(&all).expect("JSON"));
+            } else if all.is_empty() && filtered {
+                println!("No keys match.");
             } else if all.is_empty() {
                 println!(
                     "No keys. Create one with: tower-api-key create --name NAME --scopes read"

@@ -14,7 +14,9 @@ use crate::key::{Environment, KeyFormat};
 use crate::layer::ApiKeyHandle;
 use crate::limit::{Credits, Limits};
 use crate::scope::validate_scope;
-use crate::store::{KeyChanges, KeyRecord, KeyState, KeyStoreAdmin, OwnerRecord, StoreError};
+use crate::store::{
+    KeyChanges, KeyFilter, KeyRecord, KeyState, KeyStoreAdmin, OwnerRecord, StoreError,
+};
 
 /// A key to be issued: its name, environment, scopes and the rest of its record.
 ///
@@ -517,6 +519,35 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
             .list()
             .await?
             .iter()
+            .map(|record| KeyInfo::new(record, self.format.as_ref(), now))
+            .collect())
+    }
+
+    /// The keys `filter` lets through now (owner, environment, state, name), as
+    /// [`list`](Self::list) shows them. The SQL stores filter in the database.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use tower_api_key::store::{KeyFilter, KeyState};
+    /// use tower_api_key::{key::KeyFormat, KeyManager, MemoryStore, NewKey};
+    ///
+    /// let keys = KeyManager::new(MemoryStore::new()).format(KeyFormat::new("mesh")?);
+    /// let ci = keys.create(NewKey::new("ci").owner("acme")).await?;
+    /// keys.create(NewKey::new("billing").owner("globex")).await?;
+    /// keys.revoke(&ci.record.id).await?;
+    /// let revoked = keys.list_matching(&KeyFilter::new().owner("acme").state(KeyState::Revoked)).await?;
+    /// assert_eq!(revoked.len(), 1);
+    /// assert_eq!(revoked[0].name, "ci");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn list_matching(&self, filter: &KeyFilter) -> Result<Vec<KeyInfo>, StoreError> {
+        let now = crate::clock::now();
+        let listing = self.store.list_page(filter, now, 0, usize::MAX).await?;
+        Ok((listing.records.iter())
             .map(|record| KeyInfo::new(record, self.format.as_ref(), now))
             .collect())
     }
