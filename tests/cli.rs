@@ -681,11 +681,14 @@ mod cli {
         let (_, ci, _) = tool.create(&["--name", "ci", "--owner", "acme", "--env", "test"]);
         tool.create(&["--name", "deploys", "--owner", "globex"]);
         tool.ok_json(&["--json", "revoke", &ci]);
+        // Sorted: keys created in the same second are listed in the order of their random ids.
         let names = |tool: &mut Tool, filters: &[&str]| -> Vec<String> {
             let listed = tool.ok_json(&[&["--json", "list"], filters].concat());
-            (listed.as_array().unwrap().iter())
+            let mut names: Vec<String> = (listed.as_array().unwrap().iter())
                 .map(|key| key["name"].as_str().unwrap().to_owned())
-                .collect()
+                .collect();
+            names.sort();
+            names
         };
         assert_eq!(names(&mut tool, &[]).len(), 3);
         assert_eq!(names(&mut tool, &["--owner", "acme"]), ["Deploy bot", "ci"]);

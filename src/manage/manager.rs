@@ -513,14 +513,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// # Errors
     /// When the store fails.
     pub async fn list(&self) -> Result<Vec<KeyInfo>, StoreError> {
-        let now = crate::clock::now();
-        Ok(self
-            .store
-            .list()
-            .await?
-            .iter()
-            .map(|record| KeyInfo::new(record, self.format.as_ref(), now))
-            .collect())
+        self.list_matching(&KeyFilter::new()).await
     }
 
     /// The keys `filter` lets through now (owner, environment, state, name), as

@@ -706,9 +706,9 @@ macro_rules! sql_store {
                         .map_err(unavailable)?;
                     let mut matching = Vec::new();
                     for row in &rows {
-                        let record = Self::record(row)?;
-                        if filter.matches_name(&record.name) {
-                            matching.push(record);
+                        let name: &str = row.try_get("name").map_err(unavailable)?;
+                        if filter.matches_name(name) {
+                            matching.push(Self::record(row)?);
                         }
                     }
                     return Ok($crate::store::Listing::page(matching, offset, limit));
