@@ -93,3 +93,12 @@ pub(crate) fn console_changed(actor: &str, action: &str, key_id: &str) {
     #[cfg(not(feature = "tracing"))]
     let _ = (actor, action, key_id);
 }
+
+/// The console made a change but could not write it to the store's audit trail.
+#[cfg(feature = "console")]
+pub(crate) fn audit_failed(actor: &str, action: &str, key_id: &str, error: &dyn std::fmt::Display) {
+    #[cfg(feature = "tracing")]
+    tracing::error!(target: "tower_api_key", actor = log_id(actor), action, key_id = log_id(key_id), error = %error, "console: key changed, but the audit trail could not be written");
+    #[cfg(not(feature = "tracing"))]
+    let _ = (actor, action, key_id, error);
+}

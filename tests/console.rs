@@ -12,6 +12,7 @@ mod common;
 
 #[cfg(feature = "console")]
 mod console {
+    use std::sync::atomic::Ordering;
     use std::sync::Mutex;
 
     use http::{Method, StatusCode};
@@ -786,6 +787,98 @@ mod console {
             (&events[0]["action"], &events[0]["detail"]),
             (&json!("update"), &json!(["name"]))
         );
+    }
+
+    /// A store that refuses audit rows: the change is made and answered as usual (it cannot be
+    /// taken back), and an error event says the trail missed it.
+    #[tokio::test]
+    async fn a_change_the_trail_cannot_keep_is_made_and_reported() {
+        #[cfg(feature = "tracing")]
+        let captured = super::common::captured_events();
+        let faulty = Faulty::start().await;
+        faulty.store.audit_fails.store(true, Ordering::SeqCst);
+        let key = format!("/admin/api/keys/{}", faulty.target);
+        let reply = faulty
+            .call(Method::PATCH, &key, r#"{"name":"unaudited"}"#)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        let now = faulty.call(Method::GET, &key, "").await.json();
+        assert_eq!(now["name"], "unaudited");
+        assert_eq!(faulty.trail().await["events"], json!([]));
+        #[cfg(feature = "tracing")]
+        {
+            let text = captured.text();
+            let line = (text.lines())
+                .find(|line| line.contains("the audit trail could not be written"))
+                .unwrap_or_else(|| panic!("no event: {text}"));
+            assert!(
+                line.contains("ERROR") && line.contains("action=\"update\""),
+                "{line}"
+            );
+        }
+        faulty.store.audit_fails.store(false, Ordering::SeqCst);
+        let reply = faulty
+            .call(Method::PATCH, &key, r#"{"name":"audited"}"#)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        let trail = faulty.trail().await;
+        assert_eq!(trail["events"].as_array().unwrap().len(), 1, "{trail}");
+    }
+
+    /// Two replicas of a service on one SQLite file, each with its own console: a change made
+    /// through one is in the other's trail, and in the trail of a console started afterwards.
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn every_replica_and_a_restarted_console_show_the_whole_trail() {
+        use tower_api_key::SqliteStore;
+
+        let dir = std::env::temp_dir().join(format!("tower-api-key-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("keys.db").display());
+        let replica = |store: SqliteStore| async move {
+            let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
+            let console = Console::new(&layer, store).scopes(["read", "admin"]);
+            HttpClient::new(serve(Router::new().nest("/admin", console.router())).await)
+        };
+        let store = SqliteStore::connect(&url).await.unwrap();
+        let keys = KeyManager::new(store.clone())
+            .format(tower_api_key::key::KeyFormat::new("mesh").unwrap());
+        let admin = keys
+            .create(NewKey::new("root").scopes(["admin"]))
+            .await
+            .unwrap();
+        let auth = api_key(admin.key.expose_secret());
+        let headers = [("authorization", auth.as_str())];
+        let (a, b) = (
+            replica(store.clone()).await,
+            replica(SqliteStore::connect(&url).await.unwrap()).await,
+        );
+
+        let body = json!({"name": "ci", "scopes": ["read"]}).to_string();
+        let created = a
+            .send_body(Method::POST, "/admin/api/keys", &headers, &body)
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+        let id = created.json()["record"]["id"].as_str().unwrap().to_owned();
+        let revoke = format!("/admin/api/keys/{id}/revoke");
+        assert_eq!(
+            b.send_body(Method::POST, &revoke, &headers, "")
+                .await
+                .status,
+            StatusCode::OK
+        );
+
+        let restarted = replica(SqliteStore::connect(&url).await.unwrap()).await;
+        for console in [&a, &b, &restarted] {
+            let trail = console.get("/admin/api/audit", &headers).await.json();
+            let actions: Vec<&str> = (trail["events"].as_array().unwrap().iter())
+                .map(|event| event["action"].as_str().unwrap())
+                .collect();
+            assert_eq!(actions, ["revoke", "create"], "{trail}");
+            assert_eq!(trail["events"][0]["key_id"], id.as_str());
+            assert_eq!(trail["events"][0]["actor"], admin.record.id.as_str());
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     /// A key deleted while an update of it is under way: the update answers 404, and the audit

@@ -52,6 +52,12 @@ mod postgres {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs PostgreSQL: run through .ci/run"]
+    async fn keeps_the_audit_trail() {
+        conformance::the_audit_trail_is_kept_newest_first(store(&unique("audit")).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL: run through .ci/run"]
     async fn lists_pages_as_the_filter_says() {
         conformance::listings_page_as_the_filter_says(store(&unique("listing")).await).await;
     }

@@ -28,6 +28,11 @@ async fn the_memory_store_lists_pages_as_the_filter_says() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_store_keeps_the_audit_trail() {
+    conformance::the_audit_trail_is_kept_newest_first(MemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_store_never_overspends_credits() {
     let store = MemoryStore::new();
     conformance::credits_are_never_overspent(store.clone(), store).await;
@@ -68,6 +73,14 @@ mod sqlite {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sqlite_store_keeps_the_audit_trail() {
+        let (dir, url) = temp_db("audit");
+        let store = SqliteStore::connect(&url).await.unwrap();
+        conformance::the_audit_trail_is_kept_newest_first(store).await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// Two pools on one file, as two processes would have.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_sqlite_store_never_overspends_credits() {
@@ -98,7 +111,7 @@ mod sqlite {
             .fetch_one(reopened.pool())
             .await
             .unwrap();
-        assert_eq!(version, 6);
+        assert_eq!(version, 7);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

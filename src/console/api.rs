@@ -17,18 +17,21 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::limit::Limits;
 use crate::manage::manager::Edits;
 use crate::manage::{CreatedKey, KeyInfo};
-use crate::store::{KeyFilter, KeyRecord, KeyState, KeyStoreAdmin, Listing, UsageArchive};
+use crate::store::{
+    self, AuditArchive, KeyFilter, KeyRecord, KeyState, KeyStoreAdmin, Listing, UsageArchive,
+};
 use crate::usage::{Resolution, Subject, UsageReport};
 use crate::{Environment, KeyManager, NewKey, Principal};
 
 use super::access::{Caller, Role};
+use super::audit;
 use super::error::ApiError;
 use super::Inner;
 
 /// What the console needs of a store: to manage keys, and to read other replicas' usage.
-pub(crate) trait Store: KeyStoreAdmin + UsageArchive + Clone {}
+pub(crate) trait Store: KeyStoreAdmin + UsageArchive + AuditArchive + Clone {}
 
-impl<A: KeyStoreAdmin + UsageArchive + Clone> Store for A {}
+impl<A: KeyStoreAdmin + UsageArchive + AuditArchive + Clone> Store for A {}
 
 /// The state of every handler.
 pub(crate) type ConsoleState<A> = State<Arc<Inner<A>>>;
@@ -176,7 +179,7 @@ pub(crate) struct UsageQuery {
 pub(crate) struct AuditQuery {
     /// Only the changes of this key.
     key: Option<String>,
-    /// At most this many, newest first (100 by default).
+    /// At most this many, newest first (100 by default, 1,000 at most).
     limit: Option<usize>,
 }
 
@@ -230,7 +233,7 @@ impl<A: Store> Inner<A> {
     }
 
     /// Records a change `caller` made to key `record` in the audit trail.
-    fn record_change(
+    async fn record_change(
         &self,
         caller: &Caller,
         action: &str,
@@ -238,7 +241,8 @@ impl<A: Store> Inner<A> {
         detail: Vec<String>,
     ) {
         let (actor, owner) = (caller.key.key_id(), record.owner.as_deref());
-        self.audit.record(actor, action, &record.id, owner, detail);
+        let store = self.keys.store();
+        audit::record(store, actor, action, &record.id, owner, detail).await;
     }
 
     fn info(&self, record: &KeyRecord) -> KeyInfo {
@@ -429,7 +433,9 @@ pub(crate) async fn create<A: Store>(
         }
     }
     let created = console.keys.create(new).await?;
-    console.record_change(&caller, "create", &created.record, Vec::new());
+    console
+        .record_change(&caller, "create", &created.record, Vec::new())
+        .await;
     Ok(console.issued(&created))
 }
 
@@ -491,7 +497,9 @@ pub(crate) async fn update<A: Store>(
     let applied = apply(&console.keys, &id, body, expires, &mut changed).await;
     // What was written is in the audit trail, even when the store failed part way.
     if !changed.is_empty() {
-        console.record_change(&caller, "update", &record, changed);
+        console
+            .record_change(&caller, "update", &record, changed)
+            .await;
     }
     applied?;
     let record = console.record(&caller, &id).await?;
@@ -564,7 +572,9 @@ pub(crate) async fn rotate<A: Store>(
         .await?
         .ok_or_else(ApiError::no_key)?;
     let detail = vec![format!("new key {}", created.record.id)];
-    console.record_change(&caller, "rotate", &record, detail);
+    console
+        .record_change(&caller, "rotate", &record, detail)
+        .await;
     Ok(console.issued(&created))
 }
 
@@ -579,7 +589,9 @@ pub(crate) async fn revoke<A: Store>(
     if !console.keys.revoke(&id).await? {
         return Err(ApiError::no_key());
     }
-    console.record_change(&caller, "revoke", &record, Vec::new());
+    console
+        .record_change(&caller, "revoke", &record, Vec::new())
+        .await;
     let record = console.record(&caller, &id).await?;
     Ok(Json(console.info(&record)))
 }
@@ -595,7 +607,9 @@ pub(crate) async fn delete<A: Store>(
     if !console.keys.delete(&id).await? {
         return Err(ApiError::no_key());
     }
-    console.record_change(&caller, "delete", &record, Vec::new());
+    console
+        .record_change(&caller, "delete", &record, Vec::new())
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -673,10 +687,14 @@ pub(crate) async fn audit<A: Store>(
     let caller = console.caller(key)?;
     let Query(query) = query?;
     let limit = query.limit.unwrap_or(100).min(1_000);
-    let events = console.audit.newest(limit, |event| {
-        caller.manages(event.owner.as_deref())
-            && (query.key.as_ref()).is_none_or(|key| &event.key_id == key)
-    });
+    let mut selected = store::AuditQuery::newest(limit);
+    if let Role::Owner(own) = &caller.role {
+        selected = selected.owner(own);
+    }
+    if let Some(key) = &query.key {
+        selected = selected.key(key);
+    }
+    let events = audit::newest(console.keys.store(), &selected).await?;
     Ok(Json(AuditPage { events }))
 }
 

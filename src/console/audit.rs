@@ -1,20 +1,16 @@
-//! The console's audit trail: who changed which key, how, and when; kept in memory, newest
-//! last, bounded. Never a secret: the actor and the key are public ids.
+//! The console's audit trail: who changed which key, how, and when. Kept in the store
+//! ([`AuditArchive`]), so it survives restarts and every replica's console shows every change.
+//! Never a secret: the actor and the key are public ids.
 
-use std::collections::VecDeque;
-use std::sync::{Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::clock::unix_seconds;
+use crate::store::{AuditArchive, AuditQuery, AuditRow, StoreError};
 use crate::trace;
 
-/// How many changes the trail keeps; older ones are dropped first.
-const KEPT: usize = 1_000;
-
 /// One change made through the console.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct AuditEvent {
     /// When (Unix seconds).
@@ -31,71 +27,51 @@ pub struct AuditEvent {
     pub detail: Vec<String>,
 }
 
-/// The trail.
-#[derive(Debug, Default)]
-pub(crate) struct Audit {
-    events: Mutex<VecDeque<AuditEvent>>,
-}
-
-impl Audit {
-    /// Records a change, and traces it.
-    pub(crate) fn record(
-        &self,
-        actor: &str,
-        action: &str,
-        key_id: &str,
-        owner: Option<&str>,
-        detail: Vec<String>,
-    ) {
-        trace::console_changed(actor, action, key_id);
-        let event = AuditEvent {
-            at: unix_seconds(SystemTime::now()),
-            actor: actor.to_owned(),
-            action: action.to_owned(),
-            key_id: key_id.to_owned(),
-            owner: owner.map(str::to_owned),
-            detail,
-        };
-        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
-        if events.len() == KEPT {
-            events.pop_front();
-        }
-        events.push_back(event);
-    }
-
-    /// The newest `limit` events that `visible` lets through, newest first.
-    pub(crate) fn newest(
-        &self,
-        limit: usize,
-        visible: impl Fn(&AuditEvent) -> bool,
-    ) -> Vec<AuditEvent> {
-        let events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
-        events
-            .iter()
-            .rev()
-            .filter(|event| visible(event))
-            .take(limit)
-            .cloned()
-            .collect()
+/// Records a change in `store`'s trail, and traces it. A trail that cannot be written is
+/// reported as a trace event (error): the change itself is made already.
+pub(crate) async fn record(
+    store: &impl AuditArchive,
+    actor: &str,
+    action: &str,
+    key_id: &str,
+    owner: Option<&str>,
+    detail: Vec<String>,
+) {
+    trace::console_changed(actor, action, key_id);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let event = AuditEvent {
+        at: now.as_secs(),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        key_id: key_id.to_owned(),
+        owner: owner.map(str::to_owned),
+        detail,
+    };
+    let mut id = [0u8; 8];
+    getrandom::fill(&mut id).expect("the operating system's random generator failed");
+    let data = serde_json::to_string(&event).expect("an audit event is JSON");
+    let micros = u64::try_from(now.as_micros()).unwrap_or(u64::MAX);
+    let row = AuditRow::new(&hex::encode(id), micros, key_id, owner, data);
+    if let Err(error) = store.append_audit(&row).await {
+        trace::audit_failed(actor, action, key_id, &error);
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_trail_is_bounded_and_newest_first() {
-        let audit = Audit::default();
-        for i in 0..KEPT + 5 {
-            audit.record("admin", "revoke", &i.to_string(), None, Vec::new());
-        }
-        let all = audit.newest(usize::MAX, |_| true);
-        assert_eq!(all.len(), KEPT);
-        assert_eq!(all[0].key_id, (KEPT + 4).to_string());
-        assert_eq!(all[KEPT - 1].key_id, "5");
-        let even = audit.newest(2, |e| e.key_id.ends_with('0'));
-        let ids: Vec<&str> = even.iter().map(|e| e.key_id.as_str()).collect();
-        assert_eq!(ids, ["1000", "990"]);
-    }
+/// The newest events `query` selects, newest first.
+///
+/// # Errors
+/// When the store fails, or holds a row that is not an event.
+pub(crate) async fn newest(
+    store: &impl AuditArchive,
+    query: &AuditQuery<'_>,
+) -> Result<Vec<AuditEvent>, StoreError> {
+    let rows = store.read_audit(query).await?;
+    rows.iter()
+        .map(|row| {
+            serde_json::from_str(&row.data)
+                .map_err(|_| StoreError::unavailable(format!("corrupt audit row {:?}", row.id)))
+        })
+        .collect()
 }

@@ -35,7 +35,7 @@
 //! | `POST api/keys/{id}/revoke` | revokes it |
 //! | `DELETE api/keys/{id}` | deletes it |
 //! | `GET api/usage` | usage of a key, an owner or the service ([`Analytics`] across replicas) |
-//! | `GET api/audit` | the changes made through the console, newest first |
+//! | `GET api/audit` | the changes made through the console, newest first, from the store's trail ([`AuditArchive`]: every replica's, kept across restarts) |
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -71,14 +71,13 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::layer::{ApiKeyHandle, ApiKeyLayer};
-use crate::store::{KeyStoreAdmin, UsageArchive};
+use crate::store::{AuditArchive, KeyStoreAdmin, UsageArchive};
 use crate::usage::Analytics;
 use crate::KeyManager;
 
 pub use audit::AuditEvent;
 
 use access::Access;
-use audit::Audit;
 
 /// The largest request body the API reads: a key's description is far smaller.
 const MAX_BODY: usize = 64 * 1024;
@@ -96,7 +95,6 @@ pub(crate) struct Inner<A> {
     handle: ApiKeyHandle,
     analytics: Option<Analytics>,
     access: Access,
-    audit: Audit,
     /// The variable of the `export` line shown with a new key: `MESH_API_KEY`.
     env_var: String,
 }
@@ -110,7 +108,7 @@ impl<A> fmt::Debug for Console<A> {
     }
 }
 
-impl<A: KeyStoreAdmin + UsageArchive + Clone> Console<A> {
+impl<A: KeyStoreAdmin + UsageArchive + AuditArchive + Clone> Console<A> {
     /// The console of the keys in `store`, authenticated by `layer` (whose cache it clears
     /// after every change, and whose key format it issues keys in). `store` is the store the
     /// layer reads.
@@ -127,7 +125,6 @@ impl<A: KeyStoreAdmin + UsageArchive + Clone> Console<A> {
                     self_service: "keys:self".into(),
                     scopes: vec!["read".into(), "write".into(), "admin".into()],
                 },
-                audit: Audit::default(),
                 env_var,
             },
             layer: layer.clone(),

@@ -9,8 +9,9 @@ use ipnet::IpNet;
 use crate::limit::{Charge, Credits, Limits, Spend};
 
 use super::{
-    KeyChanges, KeyFilter, KeyRecord, KeyStore, KeyStoreAdmin, KeyWithOwner, Listing, MemoryStore,
-    OwnerRecord, StoreError, UsageArchive, UsageRange, UsageRow, UsageUpdate,
+    AuditArchive, AuditQuery, AuditRow, KeyChanges, KeyFilter, KeyRecord, KeyStore, KeyStoreAdmin,
+    KeyWithOwner, Listing, MemoryStore, OwnerRecord, StoreError, UsageArchive, UsageRange,
+    UsageRow, UsageUpdate,
 };
 
 /// Any of the crate's stores, chosen by URL: `memory:`, `sqlite://…`, `postgres://…`,
@@ -241,5 +242,16 @@ impl UsageArchive for AnyStore {
 
     async fn read_usage(&self, range: &UsageRange<'_>) -> Result<Vec<UsageRow>, StoreError> {
         each!(self, store => store.read_usage(range).await)
+    }
+}
+
+#[async_trait]
+impl AuditArchive for AnyStore {
+    async fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError> {
+        each!(self, store => store.append_audit(row).await)
+    }
+
+    async fn read_audit(&self, query: &AuditQuery<'_>) -> Result<Vec<AuditRow>, StoreError> {
+        each!(self, store => store.read_audit(query).await)
     }
 }

@@ -1,6 +1,6 @@
 //! The in-memory store: the embedded default, for demos, tests and small fixed key sets.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -11,8 +11,8 @@ use ipnet::IpNet;
 use crate::limit::{Charge, Credits, Limits, Spend};
 
 use super::{
-    KeyRecord, KeyStore, KeyStoreAdmin, OwnerRecord, StoreError, UsageArchive, UsageRange,
-    UsageRow, UsageUpdate,
+    AuditArchive, AuditQuery, AuditRow, KeyRecord, KeyStore, KeyStoreAdmin, OwnerRecord,
+    StoreError, UsageArchive, UsageRange, UsageRow, UsageUpdate, AUDIT_KEPT,
 };
 
 /// Keys held in this process's memory. Cloning shares the same keys.
@@ -46,6 +46,8 @@ struct Data {
     owners: HashMap<String, OwnerRecord>,
     /// Usage rows by resolution, start, key and replica.
     usage: BTreeMap<(u32, u64, String, String), UsageRow>,
+    /// The console's audit trail, oldest first, at most `AUDIT_KEPT` rows.
+    audit: VecDeque<AuditRow>,
 }
 
 impl MemoryStore {
@@ -258,6 +260,23 @@ impl KeyStoreAdmin for MemoryStore {
             }
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl AuditArchive for MemoryStore {
+    async fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError> {
+        let mut data = self.write();
+        if data.audit.len() == AUDIT_KEPT {
+            data.audit.pop_front();
+        }
+        data.audit.push_back(row.clone());
+        Ok(())
+    }
+
+    async fn read_audit(&self, query: &AuditQuery<'_>) -> Result<Vec<AuditRow>, StoreError> {
+        let data = self.read();
+        Ok(query.newest_of(data.audit.iter().filter(|r| query.selects(r)).cloned()))
     }
 }
 

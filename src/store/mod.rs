@@ -24,6 +24,7 @@
 
 pub(crate) mod any;
 mod archive;
+mod audit;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
 mod codec;
 mod filter;
@@ -53,6 +54,7 @@ use ipnet::IpNet;
 use crate::limit::{Charge, Credits, Limits, Spend};
 
 pub use archive::{UsageArchive, UsageRange, UsageRow};
+pub use audit::{AuditArchive, AuditQuery, AuditRow, AUDIT_KEPT};
 pub use filter::{KeyFilter, Listing};
 #[cfg(any(feature = "postgres", feature = "redis"))]
 pub use listener::{LISTENER_CONNECT_TIMEOUT, LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};

@@ -17,8 +17,9 @@ use tokio::task::JoinHandle;
 use super::codec::{secs, CreditFields, Fields, OwnerFields};
 use super::listener::{reconnect, LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
 use super::{
-    owner_payload, to_json as json, KeyChanges, KeyRecord, KeyStore, KeyStoreAdmin, KeyWithOwner,
-    OwnerRecord, StoreError, UsageArchive, UsageRange, UsageRow, UsageUpdate,
+    owner_payload, to_json as json, AuditArchive, AuditQuery, AuditRow, KeyChanges, KeyRecord,
+    KeyStore, KeyStoreAdmin, KeyWithOwner, OwnerRecord, StoreError, UsageArchive, UsageRange,
+    UsageRow, UsageUpdate, AUDIT_KEPT,
 };
 
 /// Keys in Redis: one hash per key (`<prefix>key:<id>`), a set of ids (`<prefix>ids`), one hash
@@ -216,6 +217,11 @@ impl RedisStore {
     /// The hash of the usage rows of one bucket: a field per replica and key.
     fn usage(&self, resolution: u32, start: u64) -> String {
         format!("{}usage:{resolution}:{start}", self.prefix)
+    }
+
+    /// The list of the console's audit trail, newest first.
+    fn audit(&self) -> String {
+        format!("{}audit", self.prefix)
     }
 
     fn ids(&self) -> String {
@@ -665,5 +671,46 @@ impl UsageArchive for RedisStore {
             }
         }
         Ok(rows)
+    }
+}
+
+/// An audit row as the Redis list keeps it: id, time, key, owner, data.
+type AuditEntry = (String, u64, String, Option<String>, String);
+
+#[async_trait]
+impl AuditArchive for RedisStore {
+    async fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError> {
+        let entry: (&str, u64, &str, Option<&str>, &str) =
+            (&row.id, row.at, &row.key, row.owner.as_deref(), &row.data);
+        let kept = isize::try_from(AUDIT_KEPT).unwrap_or(isize::MAX);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .lpush(self.audit(), json(&entry))
+            .ignore()
+            .ltrim(self.audit(), 0, kept - 1)
+            .ignore();
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+
+    async fn read_audit(&self, query: &AuditQuery<'_>) -> Result<Vec<AuditRow>, StoreError> {
+        let mut conn = self.conn.clone();
+        let entries: Vec<String> = conn
+            .lrange(self.audit(), 0, -1)
+            .await
+            .map_err(unavailable)?;
+        let mut rows = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let (id, at, key, owner, data): AuditEntry = serde_json::from_str(&entry)
+                .map_err(|_| StoreError::unavailable(format!("corrupt row in {}", self.audit())))?;
+            rows.push(AuditRow {
+                id,
+                at,
+                key,
+                owner,
+                data,
+            });
+        }
+        Ok(query.newest_of(rows))
     }
 }

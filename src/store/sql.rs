@@ -5,7 +5,7 @@
 //! `_sqlx_migrations`, so they never collide with the migrations of the application that shares
 //! the database.
 
-use super::{KeyFilter, KeyState, StoreError};
+use super::{AuditQuery, KeyFilter, KeyState, StoreError};
 
 /// The schema, version by version. `{t}` is the table name.
 pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
@@ -67,6 +67,19 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
         6,
         "CREATE INDEX IF NOT EXISTS {t}_created ON {t} (created_at, id);",
     ),
+    (
+        7,
+        "CREATE TABLE IF NOT EXISTS {t}_audit (
+        id TEXT PRIMARY KEY,
+        at BIGINT NOT NULL,
+        key_id TEXT NOT NULL,
+        owner TEXT,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS {t}_audit_at ON {t}_audit (at, id);
+    CREATE INDEX IF NOT EXISTS {t}_audit_key ON {t}_audit (key_id, at, id);
+    CREATE INDEX IF NOT EXISTS {t}_audit_owner ON {t}_audit (owner, at, id);",
+    ),
 ];
 
 /// The queries for table `t`.
@@ -98,6 +111,7 @@ pub(crate) struct Queries {
     pub(crate) record_usage: String,
     /// Usage analytics' rows.
     pub(crate) usage: UsageQueries,
+    pub(crate) audit_insert: String,
     pub(crate) schema_table: String,
     pub(crate) schema_version: String,
     pub(crate) schema_insert: String,
@@ -255,6 +269,9 @@ impl Queries {
                  THEN $3 ELSE last_used_at END WHERE id = $4"
             ),
             usage: UsageQueries::new(t),
+            audit_insert: format!(
+                "INSERT INTO {t}_audit (id, at, key_id, owner, data) VALUES ($1, $2, $3, $4, $5)"
+            ),
             schema_table: format!(
                 "CREATE TABLE IF NOT EXISTS {t}_schema (version BIGINT PRIMARY KEY)"
             ),
@@ -339,6 +356,24 @@ impl Queries {
         if select == Select::Page {
             sql.push_str(&format!(" LIMIT {} OFFSET {}", next(), next()));
         }
+        sql
+    }
+}
+
+impl Queries {
+    /// The query of the audit rows of `query`, newest first. Its parameters, in order: the key,
+    /// the owner (each only if the query has it), then the limit.
+    pub(crate) fn audit(&self, query: &AuditQuery<'_>) -> String {
+        let t = &self.table;
+        let mut sql = format!("SELECT id, at, key_id, owner, data FROM {t}_audit");
+        match (query.key, query.owner) {
+            (Some(_), Some(_)) => sql.push_str(" WHERE key_id = $1 AND owner = $2"),
+            (Some(_), None) => sql.push_str(" WHERE key_id = $1"),
+            (None, Some(_)) => sql.push_str(" WHERE owner = $1"),
+            (None, None) => {}
+        }
+        let limit = 1 + usize::from(query.key.is_some()) + usize::from(query.owner.is_some());
+        sql.push_str(&format!(" ORDER BY at DESC, id DESC LIMIT ${limit}"));
         sql
     }
 }
@@ -961,6 +996,65 @@ macro_rules! sql_store {
                         data: row.try_get("data").map_err(unavailable)?,
                     };
                     found.push(row);
+                }
+                Ok(found)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::AuditArchive for $store {
+            async fn append_audit(
+                &self,
+                row: &$crate::store::AuditRow,
+            ) -> Result<(), $crate::store::StoreError> {
+                use $crate::store::sql::{bigint, unavailable};
+                sqlx::query(&self.sql.audit_insert)
+                    .bind(&row.id)
+                    .bind(bigint(row.at))
+                    .bind(&row.key)
+                    .bind(&row.owner)
+                    .bind(&row.data)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(())
+            }
+
+            async fn read_audit(
+                &self,
+                query: &$crate::store::AuditQuery<'_>,
+            ) -> Result<Vec<$crate::store::AuditRow>, $crate::store::StoreError> {
+                use sqlx::Row as _;
+                use $crate::store::sql::{bigint, unavailable};
+                let sql = self.sql.audit(query);
+                let mut select = sqlx::query(&sql);
+                if let Some(key) = query.key {
+                    select = select.bind(key);
+                }
+                if let Some(owner) = query.owner {
+                    select = select.bind(owner);
+                }
+                let limit = u64::try_from(query.limit).unwrap_or(u64::MAX);
+                let rows = (select.bind(bigint(limit)))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                let mut found = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let id: String = row.try_get("id").map_err(unavailable)?;
+                    let at: i64 = row.try_get("at").map_err(unavailable)?;
+                    let at = u64::try_from(at).map_err(|_| {
+                        $crate::store::StoreError::unavailable(format!(
+                            "corrupt audit row {id:?}: time {at}"
+                        ))
+                    })?;
+                    found.push($crate::store::AuditRow {
+                        at,
+                        key: row.try_get("key_id").map_err(unavailable)?,
+                        owner: row.try_get("owner").map_err(unavailable)?,
+                        data: row.try_get("data").map_err(unavailable)?,
+                        id,
+                    });
                 }
                 Ok(found)
             }

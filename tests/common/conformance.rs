@@ -6,9 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tower_api_key::{
     key::KeyFormat, limit::Account, limit::Charge, limit::Credits, limit::Limits,
-    limit::RefillPeriod, limit::Spend, store::KeyFilter, store::KeyRecord, store::KeyState,
-    store::KeyStoreAdmin, store::Listing, store::StoreError, store::UsageUpdate, ApiKeyLayer,
-    Environment, KeyManager, NewKey,
+    limit::RefillPeriod, limit::Spend, store::AuditArchive, store::AuditQuery, store::AuditRow,
+    store::KeyFilter, store::KeyRecord, store::KeyState, store::KeyStoreAdmin, store::Listing,
+    store::StoreError, store::UsageUpdate, ApiKeyLayer, Environment, KeyManager, NewKey,
 };
 
 use crate::common::{api_key, app, serve, HttpClient};
@@ -594,4 +594,53 @@ pub async fn listings_page_as_the_filter_says<S: KeyStoreAdmin>(store: S) {
             }
         }
     }
+}
+
+/// The audit trail: rows read back newest first (by time, then id), by key, by owner, within a
+/// limit, every field kept. `store` must start empty.
+pub async fn the_audit_trail_is_kept_newest_first<S: AuditArchive>(store: S) {
+    assert!(store
+        .read_audit(&AuditQuery::newest(10))
+        .await
+        .unwrap()
+        .is_empty());
+    let rows = [
+        AuditRow::new(
+            "a1",
+            1_800_000_000_000_001,
+            "k1",
+            Some("acme"),
+            r#"{"n":1}"#,
+        ),
+        AuditRow::new("a3", 1_800_000_000_000_003, "k2", None, r#"{"n":3}"#),
+        // Two rows of one microsecond: the greater id first.
+        AuditRow::new(
+            "b2",
+            1_800_000_000_000_002,
+            "k1",
+            Some("acme"),
+            r#"{"n":2}"#,
+        ),
+        AuditRow::new("c2", 1_800_000_000_000_002, "k3", Some("globex"), "{}"),
+    ];
+    for row in &rows {
+        store.append_audit(row).await.unwrap();
+    }
+    let ids = |found: Vec<AuditRow>| -> Vec<String> { found.into_iter().map(|r| r.id).collect() };
+    let all = store.read_audit(&AuditQuery::newest(10)).await.unwrap();
+    assert_eq!(all[0], rows[1], "every field kept");
+    assert_eq!(all[3], rows[0]);
+    assert_eq!(ids(all), ["a3", "c2", "b2", "a1"]);
+    let newest = store.read_audit(&AuditQuery::newest(2)).await.unwrap();
+    assert_eq!(ids(newest), ["a3", "c2"]);
+    let of_key = store.read_audit(&AuditQuery::newest(10).key("k1")).await;
+    assert_eq!(ids(of_key.unwrap()), ["b2", "a1"]);
+    let of_owner = store
+        .read_audit(&AuditQuery::newest(10).owner("acme"))
+        .await;
+    assert_eq!(ids(of_owner.unwrap()), ["b2", "a1"]);
+    let of_both = AuditQuery::newest(1).key("k1").owner("acme");
+    assert_eq!(ids(store.read_audit(&of_both).await.unwrap()), ["b2"]);
+    let other_owner = AuditQuery::newest(10).key("k1").owner("globex");
+    assert!(store.read_audit(&other_owner).await.unwrap().is_empty());
 }

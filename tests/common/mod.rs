@@ -227,6 +227,8 @@ pub struct FaultyStore {
     pub conflicts: Arc<AtomicUsize>,
     pub writes_left: Arc<Mutex<Option<usize>>>,
     pub deleted_on_write: Arc<Mutex<Option<String>>>,
+    /// Whether writing to the audit trail fails.
+    pub audit_fails: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FaultyStore {
@@ -346,6 +348,25 @@ impl KeyStoreAdmin for FaultyStore {
     }
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {
         self.keys.record_usage(batch).await
+    }
+}
+
+#[async_trait]
+impl tower_api_key::store::AuditArchive for FaultyStore {
+    async fn append_audit(&self, row: &tower_api_key::store::AuditRow) -> Result<(), StoreError> {
+        if self.audit_fails.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::unavailable(
+                "the test's store refuses audit rows now",
+            ));
+        }
+        self.keys.append_audit(row).await
+    }
+
+    async fn read_audit(
+        &self,
+        query: &tower_api_key::store::AuditQuery<'_>,
+    ) -> Result<Vec<tower_api_key::store::AuditRow>, StoreError> {
+        self.keys.read_audit(query).await
     }
 }
 

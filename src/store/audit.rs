@@ -1,0 +1,142 @@
+//! Where the console keeps its audit trail, so that it survives restarts and every replica's
+//! console shows every change: [`AuditArchive`], implemented by every store of this crate, and
+//! its rows, [`AuditRow`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::StoreError;
+
+/// How many rows the memory and Redis stores keep, newest first; older ones are dropped. The SQL
+/// stores keep every row.
+pub const AUDIT_KEPT: usize = 10_000;
+
+/// One change made through the console. The store keeps `data` as text and never reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuditRow {
+    /// Unique: random, chosen by the writer.
+    pub id: String,
+    /// When, in Unix microseconds.
+    pub at: u64,
+    /// The key changed.
+    pub key: String,
+    /// That key's owner, if it has one.
+    pub owner: Option<String>,
+    /// The change, as the console encodes it (JSON).
+    pub data: String,
+}
+
+impl AuditRow {
+    /// A row of change `id` at `at` (Unix microseconds) to `key` of `owner`, holding `data`.
+    ///
+    /// ```
+    /// use tower_api_key::store::AuditRow;
+    /// let row = AuditRow::new("5f1c", 1_800_000_000_000_000, "3kTMd9Qx2bLp", Some("acme"), "{}");
+    /// assert_eq!(row.owner.as_deref(), Some("acme"));
+    /// ```
+    pub fn new(id: &str, at: u64, key: &str, owner: Option<&str>, data: impl Into<String>) -> Self {
+        AuditRow {
+            id: id.to_owned(),
+            at,
+            key: key.to_owned(),
+            owner: owner.map(str::to_owned),
+            data: data.into(),
+        }
+    }
+}
+
+/// Which rows to read: the newest `limit`, of one key or one owner if given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuditQuery<'a> {
+    /// Only this key's rows.
+    pub key: Option<&'a str>,
+    /// Only the rows of this owner's keys.
+    pub owner: Option<&'a str>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl<'a> AuditQuery<'a> {
+    /// The newest `limit` rows.
+    pub fn newest(limit: usize) -> Self {
+        AuditQuery {
+            key: None,
+            owner: None,
+            limit,
+        }
+    }
+
+    /// Only `key`'s rows.
+    #[must_use]
+    pub fn key(mut self, key: &'a str) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Only the rows of `owner`'s keys.
+    #[must_use]
+    pub fn owner(mut self, owner: &'a str) -> Self {
+        self.owner = Some(owner);
+        self
+    }
+
+    /// Whether `row` is one the query selects, its limit aside.
+    pub(crate) fn selects(&self, row: &AuditRow) -> bool {
+        self.key.is_none_or(|key| row.key == key)
+            && (self.owner).is_none_or(|owner| row.owner.as_deref() == Some(owner))
+    }
+
+    /// The rows of `rows` the query selects, newest first (by time, then id), at most `limit`.
+    pub(crate) fn newest_of(&self, rows: impl IntoIterator<Item = AuditRow>) -> Vec<AuditRow> {
+        let mut selected: Vec<AuditRow> = rows.into_iter().filter(|r| self.selects(r)).collect();
+        selected.sort_by(|a, b| (b.at, &b.id).cmp(&(a.at, &a.id)));
+        selected.truncate(self.limit);
+        selected
+    }
+}
+
+/// Where the [console](crate::console) keeps its audit trail (feature `console`). The SQLite and
+/// PostgreSQL stores keep rows in a table `<table>_audit`, every row; the Redis store in one
+/// list (`<prefix>audit`) and the memory store in memory, the newest [`AUDIT_KEPT`] rows.
+#[async_trait]
+pub trait AuditArchive: Send + Sync + 'static {
+    /// Adds `row`.
+    async fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError>;
+
+    /// The rows `query` selects, newest first (by time, then id).
+    async fn read_audit(&self, query: &AuditQuery<'_>) -> Result<Vec<AuditRow>, StoreError>;
+}
+
+#[async_trait]
+impl<T: AuditArchive + ?Sized> AuditArchive for Arc<T> {
+    async fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError> {
+        (**self).append_audit(row).await
+    }
+
+    async fn read_audit(&self, query: &AuditQuery<'_>) -> Result<Vec<AuditRow>, StoreError> {
+        (**self).read_audit(query).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+
+    #[tokio::test]
+    async fn the_memory_store_keeps_the_newest_rows_only() {
+        let store = MemoryStore::new();
+        for i in 0..AUDIT_KEPT + 5 {
+            let row = AuditRow::new(&format!("{i:06}"), i as u64, "k", None, "{}");
+            store.append_audit(&row).await.unwrap();
+        }
+        let all = store.read_audit(&AuditQuery::newest(usize::MAX)).await;
+        let all = all.unwrap();
+        assert_eq!(all.len(), AUDIT_KEPT);
+        assert_eq!(all[0].id, format!("{:06}", AUDIT_KEPT + 4));
+        assert_eq!(all[AUDIT_KEPT - 1].id, "000005");
+    }
+}
