@@ -28,7 +28,8 @@ use super::audit;
 use super::error::ApiError;
 use super::Inner;
 
-/// What the console needs of a store: to manage keys, and to read other replicas' usage.
+/// What the console needs of a store: to manage keys, to read other replicas' usage, and to
+/// keep the audit trail.
 pub(crate) trait Store: KeyStoreAdmin + UsageArchive + AuditArchive + Clone {}
 
 impl<A: KeyStoreAdmin + UsageArchive + AuditArchive + Clone> Store for A {}
