@@ -855,8 +855,9 @@ mod console {
         );
 
         let body = json!({"name": "ci", "scopes": ["read"]}).to_string();
+        // Issuing: the plaintext in this answer is not printed with the suite's output.
         let created = a
-            .send_body(Method::POST, "/admin/api/keys", &headers, &body)
+            .send_issuing(Method::POST, "/admin/api/keys", &headers, &body)
             .await;
         assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
         let id = created.json()["record"]["id"].as_str().unwrap().to_owned();
