@@ -410,7 +410,7 @@
     if (!trail.events.length) tbody.append(h('tr', {}, h('td', { colspan: 6, class: 'muted' }, 'No changes yet.')));
     table.append(tbody);
     show(h('h1', {}, 'Activity'),
-      h('p', { class: 'muted' }, 'Keys created, changed, rotated, revoked and deleted through this console, newest first (kept in memory by this process).'),
+      h('p', { class: 'muted' }, 'Keys created, changed, rotated, revoked and deleted through the console, newest first, on every replica (kept in the key store).'),
       h('div', { class: 'scroll' }, table));
   }
 
