@@ -84,14 +84,18 @@ impl<'a> AuditQuery<'a> {
     }
 
     /// Whether `row` is one the query selects, its limit aside.
-    pub(crate) fn selects(&self, row: &AuditRow) -> bool {
+    fn selects(&self, row: &AuditRow) -> bool {
         self.key.is_none_or(|key| row.key == key)
             && (self.owner).is_none_or(|owner| row.owner.as_deref() == Some(owner))
     }
 
     /// The rows of `rows` the query selects, newest first (by time, then id), at most `limit`.
-    pub(crate) fn newest_of(&self, rows: impl IntoIterator<Item = AuditRow>) -> Vec<AuditRow> {
-        let mut selected: Vec<AuditRow> = rows.into_iter().filter(|r| self.selects(r)).collect();
+    pub(crate) fn newest_of<'r>(
+        &self,
+        rows: impl IntoIterator<Item = &'r AuditRow>,
+    ) -> Vec<AuditRow> {
+        let selected = rows.into_iter().filter(|r| self.selects(r));
+        let mut selected: Vec<AuditRow> = selected.cloned().collect();
         selected.sort_by(|a, b| (b.at, &b.id).cmp(&(a.at, &a.id)));
         selected.truncate(self.limit);
         selected

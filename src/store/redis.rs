@@ -711,6 +711,6 @@ impl AuditArchive for RedisStore {
                 data,
             });
         }
-        Ok(query.newest_of(rows))
+        Ok(query.newest_of(&rows))
     }
 }

@@ -732,7 +732,8 @@ macro_rules! sql_store {
                     }
                     query
                 };
-                let big = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+                use $crate::store::sql::bigint;
+                let big = |n: usize| bigint(u64::try_from(n).unwrap_or(u64::MAX));
                 if filter.name.is_some() {
                     let sql = self.sql.listing(filter, Select::All);
                     let rows = bound(&sql)
