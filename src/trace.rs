@@ -84,21 +84,19 @@ pub(crate) fn console_store_failed(error: &dyn std::fmt::Display) {
     let _ = error;
 }
 
-/// Key `key_id` was changed through the console by key `actor`: `action` is `create`, `update`,
-/// `rotate`, `revoke` or `delete`.
-#[cfg(feature = "console")]
-pub(crate) fn console_changed(actor: &str, action: &str, key_id: &str) {
+/// Key `key_id` (or, for `owner`, an owner's settings) was changed by `actor` (a console's key, or
+/// the command line tool): `action` is `create`, `update`, `rotate`, `revoke`, `delete` or `owner`.
+pub(crate) fn key_changed(actor: &str, action: &str, key_id: &str) {
     #[cfg(feature = "tracing")]
-    tracing::info!(target: "tower_api_key", actor = log_id(actor), action, key_id = log_id(key_id), "console: key changed");
+    tracing::info!(target: "tower_api_key", actor = log_id(actor), action, key_id = log_id(key_id), "key changed");
     #[cfg(not(feature = "tracing"))]
     let _ = (actor, action, key_id);
 }
 
-/// The console made a change but could not write it to the store's audit trail.
-#[cfg(feature = "console")]
+/// A change was made but could not be written to the store's audit trail.
 pub(crate) fn audit_failed(actor: &str, action: &str, key_id: &str, error: &dyn std::fmt::Display) {
     #[cfg(feature = "tracing")]
-    tracing::error!(target: "tower_api_key", actor = log_id(actor), action, key_id = log_id(key_id), error = %error, "console: key changed, but the audit trail could not be written");
+    tracing::error!(target: "tower_api_key", actor = log_id(actor), action, key_id = log_id(key_id), error = %error, "key changed, but the audit trail could not be written");
     #[cfg(not(feature = "tracing"))]
     let _ = (actor, action, key_id, error);
 }

@@ -18,7 +18,10 @@ mod cli {
 
     use http::StatusCode;
     use tower::{service_fn, Layer, ServiceExt};
-    use tower_api_key::{clock::ManualClock, reject::Rejection, ApiKeyLayer, SqliteStore};
+    use tower_api_key::store::AuditQuery;
+    use tower_api_key::{
+        clock::ManualClock, reject::Rejection, ApiKeyLayer, KeyManager, SqliteStore,
+    };
 
     struct Tool {
         dir: PathBuf,
@@ -716,6 +719,159 @@ mod cli {
             message.contains("write active, disabled, revoked or expired"),
             "{message}"
         );
+    }
+
+    /// The trail as `audit --json` prints it with `args`: action, key, owner, actor, detail.
+    fn trail(tool: &mut Tool, args: &[&str]) -> Vec<[String; 5]> {
+        let events = tool.ok_json(&[&["--json", "audit"], args].concat());
+        let text = |value: &serde_json::Value| value.as_str().unwrap_or("-").to_owned();
+        (events.as_array().unwrap().iter())
+            .map(|event| {
+                let detail: Vec<String> = event["detail"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(text)
+                    .collect();
+                let fields =
+                    ["action", "key_id", "owner", "actor"].map(|field| text(&event[field]));
+                let [action, key, owner, actor] = fields;
+                [action, key, owner, actor, detail.join(",")]
+            })
+            .collect()
+    }
+
+    fn row(action: &str, key: &str, owner: &str, actor: &str, detail: &str) -> [String; 5] {
+        [action, key, owner, actor, detail].map(str::to_owned)
+    }
+
+    #[tokio::test]
+    async fn every_change_is_in_the_audit_trail_by_its_actor() {
+        let mut tool = Tool::new();
+        tool.env
+            .push(("TOWER_API_KEY_ACTOR".into(), "ops-alice".into()));
+        let (_, id, _) = tool.create(&["--name", "deploy", "--owner", "acme"]);
+        tool.ok_json(&["--json", "set-scopes", &id, "read,write"]);
+        tool.ok_json(&["--json", "disable", &id]);
+        tool.ok_json(&["--json", "enable", &id]);
+        tool.ok_json(&["--json", "set-limits", &id, "--daily", "100"]);
+        tool.ok_json(&["--json", "credits", &id, "--set", "50"]);
+        tool.ok_json(&["--json", "set-networks", &id, "10.0.0.0/8"]);
+        let rotated = tool.ok_json(&["--json", "rotate", &id, "--grace", "1h"]);
+        let new_id = rotated["info"]["id"].as_str().unwrap().to_owned();
+        tool.ok_json(&[
+            "--json",
+            "owner",
+            "acme",
+            "--daily",
+            "900",
+            "--credits",
+            "9",
+        ]);
+        tool.ok_json(&["--json", "revoke", &new_id]);
+        tool.ok_json(&["--json", "--actor", "deploy-bot", "delete", &id]);
+        let (_, other, _) = tool.create(&["--name", "other"]);
+        // What fails changes nothing, and leaves nothing in the trail.
+        assert_eq!(tool.failure(&["revoke", "nope"]).0, 3);
+        assert_eq!(tool.failure(&["rotate", &new_id]).0, 2);
+        assert_eq!(
+            tool.failure(&["owner", "acme", "--top-up", "5", "--no-credits"])
+                .0,
+            2
+        );
+
+        let rotation = format!("new key {new_id}");
+        let by = "ops-alice";
+        let expected = [
+            row("create", &other, "-", by, ""),
+            row("delete", &id, "acme", "deploy-bot", ""),
+            row("revoke", &new_id, "acme", by, ""),
+            row("owner", "", "acme", by, "limits,credits"),
+            row("rotate", &id, "acme", by, &rotation),
+            row("update", &id, "acme", by, "allowed_networks"),
+            row("update", &id, "acme", by, "credits"),
+            row("update", &id, "acme", by, "limits"),
+            row("update", &id, "acme", by, "enabled"),
+            row("update", &id, "acme", by, "disabled"),
+            row("update", &id, "acme", by, "scopes"),
+            row("create", &id, "acme", by, ""),
+        ];
+        assert_eq!(trail(&mut tool, &[]), expected);
+        assert_eq!(trail(&mut tool, &["--limit", "2"]), expected[..2]);
+        assert_eq!(trail(&mut tool, &["--key", &new_id]), expected[2..3]);
+        assert_eq!(trail(&mut tool, &["--owner", "acme"]), expected[1..]);
+        assert!(trail(&mut tool, &["--owner", "globex"]).is_empty());
+
+        // The library (and so the console, which reads it through the manager) sees one trail.
+        let store = SqliteStore::connect(&tool.url).await.unwrap();
+        let read = KeyManager::new(store)
+            .audit_trail(&AuditQuery::newest(100))
+            .await;
+        let read = read.unwrap();
+        assert_eq!(read.len(), expected.len());
+        assert_eq!(
+            (&*read[1].actor, &*read[1].action),
+            ("deploy-bot", "delete")
+        );
+
+        let printed = tool.run(&["audit", "--limit", "3"]);
+        let printed = String::from_utf8(printed.stdout).unwrap();
+        let lines: Vec<&str> = printed.lines().collect();
+        assert_eq!(lines.len(), 4, "{printed}");
+        assert!(
+            lines[0].starts_with("WHEN") && lines[0].ends_with("DETAIL"),
+            "{printed}"
+        );
+        assert!(lines[2].contains(&format!("delete   {id}")), "{printed}");
+        assert!(lines[2].contains("deploy-bot"), "{printed}");
+        let none = tool.run(&["audit", "--owner", "globex"]);
+        assert_eq!(
+            String::from_utf8(none.stdout).unwrap().trim(),
+            "No changes."
+        );
+    }
+
+    #[test]
+    fn the_actor_is_the_user_unless_given_and_a_bad_one_is_refused() {
+        let mut tool = Tool::new();
+        tool.env.push(("USER".into(), "carol".into()));
+        let (_, id, _) = tool.create(&["--name", "mine"]);
+        assert_eq!(
+            trail(&mut tool, &[])[0],
+            row("create", &id, "-", "cli:carol", "")
+        );
+        for bad in ["", "  ", "two\nlines", &"x".repeat(129)] {
+            let (code, message) = tool.failure(&["--actor", bad, "revoke", &id]);
+            assert_eq!(code, 2, "{bad:?}");
+            assert!(message.contains("--actor: give a name"), "{message}");
+        }
+        // Refused before anything was changed.
+        assert_eq!(trail(&mut tool, &[]).len(), 1);
+        assert_eq!(tool.ok_json(&["--json", "show", &id])["state"], "active");
+        assert_eq!(tool.failure(&["audit", "--limit", "0"]).0, 2);
+    }
+
+    #[tokio::test]
+    async fn a_change_the_trail_cannot_keep_is_made_with_a_warning() {
+        let mut tool = Tool::new();
+        let (_, id, _) = tool.create(&["--name", "leaked"]);
+        let store = SqliteStore::connect(&tool.url).await.unwrap();
+        sqlx::query("DROP TABLE api_keys_audit")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let output = tool.run(&["revoke", &id]);
+        assert!(output.status.success(), "{output:?}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(
+            stderr.starts_with(
+                "warning: the change is made, but the audit trail could not be written"
+            ),
+            "{stderr}"
+        );
+        assert_eq!(tool.ok_json(&["--json", "show", &id])["state"], "revoked");
+        let (code, message) = tool.failure(&["audit"]);
+        assert_eq!(code, 4, "{message}");
     }
 
     #[test]

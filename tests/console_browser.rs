@@ -25,6 +25,7 @@ mod browser {
     use serde_json::json;
 
     use super::common::{api_key, console_app, serve, HttpClient};
+    use tower_api_key::manage::AuditEvent;
 
     /// Where chromedriver listens.
     const DRIVER: &str = "TOWER_API_KEY_CHROMEDRIVER";
@@ -87,7 +88,7 @@ mod browser {
     #[tokio::test]
     #[ignore = "needs chromium and chromedriver: .ci/run installs and starts them (TOWER_API_KEY_CHROMEDRIVER)"]
     async fn an_operator_issues_uses_watches_and_revokes_a_key_in_the_browser() {
-        let (app, _keys, admin) = console_app("operator", |console| console).await;
+        let (app, keys, admin) = console_app("operator", |console| console).await;
         let addr = serve(app).await;
         let http = HttpClient::new(addr);
         let base = format!("http://{addr}/admin");
@@ -198,7 +199,14 @@ mod browser {
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
         assert_eq!(refused.code(), "API_KEY_REVOKED");
 
-        // The activity page lists the changes, newest first: the revoke, then the creation.
+        // The command line tool sets an owner's limits: a change of no key, in the same trail.
+        let owner = AuditEvent::new("cli:alice", "owner", "")
+            .owner(Some("acme"))
+            .detail(["limits"]);
+        keys.record_change(&owner).await.unwrap();
+
+        // The activity page lists the changes, newest first: the owner's, the revoke, then the
+        // creation.
         click(&browser, "#nav a[href='#/activity']").await;
         let trail = wait_text(&browser, "table.activity", "revoke").await;
         let (revoke, create) = (trail.find("revoke"), trail.find("create"));
@@ -206,6 +214,19 @@ mod browser {
             revoke < create,
             "newest first: {revoke:?} before {create:?}"
         );
+        let first = browser
+            .find(Locator::Css("table.activity tbody tr"))
+            .await
+            .unwrap();
+        let first = first.text().await.unwrap();
+        for shown in ["owner", "—", "acme", "cli:alice", "limits"] {
+            assert!(first.contains(shown), "{shown:?} in {first:?}");
+        }
+        let links = browser
+            .find_all(Locator::Css("table.activity tbody tr:first-child a"))
+            .await
+            .unwrap();
+        assert!(links.is_empty(), "an owner's change links to no key");
         screenshot(&browser, "9-activity").await;
 
         // A narrow screen: the keys table becomes one card per key.

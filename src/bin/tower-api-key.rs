@@ -1,7 +1,9 @@
 //! `tower-api-key`: create, list, show, rotate, revoke and delete API keys in the store a service
-//! built on `tower-api-key` reads.
+//! built on `tower-api-key` reads. Every change is written to the store's audit trail (`audit`
+//! prints it), which the console shows too.
 //!
-//! Exit codes: 0 success, 2 bad input, 3 no such key, 4 the store failed or cannot be reached.
+//! Exit codes: 0 success, 2 bad input, 3 no such key, 4 the store failed or cannot be reached. A
+//! change made whose audit row the store could not write exits 0 with a warning: it is made.
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -10,8 +12,9 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use tower_api_key::limit::{Credits, InvalidLimit, Limits, NamedLimit, RefillPeriod};
 use tower_api_key::{
-    key::IdKey, key::KeyFormat, manage::CreatedKey, manage::KeyInfo, manage::ManageError, network,
-    network::IpNet, store::KeyFilter, store::KeyState, store::StoreError, AnyStore, Environment,
+    key::IdKey, key::KeyFormat, manage::AuditEvent, manage::CreatedKey, manage::KeyInfo,
+    manage::ManageError, manage::MAX_NAME_LEN, network, network::IpNet, store::AuditQuery,
+    store::KeyFilter, store::KeyState, store::KeyStore, store::StoreError, AnyStore, Environment,
     KeyManager, NewKey,
 };
 
@@ -43,6 +46,9 @@ struct Cli {
         hide_env_values = true
     )]
     id_key: Option<String>,
+    /// Who is making the changes, as the audit trail names them (default: cli:$USER).
+    #[arg(long, env = "TOWER_API_KEY_ACTOR", global = true)]
+    actor: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -163,6 +169,18 @@ enum Command {
         /// Let the key be used from anywhere.
         #[arg(long)]
         anywhere: bool,
+    },
+    /// Print the audit trail, newest first: every change made through this tool or the console.
+    Audit {
+        /// Only the changes of this key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Only the changes of this owner's keys (and of its settings).
+        #[arg(long)]
+        owner: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        limit: u32,
     },
 }
 
@@ -397,14 +415,40 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         return Ok(());
     }
 
+    let actor = actor(cli.actor.as_deref())?;
     let store = AnyStore::connect(&cli.database_url).await?;
     let keys = KeyManager::new(store).format(format);
+    let trail = Trail {
+        keys: &keys,
+        actor: &actor,
+    };
     match cli.command {
         Command::Generate(_) => unreachable!("handled above"),
         Command::Create(spec) => {
             let created = keys.create(new_key(&spec)?).await?;
+            let record = &created.record;
+            let event = trail.event("create", &record.id, record.owner.as_deref());
+            trail.record(event).await;
             let var = spec.var.as_deref().unwrap_or(&default_var);
             print_created(&keys, &created, var, cli.json, "Created").await?;
+        }
+        Command::Audit { key, owner, limit } => {
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            let mut query = AuditQuery::newest(limit);
+            if let Some(key) = &key {
+                query = query.key(key);
+            }
+            if let Some(owner) = &owner {
+                query = query.owner(owner);
+            }
+            let events = keys.audit_trail(&query).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&events).expect("JSON"));
+            } else if events.is_empty() {
+                println!("No changes.");
+            } else {
+                print_trail(&events);
+            }
         }
         Command::List(filter) => {
             let filter = filter.to_filter();
@@ -427,23 +471,29 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             print_info(&info, cli.json);
         }
         Command::Revoke { id } => {
+            let event = trail.of_key("revoke", &id).await?;
             if !keys.revoke(&id).await? {
                 return Err(not_found(&id));
             }
+            trail.record(event).await;
             done(cli.json, &id, "revoked", "Revoked key");
         }
-        Command::Disable { id } => set_disabled(&keys, &id, true, cli.json).await?,
-        Command::Enable { id } => set_disabled(&keys, &id, false, cli.json).await?,
+        Command::Disable { id } => set_disabled(&trail, &id, true, cli.json).await?,
+        Command::Enable { id } => set_disabled(&trail, &id, false, cli.json).await?,
         Command::Delete { id } => {
+            let event = trail.of_key("delete", &id).await?;
             if !keys.delete(&id).await? {
                 return Err(not_found(&id));
             }
+            trail.record(event).await;
             done(cli.json, &id, "deleted", "Deleted key");
         }
         Command::SetScopes { id, scopes } => {
+            let event = trail.of_key("update", &id).await?.detail(["scopes"]);
             if !keys.update_scopes(&id, &scopes).await? {
                 return Err(not_found(&id));
             }
+            trail.record(event).await;
             let info = keys.show(&id).await?.ok_or_else(|| not_found(&id))?;
             print_info(&info, cli.json);
         }
@@ -454,6 +504,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             top_up,
             ..
         } => {
+            let event = trail.of_key("update", &id).await?.detail(["credits"]);
             if let Some(amount) = set {
                 if !keys
                     .set_credits(&id, Some(credits(amount, refill)?))
@@ -476,6 +527,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if set.is_none() && top_up.is_none() && !keys.set_credits(&id, None).await? {
                 return Err(not_found(&id));
             }
+            trail.record(event).await;
             let info = keys.show(&id).await?.ok_or_else(|| not_found(&id))?;
             print_info(&info, cli.json);
         }
@@ -489,9 +541,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 (limits, _) => limits,
             };
+            let event = trail.of_key("update", &id).await?.detail(["limits"]);
             if !keys.set_limits(&id, limits).await? {
                 return Err(not_found(&id));
             }
+            trail.record(event).await;
             let info = keys.show(&id).await?.ok_or_else(|| not_found(&id))?;
             print_info(&info, cli.json);
         }
@@ -507,42 +561,54 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if owner.trim().is_empty() {
                 return Err(invalid("the owner's name is empty"));
             }
-            match (limits.limits(), no_limits) {
+            let limits = match (limits.limits(), no_limits) {
                 (Some(_), true) => {
                     return Err(invalid("--no-limits clears the limits: give no others"))
                 }
-                (Some(limits), false) => keys.set_owner_limits(&owner, Some(limits)).await?,
-                (None, true) => keys.set_owner_limits(&owner, None).await?,
-                (None, false) => {}
+                (Some(limits), false) => Some(Some(limits)),
+                (None, true) => Some(None),
+                (None, false) => None,
+            };
+            let budget = match (budget, no_credits) {
+                (Some(amount), _) => Some(Some(credits(amount, refill)?)),
+                (None, true) => Some(None),
+                (None, false) => None,
+            };
+            let change = OwnerChange {
+                limits,
+                credits: budget,
+                top_up,
+            };
+            // What was written is in the audit trail, even when a later step failed.
+            let mut changed = Vec::new();
+            let applied = change.apply(&keys, &owner, &mut changed).await;
+            if !changed.is_empty() {
+                let event = trail.event("owner", "", Some(&owner)).detail(changed);
+                trail.record(event).await;
             }
-            if let Some(amount) = budget {
-                keys.set_owner_credits(&owner, Some(credits(amount, refill)?))
-                    .await?;
-            }
-            if no_credits {
-                keys.set_owner_credits(&owner, None).await?;
-            }
-            if let Some(amount) = top_up {
-                if keys.top_up_owner(&owner, amount).await?.is_none() {
-                    return Err(invalid(format!(
-                        "owner `{owner}` has no credits: give it some with --credits"
-                    )));
-                }
-            }
+            applied?;
             print_owner(&keys, &owner, cli.json).await?;
         }
         Command::SetNetworks { id, networks, .. } => {
+            let event = trail
+                .of_key("update", &id)
+                .await?
+                .detail(["allowed_networks"]);
             if !keys.set_allowed_networks(&id, &networks).await? {
                 return Err(not_found(&id));
             }
+            trail.record(event).await;
             let info = keys.show(&id).await?.ok_or_else(|| not_found(&id))?;
             print_info(&info, cli.json);
         }
         Command::Rotate { id, grace, var } => {
+            let event = trail.of_key("rotate", &id).await?;
             let created = keys
                 .rotate(&id, grace)
                 .await?
                 .ok_or_else(|| not_found(&id))?;
+            let detail = [format!("new key {}", created.record.id)];
+            trail.record(event.detail(detail)).await;
             let var = var.as_deref().unwrap_or(&default_var);
             print_created(&keys, &created, var, cli.json, "Rotated").await?;
             if !cli.json {
@@ -556,16 +622,106 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Who makes the changes: `--actor`, else `cli:$USER`, else `cli`.
+fn actor(given: Option<&str>) -> Result<String, Failure> {
+    let Some(actor) = given else {
+        let user = ["USER", "LOGNAME", "USERNAME"]
+            .into_iter()
+            .filter_map(|name| std::env::var(name).ok())
+            .find(|user| !user.is_empty() && fits(user));
+        return Ok(user.map_or_else(|| "cli".to_owned(), |user| format!("cli:{user}")));
+    };
+    if actor.trim().is_empty() || !fits(actor) {
+        return Err(invalid(format!(
+            "--actor: give a name of up to {MAX_NAME_LEN} characters, without control characters"
+        )));
+    }
+    Ok(actor.to_owned())
+}
+
+/// Whether `name` is short and printable enough to name an actor.
+fn fits(name: &str) -> bool {
+    name.len() <= MAX_NAME_LEN && !name.chars().any(char::is_control)
+}
+
+/// The store's audit trail, and who this run's changes are by.
+struct Trail<'a> {
+    keys: &'a KeyManager<AnyStore>,
+    actor: &'a str,
+}
+
+impl Trail<'_> {
+    /// `action` on key `key_id` of `owner`, by this run's actor.
+    fn event(&self, action: &str, key_id: &str, owner: Option<&str>) -> AuditEvent {
+        AuditEvent::new(self.actor, action, key_id).owner(owner)
+    }
+
+    /// `action` on key `id`, whose owner is read first; exit 3 if there is no such key.
+    async fn of_key(&self, action: &str, id: &str) -> Result<AuditEvent, Failure> {
+        let record = self.keys.store().get(id).await?;
+        let record = record.ok_or_else(|| not_found(id))?;
+        Ok(self.event(action, id, record.owner.as_deref()))
+    }
+
+    /// Writes a change made; one the trail cannot keep is reported, not undone.
+    async fn record(&self, event: AuditEvent) {
+        if let Err(error) = self.keys.record_change(&event).await {
+            eprintln!(
+                "warning: the change is made, but the audit trail could not be written: {error}"
+            );
+        }
+    }
+}
+
+/// What `owner` sets on an owner; `None`: no change.
+struct OwnerChange {
+    limits: Option<Option<Limits>>,
+    credits: Option<Option<Credits>>,
+    top_up: Option<u64>,
+}
+
+impl OwnerChange {
+    /// Writes the change to `owner` step by step, naming each step written in `changed`.
+    async fn apply(
+        self,
+        keys: &KeyManager<AnyStore>,
+        owner: &str,
+        changed: &mut Vec<&'static str>,
+    ) -> Result<(), Failure> {
+        if let Some(limits) = self.limits {
+            keys.set_owner_limits(owner, limits).await?;
+            changed.push("limits");
+        }
+        if let Some(credits) = self.credits {
+            keys.set_owner_credits(owner, credits).await?;
+            changed.push("credits");
+        }
+        if let Some(amount) = self.top_up {
+            if keys.top_up_owner(owner, amount).await?.is_none() {
+                return Err(invalid(format!(
+                    "owner `{owner}` has no credits: give it some with --credits"
+                )));
+            }
+            changed.push("top_up");
+        }
+        Ok(())
+    }
+}
+
 /// Disables or enables key `id`, then shows it.
 async fn set_disabled(
-    keys: &KeyManager<AnyStore>,
+    trail: &Trail<'_>,
     id: &str,
     disabled: bool,
     json: bool,
 ) -> Result<(), Failure> {
+    let keys = trail.keys;
+    let field = if disabled { "disabled" } else { "enabled" };
+    let event = trail.of_key("update", id).await?.detail([field]);
     if !keys.set_disabled(id, disabled).await? {
         return Err(not_found(id));
     }
+    trail.record(event).await;
     let info = keys.show(id).await?.ok_or_else(|| not_found(id))?;
     print_info(&info, json);
     Ok(())
@@ -772,6 +928,29 @@ fn print_info(info: &KeyInfo, json: bool) {
     println!("created:     {}", time(Some(info.created_at)));
     println!("last used:   {}", time(info.last_used_at));
     println!("expires:     {}", time(info.expires_at));
+}
+
+fn print_trail(events: &[AuditEvent]) {
+    println!(
+        "{:<20}  {:<7}  {:<12}  {:<16}  {:<20}  DETAIL",
+        "WHEN", "ACTION", "KEY", "OWNER", "BY"
+    );
+    for event in events {
+        let key = if event.key_id.is_empty() {
+            "-"
+        } else {
+            &event.key_id
+        };
+        println!(
+            "{:<20}  {:<7}  {:<12}  {:<16}  {:<20}  {}",
+            time(Some(event.at)),
+            event.action,
+            key,
+            event.owner.as_deref().unwrap_or("-"),
+            event.actor,
+            event.detail.join(", ")
+        );
+    }
 }
 
 fn print_table(all: &[KeyInfo]) {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::limit::Limits;
 use crate::manage::manager::Edits;
-use crate::manage::{CreatedKey, KeyInfo};
+use crate::manage::{AuditEvent, CreatedKey, KeyInfo};
 use crate::store::{
     self, AuditArchive, KeyFilter, KeyRecord, KeyState, KeyStoreAdmin, Listing, UsageArchive,
 };
@@ -24,7 +24,6 @@ use crate::usage::{Resolution, Subject, UsageReport};
 use crate::{Environment, KeyManager, NewKey, Principal};
 
 use super::access::{Caller, Role};
-use super::audit;
 use super::error::ApiError;
 use super::Inner;
 
@@ -184,10 +183,10 @@ pub(crate) struct AuditQuery {
     limit: Option<usize>,
 }
 
-/// The changes made through the console, newest first.
+/// The changes made through the console and the command line tool, newest first.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct AuditPage {
-    events: Vec<super::AuditEvent>,
+    events: Vec<AuditEvent>,
 }
 
 /// The caller, and what the console offers it.
@@ -241,9 +240,11 @@ impl<A: Store> Inner<A> {
         record: &KeyRecord,
         detail: Vec<String>,
     ) {
-        let (actor, owner) = (caller.key.key_id(), record.owner.as_deref());
-        let store = self.keys.store();
-        audit::record(store, actor, action, &record.id, owner, detail).await;
+        let event = AuditEvent::new(caller.key.key_id(), action, &record.id)
+            .owner(record.owner.as_deref())
+            .detail(detail);
+        // A trail that cannot be written is traced as an error: the change is made already.
+        let _ = self.keys.record_change(&event).await;
     }
 
     fn info(&self, record: &KeyRecord) -> KeyInfo {
@@ -679,7 +680,8 @@ pub(crate) async fn usage<A: Store>(
     Ok(Json(report))
 }
 
-/// The changes made through the console that the caller may see, newest first.
+/// The changes made through the console and the command line tool that the caller may see,
+/// newest first.
 pub(crate) async fn audit<A: Store>(
     State(console): ConsoleState<A>,
     key: Key,
@@ -695,7 +697,7 @@ pub(crate) async fn audit<A: Store>(
     if let Some(key) = &query.key {
         selected = selected.key(key);
     }
-    let events = audit::newest(console.keys.store(), &selected).await?;
+    let events = console.keys.audit_trail(&selected).await?;
     Ok(Json(AuditPage { events }))
 }
 

@@ -35,7 +35,7 @@
 //! | `POST api/keys/{id}/revoke` | revokes it |
 //! | `DELETE api/keys/{id}` | deletes it |
 //! | `GET api/usage` | usage of a key, an owner or the service ([`Analytics`] across replicas) |
-//! | `GET api/audit` | the changes made through the console, newest first, from the store's trail ([`AuditArchive`]: every replica's, kept across restarts) |
+//! | `GET api/audit` | the changes made through the console (and the command line tool), newest first, from the store's trail ([`AuditArchive`]: every replica's, kept across restarts), as [`AuditEvent`](crate::manage::AuditEvent)s |
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -59,7 +59,6 @@
 mod access;
 mod api;
 mod assets;
-mod audit;
 mod error;
 mod openapi;
 
@@ -74,8 +73,6 @@ use crate::layer::{ApiKeyHandle, ApiKeyLayer};
 use crate::store::{AuditArchive, KeyStoreAdmin, UsageArchive};
 use crate::usage::Analytics;
 use crate::KeyManager;
-
-pub use audit::AuditEvent;
 
 use access::Access;
 

@@ -115,8 +115,8 @@ fn delete() {}
 #[allow(dead_code)]
 fn usage() {}
 
-/// The changes made through the console that the caller may see, newest first, from the
-/// store's trail (every replica's changes, kept across restarts).
+/// The changes made through the console and the command line tool that the caller may see,
+/// newest first, from the store's trail (every replica's changes, kept across restarts).
 #[utoipa::path(get, path = "/api/audit", tag = "keys", params(AuditQuery),
     responses((status = 200, body = AuditPage), (status = 503, body = ErrorBody)))]
 #[allow(dead_code)]

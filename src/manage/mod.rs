@@ -1,9 +1,12 @@
 //! Issuing and withdrawing keys: [`NewKey`](crate::NewKey) describes a key,
 //! [`KeyManager`](crate::KeyManager) creates, revokes, deletes and lists them in a
 //! [`KeyStoreAdmin`](crate::store::KeyStoreAdmin) and keeps the layer's cache in step. This module
-//! holds what they give and refuse.
+//! holds what they give and refuse, and the [`AuditEvent`]s of the store's audit trail.
 
+mod audit;
 pub(crate) mod manager;
+
+pub use audit::AuditEvent;
 
 use std::collections::BTreeMap;
 use std::fmt;

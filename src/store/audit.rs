@@ -1,5 +1,6 @@
-//! Where the console keeps its audit trail, so that it survives restarts and every replica's
-//! console shows every change: [`AuditArchive`], implemented by every store of this crate, and
+//! Where the audit trail is kept (the changes made through the console and the command line
+//! tool, as [`AuditEvent`](crate::manage::AuditEvent)s), so that it survives restarts and every
+//! replica shows every change: [`AuditArchive`], implemented by every store of this crate, and
 //! its rows, [`AuditRow`].
 
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use super::StoreError;
 /// stores keep every row.
 pub const AUDIT_KEPT: usize = 10_000;
 
-/// One change made through the console. The store keeps `data` as text and never reads it.
+/// One change in the audit trail. The store keeps `data` as text and never reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AuditRow {
@@ -20,11 +21,12 @@ pub struct AuditRow {
     pub id: String,
     /// When, in Unix microseconds.
     pub at: u64,
-    /// The key changed.
+    /// The key changed (empty for a change to an owner's settings).
     pub key: String,
     /// That key's owner, if it has one.
     pub owner: Option<String>,
-    /// The change, as the console encodes it (JSON).
+    /// The change, as [`KeyManager::record_change`](crate::KeyManager::record_change) encodes
+    /// it (JSON).
     pub data: String,
 }
 
@@ -102,7 +104,8 @@ impl<'a> AuditQuery<'a> {
     }
 }
 
-/// Where the [console](crate::console) keeps its audit trail (feature `console`). The SQLite and
+/// Where the audit trail is kept ([`KeyManager::record_change`](crate::KeyManager::record_change)
+/// writes it, the [console](crate::console) and the command line tool through it). The SQLite and
 /// PostgreSQL stores keep rows in a table `<table>_audit`, every row; the Redis store in one
 /// list (`<prefix>audit`) and the memory store in memory, the newest [`AUDIT_KEPT`] rows.
 #[async_trait]

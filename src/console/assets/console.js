@@ -392,7 +392,7 @@
       usagePanel({}, 'Usage'));
   }
 
-  /** The changes made through the console that the caller may see, newest first. */
+  /** The changes made through the console or the command line tool that the caller may see, newest first. */
   async function activity() {
     const trail = await api('GET', '/audit' + query({ limit: 200 }));
     const table = h('table', { class: 'keys activity' }, h('caption', { class: 'visually-hidden' }, 'Changes'),
@@ -402,7 +402,9 @@
       tbody.append(h('tr', {},
         h('td', { 'data-label': 'When' }, date(event.at)),
         h('td', { 'data-label': 'Action' }, h('span', { class: 'badge action ' + event.action }, event.action)),
-        h('td', { 'data-label': 'Key' }, h('a', { href: '#/keys/' + encodeURIComponent(event.key_id) }, h('code', {}, event.key_id))),
+        h('td', { 'data-label': 'Key' }, event.key_id
+          ? h('a', { href: '#/keys/' + encodeURIComponent(event.key_id) }, h('code', {}, event.key_id))
+          : '—'),
         h('td', { 'data-label': 'Owner' }, event.owner || '—'),
         h('td', { 'data-label': 'By' }, h('code', {}, event.actor)),
         h('td', { 'data-label': 'Detail' }, event.detail.join(', ') || '—')));
@@ -410,7 +412,7 @@
     if (!trail.events.length) tbody.append(h('tr', {}, h('td', { colspan: 6, class: 'muted' }, 'No changes yet.')));
     table.append(tbody);
     show(h('h1', {}, 'Activity'),
-      h('p', { class: 'muted' }, 'Keys created, changed, rotated, revoked and deleted through the console, newest first, on every replica (kept in the key store).'),
+      h('p', { class: 'muted' }, 'Keys created, changed, rotated, revoked and deleted through the console or the command line tool, and owners\' limits and credits set, newest first, on every replica (kept in the key store).'),
       h('div', { class: 'scroll' }, table));
   }
 
