@@ -759,8 +759,9 @@ mod console {
         }
     }
 
-    /// A store that fails part way through an update: the reply is 503, and the changes
-    /// written before the failure are in the audit trail, the others neither written nor named.
+    /// A store of your own that writes an update field by field (the trait's default
+    /// `update_key`) and fails part way through: the reply is 503, and the changes written
+    /// before the failure are in the audit trail, the others neither written nor named.
     #[tokio::test]
     async fn an_update_the_store_fails_part_way_is_audited_as_far_as_it_went() {
         let faulty = Faulty::start().await;
@@ -879,6 +880,66 @@ mod console {
             assert_eq!(trail["events"][0]["key_id"], id.as_str());
             assert_eq!(trail["events"][0]["actor"], admin.record.id.as_str());
         }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// An update the store fails part way through, on SQLite (a trigger refuses the write of
+    /// `disabled`, after the name's): 503, and the key is as it was, the trail without it.
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn an_update_the_store_fails_changes_nothing_on_sqlite() {
+        use tower_api_key::SqliteStore;
+
+        let dir = std::env::temp_dir().join(format!("tower-api-key-patch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("keys.db").display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
+        let keys = KeyManager::new(store.clone()).with_cache(layer.handle());
+        let admin = keys.create(NewKey::new("root").scopes(["admin"]));
+        let auth = api_key(admin.await.unwrap().key.expose_secret());
+        let headers = [("authorization", auth.as_str())];
+        let target = keys.create(NewKey::new("target")).await.unwrap().record.id;
+        let console = Console::new(&layer, store.clone()).scopes(["read"]);
+        let client = HttpClient::new(serve(Router::new().nest("/admin", console.router())).await);
+        sqlx::query(
+            "CREATE TRIGGER refuse BEFORE UPDATE OF disabled ON api_keys \
+             BEGIN SELECT RAISE(ABORT, 'the test refuses this write'); END",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+
+        let key = format!("/admin/api/keys/{target}");
+        let body = r#"{"name":"renamed","scopes":["read"],"disabled":true}"#;
+        let reply = client.send_body(Method::PATCH, &key, &headers, body).await;
+        refused(
+            &reply,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "KEY_STORE_UNAVAILABLE",
+        );
+        let now = client.get(&key, &headers).await.json();
+        assert_eq!(
+            (&now["name"], &now["scopes"], &now["state"]),
+            (&json!("target"), &json!([]), &json!("active"))
+        );
+        let audit = format!("/admin/api/audit?key={target}");
+        assert_eq!(
+            client.get(&audit, &headers).await.json()["events"],
+            json!([])
+        );
+
+        // The same update without the refused field is made whole, and audited as one change.
+        let body = r#"{"name":"renamed","scopes":["read"]}"#;
+        let reply = client.send_body(Method::PATCH, &key, &headers, body).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        assert_eq!(reply.json()["name"], "renamed");
+        let trail = client.get(&audit, &headers).await.json();
+        assert_eq!(
+            trail["events"][0]["detail"],
+            json!(["name", "scopes"]),
+            "{trail}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

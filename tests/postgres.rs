@@ -52,6 +52,13 @@ mod postgres {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs PostgreSQL: run through .ci/run"]
+    async fn updates_every_field_or_none() {
+        let store = store(&unique("update")).await;
+        conformance::updates_write_every_field_or_none(store, 300).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL: run through .ci/run"]
     async fn keeps_the_audit_trail() {
         conformance::the_audit_trail_is_kept_newest_first(store(&unique("audit")).await).await;
     }

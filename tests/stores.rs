@@ -28,6 +28,11 @@ async fn the_memory_store_lists_pages_as_the_filter_says() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_store_updates_every_field_or_none() {
+    conformance::updates_write_every_field_or_none(MemoryStore::new(), 20_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_store_keeps_the_audit_trail() {
     conformance::the_audit_trail_is_kept_newest_first(MemoryStore::new()).await;
 }
@@ -70,6 +75,14 @@ mod sqlite {
         let (dir, url) = temp_db("listing");
         let store = SqliteStore::connect(&url).await.unwrap();
         conformance::listings_page_as_the_filter_says(store).await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sqlite_store_updates_every_field_or_none() {
+        let (dir, url) = temp_db("update");
+        let store = SqliteStore::connect(&url).await.unwrap();
+        conformance::updates_write_every_field_or_none(store, 300).await;
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -15,13 +15,13 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::limit::Limits;
-use crate::manage::manager::Edits;
-use crate::manage::{AuditEvent, CreatedKey, KeyInfo};
+use crate::manage::{AuditEvent, CreatedKey, KeyInfo, ManageError};
 use crate::store::{
-    self, AuditArchive, KeyFilter, KeyRecord, KeyState, KeyStoreAdmin, Listing, UsageArchive,
+    self, AuditArchive, KeyFilter, KeyRecord, KeyState, KeyStoreAdmin, KeyUpdate, Listing,
+    UsageArchive,
 };
 use crate::usage::{Resolution, Subject, UsageReport};
-use crate::{Environment, KeyManager, NewKey, Principal};
+use crate::{Environment, NewKey, Principal};
 
 use super::access::{Caller, Role};
 use super::error::ApiError;
@@ -486,69 +486,37 @@ pub(crate) async fn update<A: Store>(
         (None, Some(None)) => Some(None),
         (text, at) => Some(expiry(text, at.flatten())?),
     };
-    // Every change is checked before the first is written: a bad one leaves the key as it was.
-    Edits {
-        name: body.name.as_deref(),
-        scopes: body.scopes.as_deref(),
-        metadata: body.metadata.as_ref(),
-        expiry: expires,
-        limits: body.limits.as_ref().map(Option::as_ref),
-    }
-    .validate()?;
-    let mut changed = Vec::new();
-    let applied = apply(&console.keys, &id, body, expires, &mut changed).await;
-    // What was written is in the audit trail, even when the store failed part way.
-    if !changed.is_empty() {
+    let update = KeyUpdate {
+        name: body.name,
+        scopes: body.scopes,
+        metadata: body.metadata,
+        expires_at: expires,
+        plan: body.plan,
+        limits: body.limits,
+        disabled: body.disabled,
+    };
+    // Every change is checked before anything is written, and written all or none (a store of
+    // your own may write field by field: then what it wrote before failing is audited).
+    let result = console.keys.update(&id, &update).await;
+    let written = match &result {
+        Ok(true) => update.fields(),
+        Err(ManageError::Store(_)) => match console.keys.store().get(&id).await {
+            Ok(Some(after)) => update.written(&record, &after),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    if !written.is_empty() {
+        let detail = written.into_iter().map(str::to_owned).collect();
         console
-            .record_change(&caller, "update", &record, changed)
+            .record_change(&caller, "update", &record, detail)
             .await;
     }
-    applied?;
-    let record = console.record(&caller, &id).await?;
-    Ok(Json(console.info(&record)))
-}
-
-/// Writes `body`'s changes to key `id` one by one, naming each in `changed` once written. A key
-/// deleted meanwhile ends it: 404, and nothing more is named.
-async fn apply<A: Store>(
-    keys: &KeyManager<A>,
-    id: &str,
-    body: UpdateKey,
-    expires: Option<Option<SystemTime>>,
-    changed: &mut Vec<String>,
-) -> Result<(), ApiError> {
-    if let Some(name) = &body.name {
-        written(keys.rename(id, name).await?, "name", changed)?;
-    }
-    if let Some(scopes) = &body.scopes {
-        written(keys.update_scopes(id, scopes).await?, "scopes", changed)?;
-    }
-    if let Some(metadata) = &body.metadata {
-        written(keys.set_metadata(id, metadata).await?, "metadata", changed)?;
-    }
-    if let Some(at) = expires {
-        written(keys.set_expiry(id, at).await?, "expires_at", changed)?;
-    }
-    if let Some(plan) = &body.plan {
-        written(keys.set_plan(id, plan.as_deref()).await?, "plan", changed)?;
-    }
-    if let Some(limits) = body.limits {
-        written(keys.set_limits(id, limits).await?, "limits", changed)?;
-    }
-    if let Some(disabled) = body.disabled {
-        let field = if disabled { "disabled" } else { "enabled" };
-        written(keys.set_disabled(id, disabled).await?, field, changed)?;
-    }
-    Ok(())
-}
-
-/// Names `field` in `changed` if its write `found` the key; else the key is gone.
-fn written(found: bool, field: &str, changed: &mut Vec<String>) -> Result<(), ApiError> {
-    if !found {
+    if !result? {
         return Err(ApiError::no_key());
     }
-    changed.push(field.to_owned());
-    Ok(())
+    let record = console.record(&caller, &id).await?;
+    Ok(Json(console.info(&record)))
 }
 
 /// Issues a key with every setting of this one, which works for the grace period more.

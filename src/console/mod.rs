@@ -30,7 +30,7 @@
 //! | `GET api/keys` | lists keys (`owner`, `environment`, `state`, `name`, `offset`, `limit`) |
 //! | `POST api/keys` | issues a key: the plaintext, shown once, and the `export` line |
 //! | `GET api/keys/{id}` | one key |
-//! | `PATCH api/keys/{id}` | changes its name, scopes, expiry, plan, limits, metadata, or disables it |
+//! | `PATCH api/keys/{id}` | changes its name, scopes, expiry, plan, limits, metadata, or disables it: all or none ([`KeyManager::update`](crate::KeyManager::update)) |
 //! | `POST api/keys/{id}/rotate` | issues its successor; it works for the grace period (`24h`) more |
 //! | `POST api/keys/{id}/revoke` | revokes it |
 //! | `DELETE api/keys/{id}` | deletes it |

@@ -15,7 +15,7 @@ use crate::layer::ApiKeyHandle;
 use crate::limit::{Credits, Limits};
 use crate::scope::validate_scope;
 use crate::store::{
-    KeyChanges, KeyFilter, KeyRecord, KeyState, KeyStoreAdmin, OwnerRecord, StoreError,
+    KeyChanges, KeyFilter, KeyRecord, KeyState, KeyStoreAdmin, KeyUpdate, OwnerRecord, StoreError,
 };
 
 /// A key to be issued: its name, environment, scopes and the rest of its record.
@@ -642,6 +642,37 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         Ok(result?)
     }
 
+    /// Makes every change of `update` to key `id`, all or none (see
+    /// [`KeyStoreAdmin::update_key`]); returns whether it exists. Everything is checked before
+    /// anything is written, as each setter checks its own.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use tower_api_key::{manage::ManageError, store::KeyUpdate, ApiKeyLayer, KeyManager, MemoryStore, NewKey};
+    ///
+    /// let store = MemoryStore::new();
+    /// let layer = ApiKeyLayer::new("mesh", store.clone())?;
+    /// let keys = KeyManager::new(store).with_cache(layer.handle());
+    /// let id = keys.create(NewKey::new("ci")).await?.record.id;
+    /// assert!(keys.update(&id, &KeyUpdate::new().name("deploy").scopes(["read"])).await?);
+    /// // A bad scope refuses the whole update: the name is not changed either.
+    /// let bad = KeyUpdate::new().name("other").scopes(["bad scope"]);
+    /// assert!(matches!(keys.update(&id, &bad).await, Err(ManageError::Invalid(_))));
+    /// assert_eq!(keys.show(&id).await?.unwrap().name, "deploy");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// [`ManageError::Invalid`] for a change a setter would refuse; [`ManageError::Store`] when
+    /// the store fails (the cache is cleared all the same).
+    pub async fn update(&self, id: &str, update: &KeyUpdate) -> Result<bool, ManageError> {
+        validate_update(update).map_err(ManageError::Invalid)?;
+        let result = self.store.update_key(id, update).await;
+        self.changed(id);
+        Ok(result?)
+    }
+
     /// Rotates key `id`: issues a new key with every setting of the old one (name, scopes,
     /// environment, owner, plan, limits, allowed networks, expiry, metadata, plus
     /// `rotated_from`), and lets the old
@@ -724,32 +755,15 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     }
 }
 
-/// Several changes to one key (the console's update), checked all together before any is
-/// written: one that would be refused leaves the key as it was, rather than refused after the
-/// changes before it were made. Each setter checks its own change again.
-#[cfg(feature = "console")]
-pub(crate) struct Edits<'a> {
-    pub(crate) name: Option<&'a str>,
-    pub(crate) scopes: Option<&'a [String]>,
-    pub(crate) metadata: Option<&'a BTreeMap<String, String>>,
-    /// A new expiry, or `Some(None)` to clear it.
-    pub(crate) expiry: Option<Option<SystemTime>>,
-    /// New limits, or `Some(None)` to clear them.
-    pub(crate) limits: Option<Option<&'a Limits>>,
-}
-
-#[cfg(feature = "console")]
-impl Edits<'_> {
-    /// What [`rename`](KeyManager::rename), [`update_scopes`](KeyManager::update_scopes),
-    /// [`set_metadata`](KeyManager::set_metadata), [`set_expiry`](KeyManager::set_expiry) and
-    /// [`set_limits`](KeyManager::set_limits) would refuse of these changes.
-    pub(crate) fn validate(&self) -> Result<(), InvalidKey> {
-        self.name.map_or(Ok(()), validate_name)?;
-        validate_scopes(self.scopes.unwrap_or_default())?;
-        self.metadata.map_or(Ok(()), validate_metadata)?;
-        validate_expiry(self.expiry.flatten())?;
-        validate_limits(self.limits.flatten())
-    }
+/// What [`rename`](KeyManager::rename), [`update_scopes`](KeyManager::update_scopes),
+/// [`set_metadata`](KeyManager::set_metadata), [`set_expiry`](KeyManager::set_expiry) and
+/// [`set_limits`](KeyManager::set_limits) would refuse of `update`'s changes.
+fn validate_update(update: &KeyUpdate) -> Result<(), InvalidKey> {
+    update.name.as_deref().map_or(Ok(()), validate_name)?;
+    validate_scopes(update.scopes.as_deref().unwrap_or_default())?;
+    update.metadata.as_ref().map_or(Ok(()), validate_metadata)?;
+    validate_expiry(update.expires_at.flatten())?;
+    validate_limits(update.limits.as_ref().and_then(Option::as_ref))
 }
 
 /// Refuses an empty, blank or over-long name.

@@ -10,8 +10,8 @@ use crate::limit::{Charge, Credits, Limits, Spend};
 
 use super::{
     AuditArchive, AuditQuery, AuditRow, KeyChanges, KeyFilter, KeyRecord, KeyStore, KeyStoreAdmin,
-    KeyWithOwner, Listing, MemoryStore, OwnerRecord, StoreError, UsageArchive, UsageRange,
-    UsageRow, UsageUpdate,
+    KeyUpdate, KeyWithOwner, Listing, MemoryStore, OwnerRecord, StoreError, UsageArchive,
+    UsageRange, UsageRow, UsageUpdate,
 };
 
 /// Any of the crate's stores, chosen by URL: `memory:`, `sqlite://…`, `postgres://…`,
@@ -224,6 +224,9 @@ impl KeyStoreAdmin for AnyStore {
     }
     async fn set_allowed_networks(&self, id: &str, networks: &[IpNet]) -> Result<bool, StoreError> {
         each!(self, store => store.set_allowed_networks(id, networks).await)
+    }
+    async fn update_key(&self, id: &str, update: &KeyUpdate) -> Result<bool, StoreError> {
+        each!(self, store => store.update_key(id, update).await)
     }
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {
         each!(self, store => store.record_usage(batch).await)

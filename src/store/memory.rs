@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use crate::limit::{Charge, Credits, Limits, Spend};
 
 use super::{
-    AuditArchive, AuditQuery, AuditRow, KeyRecord, KeyStore, KeyStoreAdmin, OwnerRecord,
+    AuditArchive, AuditQuery, AuditRow, KeyRecord, KeyStore, KeyStoreAdmin, KeyUpdate, OwnerRecord,
     StoreError, UsageArchive, UsageRange, UsageRow, UsageUpdate, AUDIT_KEPT,
 };
 
@@ -249,6 +249,10 @@ impl KeyStoreAdmin for MemoryStore {
 
     async fn set_allowed_networks(&self, id: &str, networks: &[IpNet]) -> Result<bool, StoreError> {
         self.update(id, |record| record.allowed_networks = networks.to_vec())
+    }
+
+    async fn update_key(&self, id: &str, update: &KeyUpdate) -> Result<bool, StoreError> {
+        self.update(id, |record| update.apply_to(record))
     }
 
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {

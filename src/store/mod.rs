@@ -41,6 +41,7 @@ pub(crate) mod redis;
 mod sql;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
+mod update;
 
 use std::collections::BTreeMap;
 use std::error::Error as StdError;
@@ -67,6 +68,7 @@ pub use record::{KeyRecord, KeyState};
 pub(crate) use redis::RedisStore;
 #[cfg(feature = "sqlite")]
 pub(crate) use sqlite::SqliteStore;
+pub use update::KeyUpdate;
 
 /// A source of key records, looked up by public key id.
 ///
@@ -262,6 +264,61 @@ pub trait KeyStoreAdmin: KeyStore {
     /// # Errors
     /// When the backend fails.
     async fn set_allowed_networks(&self, id: &str, networks: &[IpNet]) -> Result<bool, StoreError>;
+
+    /// Makes every change of `update` to key `id`, all or none: a reader sees the key before
+    /// or after, never part way, and a store that fails writes none of it. Returns whether the
+    /// key exists. Every store of this crate does so (one transaction on SQLite and PostgreSQL,
+    /// one script on Redis, one lock in memory). The default, for stores of your own, calls the
+    /// setters one by one: a failure part way leaves the earlier changes written.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use tower_api_key::store::{KeyStore, KeyStoreAdmin, KeyUpdate};
+    /// use tower_api_key::{key::KeyFormat, MemoryStore, NewKey};
+    ///
+    /// let store = MemoryStore::new();
+    /// let created = NewKey::new("ci").generate(&KeyFormat::new("mesh")?)?;
+    /// let id = created.record.id.clone();
+    /// store.create(created.record).await?;
+    /// let update = KeyUpdate::new().name("deploy").scopes(["read"]).disabled(true);
+    /// assert!(store.update_key(&id, &update).await?);
+    /// let now = store.get(&id).await?.unwrap();
+    /// assert_eq!((&*now.name, &*now.scopes, now.disabled), ("deploy", &["read".to_owned()][..], true));
+    /// assert!(!store.update_key("no-such-id", &update).await?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn update_key(&self, id: &str, update: &KeyUpdate) -> Result<bool, StoreError> {
+        let mut found = true;
+        if let Some(name) = &update.name {
+            found &= self.set_name(id, name).await?;
+        }
+        if let Some(scopes) = &update.scopes {
+            found &= self.set_scopes(id, scopes).await?;
+        }
+        if let Some(metadata) = &update.metadata {
+            found &= self.set_metadata(id, metadata).await?;
+        }
+        if let Some(at) = update.expires_at {
+            found &= self.set_expiry(id, at).await?;
+        }
+        if let Some(plan) = &update.plan {
+            found &= self.set_plan(id, plan.as_deref()).await?;
+        }
+        if let Some(limits) = &update.limits {
+            found &= self.set_limits(id, limits.as_ref()).await?;
+        }
+        if let Some(disabled) = update.disabled {
+            found &= self.set_disabled(id, disabled).await?;
+        }
+        if update.is_empty() {
+            return Ok(self.get(id).await?.is_some());
+        }
+        Ok(found)
+    }
 
     /// Replaces (or, with `None`, clears) the limits set on owner `owner`, counted for all of
     /// its keys together.
@@ -474,6 +531,9 @@ impl<T: KeyStoreAdmin + ?Sized> KeyStoreAdmin for Arc<T> {
     }
     async fn set_allowed_networks(&self, id: &str, networks: &[IpNet]) -> Result<bool, StoreError> {
         (**self).set_allowed_networks(id, networks).await
+    }
+    async fn update_key(&self, id: &str, update: &KeyUpdate) -> Result<bool, StoreError> {
+        (**self).update_key(id, update).await
     }
     async fn set_limits(&self, id: &str, limits: Option<&Limits>) -> Result<bool, StoreError> {
         (**self).set_limits(id, limits).await

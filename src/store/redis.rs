@@ -18,8 +18,8 @@ use super::codec::{secs, CreditFields, Fields, OwnerFields};
 use super::listener::{reconnect, LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
 use super::{
     owner_payload, to_json as json, AuditArchive, AuditQuery, AuditRow, KeyChanges, KeyRecord,
-    KeyStore, KeyStoreAdmin, KeyWithOwner, OwnerRecord, StoreError, UsageArchive, UsageRange,
-    UsageRow, UsageUpdate, AUDIT_KEPT,
+    KeyStore, KeyStoreAdmin, KeyUpdate, KeyWithOwner, OwnerRecord, StoreError, UsageArchive,
+    UsageRange, UsageRow, UsageUpdate, AUDIT_KEPT,
 };
 
 /// Keys in Redis: one hash per key (`<prefix>key:<id>`), a set of ids (`<prefix>ids`), one hash
@@ -76,6 +76,19 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if ARGV[2] == nil then redis.call('HDEL', KEYS[1], ARGV[1])
 elseif ARGV[3] == 'nx' then redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 else redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1",
+    )
+});
+
+/// Sets and removes fields of an existing key in one step. KEYS: hash. ARGV: n, then n
+/// field/value pairs to set, then the fields to remove.
+static UPDATE_KEY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = tonumber(ARGV[1])
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 2, 1 + 2 * n)) end
+if #ARGV > 1 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 2 + 2 * n)) end
 return 1",
     )
 });
@@ -585,6 +598,47 @@ impl KeyStoreAdmin for RedisStore {
             let networks = json(&networks);
             self.update(id, &["allowed_networks", &networks]).await
         }
+    }
+
+    /// Every change in one script, announced once.
+    async fn update_key(&self, id: &str, update: &KeyUpdate) -> Result<bool, StoreError> {
+        if update.is_empty() {
+            return Ok(self.get(id).await?.is_some());
+        }
+        let (mut set, mut remove) = (Vec::new(), Vec::new());
+        let mut field = |name: &'static str, value: Option<String>| match value {
+            Some(value) => set.extend([name.to_owned(), value]),
+            None => remove.push(name.to_owned()),
+        };
+        if let Some(name) = &update.name {
+            field("name", Some(name.clone()));
+        }
+        if let Some(scopes) = &update.scopes {
+            field("scopes", Some(json(scopes)));
+        }
+        if let Some(metadata) = &update.metadata {
+            field("metadata", Some(json(metadata)));
+        }
+        if let Some(at) = update.expires_at {
+            field("expires_at", at.map(|at| secs(at).to_string()));
+        }
+        if let Some(plan) = &update.plan {
+            field("plan", plan.clone());
+        }
+        if let Some(limits) = &update.limits {
+            field("limits", limits.as_ref().map(json));
+        }
+        if let Some(disabled) = update.disabled {
+            field(
+                "disabled",
+                Some(if disabled { "1" } else { "0" }.to_owned()),
+            );
+        }
+        let pairs = (set.len() / 2).to_string();
+        let args: Vec<&str> = std::iter::once(pairs.as_str())
+            .chain(set.iter().chain(&remove).map(String::as_str))
+            .collect();
+        self.change(&UPDATE_KEY, id, &args).await
     }
 
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {

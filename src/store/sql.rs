@@ -905,6 +905,57 @@ macro_rules! sql_store {
                     .await
             }
 
+            /// Every change in one transaction, announced once.
+            async fn update_key(
+                &self,
+                id: &str,
+                update: &$crate::store::KeyUpdate,
+            ) -> Result<bool, $crate::store::StoreError> {
+                use $crate::store::sql::unavailable;
+                use $crate::store::to_json;
+                let sql = &self.sql;
+                let mut queries = Vec::new();
+                if let Some(name) = &update.name {
+                    queries.push(sqlx::query(&sql.set_name).bind(name.as_str()));
+                }
+                if let Some(scopes) = &update.scopes {
+                    queries.push(sqlx::query(&sql.set_scopes).bind(to_json(scopes)));
+                }
+                if let Some(metadata) = &update.metadata {
+                    queries.push(sqlx::query(&sql.set_metadata).bind(to_json(metadata)));
+                }
+                if let Some(at) = update.expires_at {
+                    let at = at.map($crate::store::codec::secs);
+                    queries.push(sqlx::query(&sql.set_expiry).bind(at));
+                }
+                if let Some(plan) = &update.plan {
+                    queries.push(sqlx::query(&sql.set_plan).bind(plan.as_deref()));
+                }
+                if let Some(limits) = &update.limits {
+                    let limits = limits.as_ref().map(to_json);
+                    queries.push(sqlx::query(&sql.set_limits).bind(limits));
+                }
+                if let Some(disabled) = update.disabled {
+                    queries.push(sqlx::query(&sql.set_disabled).bind(disabled));
+                }
+                if queries.is_empty() {
+                    return Ok($crate::store::KeyStore::get(self, id).await?.is_some());
+                }
+                let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                let mut found = true;
+                for query in queries {
+                    let done = query
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                    found &= done.rows_affected() > 0;
+                }
+                tx.commit().await.map_err(unavailable)?;
+                self.changed(id).await;
+                Ok(found)
+            }
+
             async fn record_usage(
                 &self,
                 batch: &[$crate::store::UsageUpdate],

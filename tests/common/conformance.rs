@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tower_api_key::{
     key::KeyFormat, limit::Account, limit::Charge, limit::Credits, limit::Limits,
     limit::RefillPeriod, limit::Spend, store::AuditArchive, store::AuditQuery, store::AuditRow,
-    store::KeyFilter, store::KeyRecord, store::KeyState, store::KeyStoreAdmin, store::Listing,
-    store::StoreError, store::UsageUpdate, ApiKeyLayer, Environment, KeyManager, NewKey,
+    store::KeyFilter, store::KeyRecord, store::KeyState, store::KeyStoreAdmin, store::KeyUpdate,
+    store::Listing, store::StoreError, store::UsageUpdate, ApiKeyLayer, Environment, KeyManager,
+    NewKey,
 };
 
 use crate::common::{api_key, app, serve, HttpClient};
@@ -643,4 +644,82 @@ pub async fn the_audit_trail_is_kept_newest_first<S: AuditArchive>(store: S) {
     assert_eq!(ids(store.read_audit(&of_both).await.unwrap()), ["b2"]);
     let other_owner = AuditQuery::newest(10).key("k1").owner("globex");
     assert!(store.read_audit(&other_owner).await.unwrap().is_empty());
+}
+
+/// `update_key`: every field of an update written, or (for a missing key) none; a field cleared
+/// by `Some(None)`; and never a record part way, seen by a reader while two writers race
+/// `rounds` updates each (many for a store in memory, whose writes leave a reader a far
+/// shorter window).
+pub async fn updates_write_every_field_or_none<S: KeyStoreAdmin + Clone>(store: S, rounds: usize) {
+    let mut expected = record("before", 1_800_000_000);
+    let id = expected.id.clone();
+    store.create(expected.clone()).await.unwrap();
+    let mut metadata = std::collections::BTreeMap::new();
+    metadata.insert("team".to_owned(), "platform".to_owned());
+    let update = KeyUpdate::new()
+        .name("after")
+        .scopes(["write"])
+        .metadata(metadata)
+        .expires_at(Some(at(4_100_000_000)))
+        .plan(Some("enterprise"))
+        .limits(Some(Limits::per_minute(7)))
+        .disabled(true);
+    assert!(store.update_key(&id, &update).await.unwrap());
+    update.apply_to(&mut expected);
+    assert_eq!(store.get(&id).await.unwrap().unwrap(), expected);
+
+    let clear = KeyUpdate::new()
+        .expires_at(None)
+        .plan(None)
+        .limits(None)
+        .disabled(false);
+    assert!(store.update_key(&id, &clear).await.unwrap());
+    clear.apply_to(&mut expected);
+    let now = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(now, expected);
+    assert_eq!((now.expires_at, now.plan, now.limits), (None, None, None));
+
+    assert!(store.update_key(&id, &KeyUpdate::new()).await.unwrap());
+    assert!(!store.update_key("nope", &KeyUpdate::new()).await.unwrap());
+    assert!(!store.update_key("nope", &update).await.unwrap());
+    assert_eq!(store.get("nope").await.unwrap(), None, "no record made");
+
+    // Two writers, each writing its own name, scopes and metadata; a reader meanwhile.
+    let writer = |who: &'static str| {
+        let (store, id) = (store.clone(), id.clone());
+        tokio::spawn(async move {
+            for round in 0..rounds {
+                let mark = format!("{who}{round}");
+                let mut metadata = std::collections::BTreeMap::new();
+                metadata.insert("mark".to_owned(), mark.clone());
+                let update = KeyUpdate::new()
+                    .name(mark.clone())
+                    .scopes([mark])
+                    .metadata(metadata);
+                assert!(store.update_key(&id, &update).await.unwrap());
+            }
+        })
+    };
+    let writers = [writer("a"), writer("b")];
+    let mut reads = 0;
+    while !writers.iter().all(tokio::task::JoinHandle::is_finished) || reads == 0 {
+        let now = store.get(&id).await.unwrap().unwrap();
+        if now.name != "after" {
+            assert_eq!(
+                now.scopes,
+                std::slice::from_ref(&now.name),
+                "part way: {now:?}"
+            );
+            assert_eq!(now.metadata["mark"], now.name, "part way: {now:?}");
+        }
+        reads += 1;
+        tokio::task::yield_now().await;
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let last = store.get(&id).await.unwrap().unwrap();
+    let ends = [format!("a{}", rounds - 1), format!("b{}", rounds - 1)];
+    assert!(ends.contains(&last.name), "{}", last.name);
+    assert_eq!(last.scopes, std::slice::from_ref(&last.name));
 }
