@@ -22,6 +22,11 @@ echo "== 3. memory per cached key"
 timeout 600 cargo bench --bench memory
 echo "== the console's key list, SQLite with 100,000 keys (BENCHMARKS.md's top section)"
 timeout 300 cargo bench --bench listing -- --warm-up-time 1 --measurement-time 5
+echo "== the same on Redis (a private server on 127.0.0.1, started by .ci/services.sh)"
+(
+  source .ci/services.sh >/dev/null
+  timeout 600 cargo bench --bench listing_redis --features redis -- --warm-up-time 1 --measurement-time 5
+)
 
 cargo build -q --release --example bench_server --example bench_driver
 

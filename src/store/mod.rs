@@ -165,7 +165,8 @@ pub trait KeyStoreAdmin: KeyStore {
     /// The default filters [`list`](Self::list) in memory. The SQL stores filter and count in
     /// the database (by owner through its index) and read only the page, unless the filter
     /// has a name (names are compared lowercased as Rust lowercases them, which SQL's `lower`
-    /// does not match).
+    /// does not match). The Redis store reads the page of all keys, or of one owner's, from
+    /// sorted sets by creation time, and with other filters that owner's keys (or every key).
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {

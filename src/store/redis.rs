@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
@@ -17,13 +18,16 @@ use tokio::task::JoinHandle;
 use super::codec::{secs, CreditFields, Fields, OwnerFields};
 use super::listener::{reconnect, LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
 use super::{
-    owner_payload, to_json as json, AuditArchive, AuditQuery, AuditRow, KeyChanges, KeyRecord,
-    KeyStore, KeyStoreAdmin, KeyUpdate, KeyWithOwner, OwnerRecord, StoreError, UsageArchive,
-    UsageRange, UsageRow, UsageUpdate, AUDIT_KEPT,
+    owner_payload, to_json as json, AuditArchive, AuditQuery, AuditRow, KeyChanges, KeyFilter,
+    KeyRecord, KeyStore, KeyStoreAdmin, KeyUpdate, KeyWithOwner, Listing, OwnerRecord, StoreError,
+    UsageArchive, UsageRange, UsageRow, UsageUpdate, AUDIT_KEPT,
 };
 
-/// Keys in Redis: one hash per key (`<prefix>key:<id>`), a set of ids (`<prefix>ids`), one hash
-/// per owner with limits or credits set (`<prefix>owner:<owner>`), and a channel (`<prefix>changes`) on which every change is published, so
+/// Keys in Redis: one hash per key (`<prefix>key:<id>`), a set of ids (`<prefix>ids`), the ids
+/// ordered by creation (`<prefix>created`, and per owner `<prefix>owner-keys:<owner>`, sorted
+/// sets whose scores are the creation times, so the console's pages read only their own keys),
+/// one hash per owner with limits or credits set (`<prefix>owner:<owner>`), and a channel
+/// (`<prefix>changes`) on which every change is published, so
 /// [`spawn_listener`](Self::spawn_listener) can drop the changed key from each replica's cache at
 /// once. Every update is one server-side script, so concurrent admins cannot lose each other's
 /// changes.
@@ -42,6 +46,8 @@ pub struct RedisStore {
     client: redis::Client,
     conn: ConnectionManager,
     prefix: Arc<str>,
+    /// Whether the creation indexes are known to hold every key (see `index`).
+    indexed: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -56,14 +62,41 @@ fn unavailable(error: redis::RedisError) -> StoreError {
     StoreError::unavailable(error)
 }
 
-/// Creates a key unless its id exists. KEYS: hash, id set. ARGV: id, then field/value pairs.
+/// Creates a key unless its id exists. KEYS: hash, id set, creation index, [its owner's
+/// creation index]. ARGV: id, creation time, then field/value pairs.
 static CREATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+if KEYS[4] then redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1]) end
 return 1",
+    )
+});
+
+/// Marks the creation indexes complete if there are no keys. KEYS: id set, marker.
+static NEW_INDEXES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SET', KEYS[2], 1) end
+return 1",
+    )
+});
+
+/// Deletes a key, and its id from the set and the creation indexes. KEYS: hash, id set,
+/// creation index. ARGV: id, the prefix of owners' creation indexes (named by the record, so
+/// not in KEYS: a single server, as `GET_WITH_OWNER`). Returns whether it existed.
+static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local owner = redis.call('HGET', KEYS[1], 'owner')
+local deleted = redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+if owner then redis.call('ZREM', ARGV[2] .. owner, ARGV[1]) end
+return deleted",
     )
 });
 
@@ -200,11 +233,21 @@ impl RedisStore {
         let conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(unavailable)?;
-        Ok(RedisStore {
+        let store = RedisStore {
             client,
             conn,
             prefix: prefix.into(),
-        })
+            indexed: Arc::new(AtomicBool::new(false)),
+        };
+        // A store with no keys yet has nothing to add to the creation indexes.
+        let mut conn = store.conn.clone();
+        let _: i64 = NEW_INDEXES
+            .key(store.ids())
+            .key(store.indexed())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(store)
     }
 
     fn key(&self, id: &str) -> String {
@@ -239,6 +282,83 @@ impl RedisStore {
 
     fn ids(&self) -> String {
         format!("{}ids", self.prefix)
+    }
+
+    /// The ids of every key, by creation time, then id.
+    fn created(&self) -> String {
+        format!("{}created", self.prefix)
+    }
+
+    /// Set once the creation indexes hold every key.
+    fn indexed(&self) -> String {
+        format!("{}indexed", self.prefix)
+    }
+
+    /// The ids of `owner`'s keys, by creation time, then id.
+    fn owner_keys(&self, owner: &str) -> String {
+        format!("{}owner-keys:{owner}", self.prefix)
+    }
+
+    /// Makes sure the creation indexes hold every key: keys stored before they existed are
+    /// added once (marked by `<prefix>indexed`), which `create` keeps up from then on. Two
+    /// replicas doing it at once only add the same entries twice.
+    async fn index(&self) -> Result<(), StoreError> {
+        if self.indexed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let marker = self.indexed();
+        let done: Option<String> = conn.get(&marker).await.map_err(unavailable)?;
+        if done.is_none() {
+            let ids: Vec<String> = conn.smembers(self.ids()).await.map_err(unavailable)?;
+            for chunk in ids.chunks(1_000) {
+                let mut read = redis::pipe();
+                for id in chunk {
+                    read.hmget(self.key(id), &["created_at", "owner"]);
+                }
+                let found: Vec<(Option<i64>, Option<String>)> =
+                    read.query_async(&mut conn).await.map_err(unavailable)?;
+                let mut add = redis::pipe();
+                for (id, (created, owner)) in chunk.iter().zip(found) {
+                    // A key deleted meanwhile has no creation time: it is not added. (One
+                    // deleted after this read is, and `list_page` takes it out again.)
+                    let Some(created) = created else { continue };
+                    add.zadd(self.created(), id, created).ignore();
+                    if let Some(owner) = owner {
+                        add.zadd(self.owner_keys(&owner), id, created).ignore();
+                    }
+                }
+                if add.cmd_iter().next().is_some() {
+                    let () = add.query_async(&mut conn).await.map_err(unavailable)?;
+                }
+            }
+            let () = conn.set(&marker, 1).await.map_err(unavailable)?;
+        }
+        self.indexed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The records of `ids`, in that order, and the ids whose keys are gone.
+    async fn read(&self, ids: &[String]) -> Result<(Vec<KeyRecord>, Vec<String>), StoreError> {
+        if ids.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hgetall(self.key(id));
+        }
+        let all: Vec<HashMap<String, String>> =
+            pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let (mut records, mut gone) = (Vec::with_capacity(ids.len()), Vec::new());
+        for (id, fields) in ids.iter().zip(all) {
+            if fields.is_empty() {
+                gone.push(id.clone());
+            } else {
+                records.push(Fields::from_hash(id, fields)?.into_record()?);
+            }
+        }
+        Ok((records, gone))
     }
 
     fn channel(&self) -> String {
@@ -430,7 +550,11 @@ impl KeyStoreAdmin for RedisStore {
     async fn create(&self, record: KeyRecord) -> Result<(), StoreError> {
         let fields = Fields::of(&record).into_hash();
         let mut invocation = CREATE.key(self.key(&record.id));
-        invocation.key(self.ids()).arg(&record.id);
+        invocation.key(self.ids()).key(self.created());
+        if let Some(owner) = &record.owner {
+            invocation.key(self.owner_keys(owner));
+        }
+        invocation.arg(&record.id).arg(secs(record.created_at));
         for (name, value) in &fields {
             invocation.arg(*name).arg(value);
         }
@@ -453,11 +577,13 @@ impl KeyStoreAdmin for RedisStore {
 
     async fn delete(&self, id: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
-        let (deleted, _): (i64, i64) = redis::pipe()
-            .atomic()
-            .del(self.key(id))
-            .srem(self.ids(), id)
-            .query_async(&mut conn)
+        let deleted: i64 = DELETE
+            .key(self.key(id))
+            .key(self.ids())
+            .key(self.created())
+            .arg(id)
+            .arg(self.owner_keys(""))
+            .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
         self.changed(id).await;
@@ -467,27 +593,69 @@ impl KeyStoreAdmin for RedisStore {
     async fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
         let mut conn = self.conn.clone();
         let ids: Vec<String> = conn.smembers(self.ids()).await.map_err(unavailable)?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.hgetall(self.key(id));
-        }
-        let all: Vec<HashMap<String, String>> =
-            pipe.query_async(&mut conn).await.map_err(unavailable)?;
-        let mut records = ids
-            .iter()
-            .zip(all)
-            .filter(|(_, fields)| !fields.is_empty())
-            .map(|(id, fields)| Fields::from_hash(id, fields)?.into_record())
-            .collect::<Result<Vec<_>, _>>()?;
+        let (mut records, _) = self.read(&ids).await?;
         records.sort_by(|a, b| {
             a.created_at
                 .cmp(&b.created_at)
                 .then_with(|| a.id.cmp(&b.id))
         });
         Ok(records)
+    }
+
+    /// From the creation index (the owner's, for an owner's keys): with no other filter, the
+    /// page's keys only and the index's count; else the keys it holds, filtered here.
+    async fn list_page(
+        &self,
+        filter: &KeyFilter,
+        now: SystemTime,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Listing, StoreError> {
+        self.index().await?;
+        let index = match &filter.owner {
+            Some(owner) => self.owner_keys(owner),
+            None => self.created(),
+        };
+        let paged = KeyFilter {
+            owner: filter.owner.clone(),
+            ..KeyFilter::new()
+        };
+        let mut conn = self.conn.clone();
+        loop {
+            let (start, stop) = if *filter == paged {
+                let last = offset.saturating_add(limit).saturating_sub(1);
+                (offset, (limit > 0).then_some(last))
+            } else {
+                (0, Some(usize::MAX))
+            };
+            let ids: Vec<String> = match stop {
+                None => Vec::new(),
+                Some(stop) => {
+                    let stop = isize::try_from(stop).unwrap_or(-1);
+                    let start = isize::try_from(start).unwrap_or(isize::MAX);
+                    conn.zrange(&index, start, stop)
+                        .await
+                        .map_err(unavailable)?
+                }
+            };
+            let (records, gone) = self.read(&ids).await?;
+            if !gone.is_empty() {
+                // Keys deleted while the indexes were filled: taken out, and the page read again.
+                let mut pipe = redis::pipe();
+                pipe.zrem(&index, &gone)
+                    .ignore()
+                    .zrem(self.created(), &gone)
+                    .ignore();
+                let () = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+                continue;
+            }
+            if *filter == paged {
+                let total: usize = conn.zcard(&index).await.map_err(unavailable)?;
+                return Ok(Listing { records, total });
+            }
+            let matching = records.into_iter().filter(|r| filter.matches(r, now));
+            return Ok(Listing::page(matching.collect(), offset, limit));
+        }
     }
 
     async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError> {
