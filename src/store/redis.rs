@@ -616,27 +616,25 @@ impl KeyStoreAdmin for RedisStore {
             Some(owner) => self.owner_keys(owner),
             None => self.created(),
         };
-        let paged = KeyFilter {
-            owner: filter.owner.clone(),
-            ..KeyFilter::new()
+        // With no filter but the owner, only the page is read, and the index counts the keys.
+        let paged = *filter
+            == KeyFilter {
+                owner: filter.owner.clone(),
+                ..KeyFilter::new()
+            };
+        let (start, stop) = match (paged, limit) {
+            (true, 0) => (0, None),
+            (true, _) => (offset, Some(offset.saturating_add(limit - 1))),
+            (false, _) => (0, Some(usize::MAX)),
         };
+        // Past what `isize` holds: from beyond the end (none), or to the end (-1).
+        let start = isize::try_from(start).unwrap_or(isize::MAX);
+        let stop = stop.map(|stop| isize::try_from(stop).unwrap_or(-1));
         let mut conn = self.conn.clone();
         loop {
-            let (start, stop) = if *filter == paged {
-                let last = offset.saturating_add(limit).saturating_sub(1);
-                (offset, (limit > 0).then_some(last))
-            } else {
-                (0, Some(usize::MAX))
-            };
             let ids: Vec<String> = match stop {
                 None => Vec::new(),
-                Some(stop) => {
-                    let stop = isize::try_from(stop).unwrap_or(-1);
-                    let start = isize::try_from(start).unwrap_or(isize::MAX);
-                    conn.zrange(&index, start, stop)
-                        .await
-                        .map_err(unavailable)?
-                }
+                Some(stop) => (conn.zrange(&index, start, stop).await).map_err(unavailable)?,
             };
             let (records, gone) = self.read(&ids).await?;
             if !gone.is_empty() {
@@ -649,7 +647,7 @@ impl KeyStoreAdmin for RedisStore {
                 let () = pipe.query_async(&mut conn).await.map_err(unavailable)?;
                 continue;
             }
-            if *filter == paged {
+            if paged {
                 let total: usize = conn.zcard(&index).await.map_err(unavailable)?;
                 return Ok(Listing { records, total });
             }
