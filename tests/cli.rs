@@ -875,6 +875,112 @@ mod cli {
     }
 
     #[test]
+    fn update_changes_several_fields_at_once_or_none() {
+        let mut tool = Tool::new();
+        tool.env.push(("TOWER_API_KEY_ACTOR".into(), "ops".into()));
+        let (_, id, _) = tool.create(&[
+            "--name",
+            "ci",
+            "--scopes",
+            "read",
+            "--metadata",
+            "team=growth",
+            "--metadata",
+            "tier=1",
+        ]);
+        let shown = tool.ok_json(&["--json", "show", &id]);
+        assert_eq!(
+            shown["metadata"],
+            serde_json::json!({"team": "growth", "tier": "1"})
+        );
+
+        let updated = tool.ok_json(&[
+            "--json",
+            "update",
+            &id,
+            "--name",
+            "deploy",
+            "--scopes",
+            "read,write",
+            "--plan",
+            "pro",
+            "--expires-in",
+            "30d",
+            "--metadata",
+            "team=platform",
+        ]);
+        assert_eq!(
+            (&updated["name"], &updated["scopes"], &updated["plan"]),
+            (
+                &"deploy".into(),
+                &serde_json::json!(["read", "write"]),
+                &"pro".into()
+            )
+        );
+        assert_eq!(updated["metadata"], serde_json::json!({"team": "platform"}));
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let expires = updated["expires_at"].as_u64().unwrap();
+        assert!(expires.abs_diff(now + 30 * 86_400) < 60, "{expires}");
+        let fields = "name,scopes,metadata,expires_at,plan";
+        assert_eq!(
+            trail(&mut tool, &["--limit", "1"]),
+            [row("update", &id, "-", "ops", fields)]
+        );
+
+        // One refused change refuses them all: the name stays.
+        let (code, message) =
+            tool.failure(&["update", &id, "--name", "other", "--scopes", "bad scope"]);
+        assert_eq!(code, 2);
+        assert!(message.contains("invalid scope `bad scope`"), "{message}");
+        assert_eq!(tool.ok_json(&["--json", "show", &id])["name"], "deploy");
+        assert_eq!(trail(&mut tool, &[]).len(), 2, "nothing more in the trail");
+
+        let cleared = tool.ok_json(&[
+            "--json",
+            "update",
+            &id,
+            "--no-plan",
+            "--no-expiry",
+            "--no-metadata",
+        ]);
+        assert_eq!(
+            (
+                &cleared["plan"],
+                &cleared["expires_at"],
+                &cleared["metadata"]
+            ),
+            (
+                &serde_json::Value::Null,
+                &serde_json::Value::Null,
+                &serde_json::json!({})
+            )
+        );
+        let printed = tool.run(&["show", &id]);
+        let printed = String::from_utf8(printed.stdout).unwrap();
+        assert!(printed.contains("metadata:    -"), "{printed}");
+
+        let (code, message) = tool.failure(&["update", &id]);
+        assert_eq!(code, 2);
+        assert!(message.contains("nothing to change"), "{message}");
+        assert_eq!(
+            tool.failure(&["update", &id, "--plan", "pro", "--no-plan"])
+                .0,
+            2
+        );
+        assert_eq!(tool.failure(&["update", &id, "--plan", "no way"]).0, 2);
+        let (code, message) = tool.failure(&["update", &id, "--metadata", "team"]);
+        assert_eq!(code, 2);
+        assert!(message.contains("write key=value"), "{message}");
+        assert_eq!(tool.failure(&["update", "nope", "--name", "x"]).0, 3);
+        let (code, message) = tool.failure(&["update", &id, "--expires-in", "10000y"]);
+        assert_eq!(code, 2);
+        assert!(message.contains("9999"), "{message}");
+    }
+
+    #[test]
     fn bad_input_gets_a_clear_error_and_exit_code() {
         let mut tool = Tool::new();
         let (code, message) = tool.failure(&["show", "nope"]);

@@ -14,8 +14,8 @@ use tower_api_key::limit::{Credits, InvalidLimit, Limits, NamedLimit, RefillPeri
 use tower_api_key::{
     key::IdKey, key::KeyFormat, manage::AuditEvent, manage::CreatedKey, manage::KeyInfo,
     manage::ManageError, manage::MAX_NAME_LEN, network, network::IpNet, store::AuditQuery,
-    store::KeyFilter, store::KeyState, store::KeyStore, store::StoreError, AnyStore, Environment,
-    KeyManager, NewKey,
+    store::KeyFilter, store::KeyState, store::KeyStore, store::KeyUpdate, store::StoreError,
+    AnyStore, Environment, KeyManager, NewKey,
 };
 
 /// Create, list, rotate and revoke API keys.
@@ -96,6 +96,36 @@ enum Command {
     Delete {
         /// The key id.
         id: String,
+    },
+    /// Change a key's name, scopes, plan, expiry or metadata, all at once (or nothing, if one
+    /// of them is refused).
+    Update {
+        /// The key id.
+        id: String,
+        /// A new name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New scopes, comma-separated (they replace the old).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+        /// A new plan.
+        #[arg(long, conflicts_with = "no_plan")]
+        plan: Option<String>,
+        /// Take the key off its plan.
+        #[arg(long)]
+        no_plan: bool,
+        /// Expire this long from now, such as 30d.
+        #[arg(long, value_parser = parse_duration, conflicts_with = "no_expiry")]
+        expires_in: Option<Duration>,
+        /// Never expire.
+        #[arg(long)]
+        no_expiry: bool,
+        /// New metadata as key=value, repeatable: the entries given replace all the old ones.
+        #[arg(long, value_parser = parse_entry, conflicts_with = "no_metadata")]
+        metadata: Vec<(String, String)>,
+        /// Remove all metadata.
+        #[arg(long)]
+        no_metadata: bool,
     },
     /// Replace a key's scopes.
     SetScopes {
@@ -242,6 +272,9 @@ struct KeySpec {
     /// Refill the credits to N: daily, monthly (on the 1st) or monthly:D (D from 1 to 28).
     #[arg(long, value_parser = parse_refill, requires = "credits")]
     refill: Option<RefillPeriod>,
+    /// Metadata as key=value, such as team=growth; repeatable.
+    #[arg(long, value_parser = parse_entry)]
+    metadata: Vec<(String, String)>,
     /// Networks the key may be used from, comma-separated CIDRs or addresses (default: anywhere).
     #[arg(long = "allow-ip", value_delimiter = ',', value_parser = parse_network)]
     allow_ip: Vec<IpNet>,
@@ -253,6 +286,15 @@ struct KeySpec {
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|e| format!("{e}: write a duration such as 90d, 24h or 30m"))
+}
+
+fn parse_entry(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!(
+            "`{text}` is not an entry: write key=value, such as team=growth"
+        )),
+    }
 }
 
 fn parse_refill(text: &str) -> Result<RefillPeriod, String> {
@@ -487,6 +529,47 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             trail.record(event).await;
             done(cli.json, &id, "deleted", "Deleted key");
+        }
+        Command::Update {
+            id,
+            name,
+            scopes,
+            plan,
+            no_plan,
+            expires_in,
+            no_expiry,
+            metadata,
+            no_metadata,
+        } => {
+            let mut update = KeyUpdate::new();
+            update.name = name;
+            update.scopes = scopes;
+            if let Some(plan) = plan {
+                update.plan = Some(Some(plan_name(&plan)?));
+            } else if no_plan {
+                update.plan = Some(None);
+            }
+            if let Some(expires_in) = expires_in {
+                update.expires_at = Some(Some(expiry(expires_in)?));
+            } else if no_expiry {
+                update.expires_at = Some(None);
+            }
+            if !metadata.is_empty() || no_metadata {
+                update.metadata = Some(metadata.into_iter().collect());
+            }
+            if update.is_empty() {
+                return Err(invalid(
+                    "nothing to change: give --name, --scopes, --plan, --no-plan, --expires-in, \
+                     --no-expiry, --metadata or --no-metadata",
+                ));
+            }
+            let event = trail.of_key("update", &id).await?;
+            if !keys.update(&id, &update).await? {
+                return Err(not_found(&id));
+            }
+            trail.record(event.detail(update.fields())).await;
+            let info = keys.show(&id).await?.ok_or_else(|| not_found(&id))?;
+            print_info(&info, cli.json);
         }
         Command::SetScopes { id, scopes } => {
             let event = trail.of_key("update", &id).await?.detail(["scopes"]);
@@ -738,21 +821,13 @@ fn new_key(spec: &KeySpec) -> Result<NewKey, Failure> {
         .environment(spec.env)
         .scopes(spec.scopes.iter().cloned());
     if let Some(expires_in) = spec.expires_in {
-        // Past the year 9999, `NewKey` refuses it (exit code 2).
-        let at = SystemTime::now()
-            .checked_add(expires_in)
-            .ok_or_else(|| invalid("--expires-in is too long: keys expire by the year 9999"))?;
-        key = key.expires_at(at);
+        key = key.expires_at(expiry(expires_in)?);
     }
     if let Some(plan) = &spec.plan {
-        let valid = !plan.is_empty()
-            && plan
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !valid {
-            return Err(invalid(format!("invalid plan name `{plan}`")));
-        }
-        key = key.plan(plan.clone());
+        key = key.plan(plan_name(plan)?);
+    }
+    for (name, value) in &spec.metadata {
+        key = key.metadata(name.clone(), value.clone());
     }
     if let Some(owner) = &spec.owner {
         key = key.owner(owner.clone());
@@ -764,6 +839,25 @@ fn new_key(spec: &KeySpec) -> Result<NewKey, Failure> {
         key = key.credits(credits(amount, spec.refill)?);
     }
     Ok(key.allowed_networks(spec.allow_ip.iter().copied()))
+}
+
+/// `expires_in` from now. Past the year 9999, the manager refuses it (exit code 2).
+fn expiry(expires_in: Duration) -> Result<SystemTime, Failure> {
+    SystemTime::now()
+        .checked_add(expires_in)
+        .ok_or_else(|| invalid("--expires-in is too long: keys expire by the year 9999"))
+}
+
+/// `plan`, if it is a plan's name: letters, digits, `-` and `_`.
+fn plan_name(plan: &str) -> Result<String, Failure> {
+    let valid = !plan.is_empty()
+        && plan
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid {
+        return Err(invalid(format!("invalid plan name `{plan}`")));
+    }
+    Ok(plan.to_owned())
 }
 
 /// Limits of `named` limits only (a later one of a name replaces an earlier one).
@@ -924,6 +1018,14 @@ fn print_info(info: &KeyInfo, json: bool) {
         info.allowed_networks.join(", ")
     };
     println!("networks:    {networks}");
+    let metadata: Vec<String> = (info.metadata.iter())
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    if metadata.is_empty() {
+        println!("metadata:    -");
+    } else {
+        println!("metadata:    {}", metadata.join(", "));
+    }
     println!("state:       {}", info.state);
     println!("created:     {}", time(Some(info.created_at)));
     println!("last used:   {}", time(info.last_used_at));

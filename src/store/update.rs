@@ -147,6 +147,7 @@ impl KeyUpdate {
     /// The fields it changes that differ between `before` and `after`: what was written of it
     /// when a store that writes field by field failed part way. Times are compared in whole
     /// seconds, as the SQL and Redis stores keep them.
+    #[cfg(feature = "console")]
     pub(crate) fn written(&self, before: &KeyRecord, after: &KeyRecord) -> Vec<&'static str> {
         let mut expected = before.clone();
         self.apply_to(&mut expected);
@@ -200,7 +201,7 @@ impl KeyUpdate {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "console"))]
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
