@@ -10,7 +10,7 @@
 //!
 //! **A request that starts after [`ApiKeyHandle::invalidate`](crate::ApiKeyHandle::invalidate)
 //! or [`invalidate_all`](crate::ApiKeyHandle::invalidate_all) returned, and so after
-//! [`KeyManager`](crate::KeyManager)'s `revoke`, `delete`, `rotate`, `disable` or scope change
+//! [`KeyManager`](crate::KeyManager)'s `revoke`, `delete`, `rotate`, `disable`, scope change or `update`
 //! returned, or after a change notification was processed, is answered from the store as it is
 //! after that change — whatever loads were in flight.**
 //!

@@ -15,8 +15,8 @@ use tokio::sync::Notify;
 use tower::ServiceExt;
 use tower_api_key::{
     async_trait, cache::CacheConfig, limit::Limits, store::KeyChanges, store::KeyRecord,
-    store::KeyStore, store::KeyStoreAdmin, store::OwnerRecord, store::StoreError, ApiKeyHandle,
-    ApiKeyLayer, KeyManager, MemoryStore, NewKey,
+    store::KeyStore, store::KeyStoreAdmin, store::KeyUpdate, store::OwnerRecord, store::StoreError,
+    ApiKeyHandle, ApiKeyLayer, KeyManager, MemoryStore, NewKey,
 };
 
 use common::{app, TestStore};
@@ -80,6 +80,8 @@ enum Change {
     Delete,
     DropScopes,
     Disable,
+    /// Several changes at once (`KeyManager::update`): renamed and disabled.
+    Update,
     RotateWithoutGrace,
     /// Restricted to networks the request is not from.
     RestrictNetworks,
@@ -107,6 +109,10 @@ async fn change(change: Change, keys: &KeyManager<MemoryStore>, handle: &ApiKeyH
         Change::Delete => assert!(keys.delete(id).await.unwrap()),
         Change::DropScopes => assert!(keys.update_scopes(id, &[]).await.unwrap()),
         Change::Disable => assert!(keys.set_disabled(id, true).await.unwrap()),
+        Change::Update => {
+            let update = KeyUpdate::new().name("renamed").disabled(true);
+            assert!(keys.update(id, &update).await.unwrap());
+        }
         Change::RotateWithoutGrace => {
             keys.rotate(id, Duration::ZERO).await.unwrap().unwrap();
         }
@@ -148,6 +154,7 @@ async fn a_change_during_an_in_flight_load_is_never_undone() {
         Change::Delete,
         Change::DropScopes,
         Change::Disable,
+        Change::Update,
         Change::RotateWithoutGrace,
         Change::RestrictNetworks,
         Change::Notified,
