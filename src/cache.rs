@@ -10,9 +10,9 @@
 //!
 //! **A request that starts after [`ApiKeyHandle::invalidate`](crate::ApiKeyHandle::invalidate)
 //! or [`invalidate_all`](crate::ApiKeyHandle::invalidate_all) returned, and so after
-//! [`KeyManager`](crate::KeyManager)'s `revoke`, `delete`, `rotate`, `disable`, scope change or `update`
-//! returned, or after a change notification was processed, is answered from the store as it is
-//! after that change — whatever loads were in flight.**
+//! [`KeyManager`](crate::KeyManager)'s `revoke`, `delete`, `rotate`, `disable`, scope change or
+//! `update` returned, or after a change notification was processed, is answered from the store
+//! as it is after that change — whatever loads were in flight.**
 //!
 //! It holds because a load works like a lease (memcache's, from "Scaling Memcache at Facebook"):
 //! a miss first puts an entry holding a fresh lease number into the map, and only then asks the
