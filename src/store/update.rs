@@ -151,7 +151,7 @@ impl KeyUpdate {
     pub(crate) fn written(&self, before: &KeyRecord, after: &KeyRecord) -> Vec<&'static str> {
         let mut expected = before.clone();
         self.apply_to(&mut expected);
-        let second = |at: Option<SystemTime>| at.map(super::codec::secs);
+        let second = |at: Option<SystemTime>| at.map(crate::clock::unix_seconds);
         let enabled = if after.disabled {
             "disabled"
         } else {
