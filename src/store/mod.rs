@@ -293,6 +293,9 @@ pub trait KeyStoreAdmin: KeyStore {
     /// # Errors
     /// When the backend fails.
     async fn update_key(&self, id: &str, update: &KeyUpdate) -> Result<bool, StoreError> {
+        if update.is_empty() {
+            return Ok(self.get(id).await?.is_some());
+        }
         let mut found = true;
         if let Some(name) = &update.name {
             found &= self.set_name(id, name).await?;
@@ -314,9 +317,6 @@ pub trait KeyStoreAdmin: KeyStore {
         }
         if let Some(disabled) = update.disabled {
             found &= self.set_disabled(id, disabled).await?;
-        }
-        if update.is_empty() {
-            return Ok(self.get(id).await?.is_some());
         }
         Ok(found)
     }
