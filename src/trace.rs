@@ -85,7 +85,8 @@ pub(crate) fn console_store_failed(error: &dyn std::fmt::Display) {
 }
 
 /// Key `key_id` (or, for `owner`, an owner's settings) was changed by `actor` (a console's key, or
-/// the command line tool): `action` is `create`, `update`, `rotate`, `revoke`, `delete` or `owner`.
+/// the command line tool): `action` is `create`, `update`, `rotate`, `revoke`, `delete`, `owner`
+/// or `prune`.
 pub(crate) fn key_changed(actor: &str, action: &str, key_id: &str) {
     #[cfg(feature = "tracing")]
     tracing::info!(target: "tower_api_key", actor = log_id(actor), action, key_id = log_id(key_id), "key changed");

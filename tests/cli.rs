@@ -832,6 +832,40 @@ mod cli {
     }
 
     #[test]
+    fn old_changes_are_pruned_from_the_trail_and_the_prune_is_in_it() {
+        let mut tool = Tool::new();
+        tool.env.push(("TOWER_API_KEY_ACTOR".into(), "ops".into()));
+        let (_, id, _) = tool.create(&["--name", "ci"]);
+        tool.ok_json(&["--json", "disable", &id]);
+        tool.ok_json(&["--json", "revoke", &id]);
+        let none = tool.ok_json(&["--json", "prune-audit", "--older-than", "1h"]);
+        assert_eq!(none["removed"], 0);
+        assert_eq!(trail(&mut tool, &[]).len(), 4);
+        let kept = row("prune", "", "-", "ops", "older than 1h,0 removed");
+        assert_eq!(trail(&mut tool, &[])[0], kept);
+
+        let printed = tool.run(&["prune-audit", "--older-than", "0s"]);
+        assert!(printed.status.success(), "{printed:?}");
+        let printed = String::from_utf8(printed.stdout).unwrap();
+        assert!(
+            printed.starts_with("Removed 4 changes from the audit trail, every one before "),
+            "{printed}"
+        );
+        let pruned = row("prune", "", "-", "ops", "older than 0s,4 removed");
+        assert_eq!(trail(&mut tool, &[]), [pruned]);
+
+        assert_eq!(tool.failure(&["prune-audit"]).0, 2);
+        let (code, message) = tool.failure(&["prune-audit", "--older-than", "100000years"]);
+        assert_eq!(code, 2);
+        assert!(message.contains("before 1970"), "{message}");
+        assert_eq!(
+            trail(&mut tool, &[]).len(),
+            1,
+            "a refused prune changes nothing"
+        );
+    }
+
+    #[test]
     fn the_actor_is_the_user_unless_given_and_a_bad_one_is_refused() {
         let mut tool = Tool::new();
         tool.env.push(("USER".into(), "carol".into()));

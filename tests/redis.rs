@@ -141,6 +141,44 @@ mod redis {
         assert_eq!(cards, (9, 5));
     }
 
+    /// A prune of a long trail keeps the rest in order (the script pushes them back in chunks).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis: run through .ci/run"]
+    async fn a_long_trail_is_pruned_in_order() {
+        use tower_api_key::store::{AuditArchive, AuditQuery, AuditRow};
+
+        let prefix = unique("prune");
+        let store = store(&prefix).await;
+        for i in 0..2_500u64 {
+            // Old and new rows alternate, as two replicas' clocks might.
+            let at = if i % 2 == 0 { 1_000 + i } else { 1_000_000 + i };
+            let row = AuditRow::new(&format!("{i:05}"), at, "k", None, "{}");
+            store.append_audit(&row).await.unwrap();
+        }
+        assert_eq!(store.prune_audit(500_000).await.unwrap(), 1_250);
+        let left = store.read_audit(&AuditQuery::newest(5_000)).await.unwrap();
+        let ids: Vec<u64> = left.iter().map(|row| row.id.parse().unwrap()).collect();
+        let expected: Vec<u64> = (0..2_500).rev().filter(|i| i % 2 == 1).collect();
+        assert_eq!(ids, expected);
+        // The list itself keeps the order it was pushed in (newest first), not only the reading.
+        let client = ::redis::Client::open(url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let entries: Vec<String> = ::redis::cmd("LRANGE")
+            .arg(format!("{prefix}audit"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let listed: Vec<u64> = (entries.iter())
+            .map(|entry| {
+                let row: serde_json::Value = serde_json::from_str(entry).unwrap();
+                row[0].as_str().unwrap().parse().unwrap()
+            })
+            .collect();
+        assert_eq!(listed, expected);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs Redis: run through .ci/run"]
     async fn keeps_the_audit_trail() {

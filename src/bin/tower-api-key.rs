@@ -13,9 +13,9 @@ use serde_json::json;
 use tower_api_key::limit::{Credits, InvalidLimit, Limits, NamedLimit, RefillPeriod};
 use tower_api_key::{
     key::IdKey, key::KeyFormat, manage::AuditEvent, manage::CreatedKey, manage::KeyInfo,
-    manage::ManageError, manage::MAX_NAME_LEN, network, network::IpNet, store::AuditQuery,
-    store::KeyFilter, store::KeyState, store::KeyStore, store::KeyUpdate, store::StoreError,
-    AnyStore, Environment, KeyManager, NewKey,
+    manage::ManageError, manage::MAX_NAME_LEN, network, network::IpNet, store::AuditArchive,
+    store::AuditQuery, store::KeyFilter, store::KeyState, store::KeyStore, store::KeyUpdate,
+    store::StoreError, AnyStore, Environment, KeyManager, NewKey,
 };
 
 /// Create, list, rotate and revoke API keys.
@@ -211,6 +211,13 @@ enum Command {
         /// At most this many.
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         limit: u32,
+    },
+    /// Remove the audit trail's changes older than a time, such as 365d (the prune itself is
+    /// written to the trail).
+    PruneAudit {
+        /// How old a change must be to go, such as 365d or 52weeks.
+        #[arg(long, value_parser = parse_duration)]
+        older_than: Duration,
     },
 }
 
@@ -473,6 +480,30 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             trail.record(event).await;
             let var = spec.var.as_deref().unwrap_or(&default_var);
             print_created(&keys, &created, var, cli.json, "Created").await?;
+        }
+        Command::PruneAudit { older_than } => {
+            let before = SystemTime::now()
+                .checked_sub(older_than)
+                .and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .ok_or_else(|| invalid("--older-than reaches before 1970"))?;
+            let micros = u64::try_from(before.as_micros()).unwrap_or(u64::MAX);
+            let removed = keys.store().prune_audit(micros).await?;
+            let older = humantime::format_duration(older_than).to_string();
+            let detail = [format!("older than {older}"), format!("{removed} removed")];
+            trail
+                .record(trail.event("prune", "", None).detail(detail))
+                .await;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({ "removed": removed, "before": before.as_secs() })
+                );
+            } else {
+                let before = time(Some(before.as_secs()));
+                println!(
+                    "Removed {removed} changes from the audit trail, every one before {before}."
+                );
+            }
         }
         Command::Audit { key, owner, limit } => {
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);

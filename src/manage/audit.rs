@@ -31,11 +31,11 @@ pub struct AuditEvent {
     /// Who made the change: the id of the console's key that made it, or the command line
     /// tool's actor (`cli:<user>`, or its `--actor`).
     pub actor: String,
-    /// `create`, `update`, `rotate`, `revoke`, `delete`, or `owner` (an owner's limits or
-    /// credits).
+    /// `create`, `update`, `rotate`, `revoke`, `delete`, `owner` (an owner's limits or
+    /// credits), or `prune` (older changes removed from the trail).
     pub action: String,
     /// The id of the key changed (for `rotate`, the old key; the new one is in `detail`); empty
-    /// for a change to an owner's settings.
+    /// for a change to an owner's settings and for `prune`.
     pub key_id: String,
     /// That key's owner, if it has one; the owner changed, for `owner`.
     pub owner: Option<String>,

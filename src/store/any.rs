@@ -257,4 +257,8 @@ impl AuditArchive for AnyStore {
     async fn read_audit(&self, query: &AuditQuery<'_>) -> Result<Vec<AuditRow>, StoreError> {
         each!(self, store => store.read_audit(query).await)
     }
+
+    async fn prune_audit(&self, before: u64) -> Result<u64, StoreError> {
+        each!(self, store => store.prune_audit(before).await)
+    }
 }

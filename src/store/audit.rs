@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use super::StoreError;
 
 /// How many rows the memory and Redis stores keep, newest first; older ones are dropped. The SQL
-/// stores keep every row.
+/// stores keep every row until [pruned](AuditArchive::prune_audit).
 pub const AUDIT_KEPT: usize = 10_000;
 
 /// One change in the audit trail. The store keeps `data` as text and never reads it.
@@ -115,6 +115,9 @@ pub trait AuditArchive: Send + Sync + 'static {
 
     /// The rows `query` selects, newest first (by time, then id).
     async fn read_audit(&self, query: &AuditQuery<'_>) -> Result<Vec<AuditRow>, StoreError>;
+
+    /// Removes the rows older than `before` (Unix microseconds); returns how many it removed.
+    async fn prune_audit(&self, before: u64) -> Result<u64, StoreError>;
 }
 
 #[async_trait]
@@ -125,6 +128,10 @@ impl<T: AuditArchive + ?Sized> AuditArchive for Arc<T> {
 
     async fn read_audit(&self, query: &AuditQuery<'_>) -> Result<Vec<AuditRow>, StoreError> {
         (**self).read_audit(query).await
+    }
+
+    async fn prune_audit(&self, before: u64) -> Result<u64, StoreError> {
+        (**self).prune_audit(before).await
     }
 }
 

@@ -282,6 +282,13 @@ impl AuditArchive for MemoryStore {
         let data = self.read();
         Ok(query.newest_of(&data.audit))
     }
+
+    async fn prune_audit(&self, before: u64) -> Result<u64, StoreError> {
+        let audit = &mut self.write().audit;
+        let kept = audit.len();
+        audit.retain(|row| row.at >= before);
+        Ok((kept - audit.len()) as u64)
+    }
 }
 
 #[async_trait]

@@ -76,6 +76,31 @@ return 1",
     )
 });
 
+/// Removes the audit rows older than ARGV[1] (Unix microseconds) from the list KEYS[1], whose
+/// entries are JSON arrays `[id, at, key, owner, data]`, and keeps the others in order (an entry
+/// it cannot read is kept). Returns how many were removed.
+static PRUNE_AUDIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local before = tonumber(ARGV[1])
+local entries = redis.call('LRANGE', KEYS[1], 0, -1)
+local kept = {}
+for _, entry in ipairs(entries) do
+  local ok, row = pcall(cjson.decode, entry)
+  local at = ok and type(row) == 'table' and tonumber(row[2])
+  if not (at and at < before) then kept[#kept + 1] = entry end
+end
+local removed = #entries - #kept
+if removed > 0 then
+  redis.call('DEL', KEYS[1])
+  for i = 1, #kept, 1000 do
+    redis.call('RPUSH', KEYS[1], unpack(kept, i, math.min(i + 999, #kept)))
+  end
+end
+return removed",
+    )
+});
+
 /// Marks the creation indexes complete if there are no keys. KEYS: id set, marker.
 static NEW_INDEXES: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -932,5 +957,16 @@ impl AuditArchive for RedisStore {
             });
         }
         Ok(query.newest_of(&rows))
+    }
+
+    async fn prune_audit(&self, before: u64) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let removed: u64 = PRUNE_AUDIT
+            .key(self.audit())
+            .arg(before)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(removed)
     }
 }

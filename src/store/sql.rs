@@ -112,6 +112,7 @@ pub(crate) struct Queries {
     /// Usage analytics' rows.
     pub(crate) usage: UsageQueries,
     pub(crate) audit_insert: String,
+    pub(crate) audit_prune: String,
     pub(crate) schema_table: String,
     pub(crate) schema_version: String,
     pub(crate) schema_insert: String,
@@ -269,6 +270,7 @@ impl Queries {
                  THEN $3 ELSE last_used_at END WHERE id = $4"
             ),
             usage: UsageQueries::new(t),
+            audit_prune: format!("DELETE FROM {t}_audit WHERE at < $1"),
             audit_insert: format!(
                 "INSERT INTO {t}_audit (id, at, key_id, owner, data) VALUES ($1, $2, $3, $4, $5)"
             ),
@@ -1109,6 +1111,16 @@ macro_rules! sql_store {
                     });
                 }
                 Ok(found)
+            }
+
+            async fn prune_audit(&self, before: u64) -> Result<u64, $crate::store::StoreError> {
+                use $crate::store::sql::{bigint, unavailable};
+                let done = sqlx::query(&self.sql.audit_prune)
+                    .bind(bigint(before))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(done.rows_affected())
             }
         }
     };

@@ -644,6 +644,21 @@ pub async fn the_audit_trail_is_kept_newest_first<S: AuditArchive>(store: S) {
     assert_eq!(ids(store.read_audit(&of_both).await.unwrap()), ["b2"]);
     let other_owner = AuditQuery::newest(10).key("k1").owner("globex");
     assert!(store.read_audit(&other_owner).await.unwrap().is_empty());
+
+    // Pruned: the rows older than the time given, not those of that time; then nothing more.
+    // A row written late with an older time (another replica's clock) is pruned too.
+    let late = AuditRow::new("z0", 1_800_000_000_000_000, "k9", None, "{}");
+    store.append_audit(&late).await.unwrap();
+    assert_eq!(store.prune_audit(1_800_000_000_000_002).await.unwrap(), 2);
+    let left = store.read_audit(&AuditQuery::newest(10)).await.unwrap();
+    assert_eq!(ids(left), ["a3", "c2", "b2"]);
+    assert_eq!(store.prune_audit(1_800_000_000_000_002).await.unwrap(), 0);
+    assert_eq!(store.prune_audit(u64::MAX / 2).await.unwrap(), 3);
+    assert!(store
+        .read_audit(&AuditQuery::newest(10))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// `update_key`: every field of an update written, or (for a missing key) none; a field cleared

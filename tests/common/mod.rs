@@ -368,6 +368,10 @@ impl tower_api_key::store::AuditArchive for FaultyStore {
     ) -> Result<Vec<tower_api_key::store::AuditRow>, StoreError> {
         self.keys.read_audit(query).await
     }
+
+    async fn prune_audit(&self, before: u64) -> Result<u64, StoreError> {
+        self.keys.prune_audit(before).await
+    }
 }
 
 #[async_trait]
