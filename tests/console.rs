@@ -1006,6 +1006,13 @@ mod console {
         let methods: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
         assert_eq!(methods, 10, "every operation is documented");
         assert!(document["components"]["schemas"]["CreateKey"].is_object());
+        let event = &document["components"]["schemas"]["AuditEvent"]["properties"];
+        let fields: Vec<&String> = event.as_object().unwrap().keys().collect();
+        assert_eq!(
+            fields,
+            ["action", "actor", "at", "detail", "key_id", "owner"],
+            "the trail's order is not part of the API"
+        );
         assert!(document["components"]["securitySchemes"]["api_key"].is_object());
         // The rejections of the layer carry the same headers.
         let unauthorized = server.client.get("/admin/api/keys", &[]).await;
