@@ -72,15 +72,25 @@ impl KeyFilter {
 
     /// Whether `record` passes every filter at `now`.
     pub fn matches(&self, record: &KeyRecord, now: SystemTime) -> bool {
-        (self.owner.is_none() || record.owner == self.owner)
-            && self.environment.is_none_or(|e| record.environment == e)
-            && self.state.is_none_or(|s| record.state(now) == s)
-            && self.matches_name(&record.name)
+        self.matcher(now)(record)
     }
 
-    /// Whether `name` passes the name filter.
-    pub(crate) fn matches_name(&self, name: &str) -> bool {
-        (self.name.as_deref()).is_none_or(|part| name.to_lowercase().contains(&part.to_lowercase()))
+    /// [`matches`](Self::matches) at `now`, for many records: the searched-for part of the
+    /// name is lowercased once.
+    pub(crate) fn matcher(&self, now: SystemTime) -> impl Fn(&KeyRecord) -> bool + '_ {
+        let name = self.name_matcher();
+        move |record| {
+            (self.owner.is_none() || record.owner == self.owner)
+                && self.environment.is_none_or(|e| record.environment == e)
+                && self.state.is_none_or(|s| record.state(now) == s)
+                && name(&record.name)
+        }
+    }
+
+    /// Whether a name passes the name filter, the searched-for part lowercased once.
+    pub(crate) fn name_matcher(&self) -> impl Fn(&str) -> bool {
+        let part = self.name.as_deref().map(str::to_lowercase);
+        move |name| (part.as_deref()).is_none_or(|part| name.to_lowercase().contains(part))
     }
 }
 

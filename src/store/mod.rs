@@ -196,7 +196,8 @@ pub trait KeyStoreAdmin: KeyStore {
         limit: usize,
     ) -> Result<Listing, StoreError> {
         let matching = self.list().await?;
-        let matching = matching.into_iter().filter(|r| filter.matches(r, now));
+        let matches = filter.matcher(now);
+        let matching = matching.into_iter().filter(|r| matches(r));
         Ok(Listing::page(matching.collect(), offset, limit))
     }
 

@@ -676,7 +676,8 @@ impl KeyStoreAdmin for RedisStore {
                 let total: usize = conn.zcard(&index).await.map_err(unavailable)?;
                 return Ok(Listing { records, total });
             }
-            let matching = records.into_iter().filter(|r| filter.matches(r, now));
+            let matches = filter.matcher(now);
+            let matching = records.into_iter().filter(|r| matches(r));
             return Ok(Listing::page(matching.collect(), offset, limit));
         }
     }

@@ -743,9 +743,10 @@ macro_rules! sql_store {
                         .await
                         .map_err(unavailable)?;
                     let mut matching = Vec::new();
+                    let named = filter.name_matcher();
                     for row in &rows {
                         let name: &str = row.try_get("name").map_err(unavailable)?;
-                        if filter.matches_name(name) {
+                        if named(name) {
                             matching.push(Self::record(row)?);
                         }
                     }
