@@ -123,4 +123,18 @@ impl Listing {
         let records = matching.into_iter().skip(offset).take(limit).collect();
         Listing { records, total }
     }
+
+    /// The page of `records` (in order) that `filter` lets through at `now`, from `offset`, at
+    /// most `limit` keys.
+    pub(crate) fn filtered(
+        records: Vec<KeyRecord>,
+        filter: &KeyFilter,
+        now: SystemTime,
+        offset: usize,
+        limit: usize,
+    ) -> Self {
+        let matches = filter.matcher(now);
+        let matching = records.into_iter().filter(|r| matches(r)).collect();
+        Listing::page(matching, offset, limit)
+    }
 }

@@ -195,10 +195,8 @@ pub trait KeyStoreAdmin: KeyStore {
         offset: usize,
         limit: usize,
     ) -> Result<Listing, StoreError> {
-        let matching = self.list().await?;
-        let matches = filter.matcher(now);
-        let matching = matching.into_iter().filter(|r| matches(r));
-        Ok(Listing::page(matching.collect(), offset, limit))
+        let all = self.list().await?;
+        Ok(Listing::filtered(all, filter, now, offset, limit))
     }
 
     /// Replaces key `id`'s scopes. Returns whether it exists.

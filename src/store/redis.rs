@@ -676,9 +676,7 @@ impl KeyStoreAdmin for RedisStore {
                 let total: usize = conn.zcard(&index).await.map_err(unavailable)?;
                 return Ok(Listing { records, total });
             }
-            let matches = filter.matcher(now);
-            let matching = records.into_iter().filter(|r| matches(r));
-            return Ok(Listing::page(matching.collect(), offset, limit));
+            return Ok(Listing::filtered(records, filter, now, offset, limit));
         }
     }
 
