@@ -262,9 +262,7 @@ mod analytics {
     #[cfg(feature = "sqlite")]
     #[tokio::test]
     async fn two_replicas_on_one_sqlite_file_report_the_combined_totals() {
-        let dir = std::env::temp_dir().join(format!("tak-usage-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("sqlite://{}", dir.join("usage.db").display());
+        let (dir, url) = super::common::temp_db("usage");
         let a = tower_api_key::SqliteStore::connect(&url).await.unwrap();
         let b = tower_api_key::SqliteStore::connect(&url).await.unwrap();
         usage_replicas::two_replicas_report_the_combined_totals(a, b, "mesh").await;

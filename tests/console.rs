@@ -833,9 +833,7 @@ mod console {
     async fn every_replica_and_a_restarted_console_show_the_whole_trail() {
         use tower_api_key::SqliteStore;
 
-        let dir = std::env::temp_dir().join(format!("tower-api-key-audit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("sqlite://{}", dir.join("keys.db").display());
+        let (dir, url) = super::common::temp_db("audit");
         let replica = |store: SqliteStore| async move {
             let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
             let console = Console::new(&layer, store).scopes(["read", "admin"]);
@@ -890,9 +888,7 @@ mod console {
     async fn an_update_the_store_fails_changes_nothing_on_sqlite() {
         use tower_api_key::SqliteStore;
 
-        let dir = std::env::temp_dir().join(format!("tower-api-key-patch-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("sqlite://{}", dir.join("keys.db").display());
+        let (dir, url) = super::common::temp_db("patch");
         let store = SqliteStore::connect(&url).await.unwrap();
         let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
         let keys = KeyManager::new(store.clone()).with_cache(layer.handle());

@@ -46,22 +46,9 @@ async fn the_memory_store_never_overspends_credits() {
 #[cfg(feature = "sqlite")]
 mod sqlite {
     use super::*;
+    use crate::common::temp_db;
     use tower_api_key::store::KeyStoreAdmin;
     use tower_api_key::SqliteStore;
-
-    fn temp_db(name: &str) -> (std::path::PathBuf, String) {
-        let dir = std::env::temp_dir().join(format!(
-            "tower-api-key-{name}-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("sqlite://{}", dir.join("keys.db").display());
-        (dir, url)
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_sqlite_store_passes_the_conformance_suite() {

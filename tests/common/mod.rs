@@ -591,6 +591,15 @@ pub fn server_client(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// A fresh directory for a SQLite file (`keys.db`) and its `sqlite://` URL; the test removes the
+/// directory when it is done.
+pub fn temp_db(name: &str) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(unique(&format!("tower-api-key-{name}")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("keys.db").display());
+    (dir, url)
+}
+
 /// A name no other test run uses.
 pub fn unique(prefix: &str) -> String {
     let nanos = SystemTime::now()
