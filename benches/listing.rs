@@ -2,10 +2,10 @@
 //! through `KeyStoreAdmin::list_page`, against every key read through `list` and paged in memory
 //! (what the console did before `list_page`).
 
-use std::time::SystemTime;
+#[path = "support/listing.rs"]
+mod listing;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use tower_api_key::store::{KeyFilter, KeyState, KeyStoreAdmin};
 use tower_api_key::SqliteStore;
 
 const KEYS: u32 = 100_000;
@@ -33,32 +33,7 @@ fn listing(c: &mut Criterion) {
         pool.close().await;
         store
     });
-    let now = SystemTime::now();
-    let page = |filter: KeyFilter, offset: usize| {
-        let listing = runtime
-            .block_on(store.list_page(&filter, now, offset, 25))
-            .unwrap();
-        assert!(!listing.records.is_empty());
-        listing
-    };
-    assert_eq!(page(KeyFilter::new(), 0).total, KEYS as usize);
-
-    let mut group = c.benchmark_group("listing_100k");
-    group.sample_size(10);
-    group.bench_function("list_then_page", |b| {
-        b.iter(|| {
-            let all = runtime.block_on(store.list()).unwrap();
-            all.into_iter().skip(50).take(25).count()
-        })
-    });
-    group.bench_function("list_page", |b| b.iter(|| page(KeyFilter::new(), 50)));
-    group.bench_function("list_page_of_an_owner", |b| {
-        b.iter(|| page(KeyFilter::new().owner("owner7"), 0))
-    });
-    group.bench_function("list_page_active_last_page", |b| {
-        b.iter(|| page(KeyFilter::new().state(KeyState::Active), KEYS as usize - 10))
-    });
-    group.finish();
+    listing::pages(c, "listing_100k", &runtime, &store, KEYS as usize, 0);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -3,10 +3,11 @@
 //! through `list` and paged in memory (what `list_page` did before them). Needs a Redis server
 //! at `TOWER_API_KEY_REDIS_URL`: `bench/run.sh` starts one (`.ci/services.sh`).
 
-use std::time::SystemTime;
+#[path = "support/listing.rs"]
+mod listing;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use tower_api_key::store::{KeyFilter, KeyState, KeyStoreAdmin};
+use tower_api_key::store::KeyStoreAdmin;
 use tower_api_key::{key::KeyFormat, NewKey, RedisStore};
 
 const KEYS: usize = 100_000;
@@ -43,32 +44,7 @@ fn listing(c: &mut Criterion) {
         }
         store
     });
-    let now = SystemTime::now();
-    let page = |filter: KeyFilter, offset: usize| {
-        let listing = runtime
-            .block_on(store.list_page(&filter, now, offset, 25))
-            .unwrap();
-        assert!(!listing.records.is_empty());
-        listing
-    };
-    assert_eq!(page(KeyFilter::new(), 0).total, KEYS);
-
-    let mut group = c.benchmark_group("listing_redis_100k");
-    group.sample_size(10);
-    group.bench_function("list_then_page", |b| {
-        b.iter(|| {
-            let all = runtime.block_on(store.list()).unwrap();
-            all.into_iter().skip(50).take(25).count()
-        })
-    });
-    group.bench_function("list_page", |b| b.iter(|| page(KeyFilter::new(), 50)));
-    group.bench_function("list_page_of_an_owner", |b| {
-        b.iter(|| page(KeyFilter::new().owner("owner7"), 25))
-    });
-    group.bench_function("list_page_active_last_page", |b| {
-        b.iter(|| page(KeyFilter::new().state(KeyState::Active), KEYS - 10))
-    });
-    group.finish();
+    listing::pages(c, "listing_redis_100k", &runtime, &store, KEYS, 25);
 }
 
 criterion_group!(benches, listing);
