@@ -681,19 +681,15 @@ impl KeyStoreAdmin for RedisStore {
     }
 
     async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError> {
-        let scopes = json(&scopes);
-        self.update(id, &["scopes", &scopes]).await
+        self.update_key(id, &KeyUpdate::new().scopes(scopes)).await
     }
 
     async fn set_name(&self, id: &str, name: &str) -> Result<bool, StoreError> {
-        self.update(id, &["name", name]).await
+        self.update_key(id, &KeyUpdate::new().name(name)).await
     }
 
     async fn set_plan(&self, id: &str, plan: Option<&str>) -> Result<bool, StoreError> {
-        match plan {
-            Some(plan) => self.update(id, &["plan", plan]).await,
-            None => self.update(id, &["plan"]).await,
-        }
+        self.update_key(id, &KeyUpdate::new().plan(plan)).await
     }
 
     async fn set_metadata(
@@ -701,22 +697,16 @@ impl KeyStoreAdmin for RedisStore {
         id: &str,
         metadata: &BTreeMap<String, String>,
     ) -> Result<bool, StoreError> {
-        let metadata = json(metadata);
-        self.update(id, &["metadata", &metadata]).await
+        let update = KeyUpdate::new().metadata(metadata.clone());
+        self.update_key(id, &update).await
     }
 
     async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, StoreError> {
-        match at {
-            Some(at) => {
-                let at = secs(at).to_string();
-                self.update(id, &["expires_at", &at]).await
-            }
-            None => self.update(id, &["expires_at"]).await,
-        }
+        self.update_key(id, &KeyUpdate::new().expires_at(at)).await
     }
 
     async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
-        self.update(id, &["disabled", if disabled { "1" } else { "0" }])
+        self.update_key(id, &KeyUpdate::new().disabled(disabled))
             .await
     }
 
@@ -772,13 +762,8 @@ impl KeyStoreAdmin for RedisStore {
     }
 
     async fn set_limits(&self, id: &str, limits: Option<&Limits>) -> Result<bool, StoreError> {
-        match limits {
-            Some(limits) => {
-                let limits = json(limits);
-                self.update(id, &["limits", &limits]).await
-            }
-            None => self.update(id, &["limits"]).await,
-        }
+        self.update_key(id, &KeyUpdate::new().limits(limits.cloned()))
+            .await
     }
 
     async fn set_allowed_networks(&self, id: &str, networks: &[IpNet]) -> Result<bool, StoreError> {
@@ -790,7 +775,8 @@ impl KeyStoreAdmin for RedisStore {
         }
     }
 
-    /// Every change in one script, announced once.
+    /// Every change in one script, announced once; each field encoded here only (the setters of
+    /// one field come through here).
     async fn update_key(&self, id: &str, update: &KeyUpdate) -> Result<bool, StoreError> {
         if update.is_empty() {
             return Ok(self.get(id).await?.is_some());

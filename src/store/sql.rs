@@ -785,8 +785,8 @@ macro_rules! sql_store {
                 id: &str,
                 scopes: &[String],
             ) -> Result<bool, $crate::store::StoreError> {
-                self.update(&self.sql.set_scopes, $crate::store::to_json(&scopes), id)
-                    .await
+                let update = $crate::store::KeyUpdate::new().scopes(scopes);
+                self.update_key(id, &update).await
             }
 
             async fn set_name(
@@ -794,7 +794,8 @@ macro_rules! sql_store {
                 id: &str,
                 name: &str,
             ) -> Result<bool, $crate::store::StoreError> {
-                self.update(&self.sql.set_name, name, id).await
+                let update = $crate::store::KeyUpdate::new().name(name);
+                self.update_key(id, &update).await
             }
 
             async fn set_plan(
@@ -802,7 +803,8 @@ macro_rules! sql_store {
                 id: &str,
                 plan: Option<&str>,
             ) -> Result<bool, $crate::store::StoreError> {
-                self.update(&self.sql.set_plan, plan, id).await
+                let update = $crate::store::KeyUpdate::new().plan(plan);
+                self.update_key(id, &update).await
             }
 
             async fn set_metadata(
@@ -810,8 +812,8 @@ macro_rules! sql_store {
                 id: &str,
                 metadata: &std::collections::BTreeMap<String, String>,
             ) -> Result<bool, $crate::store::StoreError> {
-                let metadata = $crate::store::to_json(metadata);
-                self.update(&self.sql.set_metadata, metadata, id).await
+                let update = $crate::store::KeyUpdate::new().metadata(metadata.clone());
+                self.update_key(id, &update).await
             }
 
             async fn set_expiry(
@@ -819,8 +821,8 @@ macro_rules! sql_store {
                 id: &str,
                 at: Option<std::time::SystemTime>,
             ) -> Result<bool, $crate::store::StoreError> {
-                self.update(&self.sql.set_expiry, at.map($crate::store::codec::secs), id)
-                    .await
+                let update = $crate::store::KeyUpdate::new().expires_at(at);
+                self.update_key(id, &update).await
             }
 
             async fn set_disabled(
@@ -828,7 +830,8 @@ macro_rules! sql_store {
                 id: &str,
                 disabled: bool,
             ) -> Result<bool, $crate::store::StoreError> {
-                self.update(&self.sql.set_disabled, disabled, id).await
+                let update = $crate::store::KeyUpdate::new().disabled(disabled);
+                self.update_key(id, &update).await
             }
 
             async fn set_limits(
@@ -836,8 +839,8 @@ macro_rules! sql_store {
                 id: &str,
                 limits: Option<&$crate::limit::Limits>,
             ) -> Result<bool, $crate::store::StoreError> {
-                let limits = limits.map($crate::store::to_json);
-                self.update(&self.sql.set_limits, limits, id).await
+                let update = $crate::store::KeyUpdate::new().limits(limits.cloned());
+                self.update_key(id, &update).await
             }
 
             async fn set_credits(
@@ -908,7 +911,8 @@ macro_rules! sql_store {
                     .await
             }
 
-            /// Every change in one transaction, announced once.
+            /// Every change in one transaction, announced once; each field encoded here only (the
+            /// setters of one field come through here).
             async fn update_key(
                 &self,
                 id: &str,
@@ -941,12 +945,18 @@ macro_rules! sql_store {
                 if let Some(disabled) = update.disabled {
                     queries.push(sqlx::query(&sql.set_disabled).bind(disabled));
                 }
-                if queries.is_empty() {
-                    return Ok($crate::store::KeyStore::get(self, id).await?.is_some());
-                }
+                let mut queries = queries.into_iter();
+                let first = match (queries.next(), queries.len()) {
+                    (None, _) => {
+                        return Ok($crate::store::KeyStore::get(self, id).await?.is_some());
+                    }
+                    // One statement is a transaction of its own.
+                    (Some(only), 0) => return self.change(only.bind(id), id).await,
+                    (Some(first), _) => first,
+                };
                 let mut tx = self.pool.begin().await.map_err(unavailable)?;
                 let mut found = true;
-                for query in queries {
+                for query in std::iter::once(first).chain(queries) {
                     let done = query
                         .bind(id)
                         .execute(&mut *tx)
