@@ -1014,6 +1014,72 @@ mod cli {
         assert!(message.contains("9999"), "{message}");
     }
 
+    /// Text from the store reaches the operator's terminal escaped: a name, metadata or an audit
+    /// row written with escape sequences by other means than this tool (older versions, a tool
+    /// of your own) cannot rewrite it. The tool itself refuses such names.
+    #[tokio::test]
+    async fn control_characters_from_the_store_never_reach_the_terminal() {
+        use tower_api_key::manage::AuditEvent;
+        use tower_api_key::store::KeyStoreAdmin;
+
+        let mut tool = Tool::new();
+        let (code, message) = tool.failure(&["create", "--name", "red\u{1b}[31m"]);
+        assert_eq!(code, 2);
+        assert!(message.contains("without control characters"), "{message}");
+        let (code, _) = tool.failure(&["create", "--name", "x", "--owner", "a\u{202e}b"]);
+        assert_eq!(code, 2);
+
+        let (_, id, _) = tool.create(&["--name", "plain", "--owner", "acme"]);
+        let evil = "\u{1b}]0;owned\u{7}\u{1b}[2J\u{9b}31m\u{202e}";
+        let store = SqliteStore::connect(&tool.url).await.unwrap();
+        assert!(store.set_name(&id, &format!("name{evil}")).await.unwrap());
+        let metadata = [(format!("key{evil}"), format!("value{evil}\nnext"))];
+        assert!(store.set_metadata(&id, &metadata.into()).await.unwrap());
+        let keys = KeyManager::new(store);
+        let event = AuditEvent::new(&format!("actor{evil}"), "update", &id)
+            .owner(Some(&format!("owner{evil}")))
+            .detail([format!("detail{evil}")]);
+        keys.record_change(&event).await.unwrap();
+
+        let escaped = "\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{9b}31m\\u{202e}";
+        for (args, shown) in [
+            (&["list"][..], vec![format!("name{escaped}")]),
+            (
+                &["show", &id][..],
+                vec![
+                    format!("name:        name{escaped}"),
+                    format!("key{escaped}=value{escaped}\\u{{a}}next"),
+                ],
+            ),
+            (
+                &["audit"][..],
+                vec![
+                    format!("actor{escaped}"),
+                    format!("owner{escaped}"),
+                    format!("detail{escaped}"),
+                ],
+            ),
+        ] {
+            let output = tool.run(args);
+            assert!(output.status.success(), "{args:?}: {output:?}");
+            let text = String::from_utf8(output.stdout).unwrap();
+            let hidden: Vec<char> = text
+                .chars()
+                .filter(|&c| tower_api_key::manage::is_hidden_control(c) && c != '\n')
+                .collect();
+            assert!(hidden.is_empty(), "{args:?} printed {hidden:?}");
+            for shown in shown {
+                assert!(
+                    text.contains(&shown),
+                    "{args:?} printed {text}, not {shown}"
+                );
+            }
+        }
+        // JSON keeps the text as it is, escaped as JSON escapes it.
+        let listed = tool.ok_json(&["--json", "show", &id]);
+        assert_eq!(listed["name"], format!("name{evil}"));
+    }
+
     #[test]
     fn bad_input_gets_a_clear_error_and_exit_code() {
         let mut tool = Tool::new();

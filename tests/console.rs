@@ -586,6 +586,23 @@ mod console {
                 StatusCode::BAD_REQUEST,
                 "INVALID_NAME",
             ),
+            // Names are shown to operators' terminals by the command line tool: no escape
+            // sequences, no reordering.
+            (
+                json!({"name": "prod\u{1b}[2J\u{1b}]0;owned\u{7}"}),
+                StatusCode::BAD_REQUEST,
+                "INVALID_NAME",
+            ),
+            (
+                json!({"name": "x", "owner": "acme\u{202e}evil"}),
+                StatusCode::BAD_REQUEST,
+                "INVALID_OWNER",
+            ),
+            (
+                json!({"name": "x", "metadata": {"team\n": "v"}}),
+                StatusCode::BAD_REQUEST,
+                "INVALID_METADATA",
+            ),
             (
                 json!({"name": "x", "owner": "o".repeat(200)}),
                 StatusCode::BAD_REQUEST,
@@ -650,6 +667,7 @@ mod console {
             (r#"{"expires_in":"forever"}"#.to_owned(), "INVALID_DURATION"),
             (r#"{"plan":"gold"}"#.to_owned(), "UNKNOWN_PLAN"),
             (r#"{"name":""}"#.to_owned(), "INVALID_NAME"),
+            (r#"{"name":"bell\u0007"}"#.to_owned(), "INVALID_NAME"),
             (r#"{"disabled":"yes"}"#.to_owned(), "INVALID_REQUEST"),
             // A good field beside a bad one: the bad one is found before anything is written.
             (long_value.to_string(), "INVALID_METADATA"),

@@ -5,6 +5,7 @@
 //! Exit codes: 0 success, 2 bad input, 3 no such key, 4 the store failed or cannot be reached. A
 //! change made whose audit row the store could not write exits 0 with a warning: it is made.
 
+use std::fmt;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -12,10 +13,10 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use tower_api_key::limit::{Credits, InvalidLimit, Limits, NamedLimit, RefillPeriod};
 use tower_api_key::{
-    key::IdKey, key::KeyFormat, manage::AuditEvent, manage::CreatedKey, manage::KeyInfo,
-    manage::ManageError, manage::MAX_NAME_LEN, network, network::IpNet, store::AuditArchive,
-    store::AuditQuery, store::KeyFilter, store::KeyState, store::KeyStore, store::KeyUpdate,
-    store::StoreError, AnyStore, Environment, KeyManager, NewKey,
+    key::IdKey, key::KeyFormat, manage::is_hidden_control, manage::AuditEvent, manage::CreatedKey,
+    manage::KeyInfo, manage::ManageError, manage::MAX_NAME_LEN, network, network::IpNet,
+    store::AuditArchive, store::AuditQuery, store::KeyFilter, store::KeyState, store::KeyStore,
+    store::KeyUpdate, store::StoreError, AnyStore, Environment, KeyManager, NewKey,
 };
 
 /// Create, list, rotate and revoke API keys.
@@ -432,7 +433,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("error: {}", failure.message);
+            eprintln!("error: {}", Shown(&failure.message));
             ExitCode::from(failure.code)
         }
     }
@@ -755,7 +756,7 @@ fn actor(given: Option<&str>) -> Result<String, Failure> {
 
 /// Whether `name` is short and printable enough to name an actor.
 fn fits(name: &str) -> bool {
-    name.len() <= MAX_NAME_LEN && !name.chars().any(char::is_control)
+    name.len() <= MAX_NAME_LEN && !name.chars().any(is_hidden_control)
 }
 
 /// The store's audit trail, and who this run's changes are by.
@@ -781,7 +782,8 @@ impl Trail<'_> {
     async fn record(&self, event: AuditEvent) {
         if let Err(error) = self.keys.record_change(&event).await {
             eprintln!(
-                "warning: the change is made, but the audit trail could not be written: {error}"
+                "warning: the change is made, but the audit trail could not be written: {}",
+                Shown(&error.to_string())
             );
         }
     }
@@ -958,15 +960,15 @@ async fn print_owner(keys: &KeyManager<AnyStore>, owner: &str, json: bool) -> Re
         println!("{out}");
         return Ok(());
     }
-    println!("owner:       {owner}");
-    println!("limits:      {}", describe_limits(limits));
-    println!("credits:     {}", describe_credits(credits));
+    println!("owner:       {}", Shown(owner));
+    println!("limits:      {}", Shown(&describe_limits(limits)));
+    println!("credits:     {}", Shown(&describe_credits(credits)));
     let listed = if ids.is_empty() {
         "none".to_owned()
     } else {
         ids.join(", ")
     };
-    println!("keys:        {listed}");
+    println!("keys:        {}", Shown(&listed));
     Ok(())
 }
 
@@ -979,8 +981,11 @@ fn show_created(created: &CreatedKey, var: &str, verb: &str) {
         record.scopes.join(", ")
     };
     println!(
-        "{verb} key \"{}\" (id {}, {}, scopes: {scopes})\n",
-        record.name, record.id, record.environment
+        "{verb} key \"{}\" (id {}, {}, scopes: {})\n",
+        Shown(&record.name),
+        Shown(&record.id),
+        record.environment,
+        Shown(&scopes)
     );
     println!("    {}\n", created.key.expose_secret());
     println!(
@@ -1011,7 +1016,7 @@ fn done(json: bool, id: &str, state: &str, text: &str) {
     if json {
         println!("{}", json!({ "id": id, "result": state }));
     } else {
-        println!("{text} {id}");
+        println!("{text} {}", Shown(id));
     }
 }
 
@@ -1034,15 +1039,25 @@ fn print_info(info: &KeyInfo, json: bool) {
         println!("{}", serde_json::to_string(info).expect("JSON"));
         return;
     }
-    println!("id:          {}", info.id);
-    println!("name:        {}", info.name);
-    println!("key:         {}", info.prefix);
+    println!("id:          {}", Shown(&info.id));
+    println!("name:        {}", Shown(&info.name));
+    println!("key:         {}", Shown(&info.prefix));
     println!("environment: {}", info.environment);
-    println!("scopes:      {}", info.scopes.join(", "));
-    println!("owner:       {}", info.owner.as_deref().unwrap_or("-"));
-    println!("plan:        {}", info.plan.as_deref().unwrap_or("-"));
-    println!("limits:      {}", describe_limits(info.limits.as_ref()));
-    println!("credits:     {}", describe_credits(info.credits.as_ref()));
+    println!("scopes:      {}", Shown(&info.scopes.join(", ")));
+    println!(
+        "owner:       {}",
+        Shown(info.owner.as_deref().unwrap_or("-"))
+    );
+    println!(
+        "plan:        {}",
+        Shown(info.plan.as_deref().unwrap_or("-"))
+    );
+    let limits = describe_limits(info.limits.as_ref());
+    println!("limits:      {}", Shown(&limits));
+    println!(
+        "credits:     {}",
+        Shown(&describe_credits(info.credits.as_ref()))
+    );
     let networks = if info.allowed_networks.is_empty() {
         "anywhere".to_owned()
     } else {
@@ -1055,7 +1070,7 @@ fn print_info(info: &KeyInfo, json: bool) {
     if metadata.is_empty() {
         println!("metadata:    -");
     } else {
-        println!("metadata:    {}", metadata.join(", "));
+        println!("metadata:    {}", Shown(&metadata.join(", ")));
     }
     println!("state:       {}", info.state);
     println!("created:     {}", time(Some(info.created_at)));
@@ -1077,11 +1092,11 @@ fn print_trail(events: &[AuditEvent]) {
         println!(
             "{:<20}  {:<7}  {:<12}  {:<16}  {:<20}  {}",
             time(Some(event.at)),
-            event.action,
-            key,
-            event.owner.as_deref().unwrap_or("-"),
-            event.actor,
-            event.detail.join(", ")
+            Shown(&event.action),
+            Shown(key),
+            Shown(event.owner.as_deref().unwrap_or("-")),
+            Shown(&event.actor),
+            Shown(&event.detail.join(", "))
         );
     }
 }
@@ -1094,14 +1109,37 @@ fn print_table(all: &[KeyInfo]) {
     for info in all {
         println!(
             "{:<12}  {:<24}  {:<4}  {:<8}  {:<20}  {:<20}  {:<20}  {}",
-            info.id,
-            info.name,
+            Shown(&info.id),
+            Shown(&info.name),
             info.environment,
             info.state,
             time(Some(info.created_at)),
             time(info.last_used_at),
             time(info.expires_at),
-            info.scopes.join(",")
+            Shown(&info.scopes.join(","))
         );
+    }
+}
+
+/// Text from the store (or an error that quotes it), shown on a terminal: a control character or
+/// a bidirectional override is printed as its escape (`\u{1b}`), so a key's name cannot rewrite
+/// the operator's terminal. Names from this version on cannot hold them; a store written by
+/// other means still can. Pads as `str` does, for the tables.
+struct Shown<'a>(&'a str);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.0.chars().any(is_hidden_control) {
+            return f.pad(self.0);
+        }
+        let mut text = String::with_capacity(self.0.len() + 8);
+        for c in self.0.chars() {
+            if is_hidden_control(c) {
+                text.extend(c.escape_unicode());
+            } else {
+                text.push(c);
+            }
+        }
+        f.pad(&text)
     }
 }

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use super::{
-    keeps, CreatedKey, InvalidKey, KeyInfo, ManageError, MAX_METADATA_ENTRIES, MAX_METADATA_LEN,
-    MAX_NAME_LEN,
+    is_hidden_control, keeps, CreatedKey, InvalidKey, KeyInfo, ManageError, MAX_METADATA_ENTRIES,
+    MAX_METADATA_LEN, MAX_NAME_LEN,
 };
 use ipnet::IpNet;
 
@@ -138,11 +138,7 @@ impl NewKey {
     pub fn generate(self, format: &KeyFormat) -> Result<CreatedKey, InvalidKey> {
         validate_name(&self.name)?;
         validate_metadata(&self.metadata)?;
-        if self
-            .owner
-            .as_deref()
-            .is_some_and(|owner| owner.trim().is_empty() || owner.len() > MAX_NAME_LEN)
-        {
+        if self.owner.as_deref().is_some_and(|owner| !is_a_name(owner)) {
             return Err(InvalidKey::Owner);
         }
         validate_scopes(&self.scopes)?;
@@ -766,22 +762,32 @@ fn validate_update(update: &KeyUpdate) -> Result<(), InvalidKey> {
     validate_limits(update.limits.as_ref().and_then(Option::as_ref))
 }
 
-/// Refuses an empty, blank or over-long name.
+/// Whether `name` is fit to name a key or an owner: not blank, not over-long, and without a
+/// character that would act on a terminal or reorder what a reader sees.
+fn is_a_name(name: &str) -> bool {
+    !name.trim().is_empty() && name.len() <= MAX_NAME_LEN && !name.chars().any(is_hidden_control)
+}
+
+/// Refuses a name that [`is_a_name`] refuses.
 fn validate_name(name: &str) -> Result<(), InvalidKey> {
-    if name.trim().is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(InvalidKey::Name);
+    if is_a_name(name) {
+        Ok(())
+    } else {
+        Err(InvalidKey::Name)
     }
-    Ok(())
 }
 
 /// Refuses metadata with too many entries (`rotated_from`, which a rotation adds, not counted),
 /// or an entry too long.
 fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(), InvalidKey> {
-    let too_long = |(key, value): (&String, &String)| {
-        key.is_empty() || key.len() > MAX_METADATA_LEN || value.len() > MAX_METADATA_LEN
+    let refused = |(key, value): (&String, &String)| {
+        key.is_empty()
+            || key.len() > MAX_METADATA_LEN
+            || value.len() > MAX_METADATA_LEN
+            || key.chars().any(is_hidden_control)
     };
     let entries = metadata.len() - usize::from(metadata.contains_key("rotated_from"));
-    if entries > MAX_METADATA_ENTRIES || metadata.iter().any(too_long) {
+    if entries > MAX_METADATA_ENTRIES || metadata.iter().any(refused) {
         return Err(InvalidKey::Metadata);
     }
     Ok(())
@@ -808,4 +814,56 @@ fn validate_limits(limits: Option<&Limits>) -> Result<(), InvalidKey> {
     limits.map_or(Ok(()), |limits| {
         limits.validate().map_err(InvalidKey::Limits)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+
+    /// A name, an owner or a metadata key with a control character or a bidirectional override
+    /// is refused wherever it is given; a metadata value may hold any text, and names may hold
+    /// any other character.
+    #[tokio::test]
+    async fn names_with_control_characters_are_refused() {
+        let format = KeyFormat::new("mesh").unwrap();
+        let keys = KeyManager::new(MemoryStore::new()).format(format.clone());
+        for bad in [
+            "ops\u{1b}[31m",
+            "bell\u{7}",
+            "csi\u{9b}",
+            "flip\u{202e}",
+            "two\nlines",
+        ] {
+            let refused = NewKey::new(bad).generate(&format);
+            assert_eq!(refused.unwrap_err(), InvalidKey::Name, "{bad:?}");
+            let refused = NewKey::new("ok").owner(bad).generate(&format);
+            assert_eq!(refused.unwrap_err(), InvalidKey::Owner, "{bad:?}");
+            let refused = NewKey::new("ok").metadata(bad, "v").generate(&format);
+            assert_eq!(refused.unwrap_err(), InvalidKey::Metadata, "{bad:?}");
+        }
+        let created = keys
+            .create(
+                NewKey::new("Bob's key: café ☕")
+                    .owner("acme")
+                    .metadata("note", "line one\nline two"),
+            )
+            .await
+            .unwrap();
+        let id = &created.record.id;
+        let renamed = keys.rename(id, "tab\there").await;
+        assert!(matches!(
+            renamed,
+            Err(ManageError::Invalid(InvalidKey::Name))
+        ));
+        let update = KeyUpdate::new().name("isolate\u{2066}");
+        let updated = keys.update(id, &update).await;
+        assert!(matches!(
+            updated,
+            Err(ManageError::Invalid(InvalidKey::Name))
+        ));
+        let shown = keys.show(id).await.unwrap().unwrap();
+        assert_eq!(shown.name, "Bob's key: café ☕");
+        assert_eq!(shown.metadata["note"], "line one\nline two");
+    }
 }

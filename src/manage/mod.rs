@@ -26,6 +26,23 @@ pub const MAX_METADATA_ENTRIES: usize = 32;
 /// The longest metadata key or value, in bytes.
 pub const MAX_METADATA_LEN: usize = 512;
 
+/// Whether `c` may not appear in a key's name, an owner or a metadata key: a control character
+/// (an escape sequence in one could rewrite the terminal of an operator who lists keys), or a
+/// bidirectional override or isolate (which reorders what a reader sees). Self-service keys
+/// name keys too, so these names come from key holders, not only from operators.
+///
+/// ```
+/// use tower_api_key::manage::is_hidden_control;
+///
+/// assert!(is_hidden_control('\u{1b}')); // ESC, which starts a terminal's escape sequence
+/// assert!(is_hidden_control('\u{202e}')); // right-to-left override
+/// assert!(!"Bob's key: café ☕".chars().any(is_hidden_control));
+/// ```
+#[must_use]
+pub fn is_hidden_control(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// A key just issued: the plaintext to show once, and its stored record.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -40,12 +57,15 @@ pub struct CreatedKey {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum InvalidKey {
-    /// The name is empty or longer than [`MAX_NAME_LEN`].
+    /// The name is blank, longer than [`MAX_NAME_LEN`], or holds a character
+    /// [`is_hidden_control`] refuses.
     Name,
-    /// The owner is blank or longer than [`MAX_NAME_LEN`].
+    /// The owner is blank, longer than [`MAX_NAME_LEN`], or holds a character
+    /// [`is_hidden_control`] refuses.
     Owner,
-    /// The metadata has more than [`MAX_METADATA_ENTRIES`] entries, an empty key, or a key or
-    /// value longer than [`MAX_METADATA_LEN`].
+    /// The metadata has more than [`MAX_METADATA_ENTRIES`] entries, an empty key, a key or
+    /// value longer than [`MAX_METADATA_LEN`], or a key with a character [`is_hidden_control`]
+    /// refuses (values may hold any).
     Metadata,
     /// A scope is malformed.
     Scope(InvalidScope),
@@ -62,12 +82,19 @@ pub enum InvalidKey {
 impl fmt::Display for InvalidKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            InvalidKey::Name => write!(f, "a key name is 1 to {MAX_NAME_LEN} bytes, not blank"),
-            InvalidKey::Owner => write!(f, "an owner is 1 to {MAX_NAME_LEN} bytes, not blank"),
+            InvalidKey::Name => write!(
+                f,
+                "a key name is 1 to {MAX_NAME_LEN} bytes, not blank, without control characters"
+            ),
+            InvalidKey::Owner => write!(
+                f,
+                "an owner is 1 to {MAX_NAME_LEN} bytes, not blank, without control characters"
+            ),
             InvalidKey::Metadata => write!(
                 f,
                 "metadata is at most {MAX_METADATA_ENTRIES} entries, each key 1 to \
-                 {MAX_METADATA_LEN} bytes and each value at most {MAX_METADATA_LEN}"
+                 {MAX_METADATA_LEN} bytes without control characters and each value at most \
+                 {MAX_METADATA_LEN}"
             ),
             InvalidKey::Scope(e) => e.fmt(f),
             InvalidKey::Limits(e) => e.fmt(f),
