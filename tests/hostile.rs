@@ -427,3 +427,228 @@ async fn with_an_id_key_made_up_ids_never_reach_the_store() {
         200
     );
 }
+
+/// A time `secs` after 1970, where a `SystemTime` holds it.
+fn at(secs: u64) -> Option<std::time::SystemTime> {
+    std::time::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
+/// Seconds since 1970: this century, the last second of 9999, past it, and the end of time.
+fn any_secs() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        1_700_000_000u64..1_900_000_000,
+        Just(253_402_300_799),
+        253_402_300_800u64..(1 << 40),
+        Just(i64::MAX as u64),
+        0u64..10,
+    ]
+}
+
+/// Limits as a store of one's own may hold them: any numbers, zero and the largest included.
+fn any_limits() -> impl Strategy<Value = tower_api_key::limit::Limits> {
+    use tower_api_key::limit::{Limits, NamedLimit};
+    let count = || prop_oneof![Just(0u32), Just(1), 1u32..1_000, Just(u32::MAX)];
+    let window = prop_oneof![Just(1u64), 1u64..100_000, Just(u64::MAX)];
+    (
+        proptest::option::of(count()),
+        proptest::option::of(count()),
+        proptest::option::of(count()),
+        proptest::option::of(count()),
+        any::<bool>(),
+        proptest::option::of((count(), window)),
+    )
+        .prop_map(|(per_minute, burst, daily, monthly, shared, named)| {
+            let mut limits = Limits::UNLIMITED;
+            limits.per_minute = per_minute;
+            limits.burst = burst;
+            limits.daily = daily;
+            limits.monthly = monthly;
+            limits.shared_by_owner = shared;
+            if let Some((limit, window)) = named {
+                if let Ok(named) = NamedLimit::new("burst", limit, window) {
+                    limits = limits.with(named);
+                }
+            }
+            limits
+        })
+}
+
+/// Credits as a store of one's own may hold them: any balance, period and refill, a monthly
+/// day outside 1 to 28 included.
+fn any_credits() -> impl Strategy<Value = tower_api_key::limit::Credits> {
+    use tower_api_key::limit::{Credits, RefillPeriod};
+    (
+        prop_oneof![Just(0u64), 0u64..10, Just(u64::MAX)],
+        any::<u32>(),
+        proptest::option::of((
+            any::<u64>(),
+            prop_oneof![
+                Just(RefillPeriod::Daily),
+                any::<u8>().prop_map(|day| RefillPeriod::Monthly { day }),
+            ],
+        )),
+    )
+        .prop_map(|(remaining, period, refill)| {
+            let mut credits = Credits::once(remaining);
+            credits.period = period;
+            if let Some((amount, every)) = refill {
+                let mut refilled = Credits::refilled(amount, RefillPeriod::Daily).unwrap();
+                refilled.remaining = remaining;
+                refilled.period = period;
+                if let Some(refill) = &mut refilled.refill {
+                    refill.every = every;
+                }
+                credits = refilled;
+            }
+            credits
+        })
+}
+
+/// What a record holds besides its id and digest, each field anything a store could return.
+#[derive(Debug, Clone)]
+struct Garbage {
+    environment: Environment,
+    scopes: Vec<String>,
+    owner: Option<String>,
+    created: u64,
+    expires: Option<u64>,
+    revoked: Option<u64>,
+    disabled: bool,
+    plan: Option<String>,
+    limits: Option<tower_api_key::limit::Limits>,
+    credits: Option<tower_api_key::limit::Credits>,
+    networks: Vec<&'static str>,
+}
+
+fn any_record_fields() -> impl Strategy<Value = Garbage> {
+    let environment = prop_oneof![
+        Just(Environment::Live),
+        Just(Environment::Test),
+        Just(Environment::Dev)
+    ];
+    let scope = prop_oneof![
+        Just("read".to_owned()),
+        Just("*".to_owned()),
+        "[a-z:*]{0,6}",
+        ".{0,4}"
+    ];
+    let plan = prop_oneof![
+        Just("free".to_owned()),
+        Just("pro".to_owned()),
+        Just("enterprise".to_owned()),
+        ".{0,6}"
+    ];
+    let network = prop_oneof![
+        Just("127.0.0.0/8"),
+        Just("10.0.0.0/8"),
+        Just("::/0"),
+        Just("0.0.0.0/0"),
+        Just("198.51.100.7/32"),
+    ];
+    (
+        (
+            environment,
+            proptest::collection::vec(scope, 0..4),
+            proptest::option::of(prop_oneof![Just("acme".to_owned()), ".{0,6}"]),
+            any_secs(),
+            proptest::option::of(any_secs()),
+            proptest::option::of(any_secs()),
+        ),
+        (
+            any::<bool>(),
+            proptest::option::of(plan),
+            proptest::option::of(any_limits()),
+            proptest::option::of(any_credits()),
+            proptest::collection::vec(network, 0..3),
+        ),
+    )
+        .prop_map(
+            |(
+                (environment, scopes, owner, created, expires, revoked),
+                (disabled, plan, limits, credits, networks),
+            )| Garbage {
+                environment,
+                scopes,
+                owner,
+                created,
+                expires,
+                revoked,
+                disabled,
+                plan,
+                limits,
+                credits,
+                networks,
+            },
+        )
+}
+
+/// The time the layer reads in `records_a_store_returns_never_panic_and_pass_only_when_active`.
+const NOW: u64 = 1_800_000_000;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1500))]
+
+    /// Whatever a store returns for an issued key's id (with that key's digest), the layer answers
+    /// with one of its statuses and never panics: no time, limit, credit balance or refill day
+    /// can overflow it. And it lets a request through only for a key that is active now.
+    #[test]
+    fn records_a_store_returns_never_panic_and_pass_only_when_active(
+        garbage in any_record_fields(),
+    ) {
+        use tower_api_key::clock::ManualClock;
+        use tower_api_key::RequireScopeLayer;
+
+        let format = KeyFormat::new("mesh").unwrap();
+        let created = NewKey::new("k")
+            .environment(Environment::Live)
+            .generate(&format)
+            .unwrap();
+        let mut record = created.record.clone();
+        record.environment = garbage.environment;
+        record.scopes = garbage.scopes.clone();
+        record.owner = garbage.owner.clone();
+        record.created_at = at(garbage.created).unwrap_or(record.created_at);
+        record.expires_at = garbage.expires.and_then(at);
+        record.revoked_at = garbage.revoked.and_then(at);
+        record.disabled = garbage.disabled;
+        record.plan = garbage.plan.clone();
+        record.limits = garbage.limits.clone();
+        record.credits = garbage.credits.clone();
+        record.allowed_networks = garbage.networks.iter().map(|n| n.parse().unwrap()).collect();
+        let runtime = &target().runtime;
+        let statuses = runtime.block_on(async {
+            let store = MemoryStore::new();
+            store.create(record.clone()).await.unwrap();
+            let layer = ApiKeyLayer::builder("mesh", store)
+                .clock(ManualClock::new(at(NOW).unwrap()))
+                .build()
+                .unwrap();
+            let service = RequireScopeLayer::all(["read"]).layer(service_fn(|_: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }));
+            let service = layer.layer(service);
+            let mut statuses = Vec::new();
+            // Twice: the second request is answered from the cache, against the limits' counts.
+            for _ in 0..2 {
+                let mut request = Request::get("/")
+                    .header("authorization", format!("ApiKey {}", created.key.expose_secret()))
+                    .body(())
+                    .unwrap();
+                let peer: std::net::SocketAddr = "198.51.100.7:40000".parse().unwrap();
+                request.extensions_mut().insert(peer);
+                statuses.push(service.clone().oneshot(request).await.unwrap().status());
+            }
+            statuses
+        });
+        let active = record.revoked_at.is_none()
+            && !record.disabled
+            && record.expires_at.is_none_or(|end| end > at(NOW).unwrap());
+        for status in statuses {
+            prop_assert!(
+                [200, 401, 403, 429, 503].contains(&status.as_u16()),
+                "{status} for {garbage:?}"
+            );
+            prop_assert!(status != StatusCode::OK || active, "a key not active passed: {garbage:?}");
+        }
+    }
+}

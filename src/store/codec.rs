@@ -411,6 +411,84 @@ mod tests {
         }
     }
 
+    use proptest::prelude::*;
+
+    /// Mostly what a sound record holds (`sound`), sometimes anything (`damaged`): so most
+    /// cases get past the first fields and damage a later one.
+    fn mostly<T: std::fmt::Debug + Clone + 'static>(
+        sound: impl Strategy<Value = T> + 'static,
+        damaged: impl Strategy<Value = T> + 'static,
+    ) -> BoxedStrategy<T> {
+        prop_oneof![6 => sound, 1 => damaged].boxed()
+    }
+
+    /// Text, JSON or not.
+    fn any_text() -> BoxedStrategy<String> {
+        prop_oneof![
+            r#"\[("[a-z:*]{0,6}",?){0,3}\]"#,
+            r#"\{("[a-z_]{1,12}": ?(-?[0-9]{1,21}|"[a-z0-9/.:]{0,12}"|true|\[\]),?){0,4}\}"#,
+            ".{0,24}",
+        ]
+        .boxed()
+    }
+
+    /// A time or count field.
+    fn number() -> BoxedStrategy<i64> {
+        mostly(0i64..4_000_000_000_000, proptest::num::i64::ANY)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Whatever a row or hash holds, reading it back gives a record or an error naming
+        /// the record, never a panic.
+        #[test]
+        fn arbitrary_fields_are_a_record_or_an_error(
+            digest in mostly("[0-9a-f]{64}", ".{0,70}"),
+            environment in mostly("live|test|dev", ".{0,5}"),
+            scopes in mostly(r#"\[("[a-z:*]{1,6}",?){0,3}"[a-z]{1,3}"\]"#, any_text()),
+            metadata in mostly(r#"\{("[a-z]{1,5}": ?"[a-z]{0,5}", ?){0,3}"z": ""\}"#, any_text()),
+            limits in proptest::option::of(mostly(
+                r#"\{"(per_minute|burst|daily|monthly)": ?[0-9]{1,11}\}"#,
+                any_text(),
+            )),
+            networks in proptest::option::of(mostly(
+                r#"\["(10\.0\.0\.0/[0-9]{1,2}|::/[0-9]{1,3})"\]"#,
+                any_text(),
+            )),
+            (created, last_used, requests) in (number(), proptest::option::of(number()), number()),
+            (expires, revoked) in (proptest::option::of(number()), proptest::option::of(number())),
+            credits in proptest::array::uniform3(proptest::option::of(number())),
+            refill_period in proptest::option::of(mostly("daily|monthly:[0-9]{1,3}", ".{0,8}")),
+        ) {
+            let mut fields = Fields::of(&record());
+            fields.digest = digest;
+            fields.environment = environment;
+            fields.scopes = scopes;
+            fields.metadata = metadata;
+            fields.limits = limits;
+            fields.allowed_networks = networks;
+            fields.created_at = created;
+            fields.last_used_at = last_used;
+            fields.requests = requests;
+            fields.expires_at = expires;
+            fields.revoked_at = revoked;
+            fields.credits = CreditFields {
+                remaining: credits[0],
+                refill_amount: credits[1],
+                refill_period,
+                period: credits[2],
+            };
+            match fields.into_record() {
+                Ok(record) => prop_assert_eq!(record.id, "3kTMd9Qx2bLp"),
+                Err(error) => {
+                    let error = error.to_string();
+                    prop_assert!(error.contains("corrupt key record 3kTMd9Qx2bLp"), "{}", error);
+                }
+            }
+        }
+    }
+
     #[cfg(feature = "redis")]
     #[test]
     fn a_record_survives_the_redis_hash() {
