@@ -721,6 +721,65 @@ mod cli {
         );
     }
 
+    /// `list --older-than` finds the keys due for rotation, `--unused-for` the keys nobody used
+    /// lately (or ever), as the service's `StoreUsage` wrote their last use.
+    #[tokio::test]
+    async fn list_finds_old_and_unused_keys() {
+        use tower_api_key::key::KeyFormat;
+        use tower_api_key::store::KeyStoreAdmin;
+        use tower_api_key::NewKey;
+
+        let mut tool = Tool::new();
+        let store = SqliteStore::connect(&tool.url).await.unwrap();
+        let now = SystemTime::now();
+        let days = |n: u64| Duration::from_secs(n * 86_400);
+        let format = KeyFormat::new("mesh").unwrap();
+        // name, created, last used (days ago)
+        for (name, created, used) in [
+            ("old-busy", 400, Some(1)),
+            ("old-idle", 200, Some(60)),
+            ("old-never", 120, None),
+            ("new-idle", 10, None),
+            ("new-busy", 5, Some(0)),
+        ] {
+            let mut record = NewKey::new(name).generate(&format).unwrap().record;
+            record.created_at = now - days(created);
+            record.last_used_at = used.map(|ago| now - days(ago));
+            store.create(record).await.unwrap();
+        }
+        let names = |tool: &mut Tool, filters: &[&str]| -> Vec<String> {
+            let listed = tool.ok_json(&[&["--json", "list"], filters].concat());
+            let mut names: Vec<String> = (listed.as_array().unwrap().iter())
+                .map(|key| key["name"].as_str().unwrap().to_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(
+            names(&mut tool, &["--older-than", "90d"]),
+            ["old-busy", "old-idle", "old-never"]
+        );
+        assert_eq!(
+            names(&mut tool, &["--unused-for", "30d"]),
+            ["new-idle", "old-idle", "old-never"]
+        );
+        assert_eq!(
+            names(&mut tool, &["--older-than", "90d", "--unused-for", "30d"]),
+            ["old-idle", "old-never"]
+        );
+        assert!(names(&mut tool, &["--older-than", "100000y"]).is_empty());
+        assert_eq!(
+            names(&mut tool, &["--unused-for", "100000y"]),
+            ["new-idle", "old-never"]
+        );
+        let (code, message) = tool.failure(&["list", "--unused-for", "a month"]);
+        assert_eq!(code, 2);
+        assert!(
+            message.contains("write a duration such as 90d"),
+            "{message}"
+        );
+    }
+
     /// The trail as `audit --json` prints it with `args`: action, key, owner, actor, detail.
     fn trail(tool: &mut Tool, args: &[&str]) -> Vec<[String; 5]> {
         let events = tool.ok_json(&[&["--json", "audit"], args].concat());

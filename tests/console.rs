@@ -541,6 +541,65 @@ mod console {
         refused(&reply, StatusCode::UNAUTHORIZED, "API_KEY_REVOKED");
     }
 
+    /// `older_than` lists the keys due for rotation, `unused_for` those nobody used lately (or
+    /// ever); a self-service key still sees only its owner's.
+    #[tokio::test]
+    async fn keys_are_listed_by_age_and_last_use() {
+        use std::time::{Duration, SystemTime};
+        use tower_api_key::store::KeyStoreAdmin;
+
+        let server = Server::start().await;
+        let admin = server.admin.clone();
+        let now = SystemTime::now();
+        let days = |n: u64| Duration::from_secs(n * 86_400);
+        let format = tower_api_key::key::KeyFormat::new("root").unwrap();
+        for (name, owner, created, used) in [
+            ("old-busy", "acme", 400, Some(1)),
+            ("old-idle", "acme", 200, Some(60)),
+            ("old-never", "globex", 120, None),
+            ("new-idle", "acme", 10, None),
+        ] {
+            let mut record = NewKey::new(name)
+                .owner(owner)
+                .scopes(["keys:self"])
+                .generate(&format)
+                .unwrap()
+                .record;
+            record.created_at = now - days(created);
+            record.last_used_at = used.map(|ago| now - days(ago));
+            server.keys.store().create(record).await.unwrap();
+        }
+        let names = |reply: Reply| {
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+            let mut names: Vec<String> = (reply.json()["keys"].as_array().unwrap().iter())
+                .map(|key| key["name"].as_str().unwrap().to_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let listed = server.get("/admin/api/keys?older_than=90d", &admin).await;
+        assert_eq!(names(listed), ["old-busy", "old-idle", "old-never"]);
+        // The admin key too: this layer has no `StoreUsage`, so no use of it is in the store.
+        let listed = server.get("/admin/api/keys?unused_for=30d", &admin).await;
+        assert_eq!(names(listed), ["new-idle", "old-idle", "old-never", "root"]);
+        let both = "/admin/api/keys?older_than=90d&unused_for=30d";
+        assert_eq!(
+            names(server.get(both, &admin).await),
+            ["old-idle", "old-never"]
+        );
+        let (own, _) = server
+            .create(
+                &admin,
+                json!({"name": "acme self", "owner": "acme", "scopes": ["keys:self"]}),
+            )
+            .await;
+        assert_eq!(names(server.get(both, &own).await), ["old-idle"]);
+        for query in ["?older_than=soon", "?unused_for=30"] {
+            let reply = server.get(&format!("/admin/api/keys{query}"), &admin).await;
+            refused(&reply, StatusCode::BAD_REQUEST, "INVALID_DURATION");
+        }
+    }
+
     #[tokio::test]
     async fn bad_input_gets_a_clear_4xx_in_the_references_shape() {
         let server = Server::start().await;

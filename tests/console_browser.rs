@@ -26,6 +26,8 @@ mod browser {
 
     use super::common::{api_key, console_app, serve, HttpClient};
     use tower_api_key::manage::AuditEvent;
+    use tower_api_key::store::KeyStoreAdmin;
+    use tower_api_key::NewKey;
 
     /// Where chromedriver listens.
     const DRIVER: &str = "TOWER_API_KEY_CHROMEDRIVER";
@@ -177,6 +179,35 @@ mod browser {
             .await
             .unwrap();
         screenshot(&browser, "6-keys").await;
+
+        // A key made 200 days ago, never used: the filters for keys due for rotation and keys
+        // nobody uses find it, and not the new one.
+        let format = tower_api_key::key::KeyFormat::new("operator").unwrap();
+        let mut legacy = NewKey::new("Legacy Deploy")
+            .generate(&format)
+            .unwrap()
+            .record;
+        legacy.created_at = std::time::SystemTime::now() - Duration::from_secs(200 * 86_400);
+        keys.store().create(legacy).await.unwrap();
+        browser
+            .find(Locator::Css("#f-older_than"))
+            .await
+            .unwrap()
+            .select_by_value("90d")
+            .await
+            .unwrap();
+        click(&browser, "form.filters button[type=submit]").await;
+        let listed = wait_text(&browser, "table.keys tbody", "Legacy Deploy").await;
+        assert!(!listed.contains("Production App"), "{listed}");
+        assert!(browser
+            .current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .ends_with("older_than=90d"));
+        screenshot(&browser, "6b-keys-due-for-rotation").await;
+        click(&browser, "#nav a[href='#/keys']").await;
+        wait_text(&browser, "table.keys", "Production App").await;
 
         // Revoke it through its page, confirming in the dialog.
         browser

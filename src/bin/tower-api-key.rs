@@ -343,15 +343,26 @@ struct ListFilter {
     /// Only keys whose name contains this, whatever the case.
     #[arg(long)]
     name: Option<String>,
+    /// Only keys created longer ago than this (90d): keys due for rotation.
+    #[arg(long, value_parser = parse_duration)]
+    older_than: Option<Duration>,
+    /// Only keys with no request for this long (30d), or never used: keys to delete. Last use
+    /// is what the service's `StoreUsage` sink wrote to the store.
+    #[arg(long, value_parser = parse_duration)]
+    unused_for: Option<Duration>,
 }
 
 impl ListFilter {
-    fn to_filter(&self) -> KeyFilter {
+    /// The filter, with durations counted back from `now` (to 1970 at most).
+    fn to_filter(&self, now: SystemTime) -> KeyFilter {
         let mut filter = KeyFilter::new();
         filter.owner.clone_from(&self.owner);
         filter.environment = self.env;
         filter.state = self.state;
         filter.name.clone_from(&self.name);
+        let ago = |by: Duration| now.checked_sub(by).unwrap_or(SystemTime::UNIX_EPOCH);
+        filter.created_before = self.older_than.map(ago);
+        filter.unused_since = self.unused_for.map(ago);
         filter
     }
 }
@@ -525,7 +536,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::List(filter) => {
-            let filter = filter.to_filter();
+            let filter = filter.to_filter(SystemTime::now());
             let all = keys.list_matching(&filter).await?;
             let filtered = filter != KeyFilter::new();
             if cli.json {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -140,6 +140,12 @@ pub(crate) struct ListQuery {
     state: Option<String>,
     /// Only keys whose name contains this, ignoring case.
     name: Option<String>,
+    /// Only keys created longer ago than this (`90d`): keys due for rotation.
+    older_than: Option<String>,
+    /// Only keys that got no request through for this long (`30d`), or never: keys to delete.
+    /// Last use is what the layer's `StoreUsage` sink flushed; without it every key counts as
+    /// never used.
+    unused_for: Option<String>,
     /// Skip this many keys (of those that match).
     #[serde(default)]
     offset: usize,
@@ -316,6 +322,14 @@ fn duration(text: &str) -> Result<Duration, ApiError> {
     })
 }
 
+/// The time `text` (a duration such as `90d`) before `now`; 1970 for a longer one.
+fn before(now: SystemTime, text: &str) -> Result<SystemTime, ApiError> {
+    Ok(now
+        .checked_sub(duration(text)?)
+        .unwrap_or(UNIX_EPOCH)
+        .max(UNIX_EPOCH))
+}
+
 /// Lists the keys the caller manages that match the query.
 pub(crate) async fn list<A: Store>(
     State(console): ConsoleState<A>,
@@ -349,17 +363,21 @@ pub(crate) async fn list<A: Store>(
         (Role::Admin, owner) => (owner, false),
         (Role::Owner(own), asked) => (Some(own.clone()), asked.is_some_and(|a| a != *own)),
     };
+    let now = crate::clock::now();
+    let ago = |text: Option<&str>| text.map(|text| before(now, text)).transpose();
     let filter = KeyFilter {
         owner,
         environment: query.environment,
         state,
         name: query.name,
+        created_before: ago(query.older_than.as_deref())?,
+        unused_since: ago(query.unused_for.as_deref())?,
     };
     let listing = if none {
         Listing::default()
     } else {
         let store = console.keys.store();
-        (store.list_page(&filter, crate::clock::now(), query.offset, limit)).await?
+        (store.list_page(&filter, now, query.offset, limit)).await?
     };
     let keys: Vec<KeyInfo> = listing.records.iter().map(|r| console.info(r)).collect();
     let end = query.offset.saturating_add(keys.len());

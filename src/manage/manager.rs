@@ -512,7 +512,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         self.list_matching(&KeyFilter::new()).await
     }
 
-    /// The keys `filter` lets through now (owner, environment, state, name), as
+    /// The keys `filter` lets through now (owner, environment, state, name, age, last use), as
     /// [`list`](Self::list) shows them. The SQL stores filter in the database.
     ///
     /// ```

@@ -4,7 +4,7 @@
 
 #[cfg(feature = "redis")]
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{to_json, KeyRecord, OwnerRecord, StoreError};
 use crate::clock::{from_unix_seconds, unix_seconds};
@@ -187,6 +187,14 @@ pub(crate) fn saturating_i64(n: u64) -> i64 {
 /// A time as a store writes it: Unix seconds (0 before 1970).
 pub(crate) fn secs(at: SystemTime) -> i64 {
     i64::try_from(unix_seconds(at)).unwrap_or(i64::MAX)
+}
+
+/// `at` as Unix seconds rounded up, for a bound: a time a store keeps (whole seconds) is before
+/// `at` exactly when it is before this.
+pub(crate) fn secs_up(at: SystemTime) -> i64 {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let up = (since.as_secs()).saturating_add(u64::from(since.subsec_nanos() > 0));
+    i64::try_from(up).unwrap_or(i64::MAX)
 }
 
 impl Fields {

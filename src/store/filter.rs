@@ -34,6 +34,12 @@ pub struct KeyFilter {
     /// Keys whose name contains this, whatever the case: both are compared lowercased, as
     /// [`str::to_lowercase`] lowercases them.
     pub name: Option<String>,
+    /// Keys created before this time only: keys due for rotation.
+    pub created_before: Option<SystemTime>,
+    /// Keys with no request since this time only (`last_used_at` before it, or never): keys to
+    /// delete. The last use is what [`StoreUsage`](crate::usage::StoreUsage) flushed to the
+    /// store; without it every key counts as never used.
+    pub unused_since: Option<SystemTime>,
 }
 
 impl KeyFilter {
@@ -70,6 +76,46 @@ impl KeyFilter {
         self
     }
 
+    /// Keys created before `at` only.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use tower_api_key::store::KeyFilter;
+    ///
+    /// // Keys older than 90 days, due for rotation.
+    /// let ninety_days = Duration::from_secs(90 * 86_400);
+    /// let due = KeyFilter::new().created_before(SystemTime::now() - ninety_days);
+    /// ```
+    #[must_use]
+    pub fn created_before(mut self, at: SystemTime) -> Self {
+        self.created_before = Some(at);
+        self
+    }
+
+    /// Keys that got no request through since `at` only: last used before it, or never. Last
+    /// use is recorded by
+    /// [`StoreUsage`](crate::usage::StoreUsage): without it in the layer's sinks, every key
+    /// counts as never used.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    /// use tower_api_key::{Environment, key::SecretDigest};
+    /// use tower_api_key::store::{KeyFilter, KeyRecord};
+    ///
+    /// let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    /// let month_ago = now - Duration::from_secs(30 * 86_400);
+    /// let mut record = KeyRecord::new("3kTMd9Qx2bLp", SecretDigest::of(b"s"), "ci", Environment::Live);
+    /// let idle = KeyFilter::new().unused_since(month_ago);
+    /// assert!(idle.matches(&record, now), "never used");
+    /// record.last_used_at = Some(now - Duration::from_secs(86_400));
+    /// assert!(!idle.matches(&record, now), "used yesterday");
+    /// ```
+    #[must_use]
+    pub fn unused_since(mut self, at: SystemTime) -> Self {
+        self.unused_since = Some(at);
+        self
+    }
+
     /// Whether `record` passes every filter at `now`.
     pub fn matches(&self, record: &KeyRecord, now: SystemTime) -> bool {
         self.matcher(now)(record)
@@ -83,6 +129,10 @@ impl KeyFilter {
             (self.owner.is_none() || record.owner == self.owner)
                 && self.environment.is_none_or(|e| record.environment == e)
                 && self.state.is_none_or(|s| record.state(now) == s)
+                && self.created_before.is_none_or(|at| record.created_at < at)
+                && self
+                    .unused_since
+                    .is_none_or(|at| record.last_used_at.is_none_or(|used| used < at))
                 && name(&record.name)
         }
     }

@@ -312,9 +312,9 @@ pub(crate) fn needs_now(state: Option<KeyState>) -> bool {
 
 impl Queries {
     /// The query of the keys that `filter` lets through, its name aside (compared in Rust:
-    /// SQL's `lower` is not Rust's). Its parameters, in order: the owner, the environment and
-    /// now's Unix seconds, each only if the filter needs it ([`needs_now`]), then for a page
-    /// the limit and the offset. Ordered as `list`.
+    /// SQL's `lower` is not Rust's). Its parameters, in order: the owner, the environment,
+    /// now's Unix seconds ([`needs_now`]), the creation bound and the last-use bound, each only
+    /// if the filter has it, then for a page the limit and the offset. Ordered as `list`.
     pub(crate) fn listing(&self, filter: &KeyFilter, select: Select) -> String {
         let t = &self.table;
         let mut parameters = 0;
@@ -343,6 +343,15 @@ impl Queries {
                 "{live} AND (expires_at IS NULL OR expires_at > {})",
                 next()
             )),
+        }
+        if filter.created_before.is_some() {
+            conditions.push(format!("created_at < {}", next()));
+        }
+        if filter.unused_since.is_some() {
+            conditions.push(format!(
+                "(last_used_at IS NULL OR last_used_at < {})",
+                next()
+            ));
         }
         let mut sql = match select {
             Select::Count => format!("SELECT COUNT(*) FROM {t}"),
@@ -731,6 +740,12 @@ macro_rules! sql_store {
                     }
                     if needs_now(filter.state) {
                         query = query.bind(now);
+                    }
+                    for at in [filter.created_before, filter.unused_since]
+                        .into_iter()
+                        .flatten()
+                    {
+                        query = query.bind($crate::store::codec::secs_up(at));
                     }
                     query
                 };

@@ -524,6 +524,12 @@ pub async fn listings_page_as_the_filter_says<S: KeyStoreAdmin>(store: S) {
         if i % 6 == 5 {
             key.revoked_at = Some(at(1_800_000_000));
         }
+        key.last_used_at = match i % 4 {
+            0 => None,
+            1 => Some(at(1_750_000_000)),
+            2 => Some(at(1_749_000_000)),
+            _ => Some(at(1_760_000_000)),
+        };
         store.create(key).await.unwrap();
     }
     let all = store.list().await.unwrap();
@@ -541,6 +547,18 @@ pub async fn listings_page_as_the_filter_says<S: KeyStoreAdmin>(store: S) {
         "either case, not ASCII too"
     );
     assert_eq!(count(KeyFilter::new().name("ärger")), 6);
+    let half = Duration::from_millis(500);
+    assert_eq!(
+        count(KeyFilter::new().created_before(at(1_700_000_004))),
+        12
+    );
+    assert_eq!(
+        count(KeyFilter::new().created_before(at(1_700_000_004) + half)),
+        15
+    );
+    let unused = |since| count(KeyFilter::new().unused_since(since));
+    assert_eq!(unused(at(1_750_000_000)), 12, "never, or before");
+    assert_eq!(unused(at(1_750_000_000) + half), 18);
     let page = store
         .list_page(&KeyFilter::new().state(KeyState::Expired), now, 0, 100)
         .await
@@ -590,6 +608,36 @@ pub async fn listings_page_as_the_filter_says<S: KeyStoreAdmin>(store: S) {
                             ids(&listed),
                             ids(&expected)
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    // By age and last use (bounds on a stored second and half a second past it), with the
+    // other filters.
+    let bounds = |secs| [None, Some(at(secs)), Some(at(secs) + half)];
+    for created_before in bounds(1_700_000_004) {
+        for unused_since in bounds(1_750_000_000) {
+            for owner in [None, Some("acme")] {
+                for state in states {
+                    for name in [None, Some("DEPLOY")] {
+                        let mut filter = KeyFilter::new();
+                        filter.created_before = created_before;
+                        filter.unused_since = unused_since;
+                        filter.owner = owner.map(str::to_owned);
+                        filter.state = state;
+                        filter.name = name.map(str::to_owned);
+                        let matching: Vec<KeyRecord> = (all.iter())
+                            .filter(|r| filter.matches(r, now))
+                            .cloned()
+                            .collect();
+                        for (offset, limit) in pages {
+                            let expected = Listing::page(matching.clone(), offset, limit);
+                            let listed =
+                                store.list_page(&filter, now, offset, limit).await.unwrap();
+                            assert!(listed == expected, "{filter:?}, from {offset}, {limit}");
+                        }
                     }
                 }
             }

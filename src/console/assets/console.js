@@ -420,6 +420,7 @@
     const filters = {
       name: params.get('name') || '', environment: params.get('environment') || '',
       state: params.get('state') || '', owner: params.get('owner') || '',
+      older_than: params.get('older_than') || '', unused_for: params.get('unused_for') || '',
       offset: Number(params.get('offset') || 0), limit: 25,
     };
     const page = await api('GET', '/keys' + query(filters));
@@ -431,6 +432,10 @@
       field('Name', h('input', { name: 'name', id: 'f-name', value: filters.name, type: 'search' })),
       field('Environment', select('environment', ['', 'live', 'test', 'dev'], filters.environment)),
       field('State', select('state', ['', 'active', 'disabled', 'expired', 'revoked'], filters.state)),
+      field('Created', select('older_than', ['', '90d', '180d', '365d'], filters.older_than,
+        ['Any time', 'Over 90 days ago', 'Over 180 days ago', 'Over a year ago'])),
+      field('Last used', select('unused_for', ['', '30d', '90d', '365d'], filters.unused_for,
+        ['Any time', 'Not for 30 days', 'Not for 90 days', 'Not for a year'])),
       me.role === 'admin' ? field('Owner', h('input', { name: 'owner', id: 'f-owner', value: filters.owner })) : null,
       h('button', { type: 'submit' }, 'Filter'));
     const table = h('table', { class: 'keys' }, h('caption', { class: 'visually-hidden' }, 'API keys'),
