@@ -360,7 +360,11 @@ impl ListFilter {
         filter.environment = self.env;
         filter.state = self.state;
         filter.name.clone_from(&self.name);
-        let ago = |by: Duration| now.checked_sub(by).unwrap_or(SystemTime::UNIX_EPOCH);
+        let ago = |by: Duration| {
+            (now.checked_sub(by))
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+                .max(SystemTime::UNIX_EPOCH)
+        };
         filter.created_before = self.older_than.map(ago);
         filter.unused_since = self.unused_for.map(ago);
         filter

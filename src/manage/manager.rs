@@ -778,7 +778,7 @@ fn validate_name(name: &str) -> Result<(), InvalidKey> {
 }
 
 /// Refuses metadata with too many entries (`rotated_from`, which a rotation adds, not counted),
-/// or an entry too long.
+/// an entry too long, or a key with a character [`is_hidden_control`] refuses.
 fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(), InvalidKey> {
     let refused = |(key, value): (&String, &String)| {
         key.is_empty()

@@ -4,7 +4,7 @@
 
 #[cfg(feature = "redis")]
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use super::{to_json, KeyRecord, OwnerRecord, StoreError};
 use crate::clock::{from_unix_seconds, unix_seconds};
@@ -191,8 +191,9 @@ pub(crate) fn secs(at: SystemTime) -> i64 {
 
 /// `at` as Unix seconds rounded up, for a bound: a time a store keeps (whole seconds) is before
 /// `at` exactly when it is before this.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn secs_up(at: SystemTime) -> i64 {
-    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let up = (since.as_secs()).saturating_add(u64::from(since.subsec_nanos() > 0));
     i64::try_from(up).unwrap_or(i64::MAX)
 }
@@ -342,6 +343,8 @@ impl Fields {
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
+    use proptest::prelude::*;
+
     use super::*;
     use crate::key::Environment;
     use crate::limit::Limits;
@@ -418,8 +421,6 @@ mod tests {
             assert!(error.contains("corrupt key record 3kTMd9Qx2bLp"), "{error}");
         }
     }
-
-    use proptest::prelude::*;
 
     /// Mostly what a sound record holds (`sound`), sometimes anything (`damaged`): so most
     /// cases get past the first fields and damage a later one.

@@ -85,6 +85,7 @@ impl KeyFilter {
     /// // Keys older than 90 days, due for rotation.
     /// let ninety_days = Duration::from_secs(90 * 86_400);
     /// let due = KeyFilter::new().created_before(SystemTime::now() - ninety_days);
+    /// assert!(due.created_before.is_some());
     /// ```
     #[must_use]
     pub fn created_before(mut self, at: SystemTime) -> Self {
@@ -93,9 +94,8 @@ impl KeyFilter {
     }
 
     /// Keys that got no request through since `at` only: last used before it, or never. Last
-    /// use is recorded by
-    /// [`StoreUsage`](crate::usage::StoreUsage): without it in the layer's sinks, every key
-    /// counts as never used.
+    /// use is recorded by [`StoreUsage`](crate::usage::StoreUsage): without it in the layer's
+    /// sinks, every key counts as never used.
     ///
     /// ```
     /// use std::time::{Duration, SystemTime, UNIX_EPOCH};
