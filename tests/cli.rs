@@ -78,6 +78,17 @@ mod cli {
             (created, id, key)
         }
 
+        /// The names of the keys `list --json` prints with `filters`, sorted (keys created in
+        /// the same second are listed in the order of their random ids).
+        fn names(&mut self, filters: &[&str]) -> Vec<String> {
+            let listed = self.ok_json(&[&["--json", "list"], filters].concat());
+            let mut names: Vec<String> = (listed.as_array().unwrap().iter())
+                .map(|key| key["name"].as_str().unwrap().to_owned())
+                .collect();
+            names.sort();
+            names
+        }
+
         fn failure(&mut self, args: &[&str]) -> (i32, String) {
             let output = self.run(args);
             assert!(!output.status.success(), "{args:?} should fail");
@@ -684,28 +695,19 @@ mod cli {
         let (_, ci, _) = tool.create(&["--name", "ci", "--owner", "acme", "--env", "test"]);
         tool.create(&["--name", "deploys", "--owner", "globex"]);
         tool.ok_json(&["--json", "revoke", &ci]);
-        // Sorted: keys created in the same second are listed in the order of their random ids.
-        let names = |tool: &mut Tool, filters: &[&str]| -> Vec<String> {
-            let listed = tool.ok_json(&[&["--json", "list"], filters].concat());
-            let mut names: Vec<String> = (listed.as_array().unwrap().iter())
-                .map(|key| key["name"].as_str().unwrap().to_owned())
-                .collect();
-            names.sort();
-            names
-        };
-        assert_eq!(names(&mut tool, &[]).len(), 3);
-        assert_eq!(names(&mut tool, &["--owner", "acme"]), ["Deploy bot", "ci"]);
-        assert_eq!(names(&mut tool, &["--env", "test"]), ["ci"]);
-        assert_eq!(names(&mut tool, &["--state", "revoked"]), ["ci"]);
+        assert_eq!(tool.names(&[]).len(), 3);
+        assert_eq!(tool.names(&["--owner", "acme"]), ["Deploy bot", "ci"]);
+        assert_eq!(tool.names(&["--env", "test"]), ["ci"]);
+        assert_eq!(tool.names(&["--state", "revoked"]), ["ci"]);
         assert_eq!(
-            names(&mut tool, &["--state", "active", "--name", "DEPLOY"]),
+            tool.names(&["--state", "active", "--name", "DEPLOY"]),
             ["Deploy bot", "deploys"]
         );
         assert_eq!(
-            names(&mut tool, &["--owner", "acme", "--name", "deploy"]),
+            tool.names(&["--owner", "acme", "--name", "deploy"]),
             ["Deploy bot"]
         );
-        assert!(names(&mut tool, &["--owner", "initech"]).is_empty());
+        assert!(tool.names(&["--owner", "initech"]).is_empty());
 
         let none = tool.run(&["list", "--owner", "initech"]);
         assert!(none.status.success());
@@ -747,29 +749,21 @@ mod cli {
             record.last_used_at = used.map(|ago| now - days(ago));
             store.create(record).await.unwrap();
         }
-        let names = |tool: &mut Tool, filters: &[&str]| -> Vec<String> {
-            let listed = tool.ok_json(&[&["--json", "list"], filters].concat());
-            let mut names: Vec<String> = (listed.as_array().unwrap().iter())
-                .map(|key| key["name"].as_str().unwrap().to_owned())
-                .collect();
-            names.sort();
-            names
-        };
         assert_eq!(
-            names(&mut tool, &["--older-than", "90d"]),
+            tool.names(&["--older-than", "90d"]),
             ["old-busy", "old-idle", "old-never"]
         );
         assert_eq!(
-            names(&mut tool, &["--unused-for", "30d"]),
+            tool.names(&["--unused-for", "30d"]),
             ["new-idle", "old-idle", "old-never"]
         );
         assert_eq!(
-            names(&mut tool, &["--older-than", "90d", "--unused-for", "30d"]),
+            tool.names(&["--older-than", "90d", "--unused-for", "30d"]),
             ["old-idle", "old-never"]
         );
-        assert!(names(&mut tool, &["--older-than", "100000y"]).is_empty());
+        assert!(tool.names(&["--older-than", "100000y"]).is_empty());
         assert_eq!(
-            names(&mut tool, &["--unused-for", "100000y"]),
+            tool.names(&["--unused-for", "100000y"]),
             ["new-idle", "old-never"]
         );
         let (code, message) = tool.failure(&["list", "--unused-for", "a month"]);

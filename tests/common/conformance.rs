@@ -497,6 +497,35 @@ pub async fn credits_are_never_overspent<S: KeyStoreAdmin + Clone>(a: S, b: S) {
     );
 }
 
+/// Checks that each of `pages` (offset, limit) of `store`'s listing by `filter` at `now` is
+/// that page of `all` filtered in memory.
+async fn pages_agree<S: KeyStoreAdmin>(
+    store: &S,
+    all: &[KeyRecord],
+    filter: &KeyFilter,
+    now: SystemTime,
+    pages: &[(usize, usize)],
+) {
+    let matching: Vec<KeyRecord> = (all.iter())
+        .filter(|r| filter.matches(r, now))
+        .cloned()
+        .collect();
+    for &(offset, limit) in pages {
+        let expected = Listing::page(matching.clone(), offset, limit);
+        let listed = store.list_page(filter, now, offset, limit).await.unwrap();
+        let ids = |l: &Listing| {
+            let ids: Vec<String> = l.records.iter().map(|r| r.id.clone()).collect();
+            (ids, l.total)
+        };
+        assert!(
+            listed == expected,
+            "{filter:?}, from {offset}, {limit}: {:?}, expected {:?}",
+            ids(&listed),
+            ids(&expected)
+        );
+    }
+}
+
 /// `list_page` against `list` filtered in memory, for every filter and several pages, at a
 /// `now` half a second after an expiry (the stores keep whole seconds), on keys of two owners
 /// and none, both environments, every state, names in mixed case (one not ASCII), and creation
@@ -591,24 +620,7 @@ pub async fn listings_page_as_the_filter_says<S: KeyStoreAdmin>(store: S) {
                     filter.environment = environment;
                     filter.state = state;
                     filter.name = name.map(str::to_owned);
-                    let matching: Vec<KeyRecord> = (all.iter())
-                        .filter(|r| filter.matches(r, now))
-                        .cloned()
-                        .collect();
-                    for (offset, limit) in pages {
-                        let expected = Listing::page(matching.clone(), offset, limit);
-                        let listed = store.list_page(&filter, now, offset, limit).await.unwrap();
-                        let ids = |l: &Listing| {
-                            let ids: Vec<String> = l.records.iter().map(|r| r.id.clone()).collect();
-                            (ids, l.total)
-                        };
-                        assert!(
-                            listed == expected,
-                            "{filter:?}, from {offset}, {limit}: {:?}, expected {:?}",
-                            ids(&listed),
-                            ids(&expected)
-                        );
-                    }
+                    pages_agree(&store, &all, &filter, now, &pages).await;
                 }
             }
         }
@@ -628,16 +640,7 @@ pub async fn listings_page_as_the_filter_says<S: KeyStoreAdmin>(store: S) {
                         filter.owner = owner.map(str::to_owned);
                         filter.state = state;
                         filter.name = name.map(str::to_owned);
-                        let matching: Vec<KeyRecord> = (all.iter())
-                            .filter(|r| filter.matches(r, now))
-                            .cloned()
-                            .collect();
-                        for (offset, limit) in pages {
-                            let expected = Listing::page(matching.clone(), offset, limit);
-                            let listed =
-                                store.list_page(&filter, now, offset, limit).await.unwrap();
-                            assert!(listed == expected, "{filter:?}, from {offset}, {limit}");
-                        }
+                        pages_agree(&store, &all, &filter, now, &pages).await;
                     }
                 }
             }
