@@ -71,6 +71,14 @@ mod postgres {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs PostgreSQL: run through .ci/run"]
+    async fn two_replicas_keep_owners_within_their_most_keys() {
+        let table = unique("most_keys");
+        conformance::owners_never_hold_more_keys_than_allowed(store(&table).await, store(&table).await)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL: run through .ci/run"]
     async fn two_replicas_never_overspend_credits() {
         let table = unique("credits");
         conformance::credits_are_never_overspent(store(&table).await, store(&table).await).await;

@@ -193,6 +193,14 @@ mod redis {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs Redis: run through .ci/run"]
+    async fn two_replicas_keep_owners_within_their_most_keys() {
+        let prefix = unique("most_keys");
+        conformance::owners_never_hold_more_keys_than_allowed(store(&prefix).await, store(&prefix).await)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis: run through .ci/run"]
     async fn two_replicas_never_overspend_credits() {
         let prefix = unique("credits");
         conformance::credits_are_never_overspent(store(&prefix).await, store(&prefix).await).await;

@@ -43,6 +43,12 @@ async fn the_memory_store_never_overspends_credits() {
     conformance::credits_are_never_overspent(store.clone(), store).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_store_keeps_owners_within_their_most_keys() {
+    let store = MemoryStore::new();
+    conformance::owners_never_hold_more_keys_than_allowed(store.clone(), store).await;
+}
+
 #[cfg(feature = "sqlite")]
 mod sqlite {
     use super::*;
@@ -86,6 +92,18 @@ mod sqlite {
     async fn the_sqlite_store_never_overspends_credits() {
         let (dir, url) = temp_db("credits");
         conformance::credits_are_never_overspent(
+            SqliteStore::connect(&url).await.unwrap(),
+            SqliteStore::connect(&url).await.unwrap(),
+        )
+        .await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Two pools on one file, as two processes would have.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sqlite_store_keeps_owners_within_their_most_keys() {
+        let (dir, url) = temp_db("most-keys");
+        conformance::owners_never_hold_more_keys_than_allowed(
             SqliteStore::connect(&url).await.unwrap(),
             SqliteStore::connect(&url).await.unwrap(),
         )

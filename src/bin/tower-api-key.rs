@@ -289,6 +289,10 @@ struct KeySpec {
     /// The variable name in the `export` line (default: <PREFIX>_API_KEY).
     #[arg(long)]
     var: Option<String>,
+    /// Refuse (exit code 2) if the owner already has N keys in circulation (neither revoked
+    /// nor expired; disabled ones count).
+    #[arg(long, value_name = "N", requires = "owner")]
+    max_per_owner: Option<u32>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -410,7 +414,7 @@ impl From<ManageError> for Failure {
                 message: e.to_string(),
             },
             ManageError::Store(e) => e.into(),
-            ManageError::NotActive(_) => invalid(error.to_string()),
+            ManageError::NotActive(_) | ManageError::TooManyKeys(_) => invalid(error.to_string()),
             other => Failure {
                 code: 4,
                 message: other.to_string(),
@@ -490,7 +494,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Generate(_) => unreachable!("handled above"),
         Command::Create(spec) => {
-            let created = keys.create(new_key(&spec)?).await?;
+            let capped = spec
+                .max_per_owner
+                .map(|max| keys.clone().max_keys_per_owner(max));
+            let issuer = capped.as_ref().unwrap_or(&keys);
+            let created = issuer.create(new_key(&spec)?).await?;
             let record = &created.record;
             let event = trail.event("create", &record.id, record.owner.as_deref());
             trail.record(event).await;

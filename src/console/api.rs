@@ -214,6 +214,9 @@ pub(crate) struct Me {
     usage: bool,
     /// The variable of the `export` line shown with a new key.
     env_var: String,
+    /// The most keys in circulation (neither revoked nor expired) an owner may hold, if
+    /// limited: issuing one more answers 409 `KEY_LIMIT_REACHED`.
+    max_keys_per_owner: Option<u32>,
 }
 
 impl<A: Store> Inner<A> {
@@ -705,6 +708,7 @@ pub(crate) async fn me<A: Store>(
         plans: console.handle.plans().into_iter().map(|(n, _)| n).collect(),
         usage: console.analytics.is_some(),
         env_var: console.env_var.clone(),
+        max_keys_per_owner: console.keys.owner_cap(),
     }))
 }
 

@@ -107,6 +107,9 @@ impl From<ManageError> for ApiError {
             ManageError::NotActive(_) => {
                 ApiError::new(StatusCode::CONFLICT, "KEY_NOT_ACTIVE", error.to_string())
             }
+            ManageError::TooManyKeys(_) => {
+                ApiError::new(StatusCode::CONFLICT, "KEY_LIMIT_REACHED", error.to_string())
+            }
         }
     }
 }

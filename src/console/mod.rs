@@ -135,6 +135,26 @@ impl<A: KeyStoreAdmin + UsageArchive + AuditArchive + Clone> Console<A> {
         self
     }
 
+    /// Issues no key to an owner that already has `max` keys in circulation (neither revoked
+    /// nor expired), whoever asks: the reference's "limit the number of API keys in
+    /// circulation", and a bound on what a self-service key can issue. One more answers 409
+    /// `KEY_LIMIT_REACHED`; rotations are not refused. See
+    /// [`KeyManager::max_keys_per_owner`](crate::KeyManager::max_keys_per_owner).
+    ///
+    /// ```
+    /// use tower_api_key::console::Console;
+    /// use tower_api_key::{ApiKeyLayer, MemoryStore};
+    ///
+    /// let store = MemoryStore::new();
+    /// let layer = ApiKeyLayer::new("mesh", store.clone())?;
+    /// let console = Console::new(&layer, store).max_keys_per_owner(10);
+    /// # Ok::<(), tower_api_key::ConfigError>(())
+    /// ```
+    pub fn max_keys_per_owner(mut self, max: u32) -> Self {
+        self.inner.keys = self.inner.keys.max_keys_per_owner(max);
+        self
+    }
+
     /// The scope that manages every key; default `admin`.
     pub fn admin_scope(mut self, scope: impl Into<String>) -> Self {
         self.inner.access.admin = scope.into();

@@ -69,9 +69,11 @@ fn me() {}
 #[allow(dead_code)]
 fn list() {}
 
-/// Issues a key. The plaintext is in this answer only.
+/// Issues a key. The plaintext is in this answer only. 409 `KEY_LIMIT_REACHED` when its owner
+/// already has the most keys in circulation the console allows (`max_keys_per_owner` in
+/// `api/me`).
 #[utoipa::path(post, path = "/api/keys", tag = "keys", request_body = CreateKey,
-    responses((status = 201, body = Issued), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)))]
+    responses((status = 201, body = Issued), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 #[allow(dead_code)]
 fn create() {}
 

@@ -191,6 +191,7 @@ pub struct KeyManager<A> {
     store: A,
     format: Option<KeyFormat>,
     cache: Option<ApiKeyHandle>,
+    max_keys_per_owner: Option<u32>,
 }
 
 impl<A: KeyStoreAdmin> KeyManager<A> {
@@ -208,6 +209,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
             store,
             format: None,
             cache: None,
+            max_keys_per_owner: None,
         }
     }
 
@@ -225,6 +227,40 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     pub fn format(mut self, format: KeyFormat) -> Self {
         self.format = Some(format);
         self
+    }
+
+    /// Issues no key to an owner that already has `max` keys in circulation (neither revoked
+    /// nor expired: [`KeyRecord::in_circulation`]; disabled keys count), as the reference
+    /// advises: "limit the number of API keys in circulation". [`create`](Self::create) then
+    /// answers [`ManageError::TooManyKeys`]. The store counts and adds in one step (see
+    /// [`KeyStoreAdmin::create_within`]), so creations at once, on any replica, never pass
+    /// `max`. Keys without an owner are not counted; a [rotation](Self::rotate) is not refused
+    /// (its successor replaces a key, which ends with its grace period).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use tower_api_key::{key::KeyFormat, manage::ManageError, KeyManager, MemoryStore, NewKey};
+    ///
+    /// let keys = KeyManager::new(MemoryStore::new())
+    ///     .format(KeyFormat::new("mesh")?)
+    ///     .max_keys_per_owner(2);
+    /// let ci = keys.create(NewKey::new("ci").owner("acme")).await?;
+    /// keys.create(NewKey::new("deploys").owner("acme")).await?;
+    /// let refused = keys.create(NewKey::new("one more").owner("acme")).await;
+    /// assert!(matches!(refused, Err(ManageError::TooManyKeys(2))));
+    /// keys.revoke(&ci.record.id).await?;
+    /// keys.create(NewKey::new("one more").owner("acme")).await?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn max_keys_per_owner(mut self, max: u32) -> Self {
+        self.max_keys_per_owner = Some(max);
+        self
+    }
+
+    /// The most keys in circulation an owner may hold, if [limited](Self::max_keys_per_owner).
+    pub(crate) fn owner_cap(&self) -> Option<u32> {
+        self.max_keys_per_owner
     }
 
     /// The store.
@@ -250,8 +286,15 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     ///
     /// # Errors
     /// [`ManageError::Invalid`] for a bad name or scope, or when the manager has no key format;
-    /// [`ManageError::Store`] when the store fails.
+    /// [`ManageError::TooManyKeys`] when the key's owner holds
+    /// [the most keys](Self::max_keys_per_owner) already; [`ManageError::Store`] when the store
+    /// fails.
     pub async fn create(&self, new: NewKey) -> Result<CreatedKey, ManageError> {
+        self.issue(new, self.max_keys_per_owner).await
+    }
+
+    /// Issues `new`, within `max` keys of its owner if given.
+    async fn issue(&self, new: NewKey, max: Option<u32>) -> Result<CreatedKey, ManageError> {
         let format = self
             .format
             .as_ref()
@@ -259,11 +302,20 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         let mut attempts = 1;
         loop {
             let created = new.clone().generate(format).map_err(ManageError::Invalid)?;
-            match self.store.create(created.record.clone()).await {
-                Ok(()) => {
+            let record = created.record.clone();
+            let added = match max {
+                Some(max) if record.owner.is_some() => {
+                    let now = crate::clock::now();
+                    self.store.create_within(record, max, now).await
+                }
+                _ => self.store.create(record).await.map(|()| true),
+            };
+            match added {
+                Ok(true) => {
                     self.changed(&created.record.id);
                     return Ok(created);
                 }
+                Ok(false) => return Err(ManageError::TooManyKeys(max.unwrap_or_default())),
                 Err(StoreError::Conflict(_)) if attempts < 4 => attempts += 1,
                 Err(error) => return Err(error.into()),
             }
@@ -733,7 +785,8 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         // What the old key had left, as of now; it keeps its own through the grace period.
         new.credits = old.credits.clone().map(|credits| credits.refilled_by(now));
         new.expires_at = old.expires_at;
-        let created = self.create(new).await?;
+        // Not counted against the owner's most keys: the successor replaces the old key.
+        let created = self.issue(new, None).await?;
         let expires = old.expires_at.map_or(grace_ends, |at| at.min(grace_ends));
         let result = self.store.set_expiry(id, Some(expires)).await;
         self.changed(id);

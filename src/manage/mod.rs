@@ -118,6 +118,9 @@ pub enum ManageError {
     Store(StoreError),
     /// The key is revoked, disabled or expired, so it cannot be rotated.
     NotActive(KeyState),
+    /// The key's owner already has this many keys in circulation, the most
+    /// [`KeyManager::max_keys_per_owner`](crate::KeyManager::max_keys_per_owner) allows.
+    TooManyKeys(u32),
 }
 
 impl fmt::Display for ManageError {
@@ -132,6 +135,10 @@ impl fmt::Display for ManageError {
                     state.as_str()
                 )
             }
+            ManageError::TooManyKeys(max) => write!(
+                f,
+                "the owner already has {max} keys in use, the most allowed: revoke or delete one first"
+            ),
         }
     }
 }
@@ -141,7 +148,7 @@ impl std::error::Error for ManageError {
         match self {
             ManageError::Invalid(e) => Some(e),
             ManageError::Store(e) => Some(e),
-            ManageError::NotActive(_) => None,
+            ManageError::NotActive(_) | ManageError::TooManyKeys(_) => None,
         }
     }
 }

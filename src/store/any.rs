@@ -156,6 +156,14 @@ impl KeyStoreAdmin for AnyStore {
     async fn create(&self, record: KeyRecord) -> Result<(), StoreError> {
         each!(self, store => store.create(record).await)
     }
+    async fn create_within(
+        &self,
+        record: KeyRecord,
+        max: u32,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        each!(self, store => store.create_within(record, max, now).await)
+    }
     async fn revoke(&self, id: &str, at: SystemTime) -> Result<bool, StoreError> {
         each!(self, store => store.revoke(id, at).await)
     }

@@ -153,6 +153,30 @@ impl KeyStoreAdmin for MemoryStore {
         Ok(())
     }
 
+    /// Counts and adds under the store's lock.
+    async fn create_within(
+        &self,
+        record: KeyRecord,
+        max: u32,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let keys = &mut self.write().keys;
+        if let Some(owner) = &record.owner {
+            let held = keys
+                .values()
+                .filter(|key| key.owner.as_ref() == Some(owner) && key.in_circulation(now))
+                .count();
+            if held >= usize::try_from(max).unwrap_or(usize::MAX) {
+                return Ok(false);
+            }
+        }
+        if keys.contains_key(&record.id) {
+            return Err(StoreError::Conflict(record.id));
+        }
+        keys.insert(record.id.clone(), record);
+        Ok(true)
+    }
+
     async fn revoke(&self, id: &str, at: SystemTime) -> Result<bool, StoreError> {
         self.update(id, |record| {
             record.revoked_at.get_or_insert(at);

@@ -140,6 +140,52 @@ pub trait KeyStoreAdmin: KeyStore {
     /// [`StoreError::Conflict`] when a key with this id exists; any other error of the backend.
     async fn create(&self, record: KeyRecord) -> Result<(), StoreError>;
 
+    /// Adds a new key unless its owner already has `max` keys in circulation at `now` (neither
+    /// revoked nor expired: [`KeyRecord::in_circulation`]). Returns whether it was added. A key
+    /// with no owner is always added.
+    ///
+    /// The memory, SQLite, PostgreSQL and Redis stores count and add in one step (under the
+    /// store's lock, in one transaction holding the owner's lock, in one script), so requests
+    /// at once, on any number of replicas, never take an owner past `max`. The default counts
+    /// the owner's keys with [`list_page`](Self::list_page), then calls
+    /// [`create`](Self::create): two calls at once may both pass.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use std::time::SystemTime;
+    /// use tower_api_key::store::KeyStoreAdmin;
+    /// use tower_api_key::{key::KeyFormat, MemoryStore, NewKey};
+    ///
+    /// let store = MemoryStore::new();
+    /// let format = KeyFormat::new("mesh")?;
+    /// let key = |name| NewKey::new(name).owner("acme").generate(&format);
+    /// let now = SystemTime::now();
+    /// assert!(store.create_within(key("ci")?.record, 2, now).await?);
+    /// assert!(store.create_within(key("deploys")?.record, 2, now).await?);
+    /// assert!(!store.create_within(key("one too many")?.record, 2, now).await?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when a key with this id exists; any other error of the backend.
+    async fn create_within(
+        &self,
+        record: KeyRecord,
+        max: u32,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        if let Some(owner) = &record.owner {
+            let filter = KeyFilter::new().owner(owner.as_str());
+            let keys = self.list_page(&filter, now, 0, usize::MAX).await?.records;
+            let held = keys.iter().filter(|key| key.in_circulation(now)).count();
+            if held >= usize::try_from(max).unwrap_or(usize::MAX) {
+                return Ok(false);
+            }
+        }
+        self.create(record).await.map(|()| true)
+    }
+
     /// Marks key `id` revoked at `at`. Returns whether such a key exists. Revoking twice keeps
     /// the first time.
     ///
@@ -488,6 +534,14 @@ impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
 impl<T: KeyStoreAdmin + ?Sized> KeyStoreAdmin for Arc<T> {
     async fn create(&self, record: KeyRecord) -> Result<(), StoreError> {
         (**self).create(record).await
+    }
+    async fn create_within(
+        &self,
+        record: KeyRecord,
+        max: u32,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        (**self).create_within(record, max, now).await
     }
     async fn revoke(&self, id: &str, at: SystemTime) -> Result<bool, StoreError> {
         (**self).revoke(id, at).await

@@ -103,6 +103,23 @@ impl PostgresStore {
             .await;
     }
 
+    /// A transaction that holds the owner's advisory lock (on the table's name and the
+    /// owner's), so what it counts of `owner`'s keys stays true until it commits, on every
+    /// replica.
+    async fn begin_owner(
+        &self,
+        owner: &str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))")
+            .bind(&self.sql.table)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        Ok(tx)
+    }
+
     /// A connection that listens on the table's channel.
     async fn listen(&self) -> Result<PgListener, StoreError> {
         let mut listener = PgListener::connect_with(&self.pool)

@@ -192,6 +192,26 @@ impl KeyRecord {
             now,
         )
     }
+
+    /// Whether the key is in circulation at `now`: neither revoked nor expired. A disabled key
+    /// is (it can be enabled again). What
+    /// [`KeyManager::max_keys_per_owner`](crate::KeyManager::max_keys_per_owner) counts.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use tower_api_key::{key::KeyFormat, NewKey};
+    ///
+    /// let mut record = NewKey::new("ci").generate(&KeyFormat::new("mesh")?)?.record;
+    /// let now = SystemTime::now();
+    /// record.disabled = true;
+    /// assert!(record.in_circulation(now));
+    /// record.expires_at = Some(now - Duration::from_secs(1));
+    /// assert!(!record.in_circulation(now));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn in_circulation(&self, now: SystemTime) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|at| at > now)
+    }
 }
 
 mod unix_seconds {

@@ -62,18 +62,36 @@ fn unavailable(error: redis::RedisError) -> StoreError {
     StoreError::unavailable(error)
 }
 
-/// Creates a key unless its id exists. KEYS: hash, id set, creation index, [its owner's
-/// creation index]. ARGV: id, creation time, then field/value pairs.
-static CREATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+/// Adds a key, its fields from ARGV[`first`] on, unless its id exists (0). The end of
+/// `CREATE` and `CREATE_WITHIN`.
+const ADD_KEY: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, first))
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 if KEYS[4] then redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1]) end
-return 1",
-    )
+return 1";
+
+/// Creates a key unless its id exists. KEYS: hash, id set, creation index, [its owner's
+/// creation index]. ARGV: id, creation time, then field/value pairs.
+static CREATE: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("local first = 3{ADD_KEY}")));
+
+/// As `CREATE`, for a key with an owner, unless that owner's creation index (KEYS[4]) holds
+/// ARGV[3] keys in circulation at ARGV[4] (Unix seconds): neither revoked nor expired (-1).
+/// ARGV: id, creation time, the most keys, now, the prefix of key hashes (named by the index,
+/// so not in KEYS: a single server, as `DELETE`), then field/value pairs.
+static CREATE_WITHIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"
+local now, held = tonumber(ARGV[4]), 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+  local f = redis.call('HMGET', ARGV[5] .. id, 'created_at', 'revoked_at', 'expires_at')
+  local expires = f[3] and tonumber(f[3])
+  if f[1] and not f[2] and not (expires and expires <= now) then held = held + 1 end
+end
+if held >= tonumber(ARGV[3]) then return -1 end
+local first = 6{ADD_KEY}"
+    ))
 });
 
 /// Removes the audit rows older than ARGV[1] (Unix microseconds) from the list KEYS[1], whose
@@ -322,6 +340,42 @@ impl RedisStore {
     /// The ids of `owner`'s keys, by creation time, then id.
     fn owner_keys(&self, owner: &str) -> String {
         format!("{}owner-keys:{owner}", self.prefix)
+    }
+
+    /// Runs `script`, `CREATE` or (with the most keys and now) `CREATE_WITHIN`, for `record`:
+    /// whether it was added (not if its owner had `max`); a conflict if its id exists.
+    async fn add(
+        &self,
+        script: &Script,
+        record: KeyRecord,
+        within: Option<(u32, SystemTime)>,
+    ) -> Result<bool, StoreError> {
+        let fields = Fields::of(&record).into_hash();
+        let mut invocation = script.key(self.key(&record.id));
+        invocation.key(self.ids()).key(self.created());
+        if let Some(owner) = &record.owner {
+            invocation.key(self.owner_keys(owner));
+        }
+        invocation.arg(&record.id).arg(secs(record.created_at));
+        if let Some((max, now)) = within {
+            invocation.arg(max).arg(secs(now)).arg(self.key(""));
+        }
+        for (name, value) in &fields {
+            invocation.arg(*name).arg(value);
+        }
+        let mut conn = self.conn.clone();
+        let added: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        match added {
+            0 => Err(StoreError::Conflict(record.id)),
+            -1 => Ok(false),
+            _ => {
+                self.changed(&record.id).await;
+                Ok(true)
+            }
+        }
     }
 
     /// Makes sure the creation indexes hold every key: keys stored before they existed are
@@ -573,26 +627,21 @@ impl KeyStore for RedisStore {
 #[async_trait]
 impl KeyStoreAdmin for RedisStore {
     async fn create(&self, record: KeyRecord) -> Result<(), StoreError> {
-        let fields = Fields::of(&record).into_hash();
-        let mut invocation = CREATE.key(self.key(&record.id));
-        invocation.key(self.ids()).key(self.created());
-        if let Some(owner) = &record.owner {
-            invocation.key(self.owner_keys(owner));
+        self.add(&CREATE, record, None).await.map(|_| ())
+    }
+
+    /// Counts and adds in one script, after the creation indexes are complete.
+    async fn create_within(
+        &self,
+        record: KeyRecord,
+        max: u32,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        if record.owner.is_none() {
+            return self.create(record).await.map(|()| true);
         }
-        invocation.arg(&record.id).arg(secs(record.created_at));
-        for (name, value) in &fields {
-            invocation.arg(*name).arg(value);
-        }
-        let mut conn = self.conn.clone();
-        let created: i64 = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        if created == 0 {
-            return Err(StoreError::Conflict(record.id));
-        }
-        self.changed(&record.id).await;
-        Ok(())
+        self.index().await?;
+        self.add(&CREATE_WITHIN, record, Some((max, now))).await
     }
 
     async fn revoke(&self, id: &str, at: SystemTime) -> Result<bool, StoreError> {

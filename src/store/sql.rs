@@ -90,6 +90,8 @@ pub(crate) struct Queries {
     pub(crate) revoke: String,
     pub(crate) delete: String,
     pub(crate) list: String,
+    /// How many keys of an owner are in circulation (neither revoked nor expired) at a time.
+    pub(crate) count_held: String,
     pub(crate) set_scopes: String,
     pub(crate) set_name: String,
     pub(crate) set_plan: String,
@@ -222,6 +224,10 @@ impl Queries {
             revoke: format!("UPDATE {t} SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2"),
             delete: format!("DELETE FROM {t} WHERE id = $1"),
             list: format!("SELECT {COLUMNS} FROM {t} ORDER BY created_at, id"),
+            count_held: format!(
+                "SELECT COUNT(*) FROM {t} WHERE owner = $1 AND revoked_at IS NULL \
+                 AND (expires_at IS NULL OR expires_at > $2)"
+            ),
             set_scopes: format!("UPDATE {t} SET scopes = $1 WHERE id = $2"),
             set_name: format!("UPDATE {t} SET name = $1 WHERE id = $2"),
             set_plan: format!("UPDATE {t} SET plan = $1 WHERE id = $2"),
@@ -398,6 +404,49 @@ pub(crate) fn unavailable(error: impl std::error::Error + Send + Sync + 'static)
 macro_rules! sql_store {
     ($store:ty, $row:ty, $db:ty) => {
         impl $store {
+            /// The statement that adds `record`.
+            fn insert<'q>(
+                sql: &'q $crate::store::sql::Queries,
+                record: &$crate::store::KeyRecord,
+            ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
+                let f = $crate::store::codec::Fields::of(record);
+                sqlx::query(&sql.insert)
+                    .bind(f.id)
+                    .bind(f.digest)
+                    .bind(f.name)
+                    .bind(f.owner)
+                    .bind(f.environment)
+                    .bind(f.scopes)
+                    .bind(f.metadata)
+                    .bind(f.created_at)
+                    .bind(f.expires_at)
+                    .bind(f.revoked_at)
+                    .bind(f.disabled)
+                    .bind(f.plan)
+                    .bind(f.limits)
+                    .bind(f.last_used_at)
+                    .bind(f.requests)
+                    .bind(f.allowed_networks)
+                    .bind(f.credits.remaining)
+                    .bind(f.credits.refill_amount)
+                    .bind(f.credits.refill_period)
+                    .bind(f.credits.period)
+            }
+
+            /// What adding `record` came to: a taken id is a conflict.
+            fn inserted<R>(
+                result: Result<R, sqlx::Error>,
+                record: &$crate::store::KeyRecord,
+            ) -> Result<(), $crate::store::StoreError> {
+                match result {
+                    Ok(_) => Ok(()),
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        Err($crate::store::StoreError::Conflict(record.id.clone()))
+                    }
+                    Err(e) => Err($crate::store::sql::unavailable(e)),
+                }
+            }
+
             /// Runs `query`, a change of key `id`, announces it, and says whether the key
             /// existed.
             async fn change<'q>(
@@ -658,41 +707,42 @@ macro_rules! sql_store {
                 &self,
                 record: $crate::store::KeyRecord,
             ) -> Result<(), $crate::store::StoreError> {
+                let result = Self::insert(&self.sql, &record).execute(&self.pool).await;
+                Self::inserted(result, &record)?;
+                self.changed(&record.id).await;
+                Ok(())
+            }
+
+            /// Counts and adds in one transaction that holds the owner's lock
+            /// (`begin_owner`): `BEGIN IMMEDIATE` on SQLite, an advisory lock on PostgreSQL.
+            async fn create_within(
+                &self,
+                record: $crate::store::KeyRecord,
+                max: u32,
+                now: std::time::SystemTime,
+            ) -> Result<bool, $crate::store::StoreError> {
                 use $crate::store::sql::unavailable;
-                let f = $crate::store::codec::Fields::of(&record);
-                let result = sqlx::query(&self.sql.insert)
-                    .bind(f.id)
-                    .bind(f.digest)
-                    .bind(f.name)
-                    .bind(f.owner)
-                    .bind(f.environment)
-                    .bind(f.scopes)
-                    .bind(f.metadata)
-                    .bind(f.created_at)
-                    .bind(f.expires_at)
-                    .bind(f.revoked_at)
-                    .bind(f.disabled)
-                    .bind(f.plan)
-                    .bind(f.limits)
-                    .bind(f.last_used_at)
-                    .bind(f.requests)
-                    .bind(f.allowed_networks)
-                    .bind(f.credits.remaining)
-                    .bind(f.credits.refill_amount)
-                    .bind(f.credits.refill_period)
-                    .bind(f.credits.period)
-                    .execute(&self.pool)
-                    .await;
-                match result {
-                    Ok(_) => {
-                        self.changed(&record.id).await;
-                        Ok(())
-                    }
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                        Err($crate::store::StoreError::Conflict(record.id))
-                    }
-                    Err(e) => Err(unavailable(e)),
+                use sqlx::Row;
+                let Some(owner) = &record.owner else {
+                    return self.create(record).await.map(|()| true);
+                };
+                let mut tx = self.begin_owner(owner).await?;
+                let held: i64 = sqlx::query(&self.sql.count_held)
+                    .bind(owner.as_str())
+                    .bind($crate::store::codec::secs(now))
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(unavailable)?
+                    .try_get(0)
+                    .map_err(unavailable)?;
+                if held >= i64::from(max) {
+                    return Ok(false);
                 }
+                let result = Self::insert(&self.sql, &record).execute(&mut *tx).await;
+                Self::inserted(result, &record)?;
+                tx.commit().await.map_err(unavailable)?;
+                self.changed(&record.id).await;
+                Ok(true)
             }
 
             async fn revoke(

@@ -93,6 +93,18 @@ impl SqliteStore {
     }
 
     async fn changed(&self, _id: &str) {}
+
+    /// A transaction that holds the database's write lock from its start (`BEGIN IMMEDIATE`),
+    /// so what it counts of an owner's keys stays true until it commits.
+    async fn begin_owner(
+        &self,
+        _owner: &str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)
+    }
 }
 
 sql_store!(SqliteStore, SqliteRow, sqlx::Sqlite);

@@ -789,3 +789,158 @@ pub async fn updates_write_every_field_or_none<S: KeyStoreAdmin + Clone>(store: 
     assert!(ends.contains(&last.name), "{}", last.name);
     assert_eq!(last.scopes, std::slice::from_ref(&last.name));
 }
+
+/// A key of `owner` (none if empty), created at `created`.
+fn owned(owner: &str, created: u64) -> KeyRecord {
+    let mut key = record("owned", created);
+    key.owner = (!owner.is_empty()).then(|| owner.to_owned());
+    key.expires_at = None;
+    key
+}
+
+/// `KeyStoreAdmin::create_within` on stores `a` and `b` (two replicas of one store, or the same
+/// store twice): an owner's keys in circulation (neither revoked nor expired; disabled ones
+/// count) never pass the most allowed, whether creations come one by one, all at once on both
+/// replicas, or interleaved with revocations.
+pub async fn owners_never_hold_more_keys_than_allowed<S: KeyStoreAdmin + Clone>(a: S, b: S) {
+    let now = at(1_800_000_000);
+    let first = owned("acme", 1_700_000_000);
+    let second = owned("acme", 1_700_000_001);
+    assert!(a.create_within(first.clone(), 2, now).await.unwrap());
+    assert!(b.create_within(second.clone(), 2, now).await.unwrap());
+    let third = owned("acme", 1_700_000_002);
+    assert!(!a.create_within(third.clone(), 2, now).await.unwrap());
+    assert_eq!(a.get(&third.id).await.unwrap(), None, "refused: not stored");
+    assert!(!a.create_within(third.clone(), 0, now).await.unwrap());
+    assert!(
+        a.create_within(owned("initech", 1_700_000_003), 2, now)
+            .await
+            .unwrap(),
+        "another owner's keys are not counted"
+    );
+    assert!(
+        a.create_within(owned("", 1_700_000_004), 0, now)
+            .await
+            .unwrap(),
+        "a key with no owner is not counted"
+    );
+    assert!(a.set_disabled(&first.id, true).await.unwrap());
+    assert!(
+        !a.create_within(third.clone(), 2, now).await.unwrap(),
+        "a disabled key counts: it can be enabled again"
+    );
+    assert!(a.revoke(&first.id, now).await.unwrap());
+    assert!(
+        b.create_within(third.clone(), 2, now).await.unwrap(),
+        "a revoked key does not count"
+    );
+    let fourth = owned("acme", 1_700_000_005);
+    assert!(!a.create_within(fourth.clone(), 2, now).await.unwrap());
+    // Expiring exactly now is expired (as `KeyRecord::state` says); a second later is not.
+    assert!(a.set_expiry(&second.id, Some(now)).await.unwrap());
+    assert!(
+        a.create_within(fourth.clone(), 2, now).await.unwrap(),
+        "an expired key does not count"
+    );
+    let fifth = owned("acme", 1_700_000_006);
+    assert!(a.set_expiry(&second.id, Some(at(1_800_000_001))).await.unwrap());
+    assert!(
+        !a.create_within(fifth.clone(), 3, now).await.unwrap(),
+        "a key expiring later counts"
+    );
+    match a.create_within(fourth.clone(), 4, now).await {
+        Err(StoreError::Conflict(id)) => assert_eq!(id, fourth.id),
+        other => panic!("a taken id must conflict, got {other:?}"),
+    }
+    let held = |store: S, owner: &'static str| async move {
+        let filter = KeyFilter::new().owner(owner);
+        let now = SystemTime::now();
+        let page = store.list_page(&filter, now, 0, usize::MAX).await.unwrap();
+        page.records.iter().filter(|key| key.in_circulation(now)).count()
+    };
+    assert_eq!(held(a.clone(), "acme").await, 3);
+
+    // All at once, alternating between the replicas: exactly the most allowed.
+    const MOST: u32 = 5;
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                let key = owned("crowd", 1_700_000_000 + i);
+                store
+                    .create_within(key, MOST, SystemTime::now())
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for task in tasks {
+        created += u32::from(task.await.unwrap());
+    }
+    assert_eq!(created, MOST, "a burst stops at the most allowed, exactly");
+    assert_eq!(held(a.clone(), "crowd").await, MOST as usize);
+
+    // Creations and revocations interleaved on four workers: after every step, no more than
+    // the most allowed are in circulation, and what is left is what was created and not
+    // revoked.
+    let live: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let filter = KeyFilter::new().owner("crowd");
+    for key in a.list_page(&filter, SystemTime::now(), 0, 100).await.unwrap().records {
+        live.lock().unwrap().push(key.id);
+    }
+    let seed = std::process::id() as usize * 7919 + 1;
+    eprintln!("seed {seed}");
+    let workers: Vec<_> = (0..4)
+        .map(|worker| {
+            let store = if worker % 2 == 0 { a.clone() } else { b.clone() };
+            let live = live.clone();
+            let held = held.clone();
+            tokio::spawn(async move {
+                let mut x = seed ^ (worker + 1) * 104_729;
+                let (mut created, mut revoked) = (0, 0);
+                for step in 0..40 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let victim = (x % 3 == 0)
+                        .then(|| {
+                            let mut live = live.lock().unwrap();
+                            let count = live.len();
+                            (count > 0).then(|| live.swap_remove(x % count))
+                        })
+                        .flatten();
+                    if let Some(id) = victim {
+                        assert!(store.revoke(&id, SystemTime::now()).await.unwrap());
+                        revoked += 1;
+                    } else {
+                        let key = owned("crowd", 1_700_001_000 + worker as u64 * 100 + step);
+                        let id = key.id.clone();
+                        if store
+                            .create_within(key, MOST, SystemTime::now())
+                            .await
+                            .unwrap()
+                        {
+                            live.lock().unwrap().push(id);
+                            created += 1;
+                        }
+                    }
+                    let now_held = held(store.clone(), "crowd").await;
+                    assert!(
+                        now_held <= MOST as usize,
+                        "{now_held} keys in circulation, past {MOST} (seed {seed})"
+                    );
+                }
+                (created, revoked)
+            })
+        })
+        .collect();
+    let (mut created, mut revoked) = (MOST as usize, 0);
+    for worker in workers {
+        let (c, r) = worker.await.unwrap();
+        created += c;
+        revoked += r;
+    }
+    assert!(revoked > 0 && created > MOST as usize, "both interleaved");
+    assert_eq!(held(a, "crowd").await, created - revoked);
+}
