@@ -723,6 +723,44 @@ mod cli {
         );
     }
 
+    /// `create --max-per-owner N` issues no key to an owner with N keys in circulation.
+    #[test]
+    fn create_keeps_an_owner_within_its_most_keys() {
+        let mut tool = Tool::new();
+        let within = ["--owner", "acme", "--max-per-owner", "2"];
+        let (_, first, _) = tool.create(&[&["--name", "one"], &within[..]].concat());
+        tool.create(&[&["--name", "two"], &within[..]].concat());
+        let (code, message) = tool.failure(&[&["create", "--name", "three"], &within[..]].concat());
+        assert_eq!(code, 2);
+        assert!(message.contains("already has 2 keys in use"), "{message}");
+        assert_eq!(tool.names(&["--owner", "acme"]), ["one", "two"]);
+        // Without the option, as before; another owner is not counted.
+        tool.create(&["--name", "three", "--owner", "acme"]);
+        tool.create(
+            &[
+                &["--name", "other"],
+                &["--owner", "globex", "--max-per-owner", "1"][..],
+            ]
+            .concat(),
+        );
+        // Revoked keys no longer count.
+        tool.ok_json(&["--json", "revoke", &first]);
+        let (code, _) = tool.failure(&[&["create", "--name", "four"], &within[..]].concat());
+        assert_eq!(
+            code, 2,
+            "three of acme's keys in circulation: two and three"
+        );
+        let wider = ["--owner", "acme", "--max-per-owner", "3"];
+        tool.create(&[&["--name", "four"], &wider[..]].concat());
+        assert_eq!(
+            tool.names(&["--owner", "acme", "--state", "active"]),
+            ["four", "three", "two"]
+        );
+        let (code, message) = tool.failure(&["create", "--name", "x", "--max-per-owner", "2"]);
+        assert_eq!(code, 2);
+        assert!(message.contains("--owner"), "{message}");
+    }
+
     /// `list --older-than` finds the keys due for rotation, `--unused-for` the keys nobody used
     /// lately (or ever), as the service's `StoreUsage` wrote their last use.
     #[tokio::test]

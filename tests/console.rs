@@ -34,8 +34,15 @@ mod console {
 
     impl Server {
         async fn start() -> Server {
+            Server::start_with(|console| console).await
+        }
+
+        /// As `start`, with the console configured further by `configure`.
+        async fn start_with(
+            configure: impl FnOnce(Console<MemoryStore>) -> Console<MemoryStore>,
+        ) -> Server {
             let (app, keys, admin) = console_app("root", |console| {
-                console.scopes(["read", "write", "admin", "keys:self"])
+                configure(console.scopes(["read", "write", "admin", "keys:self"]))
             })
             .await;
             Server {
@@ -543,6 +550,99 @@ mod console {
 
     /// `older_than` lists the keys due for rotation, `unused_for` those nobody used lately (or
     /// ever); a self-service key still sees only its owner's.
+    #[tokio::test]
+    async fn an_owner_holds_no_more_keys_than_the_console_allows() {
+        let server = Server::start_with(|console| console.max_keys_per_owner(3)).await;
+        let admin = server.admin.clone();
+        let me = server.get("/admin/api/me", &admin).await.json();
+        assert_eq!(me["max_keys_per_owner"], 3);
+        let (acme_self, _) = server
+            .create(
+                &admin,
+                json!({"name": "acme console", "owner": "acme", "scopes": ["read", "keys:self"]}),
+            )
+            .await;
+        let (_, first) = server
+            .create(&acme_self, json!({"name": "worker 1", "scopes": ["read"]}))
+            .await;
+        let (second_key, second) = server
+            .create(&acme_self, json!({"name": "worker 2", "scopes": ["read"]}))
+            .await;
+        // The fourth: refused to the key holder and to an admin alike, and nothing is stored.
+        let one_more = json!({"name": "worker 3", "scopes": ["read"]});
+        let refusal = server.issue("/admin/api/keys", &acme_self, one_more).await;
+        refused(&refusal, StatusCode::CONFLICT, "KEY_LIMIT_REACHED");
+        let by_admin = json!({"name": "worker 3", "owner": "acme", "scopes": ["read"]});
+        let refusal = server.issue("/admin/api/keys", &admin, by_admin).await;
+        refused(&refusal, StatusCode::CONFLICT, "KEY_LIMIT_REACHED");
+        let listed = server
+            .get("/admin/api/keys?owner=acme", &admin)
+            .await
+            .json();
+        assert_eq!(listed["total"], 3);
+        // Other owners, and keys with no owner, are not counted.
+        server
+            .create(&admin, json!({"name": "globex app", "owner": "globex"}))
+            .await;
+        server.create(&admin, json!({"name": "ownerless"})).await;
+
+        // A disabled key still counts; a revoked or deleted one does not.
+        let path = format!("/admin/api/keys/{first}");
+        let disabled = server
+            .call(Method::PATCH, &path, Some(&admin), r#"{"disabled":true}"#)
+            .await;
+        assert_eq!(disabled.status, StatusCode::OK, "{}", disabled.body);
+        let again = json!({"name": "worker 3", "scopes": ["read"]});
+        let refusal = server
+            .issue("/admin/api/keys", &acme_self, again.clone())
+            .await;
+        refused(&refusal, StatusCode::CONFLICT, "KEY_LIMIT_REACHED");
+        let revoked = server
+            .call(
+                Method::POST,
+                &format!("{path}/revoke"),
+                Some(&acme_self),
+                "",
+            )
+            .await;
+        assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+        let (third_key, third) = server.create(&acme_self, again).await;
+        assert_eq!(server.use_key(&third_key).await, StatusCode::OK);
+
+        // A rotation replaces a key: not refused at the limit, and the old key ends.
+        let rotated = server
+            .issue(
+                &format!("/admin/api/keys/{second}/rotate"),
+                &acme_self,
+                json!({"grace": "0s"}),
+            )
+            .await;
+        assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.body);
+        let successor = rotated.json()["key"].as_str().unwrap().to_owned();
+        assert_eq!(server.use_key(&successor).await, StatusCode::OK);
+        assert_eq!(server.use_key(&second_key).await, StatusCode::UNAUTHORIZED);
+        let deleted = server
+            .call(
+                Method::DELETE,
+                &format!("/admin/api/keys/{third}"),
+                Some(&admin),
+                "",
+            )
+            .await;
+        assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.body);
+        server
+            .create(&acme_self, json!({"name": "worker 4", "scopes": ["read"]}))
+            .await;
+
+        // Without a limit, `api/me` says none.
+        let unlimited = Server::start().await;
+        let me = unlimited
+            .get("/admin/api/me", &unlimited.admin)
+            .await
+            .json();
+        assert_eq!(me["max_keys_per_owner"], Value::Null);
+    }
+
     #[tokio::test]
     async fn keys_are_listed_by_age_and_last_use() {
         use std::time::{Duration, SystemTime};

@@ -73,8 +73,11 @@ mod postgres {
     #[ignore = "needs PostgreSQL: run through .ci/run"]
     async fn two_replicas_keep_owners_within_their_most_keys() {
         let table = unique("most_keys");
-        conformance::owners_never_hold_more_keys_than_allowed(store(&table).await, store(&table).await)
-            .await;
+        conformance::owners_never_hold_more_keys_than_allowed(
+            store(&table).await,
+            store(&table).await,
+        )
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

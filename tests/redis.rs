@@ -195,8 +195,11 @@ mod redis {
     #[ignore = "needs Redis: run through .ci/run"]
     async fn two_replicas_keep_owners_within_their_most_keys() {
         let prefix = unique("most_keys");
-        conformance::owners_never_hold_more_keys_than_allowed(store(&prefix).await, store(&prefix).await)
-            .await;
+        conformance::owners_never_hold_more_keys_than_allowed(
+            store(&prefix).await,
+            store(&prefix).await,
+        )
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -259,6 +259,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     }
 
     /// The most keys in circulation an owner may hold, if [limited](Self::max_keys_per_owner).
+    #[cfg(feature = "console")]
     pub(crate) fn owner_cap(&self) -> Option<u32> {
         self.max_keys_per_owner
     }

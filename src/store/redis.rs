@@ -74,7 +74,8 @@ return 1";
 
 /// Creates a key unless its id exists. KEYS: hash, id set, creation index, [its owner's
 /// creation index]. ARGV: id, creation time, then field/value pairs.
-static CREATE: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("local first = 3{ADD_KEY}")));
+static CREATE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("local first = 3{ADD_KEY}")));
 
 /// As `CREATE`, for a key with an owner, unless that owner's creation index (KEYS[4]) holds
 /// ARGV[3] keys in circulation at ARGV[4] (Unix seconds): neither revoked nor expired (-1).

@@ -721,8 +721,8 @@ macro_rules! sql_store {
                 max: u32,
                 now: std::time::SystemTime,
             ) -> Result<bool, $crate::store::StoreError> {
-                use $crate::store::sql::unavailable;
                 use sqlx::Row;
+                use $crate::store::sql::unavailable;
                 let Some(owner) = &record.owner else {
                     return self.create(record).await.map(|()| true);
                 };

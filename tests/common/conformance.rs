@@ -843,7 +843,10 @@ pub async fn owners_never_hold_more_keys_than_allowed<S: KeyStoreAdmin + Clone>(
         "an expired key does not count"
     );
     let fifth = owned("acme", 1_700_000_006);
-    assert!(a.set_expiry(&second.id, Some(at(1_800_000_001))).await.unwrap());
+    assert!(a
+        .set_expiry(&second.id, Some(at(1_800_000_001)))
+        .await
+        .unwrap());
     assert!(
         !a.create_within(fifth.clone(), 3, now).await.unwrap(),
         "a key expiring later counts"
@@ -856,7 +859,10 @@ pub async fn owners_never_hold_more_keys_than_allowed<S: KeyStoreAdmin + Clone>(
         let filter = KeyFilter::new().owner(owner);
         let now = SystemTime::now();
         let page = store.list_page(&filter, now, 0, usize::MAX).await.unwrap();
-        page.records.iter().filter(|key| key.in_circulation(now)).count()
+        page.records
+            .iter()
+            .filter(|key| key.in_circulation(now))
+            .count()
     };
     assert_eq!(held(a.clone(), "acme").await, 3);
 
@@ -886,18 +892,26 @@ pub async fn owners_never_hold_more_keys_than_allowed<S: KeyStoreAdmin + Clone>(
     // revoked.
     let live: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let filter = KeyFilter::new().owner("crowd");
-    for key in a.list_page(&filter, SystemTime::now(), 0, 100).await.unwrap().records {
+    for key in a
+        .list_page(&filter, SystemTime::now(), 0, 100)
+        .await
+        .unwrap()
+        .records
+    {
         live.lock().unwrap().push(key.id);
     }
     let seed = std::process::id() as usize * 7919 + 1;
     eprintln!("seed {seed}");
     let workers: Vec<_> = (0..4)
         .map(|worker| {
-            let store = if worker % 2 == 0 { a.clone() } else { b.clone() };
+            let store = if worker % 2 == 0 {
+                a.clone()
+            } else {
+                b.clone()
+            };
             let live = live.clone();
-            let held = held.clone();
             tokio::spawn(async move {
-                let mut x = seed ^ (worker + 1) * 104_729;
+                let mut x = seed ^ ((worker + 1) * 104_729);
                 let (mut created, mut revoked) = (0, 0);
                 for step in 0..40 {
                     x ^= x << 13;
