@@ -90,7 +90,8 @@ mod browser {
     #[tokio::test]
     #[ignore = "needs chromium and chromedriver: .ci/run installs and starts them (TOWER_API_KEY_CHROMEDRIVER)"]
     async fn an_operator_issues_uses_watches_and_revokes_a_key_in_the_browser() {
-        let (app, keys, admin) = console_app("operator", |console| console).await;
+        let (app, keys, admin) =
+            console_app("operator", |console| console.max_keys_per_owner(2)).await;
         let addr = serve(app).await;
         let http = HttpClient::new(addr);
         let base = format!("http://{addr}/admin");
@@ -109,7 +110,33 @@ mod browser {
         wait_text(&browser, ".cards", "Requests").await;
         screenshot(&browser, "2-overview").await;
 
-        // Issue a key through the form: a name, Read and Write, the pro plan.
+        // An owner at the most keys allowed gets none more: the form says why, and what to do.
+        click(&browser, "#nav a.primary").await;
+        wait_text(&browser, "main h1", "Generate New API Key").await;
+        wait_text(
+            &browser,
+            "#key-limit",
+            "Each owner may hold at most 2 keys in use",
+        )
+        .await;
+        for name in ["acme one", "acme two"] {
+            keys.create(NewKey::new(name).owner("acme")).await.unwrap();
+        }
+        let name = browser.find(Locator::Css("#new-name")).await.unwrap();
+        name.send_keys("One too many").await.unwrap();
+        let owner = browser.find(Locator::Css("#new-owner")).await.unwrap();
+        owner.send_keys("acme").await.unwrap();
+        click(&browser, "#create-submit").await;
+        wait_text(&browser, "#create .notice", "KEY_LIMIT_REACHED").await;
+        wait_text(&browser, "#create .notice", "revoke or delete one first").await;
+        screenshot(&browser, "3a-key-limit-reached").await;
+        let acme = tower_api_key::store::KeyFilter::new().owner("acme");
+        let listed = keys.list_matching(&acme).await.unwrap();
+        assert_eq!(listed.len(), 2, "nothing issued");
+
+        // Issue a key through a new form: a name, Read and Write, the pro plan.
+        browser.goto(&format!("{base}#/keys")).await.unwrap();
+        wait_text(&browser, "main h1", "API keys").await;
         click(&browser, "#nav a.primary").await;
         wait_text(&browser, "main h1", "Generate New API Key").await;
         browser

@@ -504,6 +504,7 @@
     const error = h('div', { 'aria-live': 'assertive' });
     const form = h('form', { class: 'card', id: 'create', onsubmit: async (event) => {
       event.preventDefault();
+      error.replaceChildren();
       const data = new FormData(form);
       const body = { name: data.get('name'), scopes: chosenScopes(form), environment: data.get('environment') };
       if (data.get('expires_in')) body.expires_in = data.get('expires_in');
@@ -518,6 +519,9 @@
       }
     } },
       h('h1', {}, 'Generate New API Key'),
+      me.max_keys_per_owner === null ? null : h('p', { class: 'muted', id: 'key-limit' },
+        (me.role === 'admin' ? 'Each owner may hold ' : 'You may hold ') + 'at most ' + me.max_keys_per_owner +
+        ' keys in use (neither revoked nor expired): revoke or delete one to make room.'),
       error,
       field('Name', h('input', { name: 'name', id: 'new-name', required: true, maxlength: 128, placeholder: 'Production App', autocomplete: 'off' })),
       scopeBoxes(['read']),
