@@ -732,7 +732,10 @@ mod cli {
         tool.create(&[&["--name", "two"], &within[..]].concat());
         let (code, message) = tool.failure(&[&["create", "--name", "three"], &within[..]].concat());
         assert_eq!(code, 2);
-        assert!(message.contains("already has 2 keys in use"), "{message}");
+        assert!(
+            message.contains("the most keys in use allowed (2"),
+            "{message}"
+        );
         assert_eq!(tool.names(&["--owner", "acme"]), ["one", "two"]);
         // Without the option, as before; another owner is not counted.
         tool.create(&["--name", "three", "--owner", "acme"]);

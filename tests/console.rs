@@ -630,9 +630,54 @@ mod console {
             )
             .await;
         assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.body);
-        server
+        let (_, fourth) = server
             .create(&acme_self, json!({"name": "worker 4", "scopes": ["read"]}))
             .await;
+
+        // A rotation's grace period may take the owner one key over, no further: rotations
+        // with long graces do not pile up keys.
+        let rotate = |id: String| {
+            let path = format!("/admin/api/keys/{id}/rotate");
+            let server = &server;
+            let acme_self = &acme_self;
+            async move {
+                server
+                    .issue(&path, acme_self, json!({"grace": "30d"}))
+                    .await
+            }
+        };
+        let rotated = rotate(fourth.clone()).await;
+        assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.body);
+        let successor_id = rotated.json()["record"]["id"].as_str().unwrap().to_owned();
+        let listed = server
+            .get("/admin/api/keys?owner=acme&state=active", &admin)
+            .await;
+        assert_eq!(
+            listed.json()["total"],
+            4,
+            "one over, during the grace period"
+        );
+        refused(
+            &rotate(successor_id.clone()).await,
+            StatusCode::CONFLICT,
+            "KEY_LIMIT_REACHED",
+        );
+        let refusal = server
+            .issue("/admin/api/keys", &acme_self, json!({"name": "worker 5"}))
+            .await;
+        refused(&refusal, StatusCode::CONFLICT, "KEY_LIMIT_REACHED");
+        // Ending the old key makes room again.
+        let revoked = server
+            .call(
+                Method::POST,
+                &format!("/admin/api/keys/{fourth}/revoke"),
+                Some(&acme_self),
+                "",
+            )
+            .await;
+        assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+        let rotated = rotate(successor_id).await;
+        assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.body);
 
         // Without a limit, `api/me` says none.
         let unlimited = Server::start().await;

@@ -138,7 +138,7 @@ impl<A: KeyStoreAdmin + UsageArchive + AuditArchive + Clone> Console<A> {
     /// Issues no key to an owner that already has `max` keys in circulation (neither revoked
     /// nor expired), whoever asks: the reference's "limit the number of API keys in
     /// circulation", and a bound on what a self-service key can issue. One more answers 409
-    /// `KEY_LIMIT_REACHED`; rotations are not refused. See
+    /// `KEY_LIMIT_REACHED`; a rotation may go one key over while the old key's grace period runs. See
     /// [`KeyManager::max_keys_per_owner`](crate::KeyManager::max_keys_per_owner).
     ///
     /// ```

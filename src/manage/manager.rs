@@ -234,8 +234,9 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// advises: "limit the number of API keys in circulation". [`create`](Self::create) then
     /// answers [`ManageError::TooManyKeys`]. The store counts and adds in one step (see
     /// [`KeyStoreAdmin::create_within`]), so creations at once, on any replica, never pass
-    /// `max`. Keys without an owner are not counted; a [rotation](Self::rotate) is not refused
-    /// (its successor replaces a key, which ends with its grace period).
+    /// `max`. Keys without an owner are not counted. A [rotation](Self::rotate) may take an
+    /// owner one key over `max`, since its successor replaces a key that ends with its grace
+    /// period, but no further: a second rotation during that grace is refused.
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
@@ -752,7 +753,9 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     ///
     /// # Errors
     /// [`ManageError::NotActive`] for a key that is not active; [`ManageError::Invalid`] for a
-    /// grace period past the year 9999; [`ManageError::Store`] when the store fails. If it fails
+    /// grace period past the year 9999; [`ManageError::TooManyKeys`] when the owner is already
+    /// one key over [its most](Self::max_keys_per_owner) (a rotation's grace period still
+    /// running); [`ManageError::Store`] when the store fails. If it fails
     /// after the new key was stored, while ending the old one, the new key is deleted again and
     /// the old one works as before: a rotation that fails leaves no live key whose secret no
     /// one was shown (unless the store fails that delete too, which the `tracing` feature
@@ -786,8 +789,17 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         // What the old key had left, as of now; it keeps its own through the grace period.
         new.credits = old.credits.clone().map(|credits| credits.refilled_by(now));
         new.expires_at = old.expires_at;
-        // Not counted against the owner's most keys: the successor replaces the old key.
-        let created = self.issue(new, None).await?;
+        // The successor replaces the old key, which works on through its grace period: one key
+        // over the owner's most, no more (else rotations with long graces would pile up keys).
+        let over_by_one = self.max_keys_per_owner.map(|max| max.saturating_add(1));
+        let created = match self.issue(new, over_by_one).await {
+            Err(ManageError::TooManyKeys(_)) => {
+                return Err(ManageError::TooManyKeys(
+                    self.max_keys_per_owner.unwrap_or(0),
+                ))
+            }
+            issued => issued?,
+        };
         let expires = old.expires_at.map_or(grace_ends, |at| at.min(grace_ends));
         let result = self.store.set_expiry(id, Some(expires)).await;
         self.changed(id);

@@ -119,7 +119,8 @@ pub enum ManageError {
     /// The key is revoked, disabled or expired, so it cannot be rotated.
     NotActive(KeyState),
     /// The key's owner already has this many keys in circulation, the most
-    /// [`KeyManager::max_keys_per_owner`](crate::KeyManager::max_keys_per_owner) allows.
+    /// [`KeyManager::max_keys_per_owner`](crate::KeyManager::max_keys_per_owner) allows (or,
+    /// for a rotation, one more).
     TooManyKeys(u32),
 }
 
@@ -137,7 +138,8 @@ impl fmt::Display for ManageError {
             }
             ManageError::TooManyKeys(max) => write!(
                 f,
-                "the owner already has {max} keys in use, the most allowed: revoke or delete one first"
+                "the owner already holds the most keys in use allowed ({max}, and one more while \
+                 a rotated key's grace period runs): revoke or delete one first"
             ),
         }
     }
