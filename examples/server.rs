@@ -202,6 +202,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tower_api_key::console::Console::new(&auth, store.clone())
             .analytics(analytics)
             .scopes(["read", "write", "admin", "keys:self"])
+            // "Limit the number of API keys in circulation": 25 per owner.
+            .max_keys_per_owner(25)
             .router(),
     );
     let app = app.layer(middleware::from_fn(name_endpoint));
