@@ -736,6 +736,8 @@ macro_rules! sql_store {
                     .try_get(0)
                     .map_err(unavailable)?;
                 if held >= i64::from(max) {
+                    // Let the owner's lock go now, not when the connection is next used.
+                    tx.rollback().await.map_err(unavailable)?;
                     return Ok(false);
                 }
                 let result = Self::insert(&self.sql, &record).execute(&mut *tx).await;
