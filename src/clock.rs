@@ -140,6 +140,10 @@ pub(crate) fn now() -> SystemTime {
     CoarseClock.now()
 }
 
+/// The last second of the year 9999 (Unix seconds): the latest time a key record holds
+/// (public as `manage::MAX_UNIX_SECONDS`).
+pub(crate) const LATEST_UNIX_SECONDS: u64 = 253_402_300_799;
+
 /// Seconds since 1970 (0 before it): how every store writes a time.
 pub(crate) fn unix_seconds(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())

@@ -767,7 +767,7 @@ mod cli {
     /// `list --older-than` finds the keys due for rotation, `--unused-for` the keys nobody used
     /// lately (or ever), as the service's `StoreUsage` wrote their last use.
     #[tokio::test]
-    async fn list_finds_old_and_unused_keys() {
+    async fn list_finds_old_unused_and_expiring_keys() {
         use tower_api_key::key::KeyFormat;
         use tower_api_key::store::KeyStoreAdmin;
         use tower_api_key::NewKey;
@@ -777,19 +777,35 @@ mod cli {
         let now = SystemTime::now();
         let days = |n: u64| Duration::from_secs(n * 86_400);
         let format = KeyFormat::new("mesh").unwrap();
-        // name, created, last used (days ago)
-        for (name, created, used) in [
-            ("old-busy", 400, Some(1)),
-            ("old-idle", 200, Some(60)),
-            ("old-never", 120, None),
-            ("new-idle", 10, None),
-            ("new-busy", 5, Some(0)),
+        // name, created, last used (days ago), expires (days from now; negative: ago)
+        for (name, created, used, expires) in [
+            ("old-busy", 400, Some(1), Some(3)),
+            ("old-idle", 200, Some(60), Some(-2)),
+            ("old-never", 120, None, Some(20)),
+            ("new-idle", 10, None, None),
+            ("new-busy", 5, Some(0), Some(6)),
         ] {
             let mut record = NewKey::new(name).generate(&format).unwrap().record;
             record.created_at = now - days(created);
             record.last_used_at = used.map(|ago| now - days(ago));
+            record.expires_at = expires.map(|n: i64| {
+                let by = days(n.unsigned_abs());
+                if n < 0 {
+                    now - by
+                } else {
+                    now + by
+                }
+            });
             store.create(record).await.unwrap();
         }
+        assert_eq!(
+            tool.names(&["--expires-within", "7d"]),
+            ["new-busy", "old-busy"]
+        );
+        assert_eq!(
+            tool.names(&["--expires-within", "100000y"]),
+            ["new-busy", "old-busy", "old-never"]
+        );
         assert_eq!(
             tool.names(&["--older-than", "90d"]),
             ["old-busy", "old-idle", "old-never"]

@@ -689,7 +689,7 @@ mod console {
     }
 
     #[tokio::test]
-    async fn keys_are_listed_by_age_and_last_use() {
+    async fn keys_are_listed_by_age_last_use_and_expiry() {
         use std::time::{Duration, SystemTime};
         use tower_api_key::store::KeyStoreAdmin;
 
@@ -698,11 +698,11 @@ mod console {
         let now = SystemTime::now();
         let days = |n: u64| Duration::from_secs(n * 86_400);
         let format = tower_api_key::key::KeyFormat::new("root").unwrap();
-        for (name, owner, created, used) in [
-            ("old-busy", "acme", 400, Some(1)),
-            ("old-idle", "acme", 200, Some(60)),
-            ("old-never", "globex", 120, None),
-            ("new-idle", "acme", 10, None),
+        for (name, owner, created, used, expires) in [
+            ("old-busy", "acme", 400, Some(1), Some(3)),
+            ("old-idle", "acme", 200, Some(60), Some(20)),
+            ("old-never", "globex", 120, None, Some(5)),
+            ("new-idle", "acme", 10, None, None),
         ] {
             let mut record = NewKey::new(name)
                 .owner(owner)
@@ -712,8 +712,16 @@ mod console {
                 .record;
             record.created_at = now - days(created);
             record.last_used_at = used.map(|ago| now - days(ago));
+            record.expires_at = expires.map(|n| now + days(n));
             server.keys.store().create(record).await.unwrap();
         }
+        let mut expired = NewKey::new("expired")
+            .owner("acme")
+            .generate(&format)
+            .unwrap()
+            .record;
+        expired.expires_at = Some(now - days(1));
+        server.keys.store().create(expired).await.unwrap();
         let names = |reply: Reply| {
             assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
             let mut names: Vec<String> = (reply.json()["keys"].as_array().unwrap().iter())
@@ -726,7 +734,21 @@ mod console {
         assert_eq!(names(listed), ["old-busy", "old-idle", "old-never"]);
         // The admin key too: this layer has no `StoreUsage`, so no use of it is in the store.
         let listed = server.get("/admin/api/keys?unused_for=30d", &admin).await;
-        assert_eq!(names(listed), ["new-idle", "old-idle", "old-never", "root"]);
+        let unused = ["expired", "new-idle", "old-idle", "old-never", "root"];
+        assert_eq!(names(listed), unused);
+        // About to expire: not yet expired, and within the time asked.
+        let listed = server
+            .get("/admin/api/keys?expires_within=7d", &admin)
+            .await;
+        assert_eq!(names(listed), ["old-busy", "old-never"]);
+        let listed = server
+            .get("/admin/api/keys?expires_within=30d&owner=acme", &admin)
+            .await;
+        assert_eq!(names(listed), ["old-busy", "old-idle"]);
+        let listed = server
+            .get("/admin/api/keys?expires_within=100000y", &admin)
+            .await;
+        assert_eq!(names(listed), ["old-busy", "old-idle", "old-never"]);
         let both = "/admin/api/keys?older_than=90d&unused_for=30d";
         assert_eq!(
             names(server.get(both, &admin).await),
@@ -739,7 +761,9 @@ mod console {
             )
             .await;
         assert_eq!(names(server.get(both, &own).await), ["old-idle"]);
-        for query in ["?older_than=soon", "?unused_for=30"] {
+        let soon = "/admin/api/keys?expires_within=7d";
+        assert_eq!(names(server.get(soon, &own).await), ["old-busy"]);
+        for query in ["?older_than=soon", "?unused_for=30", "?expires_within=-7d"] {
             let reply = server.get(&format!("/admin/api/keys{query}"), &admin).await;
             refused(&reply, StatusCode::BAD_REQUEST, "INVALID_DURATION");
         }

@@ -214,7 +214,9 @@ mod browser {
             .generate(&format)
             .unwrap()
             .record;
-        legacy.created_at = std::time::SystemTime::now() - Duration::from_secs(200 * 86_400);
+        let day = Duration::from_secs(86_400);
+        legacy.created_at = std::time::SystemTime::now() - 200 * day;
+        legacy.expires_at = Some(std::time::SystemTime::now() + 5 * day);
         keys.store().create(legacy).await.unwrap();
         browser
             .find(Locator::Css("#f-older_than"))
@@ -233,6 +235,22 @@ mod browser {
             .as_str()
             .ends_with("older_than=90d"));
         screenshot(&browser, "6b-keys-due-for-rotation").await;
+
+        // It expires in five days: the filter for keys about to expire finds it alone.
+        click(&browser, "#nav a[href='#/keys']").await;
+        wait_text(&browser, "table.keys", "Production App").await;
+        browser
+            .find(Locator::Css("#f-expires_within"))
+            .await
+            .unwrap()
+            .select_by_value("7d")
+            .await
+            .unwrap();
+        click(&browser, "form.filters button[type=submit]").await;
+        wait_text(&browser, ".pager", "of 1").await;
+        let listed = wait_text(&browser, "table.keys tbody", "Legacy Deploy").await;
+        assert!(!listed.contains("Production App"), "{listed}");
+        screenshot(&browser, "6c-keys-expiring-soon").await;
         click(&browser, "#nav a[href='#/keys']").await;
         wait_text(&browser, "table.keys", "Production App").await;
 

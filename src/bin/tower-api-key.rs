@@ -354,10 +354,14 @@ struct ListFilter {
     /// is what the service's `StoreUsage` sink wrote to the store.
     #[arg(long, value_parser = parse_duration)]
     unused_for: Option<Duration>,
+    /// Only keys not expired yet that expire within this long (7d): keys whose holders need a
+    /// successor soon.
+    #[arg(long, value_parser = parse_duration)]
+    expires_within: Option<Duration>,
 }
 
 impl ListFilter {
-    /// The filter, with durations counted back from `now` (to 1970 at most).
+    /// The filter, with durations counted back from `now` (to 1970 at most), or on from it.
     fn to_filter(&self, now: SystemTime) -> KeyFilter {
         let mut filter = KeyFilter::new();
         filter.owner.clone_from(&self.owner);
@@ -371,7 +375,10 @@ impl ListFilter {
         };
         filter.created_before = self.older_than.map(ago);
         filter.unused_since = self.unused_for.map(ago);
-        filter
+        match self.expires_within {
+            Some(by) => filter.expiring_within(now, by),
+            None => filter,
+        }
     }
 }
 

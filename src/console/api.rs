@@ -146,6 +146,9 @@ pub(crate) struct ListQuery {
     /// Last use is what the layer's `StoreUsage` sink flushed; without it every key counts as
     /// never used.
     unused_for: Option<String>,
+    /// Only keys not expired yet that expire within this long (`7d`): keys whose holders need
+    /// a successor soon.
+    expires_within: Option<String>,
     /// Skip this many keys (of those that match).
     #[serde(default)]
     offset: usize,
@@ -375,6 +378,11 @@ pub(crate) async fn list<A: Store>(
         name: query.name,
         created_before: ago(query.older_than.as_deref())?,
         unused_since: ago(query.unused_for.as_deref())?,
+        expiring_before: None,
+    };
+    let filter = match query.expires_within.as_deref() {
+        Some(text) => filter.expiring_within(now, duration(text)?),
+        None => filter,
     };
     let listing = if none {
         Listing::default()

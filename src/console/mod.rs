@@ -27,7 +27,7 @@
 //! | method and path | what it does |
 //! |---|---|
 //! | `GET api/me` | the caller: its role, the scopes it may grant, the plans |
-//! | `GET api/keys` | lists keys (`owner`, `environment`, `state`, `name`, `offset`, `limit`) |
+//! | `GET api/keys` | lists keys (`owner`, `environment`, `state`, `name`, `older_than`, `unused_for`, `expires_within`, `offset`, `limit`) |
 //! | `POST api/keys` | issues a key: the plaintext, shown once, and the `export` line |
 //! | `GET api/keys/{id}` | one key |
 //! | `PATCH api/keys/{id}` | changes its name, scopes, expiry, plan, limits, metadata, or disables it: all or none ([`KeyManager::update`](crate::KeyManager::update)) |

@@ -163,7 +163,7 @@ impl From<StoreError> for ManageError {
 
 /// The last second of the year 9999 (Unix seconds): the latest time a key record holds, so that
 /// every store, the CLI and JSON can write it.
-pub const MAX_UNIX_SECONDS: u64 = 253_402_300_799;
+pub const MAX_UNIX_SECONDS: u64 = crate::clock::LATEST_UNIX_SECONDS;
 
 /// Whether a record can keep time `at` (no later than [`MAX_UNIX_SECONDS`]).
 pub(crate) fn keeps(at: SystemTime) -> bool {

@@ -2,8 +2,9 @@
 //! console's key list asks of a store, so that a store with an index answers it without reading
 //! every key.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::clock::LATEST_UNIX_SECONDS;
 use crate::key::Environment;
 
 use super::{KeyRecord, KeyState};
@@ -40,6 +41,9 @@ pub struct KeyFilter {
     /// delete. The last use is what [`StoreUsage`](crate::usage::StoreUsage) flushed to the
     /// store; without it every key counts as never used.
     pub unused_since: Option<SystemTime>,
+    /// Keys not expired at the listing's time that expire before this time only: keys about
+    /// to expire, whose holders need a successor.
+    pub expiring_before: Option<SystemTime>,
 }
 
 impl KeyFilter {
@@ -116,6 +120,50 @@ impl KeyFilter {
         self
     }
 
+    /// Keys that have not expired at the listing's time and expire before `at` only.
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use tower_api_key::{Environment, key::SecretDigest};
+    /// use tower_api_key::store::KeyFilter;
+    /// use tower_api_key::store::KeyRecord;
+    ///
+    /// let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    /// let day = Duration::from_secs(86_400);
+    /// let soon = KeyFilter::new().expiring_before(now + 7 * day);
+    /// let mut record = KeyRecord::new("3kTMd9Qx2bLp", SecretDigest::of(b"s"), "ci", Environment::Live);
+    /// assert!(!soon.matches(&record, now), "never expires");
+    /// record.expires_at = Some(now + 2 * day);
+    /// assert!(soon.matches(&record, now), "in two days");
+    /// record.expires_at = Some(now - day);
+    /// assert!(!soon.matches(&record, now), "expired already");
+    /// ```
+    #[must_use]
+    pub fn expiring_before(mut self, at: SystemTime) -> Self {
+        self.expiring_before = Some(at);
+        self
+    }
+
+    /// Keys that have not expired at `now` and expire within `by` of it only: [`expiring_before`](Self::expiring_before)
+    /// `now + by`, or, past the year 9999 (the latest expiry a record keeps), every key that
+    /// expires.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use tower_api_key::store::KeyFilter;
+    ///
+    /// let now = SystemTime::now();
+    /// let week = KeyFilter::new().expiring_within(now, Duration::from_secs(7 * 86_400));
+    /// assert!(week.expiring_before.is_some());
+    /// let ever = KeyFilter::new().expiring_within(now, Duration::MAX);
+    /// assert!(ever.expiring_before.is_some());
+    /// ```
+    #[must_use]
+    pub fn expiring_within(self, now: SystemTime, by: Duration) -> Self {
+        let end = UNIX_EPOCH + Duration::from_secs(LATEST_UNIX_SECONDS + 1);
+        self.expiring_before(now.checked_add(by).map_or(end, |at| at.min(end)))
+    }
+
     /// Whether `record` passes every filter at `now`.
     pub fn matches(&self, record: &KeyRecord, now: SystemTime) -> bool {
         self.matcher(now)(record)
@@ -133,6 +181,9 @@ impl KeyFilter {
                 && self
                     .unused_since
                     .is_none_or(|at| record.last_used_at.is_none_or(|used| used < at))
+                && self.expiring_before.is_none_or(|at| {
+                    (record.expires_at).is_some_and(|expires| now < expires && expires < at)
+                })
                 && name(&record.name)
         }
     }

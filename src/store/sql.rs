@@ -319,8 +319,9 @@ pub(crate) fn needs_now(state: Option<KeyState>) -> bool {
 impl Queries {
     /// The query of the keys that `filter` lets through, its name aside (compared in Rust:
     /// SQL's `lower` is not Rust's). Its parameters, in order: the owner, the environment,
-    /// now's Unix seconds ([`needs_now`]), the creation bound and the last-use bound, each only
-    /// if the filter has it, then for a page the limit and the offset. Ordered as `list`.
+    /// now's Unix seconds ([`needs_now`]), the creation bound, the last-use bound, and now's
+    /// Unix seconds again with the expiry bound, each only if the filter has it, then for a
+    /// page the limit and the offset. Ordered as `list`.
     pub(crate) fn listing(&self, filter: &KeyFilter, select: Select) -> String {
         let t = &self.table;
         let mut parameters = 0;
@@ -358,6 +359,10 @@ impl Queries {
                 "(last_used_at IS NULL OR last_used_at < {})",
                 next()
             ));
+        }
+        if filter.expiring_before.is_some() {
+            let (now, before) = (next(), next());
+            conditions.push(format!("expires_at > {now} AND expires_at < {before}"));
         }
         let mut sql = match select {
             Select::Count => format!("SELECT COUNT(*) FROM {t}"),
@@ -798,6 +803,9 @@ macro_rules! sql_store {
                         .flatten()
                     {
                         query = query.bind($crate::store::codec::secs_up(at));
+                    }
+                    if let Some(at) = filter.expiring_before {
+                        query = query.bind(now).bind($crate::store::codec::secs_up(at));
                     }
                     query
                 };

@@ -588,6 +588,17 @@ pub async fn listings_page_as_the_filter_says<S: KeyStoreAdmin>(store: S) {
     let unused = |since| count(KeyFilter::new().unused_since(since));
     assert_eq!(unused(at(1_750_000_000)), 12, "never, or before");
     assert_eq!(unused(at(1_750_000_000) + half), 18);
+    // Four keys expire at 2_000_000_001, after `now`; the others have expired or never do.
+    let expiring = |before| count(KeyFilter::new().expiring_before(before));
+    assert_eq!(expiring(at(2_000_000_001)), 0, "before it: none");
+    assert_eq!(expiring(at(2_000_000_001) + half), 4);
+    assert_eq!(
+        expiring(at(4_000_000_000)),
+        4,
+        "expired keys are not about to"
+    );
+    let ever = KeyFilter::new().expiring_within(now, Duration::MAX);
+    assert_eq!(count(ever), 4);
     let page = store
         .list_page(&KeyFilter::new().state(KeyState::Expired), now, 0, 100)
         .await
@@ -626,21 +637,30 @@ pub async fn listings_page_as_the_filter_says<S: KeyStoreAdmin>(store: S) {
         }
     }
 
-    // By age and last use (bounds on a stored second and half a second past it), with the
-    // other filters.
+    // By age, last use and expiry (bounds on a stored second and half a second past it), with
+    // the other filters.
     let bounds = |secs| [None, Some(at(secs)), Some(at(secs) + half)];
+    let expiries = [
+        None,
+        Some(at(2_000_000_001)),
+        Some(at(2_000_000_001) + half),
+        Some(now + Duration::from_secs(8_000_000_000)),
+    ];
     for created_before in bounds(1_700_000_004) {
         for unused_since in bounds(1_750_000_000) {
-            for owner in [None, Some("acme")] {
-                for state in states {
-                    for name in [None, Some("DEPLOY")] {
-                        let mut filter = KeyFilter::new();
-                        filter.created_before = created_before;
-                        filter.unused_since = unused_since;
-                        filter.owner = owner.map(str::to_owned);
-                        filter.state = state;
-                        filter.name = name.map(str::to_owned);
-                        pages_agree(&store, &all, &filter, now, &pages).await;
+            for expiring_before in expiries {
+                for owner in [None, Some("acme")] {
+                    for state in states {
+                        for name in [None, Some("DEPLOY")] {
+                            let mut filter = KeyFilter::new();
+                            filter.created_before = created_before;
+                            filter.unused_since = unused_since;
+                            filter.expiring_before = expiring_before;
+                            filter.owner = owner.map(str::to_owned);
+                            filter.state = state;
+                            filter.name = name.map(str::to_owned);
+                            pages_agree(&store, &all, &filter, now, &pages).await;
+                        }
                     }
                 }
             }

@@ -421,6 +421,7 @@
       name: params.get('name') || '', environment: params.get('environment') || '',
       state: params.get('state') || '', owner: params.get('owner') || '',
       older_than: params.get('older_than') || '', unused_for: params.get('unused_for') || '',
+      expires_within: params.get('expires_within') || '',
       offset: Number(params.get('offset') || 0), limit: 25,
     };
     const page = await api('GET', '/keys' + query(filters));
@@ -436,6 +437,8 @@
         ['Any time', 'Over 90 days ago', 'Over 180 days ago', 'Over a year ago'])),
       field('Last used', select('unused_for', ['', '30d', '90d', '365d'], filters.unused_for,
         ['Any time', 'Not for 30 days', 'Not for 90 days', 'Not for a year'])),
+      field('Expires', select('expires_within', ['', '7d', '30d', '90d'], filters.expires_within,
+        ['Any time', 'Within 7 days', 'Within 30 days', 'Within 90 days'])),
       me.role === 'admin' ? field('Owner', h('input', { name: 'owner', id: 'f-owner', value: filters.owner })) : null,
       h('button', { type: 'submit' }, 'Filter'));
     const table = h('table', { class: 'keys' }, h('caption', { class: 'visually-hidden' }, 'API keys'),
