@@ -87,6 +87,12 @@ mod browser {
         element.click().await.unwrap();
     }
 
+    /// Chooses `value` in the select `css`.
+    async fn choose(browser: &Client, css: &str, value: &str) {
+        let select = browser.find(Locator::Css(css)).await.unwrap();
+        select.select_by_value(value).await.unwrap();
+    }
+
     #[tokio::test]
     #[ignore = "needs chromium and chromedriver: .ci/run installs and starts them (TOWER_API_KEY_CHROMEDRIVER)"]
     async fn an_operator_issues_uses_watches_and_revokes_a_key_in_the_browser() {
@@ -147,13 +153,7 @@ mod browser {
             .await
             .unwrap();
         click(&browser, "#scope-write").await;
-        browser
-            .find(Locator::Css("#f-plan"))
-            .await
-            .unwrap()
-            .select_by_value("pro")
-            .await
-            .unwrap();
+        choose(&browser, "#f-plan", "pro").await;
         screenshot(&browser, "3-new-key-form").await;
         click(&browser, "#create-submit").await;
 
@@ -218,13 +218,7 @@ mod browser {
         legacy.created_at = std::time::SystemTime::now() - 200 * day;
         legacy.expires_at = Some(std::time::SystemTime::now() + 5 * day);
         keys.store().create(legacy).await.unwrap();
-        browser
-            .find(Locator::Css("#f-older_than"))
-            .await
-            .unwrap()
-            .select_by_value("90d")
-            .await
-            .unwrap();
+        choose(&browser, "#f-older_than", "90d").await;
         click(&browser, "form.filters button[type=submit]").await;
         let listed = wait_text(&browser, "table.keys tbody", "Legacy Deploy").await;
         assert!(!listed.contains("Production App"), "{listed}");
@@ -239,13 +233,7 @@ mod browser {
         // It expires in five days: the filter for keys about to expire finds it alone.
         click(&browser, "#nav a[href='#/keys']").await;
         wait_text(&browser, "table.keys", "Production App").await;
-        browser
-            .find(Locator::Css("#f-expires_within"))
-            .await
-            .unwrap()
-            .select_by_value("7d")
-            .await
-            .unwrap();
+        choose(&browser, "#f-expires_within", "7d").await;
         click(&browser, "form.filters button[type=submit]").await;
         wait_text(&browser, ".pager", "of 1").await;
         let listed = wait_text(&browser, "table.keys tbody", "Legacy Deploy").await;
