@@ -144,9 +144,9 @@ impl KeyFilter {
         self
     }
 
-    /// Keys that have not expired at `now` and expire within `by` of it only: [`expiring_before`](Self::expiring_before)
-    /// `now + by`, or, past the year 9999 (the latest expiry a record keeps), every key that
-    /// expires.
+    /// Keys that have not expired at `now` and expire within `by` of it only:
+    /// [`expiring_before`](Self::expiring_before) `now + by`, or, past the year 9999 (the
+    /// latest expiry a record keeps), every key that expires.
     ///
     /// ```
     /// use std::time::{Duration, SystemTime};
