@@ -368,17 +368,18 @@ impl ListFilter {
         filter.environment = self.env;
         filter.state = self.state;
         filter.name.clone_from(&self.name);
-        let ago = |by: Duration| {
-            (now.checked_sub(by))
-                .unwrap_or(SystemTime::UNIX_EPOCH)
-                .max(SystemTime::UNIX_EPOCH)
-        };
-        filter.created_before = self.older_than.map(ago);
-        filter.unused_since = self.unused_for.map(ago);
-        match self.expires_within {
-            Some(by) => filter.expiring_within(now, by),
-            None => filter,
+        // Each duration given narrows the filter, counted from now.
+        let bounds: [(_, fn(_, _, _) -> _); 3] = [
+            (self.older_than, KeyFilter::created_longer_ago),
+            (self.unused_for, KeyFilter::unused_for),
+            (self.expires_within, KeyFilter::expiring_within),
+        ];
+        for (by, narrow) in bounds {
+            if let Some(by) = by {
+                filter = narrow(filter, now, by);
+            }
         }
+        filter
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -328,14 +328,6 @@ fn duration(text: &str) -> Result<Duration, ApiError> {
     })
 }
 
-/// The time `text` (a duration such as `90d`) before `now`; 1970 for a longer one.
-fn before(now: SystemTime, text: &str) -> Result<SystemTime, ApiError> {
-    Ok(now
-        .checked_sub(duration(text)?)
-        .unwrap_or(UNIX_EPOCH)
-        .max(UNIX_EPOCH))
-}
-
 /// Lists the keys the caller manages that match the query.
 pub(crate) async fn list<A: Store>(
     State(console): ConsoleState<A>,
@@ -370,20 +362,24 @@ pub(crate) async fn list<A: Store>(
         (Role::Owner(own), asked) => (Some(own.clone()), asked.is_some_and(|a| a != *own)),
     };
     let now = crate::clock::now();
-    let ago = |text: Option<&str>| text.map(|text| before(now, text)).transpose();
-    let filter = KeyFilter {
+    let mut filter = KeyFilter {
         owner,
         environment: query.environment,
         state,
         name: query.name,
-        created_before: ago(query.older_than.as_deref())?,
-        unused_since: ago(query.unused_for.as_deref())?,
-        expiring_before: None,
+        ..KeyFilter::new()
     };
-    let filter = match query.expires_within.as_deref() {
-        Some(text) => filter.expiring_within(now, duration(text)?),
-        None => filter,
-    };
+    // Each duration given narrows the filter, counted from now.
+    let bounds: [(_, fn(_, _, _) -> _); 3] = [
+        (&query.older_than, KeyFilter::created_longer_ago),
+        (&query.unused_for, KeyFilter::unused_for),
+        (&query.expires_within, KeyFilter::expiring_within),
+    ];
+    for (text, narrow) in bounds {
+        if let Some(text) = text {
+            filter = narrow(filter, now, duration(text)?);
+        }
+    }
     let listing = if none {
         Listing::default()
     } else {

@@ -97,6 +97,29 @@ impl KeyFilter {
         self
     }
 
+    /// Keys created longer than `by` before `now` only: [`created_before`](Self::created_before)
+    /// `now - by`, or 1970 at most.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use tower_api_key::store::KeyFilter;
+    ///
+    /// let now = SystemTime::now();
+    /// let due = KeyFilter::new().created_longer_ago(now, Duration::from_secs(90 * 86_400));
+    /// assert!(due.created_before < Some(now));
+    /// ```
+    #[must_use]
+    pub fn created_longer_ago(self, now: SystemTime, by: Duration) -> Self {
+        self.created_before(back(now, by))
+    }
+
+    /// Keys that got no request through for `by` before `now` only:
+    /// [`unused_since`](Self::unused_since) `now - by`, or 1970 at most.
+    #[must_use]
+    pub fn unused_for(self, now: SystemTime, by: Duration) -> Self {
+        self.unused_since(back(now, by))
+    }
+
     /// Keys that got no request through since `at` only: last used before it, or never. Last
     /// use is recorded by [`StoreUsage`](crate::usage::StoreUsage): without it in the layer's
     /// sinks, every key counts as never used.
@@ -193,6 +216,11 @@ impl KeyFilter {
         let part = self.name.as_deref().map(str::to_lowercase);
         move |name| (part.as_deref()).is_none_or(|part| name.to_lowercase().contains(part))
     }
+}
+
+/// `by` before `now`, or 1970 if that is earlier.
+fn back(now: SystemTime, by: Duration) -> SystemTime {
+    now.checked_sub(by).unwrap_or(UNIX_EPOCH).max(UNIX_EPOCH)
 }
 
 /// One page of a listing: the keys from an offset, and how many match in all.
