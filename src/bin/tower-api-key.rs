@@ -13,10 +13,11 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use tower_api_key::limit::{Credits, InvalidLimit, Limits, NamedLimit, RefillPeriod};
 use tower_api_key::{
-    key::IdKey, key::KeyFormat, manage::is_hidden_control, manage::AuditEvent, manage::CreatedKey,
-    manage::KeyInfo, manage::ManageError, manage::MAX_NAME_LEN, network, network::IpNet,
-    store::AuditArchive, store::AuditQuery, store::KeyFilter, store::KeyState, store::KeyStore,
-    store::KeyUpdate, store::StoreError, AnyStore, Environment, KeyManager, NewKey,
+    key::IdKey, key::KeyFormat, manage::is_hidden_control, manage::is_valid_name,
+    manage::AuditEvent, manage::CreatedKey, manage::KeyInfo, manage::ManageError,
+    manage::MAX_NAME_LEN, network, network::IpNet, store::AuditArchive, store::AuditQuery,
+    store::KeyFilter, store::KeyState, store::KeyStore, store::KeyUpdate, store::StoreError,
+    AnyStore, Environment, KeyManager, NewKey,
 };
 
 /// Create, list, rotate and revoke API keys.
@@ -774,20 +775,15 @@ fn actor(given: Option<&str>) -> Result<String, Failure> {
         let user = ["USER", "LOGNAME", "USERNAME"]
             .into_iter()
             .filter_map(|name| std::env::var(name).ok())
-            .find(|user| !user.is_empty() && fits(user));
+            .find(|user| is_valid_name(user));
         return Ok(user.map_or_else(|| "cli".to_owned(), |user| format!("cli:{user}")));
     };
-    if actor.trim().is_empty() || !fits(actor) {
+    if !is_valid_name(actor) {
         return Err(invalid(format!(
             "--actor: give a name of up to {MAX_NAME_LEN} characters, without control characters"
         )));
     }
     Ok(actor.to_owned())
-}
-
-/// Whether `name` is short and printable enough to name an actor.
-fn fits(name: &str) -> bool {
-    name.len() <= MAX_NAME_LEN && !name.chars().any(is_hidden_control)
 }
 
 /// The store's audit trail, and who this run's changes are by.

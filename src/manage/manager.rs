@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use super::{
-    is_hidden_control, keeps, CreatedKey, InvalidKey, KeyInfo, ManageError, MAX_METADATA_ENTRIES,
-    MAX_METADATA_LEN, MAX_NAME_LEN,
+    is_hidden_control, is_valid_name, keeps, CreatedKey, InvalidKey, KeyInfo, ManageError,
+    MAX_METADATA_ENTRIES, MAX_METADATA_LEN,
 };
 use ipnet::IpNet;
 
@@ -138,7 +138,11 @@ impl NewKey {
     pub fn generate(self, format: &KeyFormat) -> Result<CreatedKey, InvalidKey> {
         validate_name(&self.name)?;
         validate_metadata(&self.metadata)?;
-        if self.owner.as_deref().is_some_and(|owner| !is_a_name(owner)) {
+        if self
+            .owner
+            .as_deref()
+            .is_some_and(|owner| !is_valid_name(owner))
+        {
             return Err(InvalidKey::Owner);
         }
         validate_scopes(&self.scopes)?;
@@ -828,15 +832,9 @@ fn validate_update(update: &KeyUpdate) -> Result<(), InvalidKey> {
     validate_limits(update.limits.as_ref().and_then(Option::as_ref))
 }
 
-/// Whether `name` is fit to name a key or an owner: not blank, not over-long, and without a
-/// character that would act on a terminal or reorder what a reader sees.
-fn is_a_name(name: &str) -> bool {
-    !name.trim().is_empty() && name.len() <= MAX_NAME_LEN && !name.chars().any(is_hidden_control)
-}
-
-/// Refuses a name that [`is_a_name`] refuses.
+/// Refuses a name that [`is_valid_name`] refuses.
 fn validate_name(name: &str) -> Result<(), InvalidKey> {
-    if is_a_name(name) {
+    if is_valid_name(name) {
         Ok(())
     } else {
         Err(InvalidKey::Name)

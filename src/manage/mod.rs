@@ -43,6 +43,21 @@ pub fn is_hidden_control(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
+/// Whether `name` is fit to name a key, an owner or an actor of the audit trail: not blank, at
+/// most [`MAX_NAME_LEN`] bytes, and without a character [`is_hidden_control`] refuses.
+///
+/// ```
+/// use tower_api_key::manage::is_valid_name;
+///
+/// assert!(is_valid_name("Production App"));
+/// assert!(!is_valid_name("  "));
+/// assert!(!is_valid_name("deploy\u{1b}[2J"));
+/// ```
+#[must_use]
+pub fn is_valid_name(name: &str) -> bool {
+    !name.trim().is_empty() && name.len() <= MAX_NAME_LEN && !name.chars().any(is_hidden_control)
+}
+
 /// A key just issued: the plaintext to show once, and its stored record.
 #[derive(Debug)]
 #[non_exhaustive]
