@@ -759,9 +759,17 @@ mod cli {
             tool.names(&["--owner", "acme", "--state", "active"]),
             ["four", "three", "two"]
         );
-        let (code, message) = tool.failure(&["create", "--name", "x", "--max-per-owner", "2"]);
+        // Set once in the environment, for every `create`; keys without an owner are not
+        // counted.
+        tool.env
+            .push(("TOWER_API_KEY_MAX_PER_OWNER".into(), "3".into()));
+        let (code, _) = tool.failure(&["create", "--name", "five", "--owner", "acme"]);
+        assert_eq!(code, 2, "three in circulation: two, three and four");
+        tool.create(&["--name", "no owner"]);
+        tool.create(&["--name", "globex two", "--owner", "globex"]);
+        let (code, message) = tool.failure(&["create", "--name", "x", "--max-per-owner", "many"]);
         assert_eq!(code, 2);
-        assert!(message.contains("--owner"), "{message}");
+        assert!(message.contains("--max-per-owner"), "{message}");
     }
 
     /// `list --older-than` finds the keys due for rotation, `--unused-for` the keys nobody used

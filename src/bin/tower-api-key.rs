@@ -290,9 +290,9 @@ struct KeySpec {
     /// The variable name in the `export` line (default: <PREFIX>_API_KEY).
     #[arg(long)]
     var: Option<String>,
-    /// Refuse (exit code 2) if the owner already has N keys in circulation (neither revoked
-    /// nor expired; disabled ones count).
-    #[arg(long, value_name = "N", requires = "owner")]
+    /// Refuse (exit code 2) if the key's owner already has N keys in circulation (neither
+    /// revoked nor expired; disabled ones count). Keys without an owner are not counted.
+    #[arg(long, value_name = "N", env = "TOWER_API_KEY_MAX_PER_OWNER")]
     max_per_owner: Option<u32>,
 }
 
