@@ -296,11 +296,12 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// [the most keys](Self::max_keys_per_owner) already; [`ManageError::Store`] when the store
     /// fails.
     pub async fn create(&self, new: NewKey) -> Result<CreatedKey, ManageError> {
-        self.issue(new, self.max_keys_per_owner).await
+        self.issue(new, 0).await
     }
 
-    /// Issues `new`, within `max` keys of its owner if given.
-    async fn issue(&self, new: NewKey, max: Option<u32>) -> Result<CreatedKey, ManageError> {
+    /// Issues `new`; with [a most keys per owner](Self::max_keys_per_owner), within that many
+    /// and `over` more of its owner's keys.
+    async fn issue(&self, new: NewKey, over: u32) -> Result<CreatedKey, ManageError> {
         let format = self
             .format
             .as_ref()
@@ -309,19 +310,21 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         loop {
             let created = new.clone().generate(format).map_err(ManageError::Invalid)?;
             let record = created.record.clone();
-            let added = match max {
-                Some(max) if record.owner.is_some() => {
-                    let now = crate::clock::now();
-                    self.store.create_within(record, max, now).await
+            let most = self.max_keys_per_owner.filter(|_| record.owner.is_some());
+            let added = match most {
+                Some(most) => {
+                    let (within, now) = (most.saturating_add(over), crate::clock::now());
+                    self.store.create_within(record, within, now).await
                 }
-                _ => self.store.create(record).await.map(|()| true),
+                None => self.store.create(record).await.map(|()| true),
             };
             match added {
                 Ok(true) => {
                     self.changed(&created.record.id);
                     return Ok(created);
                 }
-                Ok(false) => return Err(ManageError::TooManyKeys(max.unwrap_or_default())),
+                // Only `create_within` refuses, so `most` is set.
+                Ok(false) => return Err(ManageError::TooManyKeys(most.unwrap_or_default())),
                 Err(StoreError::Conflict(_)) if attempts < 4 => attempts += 1,
                 Err(error) => return Err(error.into()),
             }
@@ -795,15 +798,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         new.expires_at = old.expires_at;
         // The successor replaces the old key, which works on through its grace period: one key
         // over the owner's most, no more (else rotations with long graces would pile up keys).
-        let over_by_one = self.max_keys_per_owner.map(|max| max.saturating_add(1));
-        let created = match self.issue(new, over_by_one).await {
-            Err(ManageError::TooManyKeys(_)) => {
-                return Err(ManageError::TooManyKeys(
-                    self.max_keys_per_owner.unwrap_or(0),
-                ))
-            }
-            issued => issued?,
-        };
+        let created = self.issue(new, 1).await?;
         let expires = old.expires_at.map_or(grace_ends, |at| at.min(grace_ends));
         let result = self.store.set_expiry(id, Some(expires)).await;
         self.changed(id);

@@ -142,15 +142,19 @@ impl KeyStore for MemoryStore {
     }
 }
 
+/// Adds `record` to `keys`, unless its id is taken.
+fn add(keys: &mut HashMap<String, KeyRecord>, record: KeyRecord) -> Result<(), StoreError> {
+    if keys.contains_key(&record.id) {
+        return Err(StoreError::Conflict(record.id));
+    }
+    keys.insert(record.id.clone(), record);
+    Ok(())
+}
+
 #[async_trait]
 impl KeyStoreAdmin for MemoryStore {
     async fn create(&self, record: KeyRecord) -> Result<(), StoreError> {
-        let keys = &mut self.write().keys;
-        if keys.contains_key(&record.id) {
-            return Err(StoreError::Conflict(record.id));
-        }
-        keys.insert(record.id.clone(), record);
-        Ok(())
+        add(&mut self.write().keys, record)
     }
 
     /// Counts and adds under the store's lock.
@@ -170,11 +174,7 @@ impl KeyStoreAdmin for MemoryStore {
                 return Ok(false);
             }
         }
-        if keys.contains_key(&record.id) {
-            return Err(StoreError::Conflict(record.id));
-        }
-        keys.insert(record.id.clone(), record);
-        Ok(true)
+        add(keys, record).map(|()| true)
     }
 
     async fn revoke(&self, id: &str, at: SystemTime) -> Result<bool, StoreError> {
