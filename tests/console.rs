@@ -97,6 +97,12 @@ mod console {
             (json["key"].as_str().unwrap().to_owned(), id)
         }
 
+        /// Revokes key `id` through the console, as `by`.
+        async fn revoke(&self, id: &str, by: &str) -> Reply {
+            let path = format!("/admin/api/keys/{id}/revoke");
+            self.call(Method::POST, &path, Some(by), "").await
+        }
+
         /// The status of `GET /items/1` with `key`.
         async fn use_key(&self, key: &str) -> StatusCode {
             self.get("/items/1", key).await.status
@@ -267,14 +273,7 @@ mod console {
         assert_eq!(server.use_key(&plaintext).await, StatusCode::OK);
 
         // Revoke: the key answers 401 at once; it cannot be rotated back.
-        let revoked = server
-            .call(
-                Method::POST,
-                &format!("/admin/api/keys/{id}/revoke"),
-                Some(&admin),
-                "",
-            )
-            .await;
+        let revoked = server.revoke(&id, &admin).await;
         assert_eq!(revoked.json()["state"], "revoked");
         let after = server.get("/items/1", &plaintext).await;
         assert_eq!(after.status, StatusCode::UNAUTHORIZED);
@@ -492,14 +491,7 @@ mod console {
             StatusCode::UNAUTHORIZED,
             "no grace: expired at once"
         );
-        let revoke = server
-            .call(
-                Method::POST,
-                &format!("/admin/api/keys/{rotated_id}/revoke"),
-                Some(&acme_self),
-                "",
-            )
-            .await;
+        let revoke = server.revoke(&rotated_id, &acme_self).await;
         assert_eq!(revoke.json()["state"], "revoked");
         let delete = server
             .call(Method::DELETE, &own, Some(&acme_self), "")
@@ -568,13 +560,27 @@ mod console {
         let (second_key, second) = server
             .create(&acme_self, json!({"name": "worker 2", "scopes": ["read"]}))
             .await;
+        // Issuing `body` as `by` is refused: the owner is at the limit.
+        let at_limit = |by: &str, body: Value| {
+            let (server, by) = (&server, by.to_owned());
+            async move {
+                let refusal = server.issue("/admin/api/keys", &by, body).await;
+                refused(&refusal, StatusCode::CONFLICT, "KEY_LIMIT_REACHED");
+            }
+        };
+        // Rotates key `id` as the key holder, the old key working on for `grace`.
+        let rotate = |id: &str, grace: &str| {
+            let (server, acme_self) = (&server, &acme_self);
+            let (path, body) = (
+                format!("/admin/api/keys/{id}/rotate"),
+                json!({"grace": grace}),
+            );
+            async move { server.issue(&path, acme_self, body).await }
+        };
         // The fourth: refused to the key holder and to an admin alike, and nothing is stored.
-        let one_more = json!({"name": "worker 3", "scopes": ["read"]});
-        let refusal = server.issue("/admin/api/keys", &acme_self, one_more).await;
-        refused(&refusal, StatusCode::CONFLICT, "KEY_LIMIT_REACHED");
+        at_limit(&acme_self, json!({"name": "worker 3", "scopes": ["read"]})).await;
         let by_admin = json!({"name": "worker 3", "owner": "acme", "scopes": ["read"]});
-        let refusal = server.issue("/admin/api/keys", &admin, by_admin).await;
-        refused(&refusal, StatusCode::CONFLICT, "KEY_LIMIT_REACHED");
+        at_limit(&admin, by_admin).await;
         let listed = server
             .get("/admin/api/keys?owner=acme", &admin)
             .await
@@ -593,30 +599,14 @@ mod console {
             .await;
         assert_eq!(disabled.status, StatusCode::OK, "{}", disabled.body);
         let again = json!({"name": "worker 3", "scopes": ["read"]});
-        let refusal = server
-            .issue("/admin/api/keys", &acme_self, again.clone())
-            .await;
-        refused(&refusal, StatusCode::CONFLICT, "KEY_LIMIT_REACHED");
-        let revoked = server
-            .call(
-                Method::POST,
-                &format!("{path}/revoke"),
-                Some(&acme_self),
-                "",
-            )
-            .await;
+        at_limit(&acme_self, again.clone()).await;
+        let revoked = server.revoke(&first, &acme_self).await;
         assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
         let (third_key, third) = server.create(&acme_self, again).await;
         assert_eq!(server.use_key(&third_key).await, StatusCode::OK);
 
         // A rotation replaces a key: not refused at the limit, and the old key ends.
-        let rotated = server
-            .issue(
-                &format!("/admin/api/keys/{second}/rotate"),
-                &acme_self,
-                json!({"grace": "0s"}),
-            )
-            .await;
+        let rotated = rotate(&second, "0s").await;
         assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.body);
         let successor = rotated.json()["key"].as_str().unwrap().to_owned();
         assert_eq!(server.use_key(&successor).await, StatusCode::OK);
@@ -636,17 +626,7 @@ mod console {
 
         // A rotation's grace period may take the owner one key over, no further: rotations
         // with long graces do not pile up keys.
-        let rotate = |id: String| {
-            let path = format!("/admin/api/keys/{id}/rotate");
-            let server = &server;
-            let acme_self = &acme_self;
-            async move {
-                server
-                    .issue(&path, acme_self, json!({"grace": "30d"}))
-                    .await
-            }
-        };
-        let rotated = rotate(fourth.clone()).await;
+        let rotated = rotate(&fourth, "30d").await;
         assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.body);
         let successor_id = rotated.json()["record"]["id"].as_str().unwrap().to_owned();
         let listed = server
@@ -657,26 +637,13 @@ mod console {
             4,
             "one over, during the grace period"
         );
-        refused(
-            &rotate(successor_id.clone()).await,
-            StatusCode::CONFLICT,
-            "KEY_LIMIT_REACHED",
-        );
-        let refusal = server
-            .issue("/admin/api/keys", &acme_self, json!({"name": "worker 5"}))
-            .await;
+        let refusal = rotate(&successor_id, "30d").await;
         refused(&refusal, StatusCode::CONFLICT, "KEY_LIMIT_REACHED");
+        at_limit(&acme_self, json!({"name": "worker 5"})).await;
         // Ending the old key makes room again.
-        let revoked = server
-            .call(
-                Method::POST,
-                &format!("/admin/api/keys/{fourth}/revoke"),
-                Some(&acme_self),
-                "",
-            )
-            .await;
+        let revoked = server.revoke(&fourth, &acme_self).await;
         assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
-        let rotated = rotate(successor_id).await;
+        let rotated = rotate(&successor_id, "30d").await;
         assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.body);
 
         // Without a limit, `api/me` says none.
