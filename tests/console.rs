@@ -540,8 +540,9 @@ mod console {
         refused(&reply, StatusCode::UNAUTHORIZED, "API_KEY_REVOKED");
     }
 
-    /// `older_than` lists the keys due for rotation, `unused_for` those nobody used lately (or
-    /// ever); a self-service key still sees only its owner's.
+    /// With a most keys per owner, the fourth key is refused to the key holder and to an admin
+    /// alike; disabled keys count, revoked and deleted ones free room; a rotation may go one
+    /// over while the old key's grace period runs.
     #[tokio::test]
     async fn an_owner_holds_no_more_keys_than_the_console_allows() {
         let server = Server::start_with(|console| console.max_keys_per_owner(3)).await;
@@ -655,6 +656,121 @@ mod console {
         assert_eq!(me["max_keys_per_owner"], Value::Null);
     }
 
+    /// With a longest lifetime, a key asked without an expiry gets it, a later expiry (or none)
+    /// is refused to the key holder and to an admin alike, and a rotation keeps the old key's
+    /// expiry within it; `api/me` says it.
+    #[tokio::test]
+    async fn no_key_outlives_the_console_s_longest_lifetime() {
+        use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+        let server = Server::start_with(|console| {
+            console.max_key_lifetime(Duration::from_secs(30 * 86_400))
+        })
+        .await;
+        let admin = server.admin.clone();
+        let me = server.get("/admin/api/me", &admin).await.json();
+        assert_eq!(me["max_key_lifetime_secs"], 30 * 86_400);
+        let unix = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
+        let expires = |reply: &Reply| reply.json()["record"]["expires_at"].as_u64().unwrap();
+
+        // Asked without an expiry, the key expires 30 days after it is issued.
+        let before = unix();
+        let (acme_self, acme_self_id) = server
+            .create(
+                &admin,
+                json!({"name": "acme console", "owner": "acme", "scopes": ["read", "keys:self"]}),
+            )
+            .await;
+        let shown = server
+            .get(&format!("/admin/api/keys/{acme_self_id}"), &admin)
+            .await
+            .json();
+        let at = shown["expires_at"].as_u64().unwrap();
+        assert!(
+            before + 30 * 86_400 <= at && at <= unix() + 30 * 86_400,
+            "{shown}"
+        );
+
+        // Up to 30 days passes; more is refused, to the key holder and to an admin, and stores
+        // nothing.
+        let (_, within) = server
+            .create(&acme_self, json!({"name": "a month", "expires_in": "30d"}))
+            .await;
+        for (by, body) in [
+            (&acme_self, json!({"name": "a year", "expires_in": "365d"})),
+            (
+                &admin,
+                json!({"name": "a year", "owner": "acme", "expires_in": "31d"}),
+            ),
+            (
+                &admin,
+                json!({"name": "late", "expires_at": unix() + 40 * 86_400}),
+            ),
+        ] {
+            let refusal = server.issue("/admin/api/keys", by, body).await;
+            refused(&refusal, StatusCode::BAD_REQUEST, "EXPIRY_TOO_LATE");
+            assert!(
+                refusal.body.contains("at most 30 days from now"),
+                "{}",
+                refusal.body
+            );
+        }
+        let listed = server.get("/admin/api/keys", &admin).await.json();
+        assert_eq!(listed["total"], 3, "{listed}");
+
+        // An admin may not clear an expiry or move it past the longest; within it, it may.
+        let path = format!("/admin/api/keys/{within}");
+        for body in [
+            r#"{"expires_at":null}"#,
+            r#"{"expires_in":"60d","name":"renamed"}"#,
+        ] {
+            let refusal = server.call(Method::PATCH, &path, Some(&admin), body).await;
+            refused(&refusal, StatusCode::BAD_REQUEST, "EXPIRY_TOO_LATE");
+        }
+        let shown = server.get(&path, &admin).await.json();
+        assert_eq!(shown["name"], "a month");
+        let moved = server
+            .call(Method::PATCH, &path, Some(&admin), r#"{"expires_in":"7d"}"#)
+            .await;
+        assert_eq!(moved.status, StatusCode::OK, "{}", moved.body);
+        let week = moved.json()["expires_at"].as_u64().unwrap();
+
+        // A rotation keeps the old key's expiry.
+        let rotated = server
+            .issue(
+                &format!("{path}/rotate"),
+                &acme_self,
+                json!({"grace": "0s"}),
+            )
+            .await;
+        assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.body);
+        assert_eq!(expires(&rotated), week);
+
+        // Without a limit, `api/me` says none and a key may never expire.
+        let unlimited = Server::start().await;
+        let me = unlimited
+            .get("/admin/api/me", &unlimited.admin)
+            .await
+            .json();
+        assert_eq!(me["max_key_lifetime_secs"], Value::Null);
+        let created = unlimited
+            .issue(
+                "/admin/api/keys",
+                &unlimited.admin,
+                json!({"name": "forever"}),
+            )
+            .await;
+        assert_eq!(created.json()["record"]["expires_at"], Value::Null);
+    }
+
+    /// `older_than` lists the keys due for rotation, `unused_for` those nobody used lately (or
+    /// ever), `expires_within` those about to expire; a self-service key still sees only its
+    /// owner's.
     #[tokio::test]
     async fn keys_are_listed_by_age_last_use_and_expiry() {
         use std::time::{Duration, SystemTime};

@@ -220,6 +220,10 @@ pub(crate) struct Me {
     /// The most keys in circulation (neither revoked nor expired) an owner may hold, if
     /// limited: issuing one more answers 409 `KEY_LIMIT_REACHED`.
     max_keys_per_owner: Option<u32>,
+    /// The longest a key may live, in seconds from when it is issued or its expiry set, if
+    /// limited: a key issued without an expiry gets this long; a later expiry, or none, answers
+    /// 400 `EXPIRY_TOO_LATE`.
+    max_key_lifetime_secs: Option<u64>,
 }
 
 impl<A: Store> Inner<A> {
@@ -713,6 +717,7 @@ pub(crate) async fn me<A: Store>(
         usage: console.analytics.is_some(),
         env_var: console.env_var.clone(),
         max_keys_per_owner: console.keys.owner_cap(),
+        max_key_lifetime_secs: console.keys.lifetime_cap().map(|max| max.as_secs()),
     }))
 }
 

@@ -110,6 +110,7 @@ impl From<ManageError> for ApiError {
             ManageError::TooManyKeys(_) => {
                 ApiError::new(StatusCode::CONFLICT, "KEY_LIMIT_REACHED", error.to_string())
             }
+            ManageError::LifetimeTooLong(_) => ApiError::bad("EXPIRY_TOO_LATE", error.to_string()),
         }
     }
 }

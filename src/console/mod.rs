@@ -64,6 +64,7 @@ mod openapi;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -152,6 +153,27 @@ impl<A: KeyStoreAdmin + UsageArchive + AuditArchive + Clone> Console<A> {
     /// ```
     pub fn max_keys_per_owner(mut self, max: u32) -> Self {
         self.inner.keys = self.inner.keys.max_keys_per_owner(max);
+        self
+    }
+
+    /// Lets no key live longer than `max` from now, whoever asks: a key issued without an
+    /// expiry expires `max` after it was issued, and an expiry later than that (or none) answers
+    /// 400 `EXPIRY_TOO_LATE`. A rotation keeps the old key's expiry, brought within `max`. See
+    /// [`KeyManager::max_key_lifetime`](crate::KeyManager::max_key_lifetime).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_api_key::console::Console;
+    /// use tower_api_key::{ApiKeyLayer, MemoryStore};
+    ///
+    /// let store = MemoryStore::new();
+    /// let layer = ApiKeyLayer::new("mesh", store.clone())?;
+    /// let year = Duration::from_secs(365 * 24 * 3_600);
+    /// let console = Console::new(&layer, store).max_key_lifetime(year);
+    /// # Ok::<(), tower_api_key::ConfigError>(())
+    /// ```
+    pub fn max_key_lifetime(mut self, max: Duration) -> Self {
+        self.inner.keys = self.inner.keys.max_key_lifetime(max);
         self
     }
 

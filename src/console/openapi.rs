@@ -71,7 +71,8 @@ fn list() {}
 
 /// Issues a key. The plaintext is in this answer only. 409 `KEY_LIMIT_REACHED` when its owner
 /// already has the most keys in circulation the console allows (`max_keys_per_owner` in
-/// `api/me`).
+/// `api/me`); 400 `EXPIRY_TOO_LATE` for an expiry later than the longest lifetime the console
+/// allows (`max_key_lifetime_secs` in `api/me`; a key asked without an expiry gets that long).
 #[utoipa::path(post, path = "/api/keys", tag = "keys", request_body = CreateKey,
     responses((status = 201, body = Issued), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 #[allow(dead_code)]
@@ -84,7 +85,8 @@ fn create() {}
 fn show() {}
 
 /// Changes a key; fields left out stay, `null` clears. Every field is checked before the first
-/// is written: a 400 changes nothing. A 503 may leave the fields written before the store failed,
+/// is written: a 400 changes nothing (`EXPIRY_TOO_LATE` for an expiry, or none, later than the
+/// longest lifetime the console allows). A 503 may leave the fields written before the store failed,
 /// and names them in the audit trail.
 #[utoipa::path(patch, path = "/api/keys/{id}", tag = "keys", params(("id" = String, Path, description = "The key id")),
     request_body = UpdateKey,

@@ -196,6 +196,7 @@ pub struct KeyManager<A> {
     format: Option<KeyFormat>,
     cache: Option<ApiKeyHandle>,
     max_keys_per_owner: Option<u32>,
+    max_key_lifetime: Option<Duration>,
 }
 
 impl<A: KeyStoreAdmin> KeyManager<A> {
@@ -214,6 +215,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
             format: None,
             cache: None,
             max_keys_per_owner: None,
+            max_key_lifetime: None,
         }
     }
 
@@ -269,6 +271,65 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         self.max_keys_per_owner
     }
 
+    /// Lets no key live longer than `max` from now, as the reference advises ("rotate keys
+    /// regularly"): a key issued without an expiry expires `max` after it was issued; an
+    /// expiry later than `max` from now, or none at all, is refused with
+    /// [`ManageError::LifetimeTooLong`] when a key is created or its expiry set. A
+    /// [rotation](Self::rotate) keeps the old key's expiry, brought within `max` of now (so
+    /// rotating a key issued before the limit gives one that obeys it). Keys already stored are
+    /// not changed: find those expiring late, or never, with [`list_matching`](Self::list_matching).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use std::time::{Duration, SystemTime};
+    /// use tower_api_key::{key::KeyFormat, manage::ManageError, KeyManager, MemoryStore, NewKey};
+    ///
+    /// let ninety_days = Duration::from_secs(90 * 24 * 3_600);
+    /// let keys = KeyManager::new(MemoryStore::new())
+    ///     .format(KeyFormat::new("mesh")?)
+    ///     .max_key_lifetime(ninety_days);
+    /// let created = keys.create(NewKey::new("ci")).await?;
+    /// let expires = created.record.expires_at.expect("an expiry, at the longest");
+    /// assert!(expires <= SystemTime::now() + ninety_days);
+    ///
+    /// let in_a_year = SystemTime::now() + Duration::from_secs(365 * 24 * 3_600);
+    /// let refused = keys.create(NewKey::new("deploys").expires_at(in_a_year)).await;
+    /// assert!(matches!(refused, Err(ManageError::LifetimeTooLong(max)) if max == ninety_days));
+    /// let refused = keys.set_expiry(&created.record.id, None).await;
+    /// assert!(matches!(refused, Err(ManageError::LifetimeTooLong(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn max_key_lifetime(mut self, max: Duration) -> Self {
+        self.max_key_lifetime = Some(max);
+        self
+    }
+
+    /// The longest a key may live, if [limited](Self::max_key_lifetime).
+    #[cfg(feature = "console")]
+    pub(crate) fn lifetime_cap(&self) -> Option<Duration> {
+        self.max_key_lifetime
+    }
+
+    /// The latest expiry a key may be given now, with [a longest lifetime](Self::max_key_lifetime)
+    /// (`None` without one, or when it reaches past what a record keeps). On the precise clock:
+    /// an expiry a caller computed as "now plus the longest" a moment before is never refused.
+    fn latest_expiry(&self) -> Option<(SystemTime, Duration)> {
+        let max = self.max_key_lifetime?;
+        let latest = SystemTime::now().checked_add(max).filter(|at| keeps(*at))?;
+        Some((latest, max))
+    }
+
+    /// Refuses expiry `at` (`None`: never) if it is past [the latest](Self::latest_expiry).
+    fn check_lifetime(&self, at: Option<SystemTime>) -> Result<(), ManageError> {
+        match self.latest_expiry() {
+            Some((latest, max)) if at.is_none_or(|at| at > latest) => {
+                Err(ManageError::LifetimeTooLong(max))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The store.
     pub fn store(&self) -> &A {
         &self.store
@@ -293,19 +354,24 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// # Errors
     /// [`ManageError::Invalid`] for a bad name or scope, or when the manager has no key format;
     /// [`ManageError::TooManyKeys`] when the key's owner holds
-    /// [the most keys](Self::max_keys_per_owner) already; [`ManageError::Store`] when the store
-    /// fails.
+    /// [the most keys](Self::max_keys_per_owner) already; [`ManageError::LifetimeTooLong`] for
+    /// an expiry past [the longest lifetime](Self::max_key_lifetime); [`ManageError::Store`]
+    /// when the store fails.
     pub async fn create(&self, new: NewKey) -> Result<CreatedKey, ManageError> {
         self.issue(new, 0).await
     }
 
     /// Issues `new`; with [a most keys per owner](Self::max_keys_per_owner), within that many
     /// and `over` more of its owner's keys.
-    async fn issue(&self, new: NewKey, over: u32) -> Result<CreatedKey, ManageError> {
+    async fn issue(&self, mut new: NewKey, over: u32) -> Result<CreatedKey, ManageError> {
         let format = self
             .format
             .as_ref()
             .ok_or(ManageError::Invalid(InvalidKey::NoFormat))?;
+        if new.expires_at.is_none() {
+            new.expires_at = self.latest_expiry().map(|(latest, _)| latest);
+        }
+        self.check_lifetime(new.expires_at)?;
         let mut attempts = 1;
         loop {
             let created = new.clone().generate(format).map_err(ManageError::Invalid)?;
@@ -678,10 +744,12 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// new expiry answers `API_KEY_EXPIRED`; one whose expiry moved later works again.
     ///
     /// # Errors
-    /// [`ManageError::Invalid`] for a time past the year 9999; [`ManageError::Store`] when the
-    /// store fails.
+    /// [`ManageError::Invalid`] for a time past the year 9999; [`ManageError::LifetimeTooLong`]
+    /// for a time (or, with `None`, no expiry) past [the longest lifetime](Self::max_key_lifetime);
+    /// [`ManageError::Store`] when the store fails.
     pub async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, ManageError> {
         validate_expiry(at).map_err(ManageError::Invalid)?;
+        self.check_lifetime(at)?;
         let result = self.store.set_expiry(id, at).await;
         self.changed(id);
         Ok(result?)
@@ -721,10 +789,13 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// ```
     ///
     /// # Errors
-    /// [`ManageError::Invalid`] for a change a setter would refuse; [`ManageError::Store`] when
-    /// the store fails (the cache is cleared all the same).
+    /// [`ManageError::Invalid`] or [`ManageError::LifetimeTooLong`] for a change a setter would
+    /// refuse; [`ManageError::Store`] when the store fails (the cache is cleared all the same).
     pub async fn update(&self, id: &str, update: &KeyUpdate) -> Result<bool, ManageError> {
         validate_update(update).map_err(ManageError::Invalid)?;
+        if let Some(at) = update.expires_at {
+            self.check_lifetime(at)?;
+        }
         let result = self.store.update_key(id, update).await;
         self.changed(id);
         Ok(result?)
@@ -795,7 +866,11 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         new.allowed_networks = old.allowed_networks.clone();
         // What the old key had left, as of now; it keeps its own through the grace period.
         new.credits = old.credits.clone().map(|credits| credits.refilled_by(now));
-        new.expires_at = old.expires_at;
+        // Within the longest lifetime from now, if the old key's expiry is not already.
+        new.expires_at = match (old.expires_at, self.latest_expiry()) {
+            (Some(at), Some((latest, _))) => Some(at.min(latest)),
+            (at, latest) => at.or(latest.map(|(latest, _)| latest)),
+        };
         // The successor replaces the old key, which works on through its grace period: one key
         // over the owner's most, no more (else rotations with long graces would pile up keys).
         let created = self.issue(new, 1).await?;
@@ -878,6 +953,7 @@ fn validate_limits(limits: Option<&Limits>) -> Result<(), InvalidKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::KeyStore;
     use crate::MemoryStore;
 
     /// A name, an owner or a metadata key with a control character or a bidirectional override
@@ -924,5 +1000,93 @@ mod tests {
         let shown = keys.show(id).await.unwrap().unwrap();
         assert_eq!(shown.name, "Bob's key: café ☕");
         assert_eq!(shown.metadata["note"], "line one\nline two");
+    }
+
+    const DAY: Duration = Duration::from_secs(24 * 3_600);
+
+    /// With a longest lifetime, no key is issued, set or rotated to expire later than that
+    /// from now, or never; a refused change changes nothing.
+    #[tokio::test]
+    async fn no_key_outlives_the_longest_lifetime() {
+        let store = MemoryStore::new();
+        let format = KeyFormat::new("mesh").unwrap();
+        let unlimited = KeyManager::new(store.clone()).format(format);
+        let keys = unlimited.clone().max_key_lifetime(30 * DAY);
+        let too_long =
+            |result| matches!(result, Err(ManageError::LifetimeTooLong(max)) if max == 30 * DAY);
+
+        // Issued without an expiry: the longest.
+        let before = SystemTime::now();
+        let created = keys.create(NewKey::new("ci")).await.unwrap();
+        let expires = created.record.expires_at.unwrap();
+        assert!(before + 30 * DAY <= expires && expires <= SystemTime::now() + 30 * DAY);
+        let id = &created.record.id;
+
+        // The longest exactly passes; a second more is refused, and nothing is stored.
+        let edge = SystemTime::now() + 30 * DAY;
+        keys.create(NewKey::new("edge").expires_at(edge))
+            .await
+            .unwrap();
+        let late =
+            NewKey::new("late").expires_at(SystemTime::now() + 30 * DAY + Duration::from_secs(1));
+        assert!(too_long(keys.create(late).await.map(|_| ())));
+        assert_eq!(keys.list().await.unwrap().len(), 2);
+
+        // Setting an expiry: never, or past the longest, is refused; within it passes.
+        assert!(too_long(keys.set_expiry(id, None).await.map(|_| ())));
+        assert!(too_long(
+            keys.set_expiry(id, Some(SystemTime::now() + 31 * DAY))
+                .await
+                .map(|_| ())
+        ));
+        let update = KeyUpdate {
+            name: Some("other".into()),
+            expires_at: Some(None),
+            ..KeyUpdate::new()
+        };
+        assert!(too_long(keys.update(id, &update).await.map(|_| ())));
+        let shown = store.get(id).await.unwrap().unwrap();
+        assert_eq!(
+            (shown.name.as_str(), shown.expires_at),
+            ("ci", Some(expires))
+        );
+        let soon = SystemTime::now() + DAY;
+        assert!(keys.set_expiry(id, Some(soon)).await.unwrap());
+        let update = KeyUpdate {
+            expires_at: Some(Some(soon + DAY)),
+            ..KeyUpdate::new()
+        };
+        assert!(keys.update(id, &update).await.unwrap());
+
+        // A rotation keeps an expiry within the longest, and brings one past it (a key issued
+        // before the limit, without an expiry) within it.
+        let rotated = keys.rotate(id, Duration::ZERO).await.unwrap().unwrap();
+        assert_eq!(
+            unix_seconds(rotated.record.expires_at.unwrap()),
+            unix_seconds(soon + DAY)
+        );
+        let old = unlimited.create(NewKey::new("old")).await.unwrap();
+        assert_eq!(old.record.expires_at, None);
+        let before = SystemTime::now();
+        let rotated = keys.rotate(&old.record.id, DAY).await.unwrap().unwrap();
+        let expires = rotated.record.expires_at.unwrap();
+        assert!(before + 30 * DAY <= expires && expires <= SystemTime::now() + 30 * DAY);
+
+        // Without the limit, the same changes pass.
+        assert!(unlimited.set_expiry(id, None).await.unwrap());
+    }
+
+    /// How the refusal says the longest lifetime.
+    #[test]
+    fn the_longest_lifetime_is_said_in_days_hours_or_seconds() {
+        let said = |secs| ManageError::LifetimeTooLong(Duration::from_secs(secs)).to_string();
+        assert!(
+            said(90 * 86_400).contains("at most 90 days from now"),
+            "{}",
+            said(90 * 86_400)
+        );
+        assert!(said(86_400).contains("at most 1 day from"));
+        assert!(said(36 * 3_600).contains("at most 36 hours from"));
+        assert!(said(90).contains("at most 90 seconds from"));
     }
 }

@@ -10,7 +10,7 @@ pub use audit::AuditEvent;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::key::{Environment, KeyFormat, PlaintextKey};
 use crate::limit::{Credits, InvalidLimit, Limits};
@@ -137,6 +137,9 @@ pub enum ManageError {
     /// [`KeyManager::max_keys_per_owner`](crate::KeyManager::max_keys_per_owner) allows (or,
     /// for a rotation, one more).
     TooManyKeys(u32),
+    /// The expiry asked for (or none) is later than this long from now, the longest
+    /// [`KeyManager::max_key_lifetime`](crate::KeyManager::max_key_lifetime) allows.
+    LifetimeTooLong(Duration),
 }
 
 impl fmt::Display for ManageError {
@@ -156,6 +159,11 @@ impl fmt::Display for ManageError {
                 "the owner already holds the most keys in use allowed ({max}, and one more while \
                  a rotated key's grace period runs): revoke or delete one first"
             ),
+            ManageError::LifetimeTooLong(max) => write!(
+                f,
+                "keys may live at most {} from now: give an earlier expiry",
+                Lifetime(*max)
+            ),
         }
     }
 }
@@ -165,7 +173,9 @@ impl std::error::Error for ManageError {
         match self {
             ManageError::Invalid(e) => Some(e),
             ManageError::Store(e) => Some(e),
-            ManageError::NotActive(_) | ManageError::TooManyKeys(_) => None,
+            ManageError::NotActive(_)
+            | ManageError::TooManyKeys(_)
+            | ManageError::LifetimeTooLong(_) => None,
         }
     }
 }
@@ -173,6 +183,23 @@ impl std::error::Error for ManageError {
 impl From<StoreError> for ManageError {
     fn from(error: StoreError) -> Self {
         ManageError::Store(error)
+    }
+}
+
+/// A longest lifetime as people say it: `90 days`, `12 hours`, `45 seconds`.
+struct Lifetime(Duration);
+
+impl fmt::Display for Lifetime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.as_secs();
+        let (count, unit) = match secs {
+            0 => (0, "second"),
+            _ if secs % 86_400 == 0 => (secs / 86_400, "day"),
+            _ if secs % 3_600 == 0 => (secs / 3_600, "hour"),
+            _ => (secs, "second"),
+        };
+        let plural = if count == 1 { "" } else { "s" };
+        write!(f, "{count} {unit}{plural}")
     }
 }
 

@@ -499,6 +499,16 @@
     return set;
   }
 
+  /** The new-key form's expiries: the values, the one chosen and their labels; with a longest
+   *  lifetime, none past it, and no "never" (a key asked without an expiry gets the longest). */
+  function expiries() {
+    const choices = [['7d', 7, 'In 7 days'], ['30d', 30, 'In 30 days'], ['90d', 90, 'In 90 days'], ['365d', 365, 'In a year']];
+    const max = me.max_key_lifetime_secs;
+    const within = max === null ? choices : choices.filter(([, days]) => days * 86400 <= max);
+    const longest = max === null ? 'Never' : 'At the longest (' + period(max) + ')';
+    return [['', ...within.map(([value]) => value)], '', [longest, ...within.map(([, , label]) => label)]];
+  }
+
   function chosenScopes(form) {
     return [...form.querySelectorAll('input[name="scope"]:checked')].map((box) => box.value);
   }
@@ -525,12 +535,14 @@
       me.max_keys_per_owner === null ? null : h('p', { class: 'muted', id: 'key-limit' },
         (me.role === 'admin' ? 'Each owner may hold ' : 'You may hold ') + 'at most ' + me.max_keys_per_owner +
         ' keys in use (neither revoked nor expired): revoke or delete one to make room.'),
+      me.max_key_lifetime_secs === null ? null : h('p', { class: 'muted', id: 'key-lifetime' },
+        'Keys expire at most ' + period(me.max_key_lifetime_secs) + ' after they are issued.'),
       error,
       field('Name', h('input', { name: 'name', id: 'new-name', required: true, maxlength: 128, placeholder: 'Production App', autocomplete: 'off' })),
       scopeBoxes(['read']),
       field('Environment', select('environment', me.role === 'admin' ? ['live', 'test', 'dev'] : [me.environment], me.environment,
         me.role === 'admin' ? ['Production (live)', 'Test (test)', 'Development (dev)'] : null)),
-      field('Expires', select('expires_in', ['', '7d', '30d', '90d', '365d'], '', ['Never', 'In 7 days', 'In 30 days', 'In 90 days', 'In a year'])),
+      field('Expires', select('expires_in', ...expiries())),
       me.role === 'admin' ? field('Plan', select('plan', ['', ...me.plans], '', ['No plan (the layer’s default limits)', ...me.plans])) : null,
       me.role === 'admin' ? field('Owner', h('input', { name: 'owner', id: 'new-owner', autocomplete: 'off', placeholder: 'optional' })) : null,
       h('button', { type: 'submit', class: 'primary', id: 'create-submit' }, 'Generate key'));
