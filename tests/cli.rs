@@ -772,6 +772,70 @@ mod cli {
         assert!(message.contains("--max-per-owner"), "{message}");
     }
 
+    /// `--max-lifetime` (or `TOWER_API_KEY_MAX_LIFETIME`): a key created or generated without
+    /// `--expires-in` gets it; a later expiry, or `--no-expiry`, is refused with exit code 2 and
+    /// changes nothing; a rotation brings the old key's expiry within it.
+    #[test]
+    fn no_key_outlives_the_longest_lifetime() {
+        let mut tool = Tool::new();
+        let unix = || {
+            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
+            now.unwrap().as_secs()
+        };
+        const MONTH: u64 = 30 * 86_400;
+        let within = |at: &serde_json::Value, before: u64, after: u64| {
+            let at = at.as_u64().unwrap_or_else(|| panic!("an expiry: {at}"));
+            assert!(before + MONTH <= at && at <= after + MONTH, "{at}");
+        };
+        let limit = ["--max-lifetime", "30d"];
+        let before = unix();
+        let (created, id, _) = tool.create(&[&["--name", "ci"], &limit[..]].concat());
+        within(&created["info"]["expires_at"], before, unix());
+        let generated = tool.ok_json(&["--json", "generate", "--max-lifetime", "30d"]);
+        within(&generated["record"]["expires_at"], before, unix());
+
+        let too_late = |tool: &mut Tool, args: &[&str]| {
+            let (code, message) = tool.failure(&[args, &limit[..]].concat());
+            assert_eq!(code, 2, "{message}");
+            assert!(message.contains("at most 30 days from now"), "{message}");
+        };
+        too_late(
+            &mut tool,
+            &["create", "--name", "late", "--expires-in", "31d"],
+        );
+        too_late(&mut tool, &["generate", "--expires-in", "1y"]);
+        too_late(
+            &mut tool,
+            &["update", &id, "--no-expiry", "--name", "renamed"],
+        );
+        too_late(&mut tool, &["update", &id, "--expires-in", "60d"]);
+        assert_eq!(tool.names(&[]), ["ci"]);
+        let shown = tool.ok_json(&["--json", "show", &id]);
+        assert_eq!(shown["expires_at"], created["info"]["expires_at"]);
+        let moved =
+            tool.ok_json(&[&["--json", "update", &id, "--expires-in", "7d"], &limit[..]].concat());
+        let week = moved["expires_at"].as_u64().unwrap();
+        assert!(week < before + MONTH, "{moved}");
+
+        // A rotation keeps an expiry within the longest, and brings a key that never expires
+        // (made without the limit) within it.
+        let rotated = tool.ok_json(&[&["--json", "rotate", &id], &limit[..]].concat());
+        assert_eq!(rotated["info"]["expires_at"], week);
+        let (_, forever, _) = tool.create(&["--name", "forever"]);
+        let before = unix();
+        let rotated = tool.ok_json(&[&["--json", "rotate", &forever], &limit[..]].concat());
+        within(&rotated["info"]["expires_at"], before, unix());
+
+        // Set once in the environment, for every command.
+        tool.env
+            .push(("TOWER_API_KEY_MAX_LIFETIME".into(), "30d".into()));
+        let (code, message) = tool.failure(&["create", "--name", "late", "--expires-in", "40d"]);
+        assert_eq!(code, 2, "{message}");
+        let (code, message) = tool.failure(&["create", "--name", "x", "--max-lifetime", "soon"]);
+        assert_eq!(code, 2);
+        assert!(message.contains("--max-lifetime"), "{message}");
+    }
+
     /// `list --older-than` finds the keys due for rotation, `--unused-for` the keys nobody used
     /// lately (or ever), as the service's `StoreUsage` wrote their last use.
     #[tokio::test]

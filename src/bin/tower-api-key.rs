@@ -17,7 +17,7 @@ use tower_api_key::{
     manage::AuditEvent, manage::CreatedKey, manage::KeyInfo, manage::ManageError,
     manage::MAX_NAME_LEN, network, network::IpNet, store::AuditArchive, store::AuditQuery,
     store::KeyFilter, store::KeyState, store::KeyStore, store::KeyUpdate, store::StoreError,
-    AnyStore, Environment, KeyManager, NewKey,
+    AnyStore, Environment, KeyManager, MemoryStore, NewKey,
 };
 
 /// Create, list, rotate and revoke API keys.
@@ -51,6 +51,17 @@ struct Cli {
     /// Who is making the changes, as the audit trail names them (default: cli:$USER).
     #[arg(long, env = "TOWER_API_KEY_ACTOR", global = true)]
     actor: Option<String>,
+    /// Let no key live longer than this from now, such as 90d: a key created (or generated)
+    /// without --expires-in gets it, and a later expiry, or --no-expiry, is refused (exit code
+    /// 2); a rotation keeps the old key's expiry, brought within it.
+    #[arg(
+        long,
+        env = "TOWER_API_KEY_MAX_LIFETIME",
+        global = true,
+        value_parser = parse_duration,
+        value_name = "DURATION"
+    )]
+    max_lifetime: Option<Duration>,
     #[command(subcommand)]
     command: Command,
 }
@@ -423,7 +434,9 @@ impl From<ManageError> for Failure {
                 message: e.to_string(),
             },
             ManageError::Store(e) => e.into(),
-            ManageError::NotActive(_) | ManageError::TooManyKeys(_) => invalid(error.to_string()),
+            ManageError::NotActive(_)
+            | ManageError::TooManyKeys(_)
+            | ManageError::LifetimeTooLong(_) => invalid(error.to_string()),
             other => Failure {
                 code: 4,
                 message: other.to_string(),
@@ -474,10 +487,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         format = format.with_id_key(id_key);
     }
     let default_var = format!("{}_API_KEY", cli.prefix.to_uppercase());
+    // Keys in `store`, issued in `format`, living no longer than `--max-lifetime`.
+    let manager = |store: AnyStore| {
+        let keys = KeyManager::new(store).format(format.clone());
+        match cli.max_lifetime {
+            Some(max) => keys.max_key_lifetime(max),
+            None => keys,
+        }
+    };
     if let Command::Generate(spec) = &cli.command {
-        let created = new_key(spec)?
-            .generate(&format)
-            .map_err(|e| invalid(e.to_string()))?;
+        // Issued as `create` would, without a store of ours.
+        let created = manager(AnyStore::Memory(MemoryStore::new()))
+            .create(new_key(spec)?)
+            .await?;
         let var = spec.var.as_deref().unwrap_or(&default_var);
         if cli.json {
             let out = json!({ "key": created.key.expose_secret(), "record": created.record });
@@ -495,7 +517,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 
     let actor = actor(cli.actor.as_deref())?;
     let store = AnyStore::connect(&cli.database_url).await?;
-    let keys = KeyManager::new(store).format(format);
+    let keys = manager(store);
     let trail = Trail {
         keys: &keys,
         actor: &actor,
