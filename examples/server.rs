@@ -204,6 +204,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .scopes(["read", "write", "admin", "keys:self"])
             // "Limit the number of API keys in circulation": 25 per owner.
             .max_keys_per_owner(25)
+            // "Rotate keys regularly": none lives longer than a year.
+            .max_key_lifetime(std::time::Duration::from_secs(365 * 24 * 3_600))
             .router(),
     );
     let app = app.layer(middleware::from_fn(name_endpoint));

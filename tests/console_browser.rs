@@ -96,8 +96,11 @@ mod browser {
     #[tokio::test]
     #[ignore = "needs chromium and chromedriver: .ci/run installs and starts them (TOWER_API_KEY_CHROMEDRIVER)"]
     async fn an_operator_issues_uses_watches_and_revokes_a_key_in_the_browser() {
-        let (app, keys, admin) =
-            console_app("operator", |console| console.max_keys_per_owner(2)).await;
+        let quarter = Duration::from_secs(90 * 86_400);
+        let (app, keys, admin) = console_app("operator", |console| {
+            console.max_keys_per_owner(2).max_key_lifetime(quarter)
+        })
+        .await;
         let addr = serve(app).await;
         let http = HttpClient::new(addr);
         let base = format!("http://{addr}/admin");
@@ -154,7 +157,21 @@ mod browser {
             .unwrap();
         click(&browser, "#scope-write").await;
         choose(&browser, "#f-plan", "pro").await;
+        // No key lives longer than 90 days: the form says so, and offers no later expiry.
+        wait_text(
+            &browser,
+            "#key-lifetime",
+            "Keys expire at most 90 days after they are issued.",
+        )
+        .await;
+        let expiries = wait_text(&browser, "#f-expires_in", "At the longest (90 days)").await;
+        assert!(expiries.contains("In 90 days"), "{expiries}");
+        assert!(
+            !expiries.contains("In a year") && !expiries.contains("Never"),
+            "{expiries}"
+        );
         screenshot(&browser, "3-new-key-form").await;
+        let before = std::time::SystemTime::now();
         click(&browser, "#create-submit").await;
 
         // Shown once: the key, the export line, the warning.
@@ -169,6 +186,19 @@ mod browser {
         );
         wait_text(&browser, ".warning", "will only be shown once").await;
         screenshot(&browser, "4-shown-once").await;
+        let issued = keys.list().await.unwrap();
+        let issued = issued
+            .iter()
+            .find(|key| key.name == "Production App")
+            .unwrap();
+        let expires = issued.expires_at.expect("the longest lifetime");
+        let seconds =
+            |at: std::time::SystemTime| at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let (from, to) = (
+            seconds(before + quarter),
+            seconds(std::time::SystemTime::now() + quarter),
+        );
+        assert!((from..=to).contains(&expires), "{expires} in {from}..={to}");
         let url = browser.current_url().await.unwrap();
         assert!(
             !url.as_str().contains(&plaintext),

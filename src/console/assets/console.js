@@ -290,6 +290,13 @@
     return secs + ' s';
   }
 
+  /** A longest lifetime as the server says it: `90 days`, `36 hours`, else `3 h 12 min`. */
+  function lifetime(secs) {
+    const [count, unit] = secs > 0 && secs % 86400 === 0 ? [secs / 86400, 'day']
+      : secs > 0 && secs % 3600 === 0 ? [secs / 3600, 'hour'] : [null, null];
+    return count === null ? human(secs) : count + ' ' + unit + (count === 1 ? '' : 's');
+  }
+
   /** A duration in its two largest units: `3 h 12 min`. */
   function human(secs) {
     const units = [['d', 86400], ['h', 3600], ['min', 60], ['s', 1]];
@@ -505,7 +512,7 @@
     const choices = [['7d', 7, 'In 7 days'], ['30d', 30, 'In 30 days'], ['90d', 90, 'In 90 days'], ['365d', 365, 'In a year']];
     const max = me.max_key_lifetime_secs;
     const within = max === null ? choices : choices.filter(([, days]) => days * 86400 <= max);
-    const longest = max === null ? 'Never' : 'At the longest (' + period(max) + ')';
+    const longest = max === null ? 'Never' : 'At the longest (' + lifetime(max) + ')';
     return [['', ...within.map(([value]) => value)], '', [longest, ...within.map(([, , label]) => label)]];
   }
 
@@ -536,7 +543,7 @@
         (me.role === 'admin' ? 'Each owner may hold ' : 'You may hold ') + 'at most ' + me.max_keys_per_owner +
         ' keys in use (neither revoked nor expired): revoke or delete one to make room.'),
       me.max_key_lifetime_secs === null ? null : h('p', { class: 'muted', id: 'key-lifetime' },
-        'Keys expire at most ' + period(me.max_key_lifetime_secs) + ' after they are issued.'),
+        'Keys expire at most ' + lifetime(me.max_key_lifetime_secs) + ' after they are issued.'),
       error,
       field('Name', h('input', { name: 'name', id: 'new-name', required: true, maxlength: 128, placeholder: 'Production App', autocomplete: 'off' })),
       scopeBoxes(['read']),
