@@ -53,7 +53,8 @@ struct Cli {
     actor: Option<String>,
     /// Let no key live longer than this from now, such as 90d: a key created (or generated)
     /// without --expires-in gets it, and a later expiry, or --no-expiry, is refused (exit code
-    /// 2); a rotation keeps the old key's expiry, brought within it.
+    /// 2); a rotation keeps the old key's expiry, brought within it, and ends the old key's
+    /// grace period within it too.
     #[arg(
         long,
         env = "TOWER_API_KEY_MAX_LIFETIME",

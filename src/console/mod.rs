@@ -158,7 +158,8 @@ impl<A: KeyStoreAdmin + UsageArchive + AuditArchive + Clone> Console<A> {
 
     /// Lets no key live longer than `max` from now, whoever asks: a key issued without an
     /// expiry expires `max` after it was issued, and an expiry later than that (or none) answers
-    /// 400 `EXPIRY_TOO_LATE`. A rotation keeps the old key's expiry, brought within `max`. See
+    /// 400 `EXPIRY_TOO_LATE`. A rotation keeps the old key's expiry, brought within `max`, and
+    /// ends the old key's grace period within `max` too. See
     /// [`KeyManager::max_key_lifetime`](crate::KeyManager::max_key_lifetime).
     ///
     /// ```

@@ -276,7 +276,8 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// expiry later than `max` from now, or none at all, is refused with
     /// [`ManageError::LifetimeTooLong`] when a key is created or its expiry set. A
     /// [rotation](Self::rotate) keeps the old key's expiry, brought within `max` of now (so
-    /// rotating a key issued before the limit gives one that obeys it). Keys already stored are
+    /// rotating a key issued before the limit gives one that obeys it), and ends the old key's
+    /// grace period within `max` of now too. Keys already stored are
     /// not changed: find those expiring late, or never, with [`list_matching`](Self::list_matching).
     ///
     /// ```
@@ -805,7 +806,8 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// environment, owner, plan, limits, allowed networks, expiry, metadata, plus
     /// `rotated_from`), and lets the old
     /// one work for `grace` more, after which it answers `API_KEY_EXPIRED` (an earlier expiry it
-    /// had stays). Returns the new key, or `None` when there is no key `id`. Only an active key
+    /// had stays; with [a longest lifetime](Self::max_key_lifetime), both keys' expiries are
+    /// brought within it). Returns the new key, or `None` when there is no key `id`. Only an active key
     /// can be rotated: rotating a revoked, disabled or expired key would bring it back.
     ///
     /// ```
@@ -866,15 +868,15 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         new.allowed_networks = old.allowed_networks.clone();
         // What the old key had left, as of now; it keeps its own through the grace period.
         new.credits = old.credits.clone().map(|credits| credits.refilled_by(now));
-        // Within the longest lifetime from now, if the old key's expiry is not already.
-        new.expires_at = match (old.expires_at, self.latest_expiry()) {
-            (Some(at), Some((latest, _))) => Some(at.min(latest)),
-            (at, latest) => at.or(latest.map(|(latest, _)| latest)),
-        };
+        // Within the longest lifetime from now, if there is one (without an expiry, `issue`
+        // gives the successor the longest); the old key's grace ends within it too.
+        let latest = self.latest_expiry().map(|(latest, _)| latest);
+        let within = |at: SystemTime| latest.map_or(at, |latest| at.min(latest));
+        new.expires_at = old.expires_at.map(within);
         // The successor replaces the old key, which works on through its grace period: one key
         // over the owner's most, no more (else rotations with long graces would pile up keys).
         let created = self.issue(new, 1).await?;
-        let expires = old.expires_at.map_or(grace_ends, |at| at.min(grace_ends));
+        let expires = within(old.expires_at.map_or(grace_ends, |at| at.min(grace_ends)));
         let result = self.store.set_expiry(id, Some(expires)).await;
         self.changed(id);
         if let Err(error) = result {
@@ -1071,6 +1073,17 @@ mod tests {
         let rotated = keys.rotate(&old.record.id, DAY).await.unwrap().unwrap();
         let expires = rotated.record.expires_at.unwrap();
         assert!(before + 30 * DAY <= expires && expires <= SystemTime::now() + 30 * DAY);
+        // A grace period longer than the longest lifetime ends within it.
+        let old = unlimited
+            .create(NewKey::new("older"))
+            .await
+            .unwrap()
+            .record
+            .id;
+        let before = SystemTime::now();
+        keys.rotate(&old, 100 * DAY).await.unwrap().unwrap();
+        let ended = store.get(&old).await.unwrap().unwrap().expires_at.unwrap();
+        assert!(before + 30 * DAY <= ended && ended <= SystemTime::now() + 30 * DAY);
 
         // Without the limit, the same changes pass.
         assert!(unlimited.set_expiry(id, None).await.unwrap());
