@@ -1161,18 +1161,26 @@ mod cli {
             "--no-plan",
             "--no-expiry",
             "--no-metadata",
+            "--no-scopes",
         ]);
         assert_eq!(
             (
                 &cleared["plan"],
                 &cleared["expires_at"],
-                &cleared["metadata"]
+                &cleared["metadata"],
+                &cleared["scopes"]
             ),
             (
                 &serde_json::Value::Null,
                 &serde_json::Value::Null,
-                &serde_json::json!({})
+                &serde_json::json!({}),
+                &serde_json::json!([])
             )
+        );
+        let fields = "scopes,metadata,expires_at,plan";
+        assert_eq!(
+            trail(&mut tool, &["--limit", "1"]),
+            [row("update", &id, "-", "ops", fields)]
         );
         let printed = tool.run(&["show", &id]);
         let printed = String::from_utf8(printed.stdout).unwrap();
@@ -1186,6 +1194,8 @@ mod cli {
                 .0,
             2
         );
+        let both = ["update", &id, "--scopes", "read", "--no-scopes"];
+        assert_eq!(tool.failure(&both).0, 2);
         assert_eq!(tool.failure(&["update", &id, "--plan", "no way"]).0, 2);
         let (code, message) = tool.failure(&["update", &id, "--metadata", "team"]);
         assert_eq!(code, 2);

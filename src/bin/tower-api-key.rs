@@ -120,8 +120,11 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
         /// New scopes, comma-separated (they replace the old).
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', conflicts_with = "no_scopes")]
         scopes: Option<Vec<String>>,
+        /// Take every scope away (the key still authenticates, on routes that require none).
+        #[arg(long)]
+        no_scopes: bool,
         /// A new plan.
         #[arg(long, conflicts_with = "no_plan")]
         plan: Option<String>,
@@ -621,6 +624,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             id,
             name,
             scopes,
+            no_scopes,
             plan,
             no_plan,
             expires_in,
@@ -630,7 +634,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let mut update = KeyUpdate::new();
             update.name = name;
-            update.scopes = scopes;
+            update.scopes = if no_scopes { Some(Vec::new()) } else { scopes };
             if let Some(plan) = plan {
                 update.plan = Some(Some(plan_name(&plan)?));
             } else if no_plan {
@@ -646,8 +650,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             if update.is_empty() {
                 return Err(invalid(
-                    "nothing to change: give --name, --scopes, --plan, --no-plan, --expires-in, \
-                     --no-expiry, --metadata or --no-metadata",
+                    "nothing to change: give --name, --scopes, --no-scopes, --plan, --no-plan, \
+                     --expires-in, --no-expiry, --metadata or --no-metadata",
                 ));
             }
             let event = trail.of_key("update", &id).await?;
