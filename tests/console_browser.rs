@@ -77,6 +77,21 @@ mod browser {
         }
     }
 
+    /// Polls `check` until it gives a value, for 15 s at most.
+    async fn eventually<T, F>(what: &str, mut check: impl FnMut() -> F) -> T
+    where
+        F: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "{what}: not within 15 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn click(browser: &Client, css: &str) {
         let element = browser
             .wait()
@@ -165,11 +180,10 @@ mod browser {
         )
         .await;
         let expiries = wait_text(&browser, "#f-expires_in", "At the longest (90 days)").await;
-        assert!(expiries.contains("In 90 days"), "{expiries}");
-        assert!(
-            !expiries.contains("In a year") && !expiries.contains("Never"),
-            "{expiries}"
-        );
+        assert!(expiries.contains("In 30 days"), "{expiries}");
+        for later in ["In 90 days", "In a year", "Never"] {
+            assert!(!expiries.contains(later), "{expiries}");
+        }
         screenshot(&browser, "3-new-key-form").await;
         let before = std::time::SystemTime::now();
         click(&browser, "#create-submit").await;
@@ -191,6 +205,7 @@ mod browser {
             .iter()
             .find(|key| key.name == "Production App")
             .unwrap();
+        let issued_id = issued.id.clone();
         let expires = issued.expires_at.expect("the longest lifetime");
         let seconds =
             |at: std::time::SystemTime| at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
@@ -281,6 +296,44 @@ mod browser {
             .await
             .unwrap();
         wait_text(&browser, "main h1", "Production App").await;
+
+        // An admin moves its expiry: a week from now; nothing later than 90 days is offered.
+        let offered = wait_text(&browser, "#f-expiry", "At the longest (90 days)").await;
+        assert!(
+            !offered.contains("Never") && !offered.contains("In a year"),
+            "{offered}"
+        );
+        choose(&browser, "#f-expiry", "7d").await;
+        let before = std::time::SystemTime::now();
+        click(&browser, "#save-expiry").await;
+        let week = Duration::from_secs(7 * 86_400);
+        let (manager, id) = (&keys, &issued_id);
+        let shown = || async move { manager.show(id).await.unwrap().unwrap() };
+        let moved = eventually("the expiry moved", || async {
+            let expires = shown().await.expires_at;
+            expires.filter(|at| *at <= seconds(std::time::SystemTime::now() + week))
+        })
+        .await;
+        assert!(moved >= seconds(before + week), "{moved}");
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(moved);
+        let date = humantime::format_rfc3339_seconds(at)
+            .to_string()
+            .replace('T', " ");
+        wait_text(&browser, ".details", &format!("{} UTC", &date[..16])).await;
+        screenshot(&browser, "7a-expiry-moved").await;
+
+        // And takes Write away: the form saves in place, without the browser's own submission.
+        let page = browser.current_url().await.unwrap();
+        click(&browser, "#scope-write").await;
+        click(&browser, "#save-scopes").await;
+        eventually("the scopes changed", || async {
+            (shown().await.scopes == ["read"]).then_some(())
+        })
+        .await;
+        let details = wait_text(&browser, ".details", "Scopes\nread\n").await;
+        assert!(!details.contains("read, write"), "{details}");
+        assert_eq!(browser.current_url().await.unwrap(), page);
+
         click(&browser, "#revoke").await;
         wait_text(&browser, "#confirm-title", "Revoke this key?").await;
         screenshot(&browser, "7-confirm-revoke").await;

@@ -506,14 +506,17 @@
     return set;
   }
 
-  /** The new-key form's expiries: the values, the one chosen and their labels; with a longest
-   *  lifetime, none past it, and no "never" (a key asked without an expiry gets the longest). */
-  function expiries() {
+  /** The expiries to choose from, for `select`: the values, the one chosen and their labels.
+   *  First "never" (the value ''), or with a longest lifetime that lifetime, and none past it:
+   *  on the new-key form as '' (a key asked without an expiry gets the longest), on a key's
+   *  page as the duration itself. */
+  function expiries(onKey) {
     const choices = [['7d', 7, 'In 7 days'], ['30d', 30, 'In 30 days'], ['90d', 90, 'In 90 days'], ['365d', 365, 'In a year']];
     const max = me.max_key_lifetime_secs;
-    const within = max === null ? choices : choices.filter(([, days]) => days * 86400 <= max);
-    const longest = max === null ? 'Never' : 'At the longest (' + lifetime(max) + ')';
-    return [['', ...within.map(([value]) => value)], '', [longest, ...within.map(([, , label]) => label)]];
+    const within = max === null ? choices : choices.filter(([, days]) => days * 86400 < max);
+    const [first, label] = max === null ? ['', 'Never']
+      : [onKey ? max + 's' : '', 'At the longest (' + lifetime(max) + ')'];
+    return [[first, ...within.map(([value]) => value)], first, [label, ...within.map(([, , text]) => text)]];
   }
 
   function chosenScopes(form) {
@@ -549,7 +552,7 @@
       scopeBoxes(['read']),
       field('Environment', select('environment', me.role === 'admin' ? ['live', 'test', 'dev'] : [me.environment], me.environment,
         me.role === 'admin' ? ['Production (live)', 'Test (test)', 'Development (dev)'] : null)),
-      field('Expires', select('expires_in', ...expiries())),
+      field('Expires', select('expires_in', ...expiries(false))),
       me.role === 'admin' ? field('Plan', select('plan', ['', ...me.plans], '', ['No plan (the layer’s default limits)', ...me.plans])) : null,
       me.role === 'admin' ? field('Owner', h('input', { name: 'owner', id: 'new-owner', autocomplete: 'off', placeholder: 'optional' })) : null,
       h('button', { type: 'submit', class: 'primary', id: 'create-submit' }, 'Generate key'));
@@ -612,9 +615,11 @@
   async function keyPage(id) {
     const key = await api('GET', '/keys/' + encodeURIComponent(id));
     const status = h('div', { 'aria-live': 'polite' });
-    const act = (fn) => async () => {
+    // The handler `fn` with what went wrong shown on the page; it gets the event (a form's
+    // handler prevents the browser's own submission before its first await).
+    const act = (fn) => async (...args) => {
       try {
-        await fn();
+        await fn(...args);
       } catch (failure) {
         status.replaceChildren(notice(failure.message, 'error'));
       }
@@ -650,6 +655,13 @@
       await api('PATCH', path, { scopes: chosenScopes(scopes) });
       await keyPage(id);
     }) }, scopeBoxes(key.scopes, 'What this key may do'), h('button', { type: 'submit', id: 'save-scopes' }, 'Save permissions'));
+    // Moving an expiry is an admin's decision; a revoked key's no longer matters.
+    const expiry = me.role !== 'admin' || key.state === 'revoked' ? null : h('form', { class: 'inline-form', id: 'expiry', onsubmit: act(async (event) => {
+      event.preventDefault();
+      const chosen = new FormData(expiry).get('expiry');
+      await api('PATCH', path, chosen ? { expires_in: chosen } : { expires_at: null });
+      await keyPage(id);
+    }) }, field('New expiry', select('expiry', ...expiries(true))), h('button', { type: 'submit', id: 'save-expiry' }, 'Set expiry'));
     const details = h('dl', { class: 'details' },
       ...[['Id', h('code', {}, key.id)], ['Key', h('code', {}, key.prefix)], ['State', badge(key.state)],
         ['Environment', key.environment], ['Owner', key.owner || '—'], ['Plan', key.plan || '—'],
@@ -661,7 +673,7 @@
     show(h('p', {}, h('a', { href: '#/keys' }, '← All keys')),
       h('div', { class: 'page-head' }, h('h1', {}, key.name), badge(key.state)),
       status, actions,
-      h('div', { class: 'columns' }, h('section', { class: 'card' }, h('h2', {}, 'Details'), details),
+      h('div', { class: 'columns' }, h('section', { class: 'card' }, h('h2', {}, 'Details'), details, expiry),
         // A revoked key's permissions no longer matter: nothing to edit.
         key.state === 'revoked' ? null : h('section', { class: 'card' }, h('h2', {}, 'Permissions'), scopes)),
       usagePanel({ key: key.id }, 'Usage of this key'));
