@@ -262,6 +262,7 @@ mod browser {
         let day = Duration::from_secs(86_400);
         legacy.created_at = std::time::SystemTime::now() - 200 * day;
         legacy.expires_at = Some(std::time::SystemTime::now() + 5 * day);
+        let legacy_id = legacy.id.clone();
         keys.store().create(legacy).await.unwrap();
         choose(&browser, "#f-older_than", "90d").await;
         click(&browser, "form.filters button[type=submit]").await;
@@ -345,6 +346,51 @@ mod browser {
             .await;
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
         assert_eq!(refused.code(), "API_KEY_REVOKED");
+
+        // The old key due for rotation: disabled and enabled again, then rotated with an hour's
+        // grace. Its successor is shown once and works; the old key ends within the hour.
+        browser
+            .goto(&format!("{base}#/keys/{legacy_id}"))
+            .await
+            .unwrap();
+        wait_text(&browser, "main h1", "Legacy Deploy").await;
+        click(&browser, "#toggle").await;
+        wait_text(&browser, ".page-head .badge", "disabled").await;
+        assert_eq!(
+            keys.show(&legacy_id).await.unwrap().unwrap().state,
+            "disabled"
+        );
+        click(&browser, "#toggle").await;
+        wait_text(&browser, ".page-head .badge", "active").await;
+        choose(&browser, "#f-grace", "1h").await;
+        let before = std::time::SystemTime::now();
+        click(&browser, "#rotate").await;
+        wait_text(&browser, "#confirm-title", "Rotate this key?").await;
+        click(&browser, "#confirm-ok").await;
+        wait_text(&browser, "#once-title", "The new key for Legacy Deploy").await;
+        let shown = browser.find(Locator::Css("#new-key")).await.unwrap();
+        let successor = shown.prop("value").await.unwrap().unwrap_or_default();
+        assert!(successor.starts_with("mesh_live_"), "the page shows a key");
+        let works = http
+            .get("/items/7", &[("authorization", &api_key(&successor))])
+            .await;
+        assert_eq!(works.status, StatusCode::OK);
+        let hour = Duration::from_secs(3_600);
+        let ends = keys.show(&legacy_id).await.unwrap().unwrap().expires_at;
+        let ends = ends.expect("the grace period's end");
+        let (from, to) = (
+            seconds(before + hour),
+            seconds(std::time::SystemTime::now() + hour),
+        );
+        assert!((from..=to).contains(&ends), "{ends} in {from}..={to}");
+        screenshot(&browser, "8a-rotated").await;
+        click(&browser, "#done").await;
+        wait_text(&browser, ".details", "rotated_from").await;
+        let page = browser.source().await.unwrap();
+        assert!(
+            !page.contains(&successor),
+            "the key is shown once, then gone"
+        );
 
         // The command line tool sets an owner's limits: a change of no key, in the same trail.
         let owner = AuditEvent::new("cli:alice", "owner", "")
