@@ -26,7 +26,7 @@
 //!
 //! | method and path | what it does |
 //! |---|---|
-//! | `GET api/me` | the caller: its role, the scopes it may grant, the plans |
+//! | `GET api/me` | the caller: its role, the scopes it may grant, the plans, the most keys an owner may hold and the longest a key may live (if limited) |
 //! | `GET api/keys` | lists keys (`owner`, `environment`, `state`, `name`, `older_than`, `unused_for`, `expires_within`, `offset`, `limit`) |
 //! | `POST api/keys` | issues a key: the plaintext, shown once, and the `export` line |
 //! | `GET api/keys/{id}` | one key |
