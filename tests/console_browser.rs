@@ -2,9 +2,11 @@
 //! (`fantoccini`), against a server on 127.0.0.1. `.ci/run` installs both from the
 //! distribution's packages, starts chromedriver and sets `TOWER_API_KEY_CHROMEDRIVER`.
 //!
-//! Sign in with an admin key, issue a key through the form, read it once, use it against the
-//! service (200), see its requests on its page, revoke it through the page, and the key now
-//! answers 401. Screenshots of each page go to `target/console-screenshots/`.
+//! An admin signs in, issues a key through the form, reads it once, uses it against the service
+//! (200), sees its requests on its page, moves its expiry, takes a permission away, revokes it
+//! (the key now answers 401), and disables, enables and rotates another key. A key holder with
+//! the self-service scope sees and issues its owner's keys only. Screenshots of each page go to
+//! `target/console-screenshots/`.
 
 #[cfg(not(feature = "console"))]
 #[test]
@@ -26,7 +28,7 @@ mod browser {
 
     use super::common::{api_key, console_app, serve, HttpClient};
     use tower_api_key::manage::AuditEvent;
-    use tower_api_key::store::KeyStoreAdmin;
+    use tower_api_key::store::{KeyFilter, KeyStoreAdmin};
     use tower_api_key::NewKey;
 
     /// Where chromedriver listens.
@@ -77,6 +79,23 @@ mod browser {
         }
     }
 
+    /// Signs in with `key` on the sign-in page; the page then names the caller `who`.
+    async fn sign_in(browser: &Client, key: &str, who: &str) {
+        let field = browser.find(Locator::Css("#key")).await.unwrap();
+        field.send_keys(key).await.unwrap();
+        click(browser, "#sign-in").await;
+        wait_text(browser, "#who-name", who).await;
+    }
+
+    /// Whether an element `css` is on the page now.
+    async fn present(browser: &Client, css: &str) -> bool {
+        !browser
+            .find_all(Locator::Css(css))
+            .await
+            .unwrap()
+            .is_empty()
+    }
+
     /// Polls `check` until it gives a value, for 15 s at most.
     async fn eventually<T, F>(what: &str, mut check: impl FnMut() -> F) -> T
     where
@@ -125,11 +144,7 @@ mod browser {
         wait_text(&browser, "h1", "Sign in").await;
         screenshot(&browser, "1-sign-in").await;
 
-        // Sign in with the admin key.
-        let field = browser.find(Locator::Css("#key")).await.unwrap();
-        field.send_keys(&admin).await.unwrap();
-        click(&browser, "#sign-in").await;
-        wait_text(&browser, "#who-name", "operator · admin").await;
+        sign_in(&browser, &admin, "operator · admin").await;
         wait_text(&browser, "main h1", "Overview").await;
         wait_text(&browser, ".cards", "Requests").await;
         screenshot(&browser, "2-overview").await;
@@ -436,6 +451,112 @@ mod browser {
             .await
             .unwrap();
         assert_eq!(stored, json!(0));
+        browser.close().await.unwrap();
+    }
+
+    /// A key holder with the self-service scope manages its owner's keys only: it sees them and
+    /// no other owner's, issues keys in its own environment with the scopes it holds (no plan,
+    /// no owner, no expiry past the longest), disables a key but cannot enable it again or move
+    /// its expiry, and another owner's key is a key that does not exist.
+    #[tokio::test]
+    #[ignore = "needs chromium and chromedriver: .ci/run installs and starts them (TOWER_API_KEY_CHROMEDRIVER)"]
+    async fn a_key_holder_manages_its_own_keys_and_no_others_in_the_browser() {
+        let (app, keys, _) = console_app("operator", |console| {
+            let month = Duration::from_secs(30 * 86_400);
+            console.max_keys_per_owner(5).max_key_lifetime(month)
+        })
+        .await;
+        let holder = keys
+            .create(
+                NewKey::new("acme console")
+                    .owner("acme")
+                    .scopes(["read", "keys:self"]),
+            )
+            .await
+            .unwrap();
+        keys.create(NewKey::new("acme worker").owner("acme").scopes(["read"]))
+            .await
+            .unwrap();
+        let globex = keys
+            .create(NewKey::new("globex app").owner("globex").scopes(["write"]))
+            .await
+            .unwrap();
+        let addr = serve(app).await;
+        let base = format!("http://{addr}/admin");
+        let browser = browser().await;
+        browser.goto(&base).await.unwrap();
+        wait_text(&browser, "h1", "Sign in").await;
+        sign_in(
+            &browser,
+            holder.key.expose_secret(),
+            "acme console · self-service",
+        )
+        .await;
+        wait_text(&browser, "main p", "Usage of the keys of acme.").await;
+
+        // Its owner's keys only, and no owner filter.
+        click(&browser, "#nav a[href='#/keys']").await;
+        let listed = wait_text(&browser, "table.keys tbody", "acme worker").await;
+        assert!(
+            listed.contains("acme console") && !listed.contains("globex"),
+            "{listed}"
+        );
+        assert!(!present(&browser, "#f-owner").await, "no owner filter");
+        screenshot(&browser, "s1-self-service-keys").await;
+
+        // The new-key form: its own environment, the scopes it holds, no plan or owner.
+        click(&browser, "#nav a.primary").await;
+        wait_text(&browser, "#key-limit", "You may hold at most 5 keys in use").await;
+        wait_text(&browser, "#key-lifetime", "at most 30 days").await;
+        let environments = wait_text(&browser, "#f-environment", "live").await;
+        assert_eq!(environments.trim(), "live");
+        let scopes = wait_text(&browser, "fieldset.scopes", "Read").await;
+        assert!(
+            !scopes.contains("Write") && !scopes.contains("Admin"),
+            "{scopes}"
+        );
+        for absent in ["#f-plan", "#new-owner"] {
+            assert!(!present(&browser, absent).await, "no {absent}");
+        }
+        let name = browser.find(Locator::Css("#new-name")).await.unwrap();
+        name.send_keys("acme deploy").await.unwrap();
+        screenshot(&browser, "s2-self-service-new-key").await;
+        click(&browser, "#create-submit").await;
+        wait_text(&browser, "#once-title", "Your new API key").await;
+        click(&browser, "#done").await;
+        wait_text(&browser, "main h1", "acme deploy").await;
+        let details = wait_text(&browser, ".details", "acme").await;
+        assert!(details.contains("read"), "{details}");
+        let issued = keys
+            .list_matching(&KeyFilter::new().name("acme deploy"))
+            .await
+            .unwrap();
+        assert_eq!(issued.len(), 1);
+        assert_eq!(issued[0].owner.as_deref(), Some("acme"));
+        assert!(issued[0].expires_at.is_some(), "the longest lifetime");
+
+        // No expiry to move; disabled, it cannot be enabled again by its holder.
+        assert!(!present(&browser, "#expiry").await, "no expiry form");
+        click(&browser, "#toggle").await;
+        wait_text(&browser, ".page-head .badge", "disabled").await;
+        assert!(!present(&browser, "#toggle").await, "no Enable button");
+        wait_text(
+            &browser,
+            "#disabled-note",
+            "until an admin enables it again",
+        )
+        .await;
+        screenshot(&browser, "s3-self-service-disabled").await;
+
+        // Another owner's key, by its id: no such key.
+        let id = &globex.record.id;
+        browser.goto(&format!("{base}#/keys/{id}")).await.unwrap();
+        wait_text(&browser, "main", "no such key").await;
+        screenshot(&browser, "s4-another-owners-key").await;
+        let page = browser.source().await.unwrap();
+        assert!(!page.contains("globex app"), "nothing of it is shown");
+        click(&browser, "main a[href='#/keys']").await;
+        wait_text(&browser, "table.keys tbody", "acme deploy").await;
         browser.close().await.unwrap();
     }
 }

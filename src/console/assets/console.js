@@ -173,7 +173,7 @@
       else if (hash.startsWith('/keys/')) await keyPage(decodeURIComponent(hash.slice(6)));
       else show(notice('No such page.', 'error'));
     } catch (error) {
-      if (error.status !== 401) show(notice(error.message, 'error'));
+      if (error.status !== 401) show(h('p', {}, h('a', { href: '#/keys' }, '← All keys')), notice(error.message, 'error'));
     }
   }
 
@@ -672,6 +672,8 @@
         .flatMap(([term, value]) => [h('dt', {}, term), h('dd', {}, value)]));
     show(h('p', {}, h('a', { href: '#/keys' }, '← All keys')),
       h('div', { class: 'page-head' }, h('h1', {}, key.name), badge(key.state)),
+      key.state === 'disabled' && me.role !== 'admin'
+        ? h('p', { class: 'muted', id: 'disabled-note' }, 'Disabled: refused until an admin enables it again.') : null,
       status, actions,
       h('div', { class: 'columns' }, h('section', { class: 'card' }, h('h2', {}, 'Details'), details, expiry),
         // A revoked key's permissions no longer matter: nothing to edit.
