@@ -256,6 +256,30 @@ mod browser {
         wait_text(&browser, ".details", "pro").await;
         screenshot(&browser, "5-key").await;
 
+        // The last 30 days: the same three requests, on charts that start a month ago.
+        click(&browser, ".segmented button[data-range='30d']").await;
+        let days_ago = |n: u64| {
+            let at = std::time::SystemTime::now() - Duration::from_secs(n * 86_400);
+            humantime::format_rfc3339_seconds(at).to_string()[..10].to_owned()
+        };
+        let (month, days) = (&days_ago(30), &days_ago(29));
+        let page = &browser;
+        eventually("the charts of the last 30 days", || async move {
+            let chart = page
+                .find(Locator::Css(".usage .charts figure"))
+                .await
+                .ok()?;
+            let text = chart.text().await.ok()?;
+            (text.contains(month.as_str()) || text.contains(days.as_str())).then_some(())
+        })
+        .await;
+        wait_text(&browser, ".usage .cards", "3").await;
+        let pressed = browser
+            .find(Locator::Css(".segmented button[aria-pressed='true']"))
+            .await
+            .unwrap();
+        assert_eq!(pressed.text().await.unwrap(), "Last 30 days");
+
         // The keys page lists it, with its sparkline.
         click(&browser, "#nav a[href='#/keys']").await;
         wait_text(&browser, "table.keys", "Production App").await;

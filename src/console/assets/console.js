@@ -198,18 +198,23 @@
     const body = h('div', {}, notice('Loading usage…'));
     panel.append(h('div', { class: 'panel-head' }, h('h2', {}, title), picker), body);
 
+    let loads = 0;
     async function load() {
       if (!me.usage) {
         body.replaceChildren(notice('Usage is not recorded: the console was not given the layer’s analytics.'));
         return;
       }
       const { hours, resolution } = RANGES[range];
+      // Only the latest range asked is shown, whichever answer comes last.
+      const asked = ++loads;
+      let view;
       try {
         const report = await api('GET', '/usage' + query({ ...params, hours, resolution }));
-        body.replaceChildren(...usageView(report));
+        view = usageView(report);
       } catch (error) {
-        body.replaceChildren(notice(error.message, 'error'));
+        view = [notice(error.message, 'error')];
       }
+      if (asked === loads) body.replaceChildren(...view);
     }
     load();
     return panel;
