@@ -374,6 +374,21 @@ mod browser {
         assert!(!details.contains("read, write"), "{details}");
         assert_eq!(browser.current_url().await.unwrap(), page);
 
+        // Its changes, newest first, by the admin's key: the scopes, the expiry, its creation.
+        let listed = keys.list().await.unwrap();
+        let admin_id = &listed.iter().find(|key| key.name == "operator").unwrap().id;
+        let changes = wait_text(&browser, ".history tbody", "scopes").await;
+        let order: Vec<Option<usize>> = ["scopes", "expires_at", "create"]
+            .iter()
+            .map(|change| changes.find(change))
+            .collect();
+        assert!(order.iter().all(Option::is_some), "{changes}");
+        assert!(order.is_sorted(), "newest first: {changes}");
+        assert!(changes.contains(admin_id.as_str()), "{changes}");
+        let scroll = "document.querySelector('.history').scrollIntoView()";
+        browser.execute(scroll, Vec::new()).await.unwrap();
+        screenshot(&browser, "7b-key-changes").await;
+
         click(&browser, "#revoke").await;
         wait_text(&browser, "#confirm-title", "Revoke this key?").await;
         screenshot(&browser, "7-confirm-revoke").await;
@@ -385,6 +400,12 @@ mod browser {
             .await;
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
         assert_eq!(refused.code(), "API_KEY_REVOKED");
+        // "Monitor for any unauthorized usage": the attempt is on the revoked key's page.
+        click(&browser, ".segmented button[data-range='1h']").await;
+        wait_text(&browser, ".usage .tables", "API_KEY_REVOKED").await;
+        let rejected = wait_text(&browser, ".usage .cards .stat:nth-child(2)", "1").await;
+        assert!(rejected.contains("Rejected by the layer"), "{rejected}");
+        screenshot(&browser, "8b-revoked-key-tried").await;
 
         // The old key due for rotation: disabled and enabled again, then rotated with an hour's
         // grace. Its successor is shown once and works; the old key ends within the hour.

@@ -407,25 +407,41 @@
   /** The changes made through the console or the command line tool that the caller may see, newest first. */
   async function activity() {
     const trail = await api('GET', '/audit' + query({ limit: 200 }));
+    show(h('h1', {}, 'Activity'),
+      h('p', { class: 'muted' }, 'Keys created, changed, rotated, revoked and deleted through the console or the command line tool, and owners\' limits and credits set, newest first, on every replica (kept in the key store).'),
+      h('div', { class: 'scroll' }, trailTable(trail.events, true)));
+  }
+
+  /** Changes from the audit trail, newest first; `withKey`: with the key and owner of each. */
+  function trailTable(events, withKey) {
+    const columns = withKey ? ['When', 'Action', 'Key', 'Owner', 'By', 'Detail'] : ['When', 'Action', 'By', 'Detail'];
     const table = h('table', { class: 'keys activity' }, h('caption', { class: 'visually-hidden' }, 'Changes'),
-      h('thead', {}, h('tr', {}, ...['When', 'Action', 'Key', 'Owner', 'By', 'Detail'].map((t) => h('th', { scope: 'col' }, t)))));
+      h('thead', {}, h('tr', {}, ...columns.map((t) => h('th', { scope: 'col' }, t)))));
     const tbody = h('tbody');
-    for (const event of trail.events) {
+    for (const event of events) {
       tbody.append(h('tr', {},
         h('td', { 'data-label': 'When' }, date(event.at)),
         h('td', { 'data-label': 'Action' }, h('span', { class: 'badge action ' + event.action }, event.action)),
-        h('td', { 'data-label': 'Key' }, event.key_id
+        withKey ? h('td', { 'data-label': 'Key' }, event.key_id
           ? h('a', { href: '#/keys/' + encodeURIComponent(event.key_id) }, h('code', {}, event.key_id))
-          : '—'),
-        h('td', { 'data-label': 'Owner' }, event.owner || '—'),
+          : '—') : null,
+        withKey ? h('td', { 'data-label': 'Owner' }, event.owner || '—') : null,
         h('td', { 'data-label': 'By' }, h('code', {}, event.actor)),
         h('td', { 'data-label': 'Detail' }, event.detail.join(', ') || '—')));
     }
-    if (!trail.events.length) tbody.append(h('tr', {}, h('td', { colspan: 6, class: 'muted' }, 'No changes yet.')));
+    if (!events.length) tbody.append(h('tr', {}, h('td', { colspan: columns.length, class: 'muted' }, 'No changes yet.')));
     table.append(tbody);
-    show(h('h1', {}, 'Activity'),
-      h('p', { class: 'muted' }, 'Keys created, changed, rotated, revoked and deleted through the console or the command line tool, and owners\' limits and credits set, newest first, on every replica (kept in the key store).'),
-      h('div', { class: 'scroll' }, table));
+    return table;
+  }
+
+  /** A key's changes, newest first, loaded after its page is shown. */
+  function historyPanel(id) {
+    const body = h('div', { class: 'scroll' }, notice('Loading its changes…'));
+    api('GET', '/audit' + query({ key: id, limit: 50 }))
+      .then((trail) => body.replaceChildren(trailTable(trail.events, false)))
+      .catch((error) => body.replaceChildren(notice(error.message, 'error')));
+    return h('section', { class: 'history', 'aria-labelledby': 'history-title' },
+      h('h2', { id: 'history-title' }, 'Changes to this key'), body);
   }
 
   async function keysPage(params) {
@@ -683,7 +699,8 @@
       h('div', { class: 'columns' }, h('section', { class: 'card' }, h('h2', {}, 'Details'), details, expiry),
         // A revoked key's permissions no longer matter: nothing to edit.
         key.state === 'revoked' ? null : h('section', { class: 'card' }, h('h2', {}, 'Permissions'), scopes)),
-      usagePanel({ key: key.id }, 'Usage of this key'));
+      usagePanel({ key: key.id }, 'Usage of this key'),
+      historyPanel(key.id));
   }
 
   // ---- start --------------------------------------------------------------------------------
