@@ -39,6 +39,10 @@ pub fn pages<S: KeyStoreAdmin>(
     group.bench_function("list_page_of_an_owner", |b| {
         b.iter(|| page(KeyFilter::new().owner("owner7"), owner_offset))
     });
+    // Keys due for rotation: every key was created before `now`.
+    group.bench_function("list_page_created_before", |b| {
+        b.iter(|| page(KeyFilter::new().created_before(now), 50))
+    });
     group.bench_function("list_page_active_last_page", |b| {
         b.iter(|| page(KeyFilter::new().state(KeyState::Active), keys - 10))
     });

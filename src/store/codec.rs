@@ -191,7 +191,7 @@ pub(crate) fn secs(at: SystemTime) -> i64 {
 
 /// `at` as Unix seconds rounded up, for a bound: a time a store keeps (whole seconds) is before
 /// `at` exactly when it is before this.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
 pub(crate) fn secs_up(at: SystemTime) -> i64 {
     let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let up = (since.as_secs()).saturating_add(u64::from(since.subsec_nanos() > 0));

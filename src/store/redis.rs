@@ -15,7 +15,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tokio::task::JoinHandle;
 
-use super::codec::{secs, CreditFields, Fields, OwnerFields};
+use super::codec::{secs, secs_up, CreditFields, Fields, OwnerFields};
 use super::listener::{reconnect, LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
 use super::{
     owner_payload, to_json as json, AuditArchive, AuditQuery, AuditRow, KeyChanges, KeyFilter,
@@ -677,8 +677,10 @@ impl KeyStoreAdmin for RedisStore {
         Ok(records)
     }
 
-    /// From the creation index (the owner's, for an owner's keys): with no other filter, the
-    /// page's keys only and the index's count; else the keys it holds, filtered here.
+    /// From the creation index (the owner's, for an owner's keys), within the keys created
+    /// before [`created_before`](KeyFilter::created_before) if it is set: with no other filter,
+    /// the page's keys only and the index's count; else the keys the index holds in that range,
+    /// filtered here.
     async fn list_page(
         &self,
         filter: &KeyFilter,
@@ -691,25 +693,34 @@ impl KeyStoreAdmin for RedisStore {
             Some(owner) => self.owner_keys(owner),
             None => self.created(),
         };
-        // With no filter but the owner, only the page is read, and the index counts the keys.
+        // The index's scores are creation times in whole seconds: one is before `at` exactly
+        // when it is before `at` rounded up.
+        let before = filter
+            .created_before
+            .map_or_else(|| "+inf".to_owned(), |at| format!("({}", secs_up(at)));
+        // With no filter but the owner and the creation time, only the page is read, and the
+        // index counts the keys.
         let paged = *filter
             == KeyFilter {
                 owner: filter.owner.clone(),
+                created_before: filter.created_before,
                 ..KeyFilter::new()
             };
-        let (start, stop) = match (paged, limit) {
+        let (offset_in_index, count) = match (paged, limit) {
             (true, 0) => (0, None),
-            (true, _) => (offset, Some(offset.saturating_add(limit - 1))),
+            (true, _) => (offset, Some(limit)),
             (false, _) => (0, Some(usize::MAX)),
         };
-        // Past what `isize` holds: from beyond the end (none), or to the end (-1).
-        let start = isize::try_from(start).unwrap_or(isize::MAX);
-        let stop = stop.map(|stop| isize::try_from(stop).unwrap_or(-1));
+        // Redis takes a negative count as "all of them".
+        let count = count.map(|count| isize::try_from(count).unwrap_or(-1));
+        let from = isize::try_from(offset_in_index).unwrap_or(isize::MAX);
         let mut conn = self.conn.clone();
         loop {
-            let ids: Vec<String> = match stop {
+            let ids: Vec<String> = match count {
                 None => Vec::new(),
-                Some(stop) => (conn.zrange(&index, start, stop).await).map_err(unavailable)?,
+                Some(count) => (conn.zrangebyscore_limit(&index, "-inf", &before, from, count))
+                    .await
+                    .map_err(unavailable)?,
             };
             let (records, gone) = self.read(&ids).await?;
             if !gone.is_empty() {
@@ -723,7 +734,8 @@ impl KeyStoreAdmin for RedisStore {
                 continue;
             }
             if paged {
-                let total: usize = conn.zcard(&index).await.map_err(unavailable)?;
+                let total: usize =
+                    (conn.zcount(&index, "-inf", &before).await).map_err(unavailable)?;
                 return Ok(Listing { records, total });
             }
             return Ok(Listing::filtered(records, filter, now, offset, limit));
