@@ -754,12 +754,12 @@ mod cli {
             "three of acme's keys in circulation: two and three"
         );
         let wider = ["--owner", "acme", "--max-per-owner", "3"];
-        tool.create(&[&["--name", "four"], &wider[..]].concat());
+        let (_, four, _) = tool.create(&[&["--name", "four"], &wider[..]].concat());
         assert_eq!(
             tool.names(&["--owner", "acme", "--state", "active"]),
             ["four", "three", "two"]
         );
-        // Set once in the environment, for every `create`; keys without an owner are not
+        // Set once in the environment, for every command; keys without an owner are not
         // counted.
         tool.env
             .push(("TOWER_API_KEY_MAX_PER_OWNER".into(), "3".into()));
@@ -770,6 +770,19 @@ mod cli {
         let (code, message) = tool.failure(&["create", "--name", "x", "--max-per-owner", "many"]);
         assert_eq!(code, 2);
         assert!(message.contains("--max-per-owner"), "{message}");
+
+        // A rotation may take the owner one over while the old key's grace period runs; a
+        // second one during that grace is refused.
+        let rotated = tool.ok_json(&["--json", "rotate", &four, "--grace", "1h"]);
+        let successor = rotated["info"]["id"].as_str().unwrap().to_owned();
+        let (code, message) = tool.failure(&["rotate", &successor, "--grace", "1h"]);
+        assert_eq!(code, 2, "{message}");
+        assert!(
+            message.contains("the most keys in use allowed (3"),
+            "{message}"
+        );
+        let active = tool.names(&["--owner", "acme", "--state", "active"]);
+        assert_eq!(active, ["four", "four", "three", "two"]);
     }
 
     /// `--max-lifetime` (or `TOWER_API_KEY_MAX_LIFETIME`): a key created or generated without

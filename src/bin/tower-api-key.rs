@@ -63,6 +63,16 @@ struct Cli {
         value_name = "DURATION"
     )]
     max_lifetime: Option<Duration>,
+    /// Issue no key (exit code 2) to an owner that already has N keys in circulation (neither
+    /// revoked nor expired; disabled ones count); a rotation may go one over while the old
+    /// key's grace period runs, no further. Keys without an owner are not counted.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "TOWER_API_KEY_MAX_PER_OWNER",
+        global = true
+    )]
+    max_per_owner: Option<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -305,10 +315,6 @@ struct KeySpec {
     /// The variable name in the `export` line (default: <PREFIX>_API_KEY).
     #[arg(long)]
     var: Option<String>,
-    /// Refuse (exit code 2) if the key's owner already has N keys in circulation (neither
-    /// revoked nor expired; disabled ones count). Keys without an owner are not counted.
-    #[arg(long, value_name = "N", env = "TOWER_API_KEY_MAX_PER_OWNER")]
-    max_per_owner: Option<u32>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -491,13 +497,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         format = format.with_id_key(id_key);
     }
     let default_var = format!("{}_API_KEY", cli.prefix.to_uppercase());
-    // Keys in `store`, issued in `format`, living no longer than `--max-lifetime`.
+    // Keys in `store`, issued in `format`, within `--max-lifetime` and `--max-per-owner`.
     let manager = |store: AnyStore| {
-        let keys = KeyManager::new(store).format(format.clone());
-        match cli.max_lifetime {
-            Some(max) => keys.max_key_lifetime(max),
-            None => keys,
+        let mut keys = KeyManager::new(store).format(format.clone());
+        if let Some(max) = cli.max_lifetime {
+            keys = keys.max_key_lifetime(max);
         }
+        if let Some(max) = cli.max_per_owner {
+            keys = keys.max_keys_per_owner(max);
+        }
+        keys
     };
     if let Command::Generate(spec) = &cli.command {
         // Issued as `create` would, without a store of ours.
@@ -529,11 +538,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Generate(_) => unreachable!("handled above"),
         Command::Create(spec) => {
-            let capped = spec
-                .max_per_owner
-                .map(|max| keys.clone().max_keys_per_owner(max));
-            let issuer = capped.as_ref().unwrap_or(&keys);
-            let created = issuer.create(new_key(&spec)?).await?;
+            let created = keys.create(new_key(&spec)?).await?;
             let record = &created.record;
             let event = trail.event("create", &record.id, record.owner.as_deref());
             trail.record(event).await;
