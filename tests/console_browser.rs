@@ -79,6 +79,37 @@ mod browser {
         }
     }
 
+    /// The key the page shows once.
+    async fn shown_once(browser: &Client) -> String {
+        let shown = browser.find(Locator::Css("#new-key")).await.unwrap();
+        let key = shown.prop("value").await.unwrap().unwrap_or_default();
+        assert!(key.starts_with("mesh_live_"), "the page shows a key");
+        key
+    }
+
+    /// Says the key shown once was copied: the page then shows `text` in `css`, and `key` is
+    /// gone from it.
+    async fn copied(browser: &Client, key: &str, css: &str, text: &str) {
+        click(browser, "#done").await;
+        wait_text(browser, css, text).await;
+        let page = browser.source().await.unwrap();
+        assert!(!page.contains(key), "the key is shown once, then gone");
+    }
+
+    /// `at` in Unix seconds.
+    fn seconds(at: std::time::SystemTime) -> u64 {
+        at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    }
+
+    /// Asserts that `at` (Unix seconds) is `by` after a time from `before` to now.
+    fn from_now(at: u64, before: std::time::SystemTime, by: Duration) {
+        let (from, to) = (
+            seconds(before + by),
+            seconds(std::time::SystemTime::now() + by),
+        );
+        assert!((from..=to).contains(&at), "{at} in {from}..={to}");
+    }
+
     /// Signs in with `key` on the sign-in page; the page then names the caller `who`.
     async fn sign_in(browser: &Client, key: &str, who: &str) {
         let field = browser.find(Locator::Css("#key")).await.unwrap();
@@ -205,9 +236,7 @@ mod browser {
 
         // Shown once: the key, the export line, the warning.
         wait_text(&browser, "#once-title", "Your new API key").await;
-        let shown = browser.find(Locator::Css("#new-key")).await.unwrap();
-        let plaintext = shown.prop("value").await.unwrap().unwrap_or_default();
-        assert!(plaintext.starts_with("mesh_live_"), "the page shows a key");
+        let plaintext = shown_once(&browser).await;
         let export = wait_text(&browser, "#export", "export MESH_API_KEY=").await;
         assert!(
             export.ends_with(&plaintext),
@@ -222,13 +251,7 @@ mod browser {
             .unwrap();
         let issued_id = issued.id.clone();
         let expires = issued.expires_at.expect("the longest lifetime");
-        let seconds =
-            |at: std::time::SystemTime| at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        let (from, to) = (
-            seconds(before + quarter),
-            seconds(std::time::SystemTime::now() + quarter),
-        );
-        assert!((from..=to).contains(&expires), "{expires} in {from}..={to}");
+        from_now(expires, before, quarter);
         let url = browser.current_url().await.unwrap();
         assert!(
             !url.as_str().contains(&plaintext),
@@ -244,13 +267,7 @@ mod browser {
         }
 
         // Done: the key is gone from the page, which now shows the key and its usage.
-        click(&browser, "#done").await;
-        wait_text(&browser, "main h1", "Production App").await;
-        let page = browser.source().await.unwrap();
-        assert!(
-            !page.contains(&plaintext),
-            "the key is shown once, then gone"
-        );
+        copied(&browser, &plaintext, "main h1", "Production App").await;
         wait_text(&browser, ".usage .cards", "3").await;
         wait_text(&browser, ".usage .tables", "/items/{id}").await;
         wait_text(&browser, ".details", "pro").await;
@@ -354,7 +371,7 @@ mod browser {
             expires.filter(|at| *at <= seconds(std::time::SystemTime::now() + week))
         })
         .await;
-        assert!(moved >= seconds(before + week), "{moved}");
+        from_now(moved, before, week);
         let at = std::time::UNIX_EPOCH + Duration::from_secs(moved);
         let date = humantime::format_rfc3339_seconds(at)
             .to_string()
@@ -428,29 +445,16 @@ mod browser {
         wait_text(&browser, "#confirm-title", "Rotate this key?").await;
         click(&browser, "#confirm-ok").await;
         wait_text(&browser, "#once-title", "The new key for Legacy Deploy").await;
-        let shown = browser.find(Locator::Css("#new-key")).await.unwrap();
-        let successor = shown.prop("value").await.unwrap().unwrap_or_default();
-        assert!(successor.starts_with("mesh_live_"), "the page shows a key");
+        let successor = shown_once(&browser).await;
         let works = http
             .get("/items/7", &[("authorization", &api_key(&successor))])
             .await;
         assert_eq!(works.status, StatusCode::OK);
         let hour = Duration::from_secs(3_600);
         let ends = keys.show(&legacy_id).await.unwrap().unwrap().expires_at;
-        let ends = ends.expect("the grace period's end");
-        let (from, to) = (
-            seconds(before + hour),
-            seconds(std::time::SystemTime::now() + hour),
-        );
-        assert!((from..=to).contains(&ends), "{ends} in {from}..={to}");
+        from_now(ends.expect("the grace period's end"), before, hour);
         screenshot(&browser, "8a-rotated").await;
-        click(&browser, "#done").await;
-        wait_text(&browser, ".details", "rotated_from").await;
-        let page = browser.source().await.unwrap();
-        assert!(
-            !page.contains(&successor),
-            "the key is shown once, then gone"
-        );
+        copied(&browser, &successor, ".details", "rotated_from").await;
 
         // The command line tool sets an owner's limits: a change of no key, in the same trail.
         let owner = AuditEvent::new("cli:alice", "owner", "")
