@@ -277,8 +277,8 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// [`ManageError::LifetimeTooLong`] when a key is created or its expiry set. A
     /// [rotation](Self::rotate) keeps the old key's expiry, brought within `max` of now (so
     /// rotating a key issued before the limit gives one that obeys it), and ends the old key's
-    /// grace period within `max` of now too. Keys already stored are
-    /// not changed: find those expiring late, or never, with [`list_matching`](Self::list_matching).
+    /// grace period within `max` of now too. Keys already stored are not changed: find those
+    /// expiring late, or never, with [`list_matching`](Self::list_matching).
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
@@ -804,11 +804,11 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
 
     /// Rotates key `id`: issues a new key with every setting of the old one (name, scopes,
     /// environment, owner, plan, limits, allowed networks, expiry, metadata, plus
-    /// `rotated_from`), and lets the old
-    /// one work for `grace` more, after which it answers `API_KEY_EXPIRED` (an earlier expiry it
-    /// had stays; with [a longest lifetime](Self::max_key_lifetime), both keys' expiries are
-    /// brought within it). Returns the new key, or `None` when there is no key `id`. Only an active key
-    /// can be rotated: rotating a revoked, disabled or expired key would bring it back.
+    /// `rotated_from`), and lets the old one work for `grace` more, after which it answers
+    /// `API_KEY_EXPIRED` (an earlier expiry it had stays; with
+    /// [a longest lifetime](Self::max_key_lifetime), both keys' expiries are brought within
+    /// it). Returns the new key, or `None` when there is no key `id`. Only an active key can be
+    /// rotated: rotating a revoked, disabled or expired key would bring it back.
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
