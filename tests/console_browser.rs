@@ -271,6 +271,7 @@ mod browser {
         wait_text(&browser, ".usage .cards", "3").await;
         wait_text(&browser, ".usage .tables", "/items/{id}").await;
         wait_text(&browser, ".details", "pro").await;
+        wait_text(&browser, "table.limits", "minute").await;
         screenshot(&browser, "5-key").await;
 
         // The last 30 days: the same three requests, on charts that start a month ago.
@@ -422,6 +423,10 @@ mod browser {
         wait_text(&browser, ".usage .tables", "API_KEY_REVOKED").await;
         let rejected = wait_text(&browser, ".usage .cards .stat:nth-child(2)", "1").await;
         assert!(rejected.contains("Rejected by the layer"), "{rejected}");
+        assert!(
+            !present(&browser, "table.limits").await,
+            "a revoked key's limits no longer matter"
+        );
         screenshot(&browser, "8b-revoked-key-tried").await;
 
         // The old key due for rotation: disabled and enabled again, then rotated with an hour's

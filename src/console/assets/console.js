@@ -183,8 +183,9 @@
     '30d': { hours: 720, resolution: 'day', label: 'Last 30 days' },
   };
 
-  /** The usage panel: totals, charts, top endpoints and countries, limits. */
-  function usagePanel(params, title) {
+  /** The usage panel: totals, charts, top endpoints and countries, and, unless `withoutLimits`
+   *  (a revoked key's: they no longer matter), where it stands against its limits. */
+  function usagePanel(params, title, withoutLimits) {
     const panel = h('section', { class: 'usage', 'aria-label': title });
     let range = '1h';
     const picker = h('div', { class: 'segmented', role: 'group', 'aria-label': 'Time range' });
@@ -210,7 +211,7 @@
       let view;
       try {
         const report = await api('GET', '/usage' + query({ ...params, hours, resolution }));
-        view = usageView(report);
+        view = usageView(withoutLimits ? { ...report, limits: [] } : report);
       } catch (error) {
         view = [notice(error.message, 'error')];
       }
@@ -699,7 +700,7 @@
       h('div', { class: 'columns' }, h('section', { class: 'card' }, h('h2', {}, 'Details'), details, expiry),
         // A revoked key's permissions no longer matter: nothing to edit.
         key.state === 'revoked' ? null : h('section', { class: 'card' }, h('h2', {}, 'Permissions'), scopes)),
-      usagePanel({ key: key.id }, 'Usage of this key'),
+      usagePanel({ key: key.id }, 'Usage of this key', key.state === 'revoked'),
       historyPanel(key.id));
   }
 
