@@ -656,6 +656,55 @@ mod console {
         assert_eq!(me["max_keys_per_owner"], Value::Null);
     }
 
+    /// An admin who moves an expired key's expiry later brings it back into circulation: refused
+    /// while its owner holds the most keys already, as issuing one more is.
+    #[tokio::test]
+    async fn an_expired_key_comes_back_only_within_its_owner_s_most() {
+        use std::time::{Duration, SystemTime};
+        use tower_api_key::store::KeyStoreAdmin;
+
+        let server = Server::start_with(|console| console.max_keys_per_owner(2)).await;
+        let admin = server.admin.clone();
+        let (_, first) = server
+            .create(&admin, json!({"name": "one", "owner": "acme"}))
+            .await;
+        server
+            .create(&admin, json!({"name": "two", "owner": "acme"}))
+            .await;
+        let format = tower_api_key::key::KeyFormat::new("root").unwrap();
+        let ended = SystemTime::now() - Duration::from_secs(3_600);
+        let old = NewKey::new("old").owner("acme").expires_at(ended);
+        let old = old.generate(&format).unwrap().record;
+        let path = format!("/admin/api/keys/{}", old.id);
+        server.keys.store().create(old).await.unwrap();
+
+        for body in [r#"{"expires_in":"30d"}"#, r#"{"expires_at":null}"#] {
+            let refusal = server.call(Method::PATCH, &path, Some(&admin), body).await;
+            refused(&refusal, StatusCode::CONFLICT, "KEY_LIMIT_REACHED");
+        }
+        let shown = server.get(&path, &admin).await.json();
+        assert_eq!(shown["state"], "expired", "{shown}");
+        // Other changes to it pass.
+        let renamed = server
+            .call(Method::PATCH, &path, Some(&admin), r#"{"name":"older"}"#)
+            .await;
+        assert_eq!(renamed.status, StatusCode::OK, "{}", renamed.body);
+
+        // With room again, it comes back.
+        let revoked = server.revoke(&first, &admin).await;
+        assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+        let moved = server
+            .call(
+                Method::PATCH,
+                &path,
+                Some(&admin),
+                r#"{"expires_in":"30d"}"#,
+            )
+            .await;
+        assert_eq!(moved.status, StatusCode::OK, "{}", moved.body);
+        assert_eq!(moved.json()["state"], "active");
+    }
+
     /// With a longest lifetime, a key asked without an expiry gets it, a later expiry (or none)
     /// is refused to the key holder and to an admin alike, and a rotation keeps the old key's
     /// expiry within it; `api/me` says it.

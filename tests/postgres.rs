@@ -78,6 +78,17 @@ mod postgres {
             store(&table).await,
         )
         .await;
+        let table = unique("expired_back");
+        conformance::expired_keys_come_back_only_within_the_most(
+            store(&table).await,
+            store(&table).await,
+        )
+        .await;
+        conformance::expired_keys_brought_back_at_once_stop_at_the_most(
+            store(&table).await,
+            store(&table).await,
+        )
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

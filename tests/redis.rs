@@ -200,6 +200,17 @@ mod redis {
             store(&prefix).await,
         )
         .await;
+        let prefix = unique("expired_back");
+        conformance::expired_keys_come_back_only_within_the_most(
+            store(&prefix).await,
+            store(&prefix).await,
+        )
+        .await;
+        conformance::expired_keys_brought_back_at_once_stop_at_the_most(
+            store(&prefix).await,
+            store(&prefix).await,
+        )
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

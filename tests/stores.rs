@@ -47,6 +47,9 @@ async fn the_memory_store_never_overspends_credits() {
 async fn the_memory_store_keeps_owners_within_their_most_keys() {
     let store = MemoryStore::new();
     conformance::owners_never_hold_more_keys_than_allowed(store.clone(), store).await;
+    let store = MemoryStore::new();
+    conformance::expired_keys_come_back_only_within_the_most(store.clone(), store.clone()).await;
+    conformance::expired_keys_brought_back_at_once_stop_at_the_most(store.clone(), store).await;
 }
 
 #[cfg(feature = "sqlite")]
@@ -104,6 +107,18 @@ mod sqlite {
     async fn the_sqlite_store_keeps_owners_within_their_most_keys() {
         let (dir, url) = temp_db("most-keys");
         conformance::owners_never_hold_more_keys_than_allowed(
+            SqliteStore::connect(&url).await.unwrap(),
+            SqliteStore::connect(&url).await.unwrap(),
+        )
+        .await;
+        std::fs::remove_dir_all(dir).unwrap();
+        let (dir, url) = temp_db("expired-back");
+        conformance::expired_keys_come_back_only_within_the_most(
+            SqliteStore::connect(&url).await.unwrap(),
+            SqliteStore::connect(&url).await.unwrap(),
+        )
+        .await;
+        conformance::expired_keys_brought_back_at_once_stop_at_the_most(
             SqliteStore::connect(&url).await.unwrap(),
             SqliteStore::connect(&url).await.unwrap(),
         )
@@ -412,4 +427,12 @@ async fn a_rotation_that_fails_part_way_leaves_no_orphan_key() {
     );
     let new = keys.rotate(&old.id, Duration::from_secs(60)).await.unwrap();
     assert!(new.is_some(), "the old key can still be rotated");
+}
+
+/// The trait's own `update_key_within` (a store that does not override it) keeps the rule one
+/// call at a time: it reads, counts, then updates, so only calls at once may both pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_brings_expired_keys_back_within_the_most() {
+    let store = FaultyStore::default();
+    conformance::expired_keys_come_back_only_within_the_most(store.clone(), store).await;
 }

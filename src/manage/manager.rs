@@ -242,7 +242,10 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// [`KeyStoreAdmin::create_within`]), so creations at once, on any replica, never pass
     /// `max`. Keys without an owner are not counted. A [rotation](Self::rotate) may take an
     /// owner one key over `max`, since its successor replaces a key that ends with its grace
-    /// period, but no further: a second rotation during that grace is refused.
+    /// period, but no further: a second rotation during that grace is refused. Moving an
+    /// expired key's expiry later ([`set_expiry`](Self::set_expiry), [`update`](Self::update))
+    /// brings it back into circulation, and is refused the same way
+    /// ([`KeyStoreAdmin::update_key_within`]).
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
@@ -747,13 +750,13 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// # Errors
     /// [`ManageError::Invalid`] for a time past the year 9999; [`ManageError::LifetimeTooLong`]
     /// for a time (or, with `None`, no expiry) past [the longest lifetime](Self::max_key_lifetime);
-    /// [`ManageError::Store`] when the store fails.
+    /// [`ManageError::TooManyKeys`] for a later expiry of an expired key whose owner holds
+    /// [the most keys](Self::max_keys_per_owner) already; [`ManageError::Store`] when the store
+    /// fails.
     pub async fn set_expiry(&self, id: &str, at: Option<SystemTime>) -> Result<bool, ManageError> {
         validate_expiry(at).map_err(ManageError::Invalid)?;
         self.check_lifetime(at)?;
-        let result = self.store.set_expiry(id, at).await;
-        self.changed(id);
-        Ok(result?)
+        self.change(id, &KeyUpdate::new().expires_at(at)).await
     }
 
     /// Replaces key `id`'s scopes; returns whether it exists.
@@ -790,14 +793,31 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// ```
     ///
     /// # Errors
-    /// [`ManageError::Invalid`] or [`ManageError::LifetimeTooLong`] for a change a setter would
-    /// refuse; [`ManageError::Store`] when the store fails (the cache is cleared all the same).
+    /// [`ManageError::Invalid`], [`ManageError::LifetimeTooLong`] or [`ManageError::TooManyKeys`]
+    /// for a change a setter would refuse; [`ManageError::Store`] when the store fails (the cache
+    /// is cleared all the same).
     pub async fn update(&self, id: &str, update: &KeyUpdate) -> Result<bool, ManageError> {
         validate_update(update).map_err(ManageError::Invalid)?;
         if let Some(at) = update.expires_at {
             self.check_lifetime(at)?;
         }
-        let result = self.store.update_key(id, update).await;
+        self.change(id, update).await
+    }
+
+    /// Makes `update`'s changes to key `id`; with [a most keys per owner](Self::max_keys_per_owner),
+    /// none that brings an expired key back into circulation while its owner holds the most
+    /// ([`KeyStoreAdmin::update_key_within`]).
+    async fn change(&self, id: &str, update: &KeyUpdate) -> Result<bool, ManageError> {
+        let result = match (self.max_keys_per_owner, update.expires_at) {
+            (Some(most), Some(_)) => {
+                let now = crate::clock::now();
+                match self.store.update_key_within(id, update, most, now).await {
+                    Ok(Some(false)) => return Err(ManageError::TooManyKeys(most)),
+                    result => result.map(|done| done.is_some()),
+                }
+            }
+            _ => self.store.update_key(id, update).await,
+        };
         self.changed(id);
         Ok(result?)
     }

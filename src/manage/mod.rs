@@ -135,7 +135,7 @@ pub enum ManageError {
     NotActive(KeyState),
     /// The key's owner already has this many keys in circulation, the most
     /// [`KeyManager::max_keys_per_owner`](crate::KeyManager::max_keys_per_owner) allows (or,
-    /// for a rotation, one more).
+    /// for a rotation, one more): no key is issued, and no expired key brought back.
     TooManyKeys(u32),
     /// The expiry asked for (or none) is later than this long from now, the longest
     /// [`KeyManager::max_key_lifetime`](crate::KeyManager::max_key_lifetime) allows.

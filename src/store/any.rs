@@ -164,6 +164,15 @@ impl KeyStoreAdmin for AnyStore {
     ) -> Result<bool, StoreError> {
         each!(self, store => store.create_within(record, max, now).await)
     }
+    async fn update_key_within(
+        &self,
+        id: &str,
+        update: &KeyUpdate,
+        max: u32,
+        now: SystemTime,
+    ) -> Result<Option<bool>, StoreError> {
+        each!(self, store => store.update_key_within(id, update, max, now).await)
+    }
     async fn revoke(&self, id: &str, at: SystemTime) -> Result<bool, StoreError> {
         each!(self, store => store.revoke(id, at).await)
     }

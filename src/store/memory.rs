@@ -142,6 +142,14 @@ impl KeyStore for MemoryStore {
     }
 }
 
+/// Whether `owner` has `max` keys in circulation at `now` among `keys`, or more.
+fn full(keys: &HashMap<String, KeyRecord>, owner: &str, max: u32, now: SystemTime) -> bool {
+    let held = (keys.values())
+        .filter(|key| key.owner.as_deref() == Some(owner) && key.in_circulation(now))
+        .count();
+    held >= usize::try_from(max).unwrap_or(usize::MAX)
+}
+
 /// Adds `record` to `keys`, unless its id is taken.
 fn add(keys: &mut HashMap<String, KeyRecord>, record: KeyRecord) -> Result<(), StoreError> {
     if keys.contains_key(&record.id) {
@@ -165,16 +173,38 @@ impl KeyStoreAdmin for MemoryStore {
         now: SystemTime,
     ) -> Result<bool, StoreError> {
         let keys = &mut self.write().keys;
-        if let Some(owner) = &record.owner {
-            let held = keys
-                .values()
-                .filter(|key| key.owner.as_ref() == Some(owner) && key.in_circulation(now))
-                .count();
-            if held >= usize::try_from(max).unwrap_or(usize::MAX) {
-                return Ok(false);
-            }
+        if record
+            .owner
+            .as_ref()
+            .is_some_and(|owner| full(keys, owner, max, now))
+        {
+            return Ok(false);
         }
         add(keys, record).map(|()| true)
+    }
+
+    /// Checks and changes under the store's lock.
+    async fn update_key_within(
+        &self,
+        id: &str,
+        update: &KeyUpdate,
+        max: u32,
+        now: SystemTime,
+    ) -> Result<Option<bool>, StoreError> {
+        let keys = &mut self.write().keys;
+        let Some(record) = keys.get(id) else {
+            return Ok(None);
+        };
+        let back = update.brings_back(record, now);
+        if let (true, Some(owner)) = (back, record.owner.clone()) {
+            if full(keys, &owner, max, now) {
+                return Ok(Some(false));
+            }
+        }
+        if let Some(record) = keys.get_mut(id) {
+            update.apply_to(record);
+        }
+        Ok(Some(true))
     }
 
     async fn revoke(&self, id: &str, at: SystemTime) -> Result<bool, StoreError> {

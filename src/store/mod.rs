@@ -366,6 +366,60 @@ pub trait KeyStoreAdmin: KeyStore {
         Ok(found)
     }
 
+    /// Makes `update`'s changes to key `id`, as [`update_key`](Self::update_key) does, unless
+    /// they bring the key back into circulation at `now` (an expired key given a later expiry,
+    /// or none: [`KeyUpdate::brings_back`]) while its owner has `max` keys in circulation
+    /// already. Returns `None` when there is no key `id`, else whether the changes were made.
+    ///
+    /// The memory, SQLite, PostgreSQL and Redis stores check and change in one step, as they
+    /// do for [`create_within`](Self::create_within). The default reads the key and counts the
+    /// owner's keys with [`list_page`](Self::list_page), then calls
+    /// [`update_key`](Self::update_key): two calls at once may both pass.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use std::time::{Duration, SystemTime};
+    /// use tower_api_key::store::{KeyStoreAdmin, KeyUpdate};
+    /// use tower_api_key::{key::KeyFormat, MemoryStore, NewKey};
+    ///
+    /// let store = MemoryStore::new();
+    /// let format = KeyFormat::new("mesh")?;
+    /// let now = SystemTime::now();
+    /// let old = NewKey::new("old").owner("acme").expires_at(now - Duration::from_secs(60));
+    /// let old = old.generate(&format)?.record;
+    /// let id = old.id.clone();
+    /// store.create(old).await?;
+    /// store.create(NewKey::new("ci").owner("acme").generate(&format)?.record).await?;
+    /// let back = KeyUpdate::new().expires_at(None);
+    /// assert_eq!(store.update_key_within(&id, &back, 1, now).await?, Some(false));
+    /// assert_eq!(store.update_key_within(&id, &back, 2, now).await?, Some(true));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn update_key_within(
+        &self,
+        id: &str,
+        update: &KeyUpdate,
+        max: u32,
+        now: SystemTime,
+    ) -> Result<Option<bool>, StoreError> {
+        let Some(record) = self.get(id).await? else {
+            return Ok(None);
+        };
+        if let (true, Some(owner)) = (update.brings_back(&record, now), &record.owner) {
+            let filter = KeyFilter::new().owner(owner.as_str());
+            let keys = self.list_page(&filter, now, 0, usize::MAX).await?.records;
+            let held = keys.iter().filter(|key| key.in_circulation(now)).count();
+            if held >= usize::try_from(max).unwrap_or(usize::MAX) {
+                return Ok(Some(false));
+            }
+        }
+        Ok(self.update_key(id, update).await?.then_some(true))
+    }
+
     /// Replaces (or, with `None`, clears) the limits set on owner `owner`, counted for all of
     /// its keys together.
     ///
@@ -588,6 +642,15 @@ impl<T: KeyStoreAdmin + ?Sized> KeyStoreAdmin for Arc<T> {
     }
     async fn update_key(&self, id: &str, update: &KeyUpdate) -> Result<bool, StoreError> {
         (**self).update_key(id, update).await
+    }
+    async fn update_key_within(
+        &self,
+        id: &str,
+        update: &KeyUpdate,
+        max: u32,
+        now: SystemTime,
+    ) -> Result<Option<bool>, StoreError> {
+        (**self).update_key_within(id, update, max, now).await
     }
     async fn set_limits(&self, id: &str, limits: Option<&Limits>) -> Result<bool, StoreError> {
         (**self).set_limits(id, limits).await

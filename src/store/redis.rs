@@ -83,17 +83,25 @@ static CREATE: LazyLock<Script> =
 /// so not in KEYS: a single server, as `DELETE`), then field/value pairs.
 static CREATE_WITHIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"
-local now, held = tonumber(ARGV[4]), 0
-for _, id in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
-  local f = redis.call('HMGET', ARGV[5] .. id, 'created_at', 'revoked_at', 'expires_at')
-  local expires = f[3] and tonumber(f[3])
-  if f[1] and not f[2] and not (expires and expires <= now) then held = held + 1 end
-end
-if held >= tonumber(ARGV[3]) then return -1 end
+        r"{HELD}
+if held(KEYS[4], ARGV[5], tonumber(ARGV[4])) >= tonumber(ARGV[3]) then return -1 end
 local first = 6{ADD_KEY}"
     ))
 });
+
+/// `held(index, prefix, now)`: how many of the keys in the creation index `index` (whose
+/// hashes are named `prefix` and the id) are in circulation at `now` (Unix seconds): neither
+/// revoked nor expired.
+const HELD: &str = r"
+local function held(index, prefix, now)
+  local count = 0
+  for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+    local f = redis.call('HMGET', prefix .. id, 'created_at', 'revoked_at', 'expires_at')
+    local expires = f[3] and tonumber(f[3])
+    if f[1] and not f[2] and not (expires and expires <= now) then count = count + 1 end
+  end
+  return count
+end";
 
 /// Removes the audit rows older than ARGV[1] (Unix microseconds) from the list KEYS[1], whose
 /// entries are JSON arrays `[id, at, key, owner, data]`, and keeps the others in order (an entry
@@ -160,15 +168,40 @@ return 1",
 /// Sets and removes fields of an existing key in one step. KEYS: hash. ARGV: n, then n
 /// field/value pairs to set, then the fields to remove.
 static UPDATE_KEY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
         r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local n = tonumber(ARGV[1])
-if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 2, 1 + 2 * n)) end
-if #ARGV > 1 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 2 + 2 * n)) end
-return 1",
-    )
+local base = 0{SET_FIELDS}"
+    ))
 });
+
+/// As `UPDATE_KEY`, unless the key is expired (not revoked) and its new expiry brings it back
+/// into circulation while its owner holds the most keys already (-1). KEYS: hash, its owner's
+/// creation index. ARGV: now, the most, the hashes' prefix, the new expiry (Unix seconds,
+/// `none`, or empty when unchanged), then `UPDATE_KEY`'s.
+static UPDATE_KEY_WITHIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{HELD}
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local now, after = tonumber(ARGV[1]), ARGV[4]
+local f = redis.call('HMGET', KEYS[1], 'revoked_at', 'expires_at')
+local expires = f[2] and tonumber(f[2])
+local expired = expires and expires <= now
+local back = after == 'none' or (after ~= '' and tonumber(after) > now)
+if not f[1] and expired and back and held(KEYS[2], ARGV[3], now) >= tonumber(ARGV[2]) then
+  return -1
+end
+local base = 4{SET_FIELDS}"
+    ))
+});
+
+/// The end of `UPDATE_KEY` and `UPDATE_KEY_WITHIN`: from ARGV[`base` + 1], n, then n field/value
+/// pairs to set, then the fields to remove, of KEYS[1].
+const SET_FIELDS: &str = r"
+local n = tonumber(ARGV[base + 1])
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, base + 2, base + 1 + 2 * n)) end
+if #ARGV > base + 1 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, base + 2 + 2 * n)) end
+return 1";
 
 /// Spends credits from every hash (a key's, its owner's) that has some, all or nothing, each
 /// refilled first when a refill period began. KEYS: the hashes. ARGV: cost, then per hash the
@@ -843,40 +876,54 @@ impl KeyStoreAdmin for RedisStore {
         if update.is_empty() {
             return Ok(self.get(id).await?.is_some());
         }
-        let (mut set, mut remove) = (Vec::new(), Vec::new());
-        let mut field = |name: &'static str, value: Option<String>| match value {
-            Some(value) => set.extend([name.to_owned(), value]),
-            None => remove.push(name.to_owned()),
-        };
-        if let Some(name) = &update.name {
-            field("name", Some(name.clone()));
-        }
-        if let Some(scopes) = &update.scopes {
-            field("scopes", Some(json(scopes)));
-        }
-        if let Some(metadata) = &update.metadata {
-            field("metadata", Some(json(metadata)));
-        }
-        if let Some(at) = update.expires_at {
-            field("expires_at", at.map(|at| secs(at).to_string()));
-        }
-        if let Some(plan) = &update.plan {
-            field("plan", plan.clone());
-        }
-        if let Some(limits) = &update.limits {
-            field("limits", limits.as_ref().map(json));
-        }
-        if let Some(disabled) = update.disabled {
-            field(
-                "disabled",
-                Some(if disabled { "1" } else { "0" }.to_owned()),
-            );
-        }
-        let pairs = (set.len() / 2).to_string();
-        let args: Vec<&str> = std::iter::once(pairs.as_str())
-            .chain(set.iter().chain(&remove).map(String::as_str))
-            .collect();
+        let args = update_args(update);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.change(&UPDATE_KEY, id, &args).await
+    }
+
+    /// Reads the key's owner, then checks and changes in one script.
+    async fn update_key_within(
+        &self,
+        id: &str,
+        update: &KeyUpdate,
+        max: u32,
+        now: SystemTime,
+    ) -> Result<Option<bool>, StoreError> {
+        // An update never changes the owner: it is read before the script.
+        let Some(record) = self.get(id).await? else {
+            return Ok(None);
+        };
+        let owner = match (update.brings_back(&record, now), record.owner) {
+            (true, Some(owner)) => owner,
+            _ => return Ok(self.update_key(id, update).await?.then_some(true)),
+        };
+        self.index().await?;
+        let after = match update.expires_at {
+            None => String::new(),
+            Some(None) => "none".to_owned(),
+            Some(Some(at)) => secs(at).to_string(),
+        };
+        let mut invocation = UPDATE_KEY_WITHIN.key(self.key(id));
+        invocation.key(self.owner_keys(&owner));
+        invocation
+            .arg(secs(now))
+            .arg(max)
+            .arg(self.key(""))
+            .arg(after);
+        for arg in update_args(update) {
+            invocation.arg(arg);
+        }
+        let mut conn = self.conn.clone();
+        let done: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        self.changed(id).await;
+        Ok(match done {
+            0 => None,
+            -1 => Some(false),
+            _ => Some(true),
+        })
     }
 
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {
@@ -892,6 +939,42 @@ impl KeyStoreAdmin for RedisStore {
         }
         Ok(())
     }
+}
+
+/// `UPDATE_KEY`'s arguments for `update`: how many fields to set, the field/value pairs, then
+/// the fields to remove.
+fn update_args(update: &KeyUpdate) -> Vec<String> {
+    let (mut set, mut remove) = (Vec::new(), Vec::new());
+    let mut field = |name: &'static str, value: Option<String>| match value {
+        Some(value) => set.extend([name.to_owned(), value]),
+        None => remove.push(name.to_owned()),
+    };
+    if let Some(name) = &update.name {
+        field("name", Some(name.clone()));
+    }
+    if let Some(scopes) = &update.scopes {
+        field("scopes", Some(json(scopes)));
+    }
+    if let Some(metadata) = &update.metadata {
+        field("metadata", Some(json(metadata)));
+    }
+    if let Some(at) = update.expires_at {
+        field("expires_at", at.map(|at| secs(at).to_string()));
+    }
+    if let Some(plan) = &update.plan {
+        field("plan", plan.clone());
+    }
+    if let Some(limits) = &update.limits {
+        field("limits", limits.as_ref().map(json));
+    }
+    if let Some(disabled) = update.disabled {
+        field(
+            "disabled",
+            Some(if disabled { "1" } else { "0" }.to_owned()),
+        );
+    }
+    let pairs = (set.len() / 2).to_string();
+    std::iter::once(pairs).chain(set).chain(remove).collect()
 }
 
 /// A usage row's field in its bucket's hash: `[replica, key]` as JSON; its value: `[owner,

@@ -454,6 +454,39 @@ macro_rules! sql_store {
 
             /// Runs `query`, a change of key `id`, announces it, and says whether the key
             /// existed.
+            /// The statements that make `update`'s changes, each waiting for the key's id.
+            fn update_queries<'q>(
+                sql: &'q $crate::store::sql::Queries,
+                update: &$crate::store::KeyUpdate,
+            ) -> Vec<sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>> {
+                use $crate::store::to_json;
+                let mut queries = Vec::new();
+                if let Some(name) = &update.name {
+                    queries.push(sqlx::query(&sql.set_name).bind(name.clone()));
+                }
+                if let Some(scopes) = &update.scopes {
+                    queries.push(sqlx::query(&sql.set_scopes).bind(to_json(scopes)));
+                }
+                if let Some(metadata) = &update.metadata {
+                    queries.push(sqlx::query(&sql.set_metadata).bind(to_json(metadata)));
+                }
+                if let Some(at) = update.expires_at {
+                    let at = at.map($crate::store::codec::secs);
+                    queries.push(sqlx::query(&sql.set_expiry).bind(at));
+                }
+                if let Some(plan) = &update.plan {
+                    queries.push(sqlx::query(&sql.set_plan).bind(plan.clone()));
+                }
+                if let Some(limits) = &update.limits {
+                    let limits = limits.as_ref().map(to_json);
+                    queries.push(sqlx::query(&sql.set_limits).bind(limits));
+                }
+                if let Some(disabled) = update.disabled {
+                    queries.push(sqlx::query(&sql.set_disabled).bind(disabled));
+                }
+                queries
+            }
+
             async fn change<'q>(
                 &self,
                 query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
@@ -994,33 +1027,7 @@ macro_rules! sql_store {
                 update: &$crate::store::KeyUpdate,
             ) -> Result<bool, $crate::store::StoreError> {
                 use $crate::store::sql::unavailable;
-                use $crate::store::to_json;
-                let sql = &self.sql;
-                let mut queries = Vec::new();
-                if let Some(name) = &update.name {
-                    queries.push(sqlx::query(&sql.set_name).bind(name.as_str()));
-                }
-                if let Some(scopes) = &update.scopes {
-                    queries.push(sqlx::query(&sql.set_scopes).bind(to_json(scopes)));
-                }
-                if let Some(metadata) = &update.metadata {
-                    queries.push(sqlx::query(&sql.set_metadata).bind(to_json(metadata)));
-                }
-                if let Some(at) = update.expires_at {
-                    let at = at.map($crate::store::codec::secs);
-                    queries.push(sqlx::query(&sql.set_expiry).bind(at));
-                }
-                if let Some(plan) = &update.plan {
-                    queries.push(sqlx::query(&sql.set_plan).bind(plan.as_deref()));
-                }
-                if let Some(limits) = &update.limits {
-                    let limits = limits.as_ref().map(to_json);
-                    queries.push(sqlx::query(&sql.set_limits).bind(limits));
-                }
-                if let Some(disabled) = update.disabled {
-                    queries.push(sqlx::query(&sql.set_disabled).bind(disabled));
-                }
-                let mut queries = queries.into_iter();
+                let mut queries = Self::update_queries(&self.sql, update).into_iter();
                 let first = match (queries.next(), queries.len()) {
                     (None, _) => {
                         return Ok($crate::store::KeyStore::get(self, id).await?.is_some());
@@ -1042,6 +1049,61 @@ macro_rules! sql_store {
                 tx.commit().await.map_err(unavailable)?;
                 self.changed(id).await;
                 Ok(found)
+            }
+
+            /// Reads the key's owner, then reads the key again, counts the owner's keys and
+            /// changes it in one transaction holding the owner's lock.
+            async fn update_key_within(
+                &self,
+                id: &str,
+                update: &$crate::store::KeyUpdate,
+                max: u32,
+                now: std::time::SystemTime,
+            ) -> Result<Option<bool>, $crate::store::StoreError> {
+                use sqlx::Row;
+                use $crate::store::sql::unavailable;
+                // An update never changes the owner: it is read before its lock is taken.
+                let Some(record) = $crate::store::KeyStore::get(self, id).await? else {
+                    return Ok(None);
+                };
+                let owner = match (update.brings_back(&record, now), record.owner) {
+                    (true, Some(owner)) => owner,
+                    _ => return Ok(self.update_key(id, update).await?.then_some(true)),
+                };
+                let mut tx = self.begin_owner(&owner).await?;
+                let row = sqlx::query(&self.sql.get)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                let Some(record) = row.as_ref().map(Self::record).transpose()? else {
+                    tx.rollback().await.map_err(unavailable)?;
+                    return Ok(None);
+                };
+                if update.brings_back(&record, now) {
+                    let held: i64 = sqlx::query(&self.sql.count_held)
+                        .bind(owner.as_str())
+                        .bind($crate::store::codec::secs(now))
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(unavailable)?
+                        .try_get(0)
+                        .map_err(unavailable)?;
+                    if held >= i64::from(max) {
+                        tx.rollback().await.map_err(unavailable)?;
+                        return Ok(Some(false));
+                    }
+                }
+                for query in Self::update_queries(&self.sql, update) {
+                    query
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                }
+                tx.commit().await.map_err(unavailable)?;
+                self.changed(id).await;
+                Ok(Some(true))
             }
 
             async fn record_usage(

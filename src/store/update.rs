@@ -119,6 +119,29 @@ impl KeyUpdate {
         .collect()
     }
 
+    /// Whether these changes bring `record` back into circulation at `now`: it is out of it (an
+    /// expired key, not revoked) and would be in it after them (a later expiry, or none).
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use tower_api_key::{key::KeyFormat, store::KeyUpdate, NewKey};
+    ///
+    /// let now = SystemTime::now();
+    /// let expired = NewKey::new("ci").expires_at(now - Duration::from_secs(60));
+    /// let record = expired.generate(&KeyFormat::new("mesh")?)?.record;
+    /// assert!(KeyUpdate::new().expires_at(None).brings_back(&record, now));
+    /// assert!(!KeyUpdate::new().name("renamed").brings_back(&record, now));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn brings_back(&self, record: &KeyRecord, now: SystemTime) -> bool {
+        if record.in_circulation(now) {
+            return false;
+        }
+        let mut after = record.clone();
+        self.apply_to(&mut after);
+        after.in_circulation(now)
+    }
+
     /// Makes the changes to `record`.
     pub fn apply_to(&self, record: &mut KeyRecord) {
         if let Some(name) = &self.name {

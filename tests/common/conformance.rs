@@ -981,3 +981,113 @@ pub async fn owners_never_hold_more_keys_than_allowed<S: KeyStoreAdmin + Clone>(
     assert!(revoked > 0 && created > MOST as usize, "both interleaved");
     assert_eq!(held(a, "crowd", SystemTime::now()).await, created - revoked);
 }
+
+/// `KeyStoreAdmin::update_key_within` on stores `a` and `b` (two replicas of one store, or the
+/// same store twice): an expired key comes back into circulation (a later expiry, or none) only
+/// while its owner holds fewer keys than the most; changes that do not bring a key back always
+/// pass.
+pub async fn expired_keys_come_back_only_within_the_most<S: KeyStoreAdmin + Clone>(a: S, b: S) {
+    let now = at(1_800_000_000);
+    let expired = |owner: &str, created| {
+        let mut key = owned(owner, created);
+        key.expires_at = Some(at(1_799_999_000));
+        key
+    };
+    let (one, two) = (
+        owned("umbrella", 1_700_000_000),
+        owned("umbrella", 1_700_000_001),
+    );
+    let old = expired("umbrella", 1_700_000_002);
+    for key in [&one, &two, &old] {
+        a.create(key.clone()).await.unwrap();
+    }
+    let within = |store: &S, id: &str, update: KeyUpdate, max| {
+        let (store, id) = (store.clone(), id.to_owned());
+        async move {
+            store
+                .update_key_within(&id, &update, max, now)
+                .await
+                .unwrap()
+        }
+    };
+    let back = KeyUpdate::new()
+        .expires_at(Some(at(1_900_000_000)))
+        .name("back");
+    assert_eq!(within(&a, &old.id, back.clone(), 2).await, Some(false));
+    let kept = a.get(&old.id).await.unwrap().unwrap();
+    assert_eq!(
+        (kept.name.as_str(), kept.expires_at),
+        ("owned", old.expires_at),
+        "refused: nothing changed"
+    );
+    let forever = KeyUpdate::new().expires_at(None);
+    assert_eq!(
+        within(&b, &old.id, forever.clone(), 2).await,
+        Some(false),
+        "no expiry brings it back too"
+    );
+    // What does not bring a key back passes at the most: a rename, an earlier expiry, a new
+    // expiry of a key in circulation, any change of a revoked key (which stays revoked).
+    let renamed = KeyUpdate::new().name("still old");
+    assert_eq!(within(&a, &old.id, renamed, 2).await, Some(true));
+    let earlier = KeyUpdate::new().expires_at(Some(at(1_700_000_100)));
+    assert_eq!(within(&b, &old.id, earlier, 2).await, Some(true));
+    assert_eq!(within(&a, &one.id, forever.clone(), 2).await, Some(true));
+    assert_eq!(within(&a, "no-such-key", forever.clone(), 2).await, None);
+    assert!(b.revoke(&two.id, now).await.unwrap());
+    assert_eq!(within(&a, &two.id, forever.clone(), 1).await, Some(true));
+    assert!(a.get(&two.id).await.unwrap().unwrap().revoked_at.is_some());
+    // With room again (the revoked key no longer counts), it comes back.
+    assert_eq!(within(&b, &old.id, back, 2).await, Some(true));
+    let kept = a.get(&old.id).await.unwrap().unwrap();
+    assert_eq!(kept.name, "back");
+    assert!(kept.in_circulation(now));
+}
+
+/// `KeyStoreAdmin::update_key_within` on stores `a` and `b`, all at once: twelve expired keys
+/// of an owner with two in circulation, brought back through both replicas with at most five:
+/// exactly three come back.
+pub async fn expired_keys_brought_back_at_once_stop_at_the_most<S: KeyStoreAdmin + Clone>(
+    a: S,
+    b: S,
+) {
+    let now = at(1_800_000_000);
+    let forever = KeyUpdate::new().expires_at(None);
+    const MOST: u32 = 5;
+    for i in 0..2 {
+        a.create(owned("horde", 1_700_000_000 + i)).await.unwrap();
+    }
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let mut key = owned("horde", 1_700_000_100 + i);
+        key.expires_at = Some(at(1_799_999_000));
+        ids.push(key.id.clone());
+        b.create(key).await.unwrap();
+    }
+    let tasks: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let (id, forever) = (id.clone(), forever.clone());
+            tokio::spawn(async move {
+                store
+                    .update_key_within(&id, &forever, MOST, now)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut back = 0;
+    for task in tasks {
+        back += u32::from(task.await.unwrap() == Some(true));
+    }
+    assert_eq!(
+        back, 3,
+        "the expired keys brought back stop at the most, exactly"
+    );
+    let filter = KeyFilter::new().owner("horde");
+    let page = a.list_page(&filter, now, 0, 100).await.unwrap();
+    let held = page.records.iter().filter(|key| key.in_circulation(now));
+    assert_eq!(held.count(), MOST as usize);
+}
