@@ -729,7 +729,7 @@ mod cli {
         let mut tool = Tool::new();
         let within = ["--owner", "acme", "--max-per-owner", "2"];
         let (_, first, _) = tool.create(&[&["--name", "one"], &within[..]].concat());
-        tool.create(&[&["--name", "two"], &within[..]].concat());
+        let (_, two, _) = tool.create(&[&["--name", "two"], &within[..]].concat());
         let (code, message) = tool.failure(&[&["create", "--name", "three"], &within[..]].concat());
         assert_eq!(code, 2);
         assert!(
@@ -783,6 +783,18 @@ mod cli {
         );
         let active = tool.names(&["--owner", "acme", "--state", "active"]);
         assert_eq!(active, ["four", "four", "three", "two"]);
+
+        // An expired key given a later expiry comes back into circulation: refused at the most
+        // too. Ending "two" leaves three in circulation, the most.
+        tool.ok_json(&["--json", "update", &two, "--expires-in", "0s"]);
+        let (code, message) = tool.failure(&["update", &two, "--expires-in", "30d"]);
+        assert_eq!(code, 2, "{message}");
+        assert!(
+            message.contains("the most keys in use allowed (3"),
+            "{message}"
+        );
+        let shown = tool.ok_json(&["--json", "show", &two]);
+        assert_eq!(shown["state"], "expired");
     }
 
     /// `--max-lifetime` (or `TOWER_API_KEY_MAX_LIFETIME`): a key created or generated without
