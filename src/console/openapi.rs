@@ -86,11 +86,12 @@ fn show() {}
 
 /// Changes a key; fields left out stay, `null` clears. Every field is checked before the first
 /// is written: a 400 changes nothing (`EXPIRY_TOO_LATE` for an expiry, or none, later than the
-/// longest lifetime the console allows). A 503 may leave the fields written before the store failed,
+/// longest lifetime the console allows), nor does a 409 `KEY_LIMIT_REACHED` (a later expiry of
+/// an expired key whose owner holds the most keys in circulation the console allows). A 503 may leave the fields written before the store failed,
 /// and names them in the audit trail.
 #[utoipa::path(patch, path = "/api/keys/{id}", tag = "keys", params(("id" = String, Path, description = "The key id")),
     request_body = UpdateKey,
-    responses((status = 200, body = KeyInfo), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = KeyInfo), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 #[allow(dead_code)]
 fn update() {}
 
