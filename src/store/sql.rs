@@ -454,6 +454,25 @@ macro_rules! sql_store {
 
             /// Runs `query`, a change of key `id`, announces it, and says whether the key
             /// existed.
+            /// How many of `owner`'s keys are in circulation at `now`, counted in `tx`.
+            async fn held(
+                sql: &$crate::store::sql::Queries,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                owner: &str,
+                now: std::time::SystemTime,
+            ) -> Result<i64, $crate::store::StoreError> {
+                use sqlx::Row;
+                use $crate::store::sql::unavailable;
+                sqlx::query(&sql.count_held)
+                    .bind(owner)
+                    .bind($crate::store::codec::secs(now))
+                    .fetch_one(&mut **tx)
+                    .await
+                    .map_err(unavailable)?
+                    .try_get(0)
+                    .map_err(unavailable)
+            }
+
             /// The statements that make `update`'s changes, each waiting for the key's id.
             fn update_queries<'q>(
                 sql: &'q $crate::store::sql::Queries,
@@ -759,21 +778,12 @@ macro_rules! sql_store {
                 max: u32,
                 now: std::time::SystemTime,
             ) -> Result<bool, $crate::store::StoreError> {
-                use sqlx::Row;
                 use $crate::store::sql::unavailable;
                 let Some(owner) = &record.owner else {
                     return self.create(record).await.map(|()| true);
                 };
                 let mut tx = self.begin_owner(owner).await?;
-                let held: i64 = sqlx::query(&self.sql.count_held)
-                    .bind(owner.as_str())
-                    .bind($crate::store::codec::secs(now))
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(unavailable)?
-                    .try_get(0)
-                    .map_err(unavailable)?;
-                if held >= i64::from(max) {
+                if Self::held(&self.sql, &mut tx, owner, now).await? >= i64::from(max) {
                     // Let the owner's lock go now, not when the connection is next used.
                     tx.rollback().await.map_err(unavailable)?;
                     return Ok(false);
@@ -1060,7 +1070,6 @@ macro_rules! sql_store {
                 max: u32,
                 now: std::time::SystemTime,
             ) -> Result<Option<bool>, $crate::store::StoreError> {
-                use sqlx::Row;
                 use $crate::store::sql::unavailable;
                 // An update never changes the owner: it is read before its lock is taken.
                 let Some(record) = $crate::store::KeyStore::get(self, id).await? else {
@@ -1080,19 +1089,11 @@ macro_rules! sql_store {
                     tx.rollback().await.map_err(unavailable)?;
                     return Ok(None);
                 };
-                if update.brings_back(&record, now) {
-                    let held: i64 = sqlx::query(&self.sql.count_held)
-                        .bind(owner.as_str())
-                        .bind($crate::store::codec::secs(now))
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(unavailable)?
-                        .try_get(0)
-                        .map_err(unavailable)?;
-                    if held >= i64::from(max) {
-                        tx.rollback().await.map_err(unavailable)?;
-                        return Ok(Some(false));
-                    }
+                if update.brings_back(&record, now)
+                    && Self::held(&self.sql, &mut tx, &owner, now).await? >= i64::from(max)
+                {
+                    tx.rollback().await.map_err(unavailable)?;
+                    return Ok(Some(false));
                 }
                 for query in Self::update_queries(&self.sql, update) {
                     query
