@@ -452,8 +452,6 @@ macro_rules! sql_store {
                 }
             }
 
-            /// Runs `query`, a change of key `id`, announces it, and says whether the key
-            /// existed.
             /// How many of `owner`'s keys are in circulation at `now`, counted in `tx`.
             async fn held(
                 sql: &$crate::store::sql::Queries,
@@ -506,6 +504,8 @@ macro_rules! sql_store {
                 queries
             }
 
+            /// Runs `query`, a change of key `id`, announces it, and says whether the key
+            /// existed.
             async fn change<'q>(
                 &self,
                 query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
