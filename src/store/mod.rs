@@ -176,10 +176,7 @@ pub trait KeyStoreAdmin: KeyStore {
         now: SystemTime,
     ) -> Result<bool, StoreError> {
         if let Some(owner) = &record.owner {
-            let filter = KeyFilter::new().owner(owner.as_str());
-            let keys = self.list_page(&filter, now, 0, usize::MAX).await?.records;
-            let held = keys.iter().filter(|key| key.in_circulation(now)).count();
-            if held >= usize::try_from(max).unwrap_or(usize::MAX) {
+            if holds_the_most(self, owner, max, now).await? {
                 return Ok(false);
             }
         }
@@ -406,16 +403,12 @@ pub trait KeyStoreAdmin: KeyStore {
         max: u32,
         now: SystemTime,
     ) -> Result<Option<bool>, StoreError> {
-        let Some(record) = self.get(id).await? else {
-            return Ok(None);
-        };
-        if let (true, Some(owner)) = (update.brings_back(&record, now), &record.owner) {
-            let filter = KeyFilter::new().owner(owner.as_str());
-            let keys = self.list_page(&filter, now, 0, usize::MAX).await?.records;
-            let held = keys.iter().filter(|key| key.in_circulation(now)).count();
-            if held >= usize::try_from(max).unwrap_or(usize::MAX) {
+        match Revival::of(self, id, update, now).await? {
+            Revival::NoKey => return Ok(None),
+            Revival::Owner(owner) if holds_the_most(self, &owner, max, now).await? => {
                 return Ok(Some(false));
             }
+            Revival::Owner(_) | Revival::Uncounted => {}
         }
         Ok(self.update_key(id, update).await?.then_some(true))
     }
@@ -565,6 +558,51 @@ impl StdError for StoreError {
             StoreError::Unavailable(e) => Some(&**e),
             StoreError::Conflict(_) => None,
         }
+    }
+}
+
+/// Whether `owner` holds `max` keys in circulation at `now` in `store`, or more, counted through
+/// [`list_page`](KeyStoreAdmin::list_page): the trait's defaults of `create_within` and
+/// `update_key_within`.
+async fn holds_the_most<S: KeyStoreAdmin + ?Sized>(
+    store: &S,
+    owner: &str,
+    max: u32,
+    now: SystemTime,
+) -> Result<bool, StoreError> {
+    let filter = KeyFilter::new().owner(owner);
+    let keys = store.list_page(&filter, now, 0, usize::MAX).await?.records;
+    let held = keys.iter().filter(|key| key.in_circulation(now)).count();
+    Ok(held >= usize::try_from(max).unwrap_or(usize::MAX))
+}
+
+/// Where [`KeyStoreAdmin::update_key_within`] stands for a key before anything is locked: an
+/// update never changes a key's owner, so the owner read now is the one to lock and count.
+pub(crate) enum Revival {
+    /// There is no such key.
+    NoKey,
+    /// The update does not bring the key back into circulation, or the key has no owner:
+    /// nothing to count.
+    Uncounted,
+    /// The update brings back a key of this owner: its keys are counted first.
+    Owner(String),
+}
+
+impl Revival {
+    /// Reads key `id` from `store` and sees what `update` does to it at `now`.
+    pub(crate) async fn of<S: KeyStore + ?Sized>(
+        store: &S,
+        id: &str,
+        update: &KeyUpdate,
+        now: SystemTime,
+    ) -> Result<Self, StoreError> {
+        let Some(record) = store.get(id).await? else {
+            return Ok(Revival::NoKey);
+        };
+        Ok(match (update.brings_back(&record, now), record.owner) {
+            (true, Some(owner)) => Revival::Owner(owner),
+            _ => Revival::Uncounted,
+        })
     }
 }
 

@@ -19,8 +19,8 @@ use super::codec::{secs, secs_up, CreditFields, Fields, OwnerFields};
 use super::listener::{reconnect, LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
 use super::{
     owner_payload, to_json as json, AuditArchive, AuditQuery, AuditRow, KeyChanges, KeyFilter,
-    KeyRecord, KeyStore, KeyStoreAdmin, KeyUpdate, KeyWithOwner, Listing, OwnerRecord, StoreError,
-    UsageArchive, UsageRange, UsageRow, UsageUpdate, AUDIT_KEPT,
+    KeyRecord, KeyStore, KeyStoreAdmin, KeyUpdate, KeyWithOwner, Listing, OwnerRecord, Revival,
+    StoreError, UsageArchive, UsageRange, UsageRow, UsageUpdate, AUDIT_KEPT,
 };
 
 /// Keys in Redis: one hash per key (`<prefix>key:<id>`), a set of ids (`<prefix>ids`), the ids
@@ -889,13 +889,10 @@ impl KeyStoreAdmin for RedisStore {
         max: u32,
         now: SystemTime,
     ) -> Result<Option<bool>, StoreError> {
-        // An update never changes the owner: it is read before the script.
-        let Some(record) = self.get(id).await? else {
-            return Ok(None);
-        };
-        let owner = match (update.brings_back(&record, now), record.owner) {
-            (true, Some(owner)) => owner,
-            _ => return Ok(self.update_key(id, update).await?.then_some(true)),
+        let owner = match Revival::of(self, id, update, now).await? {
+            Revival::NoKey => return Ok(None),
+            Revival::Uncounted => return Ok(self.update_key(id, update).await?.then_some(true)),
+            Revival::Owner(owner) => owner,
         };
         self.index().await?;
         let after = match update.expires_at {
@@ -918,12 +915,14 @@ impl KeyStoreAdmin for RedisStore {
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        self.changed(id).await;
-        Ok(match done {
-            0 => None,
-            -1 => Some(false),
-            _ => Some(true),
-        })
+        match done {
+            0 => Ok(None),
+            -1 => Ok(Some(false)),
+            _ => {
+                self.changed(id).await;
+                Ok(Some(true))
+            }
+        }
     }
 
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {

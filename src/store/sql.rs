@@ -1071,13 +1071,13 @@ macro_rules! sql_store {
                 now: std::time::SystemTime,
             ) -> Result<Option<bool>, $crate::store::StoreError> {
                 use $crate::store::sql::unavailable;
-                // An update never changes the owner: it is read before its lock is taken.
-                let Some(record) = $crate::store::KeyStore::get(self, id).await? else {
-                    return Ok(None);
-                };
-                let owner = match (update.brings_back(&record, now), record.owner) {
-                    (true, Some(owner)) => owner,
-                    _ => return Ok(self.update_key(id, update).await?.then_some(true)),
+                use $crate::store::Revival;
+                let owner = match Revival::of(self, id, update, now).await? {
+                    Revival::NoKey => return Ok(None),
+                    Revival::Uncounted => {
+                        return Ok(self.update_key(id, update).await?.then_some(true));
+                    }
+                    Revival::Owner(owner) => owner,
                 };
                 let mut tx = self.begin_owner(&owner).await?;
                 let row = sqlx::query(&self.sql.get)
