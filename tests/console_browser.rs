@@ -65,18 +65,23 @@ mod browser {
 
     /// Waits until the element `css` exists and its text contains `text`; returns its text.
     async fn wait_text(browser: &Client, css: &str, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(element) = browser.find(Locator::Css(css)).await {
-                if let Ok(shown) = element.text().await {
-                    if shown.contains(text) {
-                        return shown;
-                    }
-                }
-            }
-            assert!(Instant::now() < deadline, "{css} never showed {text:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually(&format!("{css} showing {text:?}"), move || async move {
+            let shown = browser
+                .find(Locator::Css(css))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            shown.contains(text).then_some(shown)
+        })
+        .await
+    }
+
+    /// Types `text` into the field `css`.
+    async fn fill(browser: &Client, css: &str, text: &str) {
+        let field = browser.find(Locator::Css(css)).await.unwrap();
+        field.send_keys(text).await.unwrap();
     }
 
     /// The key the page shows once.
@@ -112,8 +117,7 @@ mod browser {
 
     /// Signs in with `key` on the sign-in page; the page then names the caller `who`.
     async fn sign_in(browser: &Client, key: &str, who: &str) {
-        let field = browser.find(Locator::Css("#key")).await.unwrap();
-        field.send_keys(key).await.unwrap();
+        fill(browser, "#key", key).await;
         click(browser, "#sign-in").await;
         wait_text(browser, "#who-name", who).await;
     }
@@ -192,10 +196,8 @@ mod browser {
         for name in ["acme one", "acme two"] {
             keys.create(NewKey::new(name).owner("acme")).await.unwrap();
         }
-        let name = browser.find(Locator::Css("#new-name")).await.unwrap();
-        name.send_keys("One too many").await.unwrap();
-        let owner = browser.find(Locator::Css("#new-owner")).await.unwrap();
-        owner.send_keys("acme").await.unwrap();
+        fill(&browser, "#new-name", "One too many").await;
+        fill(&browser, "#new-owner", "acme").await;
         click(&browser, "#create-submit").await;
         wait_text(&browser, "#create .notice", "KEY_LIMIT_REACHED").await;
         wait_text(&browser, "#create .notice", "revoke or delete one first").await;
@@ -209,13 +211,7 @@ mod browser {
         wait_text(&browser, "main h1", "API keys").await;
         click(&browser, "#nav a.primary").await;
         wait_text(&browser, "main h1", "Generate New API Key").await;
-        browser
-            .find(Locator::Css("#new-name"))
-            .await
-            .unwrap()
-            .send_keys("Production App")
-            .await
-            .unwrap();
+        fill(&browser, "#new-name", "Production App").await;
         click(&browser, "#scope-write").await;
         choose(&browser, "#f-plan", "pro").await;
         // No key lives longer than 90 days: the form says so, and offers no later expiry.
@@ -572,8 +568,7 @@ mod browser {
         for absent in ["#f-plan", "#new-owner"] {
             assert!(!present(&browser, absent).await, "no {absent}");
         }
-        let name = browser.find(Locator::Css("#new-name")).await.unwrap();
-        name.send_keys("acme deploy").await.unwrap();
+        fill(&browser, "#new-name", "acme deploy").await;
         screenshot(&browser, "s2-self-service-new-key").await;
         click(&browser, "#create-submit").await;
         wait_text(&browser, "#once-title", "Your new API key").await;

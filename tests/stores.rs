@@ -90,39 +90,29 @@ mod sqlite {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    /// Two pools on one file, as two processes would have.
+    /// Two pools on one new file, as two processes would have, and the file's folder.
+    async fn two_pools(name: &str) -> (std::path::PathBuf, SqliteStore, SqliteStore) {
+        let (dir, url) = temp_db(name);
+        let a = SqliteStore::connect(&url).await.unwrap();
+        let b = SqliteStore::connect(&url).await.unwrap();
+        (dir, a, b)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_sqlite_store_never_overspends_credits() {
-        let (dir, url) = temp_db("credits");
-        conformance::credits_are_never_overspent(
-            SqliteStore::connect(&url).await.unwrap(),
-            SqliteStore::connect(&url).await.unwrap(),
-        )
-        .await;
+        let (dir, a, b) = two_pools("credits").await;
+        conformance::credits_are_never_overspent(a, b).await;
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    /// Two pools on one file, as two processes would have.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_sqlite_store_keeps_owners_within_their_most_keys() {
-        let (dir, url) = temp_db("most-keys");
-        conformance::owners_never_hold_more_keys_than_allowed(
-            SqliteStore::connect(&url).await.unwrap(),
-            SqliteStore::connect(&url).await.unwrap(),
-        )
-        .await;
+        let (dir, a, b) = two_pools("most-keys").await;
+        conformance::owners_never_hold_more_keys_than_allowed(a, b).await;
         std::fs::remove_dir_all(dir).unwrap();
-        let (dir, url) = temp_db("expired-back");
-        conformance::expired_keys_come_back_only_within_the_most(
-            SqliteStore::connect(&url).await.unwrap(),
-            SqliteStore::connect(&url).await.unwrap(),
-        )
-        .await;
-        conformance::expired_keys_brought_back_at_once_stop_at_the_most(
-            SqliteStore::connect(&url).await.unwrap(),
-            SqliteStore::connect(&url).await.unwrap(),
-        )
-        .await;
+        let (dir, a, b) = two_pools("expired-back").await;
+        conformance::expired_keys_come_back_only_within_the_most(a.clone(), b.clone()).await;
+        conformance::expired_keys_brought_back_at_once_stop_at_the_most(a, b).await;
         std::fs::remove_dir_all(dir).unwrap();
     }
 
