@@ -163,7 +163,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let _ = last_used.flush(&flushed).await;
         }
     });
-    // Other processes' revocations (PostgreSQL, Redis) reach this one's cache at once.
+    // Other processes' revocations reach this one's cache at once: other replicas' (PostgreSQL,
+    // Redis), and on SQLite the `tower-api-key` tool's (within 250 ms).
     store.spawn_listener(auth.handle()).await?;
     let existing = store.list().await?.len();
     let keys = KeyManager::new(store.clone()).with_cache(auth.handle());

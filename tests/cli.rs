@@ -269,6 +269,63 @@ mod cli {
         }
     }
 
+    /// A service running on the file, over HTTP, with the store's listener on (as the demo
+    /// has): each change the tool makes reaches it within seconds (a read every 250 ms),
+    /// although its cache would keep the key for an hour.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_running_service_sees_the_tools_changes_at_once() {
+        let mut tool = Tool::new();
+        let (_, id, key) = tool.create(&["--scopes", "read"]);
+        let store = SqliteStore::connect(&tool.url).await.unwrap();
+        let layer = ApiKeyLayer::builder("mesh", store.clone())
+            .cache(tower_api_key::cache::CacheConfig {
+                ttl: Duration::from_secs(3600),
+                ..Default::default()
+            })
+            .build()
+            .unwrap();
+        let listener = store.spawn_listener(layer.handle()).await.unwrap();
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let client = common::HttpClient::new(common::serve(common::app(layer, calls)).await);
+        let authorization = common::api_key(&key);
+        let answer = || async {
+            let reply = client
+                .get("/recommendations", &[("authorization", &authorization)])
+                .await;
+            match reply.status {
+                StatusCode::OK => "OK".to_owned(),
+                _ => reply.code(),
+            }
+        };
+        assert_eq!(answer().await, "OK");
+        for (change, then) in [
+            (
+                &["set-scopes", &id, "billing"][..],
+                "INSUFFICIENT_PERMISSIONS",
+            ),
+            (&["set-scopes", &id, "read"], "OK"),
+            (&["disable", &id], "API_KEY_DISABLED"),
+            (&["enable", &id], "OK"),
+            (&["revoke", &id], "API_KEY_REVOKED"),
+        ] {
+            let output = tool.run(change);
+            assert!(output.status.success(), "{change:?}: {output:?}");
+            let started = std::time::Instant::now();
+            loop {
+                let now = answer().await;
+                if now == then {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(3),
+                    "after {change:?} the service still answers {now}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        listener.abort();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rotate_never_brings_back_a_revoked_or_disabled_key_and_copies_every_setting() {
         let mut tool = Tool::new();

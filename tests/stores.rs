@@ -3,6 +3,10 @@
 mod common;
 #[path = "common/conformance.rs"]
 mod conformance;
+#[cfg(feature = "sqlite")]
+#[path = "common/replicas.rs"]
+#[allow(dead_code)] // the outage test needs a server to stop
+mod replicas;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -113,6 +117,152 @@ mod sqlite {
         let (dir, a, b) = two_pools("expired-back").await;
         conformance::expired_keys_come_back_only_within_the_most(a.clone(), b.clone()).await;
         conformance::expired_keys_brought_back_at_once_stop_at_the_most(a, b).await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A second process on the file (a pool of its own) revokes a key and sets an owner's
+    /// limits; the first process's listener reads both from the table of changes, although its
+    /// cache would keep the key for an hour.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revoke_reaches_the_other_process_through_the_table_of_changes() {
+        let (dir, a, b) = two_pools("changes").await;
+        let elapsed =
+            crate::replicas::a_revoke_reaches_the_other_replica(a, b, |b, handle| async move {
+                b.spawn_listener(handle).await
+            })
+            .await;
+        eprintln!("SQLite table of changes propagation: {elapsed:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Changes dropped from the table before the listener read them (more than it keeps, while
+    /// the process was stopped) leave a gap in their numbers: the listener clears the cache, and
+    /// a key revoked by hand (no change written) is refused although it was cached for an hour.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listener_that_missed_changes_clears_the_cache() {
+        let (dir, a, b) = two_pools("missed").await;
+        let listening = a.clone();
+        let pool = b.pool().clone();
+        crate::replicas::a_killed_listener_reconnects_and_clears_the_cache(
+            a,
+            |handle| async move { listening.spawn_listener(handle).await },
+            |id| {
+                let pool = pool.clone();
+                async move {
+                    sqlx::query("UPDATE api_keys SET revoked_at = 1 WHERE id = $1")
+                        .bind(id)
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
+            },
+            || async move {
+                // The next change is numbered as if 100 before it had been dropped.
+                sqlx::query(
+                    "INSERT INTO api_keys_changes (seq, key_id) \
+                     SELECT MAX(seq) + 101, 'someone-else' FROM api_keys_changes",
+                )
+                .execute(b.pool())
+                .await
+                .unwrap();
+            },
+        )
+        .await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// While the table of changes cannot be read, the listener's reads fail; a change written
+    /// meanwhile is not lost: the first read that works relays it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_made_while_the_listener_cannot_read_is_relayed_later() {
+        let (dir, a, b) = two_pools("unreadable").await;
+        let layer = ApiKeyLayer::builder("mesh", a.clone())
+            .cache(CacheConfig {
+                ttl: Duration::from_secs(3600),
+                ..CacheConfig::default()
+            })
+            .build()
+            .unwrap();
+        let listener = a.spawn_listener(layer.handle()).await.unwrap();
+        let other = KeyManager::new(b.clone()).format(KeyFormat::new("mesh").unwrap());
+        let created = other.create(NewKey::new("listened")).await.unwrap();
+        let key = created.key.expose_secret();
+        let status = |layer: ApiKeyLayer| async move {
+            let service = tower::Layer::layer(
+                &layer,
+                tower::service_fn(|_: http::Request<()>| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+                }),
+            );
+            let request = http::Request::get("/")
+                .header("authorization", api_key(key))
+                .body(())
+                .unwrap();
+            tower::ServiceExt::oneshot(service, request)
+                .await
+                .unwrap()
+                .status()
+        };
+        // Cached once the create's own change has been read.
+        tokio::time::sleep(tower_api_key::store::SQLITE_POLL_INTERVAL * 3).await;
+        assert_eq!(status(layer.clone()).await, StatusCode::OK);
+
+        sqlx::raw_sql("ALTER TABLE api_keys_changes RENAME TO hidden_changes")
+            .execute(b.pool())
+            .await
+            .unwrap();
+        other.revoke(&created.record.id).await.unwrap();
+        // The revoke's change could not be written either: write it where the table now is.
+        sqlx::query("INSERT INTO hidden_changes (key_id) VALUES ($1)")
+            .bind(&created.record.id)
+            .execute(b.pool())
+            .await
+            .unwrap();
+        tokio::time::sleep(tower_api_key::store::SQLITE_POLL_INTERVAL * 4).await;
+        assert_eq!(
+            status(layer.clone()).await,
+            StatusCode::OK,
+            "cached: the listener could not read the change"
+        );
+        sqlx::raw_sql("ALTER TABLE hidden_changes RENAME TO api_keys_changes")
+            .execute(b.pool())
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        while status(layer.clone()).await != StatusCode::UNAUTHORIZED {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the change was never relayed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!listener.is_finished(), "the listener keeps running");
+        listener.abort();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The table of changes keeps the newest `SQLITE_CHANGES_KEPT`, numbered one after another.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_table_of_changes_keeps_the_newest() {
+        use tower_api_key::store::SQLITE_CHANGES_KEPT;
+        let (dir, url) = temp_db("kept");
+        let store = SqliteStore::connect(&url).await.unwrap();
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
+             INSERT INTO api_keys_changes (key_id) SELECT 'k' || i FROM n",
+        )
+        .bind(SQLITE_CHANGES_KEPT + 25)
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let (count, first, last): (i64, i64, i64) =
+            sqlx::query_as("SELECT COUNT(*), MIN(seq), MAX(seq) FROM api_keys_changes")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(count, SQLITE_CHANGES_KEPT);
+        assert_eq!(last - first + 1, SQLITE_CHANGES_KEPT);
+        assert_eq!(last, SQLITE_CHANGES_KEPT + 25);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -114,9 +114,10 @@ impl AnyStore {
         }
     }
 
-    /// For PostgreSQL and Redis, starts the listener that brings other replicas' changes into
-    /// `changes`, such as a layer's [`ApiKeyHandle`](crate::ApiKeyHandle) (see
-    /// `PostgresStore::spawn_listener`); the other stores have no change feed and return `None`.
+    /// For SQLite, PostgreSQL and Redis, starts the listener that brings other processes' and
+    /// replicas' changes into `changes`, such as a layer's [`ApiKeyHandle`](crate::ApiKeyHandle)
+    /// (see `PostgresStore::spawn_listener`, `SqliteStore::spawn_listener`); the memory store
+    /// has no other process to hear from and returns `None`.
     ///
     /// # Errors
     /// When the listener cannot connect.
@@ -126,6 +127,8 @@ impl AnyStore {
     ) -> Result<Option<tokio::task::JoinHandle<()>>, StoreError> {
         let _ = &changes;
         match self {
+            #[cfg(feature = "sqlite")]
+            AnyStore::Sqlite(store) => store.spawn_listener(changes).await.map(Some),
             #[cfg(feature = "postgres")]
             AnyStore::Postgres(store) => store.spawn_listener(changes).await.map(Some),
             #[cfg(feature = "redis")]

@@ -68,6 +68,8 @@ pub use record::{KeyRecord, KeyState};
 pub(crate) use redis::RedisStore;
 #[cfg(feature = "sqlite")]
 pub(crate) use sqlite::SqliteStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SQLITE_CHANGES_KEPT, SQLITE_POLL_INTERVAL};
 pub use update::KeyUpdate;
 
 /// A source of key records, looked up by public key id.
@@ -507,7 +509,7 @@ pub(crate) fn owner_payload(owner: &str) -> String {
 }
 
 /// Reports change notification `payload` (a key id, or [`owner_payload`]'s) to `changes`.
-#[cfg(any(feature = "postgres", feature = "redis"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
 pub(crate) fn relay_payload(changes: &impl KeyChanges, payload: &str) {
     match payload.strip_prefix("owner:") {
         Some(owner) => changes.owner_changed(owner),

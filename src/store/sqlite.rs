@@ -1,18 +1,34 @@
-//! With the `sqlite` feature: keys in a SQLite file, the embedded persistent store.
+//! With the `sqlite` feature: keys in a SQLite file, the embedded persistent store, with every
+//! change written to a table of changes that other processes on the file read.
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
+use tokio::task::JoinHandle;
 
 use super::sql::{migrate, sql_store, unavailable, Queries};
-use super::StoreError;
+use super::{relay_payload, KeyChanges, StoreError};
+
+/// How often [`SqliteStore::spawn_listener`] reads the changes that other processes made: a
+/// revoke made through the `tower-api-key` tool reaches a running service within this time.
+pub const SQLITE_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How many changes the table of changes keeps: a listener that falls further behind (a process
+/// stopped for that long) clears its whole cache instead.
+pub const SQLITE_CHANGES_KEPT: i64 = 10_000;
 
 /// Keys in a SQLite database file, created (with its table) on first use.
 ///
-/// One file serves one machine: processes sharing it see each other's changes after the cache TTL
-/// (there is no change notification in SQLite). For several replicas, use PostgreSQL or Redis.
+/// One file serves one machine, and every process on it may write: the `tower-api-key` tool, a
+/// console, the service itself. SQLite has no notifications, so every create, revoke, delete and
+/// update also adds the key's id to a table of changes (`<table>_changes`, the newest
+/// [`SQLITE_CHANGES_KEPT`]), and [`spawn_listener`](Self::spawn_listener) reads it every
+/// [`SQLITE_POLL_INTERVAL`] and drops each changed key from a layer's cache. Without a
+/// listener, processes sharing a file see each other's changes after the cache TTL. For several
+/// machines, use PostgreSQL or Redis.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -31,6 +47,37 @@ use super::StoreError;
 pub struct SqliteStore {
     pool: SqlitePool,
     sql: Arc<Queries>,
+    changes: Arc<ChangeQueries>,
+}
+
+/// The table of changes' statements.
+struct ChangeQueries {
+    /// Its table and the trigger that keeps it to [`SQLITE_CHANGES_KEPT`] rows.
+    schema: String,
+    /// Adds a change: `$1` the key's id (or an owner's payload).
+    insert: String,
+    /// The newest change's number, 0 if none.
+    newest: String,
+    /// Up to `$2` changes after number `$1`, oldest first.
+    after: String,
+}
+
+impl ChangeQueries {
+    fn new(table: &str) -> Self {
+        let t = format!("{table}_changes");
+        ChangeQueries {
+            schema: format!(
+                "CREATE TABLE IF NOT EXISTS {t} (\
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT, key_id TEXT NOT NULL);
+                 CREATE TRIGGER IF NOT EXISTS {t}_kept AFTER INSERT ON {t} BEGIN
+                    DELETE FROM {t} WHERE seq <= NEW.seq - {SQLITE_CHANGES_KEPT};
+                 END;"
+            ),
+            insert: format!("INSERT INTO {t} (key_id) VALUES ($1)"),
+            newest: format!("SELECT COALESCE(MAX(seq), 0) FROM {t}"),
+            after: format!("SELECT seq, key_id FROM {t} WHERE seq > $1 ORDER BY seq LIMIT $2"),
+        }
+    }
 }
 
 impl fmt::Debug for SqliteStore {
@@ -78,12 +125,18 @@ impl SqliteStore {
     /// When the schema cannot be created, or for an invalid table name.
     pub async fn from_pool(pool: SqlitePool, table: &str) -> Result<Self, StoreError> {
         let sql = Queries::new(table)?;
+        let changes = ChangeQueries::new(table);
         let mut tx = pool.begin().await.map_err(unavailable)?;
         migrate!(tx, sql).await?;
+        sqlx::raw_sql(&changes.schema)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
         Ok(SqliteStore {
             pool,
             sql: Arc::new(sql),
+            changes: Arc::new(changes),
         })
     }
 
@@ -92,7 +145,78 @@ impl SqliteStore {
         &self.pool
     }
 
-    async fn changed(&self, _id: &str) {}
+    /// Adds key `id` (or an owner's payload) to the table of changes, once its change is
+    /// written. A change left out of it is covered by the cache TTL, as a lost notification of
+    /// PostgreSQL's is, so a failure here is not the change's failure.
+    async fn changed(&self, id: &str) {
+        let _ = sqlx::query(&self.changes.insert)
+            .bind(id)
+            .execute(&self.pool)
+            .await;
+    }
+
+    /// Reads the changes that any process on the file makes, every [`SQLITE_POLL_INTERVAL`],
+    /// and reports each changed key to `changes`, such as a layer's
+    /// [`ApiKeyHandle`](crate::ApiKeyHandle). Runs until the returned task is aborted.
+    ///
+    /// Changes stay in the table until read, so a read that fails (the file locked for longer
+    /// than the busy timeout) loses none: the next one gets them. Only a listener that falls
+    /// more than [`SQLITE_CHANGES_KEPT`] changes behind misses some, and then it reports
+    /// [`KeyChanges::all_changed`].
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use tower_api_key::{ApiKeyLayer, SqliteStore};
+    ///
+    /// # let dir = std::env::temp_dir().join(format!("tower-api-key-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let url = format!("sqlite://{}", dir.join("keys.db").display());
+    /// let store = SqliteStore::connect(&url).await?;
+    /// let layer = ApiKeyLayer::new("mesh", store.clone())?;
+    /// // A key revoked by `tower-api-key revoke` on the same file is refused within 250 ms.
+    /// let listener = store.spawn_listener(layer.handle()).await?;
+    /// # listener.abort();
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// When the table of changes cannot be read at the start.
+    pub async fn spawn_listener(
+        &self,
+        changes: impl KeyChanges,
+    ) -> Result<JoinHandle<()>, StoreError> {
+        let mut last: i64 = sqlx::query_scalar(&self.changes.newest)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let store = self.clone();
+        Ok(tokio::spawn(async move {
+            let mut every = tokio::time::interval(SQLITE_POLL_INTERVAL);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                // A read that fails is tried at the next tick: the changes are still there.
+                while let Ok(read) = store.changes_after(last).await {
+                    let whole = read.len() == CHANGES_READ;
+                    last = relay(&changes, last, read);
+                    if !whole {
+                        break;
+                    }
+                }
+            }
+        }))
+    }
+
+    /// Up to [`CHANGES_READ`] changes after number `last`, oldest first.
+    async fn changes_after(&self, last: i64) -> Result<Vec<(i64, String)>, sqlx::Error> {
+        sqlx::query_as(&self.changes.after)
+            .bind(last)
+            .bind(CHANGES_READ as i64)
+            .fetch_all(&self.pool)
+            .await
+    }
 
     /// A transaction that holds the database's write lock from its start (`BEGIN IMMEDIATE`),
     /// so what it counts of an owner's keys stays true until it commits.
@@ -105,6 +229,29 @@ impl SqliteStore {
             .await
             .map_err(unavailable)
     }
+}
+
+/// How many changes one read of the table of changes takes at most.
+const CHANGES_READ: usize = 512;
+
+/// Reports `read`, the changes after number `last`, to `changes`, and returns the newest one's
+/// number. Changes are numbered one after another, so a number skipped means changes were
+/// dropped from the table before this listener read them: then every copy is forgotten.
+fn relay(changes: &impl KeyChanges, last: i64, read: Vec<(i64, String)>) -> i64 {
+    let mut expected = last + 1;
+    let mut missed = false;
+    for (seq, _) in &read {
+        missed |= *seq != expected;
+        expected = seq + 1;
+    }
+    if missed {
+        changes.all_changed();
+    } else {
+        for (_, payload) in &read {
+            relay_payload(changes, payload);
+        }
+    }
+    expected - 1
 }
 
 sql_store!(SqliteStore, SqliteRow, sqlx::Sqlite);

@@ -241,6 +241,7 @@ where
 /// A half-open listener connection was noticed by the listener's own ping and the cache cleared:
 /// within its keepalive and ping timeout, one connection attempt (a pooled connection on the dead
 /// path may take all of it), and two seconds for the retry and the test's polling.
+#[cfg(any(feature = "postgres", feature = "redis"))]
 pub fn assert_noticed_by_the_ping(elapsed: Duration) {
     let bound = tower_api_key::store::LISTENER_KEEPALIVE
         + tower_api_key::store::LISTENER_PING_TIMEOUT
