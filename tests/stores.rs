@@ -241,6 +241,81 @@ mod sqlite {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// Four writers on two pools (two processes) change ten keys at random while the listener
+    /// reads: every change is relayed exactly once, in no order the test depends on, and no
+    /// writer's change, however they interleave, looks like a gap (the cache is never cleared
+    /// whole).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_changes_are_each_relayed_once() {
+        use std::collections::HashMap;
+        use std::sync::Mutex;
+        use tower_api_key::store::KeyChanges;
+
+        #[derive(Clone, Default)]
+        struct Recorder(Arc<(Mutex<HashMap<String, usize>>, AtomicUsize)>);
+        impl KeyChanges for Recorder {
+            fn key_changed(&self, id: &str) {
+                *self.0 .0.lock().unwrap().entry(id.to_owned()).or_default() += 1;
+            }
+            fn all_changed(&self) {
+                self.0 .1.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+
+        let (dir, a, b) = two_pools("writers").await;
+        let format = KeyFormat::new("mesh").unwrap();
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            let created = NewKey::new(format!("key-{i}")).generate(&format).unwrap();
+            a.create(created.record.clone()).await.unwrap();
+            ids.push(created.record.id);
+        }
+        let recorder = Recorder::default();
+        let listener = a.spawn_listener(recorder.clone()).await.unwrap();
+        let writers: Vec<_> = (0..4u64)
+            .map(|w| {
+                let store = if w % 2 == 0 { a.clone() } else { b.clone() };
+                let ids = ids.clone();
+                tokio::spawn(async move {
+                    let mut made: HashMap<String, usize> = HashMap::new();
+                    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (w + 1);
+                    for _ in 0..50 {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        let id = &ids[(state % 10) as usize];
+                        if state & 1024 == 0 {
+                            store.set_disabled(id, state & 2048 == 0).await.unwrap();
+                        } else {
+                            let scopes = vec![format!("scope-{}", state % 7)];
+                            store.set_scopes(id, &scopes).await.unwrap();
+                        }
+                        *made.entry(id.clone()).or_default() += 1;
+                    }
+                    made
+                })
+            })
+            .collect();
+        let mut made: HashMap<String, usize> = HashMap::new();
+        for writer in writers {
+            for (id, n) in writer.await.unwrap() {
+                *made.entry(id).or_default() += n;
+            }
+        }
+        let started = std::time::Instant::now();
+        while *recorder.0 .0.lock().unwrap() != made {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "relayed {:?}, made {made:?}",
+                recorder.0 .0.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(recorder.0 .1.load(Ordering::SeqCst), 0, "no gap was seen");
+        listener.abort();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// The table of changes keeps the newest `SQLITE_CHANGES_KEPT`, numbered one after another.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_table_of_changes_keeps_the_newest() {
