@@ -1009,6 +1009,56 @@ mod cli {
         [action, key, owner, actor, detail].map(str::to_owned)
     }
 
+    /// `apply-lifetime` brings the keys issued before a longest lifetime was set within it (and
+    /// writes each change to the trail); keys that expire sooner, or are revoked, stay as they
+    /// are; without the limit it is refused.
+    #[test]
+    fn apply_lifetime_brings_the_keys_issued_before_within_it() {
+        let mut tool = Tool::new();
+        let (_, old, _) = tool.create(&["--name", "old", "--owner", "acme"]);
+        let (soon, soon_id, _) = tool.create(&["--name", "soon", "--expires-in", "1d"]);
+        let (_, revoked, _) = tool.create(&["--name", "revoked"]);
+        tool.ok_json(&["--json", "revoke", &revoked]);
+
+        let (code, message) = tool.failure(&["apply-lifetime"]);
+        assert_eq!(code, 2, "{message}");
+        assert!(message.contains("--max-lifetime"), "{message}");
+
+        let unix = || {
+            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
+            now.unwrap().as_secs()
+        };
+        let before = unix();
+        let applied = tool.ok_json(&[
+            "--json",
+            "--max-lifetime",
+            "30d",
+            "--actor",
+            "ops",
+            "apply-lifetime",
+        ]);
+        let at = applied["expires_at"].as_u64().unwrap();
+        assert!(
+            before + 30 * 86_400 <= at && at <= unix() + 30 * 86_400,
+            "{applied}"
+        );
+        assert_eq!(applied["keys"], serde_json::json!([old]));
+        assert_eq!(tool.ok_json(&["--json", "show", &old])["expires_at"], at);
+        let shown = tool.ok_json(&["--json", "show", &soon_id]);
+        assert_eq!(shown["expires_at"], soon["info"]["expires_at"]);
+        assert_eq!(
+            tool.ok_json(&["--json", "show", &revoked])["expires_at"],
+            serde_json::Value::Null
+        );
+        let newest = trail(&mut tool, &["--limit", "1"]);
+        assert_eq!(newest, [row("update", &old, "acme", "ops", "expires_at")]);
+
+        let output = tool.run(&["--max-lifetime", "30d", "apply-lifetime"]);
+        assert!(output.status.success(), "{output:?}");
+        let text = String::from_utf8(output.stdout).unwrap();
+        assert!(text.contains("No key in circulation outlives"), "{text}");
+    }
+
     #[tokio::test]
     async fn every_change_is_in_the_audit_trail_by_its_actor() {
         let mut tool = Tool::new();

@@ -54,7 +54,7 @@ struct Cli {
     /// Let no key live longer than this from now, such as 90d: a key created (or generated)
     /// without --expires-in gets it, and a later expiry, or --no-expiry, is refused (exit code
     /// 2); a rotation keeps the old key's expiry, brought within it, and ends the old key's
-    /// grace period within it too.
+    /// grace period within it too; apply-lifetime brings the keys issued before within it.
     #[arg(
         long,
         env = "TOWER_API_KEY_MAX_LIFETIME",
@@ -121,6 +121,10 @@ enum Command {
         /// The key id.
         id: String,
     },
+    /// Bring every key in circulation within --max-lifetime (which it needs): keys that expire
+    /// later, or never (issued before the limit was set), now expire that long from now; the
+    /// others keep their expiry.
+    ApplyLifetime,
     /// Change a key's name, scopes, plan, expiry or metadata, all at once (or nothing, if one
     /// of them is refused).
     Update {
@@ -666,6 +670,32 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             trail.record(event.detail(update.fields())).await;
             let info = keys.show(&id).await?.ok_or_else(|| not_found(&id))?;
             print_info(&info, cli.json);
+        }
+        Command::ApplyLifetime => {
+            let Some((changed, at)) = keys.bring_within_lifetime().await? else {
+                return Err(invalid(
+                    "apply-lifetime needs the longest lifetime: give --max-lifetime, such as \
+                     90d (or TOWER_API_KEY_MAX_LIFETIME)",
+                ));
+            };
+            for record in &changed {
+                let event = trail.event("update", &record.id, record.owner.as_deref());
+                trail.record(event.detail(["expires_at"])).await;
+            }
+            let at = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if cli.json {
+                let ids: Vec<&str> = changed.iter().map(|r| r.id.as_str()).collect();
+                println!("{}", json!({ "expires_at": at, "keys": ids }));
+            } else if changed.is_empty() {
+                println!("No key in circulation outlives the longest lifetime.");
+            } else {
+                println!("{} key(s) now expire at {}:", changed.len(), time(Some(at)));
+                for record in &changed {
+                    println!("  {}  {}", Shown(&record.id), Shown(&record.name));
+                }
+            }
         }
         Command::SetScopes { id, scopes } => {
             let event = trail.of_key("update", &id).await?.detail(["scopes"]);

@@ -759,6 +759,61 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         self.change(id, &KeyUpdate::new().expires_at(at)).await
     }
 
+    /// With [a longest lifetime](Self::max_key_lifetime), brings every key in circulation
+    /// (neither revoked nor expired) that would outlive it within it: keys issued before the
+    /// limit was set, or by other means. Each one that expires later, or never, now expires at
+    /// the latest time allowed (the lifetime from now), the same for all; keys that expire
+    /// sooner keep their expiry. Returns the records changed, as they were, and that time.
+    /// Without a longest lifetime, changes nothing.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use std::time::{Duration, SystemTime};
+    /// use tower_api_key::{key::KeyFormat, KeyManager, MemoryStore, NewKey};
+    ///
+    /// let store = MemoryStore::new();
+    /// let format = KeyFormat::new("mesh")?;
+    /// // Issued while keys could live for ever.
+    /// let old = KeyManager::new(store.clone()).format(format.clone());
+    /// let legacy = old.create(NewKey::new("legacy")).await?;
+    ///
+    /// let ninety_days = Duration::from_secs(90 * 24 * 3_600);
+    /// let keys = KeyManager::new(store).format(format).max_key_lifetime(ninety_days);
+    /// let (changed, at) = keys.bring_within_lifetime().await?.expect("a longest lifetime");
+    /// assert_eq!(changed[0].id, legacy.record.id);
+    /// assert!(at <= SystemTime::now() + ninety_days);
+    /// let shown = keys.show(&legacy.record.id).await?.unwrap();
+    /// assert!(shown.expires_at.is_some());
+    /// assert!(keys.bring_within_lifetime().await?.unwrap().0.is_empty(), "done once");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// [`ManageError::Store`] when the store fails; the keys changed before it failed keep
+    /// their new expiry.
+    pub async fn bring_within_lifetime(
+        &self,
+    ) -> Result<Option<(Vec<KeyRecord>, SystemTime)>, ManageError> {
+        let Some((latest, _)) = self.latest_expiry() else {
+            return Ok(None);
+        };
+        let now = crate::clock::now();
+        let filter = KeyFilter::new();
+        let listing = self.store.list_page(&filter, now, 0, usize::MAX).await?;
+        let mut changed = Vec::new();
+        for record in listing.records {
+            let outlives = record.expires_at.is_none_or(|at| at > latest);
+            if record.in_circulation(now)
+                && outlives
+                && self.set_expiry(&record.id, Some(latest)).await?
+            {
+                changed.push(record);
+            }
+        }
+        Ok(Some((changed, latest)))
+    }
+
     /// Replaces key `id`'s scopes; returns whether it exists.
     ///
     /// # Errors
@@ -1107,6 +1162,74 @@ mod tests {
 
         // Without the limit, the same changes pass.
         assert!(unlimited.set_expiry(id, None).await.unwrap());
+    }
+
+    /// Keys that would outlive a longest lifetime set after they were issued are brought within
+    /// it, each to the same latest expiry; keys that expire sooner, and keys out of circulation,
+    /// are left as they are.
+    #[tokio::test]
+    async fn keys_issued_before_the_longest_lifetime_are_brought_within_it() {
+        let store = MemoryStore::new();
+        let unlimited = KeyManager::new(store.clone()).format(KeyFormat::new("mesh").unwrap());
+        assert!(unlimited.bring_within_lifetime().await.unwrap().is_none());
+        let now = SystemTime::now();
+        let issue = |name: &'static str, expires_at: Option<SystemTime>| {
+            let unlimited = unlimited.clone();
+            async move {
+                let mut new = NewKey::new(name);
+                new.expires_at = expires_at;
+                unlimited.create(new).await.unwrap().record.id
+            }
+        };
+        let never = issue("never", None).await;
+        let late = issue("late", Some(now + 365 * DAY)).await;
+        let soon = issue("soon", Some(now + DAY)).await;
+        let disabled = issue("disabled", None).await;
+        unlimited.set_disabled(&disabled, true).await.unwrap();
+        let revoked = issue("revoked", None).await;
+        unlimited.revoke(&revoked).await.unwrap();
+        let expired = issue("expired", Some(now + Duration::from_secs(1))).await;
+        store.set_expiry(&expired, Some(now - DAY)).await.unwrap();
+
+        let keys = unlimited.clone().max_key_lifetime(30 * DAY);
+        let before = SystemTime::now();
+        let (changed, at) = keys.bring_within_lifetime().await.unwrap().unwrap();
+        assert!(before + 30 * DAY <= at && at <= SystemTime::now() + 30 * DAY);
+        let mut ids: Vec<_> = changed.iter().map(|r| r.id.clone()).collect();
+        ids.sort();
+        let mut expected = vec![never.clone(), late.clone(), disabled.clone()];
+        expected.sort();
+        assert_eq!(ids, expected);
+        assert_eq!(
+            changed.iter().find(|r| r.id == late).unwrap().expires_at,
+            Some(now + 365 * DAY),
+            "as it was"
+        );
+        let expiry = |id: String| {
+            let store = store.clone();
+            async move {
+                store
+                    .get(&id)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .expires_at
+                    .map(unix_seconds)
+            }
+        };
+        for id in [never, late, disabled] {
+            assert_eq!(expiry(id).await, Some(unix_seconds(at)));
+        }
+        assert_eq!(expiry(soon).await, Some(unix_seconds(now + DAY)));
+        assert_eq!(expiry(revoked).await, None);
+        assert_eq!(expiry(expired).await, Some(unix_seconds(now - DAY)));
+        assert!(keys
+            .bring_within_lifetime()
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .is_empty());
     }
 
     /// How the refusal says the longest lifetime.
