@@ -817,6 +817,125 @@ mod console {
         assert_eq!(created.json()["record"]["expires_at"], Value::Null);
     }
 
+    /// `api/apply-lifetime` brings the keys issued before the console's longest lifetime (the
+    /// admin's own among them) within it, each change in the trail by the admin's key; keys that
+    /// expire sooner stay; a key holder may not; without a longest lifetime it is a 400.
+    #[tokio::test]
+    async fn an_admin_brings_older_keys_within_the_longest_lifetime() {
+        use std::time::{Duration, SystemTime, UNIX_EPOCH};
+        use tower_api_key::NewKey;
+
+        let server = Server::start_with(|console| {
+            console.max_key_lifetime(Duration::from_secs(30 * 86_400))
+        })
+        .await;
+        let admin = server.admin.clone();
+        let admin_id = server.get("/admin/api/me", &admin).await.json()["id"].clone();
+        // Issued outside the console, without the limit.
+        let legacy = server
+            .keys
+            .create(NewKey::new("legacy").owner("acme"))
+            .await
+            .unwrap()
+            .record
+            .id;
+        let tomorrow = SystemTime::now() + Duration::from_secs(86_400);
+        let soon = server
+            .keys
+            .create(NewKey::new("soon").expires_at(tomorrow))
+            .await
+            .unwrap()
+            .record;
+        let (acme_self, _) = server
+            .create(
+                &admin,
+                json!({"name": "acme console", "owner": "acme", "scopes": ["read", "keys:self"]}),
+            )
+            .await;
+
+        let refusal = server
+            .call(
+                Method::POST,
+                "/admin/api/apply-lifetime",
+                Some(&acme_self),
+                "",
+            )
+            .await;
+        refused(&refusal, StatusCode::FORBIDDEN, "INSUFFICIENT_PERMISSIONS");
+
+        let unix = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
+        let before = unix();
+        let applied = server
+            .call(Method::POST, "/admin/api/apply-lifetime", Some(&admin), "")
+            .await;
+        assert_eq!(applied.status, StatusCode::OK, "{}", applied.body);
+        let applied = applied.json();
+        let at = applied["expires_at"].as_u64().unwrap();
+        assert!(
+            before + 30 * 86_400 <= at && at <= unix() + 30 * 86_400,
+            "{applied}"
+        );
+        let mut changed: Vec<String> = serde_json::from_value(applied["keys"].clone()).unwrap();
+        changed.sort();
+        let mut expected = vec![admin_id.as_str().unwrap().to_owned(), legacy.clone()];
+        expected.sort();
+        assert_eq!(changed, expected);
+        let shown = server
+            .get(&format!("/admin/api/keys/{legacy}"), &admin)
+            .await
+            .json();
+        assert_eq!(shown["expires_at"], at);
+        let shown = server
+            .get(&format!("/admin/api/keys/{}", soon.id), &admin)
+            .await
+            .json();
+        assert_eq!(
+            shown["expires_at"],
+            tomorrow.duration_since(UNIX_EPOCH).unwrap().as_secs()
+        );
+        let trail = server
+            .get(&format!("/admin/api/audit?key={legacy}"), &admin)
+            .await
+            .json();
+        let event = &trail["events"][0];
+        assert_eq!(
+            (
+                &event["action"],
+                &event["actor"],
+                &event["owner"],
+                &event["detail"]
+            ),
+            (
+                &json!("update"),
+                &admin_id,
+                &json!("acme"),
+                &json!(["expires_at"])
+            ),
+            "{trail}"
+        );
+        let again = server
+            .call(Method::POST, "/admin/api/apply-lifetime", Some(&admin), "")
+            .await
+            .json();
+        assert_eq!(again["keys"], json!([]));
+
+        let unlimited = Server::start().await;
+        let refusal = unlimited
+            .call(
+                Method::POST,
+                "/admin/api/apply-lifetime",
+                Some(&unlimited.admin),
+                "",
+            )
+            .await;
+        refused(&refusal, StatusCode::BAD_REQUEST, "NO_KEY_LIFETIME");
+    }
+
     /// `older_than` lists the keys due for rotation, `unused_for` those nobody used lately (or
     /// ever), `expires_within` those about to expire; a self-service key still sees only its
     /// owner's.

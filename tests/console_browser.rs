@@ -341,6 +341,50 @@ mod browser {
         click(&browser, "#nav a[href='#/keys']").await;
         wait_text(&browser, "table.keys", "Production App").await;
 
+        // Keys issued before the longest lifetime (the admin's own, acme's two: no expiry) are
+        // brought within it, after a confirmation; the list shows their new expiry.
+        wait_text(&browser, "#lifetime", "Keys live at most 90 days").await;
+        let row = |name: &'static str| {
+            let browser = browser.clone();
+            async move {
+                let rows = browser
+                    .find_all(Locator::Css("table.keys tbody tr"))
+                    .await
+                    .unwrap();
+                for row in rows {
+                    let text = row.text().await.unwrap();
+                    if text.contains(name) {
+                        return text;
+                    }
+                }
+                panic!("no row for {name}");
+            }
+        };
+        click(&browser, "#apply-lifetime").await;
+        wait_text(
+            &browser,
+            "#confirm-title",
+            "Bring every key within 90 days?",
+        )
+        .await;
+        click(&browser, "#confirm-ok").await;
+        let said = wait_text(&browser, "#lifetime-status", "keys now expire").await;
+        let date = said
+            .split("expire ")
+            .nth(1)
+            .and_then(|rest| rest.strip_suffix('.'))
+            .unwrap_or_else(|| panic!("{said}"))
+            .to_owned();
+        for name in ["acme one", "acme two", "operator"] {
+            let text = row(name).await;
+            assert!(text.contains(&date), "{name}: {text}");
+        }
+        assert!(
+            !row("Legacy Deploy").await.contains(&date),
+            "it expires sooner"
+        );
+        screenshot(&browser, "6d-keys-within-lifetime").await;
+
         // Revoke it through its page, confirming in the dialog.
         browser
             .find(Locator::LinkText("Production App"))

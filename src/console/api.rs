@@ -192,6 +192,15 @@ pub(crate) struct AuditQuery {
     limit: Option<usize>,
 }
 
+/// The keys brought within the longest lifetime, and the expiry each now has.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Applied {
+    /// The expiry they now have, in Unix seconds: the longest lifetime from now.
+    expires_at: u64,
+    /// Their ids; none if no key in circulation outlived the longest lifetime.
+    keys: Vec<String>,
+}
+
 /// The changes made through the console and the command line tool, newest first.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct AuditPage {
@@ -593,6 +602,32 @@ pub(crate) async fn revoke<A: Store>(
         .await;
     let record = console.record(&caller, &id).await?;
     Ok(Json(console.info(&record)))
+}
+
+/// Brings every key in circulation that expires later than the longest lifetime from now, or
+/// never, within it (admin only; `KeyManager::bring_within_lifetime`).
+pub(crate) async fn apply_lifetime<A: Store>(
+    State(console): ConsoleState<A>,
+    key: Key,
+) -> Result<Json<Applied>, ApiError> {
+    let caller = console.caller(key)?;
+    caller.admin_only("every key's expiry")?;
+    let Some((changed, at)) = console.keys.bring_within_lifetime().await? else {
+        return Err(ApiError::bad(
+            "NO_KEY_LIFETIME",
+            "this console sets no longest lifetime (Console::max_key_lifetime)",
+        ));
+    };
+    for record in &changed {
+        let detail = vec!["expires_at".to_owned()];
+        console
+            .record_change(&caller, "update", record, detail)
+            .await;
+    }
+    Ok(Json(Applied {
+        expires_at: crate::clock::unix_seconds(at),
+        keys: changed.into_iter().map(|record| record.id).collect(),
+    }))
 }
 
 /// Deletes a key.

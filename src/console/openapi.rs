@@ -8,8 +8,8 @@ use utoipa::openapi::server::Server;
 use utoipa::{Modify, OpenApi};
 
 use super::api::{
-    AuditPage, AuditQuery, CreateKey, Issued, KeyPage, ListQuery, Me, RotateKey, UpdateKey,
-    UsageQuery,
+    Applied, AuditPage, AuditQuery, CreateKey, Issued, KeyPage, ListQuery, Me, RotateKey,
+    UpdateKey, UsageQuery,
 };
 use super::error::ErrorBody;
 use crate::manage::KeyInfo;
@@ -24,7 +24,7 @@ use crate::usage::UsageReport;
                        (every key) or the self-service scope (its owner's keys) as \
                        `Authorization: ApiKey <key>`. Errors are `{error, code, status}`."
     ),
-    paths(me, list, create, show, update, rotate, revoke, delete, usage, audit),
+    paths(me, list, create, show, update, rotate, revoke, apply_lifetime, delete, usage, audit),
     modifiers(&Security),
     security(("api_key" = [])),
     tags((name = "keys", description = "Issue, change and withdraw keys"))
@@ -107,6 +107,15 @@ fn rotate() {}
     responses((status = 200, body = KeyInfo), (status = 404, body = ErrorBody)))]
 #[allow(dead_code)]
 fn revoke() {}
+
+/// Brings every key in circulation that would outlive the longest lifetime the console allows
+/// (`max_key_lifetime_secs` in `api/me`) within it: keys that expire later, or never (issued
+/// before the limit was set), now expire that long from now, each change in the audit trail.
+/// Admin only; 400 `NO_KEY_LIFETIME` when the console sets no longest lifetime.
+#[utoipa::path(post, path = "/api/apply-lifetime", tag = "keys",
+    responses((status = 200, body = Applied), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+#[allow(dead_code)]
+fn apply_lifetime() {}
 
 /// Deletes a key.
 #[utoipa::path(delete, path = "/api/keys/{id}", tag = "keys", params(("id" = String, Path, description = "The key id")),

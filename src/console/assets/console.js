@@ -499,7 +499,35 @@
       page.offset > 0 ? h('a', { href: '#/keys' + query({ ...filters, limit: '', offset: Math.max(0, page.offset - 25) }) }, 'Previous') : null,
       page.next_offset !== null ? h('a', { href: '#/keys' + query({ ...filters, limit: '', offset: page.next_offset }) }, 'Next') : null);
     show(h('div', { class: 'page-head' }, h('h1', {}, 'API keys'), h('a', { href: '#/new', class: 'button primary' }, 'Generate New API Key')),
+      me.role === 'admin' && me.max_key_lifetime_secs !== null ? lifetimeNote(params) : null,
       form, h('div', { class: 'scroll' }, table), pager);
+  }
+
+  /** For an admin, with a longest lifetime: the button that brings the keys issued before it
+   *  within it, and what it did (the list is shown again, with their new expiries). */
+  function lifetimeNote(params) {
+    const span = lifetime(me.max_key_lifetime_secs);
+    const status = h('span', { role: 'status', id: 'lifetime-status' });
+    const apply = async () => {
+      const ok = await confirmDialog('Bring every key within ' + span + '?',
+        'Every key in use that expires later than ' + span + ' from now, or never, will expire ' + span +
+        ' from now. Keys that expire sooner keep their expiry.', 'Bring them within ' + span);
+      if (!ok) return;
+      try {
+        const applied = await api('POST', '/apply-lifetime');
+        const n = applied.keys.length;
+        const text = n ? n + (n === 1 ? ' key now expires ' : ' keys now expire ') + date(applied.expires_at) + '.'
+          : 'No key in use outlives ' + span + '.';
+        await keysPage(params);
+        document.getElementById('lifetime-status').textContent = text;
+      } catch (failure) {
+        status.textContent = failure.message;
+      }
+    };
+    return h('p', { class: 'lifetime muted', id: 'lifetime' },
+      'Keys live at most ' + span + '; keys issued before that limit may expire later, or never. ',
+      h('button', { type: 'button', id: 'apply-lifetime', onclick: apply }, 'Bring all keys within ' + span),
+      ' ', status);
   }
 
   function field(label, control) {
