@@ -672,15 +672,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             print_info(&info, cli.json);
         }
         Command::ApplyLifetime => {
-            let Some((changed, at)) = keys.bring_within_lifetime().await? else {
+            let Some((outliving, at)) = keys.outliving_lifetime().await? else {
                 return Err(invalid(
                     "apply-lifetime needs the longest lifetime: give --max-lifetime, such as \
                      90d (or TOWER_API_KEY_MAX_LIFETIME)",
                 ));
             };
-            for record in &changed {
-                let event = trail.event("update", &record.id, record.owner.as_deref());
-                trail.record(event.detail(["expires_at"])).await;
+            // Each change in the trail as it is made, should a later one fail.
+            let mut changed = Vec::new();
+            for record in outliving {
+                if keys.set_expiry(&record.id, Some(at)).await? {
+                    let event = trail.event("update", &record.id, record.owner.as_deref());
+                    trail.record(event.detail(["expires_at"])).await;
+                    changed.push(record);
+                }
             }
             let at = at
                 .duration_since(SystemTime::UNIX_EPOCH)

@@ -612,21 +612,26 @@ pub(crate) async fn apply_lifetime<A: Store>(
 ) -> Result<Json<Applied>, ApiError> {
     let caller = console.caller(key)?;
     caller.admin_only("every key's expiry")?;
-    let Some((changed, at)) = console.keys.bring_within_lifetime().await? else {
+    let Some((outliving, at)) = console.keys.outliving_lifetime().await? else {
         return Err(ApiError::bad(
             "NO_KEY_LIFETIME",
             "this console sets no longest lifetime (Console::max_key_lifetime)",
         ));
     };
-    for record in &changed {
-        let detail = vec!["expires_at".to_owned()];
-        console
-            .record_change(&caller, "update", record, detail)
-            .await;
+    // Each change in the trail as it is made, should a later one fail.
+    let mut keys = Vec::new();
+    for record in outliving {
+        if console.keys.set_expiry(&record.id, Some(at)).await? {
+            let detail = vec!["expires_at".to_owned()];
+            console
+                .record_change(&caller, "update", &record, detail)
+                .await;
+            keys.push(record.id);
+        }
     }
     Ok(Json(Applied {
         expires_at: crate::clock::unix_seconds(at),
-        keys: changed.into_iter().map(|record| record.id).collect(),
+        keys,
     }))
 }
 

@@ -791,27 +791,45 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     ///
     /// # Errors
     /// [`ManageError::Store`] when the store fails; the keys changed before it failed keep
-    /// their new expiry.
+    /// their new expiry (to record each change as it is made, as the console and the
+    /// `tower-api-key` tool do in their audit trail, take
+    /// [`outliving_lifetime`](Self::outliving_lifetime) and [`set_expiry`](Self::set_expiry)
+    /// one key at a time).
     pub async fn bring_within_lifetime(
         &self,
     ) -> Result<Option<(Vec<KeyRecord>, SystemTime)>, ManageError> {
+        let Some((outliving, latest)) = self.outliving_lifetime().await? else {
+            return Ok(None);
+        };
+        let mut changed = Vec::new();
+        for record in outliving {
+            if self.set_expiry(&record.id, Some(latest)).await? {
+                changed.push(record);
+            }
+        }
+        Ok(Some((changed, latest)))
+    }
+
+    /// With [a longest lifetime](Self::max_key_lifetime), the keys in circulation that would
+    /// outlive it (they expire later, or never), and the latest expiry a key may be given now:
+    /// what [`bring_within_lifetime`](Self::bring_within_lifetime) changes. `None` without a
+    /// longest lifetime.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn outliving_lifetime(
+        &self,
+    ) -> Result<Option<(Vec<KeyRecord>, SystemTime)>, StoreError> {
         let Some((latest, _)) = self.latest_expiry() else {
             return Ok(None);
         };
         let now = crate::clock::now();
         let filter = KeyFilter::new();
-        let listing = self.store.list_page(&filter, now, 0, usize::MAX).await?;
-        let mut changed = Vec::new();
-        for record in listing.records {
-            let outlives = record.expires_at.is_none_or(|at| at > latest);
-            if record.in_circulation(now)
-                && outlives
-                && self.set_expiry(&record.id, Some(latest)).await?
-            {
-                changed.push(record);
-            }
-        }
-        Ok(Some((changed, latest)))
+        let mut listing = self.store.list_page(&filter, now, 0, usize::MAX).await?;
+        listing.records.retain(|record| {
+            record.in_circulation(now) && record.expires_at.is_none_or(|at| at > latest)
+        });
+        Ok(Some((listing.records, latest)))
     }
 
     /// Replaces key `id`'s scopes; returns whether it exists.
