@@ -1491,13 +1491,14 @@ mod console {
             "/api/keys/{id}",
             "/api/keys/{id}/rotate",
             "/api/keys/{id}/revoke",
+            "/api/apply-lifetime",
             "/api/usage",
             "/api/audit",
         ] {
             assert!(paths.contains_key(path), "{path} is documented");
         }
         let methods: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
-        assert_eq!(methods, 10, "every operation is documented");
+        assert_eq!(methods, 11, "every operation is documented");
         assert!(document["components"]["schemas"]["CreateKey"].is_object());
         let event = &document["components"]["schemas"]["AuditEvent"]["properties"];
         let fields: Vec<&String> = event.as_object().unwrap().keys().collect();
