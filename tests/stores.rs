@@ -171,6 +171,40 @@ mod sqlite {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// The table of changes made anew (dropped, then created again by the next process to open
+    /// the file) numbers its changes from the start again: the listener cannot know what it
+    /// missed, and clears the cache.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_table_of_changes_made_anew_clears_the_cache() {
+        let (dir, url) = temp_db("anew");
+        let a = SqliteStore::connect(&url).await.unwrap();
+        let listening = a.clone();
+        let pool = a.pool().clone();
+        crate::replicas::a_killed_listener_reconnects_and_clears_the_cache(
+            a,
+            |handle| async move { listening.spawn_listener(handle).await },
+            |id| {
+                let pool = pool.clone();
+                async move {
+                    sqlx::query("UPDATE api_keys SET revoked_at = 1 WHERE id = $1")
+                        .bind(id)
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
+            },
+            || async move {
+                sqlx::raw_sql("DROP TABLE api_keys_changes")
+                    .execute(&SqliteStore::connect(&url).await.unwrap().pool().clone())
+                    .await
+                    .unwrap();
+                SqliteStore::connect(&url).await.unwrap();
+            },
+        )
+        .await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// While the table of changes cannot be read, the listener's reads fail; a change written
     /// meanwhile is not lost: the first read that works relays it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

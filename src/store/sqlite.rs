@@ -162,7 +162,8 @@ impl SqliteStore {
     /// Changes stay in the table until read, so a read that fails (the file locked for longer
     /// than the busy timeout) loses none: the next one gets them. Only a listener that falls
     /// more than [`SQLITE_CHANGES_KEPT`] changes behind misses some, and then it reports
-    /// [`KeyChanges::all_changed`].
+    /// [`KeyChanges::all_changed`]; so does one that finds the changes numbered from the start
+    /// again (the table made anew). A quiet file costs one read of the newest number a tick.
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -187,10 +188,7 @@ impl SqliteStore {
         &self,
         changes: impl KeyChanges,
     ) -> Result<JoinHandle<()>, StoreError> {
-        let mut last: i64 = sqlx::query_scalar(&self.changes.newest)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let mut last = self.newest_change().await.map_err(unavailable)?;
         let store = self.clone();
         Ok(tokio::spawn(async move {
             let mut every = tokio::time::interval(SQLITE_POLL_INTERVAL);
@@ -198,15 +196,34 @@ impl SqliteStore {
             loop {
                 every.tick().await;
                 // A read that fails is tried at the next tick: the changes are still there.
-                while let Ok(read) = store.changes_after(last).await {
-                    let whole = read.len() == CHANGES_READ;
+                let Ok(newest) = store.newest_change().await else {
+                    continue;
+                };
+                if newest < last {
+                    // Numbered from the start again: the table was made anew (or the file
+                    // replaced), so what changed meanwhile is unknown.
+                    changes.all_changed();
+                    last = newest;
+                }
+                while last < newest {
+                    let Ok(read) = store.changes_after(last).await else {
+                        break;
+                    };
+                    let before = last;
                     last = relay(&changes, last, read);
-                    if !whole {
+                    if last == before {
                         break;
                     }
                 }
             }
         }))
+    }
+
+    /// The newest change's number, 0 if none.
+    async fn newest_change(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(&self.changes.newest)
+            .fetch_one(&self.pool)
+            .await
     }
 
     /// Up to [`CHANGES_READ`] changes after number `last`, oldest first.
