@@ -853,15 +853,23 @@ mod console {
             )
             .await;
 
-        let refusal = server
-            .call(
-                Method::POST,
-                "/admin/api/apply-lifetime",
-                Some(&acme_self),
-                "",
-            )
-            .await;
-        refused(&refusal, StatusCode::FORBIDDEN, "INSUFFICIENT_PERMISSIONS");
+        for method in [Method::GET, Method::POST] {
+            let refusal = server
+                .call(method, "/admin/api/apply-lifetime", Some(&acme_self), "")
+                .await;
+            refused(&refusal, StatusCode::FORBIDDEN, "INSUFFICIENT_PERMISSIONS");
+        }
+        // What it would change, changing nothing.
+        let preview = server.get("/admin/api/apply-lifetime", &admin).await;
+        assert_eq!(preview.status, StatusCode::OK, "{}", preview.body);
+        let mut previewed: Vec<String> =
+            serde_json::from_value(preview.json()["keys"].clone()).unwrap();
+        previewed.sort();
+        let shown = server
+            .get(&format!("/admin/api/keys/{legacy}"), &admin)
+            .await
+            .json();
+        assert_eq!(shown["expires_at"], Value::Null);
 
         let unix = || {
             SystemTime::now()
@@ -885,6 +893,7 @@ mod console {
         let mut expected = vec![admin_id.as_str().unwrap().to_owned(), legacy.clone()];
         expected.sort();
         assert_eq!(changed, expected);
+        assert_eq!(previewed, expected);
         let shown = server
             .get(&format!("/admin/api/keys/{legacy}"), &admin)
             .await
@@ -918,22 +927,26 @@ mod console {
             ),
             "{trail}"
         );
-        let again = server
-            .call(Method::POST, "/admin/api/apply-lifetime", Some(&admin), "")
-            .await
-            .json();
-        assert_eq!(again["keys"], json!([]));
+        for method in [Method::GET, Method::POST] {
+            let again = server
+                .call(method, "/admin/api/apply-lifetime", Some(&admin), "")
+                .await
+                .json();
+            assert_eq!(again["keys"], json!([]));
+        }
 
         let unlimited = Server::start().await;
-        let refusal = unlimited
-            .call(
-                Method::POST,
-                "/admin/api/apply-lifetime",
-                Some(&unlimited.admin),
-                "",
-            )
-            .await;
-        refused(&refusal, StatusCode::BAD_REQUEST, "NO_KEY_LIFETIME");
+        for method in [Method::GET, Method::POST] {
+            let refusal = unlimited
+                .call(
+                    method,
+                    "/admin/api/apply-lifetime",
+                    Some(&unlimited.admin),
+                    "",
+                )
+                .await;
+            refused(&refusal, StatusCode::BAD_REQUEST, "NO_KEY_LIFETIME");
+        }
     }
 
     /// `older_than` lists the keys due for rotation, `unused_for` those nobody used lately (or
@@ -1498,7 +1511,7 @@ mod console {
             assert!(paths.contains_key(path), "{path} is documented");
         }
         let methods: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
-        assert_eq!(methods, 11, "every operation is documented");
+        assert_eq!(methods, 12, "every operation is documented");
         assert!(document["components"]["schemas"]["CreateKey"].is_object());
         let event = &document["components"]["schemas"]["AuditEvent"]["properties"];
         let fields: Vec<&String> = event.as_object().unwrap().keys().collect();

@@ -343,7 +343,13 @@ mod browser {
 
         // Keys issued before the longest lifetime (the admin's own, acme's two: no expiry) are
         // brought within it, after a confirmation; the list shows their new expiry.
-        wait_text(&browser, "#lifetime", "Keys live at most 90 days").await;
+        wait_text(&browser, "#lifetime", "Keys live at most 90 days.").await;
+        wait_text(
+            &browser,
+            "#lifetime",
+            "3 keys in use expire later, or never",
+        )
+        .await;
         let row = |name: &'static str| {
             let browser = browser.clone();
             async move {
@@ -382,6 +388,11 @@ mod browser {
         assert!(
             !row("Legacy Deploy").await.contains(&date),
             "it expires sooner"
+        );
+        wait_text(&browser, "#lifetime", "Every key in use expires within it.").await;
+        assert!(
+            !present(&browser, "#apply-lifetime").await,
+            "nothing left to bring"
         );
         screenshot(&browser, "6d-keys-within-lifetime").await;
 

@@ -192,12 +192,13 @@ pub(crate) struct AuditQuery {
     limit: Option<usize>,
 }
 
-/// The keys brought within the longest lifetime, and the expiry each now has.
+/// The keys brought (or, asked with `GET`, to be brought) within the longest lifetime, and the
+/// expiry each now has (or would have).
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Applied {
-    /// The expiry they now have, in Unix seconds: the longest lifetime from now.
+    /// The expiry, in Unix seconds: the longest lifetime from now.
     expires_at: u64,
-    /// Their ids; none if no key in circulation outlived the longest lifetime.
+    /// Their ids; none if no key in circulation outlives the longest lifetime.
     keys: Vec<String>,
 }
 
@@ -604,6 +605,33 @@ pub(crate) async fn revoke<A: Store>(
     Ok(Json(console.info(&record)))
 }
 
+/// The keys in circulation that expire later than the longest lifetime from now, or never: what
+/// [`apply_lifetime`] would change (admin only; `KeyManager::outliving_lifetime`).
+pub(crate) async fn outliving<A: Store>(
+    State(console): ConsoleState<A>,
+    key: Key,
+) -> Result<Json<Applied>, ApiError> {
+    let caller = console.caller(key)?;
+    caller.admin_only("every key's expiry")?;
+    let (outliving, at) = outliving_lifetime(&console).await?;
+    Ok(Json(Applied {
+        expires_at: crate::clock::unix_seconds(at),
+        keys: outliving.into_iter().map(|record| record.id).collect(),
+    }))
+}
+
+/// The keys that outlive the console's longest lifetime, or 400 without one.
+async fn outliving_lifetime<A: Store>(
+    console: &Inner<A>,
+) -> Result<(Vec<KeyRecord>, SystemTime), ApiError> {
+    console.keys.outliving_lifetime().await?.ok_or_else(|| {
+        ApiError::bad(
+            "NO_KEY_LIFETIME",
+            "this console sets no longest lifetime (Console::max_key_lifetime)",
+        )
+    })
+}
+
 /// Brings every key in circulation that expires later than the longest lifetime from now, or
 /// never, within it (admin only; `KeyManager::bring_within_lifetime`).
 pub(crate) async fn apply_lifetime<A: Store>(
@@ -612,12 +640,7 @@ pub(crate) async fn apply_lifetime<A: Store>(
 ) -> Result<Json<Applied>, ApiError> {
     let caller = console.caller(key)?;
     caller.admin_only("every key's expiry")?;
-    let Some((outliving, at)) = console.keys.outliving_lifetime().await? else {
-        return Err(ApiError::bad(
-            "NO_KEY_LIFETIME",
-            "this console sets no longest lifetime (Console::max_key_lifetime)",
-        ));
-    };
+    let (outliving, at) = outliving_lifetime(&console).await?;
     // Each change in the trail as it is made, should a later one fail.
     let mut keys = Vec::new();
     for record in outliving {

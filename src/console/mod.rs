@@ -232,7 +232,10 @@ impl<A: KeyStoreAdmin + UsageArchive + AuditArchive + Clone> Console<A> {
             )
             .route("/api/keys/{id}/rotate", post(api::rotate::<A>))
             .route("/api/keys/{id}/revoke", post(api::revoke::<A>))
-            .route("/api/apply-lifetime", post(api::apply_lifetime::<A>))
+            .route(
+                "/api/apply-lifetime",
+                get(api::outliving::<A>).post(api::apply_lifetime::<A>),
+            )
             .route("/api/usage", get(api::usage::<A>))
             .route("/api/audit", get(api::audit::<A>))
             .with_state(Arc::new(inner))

@@ -503,10 +503,12 @@
       form, h('div', { class: 'scroll' }, table), pager);
   }
 
-  /** For an admin, with a longest lifetime: the button that brings the keys issued before it
-   *  within it, and what it did (the list is shown again, with their new expiries). */
+  /** For an admin, with a longest lifetime: how many keys in use outlive it (issued before it),
+   *  the button that brings them within it, and what it did (the list is shown again, with
+   *  their new expiries). */
   function lifetimeNote(params) {
     const span = lifetime(me.max_key_lifetime_secs);
+    const standing = h('span', {}, '…');
     const status = h('span', { role: 'status', id: 'lifetime-status' });
     const apply = async () => {
       const ok = await confirmDialog('Bring every key within ' + span + '?',
@@ -524,10 +526,13 @@
         status.textContent = failure.message;
       }
     };
-    return h('p', { class: 'lifetime muted', id: 'lifetime' },
-      'Keys live at most ' + span + '; keys issued before that limit may expire later, or never. ',
-      h('button', { type: 'button', id: 'apply-lifetime', onclick: apply }, 'Bring all keys within ' + span),
-      ' ', status);
+    api('GET', '/apply-lifetime').then((outliving) => {
+      const n = outliving.keys.length;
+      standing.replaceChildren(n === 0 ? 'Every key in use expires within it.'
+        : (n === 1 ? '1 key in use expires' : n + ' keys in use expire') + ' later, or never (issued before that limit).',
+      n === 0 ? '' : h('button', { type: 'button', id: 'apply-lifetime', onclick: apply }, 'Bring ' + (n === 1 ? 'it' : 'them') + ' within ' + span));
+    }).catch((failure) => standing.replaceChildren(failure.message));
+    return h('p', { class: 'lifetime muted', id: 'lifetime' }, 'Keys live at most ' + span + '.', standing, status);
   }
 
   function field(label, control) {
