@@ -860,10 +860,7 @@ mod cli {
     #[test]
     fn no_key_outlives_the_longest_lifetime() {
         let mut tool = Tool::new();
-        let unix = || {
-            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
-            now.unwrap().as_secs()
-        };
+        let unix = common::unix_now;
         const MONTH: u64 = 30 * 86_400;
         let within = |at: &serde_json::Value, before: u64, after: u64| {
             let at = at.as_u64().unwrap_or_else(|| panic!("an expiry: {at}"));
@@ -1024,10 +1021,7 @@ mod cli {
         assert_eq!(code, 2, "{message}");
         assert!(message.contains("--max-lifetime"), "{message}");
 
-        let unix = || {
-            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
-            now.unwrap().as_secs()
-        };
+        let unix = common::unix_now;
         let before = unix();
         let applied = tool.ok_json(&[
             "--json",

@@ -710,7 +710,7 @@ mod console {
     /// expiry within it; `api/me` says it.
     #[tokio::test]
     async fn no_key_outlives_the_console_s_longest_lifetime() {
-        use std::time::{Duration, SystemTime, UNIX_EPOCH};
+        use std::time::Duration;
 
         let server = Server::start_with(|console| {
             console.max_key_lifetime(Duration::from_secs(30 * 86_400))
@@ -719,12 +719,7 @@ mod console {
         let admin = server.admin.clone();
         let me = server.get("/admin/api/me", &admin).await.json();
         assert_eq!(me["max_key_lifetime_secs"], 30 * 86_400);
-        let unix = || {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-        };
+        let unix = crate::common::unix_now;
         let expires = |reply: &Reply| reply.json()["record"]["expires_at"].as_u64().unwrap();
 
         // Asked without an expiry, the key expires 30 days after it is issued.
@@ -871,12 +866,7 @@ mod console {
             .json();
         assert_eq!(shown["expires_at"], Value::Null);
 
-        let unix = || {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-        };
+        let unix = crate::common::unix_now;
         let before = unix();
         let applied = server
             .call(Method::POST, "/admin/api/apply-lifetime", Some(&admin), "")

@@ -94,6 +94,16 @@ mod sqlite {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// Revokes key `id` in the file behind `pool` by hand: no change is written to the table of
+    /// changes, so only a listener that clears its cache can notice.
+    async fn revoke_by_hand(pool: sqlx::SqlitePool, id: String) {
+        sqlx::query("UPDATE api_keys SET revoked_at = 1 WHERE id = $1")
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+
     /// Two pools on one new file, as two processes would have, and the file's folder.
     async fn two_pools(name: &str) -> (std::path::PathBuf, SqliteStore, SqliteStore) {
         let (dir, url) = temp_db(name);
@@ -146,16 +156,7 @@ mod sqlite {
         crate::replicas::a_killed_listener_reconnects_and_clears_the_cache(
             a,
             |handle| async move { listening.spawn_listener(handle).await },
-            |id| {
-                let pool = pool.clone();
-                async move {
-                    sqlx::query("UPDATE api_keys SET revoked_at = 1 WHERE id = $1")
-                        .bind(id)
-                        .execute(&pool)
-                        .await
-                        .unwrap();
-                }
-            },
+            move |id| revoke_by_hand(pool, id),
             || async move {
                 // The next change is numbered as if 100 before it had been dropped.
                 sqlx::query(
@@ -183,16 +184,7 @@ mod sqlite {
         crate::replicas::a_killed_listener_reconnects_and_clears_the_cache(
             a,
             |handle| async move { listening.spawn_listener(handle).await },
-            |id| {
-                let pool = pool.clone();
-                async move {
-                    sqlx::query("UPDATE api_keys SET revoked_at = 1 WHERE id = $1")
-                        .bind(id)
-                        .execute(&pool)
-                        .await
-                        .unwrap();
-                }
-            },
+            move |id| revoke_by_hand(pool, id),
             || async move {
                 sqlx::raw_sql("DROP TABLE api_keys_changes")
                     .execute(&SqliteStore::connect(&url).await.unwrap().pool().clone())

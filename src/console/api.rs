@@ -611,25 +611,28 @@ pub(crate) async fn outliving<A: Store>(
     State(console): ConsoleState<A>,
     key: Key,
 ) -> Result<Json<Applied>, ApiError> {
-    let caller = console.caller(key)?;
-    caller.admin_only("every key's expiry")?;
-    let (outliving, at) = outliving_lifetime(&console).await?;
+    let (_, outliving, at) = outliving_lifetime(&console, key).await?;
     Ok(Json(Applied {
         expires_at: crate::clock::unix_seconds(at),
         keys: outliving.into_iter().map(|record| record.id).collect(),
     }))
 }
 
-/// The keys that outlive the console's longest lifetime, or 400 without one.
+/// For an admin caller, the keys that outlive the console's longest lifetime and the latest
+/// expiry allowed now; 403 for a key holder, 400 without a longest lifetime.
 async fn outliving_lifetime<A: Store>(
     console: &Inner<A>,
-) -> Result<(Vec<KeyRecord>, SystemTime), ApiError> {
-    console.keys.outliving_lifetime().await?.ok_or_else(|| {
+    key: Key,
+) -> Result<(Caller, Vec<KeyRecord>, SystemTime), ApiError> {
+    let caller = console.caller(key)?;
+    caller.admin_only("every key's expiry")?;
+    let (outliving, at) = console.keys.outliving_lifetime().await?.ok_or_else(|| {
         ApiError::bad(
             "NO_KEY_LIFETIME",
             "this console sets no longest lifetime (Console::max_key_lifetime)",
         )
-    })
+    })?;
+    Ok((caller, outliving, at))
 }
 
 /// Brings every key in circulation that expires later than the longest lifetime from now, or
@@ -638,9 +641,7 @@ pub(crate) async fn apply_lifetime<A: Store>(
     State(console): ConsoleState<A>,
     key: Key,
 ) -> Result<Json<Applied>, ApiError> {
-    let caller = console.caller(key)?;
-    caller.admin_only("every key's expiry")?;
-    let (outliving, at) = outliving_lifetime(&console).await?;
+    let (caller, outliving, at) = outliving_lifetime(&console, key).await?;
     // Each change in the trail as it is made, should a later one fail.
     let mut keys = Vec::new();
     for record in outliving {

@@ -600,6 +600,12 @@ pub fn temp_db(name: &str) -> (std::path::PathBuf, String) {
     (dir, url)
 }
 
+/// The time now, in whole seconds since 1970.
+pub fn unix_now() -> u64 {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
+    now.unwrap().as_secs()
+}
+
 /// A name no other test run uses.
 pub fn unique(prefix: &str) -> String {
     let nanos = SystemTime::now()
