@@ -192,6 +192,32 @@ impl ApiKeyHandle {
         plans
     }
 
+    /// Whether the layer's usage sink writes each key's last use to the store
+    /// ([`UsageSink::records_last_use`](crate::usage::UsageSink::records_last_use): a
+    /// [`StoreUsage`](crate::usage::StoreUsage) among its sinks). Without one, no key's
+    /// `last_used_at` moves, and every key looks never used.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_api_key::usage::{MemoryUsage, StoreUsage};
+    /// use tower_api_key::{ApiKeyLayer, MemoryStore};
+    ///
+    /// let counted = ApiKeyLayer::builder("mesh", MemoryStore::new())
+    ///     .usage_sink(Arc::new(MemoryUsage::new()))
+    ///     .build()?;
+    /// assert!(!counted.handle().records_last_use());
+    /// let kept = ApiKeyLayer::builder("mesh", MemoryStore::new())
+    ///     .usage_sink((Arc::new(MemoryUsage::new()), Arc::new(StoreUsage::new())))
+    ///     .build()?;
+    /// assert!(kept.handle().records_last_use());
+    /// # Ok::<(), tower_api_key::ConfigError>(())
+    /// ```
+    pub fn records_last_use(&self) -> bool {
+        self.shared
+            .recording()
+            .is_some_and(|recording| recording.sink.records_last_use())
+    }
+
     /// Where key `id` stands against its rate limits and quotas, and its owner's, now: each
     /// limit's quota, what is left, and when it is restored (the `RateLimit` header's figures).
     /// Nothing is counted. `Ok(None)` for a key the store does not have; an empty list for a

@@ -947,7 +947,8 @@ mod console {
         use std::time::{Duration, SystemTime};
         use tower_api_key::store::KeyStoreAdmin;
 
-        let server = Server::start().await;
+        // The keys' last use below is written into the store as another service's would be.
+        let server = Server::start_with(|console| console.last_use_recorded(true)).await;
         let admin = server.admin.clone();
         let now = SystemTime::now();
         let days = |n: u64| Duration::from_secs(n * 86_400);
@@ -986,7 +987,8 @@ mod console {
         };
         let listed = server.get("/admin/api/keys?older_than=90d", &admin).await;
         assert_eq!(names(listed), ["old-busy", "old-idle", "old-never"]);
-        // The admin key too: this layer has no `StoreUsage`, so no use of it is in the store.
+        // The admin key too: this console's own layer has no `StoreUsage`, so no use of it is
+        // in the store.
         let listed = server.get("/admin/api/keys?unused_for=30d", &admin).await;
         let unused = ["expired", "new-idle", "old-idle", "old-never", "root"];
         assert_eq!(names(listed), unused);
@@ -1021,6 +1023,60 @@ mod console {
             let reply = server.get(&format!("/admin/api/keys{query}"), &admin).await;
             refused(&reply, StatusCode::BAD_REQUEST, "INVALID_DURATION");
         }
+    }
+
+    /// Where nothing records keys' last use, every key would look never used: the console says
+    /// so and refuses to list keys by it. With a `StoreUsage` sink on the layer, a key used and
+    /// flushed is not among the unused.
+    #[tokio::test]
+    async fn keys_are_listed_by_last_use_only_where_it_is_recorded() {
+        use std::sync::Arc;
+        use tower_api_key::usage::{Analytics, StoreUsage};
+
+        let unrecorded = Server::start().await;
+        let me = unrecorded.get("/admin/api/me", &unrecorded.admin).await;
+        assert_eq!(me.json()["last_use_recorded"], json!(false), "{}", me.body);
+        let listed = (unrecorded.get("/admin/api/keys?unused_for=30d", &unrecorded.admin)).await;
+        refused(&listed, StatusCode::BAD_REQUEST, "LAST_USE_NOT_RECORDED");
+        let listed = (unrecorded.get("/admin/api/keys?older_than=1d", &unrecorded.admin)).await;
+        assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+
+        let store = MemoryStore::new();
+        let last_use = Arc::new(StoreUsage::new());
+        let layer = ApiKeyLayer::builder("mesh", store.clone())
+            .usage_sink((Analytics::new(), last_use.clone()))
+            .build()
+            .unwrap();
+        let keys = KeyManager::new(store.clone()).with_cache(layer.handle());
+        let admin = keys
+            .create(NewKey::new("root").scopes(["admin"]))
+            .await
+            .unwrap();
+        let admin = admin.key.expose_secret().to_owned();
+        keys.create(NewKey::new("idle")).await.unwrap();
+        let serve_console = |console: Console<MemoryStore>| {
+            let app = Router::new().nest("/admin", console.router());
+            async move { HttpClient::new(serve(app).await) }
+        };
+        let recorded = serve_console(Console::new(&layer, store.clone())).await;
+        let auth = api_key(&admin);
+        let headers = [("authorization", auth.as_str())];
+        let me = recorded.get("/admin/api/me", &headers).await;
+        assert_eq!(me.json()["last_use_recorded"], json!(true), "{}", me.body);
+        // The admin key's requests so far are flushed: only the idle key is unused.
+        last_use.flush(&store).await.unwrap();
+        let listed = recorded
+            .get("/admin/api/keys?unused_for=1d", &headers)
+            .await;
+        assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+        let names: Vec<String> = (listed.json()["keys"].as_array().unwrap().iter())
+            .map(|key| key["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["idle"]);
+        // Said otherwise by the application, the console believes it.
+        let told = serve_console(Console::new(&layer, store).last_use_recorded(false)).await;
+        let listed = told.get("/admin/api/keys?unused_for=1d", &headers).await;
+        refused(&listed, StatusCode::BAD_REQUEST, "LAST_USE_NOT_RECORDED");
     }
 
     #[tokio::test]

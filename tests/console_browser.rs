@@ -303,10 +303,23 @@ mod browser {
             .for_element(Locator::Css("table.keys svg.spark"))
             .await
             .unwrap();
+        // This layer's only sink is `Analytics`: no key's last use reaches the store, so the
+        // page says so and offers no filter that would show keys in use as unused.
+        wait_text(
+            &browser,
+            "#last-use-note",
+            "does not record when keys were last used",
+        )
+        .await;
+        assert!(
+            !present(&browser, "#f-unused_for").await,
+            "no last-use filter"
+        );
+        wait_text(&browser, "table.keys tbody", "not recorded").await;
         screenshot(&browser, "6-keys").await;
 
-        // A key made 200 days ago, never used: the filters for keys due for rotation and keys
-        // nobody uses find it, and not the new one.
+        // A key made 200 days ago: the filter for keys due for rotation finds it, and not the
+        // new one.
         let format = tower_api_key::key::KeyFormat::new("operator").unwrap();
         let mut legacy = NewKey::new("Legacy Deploy")
             .generate(&format)
@@ -568,7 +581,8 @@ mod browser {
     async fn a_key_holder_manages_its_own_keys_and_no_others_in_the_browser() {
         let (app, keys, _) = console_app("operator", |console| {
             let month = Duration::from_secs(30 * 86_400);
-            console.max_keys_per_owner(5).max_key_lifetime(month)
+            // As where the service's own replicas write last use into the store.
+            (console.max_keys_per_owner(5).max_key_lifetime(month)).last_use_recorded(true)
         })
         .await;
         let holder = keys
@@ -607,6 +621,13 @@ mod browser {
             "{listed}"
         );
         assert!(!present(&browser, "#f-owner").await, "no owner filter");
+        // Last use is recorded here: the filter by it, and no note. Nothing used these keys.
+        assert!(!present(&browser, "#last-use-note").await, "no note");
+        choose(&browser, "#f-unused_for", "30d").await;
+        click(&browser, "form.filters button[type=submit]").await;
+        wait_text(&browser, ".pager", "of 2").await;
+        let unused = wait_text(&browser, "table.keys tbody", "acme worker").await;
+        assert!(unused.contains("acme console"), "{unused}");
         screenshot(&browser, "s1-self-service-keys").await;
 
         // The new-key form: its own environment, the scopes it holds, no plan or owner.

@@ -143,8 +143,8 @@ pub(crate) struct ListQuery {
     /// Only keys created longer ago than this (`90d`): keys due for rotation.
     older_than: Option<String>,
     /// Only keys that got no request through for this long (`30d`), or never: keys to delete.
-    /// Last use is what the layer's `StoreUsage` sink flushed; without it every key counts as
-    /// never used.
+    /// Last use is what the layer's `StoreUsage` sink flushed: where nothing records it
+    /// (`last_use_recorded` false in `api/me`), 400 `LAST_USE_NOT_RECORDED`.
     unused_for: Option<String>,
     /// Only keys not expired yet that expire within this long (`7d`): keys whose holders need
     /// a successor soon.
@@ -234,6 +234,9 @@ pub(crate) struct Me {
     /// limited: a key issued without an expiry gets this long; a later expiry, or none, answers
     /// 400 `EXPIRY_TOO_LATE`.
     max_key_lifetime_secs: Option<u64>,
+    /// Whether keys' last use is recorded in the store (a `StoreUsage` sink): without it, keys
+    /// show no last use and cannot be listed by it (`unused_for`).
+    last_use_recorded: bool,
 }
 
 impl<A: Store> Inner<A> {
@@ -375,6 +378,13 @@ pub(crate) async fn list<A: Store>(
         (Role::Admin, owner) => (owner, false),
         (Role::Owner(own), asked) => (Some(own.clone()), asked.is_some_and(|a| a != *own)),
     };
+    if query.unused_for.is_some() && !console.last_use_recorded {
+        return Err(ApiError::bad(
+            "LAST_USE_NOT_RECORDED",
+            "keys' last use is not recorded (the layer has no StoreUsage sink), \
+             so every key would look unused",
+        ));
+    }
     let now = crate::clock::now();
     let mut filter = KeyFilter {
         owner,
@@ -782,6 +792,7 @@ pub(crate) async fn me<A: Store>(
         env_var: console.env_var.clone(),
         max_keys_per_owner: console.keys.owner_cap(),
         max_key_lifetime_secs: console.keys.lifetime_cap().map(|max| max.as_secs()),
+        last_use_recorded: console.last_use_recorded,
     }))
 }
 

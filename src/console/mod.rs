@@ -26,8 +26,8 @@
 //!
 //! | method and path | what it does |
 //! |---|---|
-//! | `GET api/me` | the caller: its role, the scopes it may grant, the plans, the most keys an owner may hold and the longest a key may live (if limited) |
-//! | `GET api/keys` | lists keys (`owner`, `environment`, `state`, `name`, `older_than`, `unused_for`, `expires_within`, `offset`, `limit`) |
+//! | `GET api/me` | the caller: its role, the scopes it may grant, the plans, the most keys an owner may hold and the longest a key may live (if limited), whether keys' last use is recorded |
+//! | `GET api/keys` | lists keys (`owner`, `environment`, `state`, `name`, `older_than`, `unused_for` where last use is recorded ([`Console::last_use_recorded`]), `expires_within`, `offset`, `limit`) |
 //! | `POST api/keys` | issues a key: the plaintext, shown once, and the `export` line |
 //! | `GET api/keys/{id}` | one key |
 //! | `PATCH api/keys/{id}` | changes its name, scopes, expiry, plan, limits, metadata, or disables it: all or none ([`KeyManager::update`](crate::KeyManager::update)) |
@@ -95,6 +95,8 @@ pub(crate) struct Inner<A> {
     access: Access,
     /// The variable of the `export` line shown with a new key: `MESH_API_KEY`.
     env_var: String,
+    /// Whether keys' last use reaches the store (`last_used_at`), so they can be listed by it.
+    last_use_recorded: bool,
 }
 
 impl<A> fmt::Debug for Console<A> {
@@ -102,6 +104,7 @@ impl<A> fmt::Debug for Console<A> {
         f.debug_struct("Console")
             .field("access", &self.inner.access)
             .field("analytics", &self.inner.analytics.is_some())
+            .field("last_use_recorded", &self.inner.last_use_recorded)
             .finish_non_exhaustive()
     }
 }
@@ -113,6 +116,7 @@ impl<A: KeyStoreAdmin + UsageArchive + AuditArchive + Clone> Console<A> {
     pub fn new(layer: &ApiKeyLayer, store: A) -> Self {
         let handle = layer.handle();
         let env_var = format!("{}_API_KEY", handle.format().prefix().to_uppercase());
+        let last_use_recorded = handle.records_last_use();
         Console {
             inner: Inner {
                 keys: KeyManager::new(store).with_cache(handle.clone()),
@@ -124,6 +128,7 @@ impl<A: KeyStoreAdmin + UsageArchive + AuditArchive + Clone> Console<A> {
                     scopes: vec!["read".into(), "write".into(), "admin".into()],
                 },
                 env_var,
+                last_use_recorded,
             },
             layer: layer.clone(),
         }
@@ -175,6 +180,29 @@ impl<A: KeyStoreAdmin + UsageArchive + AuditArchive + Clone> Console<A> {
     /// ```
     pub fn max_key_lifetime(mut self, max: Duration) -> Self {
         self.inner.keys = self.inner.keys.max_key_lifetime(max);
+        self
+    }
+
+    /// Says whether each key's last use reaches the store (`last_used_at`). By default the
+    /// console asks the layer ([`ApiKeyHandle::records_last_use`]): true with a
+    /// [`StoreUsage`](crate::usage::StoreUsage) among its usage sinks. Set it when another
+    /// service's layer writes the last use of the keys in this store, as the console's own layer
+    /// does not. Where it is false, every key would look never used, so the key list refuses
+    /// `unused_for` (400 `LAST_USE_NOT_RECORDED`) and the dashboard offers no such filter: an
+    /// operator is never shown keys in use as keys to delete.
+    ///
+    /// ```
+    /// use tower_api_key::console::Console;
+    /// use tower_api_key::{ApiKeyLayer, MemoryStore};
+    ///
+    /// let store = MemoryStore::new();
+    /// // The service's replicas, not this admin app, record last use into `store`.
+    /// let layer = ApiKeyLayer::new("mesh", store.clone())?;
+    /// let console = Console::new(&layer, store).last_use_recorded(true);
+    /// # Ok::<(), tower_api_key::ConfigError>(())
+    /// ```
+    pub fn last_use_recorded(mut self, recorded: bool) -> Self {
+        self.inner.last_use_recorded = recorded;
         self
     }
 

@@ -63,7 +63,8 @@ pub(crate) async fn document(OriginalUri(uri): OriginalUri) -> Json<utoipa::open
 #[allow(dead_code)]
 fn me() {}
 
-/// Lists the keys the caller manages, oldest first.
+/// Lists the keys the caller manages, oldest first. 400 `LAST_USE_NOT_RECORDED` for `unused_for`
+/// where keys' last use is not recorded (`last_use_recorded` in `api/me`).
 #[utoipa::path(get, path = "/api/keys", tag = "keys", params(ListQuery),
     responses((status = 200, body = KeyPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 #[allow(dead_code)]

@@ -172,11 +172,33 @@ impl UsageEvent<'_> {
 pub trait UsageSink: Send + Sync + 'static {
     /// Records one request.
     fn record(&self, event: &UsageEvent<'_>);
+
+    /// Whether this sink writes each key's last use to the key store
+    /// ([`KeyRecord::last_used_at`](crate::store::KeyRecord::last_used_at)), as [`StoreUsage`]
+    /// does; `false` unless a sink says so. The console asks the layer's sink: where nothing
+    /// records last use, every key would count as never used, so it offers no "not used for"
+    /// filter.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_api_key::usage::{MemoryUsage, StoreUsage, UsageSink};
+    ///
+    /// assert!(!MemoryUsage::new().records_last_use());
+    /// assert!(Arc::new(StoreUsage::new()).records_last_use());
+    /// assert!((MemoryUsage::new(), StoreUsage::new()).records_last_use());
+    /// ```
+    fn records_last_use(&self) -> bool {
+        false
+    }
 }
 
 impl<T: UsageSink + ?Sized> UsageSink for Arc<T> {
     fn record(&self, event: &UsageEvent<'_>) {
         (**self).record(event);
+    }
+
+    fn records_last_use(&self) -> bool {
+        (**self).records_last_use()
     }
 }
 
@@ -205,5 +227,9 @@ impl<A: UsageSink, B: UsageSink> UsageSink for (A, B) {
     fn record(&self, event: &UsageEvent<'_>) {
         self.0.record(event);
         self.1.record(event);
+    }
+
+    fn records_last_use(&self) -> bool {
+        self.0.records_last_use() || self.1.records_last_use()
     }
 }

@@ -108,4 +108,9 @@ impl UsageSink for StoreUsage {
             None => count(&self.pending.entry(id.into()).or_default()),
         }
     }
+
+    /// Its [`flush`](StoreUsage::flush) writes each key's last use.
+    fn records_last_use(&self) -> bool {
+        true
+    }
 }

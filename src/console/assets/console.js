@@ -50,6 +50,11 @@
     return new Date(secs * 1000).toISOString().replace('T', ' ').slice(0, 16) + ' UTC';
   }
 
+  /** A key's last use, or that nothing records it. */
+  function lastUsed(key) {
+    return me.last_use_recorded ? date(key.last_used_at) : h('span', { class: 'muted' }, 'not recorded');
+  }
+
   function number(n) {
     return Number(n || 0).toLocaleString('en');
   }
@@ -449,7 +454,9 @@
     const filters = {
       name: params.get('name') || '', environment: params.get('environment') || '',
       state: params.get('state') || '', owner: params.get('owner') || '',
-      older_than: params.get('older_than') || '', unused_for: params.get('unused_for') || '',
+      older_than: params.get('older_than') || '',
+      // Where nothing records last use every key would look unused: no such filter then.
+      unused_for: me.last_use_recorded ? params.get('unused_for') || '' : '',
       expires_within: params.get('expires_within') || '',
       offset: Number(params.get('offset') || 0), limit: 25,
     };
@@ -464,8 +471,8 @@
       field('State', select('state', ['', 'active', 'disabled', 'expired', 'revoked'], filters.state)),
       field('Created', select('older_than', ['', '90d', '180d', '365d'], filters.older_than,
         ['Any time', 'Over 90 days ago', 'Over 180 days ago', 'Over a year ago'])),
-      field('Last used', select('unused_for', ['', '30d', '90d', '365d'], filters.unused_for,
-        ['Any time', 'Not for 30 days', 'Not for 90 days', 'Not for a year'])),
+      me.last_use_recorded ? field('Last used', select('unused_for', ['', '30d', '90d', '365d'], filters.unused_for,
+        ['Any time', 'Not for 30 days', 'Not for 90 days', 'Not for a year'])) : null,
       field('Expires', select('expires_within', ['', '7d', '30d', '90d'], filters.expires_within,
         ['Any time', 'Within 7 days', 'Within 30 days', 'Within 90 days'])),
       me.role === 'admin' ? field('Owner', h('input', { name: 'owner', id: 'f-owner', value: filters.owner })) : null,
@@ -483,7 +490,7 @@
         h('td', { 'data-label': 'Scopes' }, key.scopes.join(', ') || '—'),
         h('td', { 'data-label': 'State' }, badge(key.state)),
         h('td', { 'data-label': 'Created' }, date(key.created_at)),
-        h('td', { 'data-label': 'Last used' }, date(key.last_used_at)),
+        h('td', { 'data-label': 'Last used' }, lastUsed(key)),
         h('td', { 'data-label': 'Expires' }, date(key.expires_at)),
         spark));
       if (me.usage) {
@@ -500,7 +507,10 @@
       page.next_offset !== null ? h('a', { href: '#/keys' + query({ ...filters, limit: '', offset: page.next_offset }) }, 'Next') : null);
     show(h('div', { class: 'page-head' }, h('h1', {}, 'API keys'), h('a', { href: '#/new', class: 'button primary' }, 'Generate New API Key')),
       me.role === 'admin' && me.max_key_lifetime_secs !== null ? lifetimeNote(params) : null,
-      form, h('div', { class: 'scroll' }, table), pager);
+      form, me.last_use_recorded ? null : h('p', { class: 'muted', id: 'last-use-note' },
+        'This service does not record when keys were last used (its layer has no StoreUsage sink), ' +
+        'so keys cannot be found by it. Each key\'s page shows its requests.'),
+      h('div', { class: 'scroll' }, table), pager);
   }
 
   /** For an admin, with a longest lifetime: how many keys in use outlive it (issued before it),
@@ -721,7 +731,7 @@
       ...[['Id', h('code', {}, key.id)], ['Key', h('code', {}, key.prefix)], ['State', badge(key.state)],
         ['Environment', key.environment], ['Owner', key.owner || '—'], ['Plan', key.plan || '—'],
         ['Scopes', key.scopes.join(', ') || '—'], ['Created', date(key.created_at)],
-        ['Last used', date(key.last_used_at)], ['Expires', date(key.expires_at)],
+        ['Last used', lastUsed(key)], ['Expires', date(key.expires_at)],
         ['Allowed networks', key.allowed_networks.join(', ') || 'anywhere'],
         ...Object.entries(key.metadata).map(([name, value]) => [name, value])]
         .flatMap(([term, value]) => [h('dt', {}, term), h('dd', {}, value)]));
