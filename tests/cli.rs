@@ -982,6 +982,53 @@ mod cli {
         );
     }
 
+    /// Where no key has a recorded last use, most likely nothing records it (the service has no
+    /// `StoreUsage`), and `--unused-for` would list keys in use: the tool warns, and stops
+    /// warning once the service has written any key's last use.
+    #[tokio::test]
+    async fn list_by_last_use_warns_where_no_use_is_recorded() {
+        use tower_api_key::store::{KeyStoreAdmin, UsageUpdate};
+
+        let mut tool = Tool::new();
+        let (_, busy, _) = tool.create(&["--name", "busy"]);
+        tool.create(&["--name", "idle"]);
+        let warned = |output: &Output| {
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8_lossy(&output.stderr)
+                .contains("no key in this store has a recorded last use")
+        };
+        let listed = tool.run(&["list", "--unused-for", "30d"]);
+        assert!(warned(&listed), "{listed:?}");
+        let text = String::from_utf8_lossy(&listed.stdout);
+        assert!(text.contains("busy") && text.contains("idle"), "{text}");
+        let json = tool.run(&["--json", "list", "--unused-for", "30d"]);
+        assert!(warned(&json), "on standard error, beside the JSON");
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&json.stdout)
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(
+            !warned(&tool.run(&["list", "--older-than", "30d"])),
+            "only for --unused-for"
+        );
+
+        // The service's StoreUsage flushes the busy key's use: the list is right, no warning.
+        let store = SqliteStore::connect(&tool.url).await.unwrap();
+        let used = UsageUpdate {
+            id: busy,
+            requests: 3,
+            last_used_at: SystemTime::now(),
+        };
+        store.record_usage(&[used]).await.unwrap();
+        let listed = tool.run(&["list", "--unused-for", "30d"]);
+        assert!(!warned(&listed), "{listed:?}");
+        assert_eq!(tool.names(&["--unused-for", "30d"]), ["idle"]);
+    }
+
     /// The trail as `audit --json` prints it with `args`: action, key, owner, actor, detail.
     fn trail(tool: &mut Tool, args: &[&str]) -> Vec<[String; 5]> {
         let events = tool.ok_json(&[&["--json", "audit"], args].concat());

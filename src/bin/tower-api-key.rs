@@ -409,6 +409,20 @@ impl ListFilter {
     }
 }
 
+/// Whether any key in the store has a recorded last use: if none has, most likely nothing
+/// records it (the service's layer has no `StoreUsage`), and `--unused-for` lists every key.
+async fn any_use_recorded(
+    keys: &KeyManager<AnyStore>,
+    now: SystemTime,
+) -> Result<bool, StoreError> {
+    use tower_api_key::store::KeyStoreAdmin as _;
+    let never_used = KeyFilter::new().unused_since(SystemTime::UNIX_EPOCH);
+    let store = keys.store();
+    let never = store.list_page(&never_used, now, 0, 0).await?.total;
+    let all = store.list_page(&KeyFilter::new(), now, 0, 0).await?.total;
+    Ok(never < all)
+}
+
 fn parse_state(text: &str) -> Result<KeyState, String> {
     match text {
         "active" => Ok(KeyState::Active),
@@ -591,9 +605,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 print_trail(&events);
             }
         }
-        Command::List(filter) => {
-            let filter = filter.to_filter(SystemTime::now());
+        Command::List(asked) => {
+            let now = SystemTime::now();
+            let filter = asked.to_filter(now);
             let all = keys.list_matching(&filter).await?;
+            if asked.unused_for.is_some()
+                && !all.is_empty()
+                && !any_use_recorded(&keys, now).await?
+            {
+                eprintln!(
+                    "warning: no key in this store has a recorded last use, so every key counts \
+                     as unused, in use or not. Last use is written by the service's StoreUsage \
+                     sink: without one, do not delete keys by this list."
+                );
+            }
             let filtered = filter != KeyFilter::new();
             if cli.json {
                 println!("{}", serde_json::to_string(&all).expect("JSON"));
