@@ -677,3 +677,61 @@ async fn the_layers_responder_answers_for_the_scope_check_too() {
     }
     assert_eq!(f.calls(), 0);
 }
+
+/// A page on another origin calls the API: tower-http's `CorsLayer` outside the layer answers
+/// the browser's preflight (which carries no key) and puts its headers on the layer's refusals
+/// too, so the page's script can read a 401's body. The other way round, the layer refuses the
+/// preflight and the browser never sends the request.
+#[tokio::test]
+async fn a_cors_layer_outside_answers_preflights_and_marks_refusals() {
+    use http::{header, HeaderName, HeaderValue};
+    use tower_http::cors::CorsLayer;
+
+    let store = MemoryStore::new();
+    let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
+    let keys = KeyManager::new(store).with_cache(layer.handle());
+    let created = keys.create(NewKey::new("web app")).await.unwrap();
+    let cors = CorsLayer::new()
+        .allow_origin(HeaderValue::from_static("https://app.example"))
+        .allow_methods([Method::GET])
+        .allow_headers([header::AUTHORIZATION])
+        .expose_headers([header::RETRY_AFTER, HeaderName::from_static("ratelimit")]);
+    let routes = || axum::Router::new().route("/items", axum::routing::get(|| async { "[]" }));
+    let right = HttpClient::new(serve(routes().layer(layer.clone()).layer(cors.clone())).await);
+    let wrong = HttpClient::new(serve(routes().layer(cors).layer(layer)).await);
+
+    let origin = ("origin", "https://app.example");
+    let preflight = [
+        origin,
+        ("access-control-request-method", "GET"),
+        ("access-control-request-headers", "authorization"),
+    ];
+    let allowed = right.send(Method::OPTIONS, "/items", &preflight).await;
+    assert_eq!(allowed.status, StatusCode::OK, "{allowed:?}");
+    assert_eq!(
+        allowed.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let headers = allowed.headers["access-control-allow-headers"]
+        .to_str()
+        .unwrap();
+    assert!(headers.contains("authorization"), "{headers}");
+    let refused = wrong.send(Method::OPTIONS, "/items", &preflight).await;
+    assert_rejected(&refused, StatusCode::UNAUTHORIZED, "MISSING_API_KEY");
+
+    let refused = right.get("/items", &[origin]).await;
+    assert_rejected(&refused, StatusCode::UNAUTHORIZED, "MISSING_API_KEY");
+    assert_eq!(
+        refused.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let auth = api_key(created.key.expose_secret());
+    let ok = right
+        .get("/items", &[origin, ("authorization", &auth)])
+        .await;
+    assert_eq!((ok.status, ok.body.as_str()), (StatusCode::OK, "[]"));
+    assert_eq!(
+        ok.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+}
