@@ -19,6 +19,8 @@ mod common;
 #[cfg(feature = "console")]
 mod browser {
     use std::path::PathBuf;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     use fantoccini::{Client, ClientBuilder, Locator};
@@ -52,6 +54,37 @@ mod browser {
             .connect(&url)
             .await
             .unwrap_or_else(|e| panic!("cannot start a browser session at {url}: {e}"))
+    }
+
+    /// While `on`, holds each answer of a last-hour usage report back by a second, and counts
+    /// those answered: an answer that comes after a newer one's.
+    #[derive(Clone, Default)]
+    struct HeldBack {
+        on: Arc<AtomicBool>,
+        answered: Arc<AtomicUsize>,
+    }
+
+    impl HeldBack {
+        fn hold_hour_reports(&self, app: axum::Router) -> axum::Router {
+            let held = self.clone();
+            app.layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    let held = held.clone();
+                    async move {
+                        let query = request.uri().query().unwrap_or_default();
+                        let hour = request.uri().path().ends_with("/api/usage")
+                            && query.contains("hours=1&");
+                        if !(hour && held.on.load(Ordering::SeqCst)) {
+                            return next.run(request).await;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let response = next.run(request).await;
+                        held.answered.fetch_add(1, Ordering::SeqCst);
+                        response
+                    }
+                },
+            ))
+        }
     }
 
     /// Saves a screenshot of the page as `target/console-screenshots/<name>.png`.
@@ -170,7 +203,8 @@ mod browser {
             console.max_keys_per_owner(2).max_key_lifetime(quarter)
         })
         .await;
-        let addr = serve(app).await;
+        let held = HeldBack::default();
+        let addr = serve(held.hold_hour_reports(app)).await;
         let http = HttpClient::new(addr);
         let base = format!("http://{addr}/admin");
 
@@ -288,6 +322,31 @@ mod browser {
         })
         .await;
         wait_text(&browser, ".usage .cards", "3").await;
+        let pressed = browser
+            .find(Locator::Css(".segmented button[aria-pressed='true']"))
+            .await
+            .unwrap();
+        assert_eq!(pressed.text().await.unwrap(), "Last 30 days");
+
+        // The last hour asked, then the last 30 days at once: the hour's answer, held back,
+        // comes last, and the panel still shows the range chosen last.
+        held.on.store(true, Ordering::SeqCst);
+        click(&browser, ".segmented button[data-range='1h']").await;
+        click(&browser, ".segmented button[data-range='30d']").await;
+        eventually("the hour's report answered", || async {
+            (held.answered.load(Ordering::SeqCst) == 1).then_some(())
+        })
+        .await;
+        held.on.store(false, Ordering::SeqCst);
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let chart = browser.find(Locator::Css(".usage .charts figure")).await;
+            let text = chart.unwrap().text().await.unwrap();
+            assert!(
+                text.contains(month.as_str()) || text.contains(days.as_str()),
+                "the older answer replaced the newer: {text}"
+            );
+        }
         let pressed = browser
             .find(Locator::Css(".segmented button[aria-pressed='true']"))
             .await
