@@ -84,21 +84,22 @@ static CREATE: LazyLock<Script> =
 static CREATE_WITHIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{HELD}
-if held(KEYS[4], ARGV[5], tonumber(ARGV[4])) >= tonumber(ARGV[3]) then return -1 end
+if held(KEYS[4], ARGV[5], tonumber(ARGV[4]), tonumber(ARGV[3])) >= tonumber(ARGV[3]) then return -1 end
 local first = 6{ADD_KEY}"
     ))
 });
 
-/// `held(index, prefix, now)`: how many of the keys in the creation index `index` (whose
+/// `held(index, prefix, now, most)`: how many of the keys in the creation index `index` (whose
 /// hashes are named `prefix` and the id) are in circulation at `now` (Unix seconds): neither
-/// revoked nor expired.
+/// revoked nor expired; counting stops at `most`, all the callers compare with.
 const HELD: &str = r"
-local function held(index, prefix, now)
+local function held(index, prefix, now, most)
   local count = 0
   for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do
     local f = redis.call('HMGET', prefix .. id, 'created_at', 'revoked_at', 'expires_at')
     local expires = f[3] and tonumber(f[3])
     if f[1] and not f[2] and not (expires and expires <= now) then count = count + 1 end
+    if count >= most then return count end
   end
   return count
 end";
@@ -188,7 +189,7 @@ local f = redis.call('HMGET', KEYS[1], 'revoked_at', 'expires_at')
 local expires = f[2] and tonumber(f[2])
 local expired = expires and expires <= now
 local back = after == 'none' or (after ~= '' and tonumber(after) > now)
-if not f[1] and expired and back and held(KEYS[2], ARGV[3], now) >= tonumber(ARGV[2]) then
+if not f[1] and expired and back and held(KEYS[2], ARGV[3], now, tonumber(ARGV[2])) >= tonumber(ARGV[2]) then
   return -1
 end
 local base = 4{SET_FIELDS}"
