@@ -83,25 +83,26 @@ static CREATE: LazyLock<Script> =
 /// so not in KEYS: a single server, as `DELETE`), then field/value pairs.
 static CREATE_WITHIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{HELD}
-if held(KEYS[4], ARGV[5], tonumber(ARGV[4]), tonumber(ARGV[3])) >= tonumber(ARGV[3]) then return -1 end
+        r"{HOLDS_MOST}
+if holds_most(KEYS[4], ARGV[5], tonumber(ARGV[4]), tonumber(ARGV[3])) then return -1 end
 local first = 6{ADD_KEY}"
     ))
 });
 
-/// `held(index, prefix, now, most)`: how many of the keys in the creation index `index` (whose
-/// hashes are named `prefix` and the id) are in circulation at `now` (Unix seconds): neither
-/// revoked nor expired; counting stops at `most`, all the callers compare with.
-const HELD: &str = r"
-local function held(index, prefix, now, most)
+/// `holds_most(index, prefix, now, most)`: whether `most` of the keys in the creation index
+/// `index` (whose hashes are named `prefix` and the id), or more, are in circulation at `now`
+/// (Unix seconds): neither revoked nor expired. Counting stops once it reaches `most`.
+const HOLDS_MOST: &str = r"
+local function holds_most(index, prefix, now, most)
+  if most <= 0 then return true end
   local count = 0
   for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do
     local f = redis.call('HMGET', prefix .. id, 'created_at', 'revoked_at', 'expires_at')
     local expires = f[3] and tonumber(f[3])
     if f[1] and not f[2] and not (expires and expires <= now) then count = count + 1 end
-    if count >= most then return count end
+    if count >= most then return true end
   end
-  return count
+  return false
 end";
 
 /// Removes the audit rows older than ARGV[1] (Unix microseconds) from the list KEYS[1], whose
@@ -182,14 +183,14 @@ local base = 0{SET_FIELDS}"
 /// `none`, or empty when unchanged), then `UPDATE_KEY`'s.
 static UPDATE_KEY_WITHIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{HELD}
+        r"{HOLDS_MOST}
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local now, after = tonumber(ARGV[1]), ARGV[4]
 local f = redis.call('HMGET', KEYS[1], 'revoked_at', 'expires_at')
 local expires = f[2] and tonumber(f[2])
 local expired = expires and expires <= now
 local back = after == 'none' or (after ~= '' and tonumber(after) > now)
-if not f[1] and expired and back and held(KEYS[2], ARGV[3], now, tonumber(ARGV[2])) >= tonumber(ARGV[2]) then
+if not f[1] and expired and back and holds_most(KEYS[2], ARGV[3], now, tonumber(ARGV[2])) then
   return -1
 end
 local base = 4{SET_FIELDS}"
