@@ -712,9 +712,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     changed.push(record);
                 }
             }
-            let at = at
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let at = unix_seconds(at);
             if cli.json {
                 let ids: Vec<&str> = changed.iter().map(|r| r.id.as_str()).collect();
                 println!("{}", json!({ "expires_at": at, "keys": ids }));
@@ -963,12 +961,10 @@ async fn set_disabled(
 }
 
 fn new_key(spec: &KeySpec) -> Result<NewKey, Failure> {
-    let name = spec.name.clone().unwrap_or_else(|| {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        format!("key-{now}")
-    });
+    let name = spec
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("key-{}", unix_seconds(SystemTime::now())));
     let mut key = NewKey::new(name)
         .environment(spec.env)
         .scopes(spec.scopes.iter().cloned());
@@ -1137,6 +1133,12 @@ fn done(json: bool, id: &str, state: &str, text: &str) {
     } else {
         println!("{text} {}", Shown(id));
     }
+}
+
+/// `at` in seconds since 1970 (0 before).
+fn unix_seconds(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn time(secs: Option<u64>) -> String {
