@@ -47,8 +47,8 @@ pub(crate) fn rejected(key_id: Option<&str>, rejection: Rejection) {
     let _ = (key_id, rejection);
 }
 
-/// Usage analytics could not be written to the store; they stay pending for the next flush.
-#[cfg(feature = "analytics")]
+/// Usage (analytics, or keys' last use) could not be written to the store; it stays pending
+/// for the next flush.
 #[inline]
 pub(crate) fn usage_flush_failed(error: &dyn std::fmt::Display) {
     #[cfg(feature = "tracing")]

@@ -393,10 +393,12 @@ mod analytics {
         analytics.flush(gate).await.unwrap();
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn a_flush_held_open_failing_or_racing_requests_loses_and_doubles_nothing() {
-        let gate = Gate::default();
-        let analytics = Analytics::new();
+    /// A key's requests through a layer recording into `analytics`: each call sends `n`, every
+    /// one answered 200.
+    async fn traffic(
+        gate: &Gate,
+        analytics: &Analytics,
+    ) -> impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         let layer = ApiKeyLayer::builder("mesh", gate.store.clone())
             .usage_sink(analytics.clone())
             .build()
@@ -407,17 +409,24 @@ mod analytics {
         let service = layer.layer(tower::service_fn(|_: http::Request<()>| async {
             Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
         }));
-        let send = |n: usize| {
+        move |n: usize| {
             let service = service.clone();
             let key = key.clone();
-            async move {
+            Box::pin(async move {
                 for _ in 0..n {
                     let request = http::Request::get("/").header("authorization", &key);
                     let response = service.clone().oneshot(request.body(()).unwrap()).await;
                     assert_eq!(response.unwrap().status(), 200);
                 }
-            }
-        };
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_flush_held_open_failing_or_racing_requests_loses_and_doubles_nothing() {
+        let gate = Gate::default();
+        let analytics = Analytics::new();
+        let send = traffic(&gate, &analytics).await;
 
         // A flush held open inside the store's write while more requests come.
         send(5).await;
@@ -459,5 +468,76 @@ mod analytics {
         flusher.await.unwrap();
         flush_all(&analytics, &gate).await;
         assert_eq!(stored(&gate).await, 8 + 4 * 250);
+    }
+
+    /// A flush cancelled while the store writes (a timeout around it, an aborted task) leaves
+    /// what it took pending, for the next flush.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flush_cancelled_inside_the_store_loses_nothing() {
+        let gate = Gate::default();
+        let analytics = Analytics::new();
+        let send = traffic(&gate, &analytics).await;
+        send(5).await;
+        gate.held.store(true, Ordering::SeqCst);
+        let flushing = tokio::spawn({
+            let (analytics, gate) = (analytics.clone(), gate.clone());
+            async move { analytics.flush(&gate).await }
+        });
+        gate.entered.notified().await;
+        flushing.abort();
+        assert!(flushing.await.unwrap_err().is_cancelled());
+        assert_eq!(stored(&gate).await, 0, "the cancelled flush wrote nothing");
+        // No request since: only the cancelled flush's buckets can make the next one write.
+        flush_all(&analytics, &gate).await;
+        assert_eq!(stored(&gate).await, 5);
+    }
+
+    /// A `Flusher` stopped at shutdown flushes once more, whatever its period; one whose last
+    /// flush fails says so, and what it tried stays pending.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_flusher_writes_what_was_counted_before_it_stopped() {
+        let gate = Gate::default();
+        let analytics = Analytics::new();
+        let send = traffic(&gate, &analytics).await;
+        let hour = Duration::from_secs(3_600);
+        let flusher = analytics.spawn_flusher(gate.clone(), hour);
+        send(4).await;
+        assert_eq!(
+            stored(&gate).await,
+            0,
+            "an hour's period: nothing flushed yet"
+        );
+        assert!(flusher.stop().await.unwrap() > 0);
+        assert_eq!(stored(&gate).await, 4);
+
+        gate.failing.store(100, Ordering::SeqCst);
+        let flusher = analytics.spawn_flusher(gate.clone(), hour);
+        send(3).await;
+        assert!(flusher.stop().await.is_err(), "the last flush failed");
+        flush_all(&analytics, &gate).await;
+        assert_eq!(stored(&gate).await, 7);
+    }
+
+    /// Dropping a `Flusher` does not stop it: it goes on flushing every period.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_flusher_goes_on_flushing() {
+        let gate = Gate::default();
+        let analytics = Analytics::new();
+        let send = traffic(&gate, &analytics).await;
+        drop(analytics.spawn_flusher(gate.clone(), Duration::from_millis(20)));
+        send(3).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while stored(&gate).await < 3 {
+            assert!(tokio::time::Instant::now() < deadline, "never flushed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        send(2).await;
+        while stored(&gate).await < 5 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "flushed once, then never again"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

@@ -630,6 +630,61 @@ async fn usage_is_flushed_to_the_store_in_batches() {
     assert_eq!(store.get(&b.record.id).await.unwrap().unwrap().requests, 3);
 }
 
+/// Last use is written by a flush that may be cancelled inside the store (a timeout around it),
+/// or stopped at shutdown: neither loses a request, and a stopped flusher writes what was counted
+/// before it stopped, whatever its period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_use_survives_a_cancelled_flush_and_a_stopped_flusher_writes_the_rest() {
+    let store = FaultyStore::default();
+    let pending = Arc::new(StoreUsage::new());
+    let layer = ApiKeyLayer::builder("mesh", store.clone())
+        .usage_sink(pending.clone())
+        .build()
+        .unwrap();
+    let keys = KeyManager::new(store.clone()).with_cache(layer.handle());
+    let key = keys
+        .create(NewKey::new("a").scopes(["read"]))
+        .await
+        .unwrap();
+    let header = api_key(key.key.expose_secret());
+    let client = HttpClient::new(serve(app(layer, Arc::new(AtomicUsize::new(0)))).await);
+    let send = |n: usize| {
+        let (client, header) = (&client, &header);
+        async move {
+            for _ in 0..n {
+                let reply = client
+                    .get("/recommendations", &[("authorization", header)])
+                    .await;
+                assert_eq!(reply.status, 200);
+            }
+        }
+    };
+    let requests = || async { store.get(&key.record.id).await.unwrap().unwrap().requests };
+
+    send(3).await;
+    store.usage_hangs.store(true, Ordering::SeqCst);
+    let cut_short = tokio::time::timeout(Duration::from_millis(50), pending.flush(&store)).await;
+    assert!(cut_short.is_err(), "the store held the flush open");
+    store.usage_hangs.store(false, Ordering::SeqCst);
+    assert_eq!(requests().await, 0);
+
+    let flusher = pending.spawn_flusher(store.clone(), Duration::from_secs(3_600));
+    send(2).await;
+    assert_eq!(flusher.stop().await.unwrap(), 1, "one key updated");
+    assert_eq!(
+        requests().await,
+        5,
+        "the cancelled flush's 3 and the 2 after"
+    );
+    assert!(store
+        .get(&key.record.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .last_used_at
+        .is_some());
+}
+
 /// A new key's id that the store already has is drawn again (signed ids have 8 random
 /// characters), up to four times; then the conflict is the caller's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,13 +12,13 @@ use foldhash::fast::RandomState;
 use thread_local::ThreadLocal;
 
 use super::bucket::{Bucket, Sample};
+use super::flusher::{Flush, Flusher};
 use super::report::{ranked, Point, Resolution, Subject, UsageReport};
 use super::run::{Run, Whose};
 use super::series::Series;
 use super::{UsageEvent, UsageSink};
 use crate::clock::unix_seconds;
 use crate::store::{StoreError, UsageArchive, UsageRange, UsageRow};
-use crate::trace;
 
 /// How [`Analytics`] keeps usage.
 #[derive(Clone, Debug)]
@@ -132,6 +132,42 @@ fn shard() -> usize {
 /// count.
 fn lock<T>(series: &Mutex<T>) -> MutexGuard<'_, T> {
     series.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The buckets a flush took to write: marked changed again when dropped before the write
+/// succeeded (on an error, or when the flush is cancelled), so the next flush writes them.
+struct Unwritten<'a> {
+    analytics: &'a Analytics,
+    /// Each bucket's series (a key, or an unauthenticated shard), resolution and start.
+    from: Vec<(Result<Box<str>, usize>, Resolution, u64)>,
+}
+
+impl Drop for Unwritten<'_> {
+    fn drop(&mut self) {
+        let inner = &self.analytics.inner;
+        for (source, resolution, start) in self.from.drain(..) {
+            match source {
+                Ok(key) => {
+                    if let Some(series) = inner.keys.get(&key) {
+                        lock(&series).mark_dirty(resolution, start);
+                    }
+                }
+                Err(shard) => lock(&inner.unauthenticated[shard]).mark_dirty(resolution, start),
+            }
+        }
+    }
+}
+
+/// A [`Flusher`]'s job: `analytics` to `archive`.
+struct FlushTo<A> {
+    analytics: Analytics,
+    archive: A,
+}
+
+impl<A: UsageArchive> Flush for FlushTo<A> {
+    async fn flush(&self) -> Result<usize, StoreError> {
+        self.analytics.flush(&self.archive).await
+    }
 }
 
 impl fmt::Debug for Analytics {
@@ -259,9 +295,9 @@ impl Analytics {
     /// Writes the buckets changed since the last flush to `archive`, each replacing this
     /// replica's row of the same key and bucket (so a flush retried after a failure counts
     /// nothing twice), and drops rows past their retention. Returns how many rows it wrote. On
-    /// an error, what it tried to write stays pending for the next flush: nothing is lost.
-    /// Flushes of one `Analytics` run one at a time, so an older copy of a bucket is never
-    /// written after a newer one.
+    /// an error, or if the flush is cancelled (a timeout around it), what it tried to write
+    /// stays pending for the next flush: nothing is lost. Flushes of one `Analytics` run one at
+    /// a time, so an older copy of a bucket is never written after a newer one.
     ///
     /// # Errors
     /// When the store fails.
@@ -270,9 +306,11 @@ impl Analytics {
         self.settle();
         let replica = &*self.inner.replica;
         let mut rows = Vec::new();
-        // Where each row came from (a key, or an unauthenticated shard), to mark it changed
-        // again if the write fails.
-        let mut from = Vec::new();
+        // Where each row came from, marked changed again unless the write succeeds.
+        let mut unwritten = Unwritten {
+            analytics: self,
+            from: Vec::new(),
+        };
         let mut newest = 0;
         for entry in self.inner.keys.iter() {
             let mut series = lock(entry.value());
@@ -288,7 +326,9 @@ impl Analytics {
                     start,
                     bucket.encode(),
                 ));
-                from.push((Ok(entry.key().clone()), resolution, start));
+                unwritten
+                    .from
+                    .push((Ok(entry.key().clone()), resolution, start));
             }
         }
         for (shard, series) in self.inner.unauthenticated.iter().enumerate() {
@@ -306,7 +346,7 @@ impl Analytics {
                     start,
                     bucket.encode(),
                 ));
-                from.push((Err(shard), resolution, start));
+                unwritten.from.push((Err(shard), resolution, start));
             }
         }
         if rows.is_empty() {
@@ -317,42 +357,22 @@ impl Analytics {
             let before = newest.saturating_sub(resolution.retention().as_secs()) / length * length;
             (u32::try_from(length).unwrap_or(u32::MAX), before)
         });
-        match archive.write_usage(&rows, &expire).await {
-            Ok(()) => Ok(rows.len()),
-            Err(error) => {
-                for (source, resolution, start) in from {
-                    match source {
-                        Ok(key) => {
-                            if let Some(series) = self.inner.keys.get(&key) {
-                                lock(&series).mark_dirty(resolution, start);
-                            }
-                        }
-                        Err(shard) => {
-                            lock(&self.inner.unauthenticated[shard]).mark_dirty(resolution, start);
-                        }
-                    }
-                }
-                Err(error)
-            }
-        }
+        archive.write_usage(&rows, &expire).await?;
+        unwritten.from.clear();
+        Ok(rows.len())
     }
 
-    /// Flushes to `archive` every `period`, on a task of its own, until the task is aborted; a
-    /// failed flush is retried at the next period. Needs a Tokio runtime.
-    pub fn spawn_flusher<A: UsageArchive>(
-        &self,
-        archive: A,
-        period: Duration,
-    ) -> tokio::task::JoinHandle<()> {
-        let analytics = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(period).await;
-                if let Err(error) = analytics.flush(&archive).await {
-                    trace::usage_flush_failed(&error);
-                }
-            }
-        })
+    /// Flushes to `archive` every `period` on a task of its own, and once more when stopped
+    /// ([`Flusher::stop`], at shutdown); a failed flush is retried at the next period. Needs a
+    /// Tokio runtime.
+    pub fn spawn_flusher<A: UsageArchive>(&self, archive: A, period: Duration) -> Flusher {
+        Flusher::spawn(
+            FlushTo {
+                analytics: self.clone(),
+                archive,
+            },
+            period,
+        )
     }
 
     /// Merges every thread's run into its series, so what is read next counts every request

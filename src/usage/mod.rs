@@ -49,6 +49,7 @@ mod analytics;
 #[cfg(feature = "analytics")]
 mod bucket;
 mod country;
+mod flusher;
 #[cfg(feature = "analytics")]
 mod latency;
 mod memory;
@@ -68,6 +69,7 @@ pub use analytics::{Analytics, AnalyticsConfig};
 #[cfg(feature = "geoip")]
 pub use country::GeoIpCountry;
 pub use country::{Country, CountryHeader, CountryResolver};
+pub use flusher::Flusher;
 pub use memory::{KeyUsage, LatencySummary, MemoryUsage, UsageSnapshot};
 #[cfg(feature = "metrics")]
 pub use metrics_sink::{MetricsSink, DURATION, REQUESTS};

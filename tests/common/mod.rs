@@ -229,6 +229,8 @@ pub struct FaultyStore {
     pub deleted_on_write: Arc<Mutex<Option<String>>>,
     /// Whether writing to the audit trail fails.
     pub audit_fails: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether writing keys' usage (`record_usage`, `write_usage`) never finishes.
+    pub usage_hangs: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FaultyStore {
@@ -240,6 +242,13 @@ impl FaultyStore {
     /// The next change to a key first deletes key `id`.
     pub fn delete_on_next_write(&self, id: &str) {
         *self.deleted_on_write.lock().unwrap() = Some(id.to_owned());
+    }
+
+    /// Never finishes while `usage_hangs` is set.
+    async fn usage_held(&self) {
+        if self.usage_hangs.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
     }
 
     async fn write(&self) -> Result<(), StoreError> {
@@ -347,6 +356,7 @@ impl KeyStoreAdmin for FaultyStore {
         self.keys.add_owner_credits(owner, amount).await
     }
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<(), StoreError> {
+        self.usage_held().await;
         self.keys.record_usage(batch).await
     }
 }
@@ -381,6 +391,7 @@ impl UsageArchive for FaultyStore {
         rows: &[UsageRow],
         expire: &[(u32, u64)],
     ) -> Result<(), StoreError> {
+        self.usage_held().await;
         self.keys.write_usage(rows, expire).await
     }
 
