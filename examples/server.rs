@@ -10,8 +10,9 @@
 //! `tower-api-key` command line tool uses too. When the store has no keys, the demo issues one per
 //! scope and prints each once, with the curl command that uses it.
 //!
-//! Usage analytics are flushed to the same store every 10 seconds, so `GET /usage` (admin key)
-//! shows every replica's requests, by endpoint among others. Built with
+//! Usage analytics are flushed to the same store every 10 seconds, and once more when the demo
+//! stops (Ctrl-C or SIGTERM, after the requests in flight are answered), so `GET /usage` (admin
+//! key) shows every replica's requests, by endpoint among others. Built with
 //! `--features metrics`, `GET /metrics` (admin key) serves them as Prometheus text. `COUNTRY_HEADER=cf-ipcountry` counts requests by the country
 //! a CDN in front names in that header.
 //!
@@ -154,15 +155,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     #[cfg(not(feature = "metrics"))]
     let builder = builder.usage_sink(sinks);
     let auth = builder.build()?;
-    analytics.spawn_flusher(store.clone(), Duration::from_secs(10));
-    let flushed = store.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            // Counts stay pending when the store fails, for the next round.
-            let _ = last_used.flush(&flushed).await;
-        }
-    });
+    // Written to the store every 10 seconds (what a failed flush took stays pending for the
+    // next), and once more at shutdown.
+    let flushers = [
+        analytics.spawn_flusher(store.clone(), Duration::from_secs(10)),
+        last_used.spawn_flusher(store.clone(), Duration::from_secs(10)),
+    ];
     // Other processes' revocations reach this one's cache at once: other replicas' (PostgreSQL,
     // Redis), and on SQLite the `tower-api-key` tool's (within 250 ms).
     store.spawn_listener(auth.handle()).await?;
@@ -243,8 +241,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("Without a key, or with a read key on /offers, you get the JSON rejection:");
     println!("        curl -i http://{addr}/recommendations\n");
 
-    axum::serve(listener, app).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    // Every request has been answered: write what was counted since the last flush, so a
+    // restart (a deploy) loses no usage.
+    for flusher in flushers {
+        if let Err(error) = flusher.stop().await {
+            eprintln!("usage counted since the last flush was not written: {error}");
+        }
+    }
+    println!("Stopped; usage written to the store.");
     Ok(())
+}
+
+/// Ctrl-C, or SIGTERM (what a container runtime or systemd sends to stop a service).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => drop(terminate.recv().await),
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    println!("\nShutting down: answering the requests in flight, then writing usage to the store.");
 }
 
 /// Issues one key per scope and prints each once.
