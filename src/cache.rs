@@ -58,6 +58,23 @@ use crate::principal::{Authority, Principal};
 use crate::store::{KeyStore, StoreError};
 
 /// Sizes and lifetimes of the layer's cache.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_api_key::{cache::CacheConfig, ApiKeyLayer, MemoryStore};
+///
+/// // A million keys; without a listener, a change made elsewhere seen within 10 s; and no stale
+/// // copies while the store fails (every failed lookup is 503).
+/// let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
+///     .cache(CacheConfig {
+///         capacity: 1_000_000,
+///         ttl: Duration::from_secs(10),
+///         stale_if_error: None,
+///         ..CacheConfig::default()
+///     })
+///     .build()?;
+/// # Ok::<(), tower_api_key::ConfigError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheConfig {
     /// How many known keys to keep. Default 10,000.
@@ -100,6 +117,17 @@ impl Default for CacheConfig {
 }
 
 /// How much a layer's cache holds; from [`ApiKeyHandle::stats`](crate::ApiKeyHandle::stats).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use tower_api_key::{ApiKeyLayer, MemoryStore};
+///
+/// let layer = ApiKeyLayer::new("mesh", MemoryStore::new())?;
+/// let stats = layer.handle().stats().await;
+/// assert_eq!((stats.keys, stats.unknown_ids), (0, 0));
+/// # Ok::<(), tower_api_key::ConfigError>(())
+/// # }).unwrap();
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CacheStats {

@@ -7,6 +7,25 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A source of wall-clock time.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use tower_api_key::{clock::Clock, ApiKeyLayer, MemoryStore};
+///
+/// /// The system's clock, corrected for a host known to run a little fast.
+/// struct Corrected(Duration);
+///
+/// impl Clock for Corrected {
+///     fn now(&self) -> SystemTime {
+///         SystemTime::now() - self.0
+///     }
+/// }
+///
+/// let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
+///     .clock(Corrected(Duration::from_millis(250)))
+///     .build()?;
+/// # Ok::<(), tower_api_key::ConfigError>(())
+/// ```
 pub trait Clock: Send + Sync + 'static {
     /// The current time.
     fn now(&self) -> SystemTime;

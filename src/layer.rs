@@ -126,6 +126,20 @@ impl<S> Layer<S> for ApiKeyLayer {
 
 /// Reaches a layer's cache: what is invalidated here is asked of the store on the very next
 /// request. [`KeyManager`](crate::KeyManager) uses it after every change.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore};
+///
+/// let store = MemoryStore::new();
+/// let layer = ApiKeyLayer::new("mesh", store.clone())?;
+/// // Cheap to clone: give one to whatever changes keys. A manager clears it after each change.
+/// let _keys = KeyManager::new(store).with_cache(layer.handle());
+/// // A key changed behind the store's back (a script, another service): ask the store again.
+/// layer.handle().invalidate("3kTMd9Qx2bLp").await;
+/// # Ok::<(), tower_api_key::ConfigError>(())
+/// # }).unwrap();
+/// ```
 #[derive(Clone)]
 pub struct ApiKeyHandle {
     shared: Arc<Shared>,
@@ -290,6 +304,22 @@ impl KeyChanges for ApiKeyHandle {
 }
 
 /// Configures an [`ApiKeyLayer`]; made by [`ApiKeyLayer::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_api_key::{extract::KeySource, limit::Limits, ApiKeyLayer, MemoryStore};
+///
+/// let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
+///     // Clients that send `Bearer` too.
+///     .sources([KeySource::api_key_scheme(), KeySource::bearer()])
+///     // Keys that name neither limits nor a plan get the Free plan's.
+///     .default_limits(Limits::FREE)
+///     // A store that takes longer than 2 s answers 503.
+///     .lookup_timeout(Some(Duration::from_secs(2)))
+///     .realm("recommendations")
+///     .build()?;
+/// # Ok::<(), tower_api_key::ConfigError>(())
+/// ```
 #[must_use]
 pub struct ApiKeyLayerBuilder {
     prefix: String,

@@ -32,6 +32,18 @@ use http::{Extensions, HeaderMap, HeaderName};
 pub use ipnet::IpNet;
 
 /// The reverse proxies whose forwarding header is believed, and which header that is.
+///
+/// ```
+/// use tower_api_key::network::{parse_network, TrustedProxies};
+/// use tower_api_key::{ApiKeyLayer, MemoryStore};
+///
+/// // nginx on this host and in 10.1.0.0/16, writing RFC 7239 `Forwarded`.
+/// let proxies = TrustedProxies::forwarded([parse_network("127.0.0.1")?, parse_network("10.1.0.0/16")?]);
+/// let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
+///     .trusted_proxies(proxies)
+///     .build()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrustedProxies {
     header: ForwardingHeader,

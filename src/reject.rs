@@ -60,6 +60,37 @@ pub use crate::rejection::Rejection;
 /// Whatever it builds, the layer then adds the typed [`Rejection`] to the response's extensions,
 /// and `Cache-Control: no-store`, `WWW-Authenticate` to a 401 and `Retry-After` to a 503 unless
 /// the response has them.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{HeaderMap, Response};
+/// use tower_api_key::reject::{Rejection, RejectionResponder};
+/// use tower_api_key::{ApiKeyLayer, MemoryStore};
+///
+/// /// Plain text, for clients that cannot read JSON; over a limit, names the limit.
+/// struct PlainText;
+///
+/// impl RejectionResponder for PlainText {
+///     fn respond(&self, rejection: &Rejection, _request: &HeaderMap) -> Response<Bytes> {
+///         let mut response = Response::new(Bytes::from(rejection.message()));
+///         *response.status_mut() = rejection.status();
+///         response
+///     }
+///
+///     fn respond_over_limit(&self, limit: &str, _request: &HeaderMap) -> Response<Bytes> {
+///         let mut response = Response::new(Bytes::from(format!("Rate limit exceeded ({limit})")));
+///         *response.status_mut() = Rejection::RateLimitExceeded.status();
+///         response
+///     }
+/// }
+///
+/// let response = PlainText.respond_over_limit("minute", &HeaderMap::new());
+/// assert_eq!(response.body(), "Rate limit exceeded (minute)");
+/// let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
+///     .rejection_responder(PlainText)
+///     .build()?;
+/// # Ok::<(), tower_api_key::ConfigError>(())
+/// ```
 pub trait RejectionResponder: Send + Sync + 'static {
     /// The response for `rejection` of a request with `request_headers`.
     fn respond(&self, rejection: &Rejection, request_headers: &HeaderMap) -> Response<Bytes>;

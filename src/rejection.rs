@@ -7,6 +7,27 @@ use http::StatusCode;
 use serde::Serialize;
 
 /// Why a request was refused.
+///
+/// Every rejection response carries its `Rejection` in its extensions, for a layer outside to
+/// read:
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use tower::{Layer, ServiceExt};
+/// use tower_api_key::{reject::Rejection, ApiKeyLayer, MemoryStore};
+///
+/// let service = ApiKeyLayer::new("mesh", MemoryStore::new())?.layer(tower::service_fn(
+///     |_: http::Request<()>| async { Ok::<_, std::convert::Infallible>(http::Response::new(())) },
+/// ));
+/// let request = http::Request::get("/").header("authorization", "ApiKey mesh_live_nonsense").body(())?;
+/// let response = service.oneshot(request).await?;
+/// let rejection = response.extensions().get::<Rejection>().copied();
+/// assert_eq!(rejection, Some(Rejection::InvalidApiKey));
+/// assert_eq!(response.status(), Rejection::InvalidApiKey.status());
+/// assert_eq!(Rejection::InvalidApiKey.code(), "INVALID_API_KEY");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Rejection {

@@ -181,6 +181,29 @@ impl<S> Layer<S> for RequireScopeLayer {
 }
 
 /// The service of [`RequireScopeLayer`].
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, NewKey, RequireScopeLayer};
+///
+/// let store = MemoryStore::new();
+/// let auth = ApiKeyLayer::new("mesh", store.clone())?;
+/// let keys = KeyManager::new(store).with_cache(auth.handle());
+/// let reader = keys.create(NewKey::new("reader").scopes(["read"])).await?;
+/// let service = ServiceBuilder::new()
+///     .layer(auth)
+///     .layer(RequireScopeLayer::all(["write"])) // a `RequireScope` around the service
+///     .service_fn(|_: http::Request<()>| async {
+///         Ok::<_, std::convert::Infallible>(http::Response::new(()))
+///     });
+/// let request = http::Request::post("/")
+///     .header("authorization", format!("ApiKey {}", reader.key.expose_secret()))
+///     .body(())?;
+/// assert_eq!(service.oneshot(request).await?.status(), 403); // INSUFFICIENT_PERMISSIONS
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
 #[derive(Clone, Debug)]
 pub struct RequireScope<S> {
     inner: S,

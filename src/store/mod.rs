@@ -75,6 +75,42 @@ pub use update::KeyUpdate;
 /// A source of key records, looked up by public key id.
 ///
 /// Implementations are `Send + Sync + 'static` and are called only on a cache miss.
+///
+/// A store in front of another, as tower-sessions' caching store is one: it refuses the keys of
+/// owners under investigation, and forwards the rest (owners and credits too, so their limits and
+/// credits keep working).
+///
+/// ```
+/// use tower_api_key::limit::{Charge, Spend};
+/// use tower_api_key::store::{KeyRecord, KeyStore, OwnerRecord, StoreError};
+/// use tower_api_key::{async_trait, ApiKeyLayer, MemoryStore};
+///
+/// struct Quarantine<S> {
+///     inner: S,
+///     owners: Vec<String>,
+/// }
+///
+/// #[async_trait]
+/// impl<S: KeyStore> KeyStore for Quarantine<S> {
+///     async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+///         let record = self.inner.get(id).await?;
+///         // `None`: the layer answers 401 INVALID_API_KEY, as for a key that never was.
+///         Ok(record.filter(|r| !r.owner.as_ref().is_some_and(|o| self.owners.contains(o))))
+///     }
+///
+///     async fn owner(&self, owner: &str) -> Result<Option<OwnerRecord>, StoreError> {
+///         self.inner.owner(owner).await
+///     }
+///
+///     async fn spend_credits(&self, charge: &Charge<'_>) -> Result<Spend, StoreError> {
+///         self.inner.spend_credits(charge).await
+///     }
+/// }
+///
+/// let store = Quarantine { inner: MemoryStore::new(), owners: vec!["acme".into()] };
+/// let layer = ApiKeyLayer::new("mesh", store)?;
+/// # Ok::<(), tower_api_key::ConfigError>(())
+/// ```
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
     /// The record for key id `id`, or `None` when there is no such key.
@@ -134,6 +170,24 @@ pub trait KeyStore: Send + Sync + 'static {
 /// The writing side of a store, for stores that can change their keys.
 ///
 /// Use it through [`KeyManager`](crate::KeyManager), which also clears the layer's cache.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::time::SystemTime;
+/// use tower_api_key::store::{KeyState, KeyStore, KeyStoreAdmin};
+/// use tower_api_key::{key::KeyFormat, KeyManager, MemoryStore, NewKey};
+///
+/// let store = MemoryStore::new();
+/// // Without a layer (a tool of its own), the manager is told the keys' format.
+/// let keys = KeyManager::new(store.clone()).format(KeyFormat::new("mesh")?);
+/// let created = keys.create(NewKey::new("ci")).await?;
+/// keys.revoke(&created.record.id).await?;
+/// // Reading needs no manager.
+/// let listed = store.list().await?;
+/// assert_eq!(listed[0].state(SystemTime::now()), KeyState::Revoked);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
 #[async_trait]
 pub trait KeyStoreAdmin: KeyStore {
     /// Adds a new key.
@@ -529,6 +583,14 @@ pub struct UsageUpdate {
 }
 
 /// The error of a store.
+///
+/// ```
+/// use tower_api_key::store::StoreError;
+///
+/// // In a store of your own: any error of the backend, kept as the source.
+/// let error = StoreError::unavailable(std::io::Error::other("connection reset"));
+/// assert_eq!(error.to_string(), "key store unavailable: connection reset");
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum StoreError {

@@ -92,6 +92,19 @@ pub struct KeyRecord {
 }
 
 /// Whether a key may be used now.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use tower_api_key::{key::KeyFormat, store::{KeyRecord, KeyState}, Environment};
+///
+/// let generated = KeyFormat::new("mesh")?.generate(Environment::Live);
+/// let mut record = KeyRecord::new(generated.id.clone(), generated.digest, "ci", Environment::Live);
+/// let now = SystemTime::now();
+/// assert_eq!(record.state(now), KeyState::Active);
+/// record.expires_at = Some(now - Duration::from_secs(1));
+/// assert_eq!(record.state(now).as_str(), "expired");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyState {
     /// The key works.

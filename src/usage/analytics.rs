@@ -21,6 +21,16 @@ use crate::clock::unix_seconds;
 use crate::store::{StoreError, UsageArchive, UsageRange, UsageRow};
 
 /// How [`Analytics`] keeps usage.
+///
+/// ```
+/// use tower_api_key::usage::{Analytics, AnalyticsConfig};
+///
+/// // A service with few routes, whose reports rank the top 5.
+/// let mut config = AnalyticsConfig::default();
+/// config.max_endpoints = 16;
+/// config.top = 5;
+/// let analytics = Analytics::with_config(config);
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct AnalyticsConfig {

@@ -66,6 +66,32 @@ impl Serialize for Country {
 
 /// Where the layer finds a request's country. Called once per request, only when the layer
 /// counts usage: keep it cheap.
+///
+/// ```
+/// use std::net::IpAddr;
+/// use http::HeaderMap;
+/// use tower_api_key::usage::{Country, CountryResolver};
+/// use tower_api_key::{ApiKeyLayer, MemoryStore};
+///
+/// /// Each office's network is in one country; the rest of the world is not told apart.
+/// struct Offices;
+///
+/// impl CountryResolver for Offices {
+///     fn country(&self, client: Option<IpAddr>, _headers: &HeaderMap) -> Option<Country> {
+///         match client? {
+///             IpAddr::V4(address) if address.octets()[..2] == [10, 49] => Country::new("DE"),
+///             IpAddr::V4(address) if address.octets()[..2] == [10, 33] => Country::new("FR"),
+///             _ => None,
+///         }
+///     }
+/// }
+///
+/// assert_eq!(Offices.country(Some([10, 49, 0, 7].into()), &HeaderMap::new()), Country::new("DE"));
+/// let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
+///     .country_resolver(Offices)
+///     .build()?;
+/// # Ok::<(), tower_api_key::ConfigError>(())
+/// ```
 pub trait CountryResolver: Send + Sync + 'static {
     /// The country of a request from `client` (the address of the connection, or the one a
     /// [trusted proxy](crate::network::TrustedProxies) forwarded) with `headers`.

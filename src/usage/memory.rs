@@ -13,6 +13,30 @@ use super::{Outcome, UsageEvent, UsageSink, OUTCOMES};
 use crate::clock::unix_seconds;
 
 /// Usage counted in memory, per key.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use tower::{Layer, ServiceExt};
+/// use tower_api_key::usage::MemoryUsage;
+/// use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, NewKey};
+///
+/// let store = MemoryStore::new();
+/// let usage = Arc::new(MemoryUsage::new());
+/// let layer = ApiKeyLayer::builder("mesh", store.clone()).usage_sink(usage.clone()).build()?;
+/// let created = KeyManager::new(store).with_cache(layer.handle()).create(NewKey::new("ci")).await?;
+/// let service = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+/// }));
+/// let request = http::Request::get("/")
+///     .header("authorization", format!("ApiKey {}", created.key.expose_secret()))
+///     .body(())?;
+/// service.oneshot(request).await?;
+/// let counted = usage.key(&created.record.id).unwrap();
+/// assert_eq!((counted.requests, counted.outcomes["ok"]), (1, 1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
 #[derive(Default)]
 pub struct MemoryUsage {
     keys: DashMap<Box<str>, Counters, RandomState>,

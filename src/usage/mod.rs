@@ -171,6 +171,40 @@ impl UsageEvent<'_> {
 
 /// Receives every request's outcome. Called on the request's task: keep it to a few atomic
 /// operations, and hand anything slow to a background task.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+/// use tower::{Layer, ServiceExt};
+/// use tower_api_key::usage::{Outcome, UsageEvent, UsageSink};
+/// use tower_api_key::{ApiKeyLayer, MemoryStore};
+///
+/// /// Counts the requests refused, whatever the reason.
+/// #[derive(Default)]
+/// struct Refusals(AtomicU64);
+///
+/// impl UsageSink for Refusals {
+///     fn record(&self, event: &UsageEvent<'_>) {
+///         if let Outcome::Rejected(_) = event.outcome {
+///             self.0.fetch_add(1, Ordering::Relaxed);
+///         }
+///     }
+/// }
+///
+/// let refusals = Arc::new(Refusals::default());
+/// let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
+///     .usage_sink(refusals.clone())
+///     .build()?;
+/// let service = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+/// }));
+/// let response = service.oneshot(http::Request::new(())).await?; // no key
+/// assert_eq!(response.status(), 401);
+/// assert_eq!(refusals.0.load(Ordering::Relaxed), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
 pub trait UsageSink: Send + Sync + 'static {
     /// Records one request.
     fn record(&self, event: &UsageEvent<'_>);

@@ -49,6 +49,18 @@ impl Resolution {
 }
 
 /// Whose usage a report is of.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use tower_api_key::usage::{Analytics, Resolution, Subject};
+///
+/// let analytics = Analytics::new();
+/// let now = SystemTime::now();
+/// // All of an owner's keys, day by day, over the last week.
+/// let report = analytics.usage(Subject::Owner("acme"), now - Duration::from_secs(7 * 86_400)..now, Resolution::Day);
+/// assert_eq!(report.totals.requests, 0);
+/// assert_eq!(Resolution::Day.seconds(), 86_400);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Subject<'a> {
     /// The whole service: every key, and the requests whose key was not verified.
