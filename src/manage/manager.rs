@@ -1051,6 +1051,28 @@ mod tests {
     use crate::store::KeyStore;
     use crate::MemoryStore;
 
+    /// A manager built without a layer or a format cannot issue keys, and says how to give it
+    /// one; it still manages the keys that exist.
+    #[tokio::test]
+    async fn a_manager_without_a_format_says_how_to_give_it_one() {
+        let store = MemoryStore::new();
+        let keys = KeyManager::new(store.clone());
+        let refused = keys.create(NewKey::new("ci")).await.unwrap_err();
+        assert!(matches!(
+            refused,
+            ManageError::Invalid(InvalidKey::NoFormat)
+        ));
+        assert!(refused
+            .to_string()
+            .contains(".format(KeyFormat::new(prefix)?)"));
+        let format = KeyFormat::new("mesh").unwrap();
+        let created = KeyManager::new(store)
+            .format(format)
+            .create(NewKey::new("ci"))
+            .await;
+        assert!(keys.revoke(&created.unwrap().record.id).await.unwrap());
+    }
+
     /// A name, an owner or a metadata key with a control character or a bidirectional override
     /// is refused wherever it is given; a metadata value may hold any text, and names may hold
     /// any other character.

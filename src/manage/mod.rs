@@ -114,9 +114,10 @@ impl fmt::Display for InvalidKey {
             InvalidKey::Scope(e) => e.fmt(f),
             InvalidKey::Limits(e) => e.fmt(f),
             InvalidKey::TimeOutOfRange => f.write_str("times after the year 9999 are not kept"),
-            InvalidKey::NoFormat => {
-                f.write_str("the key manager has no key format to issue keys in")
-            }
+            InvalidKey::NoFormat => f.write_str(
+                "the key manager has no key format to issue keys in: build it with \
+                     `.with_cache(layer.handle())` or `.format(KeyFormat::new(prefix)?)`",
+            ),
         }
     }
 }
