@@ -373,8 +373,10 @@ impl Analytics {
     }
 
     /// Flushes to `archive` every `period` on a task of its own, and once more when stopped
-    /// ([`Flusher::stop`], at shutdown); a failed flush is retried at the next period. Needs a
-    /// Tokio runtime.
+    /// ([`Flusher::stop`], at shutdown); a failed flush is retried at the next period.
+    ///
+    /// # Panics
+    /// When called outside a Tokio runtime.
     pub fn spawn_flusher<A: UsageArchive>(&self, archive: A, period: Duration) -> Flusher {
         Flusher::spawn(
             FlushTo {

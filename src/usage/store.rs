@@ -88,8 +88,10 @@ impl StoreUsage {
     }
 
     /// Flushes to `store` every `period` on a task of its own, and once more when stopped
-    /// ([`Flusher::stop`], at shutdown); a failed flush is retried at the next period. Needs a
-    /// Tokio runtime.
+    /// ([`Flusher::stop`], at shutdown); a failed flush is retried at the next period.
+    ///
+    /// # Panics
+    /// When called outside a Tokio runtime.
     ///
     /// # Examples
     /// See [`Flusher`].
