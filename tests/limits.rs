@@ -359,9 +359,14 @@ async fn environments_test_keys_are_capped_and_dev_keys_need_enabling() {
         .headers
         .contains_key("ratelimit"));
 
+    // The README's development deployment: production keys are refused there.
     let development =
-        Fixture::with(|b| b.environments([Environment::Live, Environment::Test, Environment::Dev]))
-            .await;
+        Fixture::with(|b| b.environments([Environment::Test, Environment::Dev])).await;
+    let live = development.key(Environment::Live, None).await;
+    assert_eq!(
+        development.get(&live).await.code(),
+        "API_KEY_ENVIRONMENT_NOT_ALLOWED"
+    );
     let dev = development
         .key(Environment::Dev, Some(Limits::per_minute(1)))
         .await;
