@@ -422,6 +422,21 @@ mod analytics {
         }
     }
 
+    /// A flush on a task of its own, once it is inside the store's write, held there until
+    /// `gate.release` is notified.
+    async fn flush_held_open(
+        gate: &Gate,
+        analytics: &Analytics,
+    ) -> tokio::task::JoinHandle<Result<usize, StoreError>> {
+        gate.held.store(true, Ordering::SeqCst);
+        let flushing = tokio::spawn({
+            let (analytics, gate) = (analytics.clone(), gate.clone());
+            async move { analytics.flush(&gate).await }
+        });
+        gate.entered.notified().await;
+        flushing
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_flush_held_open_failing_or_racing_requests_loses_and_doubles_nothing() {
         let gate = Gate::default();
@@ -430,12 +445,7 @@ mod analytics {
 
         // A flush held open inside the store's write while more requests come.
         send(5).await;
-        gate.held.store(true, Ordering::SeqCst);
-        let flushing = tokio::spawn({
-            let (analytics, gate) = (analytics.clone(), gate.clone());
-            async move { analytics.flush(&gate).await }
-        });
-        gate.entered.notified().await;
+        let flushing = flush_held_open(&gate, &analytics).await;
         send(3).await;
         // A second flush waits for the first: it could otherwise write first, then be
         // overwritten by the older copy.
@@ -478,12 +488,7 @@ mod analytics {
         let analytics = Analytics::new();
         let send = traffic(&gate, &analytics).await;
         send(5).await;
-        gate.held.store(true, Ordering::SeqCst);
-        let flushing = tokio::spawn({
-            let (analytics, gate) = (analytics.clone(), gate.clone());
-            async move { analytics.flush(&gate).await }
-        });
-        gate.entered.notified().await;
+        let flushing = flush_held_open(&gate, &analytics).await;
         flushing.abort();
         assert!(flushing.await.unwrap_err().is_cancelled());
         assert_eq!(stored(&gate).await, 0, "the cancelled flush wrote nothing");

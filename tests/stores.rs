@@ -577,15 +577,24 @@ async fn a_revoke_is_not_undone_by_a_stale_copy() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn usage_is_flushed_to_the_store_in_batches() {
-    let store = MemoryStore::new();
+/// A layer whose `StoreUsage` sink counts each key's requests for `store`, and a manager of
+/// `store` that clears its cache.
+fn counted_for<S: KeyStoreAdmin + Clone>(
+    store: &S,
+) -> (Arc<StoreUsage>, ApiKeyLayer, KeyManager<S>) {
     let pending = Arc::new(StoreUsage::new());
     let layer = ApiKeyLayer::builder("mesh", store.clone())
         .usage_sink(pending.clone())
         .build()
         .unwrap();
     let keys = KeyManager::new(store.clone()).with_cache(layer.handle());
+    (pending, layer, keys)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_flushed_to_the_store_in_batches() {
+    let store = MemoryStore::new();
+    let (pending, layer, keys) = counted_for(&store);
     let a = keys
         .create(NewKey::new("a").scopes(["read"]))
         .await
@@ -636,12 +645,7 @@ async fn usage_is_flushed_to_the_store_in_batches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_use_survives_a_cancelled_flush_and_a_stopped_flusher_writes_the_rest() {
     let store = FaultyStore::default();
-    let pending = Arc::new(StoreUsage::new());
-    let layer = ApiKeyLayer::builder("mesh", store.clone())
-        .usage_sink(pending.clone())
-        .build()
-        .unwrap();
-    let keys = KeyManager::new(store.clone()).with_cache(layer.handle());
+    let (pending, layer, keys) = counted_for(&store);
     let key = keys
         .create(NewKey::new("a").scopes(["read"]))
         .await
