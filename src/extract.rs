@@ -27,11 +27,12 @@
 //! ```
 
 use std::borrow::Cow;
+use std::fmt;
 
 use http::header::{Entry, AUTHORIZATION};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 
-use crate::reject::Rejection;
+use crate::rejection::Rejection;
 
 /// One place a key may be read from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +77,25 @@ impl KeySource {
     /// A query parameter. See [`KeySource::Query`] for why this is opt-in.
     pub fn query(name: &str) -> Self {
         KeySource::Query(name.into())
+    }
+}
+
+/// How a client sends a key this way, as the `MISSING_API_KEY` answer's hint shows it:
+/// `Authorization: ApiKey <key>`, `x-api-key: <key>`, `?api_key=<key>`.
+///
+/// ```
+/// use tower_api_key::extract::KeySource;
+///
+/// assert_eq!(KeySource::bearer().to_string(), "Authorization: Bearer <key>");
+/// assert_eq!(KeySource::query("api_key").to_string(), "?api_key=<key>");
+/// ```
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::Authorization { scheme } => write!(f, "Authorization: {scheme} <key>"),
+            KeySource::Header(name) => write!(f, "{name}: <key>"),
+            KeySource::Query(name) => write!(f, "?{name}=<key>"),
+        }
     }
 }
 

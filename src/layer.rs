@@ -642,6 +642,7 @@ impl ApiKeyLayerBuilder {
                 responder: self.responder,
                 challenge,
                 retry_after,
+                sources: self.sources.iter().cloned().collect(),
             },
             recording: self.usage.map(Recording::new),
         });

@@ -3,13 +3,15 @@
 //!
 //! The default body is the reference documents' JSON shape,
 //! `{"error": "Invalid API key", "code": "INVALID_API_KEY", "status": 401}`, with
-//! `content-type: application/json`. Every rejection response also carries the typed
+//! `content-type: application/json`; two answers add a field: `MISSING_API_KEY` a `hint` saying
+//! how to send a key (`"Send the API key as 'Authorization: ApiKey <key>'"`, from the layer's
+//! [sources](crate::extract::KeySource)), and `RATE_LIMIT_EXCEEDED` the `limit` that was hit. Every rejection response also carries the typed
 //! [`Rejection`] in its extensions and `Cache-Control: no-store`; 401s carry `WWW-Authenticate`,
 //! and 503s carry `Retry-After`.
 //!
 //! | code | status | when |
 //! |---|---|---|
-//! | `MISSING_API_KEY` | 401 | no key in any configured source |
+//! | `MISSING_API_KEY` | 401 | no key in any configured source (the body's `hint` says where to send it) |
 //! | `INVALID_API_KEY` | 401 | malformed, bad checksum, unknown id, or wrong secret |
 //! | `API_KEY_REVOKED` | 401 | revoked (said only after the secret matched) |
 //! | `API_KEY_EXPIRED` | 401 | past its expiry (said only after the secret matched) |
@@ -50,7 +52,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use serde::Serialize;
 
+use crate::extract::KeySource;
 pub use crate::rejection::Rejection;
 
 /// Builds the response for a rejection. Implemented by [`JsonRejection`] and by every
@@ -102,6 +106,36 @@ pub trait RejectionResponder: Send + Sync + 'static {
         let _ = limit;
         self.respond(&Rejection::RateLimitExceeded, request_headers)
     }
+
+    /// The response for a request that carried no key where the layer reads one, `sources`
+    /// (as configured, at least one; each [displays](KeySource#impl-Display-for-KeySource) as
+    /// a client sends it): `MISSING_API_KEY`. By default, [`respond`](Self::respond)'s;
+    /// [`JsonRejection`] adds a `hint` naming the sources, for a client that sent its key the
+    /// wrong way (`Bearer` where the layer reads `ApiKey`, say).
+    ///
+    /// ```
+    /// use http::HeaderMap;
+    /// use tower_api_key::extract::KeySource;
+    /// use tower_api_key::reject::{JsonRejection, RejectionResponder};
+    ///
+    /// let sources = [KeySource::api_key_scheme(), KeySource::query("api_key")];
+    /// let response = JsonRejection.respond_missing(&sources, &HeaderMap::new());
+    /// let body: serde_json::Value = serde_json::from_slice(response.body())?;
+    /// assert_eq!(body["code"], "MISSING_API_KEY");
+    /// assert_eq!(
+    ///     body["hint"],
+    ///     "Send the API key as 'Authorization: ApiKey <key>' or '?api_key=<key>'"
+    /// );
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    fn respond_missing(
+        &self,
+        sources: &[KeySource],
+        request_headers: &HeaderMap,
+    ) -> Response<Bytes> {
+        let _ = sources;
+        self.respond(&Rejection::MissingApiKey, request_headers)
+    }
 }
 
 impl<F> RejectionResponder for F
@@ -126,22 +160,72 @@ impl RejectionResponder for JsonRejection {
     /// `{"error": "Rate limit exceeded", "code": "RATE_LIMIT_EXCEEDED", "status": 429,
     /// "limit": "burst"}`.
     fn respond_over_limit(&self, limit: &str, _request_headers: &HeaderMap) -> Response<Bytes> {
-        #[derive(serde::Serialize)]
-        struct Body<'a> {
-            error: &'static str,
-            code: &'static str,
-            status: u16,
-            limit: &'a str,
-        }
         let rejection = Rejection::RateLimitExceeded;
-        let body = serde_json::to_string(&Body {
+        json_response(rejection, Extended::of(rejection).limit(limit).to_json())
+    }
+
+    /// The reference's body with how to send a key:
+    /// `{"error": "Missing API key", "code": "MISSING_API_KEY", "status": 401,
+    /// "hint": "Send the API key as 'Authorization: ApiKey <key>'"}`; several sources are
+    /// joined with `or`.
+    fn respond_missing(
+        &self,
+        sources: &[KeySource],
+        _request_headers: &HeaderMap,
+    ) -> Response<Bytes> {
+        let mut hint = String::from("Send the API key as ");
+        for (n, source) in sources.iter().enumerate() {
+            let or = match n {
+                0 => "",
+                _ if n + 1 == sources.len() => " or ",
+                _ => ", ",
+            };
+            hint.push_str(&format!("{or}'{source}'"));
+        }
+        let rejection = Rejection::MissingApiKey;
+        json_response(rejection, Extended::of(rejection).hint(&hint).to_json())
+    }
+}
+
+/// The reference's body with a field more.
+#[derive(Serialize)]
+struct Extended<'a> {
+    error: &'static str,
+    code: &'static str,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<&'a str>,
+}
+
+impl<'a> Extended<'a> {
+    fn of(rejection: Rejection) -> Self {
+        Extended {
             error: rejection.message(),
             code: rejection.code(),
             status: rejection.status().as_u16(),
-            limit,
-        })
-        .expect("serialising four plain fields cannot fail");
-        json_response(rejection, body)
+            limit: None,
+            hint: None,
+        }
+    }
+
+    fn limit(self, limit: &'a str) -> Self {
+        Extended {
+            limit: Some(limit),
+            ..self
+        }
+    }
+
+    fn hint(self, hint: &'a str) -> Self {
+        Extended {
+            hint: Some(hint),
+            ..self
+        }
+    }
+
+    fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("serialising plain fields cannot fail")
     }
 }
 
@@ -162,11 +246,14 @@ pub(crate) fn no_store(headers: &mut HeaderMap) {
     }
 }
 
-/// A responder with the headers every rejection gets.
+/// A responder with the headers every rejection gets, and where the layer reads keys (for
+/// `MISSING_API_KEY`'s answer).
+#[derive(Clone)]
 pub(crate) struct Rejections {
     pub(crate) responder: Arc<dyn RejectionResponder>,
     pub(crate) challenge: HeaderValue,
     pub(crate) retry_after: HeaderValue,
+    pub(crate) sources: Arc<[KeySource]>,
 }
 
 impl Default for Rejections {
@@ -175,6 +262,7 @@ impl Default for Rejections {
             responder: Arc::new(JsonRejection),
             challenge: HeaderValue::from_static("ApiKey realm=\"api\""),
             retry_after: HeaderValue::from_static("5"),
+            sources: Arc::new([KeySource::api_key_scheme()]),
         }
     }
 }
@@ -184,6 +272,7 @@ impl fmt::Debug for Rejections {
         f.debug_struct("Rejections")
             .field("challenge", &self.challenge)
             .field("retry_after", &self.retry_after)
+            .field("sources", &self.sources)
             .finish_non_exhaustive()
     }
 }
@@ -194,8 +283,9 @@ impl Rejections {
         rejection: Rejection,
         request_headers: &HeaderMap,
     ) -> Response<Bytes> {
-        self.answer(rejection, request_headers, |responder| {
-            responder.respond(&rejection, request_headers)
+        self.answer(rejection, request_headers, |responder| match rejection {
+            Rejection::MissingApiKey => responder.respond_missing(&self.sources, request_headers),
+            _ => responder.respond(&rejection, request_headers),
         })
     }
 

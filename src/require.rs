@@ -32,12 +32,21 @@ use crate::scope::ScopeRequirement;
 ///     .route("/recommendations", get(|| async { "[]" }).route_layer(RequireScopeLayer::all(["read"])))
 ///     .layer(ApiKeyLayer::new("mesh", MemoryStore::new()).unwrap());
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[must_use]
 pub struct RequireScopeLayer {
     rule: Arc<Rule>,
     /// Its own responder; by default, the one of the layer that authenticated the request.
-    rejections: Option<Arc<Rejections>>,
+    responder: Option<Arc<dyn RejectionResponder>>,
+}
+
+impl std::fmt::Debug for RequireScopeLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequireScopeLayer")
+            .field("rule", &self.rule)
+            .field("own_responder", &self.responder.is_some())
+            .finish()
+    }
 }
 
 impl ScopeRequirement {
@@ -153,18 +162,18 @@ impl RequireScopeLayer {
     fn with(rule: Rule) -> Self {
         RequireScopeLayer {
             rule: Arc::new(rule),
-            rejections: None,
+            responder: None,
         }
     }
 
-    /// Builds the 403 and 500 responses with `responder` instead of the one the
+    /// Builds the responses (403, the 401 of a request with no key under
+    /// [`allow_anonymous`](crate::layer::ApiKeyLayerBuilder::allow_anonymous), the 500 with no
+    /// layer in front) with `responder` instead of the one the
     /// [`ApiKeyLayer`](crate::ApiKeyLayer) in front was given (or, with no layer in front, the
-    /// JSON default).
+    /// JSON default). The headers every rejection gets (`WWW-Authenticate` with the layer's
+    /// realm, `Retry-After`) stay the layer's.
     pub fn rejection_responder(mut self, responder: impl RejectionResponder) -> Self {
-        self.rejections = Some(Arc::new(Rejections {
-            responder: Arc::new(responder),
-            ..Rejections::default()
-        }));
+        self.responder = Some(Arc::new(responder));
         self
     }
 }
@@ -240,12 +249,19 @@ where
             None => Rejection::LayerMissing,
         };
         let default = Rejections::default();
-        let rejections = match (&self.layer.rejections, principal, anonymous) {
-            (Some(own), _, _) => own,
-            (None, Some(principal), _) => principal.rejections(),
-            (None, None, Some(anonymous)) => &anonymous.0.rejections,
-            (None, None, None) => &default,
+        let layers = match (principal, anonymous) {
+            (Some(principal), _) => principal.rejections(),
+            (None, Some(anonymous)) => &anonymous.0.rejections,
+            (None, None) => &default,
         };
-        ResponseFuture::rejected(rejections.response(rejection, request.headers()))
+        let response = match &self.layer.responder {
+            Some(own) => Rejections {
+                responder: Arc::clone(own),
+                ..layers.clone()
+            }
+            .response(rejection, request.headers()),
+            None => layers.response(rejection, request.headers()),
+        };
+        ResponseFuture::rejected(response)
     }
 }

@@ -65,11 +65,28 @@ fn assert_rejected(reply: &common::Reply, status: StatusCode, code: &str) {
     assert_eq!(body["code"], code, "{reply:?}");
     assert_eq!(body["status"], status.as_u16());
     assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()));
+    // A missing key's answer says how to send one; the others are the reference's three fields.
+    let hint = body["hint"].as_str();
+    let fields = match code {
+        "MISSING_API_KEY" => {
+            assert!(
+                hint.is_some_and(|h| h.starts_with("Send the API key as '")),
+                "{reply:?}"
+            );
+            4
+        }
+        _ => 3,
+    };
     assert_eq!(
         body.as_object().unwrap().len(),
-        3,
-        "exactly error, code, status"
+        fields,
+        "exactly error, code, status (and a missing key's hint)"
     );
+}
+
+/// The `hint` of a `MISSING_API_KEY` answer.
+fn hint(reply: &common::Reply) -> String {
+    reply.json()["hint"].as_str().unwrap_or_default().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,6 +178,11 @@ async fn every_configured_source_is_read() {
         reply.headers["www-authenticate"],
         "ApiKey realm=\"mesh\", Bearer realm=\"mesh\""
     );
+    assert_eq!(
+        hint(&reply),
+        "Send the API key as 'Authorization: ApiKey <key>', 'Authorization: Bearer <key>', \
+         'x-api-key: <key>' or '?api_key=<key>'"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,6 +197,12 @@ async fn sources_that_are_not_configured_are_not_read() {
     ] {
         let reply = f.client.get("/recommendations", &headers).await;
         assert_rejected(&reply, StatusCode::UNAUTHORIZED, "MISSING_API_KEY");
+        // A client that sent its key the wrong way is told the right one (and never sees it).
+        assert_eq!(
+            hint(&reply),
+            "Send the API key as 'Authorization: ApiKey <key>'"
+        );
+        assert!(!reply.body.contains(key), "{reply:?}");
     }
     let reply = f
         .client

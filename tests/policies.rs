@@ -145,6 +145,49 @@ async fn anonymous_requests_reach_public_routes_and_keys_are_still_checked() {
     assert_eq!(private.headers["cache-control"], "no-store");
 }
 
+/// A private route's 401 under `allow_anonymous` says what the layer would have said: its
+/// challenge and its hint, even when the scope check builds the body with a responder of its
+/// own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_checks_401_keeps_the_layers_challenge_and_hint() {
+    let layer = ApiKeyLayer::builder("mesh", MemoryStore::new())
+        .allow_anonymous(true)
+        .sources([KeySource::bearer()])
+        .realm("shop")
+        .build()
+        .unwrap();
+    let plain = |rejection: &tower_api_key::reject::Rejection, _: &HeaderMap| {
+        http::Response::builder()
+            .status(rejection.status())
+            .body(bytes::Bytes::from(format!("refused: {}", rejection.code())))
+            .unwrap()
+    };
+    let app = Router::new()
+        .route(
+            "/private",
+            get(echo).route_layer(RequireScopeLayer::all(["read"])),
+        )
+        .route(
+            "/own",
+            get(echo).route_layer(RequireScopeLayer::all(["read"]).rejection_responder(plain)),
+        )
+        .layer(layer);
+    let client = HttpClient::new(serve(app).await);
+    let private = client.get("/private", &[]).await;
+    assert_eq!(private.code(), "MISSING_API_KEY");
+    assert_eq!(
+        private.json()["hint"],
+        "Send the API key as 'Authorization: Bearer <key>'"
+    );
+    let own = client.get("/own", &[]).await;
+    assert_eq!(own.body, "refused: MISSING_API_KEY");
+    for reply in [&private, &own] {
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply:?}");
+        assert_eq!(reply.headers["www-authenticate"], "Bearer realm=\"shop\"");
+        assert_eq!(reply.headers["cache-control"], "no-store");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_allow_anonymous_a_request_without_a_key_is_refused() {
     let f = Fixture::with(|b| b).await;
