@@ -939,6 +939,102 @@ mod console {
         }
     }
 
+    /// The key list brings each key's requests per hour with it when asked (the dashboard's
+    /// sparklines, one answer for the page); a self-service key's page holds its owner's keys
+    /// only, and so do their counts.
+    #[tokio::test]
+    async fn the_key_list_brings_each_keys_requests_per_hour() {
+        let server = Server::start().await;
+        let admin = server.admin.clone();
+        let (busy, busy_id) = server
+            .create(
+                &admin,
+                json!({"name": "busy", "owner": "acme", "scopes": ["keys:self"]}),
+            )
+            .await;
+        let (quiet, quiet_id) = server
+            .create(
+                &admin,
+                json!({"name": "quiet", "owner": "globex", "scopes": ["read"]}),
+            )
+            .await;
+        for _ in 0..3 {
+            assert_eq!(server.use_key(&busy).await, StatusCode::OK);
+        }
+        assert_eq!(server.use_key(&quiet).await, StatusCode::OK);
+
+        let hourly = |reply: Reply| -> Vec<(String, Vec<u64>)> {
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+            (reply.json()["keys"].as_array().unwrap().iter())
+                .map(|key| {
+                    let counts = key["requests_by_hour"].as_array().unwrap();
+                    let counts = counts.iter().map(|n| n.as_u64().unwrap()).collect();
+                    (key["id"].as_str().unwrap().to_owned(), counts)
+                })
+                .collect()
+        };
+        let listed = hourly(
+            server
+                .get("/admin/api/keys?requests_hours=24", &admin)
+                .await,
+        );
+        assert_eq!(listed.len(), 3, "{listed:?}");
+        for (id, counts) in &listed {
+            // 24 hours, or 25 when the day began within an hour.
+            assert!(matches!(counts.len(), 24 | 25), "{id}: {counts:?}");
+            let want = match id {
+                id if *id == busy_id => 3,
+                id if *id == quiet_id => 1,
+                // The admin key made the two keys (the list is counted once answered).
+                _ => 2,
+            };
+            assert_eq!(counts.iter().sum::<u64>(), want, "{id}: {counts:?}");
+        }
+        // A self-service key: its owner's keys, with its own requests (its three, this list).
+        let own = hourly(server.get("/admin/api/keys?requests_hours=1", &busy).await);
+        assert_eq!(own.len(), 1, "{own:?}");
+        assert_eq!(own[0].0, busy_id);
+        assert_eq!(own[0].1.iter().sum::<u64>(), 3);
+
+        // Not asked for, not there; asked for beyond a week, refused.
+        let plain = server.get("/admin/api/keys", &admin).await.json();
+        assert!(
+            plain["keys"][0].get("requests_by_hour").is_none(),
+            "{plain}"
+        );
+        for hours in ["0", "169", "-1", "day"] {
+            let path = format!("/admin/api/keys?requests_hours={hours}");
+            refused(
+                &server.get(&path, &admin).await,
+                StatusCode::BAD_REQUEST,
+                "INVALID_QUERY",
+            );
+        }
+    }
+
+    /// A console given no analytics says so when the key list is asked for requests, as the
+    /// usage endpoint does, and lists keys as ever.
+    #[tokio::test]
+    async fn a_console_without_analytics_lists_keys_but_no_requests() {
+        let store = MemoryStore::new();
+        let layer = tower_api_key::ApiKeyLayer::new("mesh", store.clone()).unwrap();
+        let keys = KeyManager::new(store.clone()).with_cache(layer.handle());
+        let admin = keys
+            .create(NewKey::new("root").scopes(["admin"]))
+            .await
+            .unwrap();
+        let app = Router::new().nest("/admin", Console::new(&layer, store).router());
+        let client = HttpClient::new(serve(app).await);
+        let auth = api_key(admin.key.expose_secret());
+        let headers = [("authorization", auth.as_str())];
+        let listed = client.get("/admin/api/keys", &headers).await;
+        assert_eq!(listed.json()["total"], 1, "{}", listed.body);
+        for path in ["/admin/api/keys?requests_hours=24", "/admin/api/usage"] {
+            let reply = client.get(path, &headers).await;
+            refused(&reply, StatusCode::NOT_FOUND, "USAGE_NOT_RECORDED");
+        }
+    }
+
     /// `older_than` lists the keys due for rotation, `unused_for` those nobody used lately (or
     /// ever), `expires_within` those about to expire; a self-service key still sees only its
     /// owner's.

@@ -154,17 +154,32 @@ pub(crate) struct ListQuery {
     offset: usize,
     /// List at most this many (50 by default, 500 at most).
     limit: Option<usize>,
+    /// With each key, its requests per hour over the last this many hours (1 to 168), read with
+    /// the page: the key list's sparklines, without a request per key. Where the console has
+    /// no usage analytics, 404 `USAGE_NOT_RECORDED`.
+    requests_hours: Option<u64>,
 }
 
 /// A page of keys, oldest first.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct KeyPage {
-    keys: Vec<KeyInfo>,
+    keys: Vec<ListedKey>,
     /// How many keys match, on every page.
     total: usize,
     offset: usize,
     /// The offset of the next page, if there is one.
     next_offset: Option<usize>,
+}
+
+/// A key in a page: what is known of it, and its recent requests if they were asked for.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ListedKey {
+    #[serde(flatten)]
+    info: KeyInfo,
+    /// Its requests per hour, oldest first, the current hour last (`requests_hours` hours, or
+    /// one more when the range starts within an hour): with `requests_hours` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requests_by_hour: Option<Vec<u64>>,
 }
 
 /// Whose usage, over how long.
@@ -274,6 +289,17 @@ impl<A: Store> Inner<A> {
             .detail(detail);
         // A trail that cannot be written is traced as an error: the change is made already.
         let _ = self.keys.record_change(&event).await;
+    }
+
+    /// The usage analytics, or 404 `USAGE_NOT_RECORDED` when the console was not given them.
+    fn analytics(&self) -> Result<&crate::usage::Analytics, ApiError> {
+        self.analytics.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "USAGE_NOT_RECORDED",
+                "the console was not given the layer's usage analytics",
+            )
+        })
     }
 
     fn info(&self, record: &KeyRecord) -> KeyInfo {
@@ -410,7 +436,28 @@ pub(crate) async fn list<A: Store>(
         let store = console.keys.store();
         (store.list_page(&filter, now, query.offset, limit)).await?
     };
-    let keys: Vec<KeyInfo> = listing.records.iter().map(|r| console.info(r)).collect();
+    let mut by_hour = match query.requests_hours {
+        None => None,
+        Some(hours @ 1..=168) => {
+            let ids: Vec<&str> = listing.records.iter().map(|r| r.id.as_str()).collect();
+            let since = now - Duration::from_secs(hours * 3_600);
+            let reports = console
+                .analytics()?
+                .usage_across_keys(console.keys.store(), &ids, since..now, Resolution::Hour)
+                .await?;
+            Some(reports.into_iter())
+        }
+        Some(_) => return Err(ApiError::bad("INVALID_QUERY", "requests_hours is 1 to 168")),
+    };
+    let keys: Vec<ListedKey> = (listing.records.iter())
+        .map(|record| ListedKey {
+            info: console.info(record),
+            requests_by_hour: by_hour
+                .as_mut()
+                .and_then(Iterator::next)
+                .map(|report| report.series.iter().map(|point| point.requests).collect()),
+        })
+        .collect();
     let end = query.offset.saturating_add(keys.len());
     Ok(Json(KeyPage {
         keys,
@@ -694,13 +741,7 @@ pub(crate) async fn usage<A: Store>(
 ) -> Result<Json<UsageReport>, ApiError> {
     let caller = console.caller(key)?;
     let Query(query) = query?;
-    let Some(analytics) = &console.analytics else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "USAGE_NOT_RECORDED",
-            "the console was not given the layer's usage analytics",
-        ));
-    };
+    let analytics = console.analytics()?;
     let hours = query.hours.unwrap_or(1);
     if hours == 0 || hours > 396 * 24 {
         return Err(ApiError::bad("INVALID_QUERY", "hours is 1 to 9504"));

@@ -63,10 +63,12 @@ pub(crate) async fn document(OriginalUri(uri): OriginalUri) -> Json<utoipa::open
 #[allow(dead_code)]
 fn me() {}
 
-/// Lists the keys the caller manages, oldest first. 400 `LAST_USE_NOT_RECORDED` for `unused_for`
-/// where keys' last use is not recorded (`last_use_recorded` in `api/me`).
+/// Lists the keys the caller manages, oldest first; with `requests_hours`, each key's requests
+/// per hour too (404 `USAGE_NOT_RECORDED` where the console has no usage analytics). 400
+/// `LAST_USE_NOT_RECORDED` for `unused_for` where keys' last use is not recorded
+/// (`last_use_recorded` in `api/me`).
 #[utoipa::path(get, path = "/api/keys", tag = "keys", params(ListQuery),
-    responses((status = 200, body = KeyPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = KeyPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 #[allow(dead_code)]
 fn list() {}
 

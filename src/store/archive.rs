@@ -61,7 +61,16 @@ impl UsageRow {
 }
 
 /// Which rows to read: those of one resolution whose start is in `from..to`, of every replica,
-/// of one key or one owner if given.
+/// of one key, of some keys or of one owner if given (of all that are given).
+///
+/// ```
+/// use tower_api_key::store::UsageRange;
+///
+/// // The hourly rows of the last day, of two keys: one read for a page of keys.
+/// let ids = ["aBQOE0BWltyb", "Zx81kTqwEr0p"];
+/// let range = UsageRange::new(3_600, 1_800_000_000 - 86_400, 1_800_000_000).keys(&ids);
+/// assert_eq!(range.keys.map(<[_]>::len), Some(2));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UsageRange<'a> {
@@ -75,6 +84,8 @@ pub struct UsageRange<'a> {
     pub key: Option<&'a str>,
     /// Only the rows of this owner's keys.
     pub owner: Option<&'a str>,
+    /// Only the rows of these keys (none given: no rows).
+    pub keys: Option<&'a [&'a str]>,
 }
 
 impl<'a> UsageRange<'a> {
@@ -86,6 +97,7 @@ impl<'a> UsageRange<'a> {
             to,
             key: None,
             owner: None,
+            keys: None,
         }
     }
 
@@ -101,11 +113,20 @@ impl<'a> UsageRange<'a> {
         self
     }
 
+    /// Only the rows of `keys`.
+    pub fn keys(mut self, keys: &'a [&'a str]) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
     /// Whether `row` is in the range: what the stores' queries select.
     pub(crate) fn contains(&self, row: &UsageRow) -> bool {
         row.resolution == self.resolution
             && (self.from..self.to).contains(&row.start)
             && self.key.is_none_or(|key| row.key == key)
+            && self
+                .keys
+                .is_none_or(|keys| keys.contains(&row.key.as_str()))
             && self
                 .owner
                 .is_none_or(|owner| row.owner.as_deref() == Some(owner))

@@ -184,6 +184,18 @@ impl UsageQueries {
             read_all: read,
         }
     }
+
+    /// `read` (one of the reads above, with `bound` parameters) narrowed to `keys` more keys,
+    /// bound after them.
+    pub(crate) fn of_keys(read: &str, bound: usize, keys: usize) -> String {
+        let mut sql = format!("{read} AND key_id IN (");
+        for n in 0..keys {
+            let comma = if n == 0 { "" } else { ", " };
+            sql.push_str(&format!("{comma}${}", bound + 1 + n));
+        }
+        sql.push(')');
+        sql
+    }
 }
 
 /// The columns of the owners table.
@@ -1172,12 +1184,26 @@ macro_rules! sql_store {
                     (None, Some(owner)) => (&usage.read_owner, Some(owner)),
                     (None, None) => (&usage.read_all, None),
                 };
+                let keys = range.keys.unwrap_or_default();
+                let of_keys;
+                let sql = match range.keys {
+                    Some([]) => return Ok(Vec::new()),
+                    Some(keys) => {
+                        let bound = 3 + usize::from(filter.is_some());
+                        of_keys = $crate::store::sql::UsageQueries::of_keys(sql, bound, keys.len());
+                        &of_keys
+                    }
+                    None => sql,
+                };
                 let mut query = sqlx::query(sql)
                     .bind(i64::from(range.resolution))
                     .bind(bigint(range.from))
                     .bind(bigint(range.to));
                 if let Some(filter) = filter {
                     query = query.bind(filter);
+                }
+                for key in keys {
+                    query = query.bind(*key);
                 }
                 let rows = query.fetch_all(&self.pool).await.map_err(unavailable)?;
                 let mut found = Vec::with_capacity(rows.len());

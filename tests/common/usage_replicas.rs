@@ -2,6 +2,7 @@
 //! analytics and HTTP server on 127.0.0.1) flush to one store, and each reports the combined
 //! totals; a flush that fails, or whose acknowledgement is lost, loses and doubles nothing.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -102,12 +103,9 @@ impl<S: KeyStoreAdmin + UsageArchive + Clone> Replica<S> {
     /// Requests of `subject` across replicas, in the last hour (and the next minute) at
     /// `resolution`.
     async fn total(&self, subject: Subject<'_>, resolution: Resolution) -> u64 {
-        let now = SystemTime::now();
-        let range: Range<SystemTime> =
-            now - Duration::from_secs(3_600)..now + Duration::from_secs(60);
         let report = self
             .analytics
-            .usage_across(&self.archive, subject, range, resolution)
+            .usage_across(&self.archive, subject, last_hour(), resolution)
             .await
             .unwrap();
         assert_eq!(
@@ -115,6 +113,23 @@ impl<S: KeyStoreAdmin + UsageArchive + Clone> Replica<S> {
             report.totals.requests
         );
         report.totals.requests
+    }
+
+    /// Asserts the requests this replica reports of each of `keys` (id, requests) across
+    /// replicas, read all at once, at every resolution.
+    async fn assert_keys(&self, keys: &[(&str, u64)]) {
+        let ids: Vec<&str> = keys.iter().map(|(id, _)| *id).collect();
+        for resolution in [Resolution::Minute, Resolution::Hour, Resolution::Day] {
+            let reports = self
+                .analytics
+                .usage_across_keys(&self.archive, &ids, last_hour(), resolution)
+                .await
+                .unwrap();
+            let got: Vec<(&str, u64)> = (reports.iter())
+                .map(|r| (r.id.as_deref().unwrap(), r.totals.requests))
+                .collect();
+            assert_eq!(got, keys, "{resolution:?}");
+        }
     }
 
     /// Asserts what this replica reports of the whole service, at every resolution.
@@ -132,6 +147,12 @@ impl<S: KeyStoreAdmin + UsageArchive + Clone> Replica<S> {
             );
         }
     }
+}
+
+/// The last hour and the next minute.
+fn last_hour() -> Range<SystemTime> {
+    let now = SystemTime::now();
+    now - Duration::from_secs(3_600)..now + Duration::from_secs(60)
 }
 
 /// Two replicas on `a` and `b` (two handles on one store) report the combined totals; failed
@@ -156,7 +177,7 @@ where
         ));
     }
     let (acme_id, acme) = &headers[0];
-    let (_, globex) = &headers[1];
+    let (globex_id, globex) = &headers[1];
 
     one.send(Some(acme), 6, 200).await;
     one.send(None, 2, 401).await;
@@ -167,6 +188,8 @@ where
     assert!(two.flush().await.unwrap() > 0);
     for replica in [&one, &two] {
         replica.assert_totals(16, (acme_id, 10), ("acme", 10)).await;
+        let keys = [(globex_id.as_str(), 3), ("unused", 0), (acme_id, 10)];
+        replica.assert_keys(&keys).await;
     }
     assert_eq!(
         one.flush().await.unwrap(),
@@ -191,5 +214,25 @@ where
     assert!(two.flush().await.unwrap() > 0);
     for replica in [&one, &two] {
         replica.assert_totals(24, (acme_id, 16), ("acme", 16)).await;
+        replica.assert_keys(&[(acme_id, 16), (globex_id, 5)]).await;
+        replica.assert_keys(&[]).await;
+    }
+
+    // The store itself narrows a read to the keys asked for, and to any other filter given.
+    let secs = |at: SystemTime| at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    let range = last_hour();
+    let minutes = UsageRange::new(60, secs(range.start), secs(range.end));
+    let (acme_id, globex_id) = (acme_id.as_str(), globex_id.as_str());
+    let both = [acme_id, globex_id];
+    for (range, want) in [
+        (minutes.keys(&both[..1]), &both[..1]),
+        (minutes.keys(&both), &both[..]),
+        (minutes.keys(&both).owner("globex"), &both[1..]),
+        (minutes.keys(&both).key(globex_id), &both[1..]),
+        (minutes.keys(&[]), &[]),
+    ] {
+        let rows = a.read_usage(&range).await.unwrap();
+        let keys: BTreeSet<&str> = rows.iter().map(|row| row.key.as_str()).collect();
+        assert_eq!(keys, want.iter().copied().collect(), "{range:?}");
     }
 }

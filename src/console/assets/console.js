@@ -394,12 +394,12 @@
     });
   }
 
-  function sparkline(points) {
+  function sparkline(counts) {
     const width = 120, height = 28;
-    const max = Math.max(1, ...points.map((p) => p.requests));
-    const step = width / Math.max(1, points.length - 1);
-    const coordinates = points.map((p, i) => `${(i * step).toFixed(1)},${(height - 2 - (p.requests / max) * (height - 4)).toFixed(1)}`);
-    const total = points.reduce((n, p) => n + p.requests, 0);
+    const max = Math.max(1, ...counts);
+    const step = width / Math.max(1, counts.length - 1);
+    const coordinates = counts.map((n, i) => `${(i * step).toFixed(1)},${(height - 2 - (n / max) * (height - 4)).toFixed(1)}`);
+    const total = counts.reduce((sum, n) => sum + n, 0);
     return svg('svg', { viewBox: `0 0 ${width} ${height}`, class: 'spark', role: 'img', 'aria-label': number(total) + ' requests in 24 hours' },
       svg('polyline', { points: coordinates.join(' ') }));
   }
@@ -460,7 +460,8 @@
       expires_within: params.get('expires_within') || '',
       offset: Number(params.get('offset') || 0), limit: 25,
     };
-    const page = await api('GET', '/keys' + query(filters));
+    // Each key's last 24 hours come with the page: one request, not one per key.
+    const page = await api('GET', '/keys' + query({ ...filters, requests_hours: me.usage ? 24 : '' }));
     const form = h('form', { class: 'filters', role: 'search', onsubmit: (event) => {
       event.preventDefault();
       const data = new FormData(event.target);
@@ -482,7 +483,8 @@
         .map((t) => h('th', { scope: 'col' }, t)))));
     const tbody = h('tbody');
     for (const key of page.keys) {
-      const spark = h('td', { class: 'muted' }, '…');
+      const spark = h('td', { class: 'muted' },
+        key.requests_by_hour ? sparkline(key.requests_by_hour) : '—');
       tbody.append(h('tr', {},
         h('td', { 'data-label': 'Name' }, h('a', { href: '#/keys/' + encodeURIComponent(key.id) }, key.name)),
         h('td', { 'data-label': 'Id' }, h('code', {}, key.id)),
@@ -493,11 +495,6 @@
         h('td', { 'data-label': 'Last used' }, lastUsed(key)),
         h('td', { 'data-label': 'Expires' }, date(key.expires_at)),
         spark));
-      if (me.usage) {
-        api('GET', '/usage' + query({ key: key.id, hours: 24, resolution: 'hour' }))
-          .then((report) => spark.replaceChildren(sparkline(report.series)))
-          .catch(() => spark.replaceChildren('—'));
-      }
     }
     if (!page.keys.length) tbody.append(h('tr', {}, h('td', { colspan: 9, class: 'muted' }, 'No keys match.')));
     table.append(tbody);
