@@ -330,12 +330,20 @@ impl Analytics {
         let wanted = UsageRange::new(seconds, window.start * length, window.end * length);
         let mut buckets: Vec<Vec<Bucket>> = keys.iter().map(|_| window.buckets()).collect();
         if !keys.is_empty() {
-            let index: HashMap<&str, usize> =
-                keys.iter().enumerate().map(|(n, key)| (*key, n)).collect();
+            // Each key's first place; a key named twice gets the same report twice.
+            let mut index: HashMap<&str, usize> = HashMap::with_capacity(keys.len());
+            for (n, key) in keys.iter().enumerate() {
+                index.entry(key).or_insert(n);
+            }
             for row in archive.read_usage(&wanted.keys(keys)).await? {
                 // A store that does not narrow by keys gives others too.
                 if let Some(&n) = index.get(row.key.as_str()) {
                     self.add_row(&row, &window, &mut buckets[n])?;
+                }
+            }
+            for (n, key) in keys.iter().enumerate() {
+                if index[key] != n {
+                    buckets[n] = buckets[index[key]].clone();
                 }
             }
         }

@@ -214,7 +214,9 @@ where
     assert!(two.flush().await.unwrap() > 0);
     for replica in [&one, &two] {
         replica.assert_totals(24, (acme_id, 16), ("acme", 16)).await;
-        replica.assert_keys(&[(acme_id, 16), (globex_id, 5)]).await;
+        replica
+            .assert_keys(&[(acme_id, 16), (globex_id, 5), (acme_id, 16)])
+            .await;
         replica.assert_keys(&[]).await;
     }
 
