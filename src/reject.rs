@@ -5,9 +5,9 @@
 //! `{"error": "Invalid API key", "code": "INVALID_API_KEY", "status": 401}`, with
 //! `content-type: application/json`; two answers add a field: `MISSING_API_KEY` a `hint` saying
 //! how to send a key (`"Send the API key as 'Authorization: ApiKey <key>'"`, from the layer's
-//! [sources](crate::extract::KeySource)), and `RATE_LIMIT_EXCEEDED` the `limit` that was hit. Every rejection response also carries the typed
-//! [`Rejection`] in its extensions and `Cache-Control: no-store`; 401s carry `WWW-Authenticate`,
-//! and 503s carry `Retry-After`.
+//! [sources](crate::extract::KeySource)), and `RATE_LIMIT_EXCEEDED` the `limit` that was hit.
+//! Every rejection response also carries the typed [`Rejection`] in its extensions and
+//! `Cache-Control: no-store`; 401s carry `WWW-Authenticate`, and 503s carry `Retry-After`.
 //!
 //! | code | status | when |
 //! |---|---|---|

@@ -275,9 +275,7 @@ impl Analytics {
         resolution: Resolution,
     ) -> Result<UsageReport, StoreError> {
         let window = Window::of(&range, resolution);
-        let length = resolution.seconds();
-        let seconds = u32::try_from(length).unwrap_or(u32::MAX);
-        let mut wanted = UsageRange::new(seconds, window.start * length, window.end * length);
+        let mut wanted = window.rows();
         match subject {
             Subject::All => {}
             Subject::Key(id) => wanted = wanted.key(id),
@@ -325,9 +323,7 @@ impl Analytics {
         resolution: Resolution,
     ) -> Result<Vec<UsageReport>, StoreError> {
         let window = Window::of(&range, resolution);
-        let length = resolution.seconds();
-        let seconds = u32::try_from(length).unwrap_or(u32::MAX);
-        let wanted = UsageRange::new(seconds, window.start * length, window.end * length);
+        let wanted = window.rows();
         let mut buckets: Vec<Vec<Bucket>> = keys.iter().map(|_| window.buckets()).collect();
         if !keys.is_empty() {
             // Each key's first place; a key named twice gets the same report twice.
@@ -606,6 +602,13 @@ impl Window {
             start: start.min(end),
             end,
         }
+    }
+
+    /// The store's rows of these buckets.
+    fn rows<'a>(&self) -> UsageRange<'a> {
+        let length = self.resolution.seconds();
+        let seconds = u32::try_from(length).unwrap_or(u32::MAX);
+        UsageRange::new(seconds, self.start * length, self.end * length)
     }
 
     /// An empty bucket per index.
