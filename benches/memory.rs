@@ -87,7 +87,8 @@ fn main() {
 }
 
 /// What `Analytics` keep per active key: the resident set grown by a layer with analytics, less
-/// that grown by one without, over the same keys; then a minute later.
+/// that grown by one without, over the same keys; then a minute later; then how many buckets a
+/// flush two hours later leaves in memory.
 #[cfg(feature = "analytics")]
 fn analytics(runtime: &tokio::runtime::Runtime, store: MemoryStore, headers: &[HeaderValue]) {
     use tower_api_key::{clock::ManualClock, usage::Analytics};
@@ -124,5 +125,19 @@ fn analytics(runtime: &tokio::runtime::Runtime, store: MemoryStore, headers: &[H
         "memory/analytics_a_minute_later: {} more bytes per active key ({} buckets)",
         later / n,
         analytics.buckets()
+    );
+    // Two hours later, a request each and a flush: what is written and over for an hour
+    // (`AnalyticsConfig::keep_flushed`) leaves memory.
+    clock.advance(std::time::Duration::from_secs(2 * 3_600));
+    grown(&counted);
+    let held = analytics.buckets();
+    let written = runtime
+        .block_on(analytics.flush(&MemoryStore::new()))
+        .unwrap();
+    println!(
+        "memory/analytics_flushed_two_hours_later: {} buckets held, {} after a flush of {} rows",
+        held,
+        analytics.buckets(),
+        written
     );
 }

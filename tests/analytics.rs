@@ -28,7 +28,9 @@ mod analytics {
 
     use tower::{Layer, ServiceExt};
     use tower_api_key::store::{StoreError, UsageArchive, UsageRange, UsageRow};
-    use tower_api_key::usage::{Analytics, CountryHeader, Resolution, Subject, UsageReport};
+    use tower_api_key::usage::{
+        Analytics, AnalyticsConfig, CountryHeader, Resolution, Subject, UsageReport,
+    };
     use tower_api_key::{
         clock::ManualClock, limit::Limits, manage::CreatedKey, store::KeyStoreAdmin, ApiKeyLayer,
         MemoryStore, NewKey, RequireScopeLayer,
@@ -269,6 +271,23 @@ mod analytics {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    #[tokio::test]
+    async fn flushed_usage_leaves_memory_and_still_counts_on_a_memory_store() {
+        let store = MemoryStore::new();
+        usage_replicas::flushed_buckets_leave_memory_and_still_count(store.clone(), store, "mesh")
+            .await;
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn flushed_usage_leaves_memory_and_still_counts_on_sqlite() {
+        let (dir, url) = super::common::temp_db("flushed");
+        let a = tower_api_key::SqliteStore::connect(&url).await.unwrap();
+        let b = tower_api_key::SqliteStore::connect(&url).await.unwrap();
+        usage_replicas::flushed_buckets_leave_memory_and_still_count(a, b, "mesh").await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     // The connection's address comes from axum's `ConnectInfo`: the `axum` feature.
     #[cfg(all(feature = "geoip", feature = "axum"))]
     #[tokio::test]
@@ -327,11 +346,13 @@ mod analytics {
         }
     }
 
-    /// A store whose next usage write can be held open, and whose writes fail at random.
+    /// A store whose next usage write, or read once it has read, can be held open, and whose
+    /// writes fail at random.
     #[derive(Clone, Default)]
     struct Gate {
         store: MemoryStore,
         held: Arc<std::sync::atomic::AtomicBool>,
+        read_held: Arc<std::sync::atomic::AtomicBool>,
         entered: Arc<tokio::sync::Notify>,
         release: Arc<tokio::sync::Notify>,
         failing: Arc<std::sync::atomic::AtomicU32>,
@@ -362,7 +383,12 @@ mod analytics {
         }
 
         async fn read_usage(&self, range: &UsageRange<'_>) -> Result<Vec<UsageRow>, StoreError> {
-            self.store.read_usage(range).await
+            let rows = self.store.read_usage(range).await;
+            if self.read_held.swap(false, Ordering::SeqCst) {
+                self.entered.notify_one();
+                self.release.notified().await;
+            }
+            rows
         }
     }
 
@@ -399,10 +425,21 @@ mod analytics {
         gate: &Gate,
         analytics: &Analytics,
     ) -> impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        let layer = ApiKeyLayer::builder("mesh", gate.store.clone())
-            .usage_sink(analytics.clone())
-            .build()
-            .unwrap();
+        traffic_on(gate, analytics, None).await
+    }
+
+    /// As [`traffic`], the layer on `clock` if given.
+    async fn traffic_on(
+        gate: &Gate,
+        analytics: &Analytics,
+        clock: Option<ManualClock>,
+    ) -> impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let mut layer =
+            ApiKeyLayer::builder("mesh", gate.store.clone()).usage_sink(analytics.clone());
+        if let Some(clock) = clock {
+            layer = layer.clock(clock);
+        }
+        let layer = layer.build().unwrap();
         let created = NewKey::new("stress").generate(layer.format()).unwrap();
         gate.store.create(created.record.clone()).await.unwrap();
         let key = header(&created);
@@ -543,6 +580,152 @@ mod analytics {
                 "flushed once, then never again"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Analytics that drop every bucket written and over: memory holds the least.
+    fn dropping_at_once() -> Analytics {
+        let mut config = AnalyticsConfig::default();
+        config.keep_flushed = Duration::ZERO;
+        Analytics::with_config(config)
+    }
+
+    /// Requests counted from noon for an hour, across replicas, as `analytics` reports them.
+    async fn afternoon(analytics: &Analytics, gate: &Gate, resolution: Resolution) -> u64 {
+        let report = analytics
+            .usage_across(gate, Subject::All, at(0)..at(3_600), resolution)
+            .await
+            .unwrap();
+        report.totals.requests
+    }
+
+    /// A report whose store read is held open while a flush writes buckets and drops them
+    /// from memory counts each request once: the flush waits to drop them until it is done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_report_held_open_across_a_flush_that_drops_buckets_counts_them_once() {
+        let gate = Gate::default();
+        let analytics = dropping_at_once();
+        let clock = ManualClock::new(at(0));
+        let send = traffic_on(&gate, &analytics, Some(clock.clone())).await;
+        send(3).await;
+        clock.set(at(120));
+        send(2).await;
+
+        // The report has read the store (nothing in it yet) and is held there.
+        gate.read_held.store(true, Ordering::SeqCst);
+        let report = tokio::spawn({
+            let (analytics, gate) = (analytics.clone(), gate.clone());
+            async move { afternoon(&analytics, &gate, Resolution::Minute).await }
+        });
+        gate.entered.notified().await;
+        let held = analytics.buckets();
+        let flush = tokio::spawn({
+            let (analytics, gate) = (analytics.clone(), gate.clone());
+            async move { analytics.flush(&gate).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(analytics.buckets(), held, "nothing dropped under a report");
+        gate.release.notify_one();
+        assert_eq!(report.await.unwrap(), 5);
+        flush.await.unwrap().unwrap();
+        assert!(
+            analytics.buckets() < held,
+            "dropped once the report was done"
+        );
+        assert_eq!(afternoon(&analytics, &gate, Resolution::Minute).await, 5);
+    }
+
+    /// Randomized: four senders, each through a layer and clock of its own, record in the
+    /// minute they are at and now and then late (in a minute flushed and dropped already);
+    /// a flusher drops every bucket it writes, failing a third of its writes; a reporter
+    /// reads. Every report counts at least the requests answered before it began and at most
+    /// those begun before it ended, and the store ends with every request once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn reports_flushes_and_late_requests_in_any_order_count_each_request_once() {
+        use std::sync::atomic::AtomicU64;
+        let gate = Gate::default();
+        gate.failing.store(30, Ordering::SeqCst);
+        let analytics = dropping_at_once();
+        let (begun, answered) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mut senders = Vec::new();
+        for sender in 0..4u64 {
+            let clock = ManualClock::new(at(0));
+            let send = traffic_on(&gate, &analytics, Some(clock.clone())).await;
+            let (begun, answered) = (begun.clone(), answered.clone());
+            senders.push(tokio::spawn(async move {
+                let mut random = Xorshift(sender * 7_919 + u64::from(rand_percent()) + 1);
+                for i in 0..300u64 {
+                    let minute = i / 15;
+                    let late = random.below(5) == 0;
+                    let minute = if late {
+                        random.below(minute + 1)
+                    } else {
+                        minute
+                    };
+                    clock.set(at(minute * 60 + random.below(60)));
+                    begun.fetch_add(1, Ordering::SeqCst);
+                    send(1).await;
+                    answered.fetch_add(1, Ordering::SeqCst);
+                }
+            }));
+        }
+        let flusher = tokio::spawn({
+            let (analytics, gate) = (analytics.clone(), gate.clone());
+            async move {
+                for _ in 0..60 {
+                    let _ = analytics.flush(&gate).await;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        });
+        let reporter = tokio::spawn({
+            let (analytics, gate) = (analytics.clone(), gate.clone());
+            let (begun, answered) = (begun.clone(), answered.clone());
+            async move {
+                let resolutions = [Resolution::Minute, Resolution::Hour, Resolution::Day];
+                for n in 0..150 {
+                    let before = answered.load(Ordering::SeqCst);
+                    let counted = afternoon(&analytics, &gate, resolutions[n % 3]).await;
+                    let after = begun.load(Ordering::SeqCst);
+                    assert!(
+                        (before..=after).contains(&counted),
+                        "report {n}: {counted} counted, {before} answered before, {after} begun after"
+                    );
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        for sender in senders {
+            sender.await.unwrap();
+        }
+        flusher.await.unwrap();
+        reporter.await.unwrap();
+        flush_all(&analytics, &gate).await;
+        let reader = Analytics::new();
+        for resolution in [Resolution::Minute, Resolution::Hour, Resolution::Day] {
+            assert_eq!(
+                afternoon(&reader, &gate, resolution).await,
+                4 * 300,
+                "{resolution:?}"
+            );
+            assert_eq!(afternoon(&analytics, &gate, resolution).await, 4 * 300);
+        }
+        assert!(
+            analytics.buckets() <= 4 * 3,
+            "each key keeps its open minute, its hour and day: {}",
+            analytics.buckets()
+        );
+    }
+
+    struct Xorshift(u64);
+
+    impl Xorshift {
+        /// 0 to `n - 1`.
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
         }
     }
 }

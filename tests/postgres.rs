@@ -220,4 +220,17 @@ mod postgres {
         )
         .await;
     }
+
+    #[cfg(feature = "analytics")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL: run through .ci/run"]
+    async fn flushed_usage_leaves_memory_and_still_counts() {
+        let table = unique("flushed");
+        crate::usage_replicas::flushed_buckets_leave_memory_and_still_count(
+            store(&table).await,
+            store(&table).await,
+            "mesh",
+        )
+        .await;
+    }
 }

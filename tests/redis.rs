@@ -610,4 +610,17 @@ mod redis {
         )
         .await;
     }
+
+    #[cfg(feature = "analytics")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis: run through .ci/run"]
+    async fn flushed_usage_leaves_memory_and_still_counts() {
+        let prefix = unique("flushed");
+        crate::usage_replicas::flushed_buckets_leave_memory_and_still_count(
+            store(&prefix).await,
+            store(&prefix).await,
+            "mesh",
+        )
+        .await;
+    }
 }

@@ -39,6 +39,11 @@ pub struct AnalyticsConfig {
     pub max_endpoints: usize,
     /// How many endpoints and countries a report ranks. 10 by default.
     pub top: usize,
+    /// How long a bucket stays in memory once its time is over and a [`flush`](Analytics::flush)
+    /// has written it: 1 hour by default. Reports across replicas read the rest from the store;
+    /// [`usage`](Analytics::usage), from memory only, covers what is kept. `Duration::MAX`
+    /// keeps every bucket for its resolution's retention.
+    pub keep_flushed: Duration,
 }
 
 impl Default for AnalyticsConfig {
@@ -46,6 +51,7 @@ impl Default for AnalyticsConfig {
         AnalyticsConfig {
             max_endpoints: 64,
             top: 10,
+            keep_flushed: Duration::from_secs(3_600),
         }
     }
 }
@@ -67,10 +73,14 @@ impl Default for AnalyticsConfig {
 ///
 /// Memory (`benches/memory.rs`): a key's first bucket about 600 bytes with the key's series,
 /// each further bucket about 450, plus 24 bytes per endpoint and country it names; latencies
-/// are the sketch's non-zero bins, 16 bytes each. A key busy every minute holds at most 1,440 +
-/// 720 + 396 buckets; a key idle for a period holds none for it. Each thread that records keeps
-/// its run: a bucket's worth, and a dense count of the latencies it saw (8 bytes a bin, at most
-/// 16 KiB).
+/// are the sketch's non-zero bins, 16 bytes each. A key idle for a period holds no bucket for
+/// it. Without a store, a key busy every minute holds at most 1,440 + 720 + 396 buckets. With
+/// one ([`flush`](Analytics::flush), [`spawn_flusher`](Analytics::spawn_flusher)), a bucket
+/// leaves memory once it is written and its time has been over for
+/// [`keep_flushed`](AnalyticsConfig::keep_flushed) (an hour): a key busy every minute then
+/// holds about 60 + 2 + 2, plus what is not written yet. Each thread that records keeps its
+/// run: a bucket's worth, and a dense count of the latencies it saw (8 bytes a bin, at most 16
+/// KiB).
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
@@ -104,6 +114,10 @@ struct Inner {
     replica: Box<str>,
     /// Held by a flush: two at once could write an older copy of a bucket after a newer one.
     flushing: tokio::sync::Mutex<()>,
+    /// Held by a report while it reads the store and memory, and by a flush while it changes
+    /// which buckets memory holds whole: a report counts each bucket once, from one or the
+    /// other.
+    holding: tokio::sync::RwLock<()>,
     /// Keyed by verified keys only (foldhash, seeded per map): a client cannot choose the ids.
     keys: DashMap<Box<str>, Mutex<Series>, RandomState>,
     unauthenticated: [Mutex<Series>; SHARDS],
@@ -149,25 +163,21 @@ fn lock<T>(series: &Mutex<T>) -> MutexGuard<'_, T> {
 /// succeeded (on an error, or when the flush is cancelled), so the next flush writes them.
 struct Unwritten<'a> {
     analytics: &'a Analytics,
-    /// Each bucket's series (a key, or an unauthenticated shard), resolution and start.
-    from: Vec<(Result<Box<str>, usize>, Resolution, u64)>,
+    /// Each bucket's series, resolution and start.
+    from: Vec<(Source, Resolution, u64)>,
 }
 
 impl Drop for Unwritten<'_> {
     fn drop(&mut self) {
-        let inner = &self.analytics.inner;
         for (source, resolution, start) in self.from.drain(..) {
-            match source {
-                Ok(key) => {
-                    if let Some(series) = inner.keys.get(&key) {
-                        lock(&series).mark_dirty(resolution, start);
-                    }
-                }
-                Err(shard) => lock(&inner.unauthenticated[shard]).mark_dirty(resolution, start),
-            }
+            self.analytics
+                .with_series(&source, |series| series.mark_dirty(resolution, start));
         }
     }
 }
+
+/// A series of [`Analytics`]: a key's, or an unauthenticated shard's.
+type Source = Result<Box<str>, usize>;
 
 /// A [`Flusher`]'s job: `analytics` to `archive`.
 struct FlushTo<A> {
@@ -208,6 +218,7 @@ impl Analytics {
                 config,
                 replica: hex::encode(random).into(),
                 flushing: tokio::sync::Mutex::new(()),
+                holding: tokio::sync::RwLock::new(()),
                 keys: DashMap::default(),
                 unauthenticated: Default::default(),
                 runs: ThreadLocal::new(),
@@ -245,10 +256,12 @@ impl Analytics {
         &self.inner.replica
     }
 
-    /// The usage of `subject` in `range` as this process saw it, one point per bucket of
-    /// `resolution` that overlaps it. A range longer than the resolution's retention starts at
-    /// the retention's start; a range that is empty gives no points. For the whole service
-    /// across replicas, see [`usage_across`](Self::usage_across).
+    /// The usage of `subject` in `range` as this process saw it, from memory, one point per
+    /// bucket of `resolution` that overlaps it. A range longer than the resolution's retention
+    /// starts at the retention's start; a range that is empty gives no points. Buckets that a
+    /// flush wrote and dropped ([`keep_flushed`](AnalyticsConfig::keep_flushed)) are not in
+    /// it: for them, and for the whole service across replicas, see
+    /// [`usage_across`](Self::usage_across).
     pub fn usage(
         &self,
         subject: Subject<'_>,
@@ -263,7 +276,9 @@ impl Analytics {
     }
 
     /// As [`usage`](Self::usage), every replica's usage: the rows the others flushed to
-    /// `archive`, and this process's own from memory (fresher than its rows).
+    /// `archive`, and this process's own from memory (fresher than its rows), or from its rows
+    /// where a flush dropped them from memory. A flush waits to drop buckets until the reports
+    /// reading meanwhile are done, so each request is counted once.
     ///
     /// # Errors
     /// When the store fails, or holds a row that does not read back.
@@ -274,6 +289,7 @@ impl Analytics {
         range: Range<SystemTime>,
         resolution: Resolution,
     ) -> Result<UsageReport, StoreError> {
+        let _held = self.inner.holding.read().await;
         let window = Window::of(&range, resolution);
         let mut wanted = window.rows();
         match subject {
@@ -322,6 +338,7 @@ impl Analytics {
         range: Range<SystemTime>,
         resolution: Resolution,
     ) -> Result<Vec<UsageReport>, StoreError> {
+        let _held = self.inner.holding.read().await;
         let window = Window::of(&range, resolution);
         let wanted = window.rows();
         let mut buckets: Vec<Vec<Bucket>> = keys.iter().map(|_| window.buckets()).collect();
@@ -356,22 +373,17 @@ impl Analytics {
     }
 
     /// Adds `row`, read from the store, to its bucket among `buckets` of `window`, unless this
-    /// process wrote it (its memory is fresher).
+    /// process wrote it and holds the bucket whole in memory (fresher).
     fn add_row(
         &self,
         row: &UsageRow,
         window: &Window,
         buckets: &mut [Bucket],
     ) -> Result<(), StoreError> {
-        if self.owns(&row.replica) {
+        if self.holds(row, window.resolution) {
             return Ok(());
         }
-        let bucket = Bucket::decode(&row.data).map_err(|error| {
-            StoreError::unavailable(format!(
-                "corrupt usage row (replica {}, resolution {}, start {}): {error}",
-                row.replica, row.resolution, row.start
-            ))
-        })?;
+        let bucket = decode(row)?;
         let length = window.resolution.seconds();
         if let Some(slot) = window.slot(buckets, row.start / length) {
             slot.merge(&bucket, self.inner.config.max_endpoints);
@@ -386,11 +398,18 @@ impl Analytics {
     /// stays pending for the next flush: nothing is lost. Flushes of one `Analytics` run one at
     /// a time, so an older copy of a bucket is never written after a newer one.
     ///
+    /// Once written, buckets whose time has been over for
+    /// [`keep_flushed`](AnalyticsConfig::keep_flushed) leave memory (the time is the newest
+    /// request's). A late request for one of them (a long request, recorded when it ends)
+    /// starts the bucket anew in memory; the next flush reads the bucket's row and adds it
+    /// before writing, so the row is added to, not written over.
+    ///
     /// # Errors
     /// When the store fails.
     pub async fn flush<A: UsageArchive + ?Sized>(&self, archive: &A) -> Result<usize, StoreError> {
         let _one_at_a_time = self.inner.flushing.lock().await;
         self.settle();
+        self.complete_partial(archive).await?;
         let replica = &*self.inner.replica;
         let mut rows = Vec::new();
         // Where each row came from, marked changed again unless the write succeeds.
@@ -421,8 +440,7 @@ impl Analytics {
         for (shard, series) in self.inner.unauthenticated.iter().enumerate() {
             let mut series = lock(series);
             newest = newest.max(series.newest().unwrap_or(0));
-            // One row per shard: each shard is a replica of its own.
-            let replica = format!("{replica}/{shard}");
+            let replica = self.replica_of(&Err(shard));
             for (resolution, start, bucket) in series.take_dirty() {
                 let seconds = u32::try_from(resolution.seconds()).unwrap_or(u32::MAX);
                 rows.push(UsageRow::new(
@@ -446,7 +464,117 @@ impl Analytics {
         });
         archive.write_usage(&rows, &expire).await?;
         unwritten.from.clear();
+        let keep = self.inner.config.keep_flushed.as_secs();
+        self.drop_written(newest.saturating_sub(keep)).await;
         Ok(rows.len())
+    }
+
+    /// Adds to each partial bucket (made by a late request after its time was flushed and
+    /// dropped from memory) this replica's row of it, so that it is whole again and the flush
+    /// writes it.
+    async fn complete_partial<A: UsageArchive + ?Sized>(
+        &self,
+        archive: &A,
+    ) -> Result<(), StoreError> {
+        let mut partial: HashMap<(Resolution, u64), Vec<Source>> = HashMap::new();
+        for entry in self.inner.keys.iter() {
+            for bucket in lock(entry.value()).partial() {
+                partial
+                    .entry(bucket)
+                    .or_default()
+                    .push(Ok(entry.key().clone()));
+            }
+        }
+        for (shard, series) in self.inner.unauthenticated.iter().enumerate() {
+            for bucket in lock(series).partial() {
+                partial.entry(bucket).or_default().push(Err(shard));
+            }
+        }
+        let max_endpoints = self.inner.config.max_endpoints;
+        for ((resolution, start), sources) in partial {
+            let key = |source: &Source| source.as_deref().unwrap_or("").to_owned();
+            let keys: Vec<String> = sources.iter().map(key).collect();
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let length = resolution.seconds();
+            let seconds = u32::try_from(length).unwrap_or(u32::MAX);
+            let range = UsageRange::new(seconds, start, start.saturating_add(length));
+            let rows = archive.read_usage(&range.keys(&keys)).await?;
+            let _no_report_meanwhile = self.inner.holding.write().await;
+            for (source, key) in sources.iter().zip(&keys) {
+                let replica = self.replica_of(source);
+                let own = rows.iter().find(|row| {
+                    (
+                        row.replica.as_str(),
+                        row.key.as_str(),
+                        row.resolution,
+                        row.start,
+                    ) == (&*replica, *key, seconds, start)
+                });
+                let stored = own.map(decode).transpose()?;
+                self.with_series(source, |series| {
+                    series.complete(resolution, start, stored.as_ref(), max_endpoints);
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops from memory the buckets written to the store whose time ended before second
+    /// `before`, with no report reading meanwhile.
+    async fn drop_written(&self, before: u64) {
+        if before == 0 {
+            return;
+        }
+        let _no_report_meanwhile = self.inner.holding.write().await;
+        for series in self.inner.keys.iter() {
+            lock(&series).drop_written(before);
+        }
+        for series in &self.inner.unauthenticated {
+            lock(series).drop_written(before);
+        }
+    }
+
+    /// Runs `f` on the series of `source`, if it is kept.
+    fn with_series(&self, source: &Source, f: impl FnOnce(&mut Series)) {
+        match source {
+            Ok(key) => {
+                if let Some(series) = self.inner.keys.get(key) {
+                    f(&mut lock(&series));
+                }
+            }
+            Err(shard) => f(&mut lock(&self.inner.unauthenticated[*shard])),
+        }
+    }
+
+    /// The replica named in the store's rows of `source`: this process's name, and for an
+    /// unauthenticated shard its number after it (each shard is a replica of its own).
+    fn replica_of(&self, source: &Source) -> std::borrow::Cow<'_, str> {
+        let replica = &*self.inner.replica;
+        match source {
+            Ok(_) => replica.into(),
+            Err(shard) => format!("{replica}/{shard}").into(),
+        }
+    }
+
+    /// Whether this process wrote `row` (of `resolution`) and holds its bucket whole in memory.
+    fn holds(&self, row: &UsageRow, resolution: Resolution) -> bool {
+        let mine = &*self.inner.replica;
+        let Some(rest) = row.replica.strip_prefix(mine) else {
+            return false;
+        };
+        let source = match rest.strip_prefix('/') {
+            None if rest.is_empty() => Ok(row.key.as_str().into()),
+            Some(shard) if row.key.is_empty() => match shard.parse() {
+                Ok(shard) if shard < SHARDS => Err(shard),
+                _ => return false,
+            },
+            _ => return false,
+        };
+        let mut holds = false;
+        self.with_series(&source, |series| {
+            holds = series.holds(resolution, row.start);
+        });
+        holds
     }
 
     /// Flushes to `archive` every `period` on a task of its own, and once more when stopped
@@ -499,14 +627,6 @@ impl Analytics {
             Some(series) => record(&series),
             None => record(&self.inner.keys.entry(id.into()).or_default()),
         }
-    }
-
-    /// Whether this process wrote rows of `replica`.
-    fn owns(&self, replica: &str) -> bool {
-        let mine = &*self.inner.replica;
-        replica
-            .strip_prefix(mine)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     }
 
     /// Adds this process's buckets of `subject` in `window` to `buckets`.
@@ -575,6 +695,16 @@ impl Analytics {
             limits: Vec::new(),
         }
     }
+}
+
+/// The bucket of the store's `row`.
+fn decode(row: &UsageRow) -> Result<Bucket, StoreError> {
+    Bucket::decode(&row.data).map_err(|error| {
+        StoreError::unavailable(format!(
+            "corrupt usage row (replica {}, resolution {}, start {}): {error}",
+            row.replica, row.resolution, row.start
+        ))
+    })
 }
 
 /// The buckets a report covers: indexes `start..end` of `resolution`.

@@ -35,6 +35,10 @@ pub(crate) struct Bucket {
     pub(crate) latency: Latencies,
     /// Changed since it was last written to the store.
     pub(crate) dirty: bool,
+    /// Made after this bucket's time had been flushed and dropped from memory (a late
+    /// request): the store's row of this replica holds the rest, which the next flush adds
+    /// before it writes.
+    pub(crate) partial: bool,
 }
 
 /// Adds `by` to the count of `item` in `counts`, a short list searched from the start.

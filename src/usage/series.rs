@@ -15,6 +15,9 @@ use super::report::Resolution;
 #[derive(Debug, Default)]
 struct Ring {
     buckets: VecDeque<(u64, Box<Bucket>)>,
+    /// Every bucket before this index that is not kept was flushed and dropped (or never
+    /// held a request): one made again is partial.
+    dropped_before: u64,
 }
 
 impl Ring {
@@ -26,7 +29,11 @@ impl Ring {
         }
         let at = self.buckets.partition_point(|(i, _)| *i < index);
         if self.buckets.get(at).is_none_or(|(i, _)| *i != index) {
-            self.buckets.insert(at, (index, Box::default()));
+            let bucket = Bucket {
+                partial: index < self.dropped_before,
+                ..Bucket::default()
+            };
+            self.buckets.insert(at, (index, Box::new(bucket)));
         }
         self.buckets.get_mut(at).map(|(_, bucket)| &mut **bucket)
     }
@@ -36,6 +43,39 @@ impl Ring {
         while self.buckets.front().is_some_and(|(i, _)| *i < oldest) {
             self.buckets.pop_front();
         }
+    }
+
+    /// Drops the buckets before index `before` that are in the store (unchanged since
+    /// written), oldest first, up to the first that is not; returns how many.
+    fn drop_written(&mut self, before: u64) -> usize {
+        let mut dropped = 0;
+        while let Some((index, _)) = self
+            .buckets
+            .front()
+            .filter(|(i, bucket)| *i < before && !bucket.dirty)
+        {
+            self.dropped_before = self.dropped_before.max(index + 1);
+            self.buckets.pop_front();
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// The bucket of `index`, if kept.
+    fn get(&self, index: u64) -> Option<&Bucket> {
+        let at = self.buckets.partition_point(|(i, _)| *i < index);
+        self.buckets
+            .get(at)
+            .filter(|(i, _)| *i == index)
+            .map(|(_, bucket)| &**bucket)
+    }
+
+    fn get_mut(&mut self, index: u64) -> Option<&mut Bucket> {
+        let at = self.buckets.partition_point(|(i, _)| *i < index);
+        self.buckets
+            .get_mut(at)
+            .filter(|(i, _)| *i == index)
+            .map(|(_, bucket)| &mut **bucket)
     }
 }
 
@@ -161,7 +201,7 @@ impl Series {
     }
 
     /// The buckets changed since they were last taken, each with its resolution and start
-    /// (Unix seconds), marked unchanged. The open minute is in no hour or day yet: when it
+    /// (Unix seconds), marked unchanged; partial ones stay for later. The open minute is in no hour or day yet: when it
     /// changed, the rows of its hour and day are given with it merged in.
     pub(crate) fn take_dirty(&mut self) -> Vec<(Resolution, u64, Bucket)> {
         let open = self
@@ -172,7 +212,10 @@ impl Series {
             .map(|(minute, bucket)| (*minute, bucket.clone()));
         let mut taken = Vec::new();
         for (ring, resolution) in self.rings_mut() {
-            for (index, bucket) in ring.buckets.iter_mut().filter(|(_, b)| b.dirty) {
+            // A partial bucket waits until the store's rest is added: written alone, it
+            // would replace the row that holds the rest.
+            let whole_and_changed = |(_, b): &&mut (u64, Box<Bucket>)| b.dirty && !b.partial;
+            for (index, bucket) in ring.buckets.iter_mut().filter(whole_and_changed) {
                 bucket.dirty = false;
                 taken.push((
                     resolution,
@@ -207,12 +250,7 @@ impl Series {
     /// hour or day, the open minute too, whose rows carry it.
     pub(crate) fn mark_dirty(&mut self, resolution: Resolution, start: u64) {
         let at = start / resolution.seconds();
-        if let Some((_, bucket)) = self
-            .ring_mut(resolution)
-            .buckets
-            .iter_mut()
-            .find(|(i, _)| *i == at)
-        {
+        if let Some(bucket) = self.ring_mut(resolution).get_mut(at) {
             bucket.dirty = true;
         }
         if resolution != Resolution::Minute {
@@ -220,6 +258,70 @@ impl Series {
                 if index(*minute * 60, resolution) == at {
                     bucket.dirty = true;
                 }
+            }
+        }
+    }
+
+    /// Drops the buckets that are in the store and whose time ended before second `before`,
+    /// except the open minute and the hour and day it will be merged into (their rows carry
+    /// it); returns how many. One of them made again by a late request is partial.
+    pub(crate) fn drop_written(&mut self, before: u64) -> usize {
+        let open = self.newest();
+        let mut dropped = 0;
+        for (ring, resolution) in self.rings_mut() {
+            let mut bound = index(before, resolution);
+            if let Some(open) = open {
+                bound = bound.min(index(open, resolution));
+            }
+            dropped += ring.drop_written(bound);
+        }
+        dropped
+    }
+
+    /// Whether it holds all of this replica's bucket of `resolution` from `start` (so the
+    /// store's row of it, older, is not to be counted): kept and not partial, or, for an hour
+    /// or a day, the one the open minute goes to (its row carries the open minute).
+    pub(crate) fn holds(&self, resolution: Resolution, start: u64) -> bool {
+        let at = start / resolution.seconds();
+        if let Some(bucket) = self.ring(resolution).get(at) {
+            return !bucket.partial;
+        }
+        resolution != Resolution::Minute
+            && self
+                .newest()
+                .is_some_and(|open| index(open, resolution) == at)
+    }
+
+    /// The partial buckets: each one's resolution and start.
+    pub(crate) fn partial(&self) -> Vec<(Resolution, u64)> {
+        let mut partial = Vec::new();
+        for resolution in [Resolution::Minute, Resolution::Hour, Resolution::Day] {
+            for (at, bucket) in &self.ring(resolution).buckets {
+                if bucket.partial {
+                    partial.push((resolution, at * resolution.seconds()));
+                }
+            }
+        }
+        partial
+    }
+
+    /// Adds `stored`, this replica's row of the partial bucket of `resolution` from `start`
+    /// (`None`: it has none), to the bucket, which is then whole.
+    pub(crate) fn complete(
+        &mut self,
+        resolution: Resolution,
+        start: u64,
+        stored: Option<&Bucket>,
+        max_endpoints: usize,
+    ) {
+        let at = start / resolution.seconds();
+        if let Some(bucket) = self.ring_mut(resolution).get_mut(at) {
+            if bucket.partial {
+                if let Some(stored) = stored {
+                    bucket.merge(stored, max_endpoints);
+                    bucket.pack();
+                }
+                bucket.partial = false;
             }
         }
     }
@@ -312,5 +414,62 @@ mod tests {
         assert_eq!(total(&series, Resolution::Minute, start / 60, 1), [0]);
         assert_eq!(total(&series, Resolution::Hour, start / 3_600, 1), [0]);
         assert_eq!(total(&series, Resolution::Day, start / DAY, 2), [2, 1]);
+    }
+
+    #[test]
+    fn written_buckets_leave_and_one_made_again_waits_for_the_stores_rest() {
+        let mut series = Series::default();
+        let start = 100 * DAY + 12 * 3_600; // noon
+        series.record(&ok(1.0), start, 10);
+        series.record(&ok(1.0), start + 2 * 3_600 + 60, 10); // 14:01, the open minute
+        let written = series.take_dirty();
+        assert_eq!(
+            written.len(),
+            5,
+            "12:00, 14:01, hour 12, and the open minute's hour and day"
+        );
+        series.record(&ok(1.0), start + 2 * 3_600 + 120, 10); // 14:02: 14:01 closes
+        series.take_dirty();
+        assert_eq!(
+            series.len(),
+            6,
+            "minutes 12:00 14:01 14:02, hours 12 and 14, the day"
+        );
+        // Over before 13:01: minute 12:00 and hour 12 go; the open minute, its hour and day stay.
+        assert_eq!(series.drop_written(start + 3_600 + 60), 2);
+        assert!(!series.holds(Resolution::Minute, start));
+        assert!(!series.holds(Resolution::Hour, start));
+        assert!(series.holds(Resolution::Day, start - start % DAY));
+        assert!(series.holds(Resolution::Minute, start + 2 * 3_600 + 120));
+        // A changed bucket stays until written.
+        series.record(&ok(1.0), start + 2 * 3_600 + 60, 10); // late, for 14:01
+        assert_eq!(series.drop_written(start + 2 * 3_600 + 120), 0);
+
+        // Late, for 12:00: made again, partial, and not written alone.
+        series.record(&ok(1.0), start + 30, 10);
+        assert_eq!(
+            series.partial(),
+            [(Resolution::Minute, start), (Resolution::Hour, start)]
+        );
+        assert!(!series.holds(Resolution::Minute, start));
+        let rows = series.take_dirty();
+        assert!(rows
+            .iter()
+            .all(|(r, s, _)| (*r, *s) != (Resolution::Minute, start)));
+        assert!(rows
+            .iter()
+            .all(|(r, s, _)| (*r, *s) != (Resolution::Hour, start)));
+        // The store's rest added: whole, and written with it.
+        let mut stored = Bucket::default();
+        stored.record(&ok(1.0), 10);
+        series.complete(Resolution::Minute, start, Some(&stored), 10);
+        series.complete(Resolution::Hour, start, Some(&stored), 10);
+        assert!(series.partial().is_empty());
+        assert!(series.holds(Resolution::Minute, start));
+        let rows = series.take_dirty();
+        let minute = rows
+            .iter()
+            .find(|(r, s, _)| (*r, *s) == (Resolution::Minute, start));
+        assert_eq!(minute.map(|(_, _, bucket)| bucket.requests()), Some(2));
     }
 }

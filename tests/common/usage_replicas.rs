@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use tower_api_key::usage::{Analytics, Resolution, Subject};
 use tower_api_key::{
     async_trait,
+    clock::ManualClock,
     store::{KeyStoreAdmin, StoreError, UsageArchive, UsageRange, UsageRow},
     ApiKeyLayer, NewKey,
 };
@@ -73,11 +74,17 @@ struct Replica<S> {
 
 impl<S: KeyStoreAdmin + UsageArchive + Clone> Replica<S> {
     async fn new(store: S, prefix: &str) -> (Self, ApiKeyLayer) {
+        Replica::with_clock(store, prefix, None).await
+    }
+
+    /// As [`new`](Self::new), its layer on `clock` if given.
+    async fn with_clock(store: S, prefix: &str, clock: Option<ManualClock>) -> (Self, ApiKeyLayer) {
         let analytics = Analytics::new();
-        let layer = ApiKeyLayer::builder(prefix, store.clone())
-            .usage_sink(analytics.clone())
-            .build()
-            .unwrap();
+        let mut layer = ApiKeyLayer::builder(prefix, store.clone()).usage_sink(analytics.clone());
+        if let Some(clock) = clock {
+            layer = layer.clock(clock);
+        }
+        let layer = layer.build().unwrap();
         let app = items().layer(layer.clone());
         let replica = Replica {
             analytics,
@@ -237,4 +244,88 @@ where
         let keys: BTreeSet<&str> = rows.iter().map(|row| row.key.as_str()).collect();
         assert_eq!(keys, want.iter().copied().collect(), "{range:?}");
     }
+}
+
+/// A replica keeps in memory what is not yet in the store and the last hour of the rest:
+/// buckets written and over for an hour leave memory, yet count in every replica's reports,
+/// this one's included; a late request for one of them (begun then, recorded now) is added to
+/// the bucket's row, not written over it, even when the write's answer is lost.
+pub async fn flushed_buckets_leave_memory_and_still_count<S>(a: S, b: S, prefix: &str)
+where
+    S: KeyStoreAdmin + UsageArchive + Clone,
+{
+    // 2026-11-23 12:00:00 UTC: a minute and an hour start here.
+    let noon = SystemTime::UNIX_EPOCH + Duration::from_secs(20_780 * 86_400 + 12 * 3_600);
+    let at = |secs: u64| noon + Duration::from_secs(secs);
+    let clock = ManualClock::new(at(0));
+    let (one, layer) = Replica::with_clock(a.clone(), prefix, Some(clock.clone())).await;
+    let (two, _) = Replica::new(b, prefix).await;
+    let created = NewKey::new("usage").generate(layer.format()).unwrap();
+    a.create(created.record.clone()).await.unwrap();
+    let (id, key) = (&*created.record.id, api_key(created.key.expose_secret()));
+    let afternoon = at(0)..at(3 * 3_600);
+    let report = |replica: &Replica<S>, resolution: Resolution| {
+        let (analytics, archive) = (replica.analytics.clone(), replica.archive.clone());
+        let range = afternoon.clone();
+        async move {
+            let report = analytics
+                .usage_across(&archive, Subject::Key(id), range, resolution)
+                .await
+                .unwrap();
+            let minutes = |start: u64| {
+                let at = |p: &&tower_api_key::usage::Point| p.start == start;
+                report.series.iter().find(at).map_or(0, |p| p.requests)
+            };
+            let noon = noon
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            (report.totals.requests, minutes(noon))
+        }
+    };
+
+    one.send(Some(&key), 3, 200).await;
+    assert!(one.flush().await.unwrap() > 0);
+    clock.set(at(2 * 3_600 + 60)); // 14:01
+    one.send(Some(&key), 2, 200).await;
+    let held = one.analytics.buckets();
+    assert!(one.flush().await.unwrap() > 0);
+    // 12:00 and its hour are written and over for more than an hour: they leave memory.
+    assert_eq!(one.analytics.buckets(), held - 2);
+    let local = one
+        .analytics
+        .usage(Subject::Key(id), afternoon.clone(), Resolution::Minute);
+    assert_eq!(local.totals.requests, 2, "memory alone: 14:01 only");
+    for replica in [&one, &two] {
+        assert_eq!(report(replica, Resolution::Minute).await, (5, 3));
+        assert_eq!(report(replica, Resolution::Hour).await, (5, 3));
+        assert_eq!(report(replica, Resolution::Day).await.0, 5);
+    }
+
+    // A request that began at 12:00 is recorded now.
+    clock.set(at(30));
+    one.send(Some(&key), 1, 200).await;
+    clock.set(at(2 * 3_600 + 60));
+    assert_eq!(
+        report(&one, Resolution::Minute).await,
+        (6, 4),
+        "its row and memory"
+    );
+    assert_eq!(
+        report(&two, Resolution::Minute).await,
+        (5, 3),
+        "not flushed yet"
+    );
+    // Its flush writes the row whole (the row's 3 and the late 1), once, though the first
+    // write's answer is lost.
+    one.archive.set(ACK_LOST);
+    assert!(one.flush().await.is_err());
+    one.archive.set(WORKS);
+    assert!(one.flush().await.unwrap() > 0);
+    for replica in [&one, &two] {
+        assert_eq!(report(replica, Resolution::Minute).await, (6, 4));
+        assert_eq!(report(replica, Resolution::Hour).await, (6, 4));
+        assert_eq!(report(replica, Resolution::Day).await.0, 6);
+    }
+    assert_eq!(one.analytics.buckets(), held - 2, "left memory again");
 }
