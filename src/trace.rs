@@ -57,6 +57,15 @@ pub(crate) fn usage_flush_failed(error: &dyn std::fmt::Display) {
     let _ = error;
 }
 
+/// This replica's usage row of a bucket did not read back when a late request's count was to
+/// be added to it: the flush writes the bucket over it.
+pub(crate) fn usage_row_replaced(error: &dyn std::fmt::Display) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(target: "tower_api_key", error = %error, "corrupt usage row written over");
+    #[cfg(not(feature = "tracing"))]
+    let _ = error;
+}
+
 /// The store failed while looking up `key_id`.
 #[inline]
 pub(crate) fn store_failed(key_id: &str, error: &dyn std::fmt::Display) {

@@ -635,6 +635,37 @@ mod analytics {
         assert_eq!(afternoon(&analytics, &gate, Resolution::Minute).await, 5);
     }
 
+    /// A late request's bucket whose row in the store does not read back is written over,
+    /// not left to stop every flush.
+    #[tokio::test]
+    async fn a_corrupt_row_under_a_late_request_is_written_over() {
+        let gate = Gate::default();
+        let analytics = dropping_at_once();
+        let clock = ManualClock::new(at(0));
+        let send = traffic_on(&gate, &analytics, Some(clock.clone())).await;
+        send(3).await;
+        clock.set(at(120));
+        send(2).await;
+        analytics.flush(&gate).await.unwrap();
+        let noon = at(0).duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let minute = UsageRange::new(60, noon, noon + 60);
+        let rows = gate.store.read_usage(&minute).await.unwrap();
+        let [row] = &rows[..] else {
+            panic!("one row of noon: {rows:?}")
+        };
+        let corrupt = UsageRow::new(analytics.replica(), &row.key, None, 60, noon, "{");
+        gate.store.write_usage(&[corrupt], &[]).await.unwrap();
+        let range = at(0)..at(3_600);
+        let report = analytics.usage_across(&gate, Subject::All, range, Resolution::Minute);
+        assert!(report.await.is_err(), "a report says the row is corrupt");
+
+        clock.set(at(30));
+        send(1).await;
+        analytics.flush(&gate).await.unwrap();
+        let minutes = afternoon(&analytics, &gate, Resolution::Minute).await;
+        assert_eq!(minutes, 3, "the corrupt row's 3 are lost, the rest counted");
+    }
+
     /// Randomized: four senders, each through a layer and clock of its own, record in the
     /// minute they are at and now and then late (in a minute flushed and dropped already);
     /// a flusher drops every bucket it writes, failing a third of its writes; a reporter

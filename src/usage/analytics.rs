@@ -471,7 +471,7 @@ impl Analytics {
 
     /// Adds to each partial bucket (made by a late request after its time was flushed and
     /// dropped from memory) this replica's row of it, so that it is whole again and the flush
-    /// writes it.
+    /// writes it. A row that does not read back is written over (and logged).
     async fn complete_partial<A: UsageArchive + ?Sized>(
         &self,
         archive: &A,
@@ -510,7 +510,14 @@ impl Analytics {
                         row.start,
                     ) == (&*replica, *key, seconds, start)
                 });
-                let stored = own.map(decode).transpose()?;
+                let stored = match own.map(decode).transpose() {
+                    Ok(stored) => stored,
+                    // A row that does not read back would stop every flush: written over.
+                    Err(error) => {
+                        crate::trace::usage_row_replaced(&error);
+                        None
+                    }
+                };
                 self.with_series(source, |series| {
                     series.complete(resolution, start, stored.as_ref(), max_endpoints);
                 });
