@@ -208,8 +208,7 @@ impl Series {
             .minutes
             .buckets
             .back()
-            .filter(|(_, bucket)| bucket.dirty)
-            .map(|(minute, bucket)| (*minute, bucket.clone()));
+            .map(|(m, bucket)| (*m, bucket.dirty));
         let mut taken = Vec::new();
         for (ring, resolution) in self.rings_mut() {
             // A partial bucket waits until the store's rest is added: written alone, it
@@ -224,23 +223,28 @@ impl Series {
                 ));
             }
         }
-        if let Some((minute, bucket)) = open {
+        // The rows of the open minute's hour and day carry it: written when it changed, or
+        // when they did (a late request), with it merged in.
+        if let (Some((minute, changed)), Some((_, bucket))) = (open, self.minutes.buckets.back()) {
             for resolution in [Resolution::Hour, Resolution::Day] {
-                let start = index(minute * 60, resolution) * resolution.seconds();
+                let at = index(minute * 60, resolution);
+                let start = at * resolution.seconds();
                 let row = taken
                     .iter()
                     .position(|(r, s, _)| (*r, *s) == (resolution, start));
-                let row = match row {
-                    Some(row) => row,
-                    None => {
-                        let kept = self.ring(resolution).buckets.iter();
-                        let kept = kept.filter(|(i, _)| *i * resolution.seconds() == start);
-                        let copy = kept.map(|(_, b)| (**b).clone()).next().unwrap_or_default();
-                        taken.push((resolution, start, copy));
+                let row = match (row, self.ring(resolution).get(at)) {
+                    (Some(row), _) => row,
+                    (None, Some(kept)) if changed && !kept.partial => {
+                        taken.push((resolution, start, kept.clone()));
                         taken.len() - 1
                     }
+                    (None, None) if changed => {
+                        taken.push((resolution, start, Bucket::default()));
+                        taken.len() - 1
+                    }
+                    _ => continue,
                 };
-                taken[row].2.merge(&bucket, usize::MAX);
+                taken[row].2.merge(bucket, usize::MAX);
             }
         }
         taken
@@ -414,6 +418,28 @@ mod tests {
         assert_eq!(total(&series, Resolution::Minute, start / 60, 1), [0]);
         assert_eq!(total(&series, Resolution::Hour, start / 3_600, 1), [0]);
         assert_eq!(total(&series, Resolution::Day, start / DAY, 2), [2, 1]);
+    }
+
+    #[test]
+    fn an_hours_row_carries_the_open_minute_when_only_a_late_request_changed_it() {
+        let mut series = Series::default();
+        let start = 100 * DAY + 14 * 3_600;
+        series.record(&ok(1.0), start + 60, 10); // 14:01, open
+        series.take_dirty();
+        series.record(&ok(1.0), start, 10); // late: 14:00
+        let rows = series.take_dirty();
+        let requests = |resolution: Resolution| {
+            let row = rows.iter().find(|(r, _, _)| *r == resolution);
+            row.map(|(_, _, bucket)| bucket.requests())
+        };
+        assert_eq!(requests(Resolution::Minute), Some(1), "14:00");
+        assert_eq!(
+            requests(Resolution::Hour),
+            Some(2),
+            "14:00 and the open 14:01"
+        );
+        assert_eq!(requests(Resolution::Day), Some(2));
+        assert!(series.take_dirty().is_empty());
     }
 
     #[test]

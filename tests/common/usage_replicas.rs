@@ -249,7 +249,8 @@ where
 /// A replica keeps in memory what is not yet in the store and the last hour of the rest:
 /// buckets written and over for an hour leave memory, yet count in every replica's reports,
 /// this one's included; a late request for one of them (begun then, recorded now) is added to
-/// the bucket's row, not written over it, even when the write's answer is lost.
+/// the bucket's row, not written over it, even when the write's answer is lost; and one for a
+/// minute of the open minute's hour leaves the open minute in the hour's row.
 pub async fn flushed_buckets_leave_memory_and_still_count<S>(a: S, b: S, prefix: &str)
 where
     S: KeyStoreAdmin + UsageArchive + Clone,
@@ -328,4 +329,16 @@ where
         assert_eq!(report(replica, Resolution::Day).await.0, 6);
     }
     assert_eq!(one.analytics.buckets(), held - 2, "left memory again");
+
+    // A request begun at 14:00, recorded now: the rows of its hour and day, written again,
+    // still carry the open minute, 14:01.
+    clock.set(at(2 * 3_600));
+    one.send(Some(&key), 1, 200).await;
+    clock.set(at(2 * 3_600 + 60));
+    assert!(one.flush().await.unwrap() > 0);
+    for replica in [&one, &two] {
+        assert_eq!(report(replica, Resolution::Minute).await.0, 7);
+        assert_eq!(report(replica, Resolution::Hour).await.0, 7);
+        assert_eq!(report(replica, Resolution::Day).await.0, 7);
+    }
 }
