@@ -36,7 +36,7 @@ mod analytics {
         MemoryStore, NewKey, RequireScopeLayer,
     };
 
-    use super::common::{api_key, items, name_endpoints, serve, HttpClient};
+    use super::common::{api_key, items, name_endpoints, serve, xorshift, HttpClient};
     use super::usage_replicas;
 
     /// 2026-11-23 12:00:00 UTC: a minute and an hour start here.
@@ -684,16 +684,13 @@ mod analytics {
             let send = traffic_on(&gate, &analytics, Some(clock.clone())).await;
             let (begun, answered) = (begun.clone(), answered.clone());
             senders.push(tokio::spawn(async move {
-                let mut random = Xorshift(sender * 7_919 + u64::from(rand_percent()) + 1);
+                let mut seed = sender * 7_919 + u64::from(rand_percent()) + 1;
+                let mut below = |n: u64| xorshift(&mut seed) % n;
                 for i in 0..300u64 {
                     let minute = i / 15;
-                    let late = random.below(5) == 0;
-                    let minute = if late {
-                        random.below(minute + 1)
-                    } else {
-                        minute
-                    };
-                    clock.set(at(minute * 60 + random.below(60)));
+                    let late = below(5) == 0;
+                    let minute = if late { below(minute + 1) } else { minute };
+                    clock.set(at(minute * 60 + below(60)));
                     begun.fetch_add(1, Ordering::SeqCst);
                     send(1).await;
                     answered.fetch_add(1, Ordering::SeqCst);
@@ -746,17 +743,5 @@ mod analytics {
             "each key keeps its open minute, its hour and day: {}",
             analytics.buckets()
         );
-    }
-
-    struct Xorshift(u64);
-
-    impl Xorshift {
-        /// 0 to `n - 1`.
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
     }
 }

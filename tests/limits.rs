@@ -14,7 +14,7 @@ use tower_api_key::{
     KeyManager, NewKey,
 };
 
-use common::{api_key, app, serve, HttpClient, Reply, TestStore};
+use common::{api_key, app, serve, xorshift, HttpClient, Reply, TestStore};
 
 /// 2026-11-22 23:59:00 UTC.
 const START: u64 = 20_779 * 86_400 + 86_340;
@@ -554,14 +554,6 @@ async fn named_limits_are_each_enforced_and_a_route_costs_what_the_layer_says() 
     assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(over.json()["limit"], "hour");
     assert_eq!(over.code(), "RATE_LIMIT_EXCEEDED");
-}
-
-/// The next number of a small xorshift sequence.
-fn xorshift(seed: &mut u64) -> u64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed
 }
 
 /// What a request costing `cost` in `buckets` spent: its cost if admitted, else nothing.

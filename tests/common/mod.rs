@@ -694,3 +694,11 @@ impl FreezingProxy {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 }
+
+/// The next number of a small xorshift sequence (test data; `seed` not 0).
+pub fn xorshift(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
