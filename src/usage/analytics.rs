@@ -170,14 +170,20 @@ struct Unwritten<'a> {
 impl Drop for Unwritten<'_> {
     fn drop(&mut self) {
         for (source, resolution, start) in self.from.drain(..) {
-            self.analytics
-                .with_series(&source, |series| series.mark_dirty(resolution, start));
+            self.analytics.with_series(borrowed(&source), |series| {
+                series.mark_dirty(resolution, start);
+            });
         }
     }
 }
 
 /// A series of [`Analytics`]: a key's, or an unauthenticated shard's.
 type Source = Result<Box<str>, usize>;
+
+/// `source`, borrowed.
+fn borrowed(source: &Source) -> Result<&str, usize> {
+    source.as_deref().map_err(|&shard| shard)
+}
 
 /// A [`Flusher`]'s job: `analytics` to `archive`.
 struct FlushTo<A> {
@@ -440,7 +446,7 @@ impl Analytics {
         for (shard, series) in self.inner.unauthenticated.iter().enumerate() {
             let mut series = lock(series);
             newest = newest.max(series.newest().unwrap_or(0));
-            let replica = self.replica_of(&Err(shard));
+            let replica = self.replica_of(Err(shard));
             for (resolution, start, bucket) in series.take_dirty() {
                 let seconds = u32::try_from(resolution.seconds()).unwrap_or(u32::MAX);
                 rows.push(UsageRow::new(
@@ -492,15 +498,16 @@ impl Analytics {
         }
         let max_endpoints = self.inner.config.max_endpoints;
         for ((resolution, start), sources) in partial {
-            let key = |source: &Source| source.as_deref().unwrap_or("").to_owned();
-            let keys: Vec<String> = sources.iter().map(key).collect();
-            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let keys: Vec<&str> = (sources.iter())
+                .map(|source| source.as_deref().unwrap_or(""))
+                .collect();
             let length = resolution.seconds();
             let seconds = u32::try_from(length).unwrap_or(u32::MAX);
             let range = UsageRange::new(seconds, start, start.saturating_add(length));
             let rows = archive.read_usage(&range.keys(&keys)).await?;
             let _no_report_meanwhile = self.inner.holding.write().await;
             for (source, key) in sources.iter().zip(&keys) {
+                let source = borrowed(source);
                 let replica = self.replica_of(source);
                 let own = rows.iter().find(|row| {
                     (
@@ -541,21 +548,22 @@ impl Analytics {
         }
     }
 
-    /// Runs `f` on the series of `source`, if it is kept.
-    fn with_series(&self, source: &Source, f: impl FnOnce(&mut Series)) {
+    /// Runs `f` on the series of `source` (a key's id, or an unauthenticated shard), if it is
+    /// kept.
+    fn with_series(&self, source: Result<&str, usize>, f: impl FnOnce(&mut Series)) {
         match source {
             Ok(key) => {
                 if let Some(series) = self.inner.keys.get(key) {
                     f(&mut lock(&series));
                 }
             }
-            Err(shard) => f(&mut lock(&self.inner.unauthenticated[*shard])),
+            Err(shard) => f(&mut lock(&self.inner.unauthenticated[shard])),
         }
     }
 
     /// The replica named in the store's rows of `source`: this process's name, and for an
     /// unauthenticated shard its number after it (each shard is a replica of its own).
-    fn replica_of(&self, source: &Source) -> std::borrow::Cow<'_, str> {
+    fn replica_of(&self, source: Result<&str, usize>) -> std::borrow::Cow<'_, str> {
         let replica = &*self.inner.replica;
         match source {
             Ok(_) => replica.into(),
@@ -570,7 +578,7 @@ impl Analytics {
             return false;
         };
         let source = match rest.strip_prefix('/') {
-            None if rest.is_empty() => Ok(row.key.as_str().into()),
+            None if rest.is_empty() => Ok(row.key.as_str()),
             Some(shard) if row.key.is_empty() => match shard.parse() {
                 Ok(shard) if shard < SHARDS => Err(shard),
                 _ => return false,
@@ -578,7 +586,7 @@ impl Analytics {
             _ => return false,
         };
         let mut holds = false;
-        self.with_series(&source, |series| {
+        self.with_series(source, |series| {
             holds = series.holds(resolution, row.start);
         });
         holds

@@ -27,14 +27,17 @@ impl Ring {
         if index < oldest {
             return None;
         }
-        let at = self.buckets.partition_point(|(i, _)| *i < index);
-        if self.buckets.get(at).is_none_or(|(i, _)| *i != index) {
-            let bucket = Bucket {
-                partial: index < self.dropped_before,
-                ..Bucket::default()
-            };
-            self.buckets.insert(at, (index, Box::new(bucket)));
-        }
+        let at = match self.find(index) {
+            Ok(at) => at,
+            Err(at) => {
+                let bucket = Bucket {
+                    partial: index < self.dropped_before,
+                    ..Bucket::default()
+                };
+                self.buckets.insert(at, (index, Box::new(bucket)));
+                at
+            }
+        };
         self.buckets.get_mut(at).map(|(_, bucket)| &mut **bucket)
     }
 
@@ -63,19 +66,18 @@ impl Ring {
 
     /// The bucket of `index`, if kept.
     fn get(&self, index: u64) -> Option<&Bucket> {
-        let at = self.buckets.partition_point(|(i, _)| *i < index);
-        self.buckets
-            .get(at)
-            .filter(|(i, _)| *i == index)
-            .map(|(_, bucket)| &**bucket)
+        let at = self.find(index).ok()?;
+        self.buckets.get(at).map(|(_, bucket)| &**bucket)
     }
 
     fn get_mut(&mut self, index: u64) -> Option<&mut Bucket> {
-        let at = self.buckets.partition_point(|(i, _)| *i < index);
-        self.buckets
-            .get_mut(at)
-            .filter(|(i, _)| *i == index)
-            .map(|(_, bucket)| &mut **bucket)
+        let at = self.find(index).ok()?;
+        self.buckets.get_mut(at).map(|(_, bucket)| &mut **bucket)
+    }
+
+    /// Where the bucket of `index` is (`Ok`), or would go (`Err`).
+    fn find(&self, index: u64) -> Result<usize, usize> {
+        self.buckets.binary_search_by_key(&index, |(i, _)| *i)
     }
 }
 
@@ -204,11 +206,7 @@ impl Series {
     /// (Unix seconds), marked unchanged; partial ones stay for later. The open minute is in no hour or day yet: when it
     /// changed, the rows of its hour and day are given with it merged in.
     pub(crate) fn take_dirty(&mut self) -> Vec<(Resolution, u64, Bucket)> {
-        let open = self
-            .minutes
-            .buckets
-            .back()
-            .map(|(m, bucket)| (*m, bucket.dirty));
+        let open_changed = self.minutes.buckets.back().is_some_and(|(_, b)| b.dirty);
         let mut taken = Vec::new();
         for (ring, resolution) in self.rings_mut() {
             // A partial bucket waits until the store's rest is added: written alone, it
@@ -225,7 +223,7 @@ impl Series {
         }
         // The rows of the open minute's hour and day carry it: written when it changed, or
         // when they did (a late request), with it merged in.
-        if let (Some((minute, changed)), Some((_, bucket))) = (open, self.minutes.buckets.back()) {
+        if let Some((minute, bucket)) = self.minutes.buckets.back() {
             for resolution in [Resolution::Hour, Resolution::Day] {
                 let at = index(minute * 60, resolution);
                 let start = at * resolution.seconds();
@@ -234,11 +232,11 @@ impl Series {
                     .position(|(r, s, _)| (*r, *s) == (resolution, start));
                 let row = match (row, self.ring(resolution).get(at)) {
                     (Some(row), _) => row,
-                    (None, Some(kept)) if changed && !kept.partial => {
+                    (None, Some(kept)) if open_changed && !kept.partial => {
                         taken.push((resolution, start, kept.clone()));
                         taken.len() - 1
                     }
-                    (None, None) if changed => {
+                    (None, None) if open_changed => {
                         taken.push((resolution, start, Bucket::default()));
                         taken.len() - 1
                     }
