@@ -88,7 +88,7 @@ fn main() {
 
 /// What `Analytics` keep per active key: the resident set grown by a layer with analytics, less
 /// that grown by one without, over the same keys; then a minute later; then how many buckets a
-/// flush two hours later leaves in memory.
+/// flush two hours later leaves in memory, and how many keys a flush a day later.
 #[cfg(feature = "analytics")]
 fn analytics(runtime: &tokio::runtime::Runtime, store: MemoryStore, headers: &[HeaderValue]) {
     use tower_api_key::{clock::ManualClock, usage::Analytics};
@@ -139,5 +139,19 @@ fn analytics(runtime: &tokio::runtime::Runtime, store: MemoryStore, headers: &[H
         held,
         analytics.buckets(),
         written
+    );
+    // A day later, one key used and a flush: the others, idle since a day that is over, are
+    // forgotten.
+    clock.advance(std::time::Duration::from_secs(86_400));
+    let keys = analytics.keys();
+    runtime.block_on(send_each(&counted, &headers[..1]));
+    runtime
+        .block_on(analytics.flush(&MemoryStore::new()))
+        .unwrap();
+    println!(
+        "memory/analytics_a_day_later: {} keys kept, {} after a flush ({} buckets)",
+        keys,
+        analytics.keys(),
+        analytics.buckets()
     );
 }

@@ -635,6 +635,165 @@ mod analytics {
         assert_eq!(afternoon(&analytics, &gate, Resolution::Minute).await, 5);
     }
 
+    /// Requests counted from noon for two days, across replicas, as `analytics` reports them.
+    async fn two_days(analytics: &Analytics, gate: &Gate, resolution: Resolution) -> u64 {
+        let range = at(0)..at(2 * 86_400);
+        let report = analytics.usage_across(gate, Subject::All, range, resolution);
+        report.await.unwrap().totals.requests
+    }
+
+    /// A report whose store read is held open while a flush forgets a key (idle since a day
+    /// that is over) counts the key's requests once: the flush waits to forget it until the
+    /// report is done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_report_held_open_across_a_flush_that_forgets_a_key_counts_it_once() {
+        let gate = Gate::default();
+        let analytics = dropping_at_once();
+        let clock = ManualClock::new(at(0));
+        let idle = traffic_on(&gate, &analytics, Some(clock.clone())).await;
+        let busy = traffic_on(&gate, &analytics, Some(clock.clone())).await;
+        idle(3).await;
+        analytics.flush(&gate).await.unwrap();
+        clock.set(at(14 * 3_600)); // 02:00 the next day: the idle key's day is over
+        busy(2).await;
+        assert_eq!(analytics.keys(), 2);
+
+        gate.read_held.store(true, Ordering::SeqCst);
+        let report = tokio::spawn({
+            let (analytics, gate) = (analytics.clone(), gate.clone());
+            async move { two_days(&analytics, &gate, Resolution::Hour).await }
+        });
+        gate.entered.notified().await;
+        let flush = tokio::spawn({
+            let (analytics, gate) = (analytics.clone(), gate.clone());
+            async move { analytics.flush(&gate).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(analytics.keys(), 2, "nothing forgotten under a report");
+        gate.release.notify_one();
+        assert_eq!(report.await.unwrap(), 5);
+        flush.await.unwrap().unwrap();
+        assert_eq!(analytics.keys(), 1, "forgotten once the report was done");
+        for resolution in [Resolution::Hour, Resolution::Day] {
+            assert_eq!(two_days(&analytics, &gate, resolution).await, 5);
+        }
+    }
+
+    /// Randomized, over three days from a midnight: four senders, each with a key for each
+    /// day, used that day and by late requests (begun that day, recorded up to a day later),
+    /// so keys go idle, are forgotten and made again while a flusher fails a third of its
+    /// writes and a reporter reads. Every report counts at least the requests answered before
+    /// it began and at most those begun before it ended; the store ends with every request
+    /// once; memory ends with the one key in use.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn keys_forgotten_and_made_again_by_late_requests_count_each_request_once() {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        const DAYS: u64 = 3;
+        const EACH: u64 = 240;
+        let midnight = 12 * 3_600;
+        let gate = Gate::default();
+        gate.failing.store(30, Ordering::SeqCst);
+        let analytics = dropping_at_once();
+        let (begun, answered) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        // The keys (sender, day) that have had a request answered: each is kept unless
+        // forgotten.
+        let used = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let mut senders = Vec::new();
+        for sender in 0..4u64 {
+            let clock = ManualClock::new(at(midnight));
+            let mut keys = Vec::new();
+            for _ in 0..DAYS {
+                keys.push(traffic_on(&gate, &analytics, Some(clock.clone())).await);
+            }
+            let (begun, answered, used) = (begun.clone(), answered.clone(), used.clone());
+            senders.push(tokio::spawn(async move {
+                let mut seed = sender * 7_919 + u64::from(rand_percent()) + 1;
+                let mut below = |n: u64| xorshift(&mut seed) % n;
+                for i in 0..EACH {
+                    let now = i * DAYS * 86_400 / EACH + below(600);
+                    let secs = if below(4) == 0 {
+                        // Late: begun since the day before.
+                        let from = (now / 86_400).saturating_sub(1) * 86_400;
+                        from + below(now - from + 1)
+                    } else {
+                        now
+                    };
+                    clock.set(at(midnight + secs));
+                    let day = usize::try_from(secs / 86_400).unwrap();
+                    begun.fetch_add(1, Ordering::SeqCst);
+                    keys[day](1).await;
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    used.lock().unwrap().insert((sender, day));
+                    // Slow enough for a flush every few requests.
+                    if i % 4 == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }));
+        }
+        let done = Arc::new(AtomicBool::new(false));
+        let flusher = tokio::spawn({
+            let (analytics, gate, done) = (analytics.clone(), gate.clone(), done.clone());
+            async move {
+                // Whether memory ever held fewer keys than had been used.
+                let mut forgot = false;
+                while !done.load(Ordering::SeqCst) {
+                    let _ = analytics.flush(&gate).await;
+                    let used = used.lock().unwrap().len();
+                    forgot |= analytics.keys() < used;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                forgot
+            }
+        });
+        let range = at(0)..at(midnight + (DAYS + 1) * 86_400);
+        let reporter = tokio::spawn({
+            let (analytics, gate, done) = (analytics.clone(), gate.clone(), done.clone());
+            let (begun, answered, range) = (begun.clone(), answered.clone(), range.clone());
+            async move {
+                let mut n = 0;
+                while !done.load(Ordering::SeqCst) {
+                    let resolution = [Resolution::Hour, Resolution::Day][n % 2];
+                    let before = answered.load(Ordering::SeqCst);
+                    let report =
+                        analytics.usage_across(&gate, Subject::All, range.clone(), resolution);
+                    let counted = report.await.unwrap().totals.requests;
+                    let after = begun.load(Ordering::SeqCst);
+                    assert!(
+                        (before..=after).contains(&counted),
+                        "report {n}: {counted} counted, {before} answered before, {after} begun after"
+                    );
+                    n += 1;
+                    tokio::task::yield_now().await;
+                }
+                n
+            }
+        });
+        for sender in senders {
+            sender.await.unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
+        assert!(
+            flusher.await.unwrap(),
+            "no key was forgotten while the senders ran"
+        );
+        assert!(reporter.await.unwrap() > 0);
+
+        // A day after the last: one key in use, the rest forgotten by one flush.
+        let clock = ManualClock::new(at(midnight + (DAYS + 1) * 86_400 + 3_600));
+        traffic_on(&gate, &analytics, Some(clock)).await(1).await;
+        flush_all(&analytics, &gate).await;
+        assert_eq!(analytics.keys(), 1);
+        let reader = Analytics::new();
+        for resolution in [Resolution::Hour, Resolution::Day] {
+            for analytics in [&reader, &analytics] {
+                let report = analytics.usage_across(&gate, Subject::All, range.clone(), resolution);
+                let counted = report.await.unwrap().totals.requests;
+                assert_eq!(counted, 4 * EACH, "{resolution:?}");
+            }
+        }
+    }
+
     /// A late request's bucket whose row in the store does not read back is written over,
     /// not left to stop every flush.
     #[tokio::test]

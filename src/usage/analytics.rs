@@ -4,7 +4,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,9 +40,10 @@ pub struct AnalyticsConfig {
     /// How many endpoints and countries a report ranks. 10 by default.
     pub top: usize,
     /// How long a bucket stays in memory once its time is over and a [`flush`](Analytics::flush)
-    /// has written it: 1 hour by default. Reports across replicas read the rest from the store;
+    /// has written it: 1 hour by default. A key idle since a day that ended that long ago is
+    /// then forgotten altogether. Reports across replicas read the rest from the store;
     /// [`usage`](Analytics::usage), from memory only, covers what is kept. `Duration::MAX`
-    /// keeps every bucket for its resolution's retention.
+    /// keeps every bucket for its resolution's retention, and every key.
     pub keep_flushed: Duration,
 }
 
@@ -78,7 +79,12 @@ impl Default for AnalyticsConfig {
 /// one ([`flush`](Analytics::flush), [`spawn_flusher`](Analytics::spawn_flusher)), a bucket
 /// leaves memory once it is written and its time has been over for
 /// [`keep_flushed`](AnalyticsConfig::keep_flushed) (an hour): a key busy every minute then
-/// holds about 60 + 2 + 2, plus what is not written yet. Each thread that records keeps its
+/// holds about 60 + 2 + 2, plus what is not written yet, and a key idle since a day that
+/// ended that long ago holds nothing: its series is forgotten (a request for it, even one
+/// begun before, makes it again; the flush then adds to the store's rows rather than writing
+/// over them). Memory is then bounded by the keys used in the last day or so, not by every key
+/// ever used. Without a store, every key used keeps at least its newest minute. Each thread
+/// that records keeps its
 /// run: a bucket's worth, and a dense count of the latencies it saw (8 bytes a bin, at most 16
 /// KiB).
 ///
@@ -120,6 +126,10 @@ struct Inner {
     holding: tokio::sync::RwLock<()>,
     /// Keyed by verified keys only (foldhash, seeded per map): a client cannot choose the ids.
     keys: DashMap<Box<str>, Mutex<Series>, RandomState>,
+    /// The latest second before which a flush forgot a key's series (every bucket of it
+    /// begun before): a series made since starts each bucket begun before as partial. 0: no
+    /// series was forgotten.
+    forgotten_before: AtomicU64,
     unauthenticated: [Mutex<Series>; SHARDS],
     /// Each thread's run of requests, not yet in its series: one per thread however many there
     /// are, so a thread's run is ended only by its own requests (or a report). A thread that
@@ -226,13 +236,15 @@ impl Analytics {
                 flushing: tokio::sync::Mutex::new(()),
                 holding: tokio::sync::RwLock::new(()),
                 keys: DashMap::default(),
+                forgotten_before: AtomicU64::new(0),
                 unauthenticated: Default::default(),
                 runs: ThreadLocal::new(),
             }),
         }
     }
 
-    /// How many keys have usage kept.
+    /// How many keys have usage kept in memory (with a flusher, the keys idle since a day
+    /// that ended over [`keep_flushed`](AnalyticsConfig::keep_flushed) ago are not).
     pub fn keys(&self) -> usize {
         self.settle();
         self.inner.keys.len()
@@ -406,9 +418,10 @@ impl Analytics {
     ///
     /// Once written, buckets whose time has been over for
     /// [`keep_flushed`](AnalyticsConfig::keep_flushed) leave memory (the time is the newest
-    /// request's). A late request for one of them (a long request, recorded when it ends)
-    /// starts the bucket anew in memory; the next flush reads the bucket's row and adds it
-    /// before writing, so the row is added to, not written over.
+    /// request's), and so do the keys idle since a day that ended that long ago. A late
+    /// request for one of them (a long request, recorded when it ends) starts the bucket
+    /// anew in memory; the next flush reads the bucket's row and adds it before writing, so
+    /// the row is added to, not written over.
     ///
     /// # Errors
     /// When the store fails.
@@ -534,14 +547,29 @@ impl Analytics {
     }
 
     /// Drops from memory the buckets written to the store whose time ended before second
-    /// `before`, with no report reading meanwhile.
+    /// `before`, and the series of the keys left with nothing else to keep (idle since a day
+    /// that ended before it), with no report reading meanwhile.
     async fn drop_written(&self, before: u64) {
         if before == 0 {
             return;
         }
         let _no_report_meanwhile = self.inner.holding.write().await;
-        for series in self.inner.keys.iter() {
-            lock(&series).drop_written(before);
+        let forgotten = &self.inner.forgotten_before;
+        let keys = &self.inner.keys;
+        // Each shard of the map locked in turn: a request of a key forgotten here makes its
+        // series again once the shard is free, and sees the second it was forgotten before.
+        keys.retain(|_, series| {
+            let series = series.get_mut().unwrap_or_else(PoisonError::into_inner);
+            series.drop_written(before);
+            let forget = series.forgettable(before);
+            if forget {
+                forgotten.fetch_max(before, Ordering::Relaxed);
+            }
+            !forget
+        });
+        // The map gives back its room once mostly empty (a burst of keys gone idle).
+        if keys.len() < keys.capacity() / 4 {
+            keys.shrink_to_fit();
         }
         for series in &self.inner.unauthenticated {
             lock(series).drop_written(before);
@@ -640,7 +668,11 @@ impl Analytics {
         };
         match self.inner.keys.get(id) {
             Some(series) => record(&series),
-            None => record(&self.inner.keys.entry(id.into()).or_default()),
+            None => {
+                let forgotten = &self.inner.forgotten_before;
+                let made = || Mutex::new(Series::after(forgotten.load(Ordering::Relaxed)));
+                record(&self.inner.keys.entry(id.into()).or_insert_with(made));
+            }
         }
     }
 

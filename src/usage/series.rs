@@ -105,6 +105,22 @@ fn oldest(secs: u64, resolution: Resolution) -> u64 {
 }
 
 impl Series {
+    /// A series made after the series of some keys were forgotten (dropped from memory with
+    /// all their buckets written, each over by second `forgotten`; 0 if none was): each bucket
+    /// over by then may have a row of this replica in the store, so one made is partial.
+    pub(crate) fn after(forgotten: u64) -> Series {
+        let ring = |resolution| Ring {
+            buckets: VecDeque::new(),
+            dropped_before: index(forgotten, resolution),
+        };
+        Series {
+            owner: None,
+            minutes: ring(Resolution::Minute),
+            hours: ring(Resolution::Hour),
+            days: ring(Resolution::Day),
+        }
+    }
+
     /// Records `sample` of second `secs`; `max_endpoints` bounds each bucket's endpoints.
     pub(crate) fn record(&mut self, sample: &Sample<'_>, secs: u64, max_endpoints: usize) {
         self.add(secs, |bucket| bucket.record(sample, max_endpoints));
@@ -120,6 +136,14 @@ impl Series {
     /// too when the minute was closed already.
     fn add(&mut self, secs: u64, mut add: impl FnMut(&mut Bucket)) {
         let minute = index(secs, Resolution::Minute);
+        if self.minutes.buckets.is_empty() && minute < self.minutes.dropped_before {
+            // The first request of a series made after its key was forgotten, for a minute
+            // that may be in the store: a partial bucket, so not the open minute (whose hour
+            // and day rows are written with it). An empty open minute where nothing can be
+            // stored makes the request late.
+            let open = self.minutes.dropped_before;
+            self.minutes.buckets.push_back((open, Box::default()));
+        }
         // Nearly always: a request of the open minute.
         if let Some((open, bucket)) = self.minutes.buckets.back_mut() {
             if *open == minute {
@@ -153,7 +177,9 @@ impl Series {
     /// The newest minute is over (a request of a later second `secs` came): merges it into its
     /// hour and its day, packs it, and drops what is past retention.
     fn close_minutes(&mut self, secs: u64) {
-        if let Some((minute, bucket)) = self.minutes.buckets.back_mut() {
+        // An empty open minute (made after the key was forgotten) adds nothing.
+        let counted = |(_, bucket): &&mut (u64, Box<Bucket>)| bucket.requests() > 0;
+        if let Some((minute, bucket)) = self.minutes.buckets.back_mut().filter(counted) {
             let start = *minute * 60;
             for (ring, resolution) in [
                 (&mut self.hours, Resolution::Hour),
@@ -328,6 +354,20 @@ impl Series {
         }
     }
 
+    /// Whether it can be forgotten once its buckets over before second `before` were dropped:
+    /// every bucket it holds is written and whole, and the day of its newest minute ended by
+    /// `before` (so a series made later starts every bucket it held as partial).
+    pub(crate) fn forgettable(&self, before: u64) -> bool {
+        let written =
+            |ring: &Ring| (ring.buckets.iter()).all(|(_, bucket)| !bucket.dirty && !bucket.partial);
+        let day = Resolution::Day.seconds();
+        self.newest()
+            .is_some_and(|open| (index(open, Resolution::Day) + 1).saturating_mul(day) <= before)
+            && written(&self.minutes)
+            && written(&self.hours)
+            && written(&self.days)
+    }
+
     /// The start of the newest minute it holds (Unix seconds).
     pub(crate) fn newest(&self) -> Option<u64> {
         self.minutes.buckets.back().map(|(minute, _)| minute * 60)
@@ -438,6 +478,84 @@ mod tests {
         );
         assert_eq!(requests(Resolution::Day), Some(2));
         assert!(series.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn a_series_is_forgettable_once_written_and_its_newest_day_is_over() {
+        let mut series = Series::default();
+        let noon = 100 * DAY + 12 * 3_600;
+        series.record(&ok(1.0), noon, 10);
+        assert!(!series.forgettable(102 * DAY), "not written");
+        series.take_dirty();
+        assert!(!series.forgettable(101 * DAY - 1), "its day is not over");
+        assert!(series.forgettable(101 * DAY));
+        series.record(&ok(1.0), noon + 60, 10);
+        series.take_dirty();
+        series.record(&ok(1.0), noon, 10); // late, for a closed minute
+        assert!(!series.forgettable(102 * DAY), "changed since written");
+        series.take_dirty();
+        assert!(series.forgettable(102 * DAY));
+    }
+
+    #[test]
+    fn a_series_made_after_keys_were_forgotten_starts_older_buckets_partial() {
+        let noon = 100 * DAY + 12 * 3_600;
+        let forgotten = 101 * DAY + 3_600; // 01:00 the next day
+        let mut series = Series::after(forgotten);
+
+        // Its first request, late (begun at noon the day before): not the open minute, whose
+        // hour and day rows would be written without the store's rest.
+        series.record(&ok(1.0), noon, 10);
+        assert_eq!(
+            series.partial(),
+            [
+                (Resolution::Minute, noon),
+                (Resolution::Hour, noon),
+                (Resolution::Day, 100 * DAY)
+            ]
+        );
+        assert_eq!(series.newest(), Some(forgotten), "an empty open minute");
+        assert!(series.take_dirty().is_empty(), "nothing whole to write");
+        assert!(!series.holds(Resolution::Day, 100 * DAY));
+        assert!(
+            series.holds(Resolution::Day, 101 * DAY),
+            "nothing forgotten there"
+        );
+
+        // Late again, for a minute before `forgotten` in its day: the minute and hour may
+        // have rows, the day had none.
+        series.record(&ok(1.0), 101 * DAY + 1_800, 10);
+        let partial = series.partial();
+        assert!(partial.contains(&(Resolution::Minute, 101 * DAY + 1_800)));
+        assert!(partial.contains(&(Resolution::Hour, 101 * DAY)));
+        assert!(!partial.contains(&(Resolution::Day, 101 * DAY)));
+
+        // Its next minute opens as usual; the empty one adds nothing to its hour.
+        series.record(&ok(1.0), forgotten + 3_600, 10);
+        let rows = series.take_dirty();
+        let requests = |resolution: Resolution, start: u64| {
+            let row = rows
+                .iter()
+                .find(|(r, s, _)| (*r, *s) == (resolution, start));
+            row.map(|(_, _, bucket)| bucket.requests())
+        };
+        assert_eq!(requests(Resolution::Minute, forgotten + 3_600), Some(1));
+        assert_eq!(requests(Resolution::Hour, forgotten + 3_600), Some(1));
+        assert_eq!(
+            requests(Resolution::Day, 101 * DAY),
+            Some(2),
+            "00:30 and 02:00"
+        );
+        assert_eq!(
+            requests(Resolution::Hour, forgotten),
+            None,
+            "the empty minute's"
+        );
+        assert_eq!(
+            rows.len(),
+            3,
+            "the partial 00:30 and its hour wait: {rows:?}"
+        );
     }
 
     #[test]

@@ -250,7 +250,9 @@ where
 /// buckets written and over for an hour leave memory, yet count in every replica's reports,
 /// this one's included; a late request for one of them (begun then, recorded now) is added to
 /// the bucket's row, not written over it, even when the write's answer is lost; and one for a
-/// minute of the open minute's hour leaves the open minute in the hour's row.
+/// minute of the open minute's hour leaves the open minute in the hour's row. A key idle since
+/// a day that is over is forgotten, still counted, and a late request for it is added to its
+/// rows.
 pub async fn flushed_buckets_leave_memory_and_still_count<S>(a: S, b: S, prefix: &str)
 where
     S: KeyStoreAdmin + UsageArchive + Clone,
@@ -340,5 +342,42 @@ where
         assert_eq!(report(replica, Resolution::Minute).await.0, 7);
         assert_eq!(report(replica, Resolution::Hour).await.0, 7);
         assert_eq!(report(replica, Resolution::Day).await.0, 7);
+    }
+
+    // 02:00 the next day (a request with no key moves time on): the key, idle since a day
+    // that is over, is forgotten; its usage is the store's.
+    clock.set(at(14 * 3_600));
+    one.send(None, 1, 401).await;
+    assert_eq!(one.analytics.keys(), 1);
+    assert!(one.flush().await.unwrap() > 0);
+    assert_eq!(one.analytics.keys(), 0, "forgotten");
+    for replica in [&one, &two] {
+        assert_eq!(report(replica, Resolution::Minute).await, (7, 4));
+        assert_eq!(report(replica, Resolution::Day).await.0, 7);
+    }
+    // A request begun at 12:00 the day before, recorded now, makes it again: added to the
+    // rows of its minute, hour and day, not written over them, though the answer is lost.
+    clock.set(at(30));
+    one.send(Some(&key), 1, 200).await;
+    clock.set(at(14 * 3_600));
+    assert_eq!(one.analytics.keys(), 1);
+    assert_eq!(report(&one, Resolution::Minute).await, (8, 5));
+    one.archive.set(ACK_LOST);
+    assert!(one.flush().await.is_err());
+    one.archive.set(WORKS);
+    assert!(one.flush().await.unwrap() > 0);
+    for replica in [&one, &two] {
+        assert_eq!(report(replica, Resolution::Minute).await, (8, 5));
+        assert_eq!(report(replica, Resolution::Hour).await, (8, 5));
+        assert_eq!(report(replica, Resolution::Day).await.0, 8);
+    }
+    // Idle again, a day later: forgotten again, still counted.
+    clock.set(at(38 * 3_600));
+    one.send(None, 1, 401).await;
+    assert!(one.flush().await.unwrap() > 0);
+    assert_eq!(one.analytics.keys(), 0, "forgotten again");
+    for replica in [&one, &two] {
+        assert_eq!(report(replica, Resolution::Hour).await, (8, 5));
+        assert_eq!(report(replica, Resolution::Day).await.0, 8);
     }
 }
