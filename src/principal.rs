@@ -90,6 +90,8 @@ pub(crate) struct Restrictions {
     pub(crate) credits: Option<Metered>,
     /// Set when its owner has credits, spent by every admitted request of any of its keys.
     pub(crate) owner_credits: Option<Metered>,
+    /// The name of its plan, if it has one (for handlers: the request path does not read it).
+    plan: Option<Box<str>>,
 }
 
 /// A key with credits: how its refill periods are counted, if they are refilled.
@@ -143,7 +145,8 @@ impl Principal {
                     || owner_policy.is_some()
                     || !record.allowed_networks.is_empty()
                     || record.credits.is_some()
-                    || owner_credits.is_some())
+                    || owner_credits.is_some()
+                    || record.plan.is_some())
                 .then(|| {
                     Box::new(Restrictions {
                         policy,
@@ -151,6 +154,7 @@ impl Principal {
                         networks: record.allowed_networks.as_slice().into(),
                         credits: record.credits.as_ref().map(metered),
                         owner_credits,
+                        plan: record.plan.as_deref().map(Box::from),
                     })
                 }),
             },
@@ -217,6 +221,51 @@ impl Principal {
         &self.0.metadata
     }
 
+    /// The name of the key's plan, if it has one: what a handler offers by plan (the layer
+    /// already counts the plan's limits).
+    ///
+    /// ```
+    /// use axum::{http::StatusCode, routing::get, Extension, Router};
+    /// use tower_api_key::Principal;
+    ///
+    /// async fn export(Extension(principal): Extension<Principal>) -> Result<String, StatusCode> {
+    ///     match principal.plan() {
+    ///         Some("enterprise") => Ok("report.csv".to_owned()),
+    ///         _ => Err(StatusCode::PAYMENT_REQUIRED),
+    ///     }
+    /// }
+    /// let app: Router = Router::new().route("/export", get(export));
+    /// ```
+    pub fn plan(&self) -> Option<&str> {
+        let restrictions = self.0.check.restrictions.as_deref();
+        restrictions.and_then(|r| r.plan.as_deref())
+    }
+
+    /// When the key expires, if it does: for a handler that warns of it (GitHub answers with a
+    /// `github-authentication-token-expiration` header). The layer refuses the key from then on.
+    ///
+    /// ```
+    /// use std::time::UNIX_EPOCH;
+    /// use axum::{extract::Request, middleware::Next, response::Response};
+    /// use tower_api_key::Principal;
+    ///
+    /// // Inside the key layer: `.layer(from_fn(warn_expiry)).layer(api_key_layer)`.
+    /// async fn warn_expiry(request: Request, next: Next) -> Response {
+    ///     let expires = (request.extensions().get::<Principal>())
+    ///         .and_then(Principal::expires_at)
+    ///         .and_then(|at| at.duration_since(UNIX_EPOCH).ok());
+    ///     let mut response = next.run(request).await;
+    ///     if let Some(since) = expires {
+    ///         // Seconds since 1970.
+    ///         response.headers_mut().insert("api-key-expires", since.as_secs().into());
+    ///     }
+    ///     response
+    /// }
+    /// ```
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.0.check.expires_at
+    }
+
     /// Whether the key may do what needs `required`, through wildcards and the layer's
     /// [`ScopeHierarchy`].
     pub fn has_scope(&self, required: &str) -> bool {
@@ -253,6 +302,8 @@ impl fmt::Debug for Principal {
             .field("environment", &inner.environment)
             .field("scopes", &inner.scopes)
             .field("metadata", &inner.metadata)
+            .field("plan", &self.plan())
+            .field("expires_at", &inner.check.expires_at)
             .finish()
     }
 }

@@ -4,11 +4,11 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::{Method, StatusCode};
 use tower_api_key::{
-    cache::CacheConfig, extract::KeySource, manage::CreatedKey, reject::Rejection,
+    cache::CacheConfig, extract::KeySource, limit::Limits, manage::CreatedKey, reject::Rejection,
     store::KeyRecord, store::KeyStoreAdmin, ApiKeyLayer, ApiKeyLayerBuilder, Environment,
     KeyManager, MemoryStore, NewKey,
 };
@@ -106,6 +106,45 @@ async fn a_valid_key_reaches_the_handler_with_its_principal() {
     assert_eq!(body["name"], "test key");
     assert_eq!(body["environment"], "live");
     assert_eq!(f.calls(), 1);
+}
+
+/// A handler reads the key's plan and expiry from its principal: a limited plan, an unlimited
+/// one, a development key's (unlimited too), and none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handler_sees_the_keys_plan_and_expiry() {
+    let f = Fixture::with(|b| {
+        b.plan("pro", Limits::per_minute(100))
+            .plan("internal", Limits::UNLIMITED)
+            .environments([Environment::Live, Environment::Dev])
+    })
+    .await;
+    let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(4_102_444_800); // 2100
+    let cases = [
+        ("pro", Some("pro"), Environment::Live),
+        ("internal", Some("internal"), Environment::Live),
+        ("dev", Some("pro"), Environment::Dev),
+        ("none", None, Environment::Live),
+    ];
+    for (name, plan, environment) in cases {
+        let mut new = NewKey::new(name).environment(environment).scopes(["read"]);
+        if let Some(plan) = plan {
+            new = new.plan(plan);
+        }
+        if name == "pro" {
+            new = new.expires_at(expires);
+        }
+        let created = f.keys.create(new).await.unwrap();
+        let header = api_key(created.key.expose_secret());
+        let reply = f
+            .client
+            .get("/recommendations", &[("authorization", &header)])
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{name}: {reply:?}");
+        let body = reply.json();
+        assert_eq!(body["plan"].as_str(), plan, "{name}");
+        let expiry = (name == "pro").then_some(4_102_444_800u64);
+        assert_eq!(body["expires_at"].as_u64(), expiry, "{name}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

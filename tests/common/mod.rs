@@ -474,6 +474,10 @@ pub fn app(layer: ApiKeyLayer, calls: Arc<AtomicUsize>) -> Router {
                 "key_id": principal.log_id(),
                 "name": principal.name(),
                 "environment": principal.environment(),
+                "plan": principal.plan(),
+                "expires_at": principal.expires_at().map(|at| {
+                    at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+                }),
             })
             .to_string()
         }
