@@ -356,6 +356,8 @@ mod analytics {
         entered: Arc<tokio::sync::Notify>,
         release: Arc<tokio::sync::Notify>,
         failing: Arc<std::sync::atomic::AtomicU32>,
+        /// How many of the next writes fail, whatever `failing` says.
+        fail_next: Arc<std::sync::atomic::AtomicU32>,
     }
 
     #[tower_api_key::async_trait]
@@ -368,6 +370,14 @@ mod analytics {
             if self.held.swap(false, Ordering::SeqCst) {
                 self.entered.notify_one();
                 self.release.notified().await;
+            }
+            let next = |n: u32| n.checked_sub(1);
+            if self
+                .fail_next
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, next)
+                .is_ok()
+            {
+                return Err(StoreError::unavailable("down for a moment"));
             }
             // Fails (before or after writing) when the failure rate, in percent, says so.
             let roll = rand_percent();
@@ -534,8 +544,9 @@ mod analytics {
         assert_eq!(stored(&gate).await, 5);
     }
 
-    /// A `Flusher` stopped at shutdown flushes once more, whatever its period; one whose last
-    /// flush fails says so, and what it tried stays pending.
+    /// A `Flusher` stopped at shutdown flushes once more, whatever its period, and tries again
+    /// when the store fails for a moment; one whose last flush keeps failing says so, and what
+    /// it tried stays pending.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stopped_flusher_writes_what_was_counted_before_it_stopped() {
         let gate = Gate::default();
@@ -552,12 +563,19 @@ mod analytics {
         assert!(flusher.stop().await.unwrap() > 0);
         assert_eq!(stored(&gate).await, 4);
 
+        let flusher = analytics.spawn_flusher(gate.clone(), hour);
+        send(2).await;
+        gate.fail_next.store(3, Ordering::SeqCst);
+        assert!(flusher.stop().await.unwrap() > 0, "the fourth try");
+        assert_eq!(gate.fail_next.load(Ordering::SeqCst), 0);
+        assert_eq!(stored(&gate).await, 6);
+
         gate.failing.store(100, Ordering::SeqCst);
         let flusher = analytics.spawn_flusher(gate.clone(), hour);
         send(3).await;
         assert!(flusher.stop().await.is_err(), "the last flush failed");
         flush_all(&analytics, &gate).await;
-        assert_eq!(stored(&gate).await, 7);
+        assert_eq!(stored(&gate).await, 9);
     }
 
     /// Dropping a `Flusher` does not stop it: it goes on flushing every period.

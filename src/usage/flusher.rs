@@ -23,8 +23,9 @@ pub(crate) trait Flush: Send + Sync + 'static {
 ///
 /// A failed flush is logged (`tracing`, as `usage_flush_failed`) and retried at the next period;
 /// what it tried to write stays pending. At shutdown, once the server has answered its last
-/// request, [`stop`](Flusher::stop) it: it flushes one last time, so a restart (a deploy)
-/// loses none of what the process counted. Dropping a `Flusher` leaves its task flushing until
+/// request, [`stop`](Flusher::stop) it: it flushes one last time (retried for about a second
+/// and a half if the store fails), so a restart (a deploy) loses none of what the process
+/// counted. Dropping a `Flusher` leaves its task flushing until
 /// the runtime shuts down, and whatever it counted since its last flush is then lost.
 ///
 /// ```
@@ -66,7 +67,7 @@ impl Flusher {
                     // The period is over.
                     Err(_) => flush_logged(&job).await,
                     // Stopped: one last flush, its result the caller's.
-                    Ok(Ok(())) => return job.flush().await,
+                    Ok(Ok(())) => return last_flush(&job).await,
                     // The `Flusher` was dropped: flush every period from now on.
                     Ok(Err(_)) => loop {
                         tokio::time::sleep(period).await;
@@ -80,11 +81,12 @@ impl Flusher {
 
     /// Stops the periodic flushes and flushes once more: what was counted before this call is
     /// written to the store when it returns `Ok` (how many rows or keys the last flush wrote).
-    /// A flush already running finishes first.
+    /// A flush already running finishes first. A last flush that fails (a store failing over
+    /// while the process stops) is logged and tried again after 0.1, 0.3 and 0.9 seconds.
     ///
     /// # Errors
-    /// When the last flush fails: what it tried to write is still pending, for a flush of your
-    /// own (`Analytics::flush`, `StoreUsage::flush`) to retry.
+    /// When the last flush fails four times: what it tried to write is still pending, for a
+    /// flush of your own (`Analytics::flush`, `StoreUsage::flush`) to retry.
     ///
     /// # Panics
     /// If a flush panicked, with its panic.
@@ -98,6 +100,28 @@ impl Flusher {
             Err(error) => Err(StoreError::unavailable(error)),
         }
     }
+}
+
+/// How long the last flush waits before each retry after a failure.
+const LAST_FLUSH_RETRIES: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(300),
+    Duration::from_millis(900),
+];
+
+/// The last flush, tried again a few times if it fails: the process is about to stop, and no
+/// later period would retry it.
+async fn last_flush(job: &impl Flush) -> Result<usize, StoreError> {
+    let mut result = job.flush().await;
+    for wait in LAST_FLUSH_RETRIES {
+        let Err(error) = &result else {
+            break;
+        };
+        trace::usage_flush_failed(error);
+        tokio::time::sleep(wait).await;
+        result = job.flush().await;
+    }
+    result
 }
 
 async fn flush_logged(job: &impl Flush) {
