@@ -19,6 +19,7 @@ mod cli {
     use http::StatusCode;
     use tower::{service_fn, Layer, ServiceExt};
     use tower_api_key::store::AuditQuery;
+    use tower_api_key::usage::Analytics;
     use tower_api_key::{
         clock::ManualClock, reject::Rejection, ApiKeyLayer, KeyManager, SqliteStore,
     };
@@ -1443,6 +1444,100 @@ mod cli {
         // JSON keeps the text as it is, escaped as JSON escapes it.
         let listed = tool.ok_json(&["--json", "show", &id]);
         assert_eq!(listed["name"], format!("name{evil}"));
+    }
+
+    /// `usage` reads what the service's replicas flushed to the store: every key's, one key's
+    /// or one owner's, in JSON or as text; a bad resolution or two subjects are refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn usage_shows_what_the_replicas_flushed() {
+        let mut tool = Tool::new();
+        let (_, acme_id, acme) = tool.create(&["--name", "a", "--owner", "acme"]);
+        let (_, _, globex) = tool.create(&["--name", "g", "--owner", "globex"]);
+        // Two replicas on the file: acme 4 + 3, globex 4, and 2 with a made-up key.
+        let made_up = "mesh_live_made_up".to_owned();
+        let one = [&acme, &globex, &acme, &globex, &made_up].repeat(2);
+        for keys in [one, vec![&acme; 3]] {
+            let store = SqliteStore::connect(&tool.url).await.unwrap();
+            let analytics = Analytics::new();
+            let layer = ApiKeyLayer::builder("mesh", store.clone())
+                .usage_sink(analytics.clone())
+                .build()
+                .unwrap();
+            let app = common::name_endpoints(common::items().layer(layer));
+            for (i, key) in keys.into_iter().enumerate() {
+                let request = http::Request::get(format!("/items/{i}"))
+                    .header("authorization", format!("ApiKey {key}"))
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                app.clone().oneshot(request).await.unwrap();
+            }
+            assert!(analytics.flush(&store).await.unwrap() > 0);
+        }
+
+        let all = tool.ok_json(&["--json", "usage"]);
+        assert_eq!(all["subject"], "all");
+        assert_eq!(all["resolution"], "hour");
+        assert_eq!(all["totals"]["requests"], 13);
+        assert_eq!(all["totals"]["errors"], 2, "{all}");
+        assert_eq!(all["totals"]["outcomes"]["INVALID_API_KEY"], 2);
+        assert_eq!(all["top_endpoints"][0]["name"], "/items/{id}");
+        let acme_only = tool.ok_json(&["--json", "usage", "--key", &acme_id, "--since", "2h"]);
+        assert_eq!(acme_only["totals"]["requests"], 7);
+        let by_minute = [
+            "--json",
+            "usage",
+            "--owner",
+            "globex",
+            "--resolution",
+            "minute",
+        ];
+        let globex_only = tool.ok_json(&by_minute);
+        assert_eq!(globex_only["totals"]["requests"], 4);
+        let minutes = globex_only["series"].as_array().unwrap().len();
+        assert!((1_440..=1_441).contains(&minutes), "{minutes}");
+
+        let output = tool.run(&["usage", "--key", &acme_id]);
+        assert!(output.status.success());
+        let text = String::from_utf8(output.stdout).unwrap();
+        assert!(
+            text.starts_with(&format!("Usage of key {acme_id}, ")),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n7 requests, 0 errors (0.0 %), p50 "),
+            "{text}"
+        );
+        assert!(text.contains("Outcomes: ok 7\n"), "{text}");
+        assert!(text.contains("Top endpoints: /items/{id} 7\n"), "{text}");
+        let row = text.lines().last().unwrap();
+        assert!(
+            row.contains("        7        0  p50 "),
+            "one hour's row: {text}"
+        );
+
+        let (code, message) = tool.failure(&["usage", "--key", "nope"]);
+        assert_eq!((code, message.trim()), (3, "error: no key with id `nope`"));
+        // A deleted key's usage is still shown.
+        tool.ok_json(&["--json", "delete", &acme_id]);
+        let deleted = tool.ok_json(&["--json", "usage", "--key", &acme_id]);
+        assert_eq!(deleted["totals"]["requests"], 7);
+        let text = String::from_utf8(tool.run(&["usage"]).stdout).unwrap();
+        assert!(text.starts_with("Usage of the whole service, "), "{text}");
+
+        let (code, message) = tool.failure(&["usage", "--resolution", "week"]);
+        assert_eq!(code, 2);
+        assert!(
+            message.contains("expected `minute`, `hour` or `day`"),
+            "{message}"
+        );
+        let (code, _) = tool.failure(&["usage", "--key", &acme_id, "--owner", "acme"]);
+        assert_eq!(code, 2);
+        let (code, message) = tool.failure(&["usage", "--since", "forever"]);
+        assert_eq!(code, 2);
+        assert!(
+            message.contains("write a duration such as 90d"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `tower-api-key`: create, list, show, rotate, revoke and delete API keys in the store a service
-//! built on `tower-api-key` reads. Every change is written to the store's audit trail (`audit`
+//! built on `tower-api-key` reads, and show the usage its replicas flushed there. Every change is written to the store's audit trail (`audit`
 //! prints it), which the console shows too.
 //!
 //! Exit codes: 0 success, 2 bad input, 3 no such key, 4 the store failed or cannot be reached. A
@@ -17,6 +17,7 @@ use tower_api_key::{
     manage::AuditEvent, manage::CreatedKey, manage::KeyInfo, manage::ManageError,
     manage::MAX_NAME_LEN, network, network::IpNet, store::AuditArchive, store::AuditQuery,
     store::KeyFilter, store::KeyState, store::KeyStore, store::KeyUpdate, store::StoreError,
+    usage::Analytics, usage::Point, usage::Resolution, usage::Subject, usage::UsageReport,
     AnyStore, Environment, KeyManager, MemoryStore, NewKey,
 };
 
@@ -243,6 +244,24 @@ enum Command {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         limit: u32,
     },
+    /// Show the usage the service's replicas flushed to the store (`Analytics`): requests,
+    /// outcomes, errors, latency percentiles, top endpoints and countries, per bucket. As fresh
+    /// as each replica's last flush.
+    Usage {
+        /// Only this key's.
+        #[arg(long, conflicts_with = "owner")]
+        key: Option<String>,
+        /// Only this owner's keys'.
+        #[arg(long)]
+        owner: Option<String>,
+        /// How far back, such as 24h or 30d (at most the resolution's retention: a day of
+        /// minutes, 30 days of hours, 396 days of days).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        since: Duration,
+        /// The buckets' length: minute, hour or day.
+        #[arg(long, default_value = "hour", value_parser = parse_resolution)]
+        resolution: Resolution,
+    },
     /// Remove the audit trail's changes older than a time, such as 365d (the prune itself is
     /// written to the trail).
     PruneAudit {
@@ -439,6 +458,15 @@ fn parse_environment(text: &str) -> Result<Environment, String> {
     text.parse().map_err(|e| format!("{e}"))
 }
 
+fn parse_resolution(text: &str) -> Result<Resolution, String> {
+    match text {
+        "minute" => Ok(Resolution::Minute),
+        "hour" => Ok(Resolution::Hour),
+        "day" => Ok(Resolution::Day),
+        _ => Err("expected `minute`, `hour` or `day`".to_owned()),
+    }
+}
+
 /// A failure, with its exit code.
 struct Failure {
     code: u8,
@@ -603,6 +631,33 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 println!("No changes.");
             } else {
                 print_trail(&events);
+            }
+        }
+        Command::Usage {
+            key,
+            owner,
+            since,
+            resolution,
+        } => {
+            let subject = match (&key, &owner) {
+                (Some(key), _) => Subject::Key(key),
+                (None, Some(owner)) => Subject::Owner(owner),
+                (None, None) => Subject::All,
+            };
+            let now = SystemTime::now();
+            let from = now.checked_sub(since).unwrap_or(SystemTime::UNIX_EPOCH);
+            // No usage of its own: every replica's rows, as the console reads them.
+            let report = Analytics::new()
+                .usage_across(keys.store(), subject, from..now, resolution)
+                .await?;
+            // A deleted key's usage is still there to show; an id never issued is a mistake.
+            if let Some(id) = key.as_deref().filter(|_| report.totals.requests == 0) {
+                keys.show(id).await?.ok_or_else(|| not_found(id))?;
+            }
+            if cli.json {
+                println!("{}", serde_json::to_string(&report).expect("JSON"));
+            } else {
+                print_usage(&report);
             }
         }
         Command::List(asked) => {
@@ -1219,6 +1274,79 @@ fn print_trail(events: &[AuditEvent]) {
             Shown(&event.actor),
             Shown(&event.detail.join(", "))
         );
+    }
+}
+
+fn print_usage(report: &UsageReport) {
+    let whose = match (report.subject, &report.id) {
+        ("key", Some(id)) => format!("key {}", Shown(id)),
+        ("owner", Some(owner)) => format!("owner {}", Shown(owner)),
+        _ => "the whole service".to_owned(),
+    };
+    let by = match report.resolution {
+        Resolution::Minute => "minute",
+        Resolution::Hour => "hour",
+        Resolution::Day => "day",
+    };
+    println!(
+        "Usage of {whose}, {} to {}, by {by}:",
+        time(Some(report.from)),
+        time(Some(report.to))
+    );
+    let totals = &report.totals;
+    println!(
+        "{} requests, {} errors ({:.1} %){}",
+        totals.requests,
+        totals.errors,
+        totals.error_rate * 100.0,
+        latency(totals)
+    );
+    let named = |counts: &mut dyn Iterator<Item = (&str, u64)>| {
+        let counts: Vec<String> = counts
+            .map(|(name, n)| format!("{} {n}", Shown(name)))
+            .collect();
+        if counts.is_empty() {
+            "-".to_owned()
+        } else {
+            counts.join(", ")
+        }
+    };
+    let outcomes = &mut totals.outcomes.iter().map(|(name, n)| (*name, *n));
+    println!("Outcomes: {}", named(outcomes));
+    let endpoints = &mut report.top_endpoints.iter();
+    let endpoints = &mut endpoints.map(|r| (r.name.as_str(), r.requests));
+    println!("Top endpoints: {}", named(endpoints));
+    let countries = &mut report.top_countries.iter();
+    let countries = &mut countries.map(|r| (r.name.as_str(), r.requests));
+    println!("Top countries: {}", named(countries));
+    let used: Vec<_> = report.series.iter().filter(|p| p.requests > 0).collect();
+    if used.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "{:<20}  {:>9}  {:>7}  LATENCY",
+        "START", "REQUESTS", "ERRORS"
+    );
+    for point in used {
+        println!(
+            "{:<20}  {:>9}  {:>7}  {}",
+            time(Some(point.start)),
+            point.requests,
+            point.errors,
+            latency(point).trim_start_matches(", ")
+        );
+    }
+}
+
+/// `point`'s latency percentiles, after a comma, or nothing if none was measured.
+fn latency(point: &Point) -> String {
+    match &point.latency {
+        Some(l) => format!(
+            ", p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
+            l.p50_ms, l.p95_ms, l.p99_ms
+        ),
+        None => String::new(),
     }
 }
 
