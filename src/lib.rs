@@ -68,7 +68,7 @@
 //! | `sqlite` | [`SqliteStore`](store) |
 //! | `postgres` | [`PostgresStore`](store), with `LISTEN/NOTIFY` revocation |
 //! | `redis` | [`RedisStore`](store) with pub/sub revocation, and `RedisLimiter` |
-//! | `cli` | the `tower-api-key` command line tool (implies `sqlite`) |
+//! | `cli` | the `tower-api-key` command line tool (implies `sqlite` and `analytics`) |
 //! | `tracing` | events with the key id and the outcome (never the secret) |
 //! | `analytics` | usage over time per key, owner and service, across replicas (`usage::Analytics`) |
 //! | `metrics` | requests and latency through the `metrics` facade (`usage::MetricsSink`) |
