@@ -1,6 +1,6 @@
 //! `tower-api-key`: create, list, show, rotate, revoke and delete API keys in the store a service
-//! built on `tower-api-key` reads, and show the usage its replicas flushed there. Every change is written to the store's audit trail (`audit`
-//! prints it), which the console shows too.
+//! built on `tower-api-key` reads, and show the usage its replicas flushed there. Every change is
+//! written to the store's audit trail (`audit` prints it), which the console shows too.
 //!
 //! Exit codes: 0 success, 2 bad input, 3 no such key, 4 the store failed or cannot be reached. A
 //! change made whose audit row the store could not write exits 0 with a warning: it is made.
@@ -1341,10 +1341,22 @@ fn print_usage(report: &UsageReport) {
 
 /// `point`'s latency percentiles, after a comma, or nothing if none was measured.
 fn latency(point: &Point) -> String {
+    // Three significant digits, from microseconds to minutes.
+    let ms = |ms: f64| {
+        let decimals = match ms {
+            ms if ms >= 100.0 => 0,
+            ms if ms >= 10.0 => 1,
+            ms if ms >= 1.0 => 2,
+            _ => 3,
+        };
+        format!("{ms:.decimals$} ms")
+    };
     match &point.latency {
         Some(l) => format!(
-            ", p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
-            l.p50_ms, l.p95_ms, l.p99_ms
+            ", p50 {}, p95 {}, p99 {}",
+            ms(l.p50_ms),
+            ms(l.p95_ms),
+            ms(l.p99_ms)
         ),
         None => String::new(),
     }

@@ -84,9 +84,8 @@ impl Default for AnalyticsConfig {
 /// begun before, makes it again; the flush then adds to the store's rows rather than writing
 /// over them). Memory is then bounded by the keys used in the last day or so, not by every key
 /// ever used. Without a store, every key used keeps at least its newest minute. Each thread
-/// that records keeps its
-/// run: a bucket's worth, and a dense count of the latencies it saw (8 bytes a bin, at most 16
-/// KiB).
+/// that records keeps its run: a bucket's worth, and a dense count of the latencies it saw (8
+/// bytes a bin, at most 16 KiB).
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
@@ -126,9 +125,8 @@ struct Inner {
     holding: tokio::sync::RwLock<()>,
     /// Keyed by verified keys only (foldhash, seeded per map): a client cannot choose the ids.
     keys: DashMap<Box<str>, Mutex<Series>, RandomState>,
-    /// The latest second before which a flush forgot a key's series (every bucket of it
-    /// begun before): a series made since starts each bucket begun before as partial. 0: no
-    /// series was forgotten.
+    /// The latest second by which every bucket of a series a flush forgot was over: a series
+    /// made since starts each bucket over by then as partial. 0: no series was forgotten.
     forgotten_before: AtomicU64,
     unauthenticated: [Mutex<Series>; SHARDS],
     /// Each thread's run of requests, not yet in its series: one per thread however many there

@@ -23,10 +23,10 @@ pub(crate) trait Flush: Send + Sync + 'static {
 ///
 /// A failed flush is logged (`tracing`, as `usage_flush_failed`) and retried at the next period;
 /// what it tried to write stays pending. At shutdown, once the server has answered its last
-/// request, [`stop`](Flusher::stop) it: it flushes one last time (retried for about a second
-/// and a half if the store fails), so a restart (a deploy) loses none of what the process
-/// counted. Dropping a `Flusher` leaves its task flushing until
-/// the runtime shuts down, and whatever it counted since its last flush is then lost.
+/// request, [`stop`](Flusher::stop) it: it flushes one last time (tried again for about a
+/// second and a half if the store fails), so a restart (a deploy) loses none of what the
+/// process counted. Dropping a `Flusher` leaves its task flushing until the runtime shuts down,
+/// and whatever it counted since its last flush is then lost.
 ///
 /// ```
 /// use std::{sync::Arc, time::Duration};
