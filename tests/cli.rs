@@ -1504,7 +1504,7 @@ mod cli {
             "{text}"
         );
         assert!(
-            text.contains("\n7 requests, 0 errors (0.0 %), p50 "),
+            text.contains("\nRequests 7, errors 0 (0.0 %), p50 "),
             "{text}"
         );
         assert!(text.contains("Outcomes: ok 7\n"), "{text}");

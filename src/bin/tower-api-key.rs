@@ -1295,7 +1295,7 @@ fn print_usage(report: &UsageReport) {
     );
     let totals = &report.totals;
     println!(
-        "{} requests, {} errors ({:.1} %){}",
+        "Requests {}, errors {} ({:.1} %){}",
         totals.requests,
         totals.errors,
         totals.error_rate * 100.0,
