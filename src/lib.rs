@@ -74,6 +74,7 @@
 //! | `metrics` | requests and latency through the `metrics` facade (`usage::MetricsSink`) |
 //! | `console` | `console::Console`: an axum router with the key-management API (admin and self-service), its OpenAPI document and the web dashboard (implies `axum`, `analytics`) |
 //! | `geoip` | the client's country from a MaxMind-format database (`usage::GeoIpCountry`) |
+//! | `secret-scanning` | `secret_scanning::SecretScanning`: an axum router for GitHub's secret scanning partner program, revoking keys found in public code (implies `axum`) |
 //!
 //! `sqlite` and `analytics` are on by default, so a first program, the demo and the CLI keep keys
 //! in a file with no server, and the demo reports usage; `default-features = false` leaves them
@@ -109,6 +110,8 @@ pub mod reject;
 mod rejection;
 pub mod require;
 pub mod scope;
+#[cfg(feature = "secret-scanning")]
+pub mod secret_scanning;
 pub mod service;
 mod shared;
 pub mod store;

@@ -235,6 +235,11 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         self
     }
 
+    /// The format it issues keys in, if it has one.
+    pub(crate) fn key_format(&self) -> Option<&KeyFormat> {
+        self.format.as_ref()
+    }
+
     /// Issues no key to an owner that already has `max` keys in circulation (neither revoked
     /// nor expired: [`KeyRecord::in_circulation`]; disabled keys count), as the reference
     /// advises: "limit the number of API keys in circulation". [`create`](Self::create) then
