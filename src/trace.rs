@@ -59,6 +59,7 @@ pub(crate) fn usage_flush_failed(error: &dyn std::fmt::Display) {
 
 /// This replica's usage row of a bucket did not read back when a late request's count was to
 /// be added to it: the flush writes the bucket over it.
+#[cfg(feature = "analytics")]
 pub(crate) fn usage_row_replaced(error: &dyn std::fmt::Display) {
     #[cfg(feature = "tracing")]
     tracing::warn!(target: "tower_api_key", error = %error, "corrupt usage row written over");

@@ -236,7 +236,17 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     }
 
     /// The format it issues keys in, if it has one.
-    pub(crate) fn key_format(&self) -> Option<&KeyFormat> {
+    ///
+    /// ```
+    /// use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore};
+    ///
+    /// let store = MemoryStore::new();
+    /// let layer = ApiKeyLayer::new("mesh", store.clone())?;
+    /// let keys = KeyManager::new(store).with_cache(layer.handle());
+    /// assert_eq!(keys.key_format().map(|f| f.prefix()), Some("mesh"));
+    /// # Ok::<(), tower_api_key::ConfigError>(())
+    /// ```
+    pub fn key_format(&self) -> Option<&KeyFormat> {
         self.format.as_ref()
     }
 
