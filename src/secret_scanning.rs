@@ -162,7 +162,7 @@ pub enum ScanError {
     UnknownKeyIdentifier,
     /// The signature is not GitHub's signature of this body.
     BadSignature,
-    /// The signed body is not a JSON array of matches.
+    /// The signed body is not a JSON array of matches (where it stops being one).
     BadBody(String),
     /// The store failed; the revocations made before stay made, and GitHub sends again.
     Store(StoreError),
@@ -174,7 +174,9 @@ impl fmt::Display for ScanError {
             ScanError::Unsigned => f.write_str("the alert is not signed"),
             ScanError::UnknownKeyIdentifier => f.write_str("the alert names an unknown key"),
             ScanError::BadSignature => f.write_str("the alert's signature does not hold"),
-            ScanError::BadBody(e) => write!(f, "the alert is not a JSON array of matches: {e}"),
+            ScanError::BadBody(at) => {
+                write!(f, "the alert is not a JSON array of matches ({at})")
+            }
             ScanError::Store(e) => write!(f, "the key store failed: {e}"),
         }
     }
@@ -328,8 +330,9 @@ where
         body: &[u8],
     ) -> Result<Vec<Feedback>, ScanError> {
         self.github().verify(identifier, signature, body)?;
-        let matches: Vec<Match> =
-            serde_json::from_slice(body).map_err(|e| ScanError::BadBody(e.to_string()))?;
+        // Where it failed, not serde's message, which may quote a token.
+        let matches: Vec<Match> = serde_json::from_slice(body)
+            .map_err(|e| ScanError::BadBody(format!("line {}, column {}", e.line(), e.column())))?;
         let mut feedback = Vec::with_capacity(matches.len());
         for found in matches {
             let label = self

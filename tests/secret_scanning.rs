@@ -259,7 +259,8 @@ mod secret_scanning {
             refused(&reply, StatusCode::UNAUTHORIZED, "INVALID_SIGNATURE");
         }
         // Signed, but not an alert.
-        for not_an_alert in ["{\"token\": 1}", "[{\"type\": \"x\"}]", "not json"] {
+        let quoted = serde_json::to_string(key).unwrap(); // a token, not in an array
+        for not_an_alert in ["{\"token\": 1}", "[{\"type\": \"x\"}]", "not json", &quoted] {
             let reply = f.alert(not_an_alert, "k1", &f.github).await;
             refused(&reply, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
         }
