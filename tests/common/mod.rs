@@ -149,6 +149,34 @@ impl HttpClient {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Reply {
+        self.send_hiding(method, path, headers, body, &["key", "export"])
+            .await
+    }
+
+    /// As [`send_body`](Self::send_body), for an answer meant for its one recipient only (a
+    /// console's new key, secret scanning's hashes of leaked keys for GitHub): it is logged
+    /// with `fields` hidden, in its objects and in those of its arrays.
+    pub async fn send_hiding(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+        fields: &[&str],
+    ) -> Reply {
+        fn hide(json: &mut serde_json::Value, fields: &[&str]) {
+            match json {
+                serde_json::Value::Object(object) => {
+                    for (name, value) in object.iter_mut() {
+                        if fields.contains(&name.as_str()) {
+                            *value = "<for its recipient only: hidden from the log>".into();
+                        }
+                    }
+                }
+                serde_json::Value::Array(items) => items.iter_mut().for_each(|i| hide(i, fields)),
+                _ => {}
+            }
+        }
         let reply = self.exchange(method, path, headers, body).await;
         if logging() {
             let mut shown = Reply {
@@ -157,11 +185,7 @@ impl HttpClient {
                 body: reply.body.clone(),
             };
             if let Ok(mut json) = serde_json::from_str::<serde_json::Value>(&reply.body) {
-                for field in ["key", "export"] {
-                    if json.get(field).is_some() {
-                        json[field] = "<shown once: hidden from the log>".into();
-                    }
-                }
+                hide(&mut json, fields);
                 shown.body = json.to_string();
             }
             log_reply(&shown);
