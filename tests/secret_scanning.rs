@@ -89,11 +89,15 @@ mod secret_scanning {
                 .await
         }
 
+        /// What the service answers a request with `key`.
+        async fn call(&self, key: &str) -> common::Reply {
+            let header = api_key(key);
+            let headers = [("authorization", header.as_str())];
+            self.client.get("/recommendations", &headers).await
+        }
+
         async fn status(&self, key: &str) -> StatusCode {
-            let headers = [("authorization", api_key(key))];
-            let headers: Vec<(&str, &str)> =
-                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-            self.client.get("/recommendations", &headers).await.status
+            self.call(key).await.status
         }
     }
 
@@ -167,9 +171,7 @@ mod secret_scanning {
         assert!(!reply.body.contains(leaked_key), "no secret in the answer");
 
         // Refused at once on this replica, the cache notwithstanding; the other key works.
-        let headers = [("authorization", api_key(leaked_key))];
-        let headers = [(headers[0].0, headers[0].1.as_str())];
-        let reply = f.client.get("/recommendations", &headers).await;
+        let reply = f.call(leaked_key).await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
         assert_eq!(reply.code(), "API_KEY_REVOKED");
         assert_eq!(f.status(other_key).await, StatusCode::OK);

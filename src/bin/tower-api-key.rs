@@ -17,8 +17,8 @@ use tower_api_key::{
     manage::AuditEvent, manage::CreatedKey, manage::KeyInfo, manage::ManageError,
     manage::MAX_NAME_LEN, network, network::IpNet, store::AuditArchive, store::AuditQuery,
     store::KeyFilter, store::KeyState, store::KeyStore, store::KeyUpdate, store::StoreError,
-    usage::Analytics, usage::Point, usage::Resolution, usage::Subject, usage::UsageReport,
-    AnyStore, Environment, KeyManager, MemoryStore, NewKey,
+    usage::Analytics, usage::Point, usage::Ranked, usage::Resolution, usage::Subject,
+    usage::UsageReport, AnyStore, Environment, KeyManager, MemoryStore, NewKey,
 };
 
 /// Create, list, rotate and revoke API keys.
@@ -1301,7 +1301,8 @@ fn print_usage(report: &UsageReport) {
         totals.error_rate * 100.0,
         latency(totals)
     );
-    let named = |counts: &mut dyn Iterator<Item = (&str, u64)>| {
+    /// `name count, …`, or `-` for none.
+    fn named<'a>(counts: impl Iterator<Item = (&'a str, u64)>) -> String {
         let counts: Vec<String> = counts
             .map(|(name, n)| format!("{} {n}", Shown(name)))
             .collect();
@@ -1310,15 +1311,12 @@ fn print_usage(report: &UsageReport) {
         } else {
             counts.join(", ")
         }
-    };
-    let outcomes = &mut totals.outcomes.iter().map(|(name, n)| (*name, *n));
+    }
+    let ranked = |ranked: &'_ [Ranked]| named(ranked.iter().map(|r| (r.name.as_str(), r.requests)));
+    let outcomes = totals.outcomes.iter().map(|(name, n)| (*name, *n));
     println!("Outcomes: {}", named(outcomes));
-    let endpoints = &mut report.top_endpoints.iter();
-    let endpoints = &mut endpoints.map(|r| (r.name.as_str(), r.requests));
-    println!("Top endpoints: {}", named(endpoints));
-    let countries = &mut report.top_countries.iter();
-    let countries = &mut countries.map(|r| (r.name.as_str(), r.requests));
-    println!("Top countries: {}", named(countries));
+    println!("Top endpoints: {}", ranked(&report.top_endpoints));
+    println!("Top countries: {}", ranked(&report.top_countries));
     let used: Vec<_> = report.series.iter().filter(|p| p.requests > 0).collect();
     if used.is_empty() {
         return;
