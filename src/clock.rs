@@ -163,13 +163,27 @@ pub(crate) fn now() -> SystemTime {
 /// (public as `manage::MAX_UNIX_SECONDS`).
 pub(crate) const LATEST_UNIX_SECONDS: u64 = 253_402_300_799;
 
-/// Seconds since 1970 (0 before it): how every store writes a time.
-pub(crate) fn unix_seconds(at: SystemTime) -> u64 {
+/// Seconds since 1970 (0 before it): how every store of this crate writes a time, and how a
+/// store of your own may.
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use tower_api_key::clock::{from_unix_seconds, unix_seconds};
+///
+/// let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+/// assert_eq!(unix_seconds(at), 1_800_000_000);
+/// assert_eq!(unix_seconds(UNIX_EPOCH - Duration::from_secs(1)), 0);
+/// assert_eq!(from_unix_seconds(1_800_000_000), Some(at));
+/// assert_eq!(from_unix_seconds(u64::MAX), None);
+/// ```
+#[must_use]
+pub fn unix_seconds(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The time `secs` seconds after 1970, or `None` past what this platform's clock holds: how every
 /// store reads a time back (a corrupt record is an error, never a panic).
-pub(crate) fn from_unix_seconds(secs: u64) -> Option<SystemTime> {
+#[must_use]
+pub fn from_unix_seconds(secs: u64) -> Option<SystemTime> {
     UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }

@@ -21,7 +21,8 @@ mod cli {
     use tower_api_key::store::AuditQuery;
     use tower_api_key::usage::Analytics;
     use tower_api_key::{
-        clock::ManualClock, reject::Rejection, ApiKeyLayer, KeyManager, SqliteStore,
+        clock::ManualClock, key::SecretDigest, reject::Rejection, ApiKeyLayer, KeyManager,
+        SqliteStore,
     };
 
     struct Tool {
@@ -1538,6 +1539,264 @@ mod cli {
             message.contains("write a duration such as 90d"),
             "{message}"
         );
+    }
+
+    /// `export` on one store and `import` on another move every key (state, scopes, metadata,
+    /// networks, credits, plan, expiry) and the owners' settings: the keys work on the new
+    /// store's service as on the old; an import run again adds and changes nothing; the
+    /// longest lifetime applies to what comes in; no secret is printed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn export_and_import_move_the_keys_to_another_store() {
+        let mut old = Tool::new();
+        let (_, ci, ci_key) = old.create(&[
+            "--name",
+            "ci",
+            "--owner",
+            "acme",
+            "--scopes",
+            "read,write",
+            "--metadata",
+            "team=growth",
+            "--allow-ip",
+            "198.51.100.0/24",
+            "--credits",
+            "50",
+            "--expires-in",
+            "30d",
+        ]);
+        let (_, gone, gone_key) = old.create(&["--name", "gone", "--plan", "free"]);
+        old.ok_json(&["--json", "revoke", &gone]);
+        old.ok_json(&["--json", "owner", "acme", "--per-minute", "100"]);
+        let exported = old.run(&["export"]);
+        assert!(exported.status.success(), "{exported:?}");
+        let text = String::from_utf8(exported.stdout).unwrap();
+        assert_eq!(
+            text.lines().count(),
+            3,
+            "the owner's settings and two keys: {text}"
+        );
+        for key in [&ci_key, &gone_key] {
+            assert!(
+                !text.contains(&key[key.len() - 38..key.len() - 6]),
+                "a secret exported"
+            );
+        }
+        let file = old.dir.join("keys.jsonl");
+        std::fs::write(&file, &text).unwrap();
+        let file = file.to_str().unwrap();
+
+        let mut new = Tool::new();
+        let imported = new.ok_json(&["--json", "import", file]);
+        let mut ids = [ci.as_str(), gone.as_str()];
+        ids.sort_unstable();
+        let mut added: Vec<&str> = (imported["imported"].as_array().unwrap().iter())
+            .map(|id| id.as_str().unwrap())
+            .collect();
+        added.sort_unstable();
+        assert_eq!(added, ids);
+        assert_eq!(imported["owners"], serde_json::json!(["acme"]));
+        assert_eq!(imported["expiry_brought_in"], serde_json::json!([]));
+        for read in [&["--json", "list"][..], &["--json", "owner", "acme"]] {
+            assert_eq!(old.ok_json(read), new.ok_json(read), "{read:?}");
+        }
+        let clock = ManualClock::new(SystemTime::now());
+        assert_eq!(new.status(&ci_key, &clock).await, (StatusCode::OK, None));
+        assert_eq!(
+            new.status(&gone_key, &clock).await.1,
+            Some(Rejection::ApiKeyRevoked)
+        );
+        let trail_rows = trail(&mut new, &[]);
+        let actions: Vec<&str> = trail_rows.iter().map(|row| row[0].as_str()).collect();
+        assert_eq!(actions, ["import", "import", "owner"], "newest first");
+
+        // Run again: nothing added, nothing changed (the credits spent stay spent).
+        let spent = new.ok_json(&["--json", "show", &ci])["credits"].clone();
+        let again = new.ok_json(&["--json", "import", file]);
+        assert_eq!(again["imported"], serde_json::json!([]));
+        assert_eq!(again["already_present"].as_array().unwrap().len(), 2);
+        assert_eq!(again["owners_already_set"], serde_json::json!(["acme"]));
+        assert_eq!(new.ok_json(&["--json", "show", &ci])["credits"], spent);
+        assert_eq!(trail(&mut new, &[]).len(), 3, "nothing more in the trail");
+
+        // Within the longest lifetime: the live key's 30 days come down to 10; the revoked
+        // key keeps its state.
+        let mut limited = Tool::new();
+        let brought = limited.ok_json(&["--max-lifetime", "10d", "--json", "import", file]);
+        assert_eq!(brought["expiry_brought_in"], serde_json::json!([ci]));
+        let expires = limited.ok_json(&["--json", "show", &ci])["expires_at"]
+            .as_u64()
+            .unwrap();
+        assert!(expires <= common::unix_now() + 10 * 86_400, "{expires}");
+        let outputs = [&old.outputs, &new.outputs, &limited.outputs];
+        for (command, text) in outputs.into_iter().flatten() {
+            for key in [&ci_key, &gone_key] {
+                let secret = &key[key.len() - 38..key.len() - 6];
+                let may_show = command.contains("create");
+                assert!(
+                    may_show || !text.contains(secret),
+                    "`{command}` printed a secret"
+                );
+            }
+        }
+    }
+
+    /// What the service on `url` answers for `key`, with opaque keys allowed or not.
+    async fn opaque_answer(url: &str, key: &str, allowed: bool) -> StatusCode {
+        let store = SqliteStore::connect(url).await.unwrap();
+        let layer = ApiKeyLayer::builder("mesh", store)
+            .allow_opaque_keys(allowed)
+            .build()
+            .unwrap();
+        let service = layer.layer(service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+        }));
+        let request = http::Request::get("/")
+            .header("authorization", format!("ApiKey {key}"))
+            .body(())
+            .unwrap();
+        service.oneshot(request).await.unwrap().status()
+    }
+
+    /// Keys issued before this crate come in by their SHA-256, or as they are (hashed as they
+    /// are read, never printed), and work where the layer allows opaque keys. A malformed file
+    /// imports nothing and names each bad line without quoting it; a line the store refuses
+    /// (an id another key has) is named, and the others are imported.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_issued_before_come_in_and_bad_lines_are_named() {
+        use serde_json::json;
+        let mut tool = Tool::new();
+        let by_hash = "sk_legacy_hashed_91c2";
+        let as_is = "sk_legacy_plain_5d7e";
+        let sha256 = SecretDigest::of(by_hash.as_bytes()).to_hex();
+        let write = |tool: &Tool, lines: &[String]| {
+            let file = tool.dir.join(common::unique("import"));
+            std::fs::write(&file, lines.join("\n")).unwrap();
+            file.to_str().unwrap().to_owned()
+        };
+        let line = |value: serde_json::Value| value.to_string();
+
+        let bad = write(
+            &tool,
+            &[
+                format!(r#"{{"opaque_key": "{as_is}", "name": "x""#),
+                line(
+                    json!({"opaque_key": as_is, "name": "x", "environment": "live", "scope": ["read"]}),
+                ),
+                line(json!({"opaque_key": as_is, "name": "x"})),
+                line(
+                    json!({"opaque_key": "mesh_live_made_up", "name": "x", "environment": "live"}),
+                ),
+                line(json!({"opaque_sha256": "abc", "name": "x", "environment": "live"})),
+                line(
+                    json!({"opaque_key": as_is, "name": "x", "environment": "live", "expires_at": "soon"}),
+                ),
+                line(
+                    json!({"opaque_key": as_is, "opaque_sha256": sha256, "name": "x", "environment": "live"}),
+                ),
+                line(json!({"type": "team", "owner": "acme"})),
+                line(json!([as_is])),
+                String::new(),
+                line(json!({"type": "owner", "owner": "acme", "limits": {"per_minute": "many"}})),
+            ],
+        );
+        let (code, message) = tool.failure(&["import", &bad]);
+        assert_eq!(code, 2, "{message}");
+        for expected in [
+            "10 line(s) refused, nothing was imported",
+            "line 1: not JSON",
+            "line 2: unknown field `scope`",
+            "line 3: missing field `environment`",
+            "line 4: `opaque_key` starts with `mesh_`",
+            "line 5: `opaque_sha256` is 64 hex digits",
+            "line 6: `expires_at` is not of the right type or form",
+            "line 7: give `opaque_sha256` or `opaque_key`: not both",
+            "line 8: `type` is \"owner\"",
+            "line 9: not a JSON object",
+            "line 11: `limits.per_minute` is not of the right type or form",
+        ] {
+            assert!(message.contains(expected), "{expected:?} in {message}");
+        }
+        assert!(
+            !message.contains(as_is) && !message.contains("soon"),
+            "{message}"
+        );
+
+        // Every line well formed, one that `create` would refuse: still nothing imported.
+        let refused = write(
+            &tool,
+            &[
+                line(json!({"opaque_sha256": sha256, "name": "billing", "environment": "live"})),
+                line(json!({"id": "short", "digest": sha256, "name": "x", "environment": "live"})),
+            ],
+        );
+        let (code, message) = tool.failure(&["import", &refused]);
+        assert_eq!(code, 2);
+        assert!(
+            message.contains("line 2: a key id is 12 base62"),
+            "{message}"
+        );
+        assert_eq!(
+            tool.names(&[]),
+            Vec::<String>::new(),
+            "nothing was imported"
+        );
+
+        let good = write(
+            &tool,
+            &[
+                line(
+                    json!({"opaque_sha256": sha256.to_uppercase(), "name": "billing", "environment": "live", "scopes": ["read"]}),
+                ),
+                line(
+                    json!({"opaque_key": as_is, "name": "reports", "environment": "live", "owner": "globex"}),
+                ),
+            ],
+        );
+        let output = tool.run(&["import", &good]);
+        let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "{printed}");
+        assert!(printed.contains("Imported 2 key(s)"), "{printed}");
+        assert!(printed.contains("2 opaque key(s)"), "{printed}");
+        assert_eq!(tool.names(&[]), ["billing", "reports"]);
+        for key in [by_hash, as_is] {
+            assert_eq!(
+                opaque_answer(&tool.url, key, true).await,
+                StatusCode::OK,
+                "{key}"
+            );
+            assert_eq!(
+                opaque_answer(&tool.url, key, false).await,
+                StatusCode::UNAUTHORIZED
+            );
+        }
+
+        // An id another key holds: that line is named, the other imported.
+        let (_, id, _) = tool.create(&["--name", "issued"]);
+        let clash = write(
+            &tool,
+            &[
+                line(
+                    json!({"id": id, "digest": sha256, "name": "impostor", "environment": "live"}),
+                ),
+                line(
+                    json!({"opaque_key": "sk_legacy_third_0a1b", "name": "third", "environment": "test"}),
+                ),
+            ],
+        );
+        let (code, message) = tool.failure(&["import", &clash]);
+        assert_eq!(code, 2);
+        assert!(
+            message.contains("1 line(s) refused, the other lines were imported"),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("line 1: another key already has the id `{id}`")),
+            "{message}"
+        );
+        assert_eq!(tool.names(&[]), ["billing", "issued", "reports", "third"]);
+        for (command, text) in &tool.outputs {
+            assert!(!text.contains(as_is), "`{command}` printed a key");
+        }
     }
 
     #[test]

@@ -87,6 +87,7 @@ impl From<InvalidKey> for ApiError {
             InvalidKey::Scope(_) => "INVALID_SCOPE",
             InvalidKey::TimeOutOfRange => "INVALID_EXPIRY",
             InvalidKey::Limits(_) => "INVALID_LIMITS",
+            InvalidKey::Id => "INVALID_KEY_ID",
             InvalidKey::NoFormat => {
                 return ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -111,6 +112,9 @@ impl From<ManageError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "KEY_LIMIT_REACHED", error.to_string())
             }
             ManageError::LifetimeTooLong(_) => ApiError::bad("EXPIRY_TOO_LATE", error.to_string()),
+            ManageError::IdTaken(_) => {
+                ApiError::new(StatusCode::CONFLICT, "KEY_ID_TAKEN", error.to_string())
+            }
         }
     }
 }

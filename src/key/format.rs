@@ -245,6 +245,12 @@ fn is_base62(bytes: &[u8]) -> bool {
     })
 }
 
+/// Whether `id` has the shape of the id a key of this crate's format carries: [`ID_LEN`] base62
+/// characters.
+pub(crate) fn is_key_id(id: &str) -> bool {
+    id.len() == ID_LEN && is_base62(id.as_bytes())
+}
+
 /// Checks the rules every presented key obeys, structured or opaque: 1 to [`MAX_KEY_LEN`] bytes of
 /// visible ASCII (`!` to `~`, so no spaces or control bytes).
 pub(crate) fn check_text(key: &[u8]) -> Result<(), ParseError> {

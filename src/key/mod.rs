@@ -20,7 +20,7 @@ mod plaintext;
 pub use digest::{InvalidDigest, SecretDigest};
 pub(crate) use environment::Environment;
 pub use environment::UnknownEnvironment;
-pub(crate) use format::{check_text, id_range};
+pub(crate) use format::{check_text, id_range, is_key_id};
 pub use format::{
     GeneratedKey, InvalidPrefix, KeyFormat, ParseError, ParsedKey, CHECKSUM_LEN, ID_LEN,
     MAX_KEY_LEN, MAX_PREFIX_LEN, SECRET_LEN,

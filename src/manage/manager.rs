@@ -192,10 +192,10 @@ impl NewKey {
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct KeyManager<A> {
-    store: A,
-    format: Option<KeyFormat>,
+    pub(super) store: A,
+    pub(super) format: Option<KeyFormat>,
     cache: Option<ApiKeyHandle>,
-    max_keys_per_owner: Option<u32>,
+    pub(super) max_keys_per_owner: Option<u32>,
     max_key_lifetime: Option<Duration>,
 }
 
@@ -333,7 +333,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// The latest expiry a key may be given now, with [a longest lifetime](Self::max_key_lifetime)
     /// (`None` without one, or when it reaches past what a record keeps). On the precise clock:
     /// an expiry a caller computed as "now plus the longest" a moment before is never refused.
-    fn latest_expiry(&self) -> Option<(SystemTime, Duration)> {
+    pub(super) fn latest_expiry(&self) -> Option<(SystemTime, Duration)> {
         let max = self.max_key_lifetime?;
         let latest = SystemTime::now().checked_add(max).filter(|at| keeps(*at))?;
         Some((latest, max))
@@ -354,7 +354,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         &self.store
     }
 
-    fn changed(&self, id: &str) {
+    pub(super) fn changed(&self, id: &str) {
         if let Some(cache) = &self.cache {
             cache.key_changed(id);
         }
@@ -1013,7 +1013,7 @@ fn validate_update(update: &KeyUpdate) -> Result<(), InvalidKey> {
 }
 
 /// Refuses a name that [`is_valid_name`] refuses.
-fn validate_name(name: &str) -> Result<(), InvalidKey> {
+pub(super) fn validate_name(name: &str) -> Result<(), InvalidKey> {
     if is_valid_name(name) {
         Ok(())
     } else {
@@ -1023,7 +1023,7 @@ fn validate_name(name: &str) -> Result<(), InvalidKey> {
 
 /// Refuses metadata with too many entries (`rotated_from`, which a rotation adds, not counted),
 /// an entry too long, or a key with a character [`is_hidden_control`] refuses.
-fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(), InvalidKey> {
+pub(super) fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(), InvalidKey> {
     let refused = |(key, value): (&String, &String)| {
         key.is_empty()
             || key.len() > MAX_METADATA_LEN
@@ -1038,7 +1038,7 @@ fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(), InvalidK
 }
 
 /// Refuses a malformed scope.
-fn validate_scopes(scopes: &[String]) -> Result<(), InvalidKey> {
+pub(super) fn validate_scopes(scopes: &[String]) -> Result<(), InvalidKey> {
     for scope in scopes {
         validate_scope(scope).map_err(InvalidKey::Scope)?;
     }
@@ -1046,7 +1046,7 @@ fn validate_scopes(scopes: &[String]) -> Result<(), InvalidKey> {
 }
 
 /// Refuses a time past the year 9999.
-fn validate_expiry(at: Option<SystemTime>) -> Result<(), InvalidKey> {
+pub(super) fn validate_expiry(at: Option<SystemTime>) -> Result<(), InvalidKey> {
     match at {
         Some(at) if !keeps(at) => Err(InvalidKey::TimeOutOfRange),
         _ => Ok(()),
@@ -1054,7 +1054,7 @@ fn validate_expiry(at: Option<SystemTime>) -> Result<(), InvalidKey> {
 }
 
 /// Refuses `limits` with two named limits of one name.
-fn validate_limits(limits: Option<&Limits>) -> Result<(), InvalidKey> {
+pub(super) fn validate_limits(limits: Option<&Limits>) -> Result<(), InvalidKey> {
     limits.map_or(Ok(()), |limits| {
         limits.validate().map_err(InvalidKey::Limits)
     })

@@ -4,9 +4,11 @@
 //! holds what they give and refuse, and the [`AuditEvent`]s of the store's audit trail.
 
 mod audit;
+mod import;
 pub(crate) mod manager;
 
 pub use audit::AuditEvent;
+pub use import::Imported;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -88,6 +90,10 @@ pub enum InvalidKey {
     TimeOutOfRange,
     /// The limits are malformed (two named limits with one name).
     Limits(InvalidLimit),
+    /// The id is one the layer never looks up: neither [`ID_LEN`](crate::key::ID_LEN) base62
+    /// characters (carrying the tag of the format's [`IdKey`](crate::key::IdKey), if it has
+    /// one) nor, for an opaque key, the hex of its digest.
+    Id,
     /// The manager has no key format: give it a layer's cache
     /// ([`KeyManager::with_cache`](crate::KeyManager::with_cache)) or a
     /// [`KeyManager::format`](crate::KeyManager::format).
@@ -114,6 +120,10 @@ impl fmt::Display for InvalidKey {
             InvalidKey::Scope(e) => e.fmt(f),
             InvalidKey::Limits(e) => e.fmt(f),
             InvalidKey::TimeOutOfRange => f.write_str("times after the year 9999 are not kept"),
+            InvalidKey::Id => f.write_str(
+                "a key id is 12 base62 characters (signed with the service's id key, if it has \
+                 one), or an opaque key's digest in hex",
+            ),
             InvalidKey::NoFormat => f.write_str(
                 "the key manager has no key format to issue keys in: build it with \
                      `.with_cache(layer.handle())` or `.format(KeyFormat::new(prefix)?)`",
@@ -141,6 +151,8 @@ pub enum ManageError {
     /// The expiry asked for (or none) is later than this long from now, the longest
     /// [`KeyManager::max_key_lifetime`](crate::KeyManager::max_key_lifetime) allows.
     LifetimeTooLong(Duration),
+    /// Another key (with another digest) has this id already: nothing was imported.
+    IdTaken(String),
 }
 
 impl fmt::Display for ManageError {
@@ -165,6 +177,11 @@ impl fmt::Display for ManageError {
                 "keys may live at most {} from now: give an earlier expiry",
                 Lifetime(*max)
             ),
+            ManageError::IdTaken(id) => write!(
+                f,
+                "another key already has the id `{}`: nothing was imported",
+                crate::log_id(id)
+            ),
         }
     }
 }
@@ -176,7 +193,8 @@ impl std::error::Error for ManageError {
             ManageError::Store(e) => Some(e),
             ManageError::NotActive(_)
             | ManageError::TooManyKeys(_)
-            | ManageError::LifetimeTooLong(_) => None,
+            | ManageError::LifetimeTooLong(_)
+            | ManageError::IdTaken(_) => None,
         }
     }
 }

@@ -192,7 +192,28 @@ impl KeyRecord {
     /// assert_eq!(record.id, SecretDigest::of(b"old-key-7f3a9c").to_hex());
     /// ```
     pub fn opaque(key: &str, name: impl Into<String>, environment: Environment) -> Self {
-        let digest = SecretDigest::of(key.as_bytes());
+        KeyRecord::opaque_digest(SecretDigest::of(key.as_bytes()), name, environment)
+    }
+
+    /// A record for an existing opaque key known only by its SHA-256 digest (a system that
+    /// stored the hash of the keys it issued, not the keys): as [`opaque`](Self::opaque), without
+    /// the key.
+    ///
+    /// ```
+    /// use tower_api_key::{Environment, store::KeyRecord, key::SecretDigest};
+    ///
+    /// // The hex of SHA-256("old-key-7f3a9c"), as the old system kept it.
+    /// let digest = SecretDigest::from_hex(&SecretDigest::of(b"old-key-7f3a9c").to_hex())?;
+    /// let record = KeyRecord::opaque_digest(digest, "legacy client", Environment::Live);
+    /// let from_key = KeyRecord::opaque("old-key-7f3a9c", "legacy client", Environment::Live);
+    /// assert_eq!((record.id, record.digest), (from_key.id, from_key.digest));
+    /// # Ok::<(), tower_api_key::key::InvalidDigest>(())
+    /// ```
+    pub fn opaque_digest(
+        digest: SecretDigest,
+        name: impl Into<String>,
+        environment: Environment,
+    ) -> Self {
         KeyRecord::new(digest.to_hex(), digest, name, environment)
     }
 

@@ -5,21 +5,28 @@
 //! Exit codes: 0 success, 2 bad input, 3 no such key, 4 the store failed or cannot be reached. A
 //! change made whose audit row the store could not write exits 0 with a warning: it is made.
 
-use std::fmt;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
+
+mod failure;
+mod shown;
+mod trail;
+mod transfer;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use tower_api_key::limit::{Credits, InvalidLimit, Limits, NamedLimit, RefillPeriod};
 use tower_api_key::{
-    key::IdKey, key::KeyFormat, manage::is_hidden_control, manage::is_valid_name,
-    manage::AuditEvent, manage::CreatedKey, manage::KeyInfo, manage::ManageError,
-    manage::MAX_NAME_LEN, network, network::IpNet, store::AuditArchive, store::AuditQuery,
-    store::KeyFilter, store::KeyState, store::KeyStore, store::KeyUpdate, store::StoreError,
-    usage::Analytics, usage::Point, usage::Ranked, usage::Resolution, usage::Subject,
-    usage::UsageReport, AnyStore, Environment, KeyManager, MemoryStore, NewKey,
+    clock::unix_seconds, key::IdKey, key::KeyFormat, manage::is_valid_name, manage::AuditEvent,
+    manage::CreatedKey, manage::KeyInfo, manage::MAX_NAME_LEN, network, network::IpNet,
+    store::AuditArchive, store::AuditQuery, store::KeyFilter, store::KeyState, store::KeyUpdate,
+    store::StoreError, usage::Analytics, usage::Point, usage::Ranked, usage::Resolution,
+    usage::Subject, usage::UsageReport, AnyStore, Environment, KeyManager, MemoryStore, NewKey,
 };
+
+use failure::{invalid, not_found, Failure};
+use shown::Shown;
+use trail::Trail;
 
 /// Create, list, rotate and revoke API keys.
 #[derive(Parser)]
@@ -262,6 +269,18 @@ enum Command {
         #[arg(long, default_value = "hour", value_parser = parse_resolution)]
         resolution: Resolution,
     },
+    /// Print the keys as JSON lines, to import into another store: each the record the store
+    /// keeps (the digest of the secret, never the secret), after the limits and credits of
+    /// their owners; all keys, or those the filters let through.
+    Export(ListFilter),
+    /// Add keys from a file of JSON lines: records from `export` (or the `record` of
+    /// `generate --json`), keys issued before this crate by `opaque_sha256` (the hex of the
+    /// SHA-256 of the whole key) or `opaque_key`, and owners' settings. What the store has
+    /// already is left as it is, so an import is run again after a failure.
+    Import {
+        /// The file, or - for standard input.
+        file: String,
+    },
     /// Remove the audit trail's changes older than a time, such as 365d (the prune itself is
     /// written to the trail).
     PruneAudit {
@@ -467,54 +486,6 @@ fn parse_resolution(text: &str) -> Result<Resolution, String> {
     }
 }
 
-/// A failure, with its exit code.
-struct Failure {
-    code: u8,
-    message: String,
-}
-
-impl From<StoreError> for Failure {
-    fn from(error: StoreError) -> Self {
-        Failure {
-            code: 4,
-            message: format!("the key store failed: {error}"),
-        }
-    }
-}
-
-impl From<ManageError> for Failure {
-    fn from(error: ManageError) -> Self {
-        match error {
-            ManageError::Invalid(e) => Failure {
-                code: 2,
-                message: e.to_string(),
-            },
-            ManageError::Store(e) => e.into(),
-            ManageError::NotActive(_)
-            | ManageError::TooManyKeys(_)
-            | ManageError::LifetimeTooLong(_) => invalid(error.to_string()),
-            other => Failure {
-                code: 4,
-                message: other.to_string(),
-            },
-        }
-    }
-}
-
-fn invalid(message: impl Into<String>) -> Failure {
-    Failure {
-        code: 2,
-        message: message.into(),
-    }
-}
-
-fn not_found(id: &str) -> Failure {
-    Failure {
-        code: 3,
-        message: format!("no key with id `{id}`"),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -531,6 +502,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("error: {}", Shown(&failure.message));
+            for detail in &failure.details {
+                eprintln!("  {}", Shown(detail));
+            }
             ExitCode::from(failure.code)
         }
     }
@@ -583,6 +557,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     };
     match cli.command {
         Command::Generate(_) => unreachable!("handled above"),
+        Command::Export(asked) => {
+            transfer::export(&keys, &asked.to_filter(SystemTime::now())).await?
+        }
+        Command::Import { file } => {
+            let dry = manager(AnyStore::Memory(MemoryStore::new()));
+            transfer::import(&trail, &dry, &file, cli.json).await?;
+        }
         Command::Create(spec) => {
             let created = keys.create(new_key(&spec)?).await?;
             let record = &created.record;
@@ -931,36 +912,6 @@ fn actor(given: Option<&str>) -> Result<String, Failure> {
     Ok(actor.to_owned())
 }
 
-/// The store's audit trail, and who this run's changes are by.
-struct Trail<'a> {
-    keys: &'a KeyManager<AnyStore>,
-    actor: &'a str,
-}
-
-impl Trail<'_> {
-    /// `action` on key `key_id` of `owner`, by this run's actor.
-    fn event(&self, action: &str, key_id: &str, owner: Option<&str>) -> AuditEvent {
-        AuditEvent::new(self.actor, action, key_id).owner(owner)
-    }
-
-    /// `action` on key `id`, whose owner is read first; exit 3 if there is no such key.
-    async fn of_key(&self, action: &str, id: &str) -> Result<AuditEvent, Failure> {
-        let record = self.keys.store().get(id).await?;
-        let record = record.ok_or_else(|| not_found(id))?;
-        Ok(self.event(action, id, record.owner.as_deref()))
-    }
-
-    /// Writes a change made; one the trail cannot keep is reported, not undone.
-    async fn record(&self, event: AuditEvent) {
-        if let Err(error) = self.keys.record_change(&event).await {
-            eprintln!(
-                "warning: the change is made, but the audit trail could not be written: {}",
-                Shown(&error.to_string())
-            );
-        }
-    }
-}
-
 /// What `owner` sets on an owner; `None`: no change.
 struct OwnerChange {
     limits: Option<Option<Limits>>,
@@ -1190,12 +1141,6 @@ fn done(json: bool, id: &str, state: &str, text: &str) {
     }
 }
 
-/// `at` in seconds since 1970 (0 before).
-fn unix_seconds(at: SystemTime) -> u64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn time(secs: Option<u64>) -> String {
     match secs {
         None => "-".to_owned(),
@@ -1377,28 +1322,5 @@ fn print_table(all: &[KeyInfo]) {
             time(info.expires_at),
             Shown(&info.scopes.join(","))
         );
-    }
-}
-
-/// Text from the store (or an error that quotes it), shown on a terminal: a control character or
-/// a bidirectional override is printed as its escape (`\u{1b}`), so a key's name cannot rewrite
-/// the operator's terminal. Names from this version on cannot hold them; a store written by
-/// other means still can. Pads as `str` does, for the tables.
-struct Shown<'a>(&'a str);
-
-impl fmt::Display for Shown<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if !self.0.chars().any(is_hidden_control) {
-            return f.pad(self.0);
-        }
-        let mut text = String::with_capacity(self.0.len() + 8);
-        for c in self.0.chars() {
-            if is_hidden_control(c) {
-                text.extend(c.escape_unicode());
-            } else {
-                text.push(c);
-            }
-        }
-        f.pad(&text)
     }
 }

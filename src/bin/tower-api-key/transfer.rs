@@ -1,0 +1,406 @@
+//! `export` and `import`: keys moved from one store to another as JSON lines, and keys issued
+//! before this crate brought in by their digest. An import adds what the store lacks and never
+//! changes what it holds, so one that stopped half way is run again.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tower_api_key::clock::unix_seconds;
+use tower_api_key::key::{KeyFormat, SecretDigest, MAX_KEY_LEN};
+use tower_api_key::limit::{Credits, Limits};
+use tower_api_key::manage::{is_valid_name, Imported, ManageError};
+use tower_api_key::store::{KeyFilter, KeyRecord, KeyStoreAdmin, OwnerRecord};
+use tower_api_key::{AnyStore, KeyManager};
+
+use crate::failure::{invalid, Failure};
+use crate::shown::Shown;
+use crate::trail::Trail;
+
+/// The most refused lines an import names before it stops listing them.
+const NAMED: usize = 20;
+
+/// The fields of a key's record (`KeyRecord`): a line with another is refused, so that a
+/// misspelt field (`scope`) is not left out unnoticed.
+const RECORD_FIELDS: [&str; 17] = [
+    "id",
+    "digest",
+    "name",
+    "owner",
+    "environment",
+    "scopes",
+    "metadata",
+    "created_at",
+    "expires_at",
+    "revoked_at",
+    "disabled",
+    "plan",
+    "limits",
+    "allowed_networks",
+    "credits",
+    "last_used_at",
+    "requests",
+];
+
+/// Prints the keys `filter` lets through as JSON lines, each the record the store keeps (the
+/// digest, never a secret), after the limits and credits of their owners that have some.
+pub(crate) async fn export(keys: &KeyManager<AnyStore>, filter: &KeyFilter) -> Result<(), Failure> {
+    let listing = (keys.store())
+        .list_page(filter, SystemTime::now(), 0, usize::MAX)
+        .await?;
+    let owners: BTreeSet<&str> = (listing.records.iter())
+        .filter_map(|record| record.owner.as_deref())
+        .collect();
+    let mut lines = Vec::new();
+    for owner in owners {
+        if let Some(settings) = keys.owner(owner).await?.filter(|o| !o.is_empty()) {
+            let line = OwnerLine::from(settings);
+            lines.push(serde_json::to_string(&line).expect("an owner's settings are JSON"));
+        }
+    }
+    for record in &listing.records {
+        lines.push(serde_json::to_string(record).expect("a record is JSON"));
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = lines
+        .iter()
+        .try_for_each(|line| writeln!(out, "{line}"))
+        .and_then(|()| out.flush());
+    written.map_err(|e| Failure::new(1, format!("cannot write the export: {e}")))
+}
+
+/// An owner's limits and credits, as a line of an export or an import:
+/// `{"type": "owner", "owner": …, "limits": …, "credits": …}`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OwnerLine {
+    #[serde(rename = "type")]
+    kind: OwnerKind,
+    owner: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    limits: Option<Limits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    credits: Option<Credits>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum OwnerKind {
+    Owner,
+}
+
+impl From<OwnerRecord> for OwnerLine {
+    fn from(settings: OwnerRecord) -> Self {
+        OwnerLine {
+            kind: OwnerKind::Owner,
+            owner: settings.owner,
+            limits: settings.limits,
+            credits: settings.credits,
+        }
+    }
+}
+
+/// One line of an import.
+enum Line {
+    Key(Box<KeyRecord>),
+    Owner(OwnerLine),
+}
+
+/// What an import did, line by line.
+#[derive(Default)]
+struct Outcome {
+    added: Vec<String>,
+    present: Vec<String>,
+    brought_in: Vec<String>,
+    opaque: usize,
+    owners: Vec<String>,
+    owners_present: Vec<String>,
+    refused: Vec<(usize, String)>,
+}
+
+/// Adds the keys and owners' settings of `file` (`-`: standard input) that the store lacks.
+/// Every line is read and checked, by the same rules on an empty store (`dry`), before any is
+/// written: a malformed file changes nothing. Then a line the store refuses (an id another key
+/// has, an owner at its most keys) is named and the others are imported (exit code 2); a store
+/// failure stops the import (exit code 4), which is then run again.
+pub(crate) async fn import(
+    trail: &Trail<'_>,
+    dry: &KeyManager<AnyStore>,
+    file: &str,
+    json: bool,
+) -> Result<(), Failure> {
+    let format = trail
+        .keys
+        .key_format()
+        .expect("the tool gives its manager a format");
+    let lines = read_lines(file, format)?;
+    let mut checked = Vec::new();
+    for (number, line) in &lines {
+        if let Line::Key(record) = line {
+            if let Err(error) = dry.import(KeyRecord::clone(record)).await {
+                checked.push((*number, error.to_string()));
+            }
+        }
+    }
+    if !checked.is_empty() {
+        return Err(refused_lines("nothing was imported", &checked));
+    }
+    let mut outcome = Outcome::default();
+    for (number, line) in lines {
+        let stopped = match line {
+            Line::Owner(line) => import_owner(trail, line, &mut outcome).await,
+            Line::Key(record) => import_key(trail, number, *record, &mut outcome).await,
+        };
+        if let Err(failure) = stopped {
+            let done = outcome.added.len();
+            let message = format!(
+                "{}; {done} key(s) were imported before: run the import again (what is in \
+                 the store already is skipped)",
+                failure.message
+            );
+            return Err(Failure { message, ..failure });
+        }
+    }
+    report(&outcome, json);
+    if outcome.refused.is_empty() {
+        Ok(())
+    } else {
+        Err(refused_lines(
+            "the other lines were imported",
+            &outcome.refused,
+        ))
+    }
+}
+
+/// Adds key `record` (of line `number`), unless the store has it.
+async fn import_key(
+    trail: &Trail<'_>,
+    number: usize,
+    record: KeyRecord,
+    outcome: &mut Outcome,
+) -> Result<(), Failure> {
+    let (id, owner) = (record.id.clone(), record.owner.clone());
+    let opaque = id == record.digest.to_hex();
+    match trail.keys.import(record).await {
+        Ok(Imported::Added { expiry_brought_in }) => {
+            let mut event = trail.event("import", &id, owner.as_deref());
+            if expiry_brought_in {
+                event = event.detail(["expires_at"]);
+                outcome.brought_in.push(id.clone());
+            }
+            trail.record(event).await;
+            outcome.opaque += usize::from(opaque);
+            outcome.added.push(id);
+        }
+        Ok(_) => outcome.present.push(id),
+        Err(ManageError::Store(error)) => return Err(error.into()),
+        Err(refused) => outcome.refused.push((number, refused.to_string())),
+    }
+    Ok(())
+}
+
+/// Sets the owner's limits and credits of `line`, unless the store has some for it already.
+async fn import_owner(
+    trail: &Trail<'_>,
+    line: OwnerLine,
+    outcome: &mut Outcome,
+) -> Result<(), Failure> {
+    let keys = trail.keys;
+    if keys
+        .owner(&line.owner)
+        .await?
+        .is_some_and(|o| !o.is_empty())
+    {
+        outcome.owners_present.push(line.owner);
+        return Ok(());
+    }
+    let mut changed = Vec::new();
+    if line.limits.is_some() {
+        keys.set_owner_limits(&line.owner, line.limits).await?;
+        changed.push("limits");
+    }
+    if line.credits.is_some() {
+        keys.set_owner_credits(&line.owner, line.credits).await?;
+        changed.push("credits");
+    }
+    let event = trail.event("owner", "", Some(&line.owner)).detail(changed);
+    trail.record(event).await;
+    outcome.owners.push(line.owner);
+    Ok(())
+}
+
+fn report(outcome: &Outcome, json: bool) {
+    if json {
+        let refused: Vec<Value> = (outcome.refused.iter())
+            .map(|(line, error)| json!({ "line": line, "error": error }))
+            .collect();
+        let out = json!({
+            "imported": outcome.added,
+            "already_present": outcome.present,
+            "expiry_brought_in": outcome.brought_in,
+            "owners": outcome.owners,
+            "owners_already_set": outcome.owners_present,
+            "refused": refused,
+        });
+        println!("{out}");
+        return;
+    }
+    println!(
+        "Imported {} key(s) and the settings of {} owner(s).",
+        outcome.added.len(),
+        outcome.owners.len()
+    );
+    if !outcome.present.is_empty() || !outcome.owners_present.is_empty() {
+        println!(
+            "Left as the store has them: {} key(s) and the settings of {} owner(s).",
+            outcome.present.len(),
+            outcome.owners_present.len()
+        );
+    }
+    if !outcome.brought_in.is_empty() {
+        println!(
+            "{} key(s) expired later than --max-lifetime allows, or never: they now expire \
+             at the latest it allows:",
+            outcome.brought_in.len()
+        );
+        for id in &outcome.brought_in {
+            println!("  {}", Shown(id));
+        }
+    }
+    if outcome.opaque > 0 {
+        println!(
+            "{} opaque key(s): they work where the service's layer has .allow_opaque_keys(true).",
+            outcome.opaque
+        );
+    }
+}
+
+/// Exit code 2, naming the lines refused (the first [`NAMED`]).
+fn refused_lines(then: &str, refused: &[(usize, String)]) -> Failure {
+    let mut failure = invalid(format!("{} line(s) refused, {then}:", refused.len()));
+    failure.details = (refused.iter().take(NAMED))
+        .map(|(line, error)| format!("line {line}: {error}"))
+        .collect();
+    if refused.len() > NAMED {
+        (failure.details).push(format!("and {} more", refused.len() - NAMED));
+    }
+    failure
+}
+
+/// The lines of `file` (`-`: standard input), numbered from 1, blank ones left out; exit code 2
+/// naming every line that is not one (the first [`NAMED`]).
+fn read_lines(file: &str, format: &KeyFormat) -> Result<Vec<(usize, Line)>, Failure> {
+    let mut text = String::new();
+    let read = if file == "-" {
+        std::io::stdin().read_to_string(&mut text).map(drop)
+    } else {
+        std::fs::File::open(file).and_then(|mut f| f.read_to_string(&mut text).map(drop))
+    };
+    read.map_err(|e| invalid(format!("cannot read `{}`: {e}", Shown(file))))?;
+    let now = unix_seconds(SystemTime::now());
+    let (mut lines, mut refused) = (Vec::new(), Vec::new());
+    for (number, text) in (1..).zip(text.lines()) {
+        if text.trim().is_empty() {
+            continue;
+        }
+        match parse_line(text, format, now) {
+            Ok(line) => lines.push((number, line)),
+            Err(error) => refused.push((number, error)),
+        }
+    }
+    if refused.is_empty() {
+        Ok(lines)
+    } else {
+        Err(refused_lines("nothing was imported", &refused))
+    }
+}
+
+/// One line: a key's record (as `export` prints it, or `generate --json` as its `record`), an
+/// opaque key by `opaque_sha256` (the hex of the SHA-256 of the whole key) or `opaque_key` (the
+/// key itself, hashed as it is read) instead of `id` and `digest`, or an owner's settings
+/// (`"type": "owner"`). `created_at` may be left out (now). An error never quotes the line,
+/// which may hold a key.
+fn parse_line(text: &str, format: &KeyFormat, now: u64) -> Result<Line, String> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| format!("not JSON (column {})", e.column()))?;
+    let Value::Object(mut fields) = value else {
+        return Err("not a JSON object".to_owned());
+    };
+    match fields.get("type") {
+        None => {}
+        Some(Value::String(kind)) if kind == "owner" => {
+            let line: OwnerLine = typed(fields)?;
+            return if is_valid_name(&line.owner) {
+                Ok(Line::Owner(line))
+            } else {
+                Err("an owner is 1 to 128 bytes, not blank, without control characters".into())
+            };
+        }
+        Some(_) => return Err("`type` is \"owner\", or absent for a key".to_owned()),
+    }
+    let digest = opaque_digest(&mut fields, format)?;
+    if let Some(digest) = digest {
+        if fields.contains_key("id") || fields.contains_key("digest") {
+            return Err("give `id` and `digest`, or an opaque key: not both".to_owned());
+        }
+        fields.insert("id".into(), digest.to_hex().into());
+        fields.insert("digest".into(), digest.to_hex().into());
+    }
+    if let Some(field) = fields.keys().find(|f| !RECORD_FIELDS.contains(&f.as_str())) {
+        return Err(format!(
+            "unknown field `{}`, expected one of `{}`, `opaque_sha256`, `opaque_key`",
+            Shown(field),
+            RECORD_FIELDS.join("`, `")
+        ));
+    }
+    fields.entry("created_at").or_insert(now.into());
+    typed(fields).map(|record| Line::Key(Box::new(record)))
+}
+
+/// The digest of the opaque key a line gives by `opaque_sha256` or `opaque_key` (taken out of
+/// `fields`), if it gives one.
+fn opaque_digest(
+    fields: &mut Map<String, Value>,
+    format: &KeyFormat,
+) -> Result<Option<SecretDigest>, String> {
+    match (fields.remove("opaque_sha256"), fields.remove("opaque_key")) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err("give `opaque_sha256` or `opaque_key`: not both".to_owned()),
+        (Some(Value::String(hex)), None) => SecretDigest::from_hex(&hex)
+            .map(Some)
+            .map_err(|_| "`opaque_sha256` is 64 hex digits".to_owned()),
+        (None, Some(Value::String(key))) => {
+            let visible = key.bytes().all(|b| b.is_ascii_graphic());
+            if key.is_empty() || key.len() > MAX_KEY_LEN || !visible {
+                return Err(format!(
+                    "`opaque_key` is 1 to {MAX_KEY_LEN} visible ASCII characters, as a \
+                     request presents it"
+                ));
+            }
+            if format.claims(&key) {
+                return Err(format!(
+                    "`opaque_key` starts with `{}_`: the service reads it as one of its own \
+                     keys, never as an opaque one",
+                    format.prefix()
+                ));
+            }
+            Ok(Some(SecretDigest::of(key.as_bytes())))
+        }
+        _ => Err("`opaque_sha256` and `opaque_key` are strings".to_owned()),
+    }
+}
+
+/// `fields` as a `T`; an error names the field, never its value.
+fn typed<T: for<'de> Deserialize<'de>>(fields: Map<String, Value>) -> Result<T, String> {
+    serde_path_to_error::deserialize(Value::Object(fields)).map_err(|e| {
+        let inner = e.inner().to_string();
+        if inner.starts_with("missing field") || inner.starts_with("unknown field") {
+            // serde names the field, and for an unknown one those expected: no value.
+            inner
+        } else {
+            format!("`{}` is not of the right type or form", e.path())
+        }
+    })
+}
