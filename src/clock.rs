@@ -183,6 +183,15 @@ pub fn unix_seconds(at: SystemTime) -> u64 {
 
 /// The time `secs` seconds after 1970, or `None` past what this platform's clock holds: how every
 /// store reads a time back (a corrupt record is an error, never a panic).
+///
+/// ```
+/// use tower_api_key::clock::from_unix_seconds;
+///
+/// let stored: u64 = 1_800_000_000; // as read from a row
+/// let at = from_unix_seconds(stored).ok_or("a corrupt time")?;
+/// assert!(at > std::time::UNIX_EPOCH);
+/// # Ok::<(), &str>(())
+/// ```
 #[must_use]
 pub fn from_unix_seconds(secs: u64) -> Option<SystemTime> {
     UNIX_EPOCH.checked_add(Duration::from_secs(secs))

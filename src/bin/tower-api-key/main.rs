@@ -1,9 +1,11 @@
 //! `tower-api-key`: create, list, show, rotate, revoke and delete API keys in the store a service
-//! built on `tower-api-key` reads, and show the usage its replicas flushed there. Every change is
-//! written to the store's audit trail (`audit` prints it), which the console shows too.
+//! built on `tower-api-key` reads, move them to another store (`export`, `import`), and show the
+//! usage its replicas flushed there. Every change is written to the store's audit trail
+//! (`audit` prints it), which the console shows too.
 //!
-//! Exit codes: 0 success, 2 bad input, 3 no such key, 4 the store failed or cannot be reached. A
-//! change made whose audit row the store could not write exits 0 with a warning: it is made.
+//! Exit codes: 0 success, 1 the output cannot be written, 2 bad input, 3 no such key, 4 the
+//! store failed or cannot be reached. A change made whose audit row the store could not write
+//! exits 0 with a warning: it is made.
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
