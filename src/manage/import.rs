@@ -83,20 +83,23 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
                 Some(most) => self.store.create_within(record.clone(), most, now).await,
                 None => self.store.create(record.clone()).await.map(|()| true),
             };
-            match added {
+            // An owner at its most keys may hold this very key: imported before.
+            let refused = match added {
                 Ok(true) => {
                     self.changed(&record.id);
                     return Ok(Imported::Added { expiry_brought_in });
                 }
-                Ok(false) => return Err(ManageError::TooManyKeys(most.unwrap_or_default())),
-                Err(StoreError::Conflict(_)) => match self.store.get(&record.id).await? {
-                    Some(held) if bool::from(held.digest.ct_eq(&record.digest)) => {
-                        return Ok(Imported::AlreadyPresent)
-                    }
-                    Some(_) => break,
-                    None => {}
-                },
+                Ok(false) => ManageError::TooManyKeys(most.unwrap_or_default()),
+                Err(StoreError::Conflict(_)) => ManageError::IdTaken(record.id.clone()),
                 Err(error) => return Err(error.into()),
+            };
+            match self.store.get(&record.id).await? {
+                Some(held) if bool::from(held.digest.ct_eq(&record.digest)) => {
+                    return Ok(Imported::AlreadyPresent)
+                }
+                Some(_) => return Err(ManageError::IdTaken(record.id)),
+                None if matches!(refused, ManageError::TooManyKeys(_)) => return Err(refused),
+                None => {}
             }
         }
         Err(ManageError::IdTaken(record.id))
