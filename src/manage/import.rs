@@ -118,10 +118,10 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         validate_scopes(&record.scopes)?;
         validate_metadata(&record.metadata)?;
         validate_limits(record.limits.as_ref())?;
-        let times = [record.expires_at, record.revoked_at, record.last_used_at];
         if !keeps(record.created_at) {
             return Err(InvalidKey::TimeOutOfRange);
         }
+        let times = [record.expires_at, record.revoked_at, record.last_used_at];
         times.into_iter().try_for_each(validate_expiry)?;
         let opaque = record.id == record.digest.to_hex();
         let issued = is_key_id(&record.id)

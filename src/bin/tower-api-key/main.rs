@@ -564,7 +564,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Import { file } => {
             let dry = manager(AnyStore::Memory(MemoryStore::new()));
-            transfer::import(&trail, &dry, &file, cli.json).await?;
+            transfer::import(&trail, &dry, &format, &file, cli.json).await?;
         }
         Command::Create(spec) => {
             let created = keys.create(new_key(&spec)?).await?;

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use tower_api_key::clock::unix_seconds;
 use tower_api_key::key::{KeyFormat, SecretDigest, MAX_KEY_LEN};
 use tower_api_key::limit::{Credits, Limits};
-use tower_api_key::manage::{is_valid_name, Imported, ManageError};
+use tower_api_key::manage::{is_valid_name, Imported, ManageError, MAX_NAME_LEN};
 use tower_api_key::store::{KeyFilter, KeyRecord, KeyStoreAdmin, OwnerRecord};
 use tower_api_key::{AnyStore, KeyManager};
 
@@ -128,13 +128,10 @@ struct Outcome {
 pub(crate) async fn import(
     trail: &Trail<'_>,
     dry: &KeyManager<AnyStore>,
+    format: &KeyFormat,
     file: &str,
     json: bool,
 ) -> Result<(), Failure> {
-    let format = trail
-        .keys
-        .key_format()
-        .expect("the tool gives its manager a format");
     let lines = read_lines(file, format)?;
     let mut checked = Vec::new();
     for (number, line) in &lines {
@@ -335,7 +332,9 @@ fn parse_line(text: &str, format: &KeyFormat, now: u64) -> Result<Line, String> 
             return if is_valid_name(&line.owner) {
                 Ok(Line::Owner(line))
             } else {
-                Err("an owner is 1 to 128 bytes, not blank, without control characters".into())
+                Err(format!(
+                    "an owner is 1 to {MAX_NAME_LEN} bytes, not blank, without control characters"
+                ))
             };
         }
         Some(_) => return Err("`type` is \"owner\", or absent for a key".to_owned()),
