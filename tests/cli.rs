@@ -1640,11 +1640,14 @@ mod cli {
         }
     }
 
-    /// What the service on `url` answers for `key`, with opaque keys allowed or not.
-    async fn opaque_answer(url: &str, key: &str, allowed: bool) -> StatusCode {
-        let store = SqliteStore::connect(url).await.unwrap();
+    /// What a service on `store` answers for `key`, with opaque keys allowed or not.
+    async fn answer_on(
+        store: SqliteStore,
+        key: &str,
+        opaque_allowed: bool,
+    ) -> (StatusCode, Option<Rejection>) {
         let layer = ApiKeyLayer::builder("mesh", store)
-            .allow_opaque_keys(allowed)
+            .allow_opaque_keys(opaque_allowed)
             .build()
             .unwrap();
         let service = layer.layer(service_fn(|_: http::Request<()>| async {
@@ -1654,7 +1657,58 @@ mod cli {
             .header("authorization", format!("ApiKey {key}"))
             .body(())
             .unwrap();
-        service.oneshot(request).await.unwrap().status()
+        let response = service.oneshot(request).await.unwrap();
+        (
+            response.status(),
+            response.extensions().get::<Rejection>().copied(),
+        )
+    }
+
+    /// What the service on `url` answers for `key`, with opaque keys allowed or not.
+    async fn opaque_answer(url: &str, key: &str, allowed: bool) -> StatusCode {
+        let store = SqliteStore::connect(url).await.unwrap();
+        answer_on(store, key, allowed).await.0
+    }
+
+    /// A service that keeps its keys in a table of its own (`connect_with_table`): `--table`
+    /// (or `TOWER_API_KEY_TABLE`) manages them there, and the service sees each change; the
+    /// default table is another set of keys. An option for another kind of store is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn table_names_the_services_own_table() {
+        let mut tool = Tool::new();
+        let (_, id, key) = tool.create(&["--table", "mesh_keys", "--name", "ci"]);
+        assert_eq!(tool.names(&[]), Vec::<String>::new(), "not in api_keys");
+        assert_eq!(tool.names(&["--table", "mesh_keys"]), ["ci"]);
+        let table = |url: String| async move {
+            SqliteStore::connect_with_table(&url, "mesh_keys")
+                .await
+                .unwrap()
+        };
+        let answer = answer_on(table(tool.url.clone()).await, &key, false).await;
+        assert_eq!(answer, (StatusCode::OK, None));
+        let default_table = SqliteStore::connect(&tool.url).await.unwrap();
+        let answer = answer_on(default_table, &key, false).await;
+        assert_eq!(answer.1, Some(Rejection::InvalidApiKey));
+
+        tool.env
+            .push(("TOWER_API_KEY_TABLE".into(), "mesh_keys".into()));
+        tool.ok_json(&["--json", "revoke", &id]);
+        let answer = answer_on(table(tool.url.clone()).await, &key, false).await;
+        assert_eq!(answer.1, Some(Rejection::ApiKeyRevoked));
+
+        let (code, message) = tool.failure(&["--redis-prefix", "mesh:", "list"]);
+        assert_eq!(code, 2, "{message}");
+        assert!(message.contains("--table"), "both given: {message}");
+        tool.env.clear();
+        let (code, message) = tool.failure(&["--redis-prefix", "mesh:", "list"]);
+        assert_eq!(code, 2, "{message}");
+        assert!(
+            message.contains("--redis-prefix is for redis:// stores"),
+            "{message}"
+        );
+        let (code, message) = tool.failure(&["--table", "api-keys", "list"]);
+        assert_eq!(code, 4, "{message}");
+        assert!(message.contains("use a-z, 0-9 and _"), "{message}");
     }
 
     /// Keys issued before this crate come in by their SHA-256, or as they are (hashed as they

@@ -44,6 +44,69 @@ mod postgres {
             .unwrap()
     }
 
+    /// The README's move from the demo's SQLite file to PostgreSQL, with the tool: `export`
+    /// there, `import --table` here. The key works on a layer over PostgreSQL, its owner's
+    /// limits came too, and an import run again adds nothing.
+    #[cfg(feature = "cli")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL: run through .ci/run"]
+    async fn the_tool_moves_keys_from_sqlite_to_postgres() {
+        use tower::{Layer, ServiceExt};
+        use tower_api_key::{store::KeyStore, ApiKeyLayer};
+
+        use crate::common::{run_tool, temp_db};
+
+        let (dir, sqlite) = temp_db("move");
+        let on_sqlite = |args: &[&str]| run_tool(&[&["--database-url", &sqlite], args].concat());
+        let created: serde_json::Value = serde_json::from_str(&on_sqlite(&[
+            "--json", "create", "--name", "ci", "--owner", "acme", "--scopes", "read",
+        ]))
+        .unwrap();
+        let (id, key) = (
+            created["info"]["id"].as_str().unwrap(),
+            created["key"].as_str().unwrap(),
+        );
+        on_sqlite(&["owner", "acme", "--per-minute", "100"]);
+        let file = dir.join("keys.jsonl");
+        std::fs::write(&file, on_sqlite(&["export"])).unwrap();
+
+        let table = unique("moved");
+        let url = server_env("TOWER_API_KEY_POSTGRES_URL");
+        let import = [
+            "--database-url",
+            &url,
+            "--table",
+            &table,
+            "--json",
+            "import",
+            file.to_str().unwrap(),
+        ];
+        let imported: serde_json::Value = serde_json::from_str(&run_tool(&import)).unwrap();
+        assert_eq!(imported["imported"], serde_json::json!([id]));
+        assert_eq!(imported["owners"], serde_json::json!(["acme"]));
+
+        let store = store(&table).await;
+        let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
+        let service = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        }));
+        let request = http::Request::get("/")
+            .header("authorization", format!("ApiKey {key}"))
+            .body(())
+            .unwrap();
+        assert_eq!(
+            service.oneshot(request).await.unwrap().status(),
+            http::StatusCode::OK
+        );
+        let acme = store.owner("acme").await.unwrap().unwrap();
+        assert_eq!(acme.limits.unwrap().per_minute, Some(100));
+
+        let again: serde_json::Value = serde_json::from_str(&run_tool(&import)).unwrap();
+        assert_eq!(again["imported"], serde_json::json!([]));
+        assert_eq!(again["already_present"], serde_json::json!([id]));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs PostgreSQL: run through .ci/run"]
     async fn passes_the_conformance_suite() {

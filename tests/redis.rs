@@ -45,6 +45,38 @@ mod redis {
             .unwrap()
     }
 
+    /// A service whose Redis keys are under a prefix of its own: the tool's `--redis-prefix`
+    /// manages them there, and the default prefix does not hold them.
+    #[cfg(feature = "cli")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis: run through .ci/run"]
+    async fn the_tool_manages_keys_under_the_services_prefix() {
+        use tower_api_key::store::KeyStore;
+
+        use crate::common::run_tool;
+
+        let prefix = format!("{}:", unique("tool"));
+        let url = url();
+        let on_prefix = |args: &[&str]| {
+            run_tool(&[&["--database-url", &url, "--redis-prefix", &prefix], args].concat())
+        };
+        let created: serde_json::Value =
+            serde_json::from_str(&on_prefix(&["--json", "create", "--name", "ci"])).unwrap();
+        let id = created["info"]["id"].as_str().unwrap();
+        let record = store(&prefix).await.get(id).await.unwrap().unwrap();
+        assert_eq!(record.name, "ci");
+        assert!(RedisStore::connect(&url)
+            .await
+            .unwrap()
+            .get(id)
+            .await
+            .unwrap()
+            .is_none());
+        on_prefix(&["revoke", id]);
+        let record = store(&prefix).await.get(id).await.unwrap().unwrap();
+        assert!(record.revoked_at.is_some());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs Redis: run through .ci/run"]
     async fn passes_the_conformance_suite() {

@@ -141,7 +141,7 @@ impl RedisLimiter {
     /// # Errors
     /// When Redis cannot be reached.
     pub async fn connect(url: &str) -> Result<Self, LimiterError> {
-        Self::connect_with_prefix(url, "tower-api-key:").await
+        Self::connect_with_prefix(url, crate::store::DEFAULT_REDIS_PREFIX).await
     }
 
     /// As [`connect`](Self::connect), with counters under `prefix`.

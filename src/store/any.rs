@@ -65,33 +65,115 @@ fn disabled(feature: &str, url: &str) -> StoreError {
     ))
 }
 
+/// Where in its database a store keeps its keys, if not where it does by default.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place<'a> {
+    Default,
+    Table(&'a str),
+    Prefix(&'a str),
+}
+
+impl<'a> Place<'a> {
+    /// The table of a SQL store; an error for a Redis key prefix.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+    fn table(self) -> Result<&'a str, StoreError> {
+        match self {
+            Place::Default => Ok(super::DEFAULT_TABLE),
+            Place::Table(table) => Ok(table),
+            Place::Prefix(_) => Err(misplaced("a key prefix", "redis://")),
+        }
+    }
+
+    /// The key prefix of a Redis store; an error for a table.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    fn prefix(self) -> Result<&'a str, StoreError> {
+        match self {
+            Place::Default => Ok(super::DEFAULT_REDIS_PREFIX),
+            Place::Prefix(prefix) => Ok(prefix),
+            Place::Table(_) => Err(misplaced("a table", "sqlite:// and postgres://")),
+        }
+    }
+}
+
+fn misplaced(what: &str, urls: &str) -> StoreError {
+    StoreError::unavailable(format!("{what} is for {urls} stores only"))
+}
+
 impl AnyStore {
-    /// Opens the store `url` names.
+    /// Opens the store `url` names, with its keys where that store keeps them by default
+    /// ([`DEFAULT_TABLE`](super::DEFAULT_TABLE), [`DEFAULT_REDIS_PREFIX`](super::DEFAULT_REDIS_PREFIX)).
     ///
     /// # Errors
     /// For an unknown scheme, a backend whose feature is off, or a backend that cannot be
     /// reached.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::open(url, Place::Default).await
+    }
+
+    /// As [`connect`](Self::connect), with the keys of a SQLite or PostgreSQL store in table
+    /// `table` (`a-z`, `0-9`, `_`): the store a service opened with `connect_with_table`.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use tower_api_key::AnyStore;
+    ///
+    /// let error = AnyStore::connect_with_table("memory:", "mesh_keys").await.unwrap_err();
+    /// assert!(error.to_string().contains("is for sqlite://, postgres:// and redis:// stores only"));
+    /// # #[cfg(feature = "sqlite")] {
+    /// let store = AnyStore::connect_with_table("sqlite::memory:", "mesh_keys").await?;
+    /// assert_eq!(store.kind(), "sqlite");
+    /// # }
+    /// # Ok::<(), tower_api_key::store::StoreError>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect); for an invalid table name, or a URL of a store without
+    /// tables.
+    pub async fn connect_with_table(url: &str, table: &str) -> Result<Self, StoreError> {
+        Self::open(url, Place::Table(table)).await
+    }
+
+    /// As [`connect`](Self::connect), with every key of a Redis store under `prefix`: the store
+    /// a service opened with `RedisStore::connect_with_prefix`.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect), or for a URL of another store.
+    pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        Self::open(url, Place::Prefix(prefix)).await
+    }
+
+    async fn open(url: &str, place: Place<'_>) -> Result<Self, StoreError> {
         if url == "memory:" || url.starts_with("memory://") {
+            if place != Place::Default {
+                return Err(misplaced(
+                    "a table or key prefix",
+                    "sqlite://, postgres:// and redis://",
+                ));
+            }
             return Ok(AnyStore::Memory(MemoryStore::new()));
         }
         if url.starts_with("sqlite:") {
             #[cfg(feature = "sqlite")]
-            return Ok(AnyStore::Sqlite(super::SqliteStore::connect(url).await?));
+            return Ok(AnyStore::Sqlite(
+                super::SqliteStore::connect_with_table(url, place.table()?).await?,
+            ));
             #[cfg(not(feature = "sqlite"))]
             return Err(disabled("sqlite", url));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             #[cfg(feature = "postgres")]
             return Ok(AnyStore::Postgres(
-                super::PostgresStore::connect(url).await?,
+                super::PostgresStore::connect_with_table(url, place.table()?).await?,
             ));
             #[cfg(not(feature = "postgres"))]
             return Err(disabled("postgres", url));
         }
         if url.starts_with("redis://") || url.starts_with("rediss://") {
             #[cfg(feature = "redis")]
-            return Ok(AnyStore::Redis(super::RedisStore::connect(url).await?));
+            return Ok(AnyStore::Redis(
+                super::RedisStore::connect_with_prefix(url, place.prefix()?).await?,
+            ));
             #[cfg(not(feature = "redis"))]
             return Err(disabled("redis", url));
         }

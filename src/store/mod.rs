@@ -72,6 +72,14 @@ pub(crate) use sqlite::SqliteStore;
 pub use sqlite::{SQLITE_CHANGES_KEPT, SQLITE_POLL_INTERVAL};
 pub use update::KeyUpdate;
 
+/// The table the SQLite and PostgreSQL stores keep keys in unless given another
+/// (`connect_with_table`; the tool's `--table`).
+pub const DEFAULT_TABLE: &str = "api_keys";
+
+/// The prefix of every Redis key the Redis store and limiter write unless given another
+/// (`connect_with_prefix`; the tool's `--redis-prefix`).
+pub const DEFAULT_REDIS_PREFIX: &str = "tower-api-key:";
+
 /// A source of key records, looked up by public key id.
 ///
 /// Implementations are `Send + Sync + 'static` and are called only on a cache miss.

@@ -49,7 +49,7 @@ impl PostgresStore {
     /// # Errors
     /// When the database cannot be reached or the schema cannot be created.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        Self::connect_with_table(url, "api_keys").await
+        Self::connect_with_table(url, super::DEFAULT_TABLE).await
     }
 
     /// As [`connect`](Self::connect), with keys in table `table` (`a-z`, `0-9`, `_`), which is

@@ -296,7 +296,7 @@ impl RedisStore {
     /// # Errors
     /// When Redis cannot be reached.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        Self::connect_with_prefix(url, "tower-api-key:").await
+        Self::connect_with_prefix(url, super::DEFAULT_REDIS_PREFIX).await
     }
 
     /// As [`connect`](Self::connect), with every Redis key under `prefix`.

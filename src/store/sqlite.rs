@@ -95,7 +95,7 @@ impl SqliteStore {
     /// # Errors
     /// When the file cannot be opened or the schema cannot be created.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        Self::connect_with_table(url, "api_keys").await
+        Self::connect_with_table(url, super::DEFAULT_TABLE).await
     }
 
     /// As [`connect`](Self::connect), with keys in table `table` (`a-z`, `0-9`, `_`).

@@ -630,6 +630,23 @@ pub fn server_client(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Runs the `tower-api-key` tool with `args` and asserts that it succeeded; what it printed.
+/// Its output may hold keys it created: never printed here.
+#[cfg(feature = "cli")]
+pub fn run_tool(args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tower-api-key"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{:?} failed: {stderr}",
+        &args[..2.min(args.len())]
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 /// A fresh directory for a SQLite file (`keys.db`) and its `sqlite://` URL; the test removes the
 /// directory when it is done.
 pub fn temp_db(name: &str) -> (std::path::PathBuf, String) {

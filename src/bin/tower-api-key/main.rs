@@ -43,6 +43,19 @@ struct Cli {
         hide_env_values = true
     )]
     database_url: String,
+    /// The table of a SQLite or PostgreSQL store whose service keeps its keys in another than
+    /// api_keys (`connect_with_table`).
+    #[arg(
+        long,
+        env = "TOWER_API_KEY_TABLE",
+        global = true,
+        conflicts_with = "redis_prefix"
+    )]
+    table: Option<String>,
+    /// The prefix of a Redis store's keys, where the service has another than tower-api-key:
+    /// (`connect_with_prefix`).
+    #[arg(long, env = "TOWER_API_KEY_REDIS_PREFIX", global = true)]
+    redis_prefix: Option<String>,
     /// The prefix of the service's keys.
     #[arg(long, default_value = "mesh", global = true)]
     prefix: String,
@@ -551,7 +564,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 
     let actor = actor(cli.actor.as_deref())?;
-    let store = AnyStore::connect(&cli.database_url).await?;
+    let store = connect(&cli).await?;
     let keys = manager(store);
     let trail = Trail {
         keys: &keys,
@@ -895,6 +908,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The store of `--database-url`, with its keys in `--table` or under `--redis-prefix`.
+async fn connect(cli: &Cli) -> Result<AnyStore, Failure> {
+    let url = &cli.database_url;
+    let redis = url.starts_with("redis://") || url.starts_with("rediss://");
+    let store = match (&cli.table, &cli.redis_prefix) {
+        (Some(_), _) if redis => {
+            return Err(invalid("--table is for sqlite:// and postgres:// stores"))
+        }
+        (None, Some(_)) if !redis => return Err(invalid("--redis-prefix is for redis:// stores")),
+        (Some(table), _) => AnyStore::connect_with_table(url, table).await,
+        (None, Some(prefix)) => AnyStore::connect_with_prefix(url, prefix).await,
+        (None, None) => AnyStore::connect(url).await,
+    };
+    Ok(store?)
 }
 
 /// Who makes the changes: `--actor`, else `cli:$USER`, else `cli`.
