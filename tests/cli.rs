@@ -21,8 +21,8 @@ mod cli {
     use tower_api_key::store::AuditQuery;
     use tower_api_key::usage::Analytics;
     use tower_api_key::{
-        clock::ManualClock, key::SecretDigest, reject::Rejection, ApiKeyLayer, KeyManager,
-        SqliteStore,
+        clock::ManualClock, key::SecretDigest, reject::Rejection, ApiKeyLayer, ApiKeyLayerBuilder,
+        KeyManager, SqliteStore,
     };
 
     struct Tool {
@@ -115,27 +115,41 @@ mod cli {
             peer: Option<&str>,
         ) -> (StatusCode, Option<Rejection>) {
             let store = SqliteStore::connect(&self.url).await.unwrap();
-            let layer = ApiKeyLayer::builder("mesh", store)
-                .clock(clock.clone())
-                .build()
-                .unwrap();
-            let service = layer.layer(service_fn(|_: http::Request<()>| async {
+            answer(
+                ApiKeyLayer::builder("mesh", store).clock(clock.clone()),
+                key,
+                peer,
+            )
+            .await
+        }
+    }
+
+    /// What a service built by `builder` answers for `key` from `peer` (a connection's address,
+    /// as a server puts it into the request's extensions), or from an unknown address.
+    async fn answer(
+        builder: ApiKeyLayerBuilder,
+        key: &str,
+        peer: Option<&str>,
+    ) -> (StatusCode, Option<Rejection>) {
+        let service = builder
+            .build()
+            .unwrap()
+            .layer(service_fn(|_: http::Request<()>| async {
                 Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
             }));
-            let mut request = http::Request::get("/")
-                .header("authorization", format!("ApiKey {key}"))
-                .body(())
-                .unwrap();
-            if let Some(peer) = peer {
-                let peer: std::net::SocketAddr = peer.parse().unwrap();
-                request.extensions_mut().insert(peer);
-            }
-            let response = service.oneshot(request).await.unwrap();
-            (
-                response.status(),
-                response.extensions().get::<Rejection>().copied(),
-            )
+        let mut request = http::Request::get("/")
+            .header("authorization", format!("ApiKey {key}"))
+            .body(())
+            .unwrap();
+        if let Some(peer) = peer {
+            let peer: std::net::SocketAddr = peer.parse().unwrap();
+            request.extensions_mut().insert(peer);
         }
+        let response = service.oneshot(request).await.unwrap();
+        (
+            response.status(),
+            response.extensions().get::<Rejection>().copied(),
+        )
     }
 
     impl Tool {
@@ -631,21 +645,9 @@ mod cli {
         assert!(signed.issued(generated["record"]["id"].as_str().unwrap()));
         // A service with that id key takes it.
         let store = SqliteStore::connect(&tool.url).await.unwrap();
-        let layer = ApiKeyLayer::builder("mesh", store)
-            .id_key(IdKey::from_hex(&hex).unwrap())
-            .build()
-            .unwrap();
-        let service = layer.layer(service_fn(|_: http::Request<()>| async {
-            Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
-        }));
-        let request = http::Request::get("/")
-            .header("authorization", format!("ApiKey {key}"))
-            .body(())
-            .unwrap();
-        assert_eq!(
-            service.oneshot(request).await.unwrap().status(),
-            StatusCode::OK
-        );
+        let id_key = IdKey::from_hex(&hex).unwrap();
+        let builder = ApiKeyLayer::builder("mesh", store).id_key(id_key);
+        assert_eq!(answer(builder, &key, None).await.0, StatusCode::OK);
         // The secret is never echoed.
         let (code, message) = tool.failure(&["create", "--id-key", "not hex"]);
         assert_eq!(code, 2, "{message}");
@@ -1646,22 +1648,8 @@ mod cli {
         key: &str,
         opaque_allowed: bool,
     ) -> (StatusCode, Option<Rejection>) {
-        let layer = ApiKeyLayer::builder("mesh", store)
-            .allow_opaque_keys(opaque_allowed)
-            .build()
-            .unwrap();
-        let service = layer.layer(service_fn(|_: http::Request<()>| async {
-            Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
-        }));
-        let request = http::Request::get("/")
-            .header("authorization", format!("ApiKey {key}"))
-            .body(())
-            .unwrap();
-        let response = service.oneshot(request).await.unwrap();
-        (
-            response.status(),
-            response.extensions().get::<Rejection>().copied(),
-        )
+        let builder = ApiKeyLayer::builder("mesh", store).allow_opaque_keys(opaque_allowed);
+        answer(builder, key, None).await
     }
 
     /// What the service on `url` answers for `key`, with opaque keys allowed or not.

@@ -292,6 +292,53 @@ mod tests {
         );
     }
 
+    /// Two imports of one file at once (two operators, two replicas): every key is added once,
+    /// the other import finds it present; an owner's keys never pass its most, whichever
+    /// import adds them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn imports_at_once_add_each_key_once() {
+        let store = MemoryStore::new();
+        let manager = || KeyManager::new(store.clone()).max_keys_per_owner(5);
+        let records: Vec<KeyRecord> = (0..40)
+            .map(|i| {
+                let mut record = issued(&format(), &format!("key {i}"));
+                record.owner = (i % 4 == 0).then(|| "acme".to_owned());
+                record
+            })
+            .collect();
+        let run = |keys: KeyManager<MemoryStore>, records: Vec<KeyRecord>| {
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for record in records {
+                    outcomes.push(keys.import(record).await.map_err(|e| e.to_string()));
+                    tokio::task::yield_now().await;
+                }
+                outcomes
+            })
+        };
+        let mut reversed = records.clone();
+        reversed.reverse();
+        let (a, b) = (run(manager(), records.clone()), run(manager(), reversed));
+        let (a, mut b) = (a.await.unwrap(), b.await.unwrap());
+        b.reverse();
+        let mut added_for_acme = 0;
+        for ((record, a), b) in records.iter().zip(a).zip(b) {
+            let added = [&a, &b]
+                .iter()
+                .filter(|o| matches!(o, Ok(Imported::Added { .. })))
+                .count();
+            if record.owner.is_some() {
+                added_for_acme += added;
+                assert!(added <= 1, "{a:?} {b:?}");
+            } else {
+                assert_eq!(added, 1, "{a:?} {b:?}");
+                assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
+            }
+        }
+        assert_eq!(added_for_acme, 5, "acme holds its most, no more");
+        assert_eq!(store.list().await.unwrap().len(), 30 + 5);
+    }
+
     /// The longest lifetime brings an imported key's expiry within it; the most keys per
     /// owner counts only keys in circulation.
     #[tokio::test]

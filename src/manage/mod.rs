@@ -1,7 +1,9 @@
 //! Issuing and withdrawing keys: [`NewKey`](crate::NewKey) describes a key,
 //! [`KeyManager`](crate::KeyManager) creates, revokes, deletes and lists them in a
-//! [`KeyStoreAdmin`](crate::store::KeyStoreAdmin) and keeps the layer's cache in step. This module
-//! holds what they give and refuse, and the [`AuditEvent`]s of the store's audit trail.
+//! [`KeyStoreAdmin`](crate::store::KeyStoreAdmin) and keeps the layer's cache in step, and
+//! [`KeyManager::import`](crate::KeyManager::import) brings in keys issued elsewhere (another
+//! store, keys issued before this crate). This module holds what they give and refuse, and the
+//! [`AuditEvent`]s of the store's audit trail.
 
 mod audit;
 mod import;
