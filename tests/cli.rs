@@ -1836,6 +1836,25 @@ mod cli {
             "{message}"
         );
         assert_eq!(tool.names(&[]), ["billing", "issued", "reports", "third"]);
+
+        // From standard input, as `export | import -` between two stores.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tower-api-key"))
+            .args(["import", "-"])
+            .env("DATABASE_URL", &tool.url)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let fourth =
+            json!({"opaque_key": "sk_legacy_fourth_9f8e", "name": "fourth", "environment": "live"});
+        let mut stdin = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut stdin, line(fourth).as_bytes()).unwrap();
+        drop(stdin);
+        assert!(child.wait_with_output().unwrap().status.success());
+        assert_eq!(
+            tool.names(&[]),
+            ["billing", "fourth", "issued", "reports", "third"]
+        );
         for (command, text) in &tool.outputs {
             assert!(!text.contains(as_is), "`{command}` printed a key");
         }
