@@ -1588,6 +1588,16 @@ mod cli {
         let file = file.to_str().unwrap();
 
         let mut new = Tool::new();
+        let dry = new.ok_json(&["--json", "import", "--dry-run", file]);
+        assert_eq!(dry["dry_run"], serde_json::json!(true));
+        assert_eq!(dry["imported"].as_array().unwrap().len(), 2, "{dry}");
+        assert_eq!(dry["owners"], serde_json::json!(["acme"]));
+        assert_eq!(
+            new.names(&[]),
+            Vec::<String>::new(),
+            "a dry run writes nothing"
+        );
+        assert!(trail(&mut new, &[]).is_empty(), "nor to the trail");
         let imported = new.ok_json(&["--json", "import", file]);
         let mut ids = [ci.as_str(), gone.as_str()];
         ids.sort_unstable();
@@ -1825,6 +1835,14 @@ mod cli {
                 ),
             ],
         );
+        let (code, message) = tool.failure(&["import", "--dry-run", &clash]);
+        assert_eq!(code, 2);
+        assert!(
+            message.contains("nothing was imported (a dry run)"),
+            "{message}"
+        );
+        assert!(message.contains(&format!("line 1: another key already has the id `{id}`")));
+        assert_eq!(tool.names(&[]), ["billing", "issued", "reports"]);
         let (code, message) = tool.failure(&["import", &clash]);
         assert_eq!(code, 2);
         assert!(

@@ -295,6 +295,9 @@ enum Command {
     Import {
         /// The file, or - for standard input.
         file: String,
+        /// Check the file and say what the import would do, writing nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Remove the audit trail's changes older than a time, such as 365d (the prune itself is
     /// written to the trail).
@@ -575,9 +578,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Export(asked) => {
             transfer::export(&keys, &asked.to_filter(SystemTime::now())).await?
         }
-        Command::Import { file } => {
+        Command::Import { file, dry_run } => {
             let dry = manager(AnyStore::Memory(MemoryStore::new()));
-            transfer::import(&trail, &dry, &format, &file, cli.json).await?;
+            transfer::import(&trail, &dry, &format, &file, cli.json, dry_run).await?;
         }
         Command::Create(spec) => {
             let created = keys.create(new_key(&spec)?).await?;

@@ -12,7 +12,7 @@ use tower_api_key::clock::unix_seconds;
 use tower_api_key::key::{KeyFormat, SecretDigest, MAX_KEY_LEN};
 use tower_api_key::limit::{Credits, Limits};
 use tower_api_key::manage::{is_valid_name, Imported, ManageError, MAX_NAME_LEN};
-use tower_api_key::store::{KeyFilter, KeyRecord, KeyStoreAdmin, OwnerRecord};
+use tower_api_key::store::{KeyFilter, KeyRecord, KeyStore, KeyStoreAdmin, OwnerRecord};
 use tower_api_key::{AnyStore, KeyManager};
 
 use crate::failure::{invalid, Failure};
@@ -131,18 +131,36 @@ pub(crate) async fn import(
     format: &KeyFormat,
     file: &str,
     json: bool,
+    dry_run: bool,
 ) -> Result<(), Failure> {
     let lines = read_lines(file, format)?;
-    let mut checked = Vec::new();
+    let (mut checked, mut brought_in) = (Vec::new(), BTreeSet::new());
     for (number, line) in &lines {
         if let Line::Key(record) = line {
-            if let Err(error) = dry.import(KeyRecord::clone(record)).await {
-                checked.push((*number, error.to_string()));
+            match dry.import(KeyRecord::clone(record)).await {
+                Ok(Imported::Added {
+                    expiry_brought_in: true,
+                }) => {
+                    brought_in.insert(*number);
+                }
+                Ok(_) => {}
+                Err(error) => checked.push((*number, error.to_string())),
             }
         }
     }
     if !checked.is_empty() {
         return Err(refused_lines("nothing was imported", &checked));
+    }
+    if dry_run {
+        let outcome = preview(trail.keys, lines, &brought_in).await?;
+        report(&outcome, json, true);
+        if outcome.refused.is_empty() {
+            return Ok(());
+        }
+        return Err(refused_lines(
+            "nothing was imported (a dry run)",
+            &outcome.refused,
+        ));
     }
     let mut outcome = Outcome::default();
     for (number, line) in lines {
@@ -160,7 +178,7 @@ pub(crate) async fn import(
             return Err(Failure { message, ..failure });
         }
     }
-    report(&outcome, json);
+    report(&outcome, json, false);
     if outcome.refused.is_empty() {
         Ok(())
     } else {
@@ -169,6 +187,51 @@ pub(crate) async fn import(
             &outcome.refused,
         ))
     }
+}
+
+/// What importing `lines` would do, read from the store without writing to it: the keys it
+/// lacks would be added (those of the lines in `brought_in` with their expiry brought within
+/// the longest lifetime), those it holds left, a line whose id another key holds refused. An
+/// owner's most keys is checked only as the keys are written.
+async fn preview(
+    keys: &KeyManager<AnyStore>,
+    lines: Vec<(usize, Line)>,
+    brought_in: &BTreeSet<usize>,
+) -> Result<Outcome, Failure> {
+    let mut outcome = Outcome::default();
+    for (number, line) in lines {
+        let record = match line {
+            Line::Owner(line) if owner_is_set(keys, &line.owner).await? => {
+                outcome.owners_present.push(line.owner);
+                continue;
+            }
+            Line::Owner(line) => {
+                outcome.owners.push(line.owner);
+                continue;
+            }
+            Line::Key(record) => record,
+        };
+        match keys.store().get(&record.id).await? {
+            None => {
+                if brought_in.contains(&number) {
+                    outcome.brought_in.push(record.id.clone());
+                }
+                outcome.opaque += usize::from(record.id == record.digest.to_hex());
+                outcome.added.push(record.id);
+            }
+            Some(held) if held.digest == record.digest => outcome.present.push(record.id),
+            Some(_) => {
+                let refused = ManageError::IdTaken(record.id).to_string();
+                outcome.refused.push((number, refused));
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// Whether the store has limits or credits set on `owner`.
+async fn owner_is_set(keys: &KeyManager<AnyStore>, owner: &str) -> Result<bool, Failure> {
+    Ok(keys.owner(owner).await?.is_some_and(|o| !o.is_empty()))
 }
 
 /// Adds key `record` (of line `number`), unless the store has it.
@@ -205,11 +268,7 @@ async fn import_owner(
     outcome: &mut Outcome,
 ) -> Result<(), Failure> {
     let keys = trail.keys;
-    if keys
-        .owner(&line.owner)
-        .await?
-        .is_some_and(|o| !o.is_empty())
-    {
+    if owner_is_set(keys, &line.owner).await? {
         outcome.owners_present.push(line.owner);
         return Ok(());
     }
@@ -228,12 +287,14 @@ async fn import_owner(
     Ok(())
 }
 
-fn report(outcome: &Outcome, json: bool) {
+/// Prints what the import did, or (`dry_run`) would do.
+fn report(outcome: &Outcome, json: bool, dry_run: bool) {
     if json {
         let refused: Vec<Value> = (outcome.refused.iter())
             .map(|(line, error)| json!({ "line": line, "error": error }))
             .collect();
         let out = json!({
+            "dry_run": dry_run,
             "imported": outcome.added,
             "already_present": outcome.present,
             "expiry_brought_in": outcome.brought_in,
@@ -244,8 +305,15 @@ fn report(outcome: &Outcome, json: bool) {
         println!("{out}");
         return;
     }
+    let (imported, expire) = match dry_run {
+        true => (
+            "Would import (a dry run: nothing was written)",
+            "would expire",
+        ),
+        false => ("Imported", "now expire"),
+    };
     println!(
-        "Imported {} key(s) and the settings of {} owner(s).",
+        "{imported} {} key(s) and the settings of {} owner(s).",
         outcome.added.len(),
         outcome.owners.len()
     );
@@ -258,8 +326,8 @@ fn report(outcome: &Outcome, json: bool) {
     }
     if !outcome.brought_in.is_empty() {
         println!(
-            "{} key(s) expired later than --max-lifetime allows, or never: they now expire \
-             at the latest it allows:",
+            "{} key(s) expired later than --max-lifetime allows, or never: they {expire} at \
+             the latest it allows:",
             outcome.brought_in.len()
         );
         for id in &outcome.brought_in {
