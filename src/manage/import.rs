@@ -1,10 +1,8 @@
 //! Bringing keys issued elsewhere into a store: [`KeyManager::import`] and what it did,
 //! [`Imported`].
 
-use super::manager::{
-    validate_expiry, validate_limits, validate_metadata, validate_name, validate_scopes,
-};
-use super::{is_valid_name, keeps, InvalidKey, ManageError};
+use super::manager::validate_record;
+use super::{InvalidKey, ManageError};
 use crate::key::is_key_id;
 use crate::store::{KeyRecord, KeyStoreAdmin, StoreError};
 use crate::KeyManager;
@@ -107,22 +105,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
 
     /// What [`import`](Self::import) refuses of `record` before the store sees it.
     fn check_import(&self, record: &KeyRecord) -> Result<(), InvalidKey> {
-        validate_name(&record.name)?;
-        if record
-            .owner
-            .as_deref()
-            .is_some_and(|owner| !is_valid_name(owner))
-        {
-            return Err(InvalidKey::Owner);
-        }
-        validate_scopes(&record.scopes)?;
-        validate_metadata(&record.metadata)?;
-        validate_limits(record.limits.as_ref())?;
-        if !keeps(record.created_at) {
-            return Err(InvalidKey::TimeOutOfRange);
-        }
-        let times = [record.expires_at, record.revoked_at, record.last_used_at];
-        times.into_iter().try_for_each(validate_expiry)?;
+        validate_record(record)?;
         let opaque = record.id == record.digest.to_hex();
         let issued = is_key_id(&record.id)
             && (self.format.as_ref()).is_none_or(|format| format.issued(&record.id));

@@ -136,18 +136,6 @@ impl NewKey {
     /// # Errors
     /// [`InvalidKey`] for an empty or over-long name or a malformed scope.
     pub fn generate(self, format: &KeyFormat) -> Result<CreatedKey, InvalidKey> {
-        validate_name(&self.name)?;
-        validate_metadata(&self.metadata)?;
-        if self
-            .owner
-            .as_deref()
-            .is_some_and(|owner| !is_valid_name(owner))
-        {
-            return Err(InvalidKey::Owner);
-        }
-        validate_scopes(&self.scopes)?;
-        validate_expiry(self.expires_at)?;
-        validate_limits(self.limits.as_ref())?;
         let generated = format.generate(self.environment);
         let mut record =
             KeyRecord::new(generated.id, generated.digest, self.name, self.environment);
@@ -161,6 +149,7 @@ impl NewKey {
         record.credits = self
             .credits
             .map(|credits| credits.starting(unix_seconds(crate::clock::now())));
+        validate_record(&record)?;
         Ok(CreatedKey {
             key: generated.key,
             record,
@@ -1012,8 +1001,26 @@ fn validate_update(update: &KeyUpdate) -> Result<(), InvalidKey> {
     validate_limits(update.limits.as_ref().and_then(Option::as_ref))
 }
 
+/// Refuses a record with a field [`KeyManager::create`] refuses: its name, owner, scopes,
+/// metadata or limits, or a time past the year 9999.
+pub(super) fn validate_record(record: &KeyRecord) -> Result<(), InvalidKey> {
+    validate_name(&record.name)?;
+    let owner = record.owner.as_deref();
+    if owner.is_some_and(|owner| !is_valid_name(owner)) {
+        return Err(InvalidKey::Owner);
+    }
+    validate_scopes(&record.scopes)?;
+    validate_metadata(&record.metadata)?;
+    validate_limits(record.limits.as_ref())?;
+    let times = [record.expires_at, record.revoked_at, record.last_used_at];
+    [Some(record.created_at)]
+        .into_iter()
+        .chain(times)
+        .try_for_each(validate_expiry)
+}
+
 /// Refuses a name that [`is_valid_name`] refuses.
-pub(super) fn validate_name(name: &str) -> Result<(), InvalidKey> {
+fn validate_name(name: &str) -> Result<(), InvalidKey> {
     if is_valid_name(name) {
         Ok(())
     } else {
@@ -1023,7 +1030,7 @@ pub(super) fn validate_name(name: &str) -> Result<(), InvalidKey> {
 
 /// Refuses metadata with too many entries (`rotated_from`, which a rotation adds, not counted),
 /// an entry too long, or a key with a character [`is_hidden_control`] refuses.
-pub(super) fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(), InvalidKey> {
+fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(), InvalidKey> {
     let refused = |(key, value): (&String, &String)| {
         key.is_empty()
             || key.len() > MAX_METADATA_LEN
@@ -1038,7 +1045,7 @@ pub(super) fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(
 }
 
 /// Refuses a malformed scope.
-pub(super) fn validate_scopes(scopes: &[String]) -> Result<(), InvalidKey> {
+fn validate_scopes(scopes: &[String]) -> Result<(), InvalidKey> {
     for scope in scopes {
         validate_scope(scope).map_err(InvalidKey::Scope)?;
     }
@@ -1046,7 +1053,7 @@ pub(super) fn validate_scopes(scopes: &[String]) -> Result<(), InvalidKey> {
 }
 
 /// Refuses a time past the year 9999.
-pub(super) fn validate_expiry(at: Option<SystemTime>) -> Result<(), InvalidKey> {
+fn validate_expiry(at: Option<SystemTime>) -> Result<(), InvalidKey> {
     match at {
         Some(at) if !keeps(at) => Err(InvalidKey::TimeOutOfRange),
         _ => Ok(()),
@@ -1054,7 +1061,7 @@ pub(super) fn validate_expiry(at: Option<SystemTime>) -> Result<(), InvalidKey> 
 }
 
 /// Refuses `limits` with two named limits of one name.
-pub(super) fn validate_limits(limits: Option<&Limits>) -> Result<(), InvalidKey> {
+fn validate_limits(limits: Option<&Limits>) -> Result<(), InvalidKey> {
     limits.map_or(Ok(()), |limits| {
         limits.validate().map_err(InvalidKey::Limits)
     })
