@@ -29,9 +29,8 @@ use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{DerSignature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey as _;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
-use crate::key::KeyFormat;
+use crate::key::{KeyFormat, SecretDigest};
 use crate::manage::{AuditEvent, InvalidKey, ManageError};
 use crate::store::{AuditArchive, KeyStoreAdmin, StoreError};
 use crate::KeyManager;
@@ -340,7 +339,7 @@ where
                 .await
                 .map_err(ScanError::Store)?;
             feedback.push(Feedback {
-                token_hash: hex::encode(Sha256::digest(found.token.as_bytes())),
+                token_hash: SecretDigest::of(found.token.as_bytes()).to_hex(),
                 token_type: found.kind,
                 label,
             });

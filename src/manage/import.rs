@@ -106,10 +106,9 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
     /// What [`import`](Self::import) refuses of `record` before the store sees it.
     fn check_import(&self, record: &KeyRecord) -> Result<(), InvalidKey> {
         validate_record(record)?;
-        let opaque = record.id == record.digest.to_hex();
         let issued = is_key_id(&record.id)
             && (self.format.as_ref()).is_none_or(|format| format.issued(&record.id));
-        if opaque || issued {
+        if record.is_opaque() || issued {
             Ok(())
         } else {
             Err(InvalidKey::Id)

@@ -217,6 +217,21 @@ impl KeyRecord {
         KeyRecord::new(digest.to_hex(), digest, name, environment)
     }
 
+    /// Whether this is an opaque key's record: its id is the hex of its digest, which is how the
+    /// layer looks opaque keys up ([`opaque`](Self::opaque), [`opaque_digest`](Self::opaque_digest)).
+    ///
+    /// ```
+    /// use tower_api_key::{key::KeyFormat, Environment, NewKey, store::KeyRecord};
+    ///
+    /// assert!(KeyRecord::opaque("old-key-7f3a9c", "legacy", Environment::Live).is_opaque());
+    /// let issued = NewKey::new("ci").generate(&KeyFormat::new("mesh")?)?.record;
+    /// assert!(!issued.is_opaque());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_opaque(&self) -> bool {
+        self.id == self.digest.to_hex()
+    }
+
     /// The key's state at `now`. A revoked key reads as revoked even if also expired.
     pub fn state(&self, now: SystemTime) -> KeyState {
         KeyState::of(

@@ -153,14 +153,7 @@ pub(crate) async fn import(
     }
     if dry_run {
         let outcome = preview(trail.keys, lines, &brought_in).await?;
-        report(&outcome, json, true);
-        if outcome.refused.is_empty() {
-            return Ok(());
-        }
-        return Err(refused_lines(
-            "nothing was imported (a dry run)",
-            &outcome.refused,
-        ));
+        return conclude(&outcome, json, true);
     }
     let mut outcome = Outcome::default();
     for (number, line) in lines {
@@ -178,15 +171,21 @@ pub(crate) async fn import(
             return Err(Failure { message, ..failure });
         }
     }
-    report(&outcome, json, false);
+    conclude(&outcome, json, false)
+}
+
+/// Reports what the import did, or (`dry_run`) would do; exit code 2 naming the lines refused,
+/// if any.
+fn conclude(outcome: &Outcome, json: bool, dry_run: bool) -> Result<(), Failure> {
+    report(outcome, json, dry_run);
     if outcome.refused.is_empty() {
-        Ok(())
-    } else {
-        Err(refused_lines(
-            "the other lines were imported",
-            &outcome.refused,
-        ))
+        return Ok(());
     }
+    let then = match dry_run {
+        true => "nothing was imported (a dry run)",
+        false => "the other lines were imported",
+    };
+    Err(refused_lines(then, &outcome.refused))
 }
 
 /// What importing `lines` would do, read from the store without writing to it: the keys it
@@ -216,7 +215,7 @@ async fn preview(
                 if brought_in.contains(&number) {
                     outcome.brought_in.push(record.id.clone());
                 }
-                outcome.opaque += usize::from(record.id == record.digest.to_hex());
+                outcome.opaque += usize::from(record.is_opaque());
                 outcome.added.push(record.id);
             }
             Some(held) if held.digest == record.digest => outcome.present.push(record.id),
@@ -242,7 +241,7 @@ async fn import_key(
     outcome: &mut Outcome,
 ) -> Result<(), Failure> {
     let (id, owner) = (record.id.clone(), record.owner.clone());
-    let opaque = id == record.digest.to_hex();
+    let opaque = record.is_opaque();
     match trail.keys.import(record).await {
         Ok(Imported::Added { expiry_brought_in }) => {
             let mut event = trail.event("import", &id, owner.as_deref());
