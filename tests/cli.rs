@@ -1701,11 +1701,11 @@ mod cli {
         let (code, message) = tool.failure(&["--redis-prefix", "mesh:", "list"]);
         assert_eq!(code, 2, "{message}");
         assert!(
-            message.contains("--redis-prefix is for redis:// stores"),
+            message.contains("a key prefix is for redis:// stores"),
             "{message}"
         );
         let (code, message) = tool.failure(&["--table", "api-keys", "list"]);
-        assert_eq!(code, 4, "{message}");
+        assert_eq!(code, 2, "{message}");
         assert!(message.contains("use a-z, 0-9 and _"), "{message}");
     }
 
@@ -1907,17 +1907,21 @@ mod cli {
         assert_eq!(code, 2);
         assert!(message.contains("prefix"), "{message}");
 
+        // A store that cannot be opened (its directory is not there) failed: exit 4.
         let (code, message) = tool.failure(&[
             "--database-url",
-            "postgres://nobody@127.0.0.1:1/nothing",
+            "sqlite:///nonexistent-directory/keys.db",
             "list",
         ]);
-        assert_eq!(code, 4);
+        assert_eq!(code, 4, "{message}");
         assert!(message.contains("the key store failed"), "{message}");
+        // A URL of no store this tool knows is the user's to mend: exit 2, as any bad input.
         let (code, message) = tool.failure(&["--database-url", "mysql://x", "list"]);
-        assert_eq!(code, 4);
+        assert_eq!(code, 2, "{message}");
         assert!(
-            message.contains("sqlite://, postgres://, redis://"),
+            message.contains(
+                "misconfigured: unknown database URL: use sqlite://, postgres://, redis://"
+            ),
             "{message}"
         );
     }

@@ -446,6 +446,30 @@ mod sqlite {
             .await
             .unwrap_err();
         assert!(error.to_string().contains("invalid table name"), "{error}");
+        assert!(matches!(error, StoreError::Config(_)), "{error:?}");
+        // Refused before the file is opened: a name mistyped creates no database.
+        let dir = std::env::temp_dir().join(format!("tak-bad-table-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keys.db");
+        let url = format!("sqlite://{}", file.display());
+        let error = SqliteStore::connect_with_table(&url, "api-keys")
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Config(_)), "{error:?}");
+        assert!(!file.exists(), "the database file was created");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_url_sqlx_cannot_read_is_the_configuration_a_file_not_there_the_store() {
+        let error = SqliteStore::connect("sqlite://keys.db?mode=sideways")
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Config(_)), "{error:?}");
+        let error = SqliteStore::connect("sqlite:///nonexistent-directory/keys.db")
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
     }
 }
 

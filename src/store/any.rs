@@ -60,7 +60,7 @@ macro_rules! each {
 
 fn disabled(feature: &str, url: &str) -> StoreError {
     let scheme = url.split(':').next().unwrap_or_default();
-    StoreError::unavailable(format!(
+    StoreError::config(format!(
         "{scheme}:// needs the `{feature}` feature of tower-api-key"
     ))
 }
@@ -96,7 +96,7 @@ impl<'a> Place<'a> {
 }
 
 fn misplaced(what: &str, urls: &str) -> StoreError {
-    StoreError::unavailable(format!("{what} is for {urls} stores only"))
+    StoreError::config(format!("{what} is for {urls} stores only"))
 }
 
 impl AnyStore {
@@ -104,7 +104,8 @@ impl AnyStore {
     /// ([`DEFAULT_TABLE`](super::DEFAULT_TABLE), [`DEFAULT_REDIS_PREFIX`](super::DEFAULT_REDIS_PREFIX)).
     ///
     /// # Errors
-    /// For an unknown scheme, a backend whose feature is off, or a backend that cannot be
+    /// [`StoreError::Config`] for an unknown scheme, a backend whose feature is off, or a URL
+    /// the backend cannot read; [`StoreError::Unavailable`] for a backend that cannot be
     /// reached.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::open(url, Place::Default).await
@@ -119,6 +120,7 @@ impl AnyStore {
     ///
     /// let error = AnyStore::connect_with_table("memory:", "mesh_keys").await.unwrap_err();
     /// assert!(error.to_string().contains("is for sqlite://, postgres:// and redis:// stores only"));
+    /// assert!(matches!(error, tower_api_key::store::StoreError::Config(_)));
     /// # #[cfg(feature = "sqlite")] {
     /// let store = AnyStore::connect_with_table("sqlite::memory:", "mesh_keys").await?;
     /// assert_eq!(store.kind(), "sqlite");
@@ -128,8 +130,8 @@ impl AnyStore {
     /// ```
     ///
     /// # Errors
-    /// As [`connect`](Self::connect); for an invalid table name, or a URL of a store without
-    /// tables.
+    /// As [`connect`](Self::connect); [`StoreError::Config`] for an invalid table name, or a URL
+    /// of a store without tables.
     pub async fn connect_with_table(url: &str, table: &str) -> Result<Self, StoreError> {
         Self::open(url, Place::Table(table)).await
     }
@@ -138,7 +140,7 @@ impl AnyStore {
     /// a service opened with `RedisStore::connect_with_prefix`.
     ///
     /// # Errors
-    /// As [`connect`](Self::connect), or for a URL of another store.
+    /// As [`connect`](Self::connect); [`StoreError::Config`] for a URL of another store.
     pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self, StoreError> {
         Self::open(url, Place::Prefix(prefix)).await
     }
@@ -178,7 +180,7 @@ impl AnyStore {
             return Err(disabled("redis", url));
         }
         let _ = disabled;
-        Err(StoreError::unavailable(
+        Err(StoreError::config(
             "unknown database URL: use sqlite://, postgres://, redis:// or memory:",
         ))
     }
@@ -362,5 +364,66 @@ impl AuditArchive for AnyStore {
 
     async fn prune_audit(&self, before: u64) -> Result<u64, StoreError> {
         each!(self, store => store.prune_audit(before).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether opening `url` (in `table`, if given) fails as the store's configuration.
+    async fn misconfigured(url: &str, table: Option<&str>) -> bool {
+        let opened = match table {
+            Some(table) => AnyStore::connect_with_table(url, table).await,
+            None => AnyStore::connect(url).await,
+        };
+        matches!(opened, Err(StoreError::Config(_)))
+    }
+
+    #[tokio::test]
+    async fn a_store_opened_wrongly_is_its_configuration_not_a_store_down() {
+        assert!(misconfigured("mysql://127.0.0.1/keys", None).await);
+        assert!(misconfigured("memory:", Some("mesh_keys")).await);
+        assert!(matches!(
+            AnyStore::connect_with_prefix("memory:", "mesh:").await,
+            Err(StoreError::Config(_))
+        ));
+        for url in [
+            "sqlite::memory:",
+            "postgres://127.0.0.1:1/keys",
+            "redis://127.0.0.1:1",
+        ] {
+            let enabled = match url.split(':').next() {
+                Some("sqlite") => cfg!(feature = "sqlite"),
+                Some("postgres") => cfg!(feature = "postgres"),
+                _ => cfg!(feature = "redis"),
+            };
+            if !enabled {
+                // A backend whose feature is off.
+                assert!(misconfigured(url, None).await, "{url}");
+            }
+        }
+        #[cfg(feature = "sqlite")]
+        {
+            assert!(misconfigured("sqlite::memory:", Some("api-keys")).await);
+            assert!(matches!(
+                AnyStore::connect_with_prefix("sqlite::memory:", "mesh:").await,
+                Err(StoreError::Config(_))
+            ));
+        }
+        #[cfg(feature = "postgres")]
+        {
+            assert!(misconfigured("postgres://127.0.0.1:notaport/keys", None).await);
+            // Nothing listens on port 1: down, not misconfigured.
+            let down = AnyStore::connect("postgres://nobody@127.0.0.1:1/keys").await;
+            assert!(matches!(down, Err(StoreError::Unavailable(_))));
+        }
+        #[cfg(feature = "redis")]
+        {
+            assert!(misconfigured("redis://127.0.0.1:notaport", None).await);
+            assert!(misconfigured("redis://127.0.0.1:1", Some("mesh_keys")).await);
+            let down = AnyStore::connect("redis://127.0.0.1:1").await;
+            assert!(matches!(down, Err(StoreError::Unavailable(_))));
+        }
     }
 }

@@ -606,12 +606,28 @@ pub enum StoreError {
     Unavailable(Box<dyn StdError + Send + Sync>),
     /// A key with this id already exists.
     Conflict(String),
+    /// The store was opened wrongly: a URL of no known store or of a backend whose feature is
+    /// off, an invalid table name, a table given to Redis. Trying again will not help.
+    Config(Box<dyn StdError + Send + Sync>),
 }
 
 impl StoreError {
     /// A [`StoreError::Unavailable`] from any error.
     pub fn unavailable(error: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
         StoreError::Unavailable(error.into())
+    }
+
+    /// A [`StoreError::Config`] from any error.
+    ///
+    /// ```
+    /// use tower_api_key::store::StoreError;
+    ///
+    /// let error = StoreError::config("give the store a URL");
+    /// assert_eq!(error.to_string(), "key store misconfigured: give the store a URL");
+    /// assert!(matches!(error, StoreError::Config(_)));
+    /// ```
+    pub fn config(error: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        StoreError::Config(error.into())
     }
 }
 
@@ -620,6 +636,7 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Unavailable(e) => write!(f, "key store unavailable: {e}"),
             StoreError::Conflict(id) => write!(f, "a key with id `{id}` already exists"),
+            StoreError::Config(e) => write!(f, "key store misconfigured: {e}"),
         }
     }
 }
@@ -627,7 +644,7 @@ impl fmt::Display for StoreError {
 impl StdError for StoreError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
-            StoreError::Unavailable(e) => Some(&**e),
+            StoreError::Unavailable(e) | StoreError::Config(e) => Some(&**e),
             StoreError::Conflict(_) => None,
         }
     }

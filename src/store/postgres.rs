@@ -9,7 +9,7 @@ use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use tokio::task::JoinHandle;
 
 use super::listener::{reconnect, LISTENER_KEEPALIVE, LISTENER_PING_TIMEOUT};
-use super::sql::{migrate, sql_store, unavailable, Queries};
+use super::sql::{migrate, not_opened, sql_store, unavailable, Queries};
 use super::{KeyChanges, StoreError};
 
 /// Keys in a PostgreSQL table (created, with its index, on first use).
@@ -47,7 +47,8 @@ impl PostgresStore {
     /// Connects to `url` (`postgres://…`), with keys in table `api_keys`.
     ///
     /// # Errors
-    /// When the database cannot be reached or the schema cannot be created.
+    /// [`StoreError::Config`] for a URL sqlx cannot read; when the database cannot be reached or
+    /// the schema cannot be created.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with_table(url, super::DEFAULT_TABLE).await
     }
@@ -56,14 +57,14 @@ impl PostgresStore {
     /// also the notification channel.
     ///
     /// # Errors
-    /// As [`connect`](Self::connect), or for an invalid table name.
+    /// As [`connect`](Self::connect); [`StoreError::Config`] for an invalid table name.
     pub async fn connect_with_table(url: &str, table: &str) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await
-            .map_err(unavailable)?;
+            .map_err(not_opened)?;
         Self::from_pool(pool, table).await
     }
 
@@ -71,7 +72,7 @@ impl PostgresStore {
     /// Replicas starting at once migrate one at a time (an advisory lock).
     ///
     /// # Errors
-    /// When the schema cannot be created, or for an invalid table name.
+    /// When the schema cannot be created; [`StoreError::Config`] for an invalid table name.
     pub async fn from_pool(pool: PgPool, table: &str) -> Result<Self, StoreError> {
         let sql = Queries::new(table)?;
         let mut tx = pool.begin().await.map_err(unavailable)?;

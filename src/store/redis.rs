@@ -294,7 +294,7 @@ impl RedisStore {
     /// Connects to `url` (`redis://…`), with keys under the prefix `tower-api-key:`.
     ///
     /// # Errors
-    /// When Redis cannot be reached.
+    /// [`StoreError::Config`] for a URL that is not Redis's; when Redis cannot be reached.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with_prefix(url, super::DEFAULT_REDIS_PREFIX).await
     }
@@ -302,9 +302,10 @@ impl RedisStore {
     /// As [`connect`](Self::connect), with every Redis key under `prefix`.
     ///
     /// # Errors
-    /// When Redis cannot be reached.
+    /// [`StoreError::Config`] for a URL that is not Redis's; when Redis cannot be reached.
     pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
+        // Reads the URL only: its error is the store's configuration.
+        let client = redis::Client::open(url).map_err(StoreError::config)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))

@@ -220,7 +220,7 @@ impl Queries {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !valid {
-            return Err(StoreError::unavailable(format!(
+            return Err(StoreError::config(format!(
                 "invalid table name {table:?}: use a-z, 0-9 and _"
             )));
         }
@@ -414,6 +414,15 @@ impl Queries {
 
 pub(crate) fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::unavailable(Box::new(error) as Box<dyn std::error::Error + Send + Sync>)
+}
+
+/// The error of opening a pool: a URL sqlx cannot read is the store's configuration, anything
+/// else (a server not there, a file that cannot be opened) the store unavailable.
+pub(crate) fn not_opened(error: sqlx::Error) -> StoreError {
+    match error {
+        sqlx::Error::Configuration(e) => StoreError::Config(e),
+        other => unavailable(other),
+    }
 }
 
 /// Implements `KeyStore` and `KeyStoreAdmin` for a sqlx store with fields `pool` and `sql`

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
 use tokio::task::JoinHandle;
 
-use super::sql::{migrate, sql_store, unavailable, Queries};
+use super::sql::{migrate, not_opened, sql_store, unavailable, Queries};
 use super::{relay_payload, KeyChanges, StoreError};
 
 /// How often [`SqliteStore::spawn_listener`] reads the changes that other processes made: a
@@ -93,7 +93,8 @@ impl SqliteStore {
     /// `sqlite::memory:`, with keys in table `api_keys`.
     ///
     /// # Errors
-    /// When the file cannot be opened or the schema cannot be created.
+    /// [`StoreError::Config`] for a URL sqlx cannot read; when the file cannot be opened or the
+    /// schema cannot be created.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with_table(url, super::DEFAULT_TABLE).await
     }
@@ -101,10 +102,13 @@ impl SqliteStore {
     /// As [`connect`](Self::connect), with keys in table `table` (`a-z`, `0-9`, `_`).
     ///
     /// # Errors
-    /// As [`connect`](Self::connect), or for an invalid table name.
+    /// As [`connect`](Self::connect); [`StoreError::Config`] for an invalid table name (checked
+    /// before the file is opened).
     pub async fn connect_with_table(url: &str, table: &str) -> Result<Self, StoreError> {
+        // Before the file is created, so that a name mistyped creates no database.
+        Queries::new(table)?;
         let options = SqliteConnectOptions::from_str(url)
-            .map_err(unavailable)?
+            .map_err(not_opened)?
             .create_if_missing(true);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let pool = SqlitePoolOptions::new()
@@ -115,14 +119,14 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(options)
             .await
-            .map_err(unavailable)?;
+            .map_err(not_opened)?;
         Self::from_pool(pool, table).await
     }
 
     /// A store on an existing pool, with keys in table `table`; creates the table if needed.
     ///
     /// # Errors
-    /// When the schema cannot be created, or for an invalid table name.
+    /// When the schema cannot be created; [`StoreError::Config`] for an invalid table name.
     pub async fn from_pool(pool: SqlitePool, table: &str) -> Result<Self, StoreError> {
         let sql = Queries::new(table)?;
         let changes = ChangeQueries::new(table);

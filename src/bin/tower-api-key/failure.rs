@@ -22,7 +22,11 @@ impl Failure {
 
 impl From<StoreError> for Failure {
     fn from(error: StoreError) -> Self {
-        Failure::new(4, format!("the key store failed: {error}"))
+        match error {
+            // The options or the URL given: the user's to mend, as any bad input.
+            StoreError::Config(_) => invalid(error.to_string()),
+            _ => Failure::new(4, format!("the key store failed: {error}")),
+        }
     }
 }
 

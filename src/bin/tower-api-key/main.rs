@@ -913,15 +913,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The store of `--database-url`, with its keys in `--table` or under `--redis-prefix`.
+/// The store of `--database-url`, with its keys in `--table` or under `--redis-prefix`: a
+/// table for Redis, a prefix for SQL, a bad table name or URL is the store's configuration
+/// (exit 2).
 async fn connect(cli: &Cli) -> Result<AnyStore, Failure> {
     let url = &cli.database_url;
-    let redis = url.starts_with("redis://") || url.starts_with("rediss://");
     let store = match (&cli.table, &cli.redis_prefix) {
-        (Some(_), _) if redis => {
-            return Err(invalid("--table is for sqlite:// and postgres:// stores"))
-        }
-        (None, Some(_)) if !redis => return Err(invalid("--redis-prefix is for redis:// stores")),
         (Some(table), _) => AnyStore::connect_with_table(url, table).await,
         (None, Some(prefix)) => AnyStore::connect_with_prefix(url, prefix).await,
         (None, None) => AnyStore::connect(url).await,
