@@ -22,6 +22,16 @@ pub fn log_id(id: &str) -> &str {
     }
 }
 
+/// A SQLite database could not be put in write-ahead-log mode: the journal mode it answered,
+/// or the error.
+#[cfg(feature = "sqlite")]
+pub(crate) fn sqlite_journal_kept(mode: &Result<String, String>) {
+    #[cfg(feature = "tracing")]
+    tracing::info!(target: "tower_api_key", ?mode, "sqlite database kept in its journal mode");
+    #[cfg(not(feature = "tracing"))]
+    let _ = mode;
+}
+
 /// A request was authenticated as key `key_id`.
 #[inline]
 pub(crate) fn accepted(key_id: &str) {

@@ -440,6 +440,55 @@ mod sqlite {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// A read held open by another process (a long `export`, a report, a backup) does not
+    /// stop a revoke: the database is in write-ahead-log mode, where a write never waits for a
+    /// reader. In the old journal mode the revoke waited out the busy timeout (5 s) and failed
+    /// with "database is locked".
+    #[tokio::test]
+    async fn a_revoke_is_written_while_another_process_reads() {
+        let (dir, url) = temp_db("wal");
+        let keys = KeyManager::new(SqliteStore::connect(&url).await.unwrap())
+            .format(tower_api_key::key::KeyFormat::new("mesh").unwrap());
+        let created = keys.create(NewKey::new("ci")).await.unwrap();
+
+        let other = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let mut reading = other.begin().await.unwrap();
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")
+                .fetch_one(&mut *reading)
+                .await
+                .unwrap();
+        assert_eq!(count, 1);
+
+        let revoke = tokio::time::timeout(Duration::from_secs(2), keys.revoke(&created.record.id));
+        assert!(revoke
+            .await
+            .expect("the revoke waited for the reader")
+            .unwrap());
+        // The reader still sees the database as it was when its read began; a new read, the
+        // revoke.
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")
+                .fetch_one(&mut *reading)
+                .await
+                .unwrap();
+        assert_eq!(count, 1);
+        reading.commit().await.unwrap();
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")
+                .fetch_one(&other)
+                .await
+                .unwrap();
+        assert_eq!(count, 0);
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&other)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        other.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[tokio::test]
     async fn a_bad_table_name_is_refused() {
         let error = SqliteStore::connect_with_table("sqlite::memory:", "keys; DROP TABLE x")

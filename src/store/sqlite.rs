@@ -30,6 +30,14 @@ pub const SQLITE_CHANGES_KEPT: i64 = 10_000;
 /// listener, processes sharing a file see each other's changes after the cache TTL. For several
 /// machines, use PostgreSQL or Redis.
 ///
+/// [`connect`](Self::connect) puts a database file in SQLite's write-ahead-log mode (a setting
+/// the file keeps), so that no process's read, however long (an `export`, a report), holds up
+/// another's revoke, and no write holds up the service's reads. The file then has two companions
+/// while it is open, `keys.db-wal` and `keys.db-shm`: back it up with `sqlite3 keys.db ".backup
+/// copy.db"` (or `VACUUM INTO`), not by copying `keys.db` alone, and keep it on a local disk (WAL
+/// needs shared memory between the processes; not a network file system). A store on a pool of
+/// your own ([`from_pool`](Self::from_pool)) keeps the journal mode you set.
+///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// use tower_api_key::{ApiKeyLayer, KeyManager, NewKey, SqliteStore};
@@ -88,9 +96,23 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
+/// Puts the database in write-ahead-log mode (kept by the file), where the service's reads
+/// never wait for a write (the tool's, the usage flush's) and a commit syncs one file. A file
+/// another process holds in the old mode at this moment, or one opened read-only, stays as it
+/// is: the store works either way.
+async fn write_ahead(pool: &SqlitePool) {
+    let mode = sqlx::query_scalar::<_, String>("PRAGMA journal_mode = WAL")
+        .fetch_one(pool)
+        .await;
+    if !matches!(&mode, Ok(mode) if mode.eq_ignore_ascii_case("wal")) {
+        crate::trace::sqlite_journal_kept(&mode.map_err(|e| e.to_string()));
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if missing) the database at `url`, such as `sqlite://keys.db` or
-    /// `sqlite::memory:`, with keys in table `api_keys`.
+    /// `sqlite::memory:`, with keys in table `api_keys`; a file is put in write-ahead-log mode
+    /// (above), unless another process holds it in another mode at this moment.
     ///
     /// # Errors
     /// [`StoreError::Config`] for a URL sqlx cannot read; when the file cannot be opened or the
@@ -120,6 +142,9 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(not_opened)?;
+        if !in_memory {
+            write_ahead(&pool).await;
+        }
         Self::from_pool(pool, table).await
     }
 
