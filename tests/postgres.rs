@@ -124,6 +124,8 @@ mod postgres {
     #[ignore = "needs PostgreSQL: run through .ci/run"]
     async fn keeps_the_audit_trail() {
         conformance::the_audit_trail_is_kept_newest_first(store(&unique("audit")).await).await;
+        conformance::a_moved_trail_is_taken_once(store(&unique("moved")).await).await;
+        conformance::a_moved_trail_leaves_the_newest(store(&unique("newest")).await, false).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

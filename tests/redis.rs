@@ -215,6 +215,8 @@ mod redis {
     #[ignore = "needs Redis: run through .ci/run"]
     async fn keeps_the_audit_trail() {
         conformance::the_audit_trail_is_kept_newest_first(store(&unique("audit")).await).await;
+        conformance::a_moved_trail_is_taken_once(store(&unique("moved")).await).await;
+        conformance::a_moved_trail_leaves_the_newest(store(&unique("newest")).await, true).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,6 +39,15 @@ async fn the_memory_store_updates_every_field_or_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_store_keeps_the_audit_trail() {
     conformance::the_audit_trail_is_kept_newest_first(MemoryStore::new()).await;
+    conformance::a_moved_trail_is_taken_once(MemoryStore::new()).await;
+    conformance::a_moved_trail_leaves_the_newest(MemoryStore::new(), true).await;
+}
+
+/// The trait's own `import_audit`, for stores of your own (the test's store wraps the memory
+/// store's trail and takes the default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_your_own_takes_a_moved_trail_once() {
+    conformance::a_moved_trail_is_taken_once(FaultyStore::default()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +99,10 @@ mod sqlite {
     async fn the_sqlite_store_keeps_the_audit_trail() {
         let (dir, url) = temp_db("audit");
         let store = SqliteStore::connect(&url).await.unwrap();
-        conformance::the_audit_trail_is_kept_newest_first(store).await;
+        conformance::the_audit_trail_is_kept_newest_first(store.clone()).await;
+        conformance::a_moved_trail_is_taken_once(store).await;
+        let in_memory = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        conformance::a_moved_trail_leaves_the_newest(in_memory, false).await;
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -365,6 +365,10 @@ impl AuditArchive for AnyStore {
     async fn prune_audit(&self, before: u64) -> Result<u64, StoreError> {
         each!(self, store => store.prune_audit(before).await)
     }
+
+    async fn import_audit(&self, rows: &[AuditRow]) -> Result<u64, StoreError> {
+        each!(self, store => store.import_audit(rows).await)
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! replica shows every change: [`AuditArchive`], implemented by every store of this crate, and
 //! its rows, [`AuditRow`].
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -118,6 +119,47 @@ pub trait AuditArchive: Send + Sync + 'static {
 
     /// Removes the rows older than `before` (Unix microseconds); returns how many it removed.
     async fn prune_audit(&self, before: u64) -> Result<u64, StoreError>;
+
+    /// Adds the rows of `rows` whose ids the trail does not hold, each id once: a trail moved
+    /// from another store (`tower-api-key export --audit`, then `import`), so that a move run
+    /// again adds nothing twice. Returns how many it added; the memory and Redis stores then
+    /// keep the newest [`AUDIT_KEPT`] by time, as they do.
+    ///
+    /// The stores of this crate add them in one step (SQL: one transaction; Redis: one
+    /// script). This default reads the whole trail first, then appends the rows one by one: a
+    /// store of your own that can skip a known id on insert should do so instead.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use tower_api_key::store::{AuditArchive, AuditQuery, AuditRow};
+    /// use tower_api_key::MemoryStore;
+    ///
+    /// let store = MemoryStore::new();
+    /// let rows = [
+    ///     AuditRow::new("5f1c", 1_800_000_000_000_000, "3kTMd9Qx2bLp", Some("acme"), "{}"),
+    ///     AuditRow::new("77a0", 1_800_000_060_000_000, "3kTMd9Qx2bLp", Some("acme"), "{}"),
+    /// ];
+    /// assert_eq!(store.import_audit(&rows).await?, 2);
+    /// assert_eq!(store.import_audit(&rows).await?, 0); // run again: nothing twice
+    /// assert_eq!(store.read_audit(&AuditQuery::newest(10)).await?.len(), 2);
+    /// # Ok::<(), tower_api_key::store::StoreError>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// When the store fails: the rows added before may stay; run it again.
+    async fn import_audit(&self, rows: &[AuditRow]) -> Result<u64, StoreError> {
+        let held = self.read_audit(&AuditQuery::newest(usize::MAX)).await?;
+        let mut ids: HashSet<&str> = held.iter().map(|row| row.id.as_str()).collect();
+        let mut added = 0;
+        for row in rows {
+            if ids.insert(&row.id) {
+                self.append_audit(row).await?;
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
 }
 
 #[async_trait]
@@ -132,6 +174,10 @@ impl<T: AuditArchive + ?Sized> AuditArchive for Arc<T> {
 
     async fn prune_audit(&self, before: u64) -> Result<u64, StoreError> {
         (**self).prune_audit(before).await
+    }
+
+    async fn import_audit(&self, rows: &[AuditRow]) -> Result<u64, StoreError> {
+        (**self).import_audit(rows).await
     }
 }
 

@@ -343,6 +343,25 @@ impl AuditArchive for MemoryStore {
         audit.retain(|row| row.at >= before);
         Ok((kept - audit.len()) as u64)
     }
+
+    async fn import_audit(&self, rows: &[AuditRow]) -> Result<u64, StoreError> {
+        let audit = &mut self.write().audit;
+        let mut ids: std::collections::HashSet<String> =
+            audit.iter().map(|row| row.id.clone()).collect();
+        let mut added = 0;
+        for row in rows {
+            if ids.insert(row.id.clone()) {
+                audit.push_back(row.clone());
+                added += 1;
+            }
+        }
+        // Oldest first, as appended rows are, so that the oldest leave first.
+        (audit.make_contiguous()).sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
+        while audit.len() > AUDIT_KEPT {
+            audit.pop_front();
+        }
+        Ok(added)
+    }
 }
 
 #[async_trait]

@@ -130,6 +130,51 @@ return removed",
     )
 });
 
+/// Adds to the audit list KEYS[1] the entries ARGV[2], ARGV[3]… (JSON arrays `[id, at, key,
+/// owner, data]`, as in `PRUNE_AUDIT`) whose ids it does not hold, each once, and keeps the
+/// newest ARGV[1] of the list by time, then id, newest first (an entry it cannot read counts
+/// as the oldest). Returns how many it added.
+static IMPORT_AUDIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local function read(entry)
+  local ok, row = pcall(cjson.decode, entry)
+  if ok and type(row) == 'table' and type(row[1]) == 'string' and tonumber(row[2]) then
+    return row[1], tonumber(row[2])
+  end
+end
+local all, held = {}, {}
+for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local id, at = read(entry)
+  if id then held[id] = true end
+  all[#all + 1] = {at or -1, id or '', entry}
+end
+local added = 0
+for i = 2, #ARGV do
+  local id, at = read(ARGV[i])
+  if id and not held[id] then
+    held[id] = true
+    added = added + 1
+    all[#all + 1] = {at, id, ARGV[i]}
+  end
+end
+if added > 0 then
+  table.sort(all, function(a, b)
+    if a[1] ~= b[1] then return a[1] > b[1] end
+    return a[2] > b[2]
+  end)
+  local kept = math.min(#all, tonumber(ARGV[1]))
+  redis.call('DEL', KEYS[1])
+  for i = 1, kept, 1000 do
+    local chunk = {}
+    for j = i, math.min(i + 999, kept) do chunk[#chunk + 1] = all[j][3] end
+    redis.call('RPUSH', KEYS[1], unpack(chunk))
+  end
+end
+return added",
+    )
+});
+
 /// Marks the creation indexes complete if there are no keys. KEYS: id set, marker.
 static NEW_INDEXES: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -1054,15 +1099,20 @@ impl UsageArchive for RedisStore {
 /// An audit row as the Redis list keeps it: id, time, key, owner, data.
 type AuditEntry = (String, u64, String, Option<String>, String);
 
+/// `row` as the Redis list keeps it: [`AuditEntry`]'s JSON.
+fn audit_entry(row: &AuditRow) -> String {
+    let entry: (&str, u64, &str, Option<&str>, &str) =
+        (&row.id, row.at, &row.key, row.owner.as_deref(), &row.data);
+    json(&entry)
+}
+
 #[async_trait]
 impl AuditArchive for RedisStore {
     async fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError> {
-        let entry: (&str, u64, &str, Option<&str>, &str) =
-            (&row.id, row.at, &row.key, row.owner.as_deref(), &row.data);
         let kept = isize::try_from(AUDIT_KEPT).unwrap_or(isize::MAX);
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .lpush(self.audit(), json(&entry))
+            .lpush(self.audit(), audit_entry(row))
             .ignore()
             .ltrim(self.audit(), 0, kept - 1)
             .ignore();
@@ -1100,5 +1150,18 @@ impl AuditArchive for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(removed)
+    }
+
+    async fn import_audit(&self, rows: &[AuditRow]) -> Result<u64, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut import = IMPORT_AUDIT.key(self.audit());
+        import.arg(AUDIT_KEPT);
+        for row in rows {
+            import.arg(audit_entry(row));
+        }
+        let mut conn = self.conn.clone();
+        import.invoke_async(&mut conn).await.map_err(unavailable)
     }
 }

@@ -114,6 +114,8 @@ pub(crate) struct Queries {
     /// Usage analytics' rows.
     pub(crate) usage: UsageQueries,
     pub(crate) audit_insert: String,
+    /// `audit_insert`, skipping a row whose id the table holds.
+    pub(crate) audit_import: String,
     pub(crate) audit_prune: String,
     pub(crate) schema_table: String,
     pub(crate) schema_version: String,
@@ -292,6 +294,10 @@ impl Queries {
             audit_insert: format!(
                 "INSERT INTO {t}_audit (id, at, key_id, owner, data) VALUES ($1, $2, $3, $4, $5)"
             ),
+            audit_import: format!(
+                "INSERT INTO {t}_audit (id, at, key_id, owner, data) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (id) DO NOTHING"
+            ),
             schema_table: format!(
                 "CREATE TABLE IF NOT EXISTS {t}_schema (version BIGINT PRIMARY KEY)"
             ),
@@ -423,6 +429,19 @@ pub(crate) fn not_opened(error: sqlx::Error) -> StoreError {
         sqlx::Error::Configuration(e) => StoreError::Config(e),
         other => unavailable(other),
     }
+}
+
+/// The query `sql` with the five fields of audit row `row` bound, in the table's order.
+macro_rules! audit_row {
+    ($sql:expr, $row:expr) => {{
+        let row: &$crate::store::AuditRow = $row;
+        sqlx::query($sql)
+            .bind(&row.id)
+            .bind($crate::store::sql::bigint(row.at))
+            .bind(&row.key)
+            .bind(&row.owner)
+            .bind(&row.data)
+    }};
 }
 
 /// Implements `KeyStore` and `KeyStoreAdmin` for a sqlx store with fields `pool` and `sql`
@@ -1245,17 +1264,26 @@ macro_rules! sql_store {
                 &self,
                 row: &$crate::store::AuditRow,
             ) -> Result<(), $crate::store::StoreError> {
-                use $crate::store::sql::{bigint, unavailable};
-                sqlx::query(&self.sql.audit_insert)
-                    .bind(&row.id)
-                    .bind(bigint(row.at))
-                    .bind(&row.key)
-                    .bind(&row.owner)
-                    .bind(&row.data)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(unavailable)?;
+                use $crate::store::sql::unavailable;
+                let insert = $crate::store::sql::audit_row!(&self.sql.audit_insert, row);
+                insert.execute(&self.pool).await.map_err(unavailable)?;
                 Ok(())
+            }
+
+            async fn import_audit(
+                &self,
+                rows: &[$crate::store::AuditRow],
+            ) -> Result<u64, $crate::store::StoreError> {
+                use $crate::store::sql::unavailable;
+                let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                let mut added = 0;
+                for row in rows {
+                    let insert = $crate::store::sql::audit_row!(&self.sql.audit_import, row);
+                    let done = insert.execute(&mut *tx).await.map_err(unavailable)?;
+                    added += done.rows_affected();
+                }
+                tx.commit().await.map_err(unavailable)?;
+                Ok(added)
             }
 
             async fn read_audit(
@@ -1310,6 +1338,7 @@ macro_rules! sql_store {
     };
 }
 
+pub(crate) use audit_row;
 pub(crate) use sql_store;
 
 /// A number of seconds as an SQL `BIGINT`, saturating: no start of a bucket is anywhere near.

@@ -8,8 +8,8 @@ use tower_api_key::{
     key::KeyFormat, limit::Account, limit::Charge, limit::Credits, limit::Limits,
     limit::RefillPeriod, limit::Spend, store::AuditArchive, store::AuditQuery, store::AuditRow,
     store::KeyFilter, store::KeyRecord, store::KeyState, store::KeyStoreAdmin, store::KeyUpdate,
-    store::Listing, store::StoreError, store::UsageUpdate, ApiKeyLayer, Environment, KeyManager,
-    NewKey,
+    store::Listing, store::StoreError, store::UsageUpdate, store::AUDIT_KEPT, ApiKeyLayer,
+    Environment, KeyManager, NewKey,
 };
 
 use crate::common::{api_key, app, serve, HttpClient};
@@ -730,6 +730,110 @@ pub async fn the_audit_trail_is_kept_newest_first<S: AuditArchive>(store: S) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// A trail moved from another store (`import_audit`): each row whose id the store lacks added
+/// once, whatever it holds and however often the move runs, every field kept, in time order
+/// among the rows it held. `store` must start empty.
+pub async fn a_moved_trail_is_taken_once<S: AuditArchive>(store: S) {
+    let ids = |found: Vec<AuditRow>| -> Vec<String> { found.into_iter().map(|r| r.id).collect() };
+    let here = AuditRow::new(
+        "h2",
+        1_800_000_000_000_002,
+        "k1",
+        Some("acme"),
+        r#"{"n":2}"#,
+    );
+    store.append_audit(&here).await.unwrap();
+    let moved = [
+        AuditRow::new(
+            "m1",
+            1_800_000_000_000_001,
+            "k1",
+            Some("acme"),
+            r#"{"n":1}"#,
+        ),
+        // The store's own row, as a move run again after a failure would bring it.
+        here.clone(),
+        AuditRow::new(
+            "m3",
+            1_800_000_000_000_003,
+            "",
+            Some("globex"),
+            r#"{"n":3}"#,
+        ),
+        // Twice in one move.
+        AuditRow::new(
+            "m1",
+            1_800_000_000_000_001,
+            "k1",
+            Some("acme"),
+            r#"{"n":1}"#,
+        ),
+    ];
+    assert_eq!(store.import_audit(&moved).await.unwrap(), 2);
+    assert_eq!(store.import_audit(&moved).await.unwrap(), 0, "run again");
+    assert_eq!(store.import_audit(&[]).await.unwrap(), 0);
+    let all = store.read_audit(&AuditQuery::newest(10)).await.unwrap();
+    assert_eq!(all[0], moved[2], "every field kept");
+    assert_eq!(all[2], moved[0]);
+    assert_eq!(ids(all), ["m3", "h2", "m1"]);
+    let of_owner = AuditQuery::newest(10).owner("acme");
+    assert_eq!(
+        ids(store.read_audit(&of_owner).await.unwrap()),
+        ["h2", "m1"]
+    );
+}
+
+/// A trail moved in (`import_audit`) to a store that keeps the newest [`AUDIT_KEPT`] rows
+/// (`capped`) leaves the newest by time, not by when they came; another store keeps every row.
+/// `store` must start empty.
+pub async fn a_moved_trail_leaves_the_newest<S: AuditArchive>(store: S, capped: bool) {
+    let old: Vec<AuditRow> = (1..=3)
+        .map(|n| {
+            AuditRow::new(
+                &format!("m{n}"),
+                1_800_000_000_000_000 + n,
+                "k1",
+                None,
+                "{}",
+            )
+        })
+        .collect();
+    assert_eq!(store.import_audit(&old).await.unwrap(), 3);
+
+    // A trail as long as a capped store keeps, all newer than the rows it holds, comes in
+    // in pieces: a capped store keeps the newest, and drops the three it held.
+    let newer: Vec<AuditRow> = (0..AUDIT_KEPT as u64)
+        .map(|n| {
+            AuditRow::new(
+                &format!("n{n:05}"),
+                1_900_000_000_000_000 + n,
+                "k2",
+                None,
+                "{}",
+            )
+        })
+        .collect();
+    let mut added = 0;
+    for piece in newer.chunks(2_500) {
+        added += store.import_audit(piece).await.unwrap();
+    }
+    assert_eq!(added, AUDIT_KEPT as u64);
+    let kept = store
+        .read_audit(&AuditQuery::newest(usize::MAX))
+        .await
+        .unwrap();
+    let expected = if capped { AUDIT_KEPT } else { AUDIT_KEPT + 3 };
+    assert_eq!(kept.len(), expected);
+    assert_eq!(kept[0].id, format!("n{:05}", AUDIT_KEPT - 1));
+    assert_eq!(kept.iter().any(|row| row.id == "m3"), !capped);
+    // An older row that comes now is behind the newest in a capped store: not kept.
+    let old = AuditRow::new("o0", 1_700_000_000_000_000, "k3", None, "{}");
+    assert_eq!(store.import_audit(&[old]).await.unwrap(), 1);
+    let of_old_key = AuditQuery::newest(10).key("k3");
+    let found = store.read_audit(&of_old_key).await.unwrap();
+    assert_eq!(found.len(), usize::from(!capped));
 }
 
 /// `update_key`: every field of an update written, or (for a missing key) none; a field cleared
