@@ -1652,6 +1652,105 @@ mod cli {
         }
     }
 
+    /// `export --audit` carries the audit trail (every row, or with filters those of the keys
+    /// and owners exported), and `import` gives the new store the rows it lacks, each once:
+    /// the trail reads the same there, with the import's own rows after it. A malformed audit
+    /// line is named, and nothing is imported.
+    #[test]
+    fn the_audit_trail_moves_with_the_keys() {
+        let mut old = Tool::new();
+        let (_, ci, _) = old.create(&["--name", "ci", "--owner", "acme"]);
+        let (_, other, _) = old.create(&["--name", "other", "--owner", "globex"]);
+        old.ok_json(&["--json", "revoke", &other]);
+        old.ok_json(&["--json", "owner", "acme", "--per-minute", "100"]);
+        old.ok_json(&["--json", "update", &ci, "--name", "ci-2"]);
+        let old_trail = trail(&mut old, &[]);
+        assert_eq!(old_trail.len(), 5);
+
+        let audit_lines = |text: &str| -> Vec<serde_json::Value> {
+            (text.lines())
+                .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+                .filter(|line| line["type"] == "audit")
+                .collect()
+        };
+        let plain = old.run(&["export"]);
+        assert!(audit_lines(&String::from_utf8(plain.stdout).unwrap()).is_empty());
+        let of_acme = old.run(&["export", "--owner", "acme", "--audit"]);
+        let of_acme = audit_lines(&String::from_utf8(of_acme.stdout).unwrap());
+        let actions: Vec<&str> = (of_acme.iter())
+            .map(|line| line["event"]["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            actions,
+            ["create", "owner", "update"],
+            "acme's, oldest first"
+        );
+        let exported = old.run(&["export", "--audit"]);
+        assert!(exported.status.success(), "{exported:?}");
+        let text = String::from_utf8(exported.stdout).unwrap();
+        assert_eq!(audit_lines(&text).len(), 5, "every row: {text}");
+        let file = old.dir.join("moved.jsonl");
+        std::fs::write(&file, &text).unwrap();
+        let file = file.to_str().unwrap();
+
+        let mut new = Tool::new();
+        let dry = new.ok_json(&["--json", "import", "--dry-run", file]);
+        assert_eq!(dry["audit_rows_added"], 5, "{dry}");
+        assert!(trail(&mut new, &[]).is_empty(), "a dry run writes no row");
+        let imported = new.ok_json(&["--json", "import", file]);
+        assert_eq!(imported["audit_rows_added"], 5, "{imported}");
+        let new_trail = trail(&mut new, &[]);
+        let made_here: Vec<&str> = (new_trail[..3].iter()).map(|row| row[0].as_str()).collect();
+        assert_eq!(
+            made_here,
+            ["import", "import", "owner"],
+            "the import's own, newest"
+        );
+        assert_eq!(new_trail[3..], old_trail[..], "the old trail, as it was");
+
+        let again = new.ok_json(&["--json", "import", file]);
+        assert_eq!(again["audit_rows_added"], 0);
+        assert_eq!(again["audit_rows_already_present"], 5);
+        assert_eq!(trail(&mut new, &[]).len(), 8, "nothing twice");
+        let text_out = new.run(&["import", file]);
+        let said = String::from_utf8(text_out.stdout).unwrap();
+        assert!(
+            said.contains("Audit trail: 0 row(s) added, 5 the store has already."),
+            "{said}"
+        );
+
+        let good = text.lines().find(|line| line.contains(&ci)).unwrap();
+        let row = audit_lines(&text)[0].clone();
+        let with = |mut row: serde_json::Value, path: &[&str], value: serde_json::Value| {
+            let mut at = &mut row;
+            for step in &path[..path.len() - 1] {
+                at = &mut at[*step];
+            }
+            at[path[path.len() - 1]] = value;
+            row.to_string()
+        };
+        let bad = [
+            with(row.clone(), &["id"], "a row".into()),
+            with(row.clone(), &["at_us"], u64::MAX.into()),
+            with(row.clone(), &["extra"], 1.into()),
+            with(row.clone(), &["event", "actor"], "cli:\u{1b}[2J".into()),
+            with(row.clone(), &["event", "key_id"], "not/an/id".into()),
+            with(row, &["event", "detail"], serde_json::json!([""])),
+        ];
+        let file = new.dir.join("bad.jsonl");
+        std::fs::write(&file, format!("{good}\n{}\n", bad.join("\n"))).unwrap();
+        let mut third = Tool::new();
+        let (code, message) = third.failure(&["import", file.to_str().unwrap()]);
+        assert_eq!(code, 2, "{message}");
+        for line in 2..=7 {
+            assert!(message.contains(&format!("line {line}: ")), "{message}");
+        }
+        assert!(message.contains("unknown field `extra`"), "{message}");
+        assert!(!message.contains('\u{1b}'), "{message}");
+        assert!(third.names(&[]).is_empty(), "nothing imported");
+        assert!(trail(&mut third, &[]).is_empty());
+    }
+
     /// What a service on `store` answers for `key`, with opaque keys allowed or not.
     async fn answer_on(
         store: SqliteStore,

@@ -52,7 +52,8 @@ mod postgres {
     #[ignore = "needs PostgreSQL: run through .ci/run"]
     async fn the_tool_moves_keys_from_sqlite_to_postgres() {
         use tower::{Layer, ServiceExt};
-        use tower_api_key::{store::KeyStore, ApiKeyLayer};
+        use tower_api_key::store::{AuditArchive, AuditQuery, KeyStore};
+        use tower_api_key::ApiKeyLayer;
 
         use crate::common::{run_tool, temp_db};
 
@@ -68,7 +69,7 @@ mod postgres {
         );
         on_sqlite(&["owner", "acme", "--per-minute", "100"]);
         let file = dir.join("keys.jsonl");
-        std::fs::write(&file, on_sqlite(&["export"])).unwrap();
+        std::fs::write(&file, on_sqlite(&["export", "--audit"])).unwrap();
 
         let table = unique("moved");
         let url = server_env("TOWER_API_KEY_POSTGRES_URL");
@@ -84,8 +85,11 @@ mod postgres {
         let imported: serde_json::Value = serde_json::from_str(&run_tool(&import)).unwrap();
         assert_eq!(imported["imported"], serde_json::json!([id]));
         assert_eq!(imported["owners"], serde_json::json!(["acme"]));
+        assert_eq!(imported["audit_rows_added"], 2, "create and owner: {imported}");
 
         let store = store(&table).await;
+        let moved = (store.read_audit(&AuditQuery::newest(10)).await.unwrap()).len();
+        assert_eq!(moved, 2 + 2, "the trail moved, and the import's own two rows");
         let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
         let service = layer.layer(tower::service_fn(|_: http::Request<()>| async {
             Ok::<_, std::convert::Infallible>(http::Response::new(()))
@@ -104,6 +108,7 @@ mod postgres {
         let again: serde_json::Value = serde_json::from_str(&run_tool(&import)).unwrap();
         assert_eq!(again["imported"], serde_json::json!([]));
         assert_eq!(again["already_present"], serde_json::json!([id]));
+        assert_eq!(again["audit_rows_already_present"], 2);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

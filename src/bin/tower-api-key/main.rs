@@ -287,11 +287,19 @@ enum Command {
     /// Print the keys as JSON lines, to import into another store: each the record the store
     /// keeps (the digest of the secret, never the secret), after the limits and credits of
     /// their owners; all keys, or those the filters let through.
-    Export(ListFilter),
+    Export {
+        #[command(flatten)]
+        filter: ListFilter,
+        /// Then the audit trail's rows (`{"type": "audit", …}`): every row, or with filters,
+        /// those of the keys exported and of their owners.
+        #[arg(long)]
+        audit: bool,
+    },
     /// Add keys from a file of JSON lines: records from `export` (or the `record` of
     /// `generate --json`), keys issued before this crate by `opaque_sha256` (the hex of the
-    /// SHA-256 of the whole key) or `opaque_key`, and owners' settings. What the store has
-    /// already is left as it is, so an import is run again after a failure.
+    /// SHA-256 of the whole key) or `opaque_key`, owners' settings, and audit rows (`export
+    /// --audit`). What the store has already is left as it is, so an import is run again
+    /// after a failure.
     Import {
         /// The file, or - for standard input.
         file: String,
@@ -575,8 +583,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     };
     match cli.command {
         Command::Generate(_) => unreachable!("handled above"),
-        Command::Export(asked) => {
-            transfer::export(&keys, &asked.to_filter(SystemTime::now())).await?
+        Command::Export { filter, audit } => {
+            transfer::export(&keys, &filter.to_filter(SystemTime::now()), audit).await?
         }
         Command::Import { file, dry_run } => {
             let dry = manager(AnyStore::Memory(MemoryStore::new()));

@@ -1,8 +1,8 @@
-//! `export` and `import`: keys moved from one store to another as JSON lines, and keys issued
-//! before this crate brought in by their digest. An import adds what the store lacks and never
+//! `export` and `import`: keys (with their owners' settings and the audit trail) moved from one
+//! store to another as JSON lines, and keys issued before this crate brought in by their digest. An import adds what the store lacks and never
 //! changes what it holds, so one that stopped half way is run again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::{Read, Write};
 use std::time::SystemTime;
 
@@ -11,7 +11,8 @@ use serde_json::{json, Map, Value};
 use tower_api_key::clock::unix_seconds;
 use tower_api_key::key::{KeyFormat, SecretDigest, MAX_KEY_LEN};
 use tower_api_key::limit::{Credits, Limits};
-use tower_api_key::manage::{is_valid_name, Imported, ManageError, MAX_NAME_LEN};
+use tower_api_key::manage::{is_valid_name, AuditEvent, Imported, ManageError, MAX_NAME_LEN};
+use tower_api_key::store::{AuditArchive, AuditQuery, AuditRow};
 use tower_api_key::store::{KeyFilter, KeyRecord, KeyStore, KeyStoreAdmin, OwnerRecord};
 use tower_api_key::{AnyStore, KeyManager};
 
@@ -44,9 +45,20 @@ const RECORD_FIELDS: [&str; 17] = [
     "requests",
 ];
 
+/// How many audit rows an import gives the store at once.
+const AUDIT_PIECE: usize = 500;
+
+/// The latest time an audit line may hold, in Unix microseconds: the end of the year 9999.
+const LATEST_AUDIT_MICROS: u64 = 253_402_300_799_999_999;
+
 /// Prints the keys `filter` lets through as JSON lines, each the record the store keeps (the
-/// digest, never a secret), after the limits and credits of their owners that have some.
-pub(crate) async fn export(keys: &KeyManager<AnyStore>, filter: &KeyFilter) -> Result<(), Failure> {
+/// digest, never a secret), after the limits and credits of their owners that have some; with
+/// `audit`, then the audit trail's rows of those keys and owners (every row, without a filter).
+pub(crate) async fn export(
+    keys: &KeyManager<AnyStore>,
+    filter: &KeyFilter,
+    audit: bool,
+) -> Result<(), Failure> {
     let listing = (keys.store())
         .list_page(filter, SystemTime::now(), 0, usize::MAX)
         .await?;
@@ -63,12 +75,126 @@ pub(crate) async fn export(keys: &KeyManager<AnyStore>, filter: &KeyFilter) -> R
     for record in &listing.records {
         lines.push(serde_json::to_string(record).expect("a record is JSON"));
     }
+    if audit {
+        for row in audit_of(keys, filter, &listing.records).await? {
+            lines.push(serde_json::to_string(&AuditLine::try_from(row)?).expect("a row is JSON"));
+        }
+    }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let written = lines
         .iter()
         .try_for_each(|line| writeln!(out, "{line}"))
         .and_then(|()| out.flush());
     written.map_err(|e| Failure::new(1, format!("cannot write the export: {e}")))
+}
+
+/// The audit trail's rows an export of `records` (the keys `filter` let through) carries,
+/// oldest first: every row without a filter; else the rows of those keys, of the filter's
+/// owner, and of the settings of those keys' owners.
+async fn audit_of(
+    keys: &KeyManager<AnyStore>,
+    filter: &KeyFilter,
+    records: &[KeyRecord],
+) -> Result<Vec<AuditRow>, Failure> {
+    let mut rows = keys
+        .store()
+        .read_audit(&AuditQuery::newest(usize::MAX))
+        .await?;
+    rows.reverse();
+    if *filter == KeyFilter::new() {
+        return Ok(rows);
+    }
+    let ids: HashSet<&str> = records.iter().map(|record| record.id.as_str()).collect();
+    let owners: HashSet<&str> = (records.iter())
+        .filter_map(|record| record.owner.as_deref())
+        .collect();
+    rows.retain(|row| {
+        let owner = row.owner.as_deref();
+        ids.contains(row.key.as_str())
+            || (filter.owner.is_some() && owner == filter.owner.as_deref())
+            || (row.key.is_empty() && owner.is_some_and(|owner| owners.contains(owner)))
+    });
+    Ok(rows)
+}
+
+/// A row of the audit trail, as a line of an export or an import: `{"type": "audit", "id": …,
+/// "at_us": …, "event": …}`, the event as `audit --json` prints it.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditLine {
+    #[serde(rename = "type")]
+    kind: AuditKind,
+    /// The row's id: a move run again skips the rows the store holds by it.
+    id: String,
+    /// When, in Unix microseconds: the trail's order.
+    at_us: u64,
+    event: AuditEvent,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum AuditKind {
+    Audit,
+}
+
+impl TryFrom<AuditRow> for AuditLine {
+    type Error = Failure;
+
+    /// The line of `row`; exit code 4 for a row whose data is not an event.
+    fn try_from(row: AuditRow) -> Result<Self, Failure> {
+        let event = serde_json::from_str(&row.data).map_err(|_| {
+            Failure::new(
+                4,
+                format!("the store holds a corrupt audit row `{}`", Shown(&row.id)),
+            )
+        })?;
+        Ok(AuditLine {
+            kind: AuditKind::Audit,
+            id: row.id,
+            at_us: row.at,
+            event,
+        })
+    }
+}
+
+impl AuditLine {
+    /// What is wrong with the line, if anything: the store's trail and the console show it.
+    fn check(&self) -> Result<(), String> {
+        let event = &self.event;
+        let id_chars = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if self.id.is_empty() || self.id.len() > 64 || !self.id.chars().all(id_chars) {
+            return Err("`id` is 1 to 64 letters, digits, - and _".to_owned());
+        }
+        if self.at_us > LATEST_AUDIT_MICROS || event.at > LATEST_AUDIT_MICROS / 1_000_000 {
+            return Err("`at_us` or `event.at` is past the year 9999".to_owned());
+        }
+        let key_id = &event.key_id;
+        if key_id.len() > 64 || !key_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err("`event.key_id` is a key id, or empty".to_owned());
+        }
+        let names = [&event.actor, &event.action].into_iter();
+        let names = names.chain(&event.owner).chain(&event.detail);
+        if !names.into_iter().all(|name| is_valid_name(name)) {
+            return Err(format!(
+                "`event`'s actor, action, owner and detail are each 1 to {MAX_NAME_LEN} bytes, \
+                 not blank, without control characters"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The row the store keeps.
+    fn to_row(&self) -> AuditRow {
+        let event = &self.event;
+        let data = serde_json::to_string(event).expect("an audit event is JSON");
+        AuditRow::new(
+            &self.id,
+            self.at_us,
+            &event.key_id,
+            event.owner.as_deref(),
+            data,
+        )
+    }
 }
 
 /// An owner's limits and credits, as a line of an export or an import:
@@ -106,6 +232,7 @@ impl From<OwnerRecord> for OwnerLine {
 enum Line {
     Key(Box<KeyRecord>),
     Owner(OwnerLine),
+    Audit(Box<AuditLine>),
 }
 
 /// What an import did, line by line.
@@ -117,6 +244,9 @@ struct Outcome {
     opaque: usize,
     owners: Vec<String>,
     owners_present: Vec<String>,
+    /// The audit rows added, and those the store held (or the file gave twice).
+    audit_added: u64,
+    audit_present: u64,
     refused: Vec<(usize, String)>,
 }
 
@@ -156,22 +286,49 @@ pub(crate) async fn import(
         return conclude(&outcome, json, true);
     }
     let mut outcome = Outcome::default();
+    let mut audit = Vec::new();
     for (number, line) in lines {
-        let stopped = match line {
+        let done = match line {
             Line::Owner(line) => import_owner(trail, line, &mut outcome).await,
             Line::Key(record) => import_key(trail, number, *record, &mut outcome).await,
+            Line::Audit(line) => {
+                audit.push(line.to_row());
+                match audit.len() {
+                    AUDIT_PIECE => import_audit(trail, &mut audit, &mut outcome).await,
+                    _ => Ok(()),
+                }
+            }
         };
-        if let Err(failure) = stopped {
-            let done = outcome.added.len();
-            let message = format!(
-                "{}; {done} key(s) were imported before: run the import again (what is in \
-                 the store already is skipped)",
-                failure.message
-            );
-            return Err(Failure { message, ..failure });
-        }
+        done.map_err(|failure| stopped(failure, &outcome))?;
     }
+    let done = import_audit(trail, &mut audit, &mut outcome).await;
+    done.map_err(|failure| stopped(failure, &outcome))?;
     conclude(&outcome, json, false)
+}
+
+/// `failure`, which stopped an import after `outcome`: said to be run again.
+fn stopped(failure: Failure, outcome: &Outcome) -> Failure {
+    let message = format!(
+        "{}; {} key(s) and {} audit row(s) were imported before: run the import again (what \
+         is in the store already is skipped)",
+        failure.message,
+        outcome.added.len(),
+        outcome.audit_added
+    );
+    Failure { message, ..failure }
+}
+
+/// Gives the store the audit rows of `rows` (emptied) that it lacks.
+async fn import_audit(
+    trail: &Trail<'_>,
+    rows: &mut Vec<AuditRow>,
+    outcome: &mut Outcome,
+) -> Result<(), Failure> {
+    let added = trail.keys.store().import_audit(rows).await?;
+    outcome.audit_added += added;
+    outcome.audit_present += rows.len() as u64 - added;
+    rows.clear();
+    Ok(())
 }
 
 /// Reports what the import did, or (`dry_run`) would do; exit code 2 naming the lines refused,
@@ -198,8 +355,22 @@ async fn preview(
     brought_in: &BTreeSet<usize>,
 ) -> Result<Outcome, Failure> {
     let mut outcome = Outcome::default();
+    let mut held = HashSet::new();
+    if lines.iter().any(|(_, line)| matches!(line, Line::Audit(_))) {
+        let trail = AuditQuery::newest(usize::MAX);
+        held = (keys.store().read_audit(&trail).await?.into_iter())
+            .map(|row| row.id)
+            .collect();
+    }
     for (number, line) in lines {
         let record = match line {
+            Line::Audit(line) => {
+                match held.insert(line.id) {
+                    true => outcome.audit_added += 1,
+                    false => outcome.audit_present += 1,
+                }
+                continue;
+            }
             Line::Owner(line) if owner_is_set(keys, &line.owner).await? => {
                 outcome.owners_present.push(line.owner);
                 continue;
@@ -299,6 +470,8 @@ fn report(outcome: &Outcome, json: bool, dry_run: bool) {
             "expiry_brought_in": outcome.brought_in,
             "owners": outcome.owners,
             "owners_already_set": outcome.owners_present,
+            "audit_rows_added": outcome.audit_added,
+            "audit_rows_already_present": outcome.audit_present,
             "refused": refused,
         });
         println!("{out}");
@@ -316,6 +489,13 @@ fn report(outcome: &Outcome, json: bool, dry_run: bool) {
         outcome.added.len(),
         outcome.owners.len()
     );
+    if outcome.audit_added + outcome.audit_present > 0 {
+        let added = if dry_run { "would be added" } else { "added" };
+        println!(
+            "Audit trail: {} row(s) {added}, {} the store has already.",
+            outcome.audit_added, outcome.audit_present
+        );
+    }
     if !outcome.present.is_empty() || !outcome.owners_present.is_empty() {
         println!(
             "Left as the store has them: {} key(s) and the settings of {} owner(s).",
@@ -383,8 +563,8 @@ fn read_lines(file: &str, format: &KeyFormat) -> Result<Vec<(usize, Line)>, Fail
 
 /// One line: a key's record (as `export` prints it, or `generate --json` as its `record`), an
 /// opaque key by `opaque_sha256` (the hex of the SHA-256 of the whole key) or `opaque_key` (the
-/// key itself, hashed as it is read) instead of `id` and `digest`, or an owner's settings
-/// (`"type": "owner"`). `created_at` may be left out (now). An error never quotes the line,
+/// key itself, hashed as it is read) instead of `id` and `digest`, an owner's settings
+/// (`"type": "owner"`), or a row of the audit trail (`"type": "audit"`). `created_at` may be left out (now). An error never quotes the line,
 /// which may hold a key.
 fn parse_line(text: &str, format: &KeyFormat, now: u64) -> Result<Line, String> {
     let value: Value =
@@ -404,7 +584,12 @@ fn parse_line(text: &str, format: &KeyFormat, now: u64) -> Result<Line, String> 
                 ))
             };
         }
-        Some(_) => return Err("`type` is \"owner\", or absent for a key".to_owned()),
+        Some(Value::String(kind)) if kind == "audit" => {
+            let line: AuditLine = typed(fields)?;
+            line.check()?;
+            return Ok(Line::Audit(Box::new(line)));
+        }
+        Some(_) => return Err("`type` is \"owner\", \"audit\", or absent for a key".to_owned()),
     }
     let digest = opaque_digest(&mut fields, format)?;
     if let Some(digest) = digest {
