@@ -85,11 +85,18 @@ mod postgres {
         let imported: serde_json::Value = serde_json::from_str(&run_tool(&import)).unwrap();
         assert_eq!(imported["imported"], serde_json::json!([id]));
         assert_eq!(imported["owners"], serde_json::json!(["acme"]));
-        assert_eq!(imported["audit_rows_added"], 2, "create and owner: {imported}");
+        assert_eq!(
+            imported["audit_rows_added"], 2,
+            "create and owner: {imported}"
+        );
 
         let store = store(&table).await;
         let moved = (store.read_audit(&AuditQuery::newest(10)).await.unwrap()).len();
-        assert_eq!(moved, 2 + 2, "the trail moved, and the import's own two rows");
+        assert_eq!(
+            moved,
+            2 + 2,
+            "the trail moved, and the import's own two rows"
+        );
         let layer = ApiKeyLayer::new("mesh", store.clone()).unwrap();
         let service = layer.layer(tower::service_fn(|_: http::Request<()>| async {
             Ok::<_, std::convert::Infallible>(http::Response::new(()))

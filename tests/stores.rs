@@ -464,34 +464,21 @@ mod sqlite {
         let created = keys.create(NewKey::new("ci")).await.unwrap();
 
         let other = sqlx::SqlitePool::connect(&url).await.unwrap();
+        const ACTIVE: &str = "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL";
         let mut reading = other.begin().await.unwrap();
-        let count: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")
-                .fetch_one(&mut *reading)
-                .await
-                .unwrap();
-        assert_eq!(count, 1);
+        let active = sqlx::query_scalar::<_, i64>(ACTIVE);
+        assert_eq!(active.fetch_one(&mut *reading).await.unwrap(), 1);
 
         let revoke = tokio::time::timeout(Duration::from_secs(2), keys.revoke(&created.record.id));
-        assert!(revoke
-            .await
-            .expect("the revoke waited for the reader")
-            .unwrap());
+        let revoked = revoke.await.expect("the revoke waited for the reader");
+        assert!(revoked.unwrap());
         // The reader still sees the database as it was when its read began; a new read, the
         // revoke.
-        let count: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")
-                .fetch_one(&mut *reading)
-                .await
-                .unwrap();
-        assert_eq!(count, 1);
+        let active = sqlx::query_scalar::<_, i64>(ACTIVE);
+        assert_eq!(active.fetch_one(&mut *reading).await.unwrap(), 1);
         reading.commit().await.unwrap();
-        let count: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")
-                .fetch_one(&other)
-                .await
-                .unwrap();
-        assert_eq!(count, 0);
+        let active = sqlx::query_scalar::<_, i64>(ACTIVE);
+        assert_eq!(active.fetch_one(&other).await.unwrap(), 0);
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
             .fetch_one(&other)
             .await

@@ -745,14 +745,15 @@ pub async fn a_moved_trail_is_taken_once<S: AuditArchive>(store: S) {
         r#"{"n":2}"#,
     );
     store.append_audit(&here).await.unwrap();
+    let first = AuditRow::new(
+        "m1",
+        1_800_000_000_000_001,
+        "k1",
+        Some("acme"),
+        r#"{"n":1}"#,
+    );
     let moved = [
-        AuditRow::new(
-            "m1",
-            1_800_000_000_000_001,
-            "k1",
-            Some("acme"),
-            r#"{"n":1}"#,
-        ),
+        first.clone(),
         // The store's own row, as a move run again after a failure would bring it.
         here.clone(),
         AuditRow::new(
@@ -763,13 +764,7 @@ pub async fn a_moved_trail_is_taken_once<S: AuditArchive>(store: S) {
             r#"{"n":3}"#,
         ),
         // Twice in one move.
-        AuditRow::new(
-            "m1",
-            1_800_000_000_000_001,
-            "k1",
-            Some("acme"),
-            r#"{"n":1}"#,
-        ),
+        first,
     ];
     assert_eq!(store.import_audit(&moved).await.unwrap(), 2);
     assert_eq!(store.import_audit(&moved).await.unwrap(), 0, "run again");
