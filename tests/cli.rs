@@ -1569,14 +1569,20 @@ mod cli {
         let (_, gone, gone_key) = old.create(&["--name", "gone", "--plan", "free"]);
         old.ok_json(&["--json", "revoke", &gone]);
         old.ok_json(&["--json", "owner", "acme", "--per-minute", "100"]);
+        // Set up before its first key: moved too.
+        old.ok_json(&["--json", "owner", "initech", "--credits", "500"]);
         let exported = old.run(&["export"]);
         assert!(exported.status.success(), "{exported:?}");
         let text = String::from_utf8(exported.stdout).unwrap();
         assert_eq!(
             text.lines().count(),
-            3,
-            "the owner's settings and two keys: {text}"
+            4,
+            "two owners' settings and two keys: {text}"
         );
+        let of_initech = old.run(&["export", "--owner", "initech"]);
+        let of_initech = String::from_utf8(of_initech.stdout).unwrap();
+        assert_eq!(of_initech.lines().count(), 1, "{of_initech}");
+        assert!(of_initech.contains(r#""owner":"initech""#), "{of_initech}");
         for key in [&ci_key, &gone_key] {
             assert!(
                 !text.contains(&key[key.len() - 38..key.len() - 6]),
@@ -1591,7 +1597,7 @@ mod cli {
         let dry = new.ok_json(&["--json", "import", "--dry-run", file]);
         assert_eq!(dry["dry_run"], serde_json::json!(true));
         assert_eq!(dry["imported"].as_array().unwrap().len(), 2, "{dry}");
-        assert_eq!(dry["owners"], serde_json::json!(["acme"]));
+        assert_eq!(dry["owners"], serde_json::json!(["acme", "initech"]));
         assert_eq!(
             new.names(&[]),
             Vec::<String>::new(),
@@ -1606,9 +1612,14 @@ mod cli {
             .collect();
         added.sort_unstable();
         assert_eq!(added, ids);
-        assert_eq!(imported["owners"], serde_json::json!(["acme"]));
+        assert_eq!(imported["owners"], serde_json::json!(["acme", "initech"]));
         assert_eq!(imported["expiry_brought_in"], serde_json::json!([]));
-        for read in [&["--json", "list"][..], &["--json", "owner", "acme"]] {
+        let reads = [
+            &["--json", "list"][..],
+            &["--json", "owner", "acme"],
+            &["--json", "owner", "initech"],
+        ];
+        for read in reads {
             assert_eq!(old.ok_json(read), new.ok_json(read), "{read:?}");
         }
         let clock = ManualClock::new(SystemTime::now());
@@ -1619,16 +1630,21 @@ mod cli {
         );
         let trail_rows = trail(&mut new, &[]);
         let actions: Vec<&str> = trail_rows.iter().map(|row| row[0].as_str()).collect();
-        assert_eq!(actions, ["import", "import", "owner"], "newest first");
+        assert_eq!(
+            actions,
+            ["import", "import", "owner", "owner"],
+            "newest first"
+        );
 
         // Run again: nothing added, nothing changed (the credits spent stay spent).
         let spent = new.ok_json(&["--json", "show", &ci])["credits"].clone();
         let again = new.ok_json(&["--json", "import", file]);
         assert_eq!(again["imported"], serde_json::json!([]));
         assert_eq!(again["already_present"].as_array().unwrap().len(), 2);
-        assert_eq!(again["owners_already_set"], serde_json::json!(["acme"]));
+        let both = serde_json::json!(["acme", "initech"]);
+        assert_eq!(again["owners_already_set"], both);
         assert_eq!(new.ok_json(&["--json", "show", &ci])["credits"], spent);
-        assert_eq!(trail(&mut new, &[]).len(), 3, "nothing more in the trail");
+        assert_eq!(trail(&mut new, &[]).len(), 4, "nothing more in the trail");
 
         // Within the longest lifetime: the live key's 30 days come down to 10; the revoked
         // key keeps its state.

@@ -83,6 +83,30 @@ mod redis {
         conformance::conformance(store(&unique("conformance")).await).await;
     }
 
+    /// A prefix holding Redis's glob characters lists its own owners, and only those: not a
+    /// neighbour's whose prefix the unescaped pattern would match.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis: run through .ci/run"]
+    async fn owners_are_listed_under_a_prefix_of_glob_characters() {
+        let base = unique("glob");
+        let globbed = store(&format!("{base}[*]?:")).await;
+        let neighbour = store(&format!("{base}[x]y:")).await;
+        let limits = tower_api_key::limit::Limits::per_minute(7);
+        neighbour
+            .set_owner_limits("globex", Some(&limits))
+            .await
+            .unwrap();
+        assert!(globbed.owners().await.unwrap().is_empty());
+        conformance::owners_are_listed(&globbed).await;
+        globbed
+            .set_owner_limits("acme", Some(&limits))
+            .await
+            .unwrap();
+        let owners = globbed.owners().await.unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].owner, "acme");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs Redis: run through .ci/run"]
     async fn updates_every_field_or_none() {

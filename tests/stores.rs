@@ -43,6 +43,23 @@ async fn the_memory_store_keeps_the_audit_trail() {
     conformance::a_moved_trail_leaves_the_newest(MemoryStore::new(), true).await;
 }
 
+/// The trait's own `owners`, for stores of your own: the owners of the stored keys that have
+/// settings; an owner without keys is missed (the stores of this crate list it: conformance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_your_own_lists_the_owners_of_its_keys() {
+    let store = FaultyStore::default();
+    let keys = KeyManager::new(store.clone()).format(KeyFormat::new("mesh").unwrap());
+    keys.create(NewKey::new("a").owner("acme")).await.unwrap();
+    keys.create(NewKey::new("b").owner("globex")).await.unwrap();
+    let limits = tower_api_key::limit::Limits::per_minute(5);
+    for owner in ["acme", "keyless"] {
+        store.set_owner_limits(owner, Some(&limits)).await.unwrap();
+    }
+    let owners = store.owners().await.unwrap();
+    let names: Vec<&str> = owners.iter().map(|owner| owner.owner.as_str()).collect();
+    assert_eq!(names, ["acme"]);
+}
+
 /// The trait's own `import_audit`, for stores of your own (the test's store wraps the memory
 /// store's trail and takes the default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

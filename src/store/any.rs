@@ -278,6 +278,9 @@ impl KeyStoreAdmin for AnyStore {
     ) -> Result<Listing, StoreError> {
         each!(self, store => store.list_page(filter, now, offset, limit).await)
     }
+    async fn owners(&self) -> Result<Vec<OwnerRecord>, StoreError> {
+        each!(self, store => store.owners().await)
+    }
     async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError> {
         each!(self, store => store.set_scopes(id, scopes).await)
     }

@@ -227,6 +227,13 @@ impl KeyStoreAdmin for MemoryStore {
         Ok(all)
     }
 
+    async fn owners(&self) -> Result<Vec<OwnerRecord>, StoreError> {
+        // An owner left with nothing set is dropped (`update_owner`).
+        let mut owners: Vec<OwnerRecord> = self.read().owners.values().cloned().collect();
+        owners.sort_by(|a, b| a.owner.cmp(&b.owner));
+        Ok(owners)
+    }
+
     async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError> {
         self.update(id, |record| record.scopes = scopes.to_vec())
     }

@@ -306,6 +306,42 @@ pub trait KeyStoreAdmin: KeyStore {
         Ok(Listing::filtered(all, filter, now, offset, limit))
     }
 
+    /// Every owner with limits or credits set (none [empty](OwnerRecord::is_empty)), by name:
+    /// what `tower-api-key export` carries, so that an owner set up before its first key, or
+    /// whose keys are gone, moves too.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use tower_api_key::limit::Limits;
+    /// use tower_api_key::store::KeyStoreAdmin;
+    /// use tower_api_key::MemoryStore;
+    ///
+    /// let store = MemoryStore::new();
+    /// store.set_owner_limits("acme", Some(&Limits::per_minute(100))).await?;
+    /// let owners = store.owners().await?;
+    /// assert_eq!(owners.len(), 1);
+    /// assert_eq!(owners[0].owner, "acme");
+    /// # Ok::<(), tower_api_key::store::StoreError>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// The default asks [`owner`](KeyStore::owner) about the owner of each key
+    /// [`list`](Self::list) gives, so it misses an owner without keys; the stores of this crate
+    /// read every owner they keep.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn owners(&self) -> Result<Vec<OwnerRecord>, StoreError> {
+        let names: std::collections::BTreeSet<String> = (self.list().await?.into_iter())
+            .filter_map(|record| record.owner)
+            .collect();
+        let mut owners = Vec::new();
+        for name in names {
+            owners.extend(self.owner(&name).await?.filter(|owner| !owner.is_empty()));
+        }
+        Ok(owners)
+    }
+
     /// Replaces key `id`'s scopes. Returns whether it exists.
     ///
     /// # Errors
@@ -741,6 +777,9 @@ impl<T: KeyStoreAdmin + ?Sized> KeyStoreAdmin for Arc<T> {
         limit: usize,
     ) -> Result<Listing, StoreError> {
         (**self).list_page(filter, now, offset, limit).await
+    }
+    async fn owners(&self) -> Result<Vec<OwnerRecord>, StoreError> {
+        (**self).owners().await
     }
     async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, StoreError> {
         (**self).set_scopes(id, scopes).await

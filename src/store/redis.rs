@@ -614,6 +614,18 @@ fn pairs(flat: Vec<String>) -> HashMap<String, String> {
 }
 
 /// What is set on `owner`, from its hash's fields: `None` when nothing is.
+/// `text` in a `SCAN` pattern, matching itself only: Redis's glob characters escaped.
+fn glob_escaped(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
 fn owner_of(
     owner: &str,
     fields: HashMap<String, String>,
@@ -744,6 +756,41 @@ impl KeyStoreAdmin for RedisStore {
             .map_err(unavailable)?;
         self.changed(id).await;
         Ok(deleted > 0)
+    }
+
+    /// The owners' hashes, found by `SCAN` (each Redis key under `<prefix>owner:`), then read
+    /// in one pipeline.
+    async fn owners(&self) -> Result<Vec<OwnerRecord>, StoreError> {
+        let mut conn = self.conn.clone();
+        let start = self.owner("");
+        let pattern = format!("{}*", glob_escaped(&start));
+        let mut names = Vec::new();
+        let mut found = conn
+            .scan_match::<_, String>(pattern)
+            .await
+            .map_err(unavailable)?;
+        while let Some(key) = found.next_item().await {
+            let key = key.map_err(unavailable)?;
+            names.extend(key.strip_prefix(&start).map(str::to_owned));
+        }
+        drop(found);
+        // A scan may give a key twice.
+        names.sort_unstable();
+        names.dedup();
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.hgetall(self.owner(name));
+        }
+        let hashes: Vec<HashMap<String, String>> =
+            pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let mut owners = Vec::new();
+        for (name, fields) in names.iter().zip(hashes) {
+            owners.extend(owner_of(name, fields)?);
+        }
+        Ok(owners)
     }
 
     async fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {

@@ -106,6 +106,8 @@ pub(crate) struct Queries {
     /// An owner's credits.
     pub(crate) owner_credits: CreditQueries,
     pub(crate) owner_get: String,
+    /// Every owner with a row, by name.
+    pub(crate) owners: String,
     /// A key's row and its owner's, in one query.
     pub(crate) get_with_owner: String,
     pub(crate) owner_set_limits: String,
@@ -257,6 +259,7 @@ impl Queries {
             key_credits: CreditQueries::new(t, "id"),
             owner_credits: CreditQueries::new(&format!("{t}_owners"), "owner"),
             owner_get: format!("SELECT {OWNER_COLUMNS} FROM {t}_owners WHERE owner = $1"),
+            owners: format!("SELECT {OWNER_COLUMNS} FROM {t}_owners ORDER BY owner"),
             get_with_owner: {
                 let key = COLUMNS
                     .split(',')
@@ -857,6 +860,21 @@ macro_rules! sql_store {
                     .await
                     .map_err($crate::store::sql::unavailable)?;
                 rows.iter().map(Self::record).collect()
+            }
+
+            async fn owners(
+                &self,
+            ) -> Result<Vec<$crate::store::OwnerRecord>, $crate::store::StoreError> {
+                let rows = sqlx::query(&self.sql.owners)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::unavailable)?;
+                let mut owners = Vec::new();
+                for row in &rows {
+                    // A row whose limits and credits were cleared is no owner set.
+                    owners.extend(Self::owner_of(row, "")?);
+                }
+                Ok(owners)
             }
 
             async fn list_page(

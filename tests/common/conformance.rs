@@ -168,10 +168,40 @@ async fn owners<S: KeyStoreAdmin>(store: &S, key: &str) {
     store.set_credits(key, None).await.unwrap();
 }
 
+/// `owners`: every owner with limits or credits set, by name, whether or not it has keys; an
+/// owner whose settings were cleared is not one. Leaves none set.
+pub async fn owners_are_listed<S: KeyStoreAdmin>(store: &S) {
+    assert!(store.owners().await.unwrap().is_empty());
+    let limits = Limits::per_minute(100);
+    store
+        .set_owner_limits("listed-b", Some(&limits))
+        .await
+        .unwrap();
+    let credits = Credits::once(12);
+    store
+        .set_owner_credits("listed-a", Some(&credits))
+        .await
+        .unwrap();
+    store
+        .set_owner_limits("listed-c", Some(&limits))
+        .await
+        .unwrap();
+    store.set_owner_limits("listed-c", None).await.unwrap();
+    let owners = store.owners().await.unwrap();
+    let names: Vec<&str> = owners.iter().map(|owner| owner.owner.as_str()).collect();
+    assert_eq!(names, ["listed-a", "listed-b"]);
+    assert_eq!(owners[0].credits.as_ref().map(|c| c.remaining), Some(12));
+    assert_eq!(owners[1].limits, Some(limits));
+    store.set_owner_credits("listed-a", None).await.unwrap();
+    store.set_owner_limits("listed-b", None).await.unwrap();
+    assert!(store.owners().await.unwrap().is_empty());
+}
+
 /// Runs every check against `store`, which must start empty.
 pub async fn conformance<S: KeyStoreAdmin + Clone>(store: S) {
     assert!(store.get("nope").await.unwrap().is_none());
     assert!(store.list().await.unwrap().is_empty());
+    owners_are_listed(&store).await;
 
     let a = record("alpha", 1_700_000_000);
     let mut b = record("beta", 1_700_000_100);

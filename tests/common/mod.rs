@@ -298,6 +298,13 @@ impl KeyStore for FaultyStore {
     async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         self.keys.get(id).await
     }
+
+    async fn owner(
+        &self,
+        owner: &str,
+    ) -> Result<Option<tower_api_key::store::OwnerRecord>, StoreError> {
+        self.keys.owner(owner).await
+    }
 }
 
 #[async_trait]

@@ -1,6 +1,7 @@
 //! `export` and `import`: keys (with their owners' settings and the audit trail) moved from one
-//! store to another as JSON lines, and keys issued before this crate brought in by their digest. An import adds what the store lacks and never
-//! changes what it holds, so one that stopped half way is run again.
+//! store to another as JSON lines, and keys issued before this crate brought in by their
+//! digest. An import adds what the store lacks and never changes what it holds, so one that
+//! stopped half way is run again.
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::{Read, Write};
@@ -52,7 +53,7 @@ const AUDIT_PIECE: usize = 500;
 const LATEST_AUDIT_MICROS: u64 = 253_402_300_799_999_999;
 
 /// Prints the keys `filter` lets through as JSON lines, each the record the store keeps (the
-/// digest, never a secret), after the limits and credits of their owners that have some; with
+/// digest, never a secret), after the owners' limits and credits ([`owners_of`]); with
 /// `audit`, then the audit trail's rows of those keys and owners (every row, without a filter).
 pub(crate) async fn export(
     keys: &KeyManager<AnyStore>,
@@ -62,15 +63,10 @@ pub(crate) async fn export(
     let listing = (keys.store())
         .list_page(filter, SystemTime::now(), 0, usize::MAX)
         .await?;
-    let owners: BTreeSet<&str> = (listing.records.iter())
-        .filter_map(|record| record.owner.as_deref())
-        .collect();
     let mut lines = Vec::new();
-    for owner in owners {
-        if let Some(settings) = keys.owner(owner).await?.filter(|o| !o.is_empty()) {
-            let line = OwnerLine::from(settings);
-            lines.push(serde_json::to_string(&line).expect("an owner's settings are JSON"));
-        }
+    for settings in owners_of(keys, filter, &listing.records).await? {
+        let line = OwnerLine::from(settings);
+        lines.push(serde_json::to_string(&line).expect("an owner's settings are JSON"));
     }
     for record in &listing.records {
         lines.push(serde_json::to_string(record).expect("a record is JSON"));
@@ -86,6 +82,28 @@ pub(crate) async fn export(
         .try_for_each(|line| writeln!(out, "{line}"))
         .and_then(|()| out.flush());
     written.map_err(|e| Failure::new(1, format!("cannot write the export: {e}")))
+}
+
+/// The owners' settings an export of `records` (the keys `filter` let through) carries: every
+/// owner's set, without a filter (also of owners without keys); else those of the keys'
+/// owners and of the filter's owner.
+async fn owners_of(
+    keys: &KeyManager<AnyStore>,
+    filter: &KeyFilter,
+    records: &[KeyRecord],
+) -> Result<Vec<OwnerRecord>, Failure> {
+    if *filter == KeyFilter::new() {
+        return Ok(keys.store().owners().await?);
+    }
+    let mut names: BTreeSet<&str> = (records.iter())
+        .filter_map(|record| record.owner.as_deref())
+        .collect();
+    names.extend(filter.owner.as_deref());
+    let mut owners = Vec::new();
+    for name in names {
+        owners.extend(keys.owner(name).await?.filter(|owner| !owner.is_empty()));
+    }
+    Ok(owners)
 }
 
 /// The audit trail's rows an export of `records` (the keys `filter` let through) carries,
@@ -564,8 +582,8 @@ fn read_lines(file: &str, format: &KeyFormat) -> Result<Vec<(usize, Line)>, Fail
 /// One line: a key's record (as `export` prints it, or `generate --json` as its `record`), an
 /// opaque key by `opaque_sha256` (the hex of the SHA-256 of the whole key) or `opaque_key` (the
 /// key itself, hashed as it is read) instead of `id` and `digest`, an owner's settings
-/// (`"type": "owner"`), or a row of the audit trail (`"type": "audit"`). `created_at` may be left out (now). An error never quotes the line,
-/// which may hold a key.
+/// (`"type": "owner"`), or a row of the audit trail (`"type": "audit"`). `created_at` may be
+/// left out (now). An error never quotes the line, which may hold a key.
 fn parse_line(text: &str, format: &KeyFormat, now: u64) -> Result<Line, String> {
     let value: Value =
         serde_json::from_str(text).map_err(|e| format!("not JSON (column {})", e.column()))?;
