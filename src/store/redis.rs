@@ -613,7 +613,6 @@ fn pairs(flat: Vec<String>) -> HashMap<String, String> {
     map
 }
 
-/// What is set on `owner`, from its hash's fields: `None` when nothing is.
 /// `text` in a `SCAN` pattern, matching itself only: Redis's glob characters escaped.
 fn glob_escaped(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
@@ -626,6 +625,7 @@ fn glob_escaped(text: &str) -> String {
     escaped
 }
 
+/// What is set on `owner`, from its hash's fields: `None` when nothing is.
 fn owner_of(
     owner: &str,
     fields: HashMap<String, String>,

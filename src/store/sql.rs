@@ -106,7 +106,7 @@ pub(crate) struct Queries {
     /// An owner's credits.
     pub(crate) owner_credits: CreditQueries,
     pub(crate) owner_get: String,
-    /// Every owner with a row, by name.
+    /// Every owner with a row.
     pub(crate) owners: String,
     /// A key's row and its owner's, in one query.
     pub(crate) get_with_owner: String,
@@ -259,7 +259,7 @@ impl Queries {
             key_credits: CreditQueries::new(t, "id"),
             owner_credits: CreditQueries::new(&format!("{t}_owners"), "owner"),
             owner_get: format!("SELECT {OWNER_COLUMNS} FROM {t}_owners WHERE owner = $1"),
-            owners: format!("SELECT {OWNER_COLUMNS} FROM {t}_owners ORDER BY owner"),
+            owners: format!("SELECT {OWNER_COLUMNS} FROM {t}_owners"),
             get_with_owner: {
                 let key = COLUMNS
                     .split(',')
@@ -874,6 +874,8 @@ macro_rules! sql_store {
                     // A row whose limits and credits were cleared is no owner set.
                     owners.extend(Self::owner_of(row, "")?);
                 }
+                // By name as Rust orders it, whatever the database's collation.
+                owners.sort_by(|a, b| a.owner.cmp(&b.owner));
                 Ok(owners)
             }
 
