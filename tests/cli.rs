@@ -1668,6 +1668,25 @@ mod cli {
         }
     }
 
+    /// An export whose output cannot be written (a full disk, here `/dev/full`) says so and
+    /// exits 1, not 0: a file cut short would otherwise pass for the whole store.
+    #[test]
+    fn an_export_that_cannot_be_written_exits_1() {
+        let mut tool = Tool::new();
+        tool.create(&["--name", "ci"]);
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_tower-api-key"))
+            .args(["export", "--audit"])
+            .env("DATABASE_URL", &tool.url)
+            .current_dir(&tool.dir)
+            .stdout(full)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("cannot write the export"), "{stderr}");
+    }
+
     /// `export --audit` carries the audit trail (every row, or with filters those of the keys
     /// and owners exported), and `import` gives the new store the rows it lacks, each once:
     /// the trail reads the same there, with the import's own rows after it. A malformed audit

@@ -63,25 +63,35 @@ pub(crate) async fn export(
     let listing = (keys.store())
         .list_page(filter, SystemTime::now(), 0, usize::MAX)
         .await?;
-    let mut lines = Vec::new();
-    for settings in owners_of(keys, filter, &listing.records).await? {
-        let line = OwnerLine::from(settings);
-        lines.push(serde_json::to_string(&line).expect("an owner's settings are JSON"));
-    }
-    for record in &listing.records {
-        lines.push(serde_json::to_string(record).expect("a record is JSON"));
-    }
+    let owners = owners_of(keys, filter, &listing.records).await?;
+    let mut rows = Vec::new();
     if audit {
+        // Each row read as an event before a line is written: a corrupt one prints nothing.
         for row in audit_of(keys, filter, &listing.records).await? {
-            lines.push(serde_json::to_string(&AuditLine::try_from(row)?).expect("a row is JSON"));
+            rows.push(AuditLine::try_from(row)?);
         }
     }
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let written = lines
-        .iter()
-        .try_for_each(|line| writeln!(out, "{line}"))
-        .and_then(|()| out.flush());
-    written.map_err(|e| Failure::new(1, format!("cannot write the export: {e}")))
+    // Written as they are encoded, not gathered first: a line at a time in memory.
+    let write = || -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        for owner in owners {
+            write_line(&mut out, &OwnerLine::from(owner))?;
+        }
+        for record in &listing.records {
+            write_line(&mut out, record)?;
+        }
+        for line in &rows {
+            write_line(&mut out, line)?;
+        }
+        out.flush()
+    };
+    write().map_err(|e| Failure::new(1, format!("cannot write the export: {e}")))
+}
+
+/// Writes `value` to `out` as one line of JSON.
+fn write_line(out: &mut impl Write, value: &impl Serialize) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")
 }
 
 /// The owners' settings an export of `records` (the keys `filter` let through) carries: every
