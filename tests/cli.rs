@@ -1674,7 +1674,10 @@ mod cli {
     fn an_export_that_cannot_be_written_exits_1() {
         let mut tool = Tool::new();
         tool.create(&["--name", "ci"]);
-        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
         let output = Command::new(env!("CARGO_BIN_EXE_tower-api-key"))
             .args(["export", "--audit"])
             .env("DATABASE_URL", &tool.url)
