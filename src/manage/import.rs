@@ -1,7 +1,7 @@
 //! Bringing keys issued elsewhere into a store: [`KeyManager::import`] and what it did,
 //! [`Imported`].
 
-use super::manager::validate_record;
+use super::manager::{outlives, validate_record};
 use super::{InvalidKey, ManageError};
 use crate::key::is_key_id;
 use crate::store::{KeyRecord, KeyStoreAdmin, StoreError};
@@ -67,7 +67,7 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         let now = crate::clock::now();
         let mut expiry_brought_in = false;
         if let Some((latest, _)) = self.latest_expiry() {
-            if record.in_circulation(now) && record.expires_at.is_none_or(|at| at > latest) {
+            if outlives(&record, now, latest) {
                 record.expires_at = Some(latest);
                 expiry_brought_in = true;
             }

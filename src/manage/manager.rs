@@ -830,9 +830,9 @@ impl<A: KeyStoreAdmin> KeyManager<A> {
         let now = crate::clock::now();
         let filter = KeyFilter::new();
         let mut listing = self.store.list_page(&filter, now, 0, usize::MAX).await?;
-        listing.records.retain(|record| {
-            record.in_circulation(now) && record.expires_at.is_none_or(|at| at > latest)
-        });
+        listing
+            .records
+            .retain(|record| outlives(record, now, latest));
         Ok(Some((listing.records, latest)))
     }
 
@@ -999,6 +999,13 @@ fn validate_update(update: &KeyUpdate) -> Result<(), InvalidKey> {
     update.metadata.as_ref().map_or(Ok(()), validate_metadata)?;
     validate_expiry(update.expires_at.flatten())?;
     validate_limits(update.limits.as_ref().and_then(Option::as_ref))
+}
+
+/// Whether `record` is in circulation at `now` and expires after `latest`, or never: a key
+/// past the longest lifetime, which [`KeyManager::bring_within_lifetime`] and
+/// [`KeyManager::import`] bring within it.
+pub(super) fn outlives(record: &KeyRecord, now: SystemTime, latest: SystemTime) -> bool {
+    record.in_circulation(now) && record.expires_at.is_none_or(|at| at > latest)
 }
 
 /// Refuses a record with a field [`KeyManager::create`] refuses: its name, owner, scopes,

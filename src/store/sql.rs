@@ -229,6 +229,9 @@ impl Queries {
             )));
         }
         let t = table;
+        let audit_insert = format!(
+            "INSERT INTO {t}_audit (id, at, key_id, owner, data) VALUES ($1, $2, $3, $4, $5)"
+        );
         Ok(Queries {
             table: t.to_owned(),
             get: format!("SELECT {COLUMNS} FROM {t} WHERE id = $1"),
@@ -294,13 +297,8 @@ impl Queries {
             ),
             usage: UsageQueries::new(t),
             audit_prune: format!("DELETE FROM {t}_audit WHERE at < $1"),
-            audit_insert: format!(
-                "INSERT INTO {t}_audit (id, at, key_id, owner, data) VALUES ($1, $2, $3, $4, $5)"
-            ),
-            audit_import: format!(
-                "INSERT INTO {t}_audit (id, at, key_id, owner, data) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (id) DO NOTHING"
-            ),
+            audit_import: format!("{audit_insert} ON CONFLICT (id) DO NOTHING"),
+            audit_insert,
             schema_table: format!(
                 "CREATE TABLE IF NOT EXISTS {t}_schema (version BIGINT PRIMARY KEY)"
             ),

@@ -12,7 +12,8 @@ use serde_json::{json, Map, Value};
 use tower_api_key::clock::unix_seconds;
 use tower_api_key::key::{KeyFormat, SecretDigest, MAX_KEY_LEN};
 use tower_api_key::limit::{Credits, Limits};
-use tower_api_key::manage::{is_valid_name, AuditEvent, Imported, ManageError, MAX_NAME_LEN};
+use tower_api_key::manage::{is_valid_name, AuditEvent, Imported, ManageError};
+use tower_api_key::manage::{MAX_NAME_LEN, MAX_UNIX_SECONDS};
 use tower_api_key::store::{AuditArchive, AuditQuery, AuditRow};
 use tower_api_key::store::{KeyFilter, KeyRecord, KeyStore, KeyStoreAdmin, OwnerRecord};
 use tower_api_key::{AnyStore, KeyManager};
@@ -49,8 +50,9 @@ const RECORD_FIELDS: [&str; 17] = [
 /// How many audit rows an import gives the store at once.
 const AUDIT_PIECE: usize = 500;
 
-/// The latest time an audit line may hold, in Unix microseconds: the end of the year 9999.
-const LATEST_AUDIT_MICROS: u64 = 253_402_300_799_999_999;
+/// The latest time an audit line may hold, in Unix microseconds: the last microsecond of the
+/// last second a record keeps (the end of the year 9999).
+const LATEST_AUDIT_MICROS: u64 = (MAX_UNIX_SECONDS + 1) * 1_000_000 - 1;
 
 /// Prints the keys `filter` lets through as JSON lines, each the record the store keeps (the
 /// digest, never a secret), after the owners' limits and credits ([`owners_of`]); with
@@ -111,7 +113,7 @@ async fn owners_of(
     names.extend(filter.owner.as_deref());
     let mut owners = Vec::new();
     for name in names {
-        owners.extend(keys.owner(name).await?.filter(|owner| !owner.is_empty()));
+        owners.extend(owner_settings(keys, name).await?);
     }
     Ok(owners)
 }
@@ -193,7 +195,7 @@ impl AuditLine {
         if self.id.is_empty() || self.id.len() > 64 || !self.id.chars().all(id_chars) {
             return Err("`id` is 1 to 64 letters, digits, - and _".to_owned());
         }
-        if self.at_us > LATEST_AUDIT_MICROS || event.at > LATEST_AUDIT_MICROS / 1_000_000 {
+        if self.at_us > LATEST_AUDIT_MICROS || event.at > MAX_UNIX_SECONDS {
             return Err("`at_us` or `event.at` is past the year 9999".to_owned());
         }
         let key_id = &event.key_id;
@@ -427,9 +429,17 @@ async fn preview(
     Ok(outcome)
 }
 
+/// The limits and credits the store has set on `owner`, if any.
+async fn owner_settings(
+    keys: &KeyManager<AnyStore>,
+    owner: &str,
+) -> Result<Option<OwnerRecord>, Failure> {
+    Ok(keys.owner(owner).await?.filter(|set| !set.is_empty()))
+}
+
 /// Whether the store has limits or credits set on `owner`.
 async fn owner_is_set(keys: &KeyManager<AnyStore>, owner: &str) -> Result<bool, Failure> {
-    Ok(keys.owner(owner).await?.is_some_and(|o| !o.is_empty()))
+    Ok(owner_settings(keys, owner).await?.is_some())
 }
 
 /// Adds key `record` (of line `number`), unless the store has it.
